@@ -1,0 +1,33 @@
+"""recipe: Karpathy's "A Recipe for Training Neural Networks" as staged, gated checks that make silent bugs loud."""
+
+__version__ = "0.1.0"
+
+from recipe.check import Check
+from recipe.config import TrainSettings
+from recipe.errors import ConfigError, NonFiniteError, RecipeError, TaskError
+from recipe.fit import FitResult, evaluate, fit
+from recipe.recipe import Context, Recipe, RecipeResult
+from recipe.stage import Stage
+from recipe.stages import STAGES, Baseline, OverfitOneBatch
+from recipe.task import Task
+
+__all__ = [
+    "STAGES",
+    "Baseline",
+    "Check",
+    "ConfigError",
+    "Context",
+    "FitResult",
+    "NonFiniteError",
+    "OverfitOneBatch",
+    "Recipe",
+    "RecipeError",
+    "RecipeResult",
+    "Stage",
+    "Task",
+    "TaskError",
+    "TrainSettings",
+    "__version__",
+    "evaluate",
+    "fit",
+]

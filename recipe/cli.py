@@ -1,0 +1,118 @@
+"""The `recipe` command: a thin wrapper over `Recipe` and `build_report`.
+
+    recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
+    recipe report RUN_DIR
+
+Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task (one line; --debug for the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from recipe.config import load_yaml, split_config
+from recipe.errors import ConfigError, RecipeError
+
+
+def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
+    """Import `module.path:function` (from the current directory too) and call it with `kwargs`."""
+    from recipe.task import Task
+
+    if not spec or ":" not in spec:
+        raise ConfigError(f"{where}: `task:` must name a function as module.path:function, got {spec!r}.")
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{where}: cannot import {module_name!r} for `task:` ({exc}); run from the folder that "
+                          "holds it or install it.") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{where}: {module_name} has no function {attr!r} for `task:`.")
+    task = factory(**kwargs)
+    if not isinstance(task, Task):
+        raise ConfigError(f"{where}: {spec} returned {type(task).__name__}; it must return a recipe.Task.")
+    return task
+
+
+def run(args: argparse.Namespace) -> int:
+    from recipe.recipe import Recipe
+    from recipe.stages import STAGES
+
+    data = load_yaml(args.config)
+    config, sections = split_config(data, STAGES, str(args.config))
+    stages = args.stages.split(",") if args.stages else config.stages
+    task = load_task(config.task, config.task_args, str(args.config))
+    try:
+        recipe = _recipe(Recipe, task, config, sections, stages, args)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
+    return 0 if recipe.run().ok else 1
+
+
+def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: Any, args: argparse.Namespace) -> Any:
+    """CLI flags over the YAML's values over the defaults."""
+    return cls(
+        task,
+        run_dir=args.run_dir or config.run_dir,
+        stages=stages,
+        device=args.device or config.device,
+        seed=args.seed if args.seed is not None else config.seed,
+        keep_going=args.keep_going or config.keep_going,
+        config={"train": config.train, **sections},
+        progress=not args.quiet,
+        quiet=args.quiet,
+    )
+
+
+def report(args: argparse.Namespace) -> int:
+    from recipe.report import build_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "checks.json").exists() and not (run_dir / "manifest.json").exists():
+        raise ConfigError(f"{run_dir} holds no recipe run (no checks.json or manifest.json).")
+    print(build_report(run_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recipe", description="Karpathy's recipe for training neural networks, "
+                                     "as staged checks that make silent bugs loud.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("run", help="run the recipe from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument("--run-dir", help="run directory (default: the config's run_dir, else runs/<task name>)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--stages", help="comma-separated stage names, in order")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--keep-going", action="store_true", help="run later stages after a failed check")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.set_defaults(handler=run)
+    p = commands.add_parser("report", help="rebuild report.html from a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.set_defaults(handler=report)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except RecipeError as exc:
+        if args.debug:
+            raise
+        print(f"recipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""YAML configs and settings dataclasses: one key, one field; unknown keys are errors that suggest the closest one.
+
+A config file looks like::
+
+    task: examples.digits:make_task     # the only import path: a function returning a Task
+    task_args: {model: mlp}             # keyword arguments for it
+    run_dir: runs/digits
+    seed: 0
+    device: auto
+    stages: [baseline, overfit]         # default: every stage
+    train: {batch_size: 64, lr: 3.0e-4} # training settings every stage starts from
+    baseline: {steps: 300}              # one section per stage, mapping onto its settings dataclass
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from recipe.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training settings every stage starts from; stages refine them (the lr found, the batch size) in order.
+
+    Args:
+        batch_size: training batch size.
+        lr: learning rate (AdamW; Karpathy's 3e-4 until `overfit`'s range test finds a better one).
+        optimizer: "adamw", "adam" or "sgd".
+        weight_decay: decoupled weight decay (forced to 0 in `baseline` and `overfit`).
+        schedule: "constant", "cosine" or "linear".
+        warmup_steps: linear warm-up steps.
+        grad_clip: global gradient-norm clip, or None.
+        precision: "auto", "fp32" or "bf16".
+        compile: run the model through torch.compile.
+        init_bias: set the final layer's bias to the log class priors / target mean ("init well").
+        epochs: epochs for full training runs in later stages.
+    """
+
+    batch_size: int = 64
+    lr: float = 3e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    precision: str = "auto"
+    compile: bool = False
+    init_bias: bool = True
+    epochs: int = 10
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The top level of a YAML config (stage sections are checked against each stage's settings)."""
+
+    task: str = ""
+    task_args: dict[str, Any] = field(default_factory=dict)
+    run_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    stages: list[str] | None = None
+    keep_going: bool = False
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def settings_from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """Build the frozen dataclass `cls` from `data`, rejecting unknown keys and wrong types with a clear error."""
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, got {type(data).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, fields)}")
+        values[key] = coerce(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def suggest(key: str, valid: typing.Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest valid key, else the list of valid keys (ends the sentence)."""
+    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}."
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint (int, float, bool, str, Optional, list, tuple, dict, Literal)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}.")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        inner = args[0] if args else Any
+        items = [coerce(v, inner, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}.")
+        return value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a number, got {value!r}.") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load` that also refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice; keep one.")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config safely (no python tags, no duplicate keys); errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist.")
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{line}: not valid YAML for recipe ({problem}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping with at least a `task:` key.")
+    return data
+
+
+def split_config(data: dict[str, Any], stage_names: typing.Iterable[str], where: str) -> tuple[RunConfig, dict]:
+    """Separate the top-level run settings from the per-stage sections, checking every key."""
+    stage_names = list(stage_names)
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    run_values, sections = {}, {}
+    for key, value in data.items():
+        if key in top:
+            run_values[key] = value
+        elif key in stage_names:
+            sections[key] = value
+        else:
+            raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, [*top, *stage_names])}")
+    run = settings_from_dict(RunConfig, run_values, where)
+    settings_from_dict(TrainSettings, run.train, f"{where}: train")
+    return run, sections

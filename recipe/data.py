@@ -1,0 +1,208 @@
+"""Splits and batches: the in-memory fast path, the Dataset path, and fixed batches for diagnostics.
+
+A split given as tensors, numpy arrays or a `TensorDataset` becomes a `TensorSplit`: batches are drawn by indexing
+tensors that live on the training device, with no DataLoader in the hot path. Any other `Dataset` becomes a
+`DatasetSplit` served by a DataLoader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+
+from recipe.errors import TaskError
+
+Batch = Any  # whatever the split yields: a tuple (x, y) for in-memory splits, the collated samples otherwise
+
+
+def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """Apply `fn` to every tensor inside nested tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: tree_map(fn, v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(tree_map(fn, v) for v in obj)
+    return obj
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    return tree_map(lambda t: t.to(device, non_blocking=non_blocking), obj)
+
+
+def batch_size_of(obj: Any) -> int:
+    """Length of the first tensor found in a (nested) batch."""
+    if isinstance(obj, torch.Tensor):
+        return int(obj.shape[0]) if obj.dim() else 1
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    for v in obj:
+        n = batch_size_of(v)
+        if n:
+            return n
+    return 0
+
+
+def _as_tensor(array: Any, field: str) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array
+    if isinstance(array, np.ndarray):
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)  # numpy's default float; models are float32
+        elif array.dtype.kind in "iu":
+            array = array.astype(np.int64)
+        elif array.dtype == object:
+            raise TaskError(f"{field} is a numpy array of dtype object; expected a numeric array (convert with .astype).")
+        return torch.from_numpy(np.ascontiguousarray(array))
+    raise TaskError(f"{field} must be a tensor or numpy array, got {type(array).__name__}.")
+
+
+class TensorSplit:
+    """A split held as two tensors `x` (inputs) and `y` (targets), indexed directly."""
+
+    in_memory = True
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, field: str):
+        if len(x) != len(y):
+            raise TaskError(f"{field}: inputs have {len(x)} rows but targets have {len(y)}; they must match one to one.")
+        self.x, self.y = x, y
+        self._copies: dict[str, TensorSplit] = {}
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices: Sequence[int] | torch.Tensor) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.x.device)
+        return self.x[idx], self.y[idx]
+
+    def nbytes(self) -> int:
+        return self.x.element_size() * self.x.numel() + self.y.element_size() * self.y.numel()
+
+    def to(self, device: torch.device) -> TensorSplit:
+        """This split on `device`; the copy is kept, so repeated training runs move the data once."""
+        if self.x.device == device:
+            return self
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = TensorSplit(self.x.to(device), self.y.to(device), "split")
+        return self._copies[key]
+
+
+class DatasetSplit:
+    """A split held as a map-style `Dataset`; batches are collated with `default_collate`."""
+
+    in_memory = False
+
+    def __init__(self, dataset: Dataset, field: str):
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise TaskError(f"{field} must be a map-style Dataset (with __len__ and __getitem__) or a tuple (X, y).")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def batch(self, indices: Sequence[int] | torch.Tensor) -> Batch:
+        return default_collate([self.dataset[int(i)] for i in indices])
+
+
+Split = TensorSplit | DatasetSplit
+
+
+def as_split(data: Any, field: str) -> Split:
+    """Accept the contract's split forms: a Dataset, a TensorDataset or a tuple (X, y) of tensors / numpy arrays."""
+    if data is None:
+        raise TaskError(f"{field} is missing: pass a Dataset yielding (input, target) or a tuple (X, y).")
+    if isinstance(data, TensorSplit | DatasetSplit):
+        split = data
+    elif isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        split = TensorSplit(data.tensors[0], data.tensors[1], field)
+    elif isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list | dict):
+        split = TensorSplit(_as_tensor(data[0], f"{field}[0] (inputs)"), _as_tensor(data[1], f"{field}[1] (targets)"), field)
+    elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        split = DatasetSplit(data, field)
+    else:
+        raise TaskError(f"{field} must be a Dataset or a tuple (X, y) of tensors or numpy arrays, got {type(data).__name__}.")
+    if len(split) == 0:
+        raise TaskError(f"{field} is empty: every split needs at least one sample.")
+    return split
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: none on small machines (process start-up costs more than it saves), else half the cores."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores // 2)
+
+
+def train_batches(
+    split: Split,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    num_workers: int | None = None,
+) -> Callable[[], Iterator[Batch]]:
+    """Return a function yielding one shuffled epoch of batches on `device`.
+
+    In-memory splits are indexed on the device with a permutation drawn from `generator`; other splits go
+    through a DataLoader (pinned memory and non-blocking copies on CUDA).
+    """
+    if isinstance(split, TensorSplit):
+        x, y, n = split.x, split.y, len(split)
+
+        if x.device != device:  # pinned host memory: copy each batch without blocking
+
+            def copied_epoch() -> Iterator[Batch]:
+                perm = torch.randperm(n, generator=generator)
+                for i in range(0, n, batch_size):
+                    idx = perm[i : i + batch_size]
+                    yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+
+            return copied_epoch
+
+        def epoch() -> Iterator[Batch]:
+            perm = torch.randperm(n, generator=generator).to(x.device)
+            for i in range(0, n, batch_size):
+                idx = perm[i : i + batch_size]
+                yield x[idx], y[idx]
+
+        return epoch
+
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        split.dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    non_blocking = device.type == "cuda"
+
+    def loader_epoch() -> Iterator[Batch]:
+        for batch in loader:
+            yield to_device(batch, device, non_blocking)
+
+    return loader_epoch
+
+
+def eval_batches(split: Split, batch_size: int, device: torch.device) -> Iterator[Batch]:
+    """The whole split in order, in batches of `batch_size`, on `device`."""
+    n = len(split)
+    if isinstance(split, TensorSplit):
+        for i in range(0, n, batch_size):
+            yield to_device((split.x[i : i + batch_size], split.y[i : i + batch_size]), device)
+        return
+    loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch in loader:
+        yield to_device(batch, device)
+
+
+def fixed_indices(n: int, k: int, seed: int) -> list[int]:
+    """`k` distinct indices out of `n`, the same for the same seed: the diagnostics' fixed batches."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[: min(k, n)].tolist()

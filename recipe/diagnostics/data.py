@@ -1,0 +1,158 @@
+"""The data as the model receives it: input statistics, and targets that can be read straight off the inputs.
+
+Why: recipe steps 1-2, "visualize just before the net" and catalog D7 (inputs not normalised), D11 (the label
+encoded in an input feature), D12 (sequence targets not shifted: the model sees the token it must predict).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.task import IGNORE_INDEX, Task
+
+
+def feature_axis(x: torch.Tensor) -> int:
+    """Channels for images (B, C, H, W) and 1-d signals (B, C, L); the last axis otherwise."""
+    return 1 if x.dim() == 4 else x.dim() - 1
+
+
+def feature_stats(x: torch.Tensor) -> dict[str, list[float]]:
+    """Per-feature (or per-channel) mean, std, min and max over the batch."""
+    axis = feature_axis(x)
+    flat = x.detach().float().movedim(axis, -1).reshape(-1, x.shape[axis])
+    return {"mean": flat.mean(0).tolist(), "std": flat.std(0, unbiased=False).tolist(),
+            "min": flat.min(0).values.tolist(), "max": flat.max(0).values.tolist()}
+
+
+def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
+    """The batch exactly as the model receives it: per-feature statistics, and a warning when its scale is far from
+    what networks train well on (raw pixels, features in the thousands, a large offset).
+
+    Why: recipe step 2, "visualize just before the net"; catalog D7 (|mean| > 3 or std > 10 after preprocessing).
+    """
+    if not isinstance(inputs, torch.Tensor):
+        return skipped("input_batch", "inputs are not a single tensor; nothing to summarise."), {}
+    info: dict[str, Any] = {"shape": list(inputs.shape), "dtype": str(inputs.dtype)}
+    if not inputs.is_floating_point():
+        info.update(min=int(inputs.min()), max=int(inputs.max()))
+        text = task.decode(inputs[0].reshape(-1).tolist()) if inputs.dim() >= 2 else None
+        if text is not None:
+            info["decoded_first_sample"] = text
+        return passed("input_batch", f"integer inputs {tuple(inputs.shape)} ({inputs.dtype}) with ids "
+                      f"{info['min']}..{info['max']}.", {k: v for k, v in info.items() if k != "decoded_first_sample"}), info
+    stats = feature_stats(inputs)
+    info["features"] = stats
+    means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    constant = int((stds == 0).sum())
+    summary = {"shape": info["shape"], "dtype": info["dtype"], "max_abs_mean": float(means.abs().max()),
+               "max_std": float(stds.max()), "overall_std": float(inputs.float().std()), "constant_features": constant}
+    note = f" {constant} feature(s) are constant in this batch (information only)." if constant else ""
+    far = (means.abs() > 3) | (stds > 10)
+    if bool(far.any()) or summary["overall_std"] < 0.1:
+        worst = int((means.abs() + stds).argmax())
+        return warned("input_batch", f"inputs are far from unit scale: feature {worst} has mean {means[worst]:.3g} and "
+                      f"std {stds[worst]:.3g} ({int(far.sum())} features with |mean| > 3 or std > 10). Standardise "
+                      "with training-split statistics ((x - mean) / std) so the network sees values near [-1, 1]."
+                      + note, summary, "|mean| <= 3 and std <= 10 per feature"), info
+    return passed("input_batch", f"inputs {tuple(inputs.shape)} ({inputs.dtype}): max |mean| "
+                  f"{summary['max_abs_mean']:.2f}, max std {summary['max_std']:.2f}." + note, summary), info
+
+
+def alignment_profile(inputs: torch.Tensor, target: torch.Tensor, shifts: range = range(-2, 3)) -> dict[int, float]:
+    """For each k, the rate at which y[t] == x[t + k] over valid positions: next-token targets peak at k = +1."""
+    rates = {}
+    length = inputs.shape[1]
+    for k in shifts:
+        lo, hi = max(0, -k), min(length, length - k)
+        if hi <= lo:
+            continue
+        y, x = target[:, lo:hi], inputs[:, lo + k : hi + k]
+        valid = y != IGNORE_INDEX
+        rates[k] = float(((y == x) & valid).sum() / valid.sum().clamp_min(1))
+    return rates
+
+
+def single_feature_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                          classification: bool, bins: int = 32) -> torch.Tensor:
+    """How well each single input feature predicts the target on validation: binned lookup fitted on training.
+
+    Classification: accuracy of the majority training label per bin. Regression: max of the binned R² and the
+    squared correlation. Vectorised over features, shape (F,).
+    """
+    x_train, x_val = x_train.float(), x_val.float()
+    n_features = x_train.shape[1]
+    quantiles = torch.linspace(0, 1, bins + 1)[1:-1]
+    edges = torch.quantile(x_train, quantiles, dim=0).T.contiguous()  # (F, bins - 1)
+    bin_tr = torch.searchsorted(edges, x_train.T.contiguous(), right=True)  # (F, N)
+    bin_va = torch.searchsorted(edges, x_val.T.contiguous(), right=True)
+    offsets = torch.arange(n_features).unsqueeze(1) * bins
+    if classification:
+        classes = int(max(y_train.max(), y_val.max())) + 1
+        index = ((offsets + bin_tr) * classes + y_train.long().unsqueeze(0)).reshape(-1)
+        table = torch.bincount(index, minlength=n_features * bins * classes).reshape(n_features * bins, classes)
+        majority = table.argmax(1)
+        predicted = majority[(offsets + bin_va).reshape(-1)].reshape(n_features, -1)
+        return (predicted == y_val.long().unsqueeze(0)).float().mean(1)
+    yt, yv = y_train.float().reshape(-1), y_val.float().reshape(-1)
+    flat = (offsets + bin_tr).reshape(-1)
+    sums = torch.zeros(n_features * bins).index_add_(0, flat, yt.repeat(n_features))
+    counts = torch.zeros(n_features * bins).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+    means = torch.where(counts > 0, sums / counts.clamp_min(1), yt.mean())
+    predicted = means[(offsets + bin_va).reshape(-1)].reshape(n_features, -1)
+    r2 = 1 - ((predicted - yv) ** 2).mean(1) / yv.var(unbiased=False).clamp_min(1e-12)
+    xc = x_val - x_val.mean(0)
+    corr = (xc * (yv - yv.mean()).unsqueeze(1)).mean(0) / (xc.std(0, unbiased=False) * yv.std(unbiased=False)).clamp_min(1e-12)
+    return torch.maximum(r2, corr**2)
+
+
+def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, seed: int = 0) -> Check:
+    """Catches targets that can be read straight off the input: a feature equal to (or encoding) the label, or
+    sequence targets aligned with the input at the same position (not shifted) or shifted twice.
+
+    Why: catalog D11 and D12. A single feature that predicts the validation target almost perfectly through a
+    lookup fitted on training is not learning; for next-token targets `y[t] == x[t+k]` must peak at k = +1 only.
+    """
+    train = task.sample_batch("train", max_samples, seed)
+    val = task.sample_batch("val", max_samples // 2, seed)
+    (xt, yt), (xv, yv) = task.split_batch(train), task.split_batch(val)
+    if not isinstance(xt, torch.Tensor):
+        return skipped("target_leak", "inputs are not a single tensor.")
+    if task.kind == "sequence":
+        rates = alignment_profile(xt, yt)
+        peak = max(rates, key=lambda k: rates[k])
+        value = {"match_rate_by_shift": rates, "peak_shift": peak}
+        if peak != 1 and rates[peak] > 0.9:
+            what = "are the input tokens themselves (not shifted)" if peak == 0 else f"are shifted by {peak}"
+            return failed("target_leak", f"targets {what}: y[t] == x[t{peak:+d}] at {rates[peak]:.0%} of positions. "
+                          "Next-token targets must be y[t] = x[t+1] (build pairs as x = data[i:i+T], "
+                          "y = data[i+1:i+T+1]).", value, "peak at shift +1 only")
+        if rates.get(1, 0.0) < 0.9:
+            return warned("target_leak", f"targets match the next input token at only {rates.get(1, 0.0):.0%} of "
+                          f"positions (profile {rates}); next-token targets should be y[t] = x[t+1].", value)
+        return passed("target_leak", f"targets are the next tokens: y[t] == x[t+1] at {rates[1]:.0%} of positions, at "
+                      f"most {max(v for k, v in rates.items() if k != 1):.0%} for other shifts.", value)
+    if not xt.is_floating_point() or yt.dim() > 2 or task.loss not in ("cross_entropy", "mse", "l1", "bce_with_logits"):
+        return skipped("target_leak", "single-feature scan needs float inputs and per-sample targets.")
+    xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
+    if xt.shape[1] > max_features:
+        keep = torch.randperm(xt.shape[1], generator=torch.Generator().manual_seed(seed))[:max_features]
+        xt, xv = xt[:, keep], xv[:, keep]
+    classification = task.kind == "classification" and task.loss == "cross_entropy"
+    if not classification and yt.dim() > 1 and yt.shape[1] > 1:
+        return skipped("target_leak", "single-feature scan covers one target per sample.")
+    scores = single_feature_scores(xt, yt, xv, yv, classification)
+    best = int(scores.argmax())
+    metric = "accuracy" if classification else "R²"
+    # what knowing nothing scores: the majority class (classification) or the mean (R² = 0)
+    floor = float(torch.bincount(yv.long()).max() / len(yv)) if classification else 0.0
+    value = {"best_feature": best, f"best_single_feature_{metric}": float(scores[best]), "no_information": floor,
+             "features_scanned": xt.shape[1]}
+    if float(scores[best]) >= 0.99 and 1 - float(scores[best]) <= 0.1 * (1 - floor):
+        return failed("target_leak", f"input feature {best} alone predicts the validation target with {metric} "
+                      f"{float(scores[best]):.3f}: the target is encoded in the input (a label column, an id or "
+                      "timestamp that encodes it). Remove that feature.", value, f"no single feature near {metric} 1")
+    return passed("target_leak", f"no single input feature gives the target away (best: feature {best}, {metric} "
+                  f"{float(scores[best]):.3f} on validation).", value)

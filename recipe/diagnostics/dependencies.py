@@ -1,0 +1,146 @@
+"""Charting dependencies with backprop: a sample's output may depend only on its own input, and (sequences) the
+output at position t only on inputs 0..t.
+
+Why: recipe step 2, "use backprop to chart dependencies": set the loss to something trivial like the sum of all
+outputs of example i, run the backward pass, and make sure you get a non-zero gradient only on the i-th input.
+Run in eval mode: BatchNorm in training mode couples samples by design (catalog section 2.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.task import Task
+
+# A gradient this small relative to the largest one is numerical noise, not a dependency.
+RELATIVE_TOLERANCE = 1e-6
+
+
+def input_sensitivity(
+    model: nn.Module, task: Task, inputs: Any, select: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor | None:
+    """|d select(output) / d input| summed to shape (B, T) (or (B, F) for flat inputs): per sample and position.
+
+    Float inputs are differentiated directly. For integer (token) inputs the gradient is taken at the outputs of
+    the model's `nn.Embedding` layers that carry a batch dimension. None when neither applies.
+    """
+    model.eval()
+    if not isinstance(inputs, torch.Tensor):
+        return None
+    batch = inputs.shape[0]
+    if inputs.is_floating_point():
+        x = inputs.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(select(task.forward(model, x)), x, allow_unused=True)
+        return _reduce(grad if grad is not None else torch.zeros_like(x))
+    captured: list[torch.Tensor] = []
+
+    def capture(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if isinstance(out, torch.Tensor) and out.requires_grad and out.dim() >= 2 and out.shape[0] == batch:
+            captured.append(out)
+
+    handles = [m.register_forward_hook(capture) for m in model.modules() if isinstance(m, nn.Embedding)]
+    try:
+        output = task.forward(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    if not captured:
+        return None
+    grads = torch.autograd.grad(select(output), captured, allow_unused=True)
+    parts = [_reduce(g if g is not None else torch.zeros_like(c)) for g, c in zip(grads, captured, strict=True)]
+    if len({p.shape for p in parts}) != 1:
+        return None
+    return torch.stack(parts).sum(0)
+
+
+def _reduce(grad: torch.Tensor) -> torch.Tensor:
+    """Sum |grad| over every axis after the first two: per (sample, position) for sequences and images' channels."""
+    g = grad.detach().abs().float()
+    return g.reshape(*g.shape[:2], -1).sum(-1) if g.dim() > 2 else g
+
+
+def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 4) -> Check:
+    """Catches outputs that mix samples: `view`/`reshape` where `permute`/`transpose` was meant, a softmax or mean
+    over the batch dimension, an RNN fed (B, T, C) without batch_first. Also catches an output that does not depend
+    on its own input at all.
+
+    Why: recipe step 2 (chart dependencies with backprop); exact in eval mode (catalog M1a, M2, M3, M12).
+    """
+    if not isinstance(inputs, torch.Tensor):
+        return skipped("batch_independence", "inputs are not a single tensor; override this check for your format.")
+    n = inputs.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    leaking: dict[int, list[int]] = {}
+    own_zero = 0
+    for i in range(min(probes, n)):
+        def select(out: torch.Tensor, i: int = i) -> torch.Tensor:
+            weights = torch.randn(out[i].shape, generator=generator).to(out.device, out.dtype)
+            return (out[i] * weights).sum()
+
+        sens = input_sensitivity(model, task, inputs, select)
+        if sens is None:
+            return skipped("batch_independence", "integer inputs without an nn.Embedding to differentiate through.")
+        per_sample = sens.reshape(n, -1).sum(1)
+        scale = float(per_sample.max())
+        others = [j for j in range(n) if j != i and float(per_sample[j]) > RELATIVE_TOLERANCE * scale]
+        if others:
+            leaking[i] = others
+        own_zero += float(per_sample[i]) == 0.0
+    probed = min(probes, n)
+    value = {"samples_probed": probed, "batch_size": n, "leaking": leaking, "own_input_ignored": own_zero}
+    if leaking:
+        i, js = next(iter(leaking.items()))
+        return failed("batch_independence", f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval "
+                      "mode: the model mixes samples. Likely a view/reshape where permute/transpose was meant, a "
+                      "softmax or normalisation over dim 0, or an RNN missing batch_first=True.", value,
+                      "each output depends only on its own sample")
+    if own_zero == probed:
+        return failed("batch_independence", "no output depends on its own input (zero gradient): the forward pass "
+                      "ignores x (a detached or constant path, a stale tensor, the wrong argument).", value,
+                      "non-zero gradient to its own input")
+    return passed("batch_independence", f"each of {probed} probed outputs depends on its own sample only "
+                  f"(batch of {n}, eval mode).", value)
+
+
+def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4) -> Check:
+    """Catches a sequence model that sees the future: a missing or wrong causal mask, a convolution padded on both
+    sides, a bidirectional layer. The converse catches a model that ignores the current token (over-shifted).
+
+    Why: recipe ("ensure that your autoregressive model at time t only depends on 1..t-1"); catalog M4.
+    """
+    if task.kind != "sequence" or not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
+        return skipped("causal", "not a sequence task.")
+    length = inputs.shape[1]
+    cuts = sorted({max(1, length * k // positions) for k in range(1, positions)} | {1})
+    generator = torch.Generator().manual_seed(0)
+
+    def weighted(part: torch.Tensor) -> torch.Tensor:
+        return (part * torch.randn(part.shape, generator=generator).to(part.device, part.dtype)).sum()
+
+    future_leaks, current_blind = {}, []
+    for p in cuts:
+        sens = input_sensitivity(model, task, inputs, lambda out, p=p: weighted(out[:, :p]))
+        if sens is None or sens.dim() < 2:
+            return skipped("causal", "cannot differentiate to the token positions (no nn.Embedding with a batch axis).")
+        past, future = sens[:, :p], sens[:, p:]
+        scale = float(sens.max())
+        if future.numel() and float(future.max()) > RELATIVE_TOLERANCE * scale:
+            future_leaks[p] = int((future.sum(0) > RELATIVE_TOLERANCE * scale).nonzero()[-1]) + p
+        now = input_sensitivity(model, task, inputs, lambda out, p=p: weighted(out[:, p - 1]))
+        if now is not None and float(now[:, p - 1].max()) == 0.0 and float(past.max()) > 0:
+            current_blind.append(p - 1)
+    value = {"cut_positions": cuts, "future_leaks": future_leaks, "positions_ignoring_current_token": current_blind}
+    if future_leaks:
+        p, last = next(iter(future_leaks.items()))
+        return failed("causal", f"outputs at positions < {p} change with the tokens at positions {p}..{last}: the model "
+                      "sees the future. Use a causal attention mask (is_causal=True), pad convolutions on the left "
+                      "only, and avoid bidirectional layers.", value, "zero gradient to later positions")
+    if current_blind:
+        return warned("causal", f"the output at positions {current_blind} does not depend on the token at that same "
+                      "position: inputs may be shifted twice (the model only sees up to t-1).", value)
+    return passed("causal", f"outputs depend only on tokens at or before their position (probed cuts {cuts}).", value)

@@ -1,0 +1,220 @@
+"""The model at initialisation: loss at init against theory, the kind of output handed to the loss, and the output
+bias ("init well").
+
+Why: Karpathy, "verify loss @ init" and "init well" (recipe, step 2); bug catalog M10, M11, L1, L2, L5, L6.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import Batch
+from recipe.task import IGNORE_INDEX, Task
+
+NAMED_NONNEGATIVE = ("cross_entropy", "mse", "l1", "bce_with_logits")
+
+
+def reference_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> float:
+    """The loss a healthy fresh model gives: the loss of an all-zero output (ln C for cross-entropy, mean y² for MSE)."""
+    with torch.no_grad():
+        return float(task.compute_loss(torch.zeros_like(output), target))
+
+
+def sums_over_batch(task: Task, output: torch.Tensor, target: torch.Tensor) -> bool:
+    """True when the loss is summed over samples: the same samples given twice score twice the loss (exact test)."""
+    half = max(1, len(target) // 2)
+    zeros, tgt = torch.zeros_like(output[:half]), target[:half]
+    with torch.no_grad():
+        single = float(task.compute_loss(zeros, tgt))
+        double = float(task.compute_loss(torch.cat([zeros, zeros]), torch.cat([tgt, tgt])))
+    return single > 0 and abs(double / single - 2) < 1e-3
+
+
+def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
+    """Catches logits scaled too large at init, a loss summed over the batch, and a negative (sign-flipped or
+    log-less NLL) loss.
+
+    Why: recipe step 2, "verify loss @ init": a fresh model should score about what an all-zero output scores
+    (ln C for C classes); far above it means the output layer is mis-scaled (catalog M11, L6, L2, L5).
+    """
+    model.eval()
+    with torch.no_grad():
+        output, target = task.outputs(model, batch)
+        measured = float(task.compute_loss(output, target))
+    expected = reference_loss(task, output, target)
+    value = {"loss": measured, "expected": expected, "ratio": measured / expected if expected > 0 else None}
+    if not math.isfinite(measured):
+        return failed("loss_at_init", f"the loss at init is {measured}: the forward pass already produces NaN/Inf; "
+                      "look for a log, division or exp of a value that can reach 0 or overflow.", value, expected)
+    if measured < 0 and (task.loss in NAMED_NONNEGATIVE or expected >= 0):
+        return failed("loss_at_init", f"the loss at init is negative ({measured:.4g}); a likelihood loss cannot be: "
+                      "the log is missing (NLLLoss fed probabilities or logits) or the sign is flipped.", value, expected)
+    if sums_over_batch(task, output, target):
+        return failed("loss_at_init", f"the loss doubles when the batch doubles (loss at init {measured:.4g}): it is "
+                      "summed over samples, so the effective learning rate scales with the batch. Use a mean reduction.",
+                      value, expected)
+    if expected <= 0:
+        return skipped("loss_at_init", "no reference value: the loss of an all-zero output is 0 for this loss.")
+    ratio = measured / expected
+    what = "ln C" if task.loss == "cross_entropy" else "the loss of an all-zero output"
+    if ratio > 2.0:
+        return failed("loss_at_init", f"loss at init {measured:.4g} is {ratio:.1f}x the {expected:.4g} a fresh model "
+                      f"should give ({what}): the final layer's weights or the logits are scaled too large. Use the "
+                      "default init for the last layer (or scale it down) and remove any temperature on the output.",
+                      value, expected)
+    if ratio > 1.25 or ratio < 0.5:
+        side = "above" if ratio > 1 else "below"
+        return warned("loss_at_init", f"loss at init {measured:.4g} is {ratio:.2f}x {side} the expected {expected:.4g} "
+                      f"({what}); check the output layer's init scale and the loss reduction.", value, expected)
+    return passed("loss_at_init", f"loss at init {measured:.4g}, expected about {expected:.4g} ({what}).",
+                  value, expected)
+
+
+def output_kind(output: torch.Tensor, target: torch.Tensor, task: Task) -> Check:
+    """Catches probabilities (softmax/sigmoid outputs) handed to a loss that expects logits, and an output
+    non-linearity that cannot reach the targets (ReLU on logits or on signed regression targets).
+
+    Why: the loss at init does not see a softmax before cross-entropy (2.302 vs ln 10 = 2.303, catalog section 2.1);
+    the output contract does, exactly (catalog L1, M10). Run it on a trained model's output: logits leave [0, 1].
+    """
+    out = output.detach().float()
+    if not torch.isfinite(out).all():
+        return skipped("output_kind", "outputs are not finite; see the non-finite check.")
+    value: dict[str, Any] = {"min": out.min(), "max": out.max()}
+    if task.loss == "cross_entropy":
+        valid = (target != IGNORE_INDEX).unsqueeze(-1) if task.kind == "sequence" else torch.ones(1, dtype=torch.bool)
+        in_unit = bool(((out >= 0) & (out <= 1)).all())
+        sums = out.sum(task.class_dim)
+        value["row_sum_max_deviation"] = (sums - 1).abs().max()
+        if in_unit and bool(((sums - 1).abs() < 1e-3).all()):
+            return failed("output_kind", "every output row lies in [0, 1] and sums to 1: the model returns "
+                          "probabilities but cross-entropy expects raw logits (it applies log-softmax itself). Remove "
+                          "the final softmax.", value, "unnormalised logits of both signs")
+        if bool((out[valid.expand_as(out)] >= 0).all()) if task.kind == "sequence" else bool((out >= 0).all()):
+            return failed("output_kind", "no output is ever negative: a ReLU, sigmoid or abs on the logits clips them; "
+                          "return the last linear layer's output unchanged.", value, "logits of both signs")
+        return passed("output_kind", "outputs are unnormalised logits, as cross-entropy expects.", value)
+    if task.loss == "bce_with_logits":
+        if bool(((out >= 0) & (out <= 1)).all()):
+            return failed("output_kind", "every output lies in [0, 1] after training: the model applies a sigmoid but "
+                          "BCEWithLogits applies it again. Return raw logits.", value, "logits of both signs")
+        return passed("output_kind", "outputs are logits of both signs, as BCE-with-logits expects.", value)
+    if task.loss in ("mse", "l1"):
+        negative_targets = float((target.float() < 0).float().mean())
+        value["negative_target_share"] = negative_targets
+        if negative_targets > 0.1 and bool((out >= 0).all()):
+            return failed("output_kind", f"{negative_targets:.0%} of targets are negative but no output is: a ReLU or "
+                          "similar on the output cannot reach them. Remove the output non-linearity.", value,
+                          "outputs covering the target range")
+        return passed("output_kind", "outputs can cover the range of the targets.", value)
+    return skipped("output_kind", "custom loss: no output contract to check.")
+
+
+def final_layer(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Module] | None:
+    """The module with a bias that produces the model's output: identical tensor first, else same shape, last called."""
+    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                calls.append((name, module, out))
+
+        return record
+
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "bias", None), nn.Parameter)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in candidates]
+    try:
+        with torch.no_grad():
+            output, _ = task.outputs(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    for test in (lambda o: o is output, lambda o: o.shape == output.shape, lambda o: o.numel() == output.numel()):
+        for name, module, out in reversed(calls):
+            if test(out):
+                return name, module
+    return None
+
+
+def bias_values(task: Task, target: torch.Tensor) -> torch.Tensor | None:
+    """Karpathy's "init well": log class priors (cross-entropy), log-odds (BCE), the target mean (MSE) or median (L1)."""
+    t = target.detach().cpu()
+    if task.loss == "cross_entropy":
+        valid = t[t != IGNORE_INDEX] if task.kind == "sequence" else t.reshape(-1)
+        counts = torch.bincount(valid.long(), minlength=task.num_classes or 0).float() + 1.0  # add-one smoothing
+        log_prior = counts.log() - counts.sum().log()
+        return log_prior - log_prior.mean()
+    if task.loss == "bce_with_logits":
+        p = t.float().mean(0).clamp(1e-4, 1 - 1e-4)
+        return (p / (1 - p)).log().reshape(-1)
+    if task.loss == "mse":
+        return t.float().mean(0).reshape(-1)
+    if task.loss == "l1":
+        return t.float().median(0).values.reshape(-1)
+    return None
+
+
+def init_output_bias(model: nn.Module, task: Task, device: torch.device | str) -> dict[str, Any] | None:
+    """Set the final layer's bias to `bias_values` of the training targets, in place; None when not applicable."""
+    values = bias_values(task, task.targets("train", limit=50_000))
+    found = final_layer(model, task, task.sample_batch("train", 8, seed=0, device=device))
+    if values is None or found is None:
+        return None
+    name, layer = found
+    bias = layer.bias
+    if values.numel() not in (1, bias.numel()):
+        return None
+    with torch.no_grad():
+        bias.copy_(values.to(bias.device, bias.dtype).expand_as(bias))
+    return {"layer": name, "values": values.tolist() if values.numel() <= 16 else f"{values.numel()} values"}
+
+
+def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device) -> Check:
+    """Catches imbalanced classes or targets far from zero left to the default init (a "hockey stick" loss curve).
+
+    Why: recipe step 2, "init well": with a 1:10 imbalance or a target mean of 50, set the final bias to the log
+    priors / the mean, so the first iterations are not spent learning it. The verdict comes from the data: the loss
+    a bias-only model saves at init (ln C minus the label entropy, or mean² against the variance).
+    """
+    target = task.targets("train", limit=50_000)
+    values = bias_values(task, target)
+    if values is None:
+        return skipped("init_bias", "custom loss: no standard output bias to derive.")
+    model = model_factory().to(device).eval()
+    found = final_layer(model, task, batch)
+    if found is None:
+        return skipped("init_bias", "could not identify the final layer (no module with a bias produces the output); "
+                       "set its bias to the log class priors / target mean yourself.")
+    with torch.no_grad():
+        output, tgt = task.outputs(model, batch)
+        before = float(task.compute_loss(output, tgt))
+        init_output_bias(model, task, device)
+        output, tgt = task.outputs(model, batch)
+        after = float(task.compute_loss(output, tgt))
+    value = {"layer": found[0], "loss_before": before, "loss_after": after}
+    if task.loss in ("cross_entropy", "bce_with_logits"):
+        uniform = math.log(task.num_classes or 2) if task.loss == "cross_entropy" else math.log(2)
+        from recipe.task import constant_loss
+
+        gap = uniform - constant_loss(task, target)
+        value["prior_gap_nats"] = gap
+        needed = gap > 0.1 and task.kind != "sequence"
+        fix = f"set {found[0]}.bias to the log class priors (log p_c) in your model's init"
+        why = f"the labels are imbalanced: the class prior saves {gap:.2f} nats over uniform at init"
+    else:
+        mean, std = float(target.float().mean()), float(target.float().std())
+        value.update(target_mean=mean, target_std=std)
+        needed = abs(mean) > max(std, 1e-12)
+        fix = f"standardise the targets ((y - {mean:.4g}) / {std:.4g}) or set {found[0]}.bias to {mean:.4g}"
+        why = f"the targets sit {abs(mean) / max(std, 1e-12):.1f} standard deviations from zero"
+    if needed:
+        return warned("init_bias", f"{why}; with the default init the first steps only learn the bias. For this run "
+                      f"the bias was set (loss at init {before:.4g} -> {after:.4g}); to fix it for good, {fix}.",
+                      value, "balanced classes / targets centred near zero")
+    return passed("init_bias", f"final-layer bias {found[0]} set from the training targets (loss at init {before:.4g} -> "
+                  f"{after:.4g}).", value)

@@ -1,0 +1,114 @@
+"""Overfit one batch, and the learning-rate range test.
+
+Why: recipe step 2, "overfit one batch": a setup that cannot drive the loss on a handful of examples to ~0 is
+broken, not under-trained. The range test (Smith 2017; fastai's and Lightning's lr_find) sweeps the learning rate
+exponentially and reads a rate off the smoothed loss curve, and says so when the curve gives no reliable answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from recipe.check import Check, failed, passed, warned
+from recipe.task import Task
+
+
+def softmax_floor(num_classes: int) -> float:
+    """The lowest cross-entropy reachable when probabilities are fed in as logits: -log(e / (e + C - 1))."""
+    return -math.log(math.e / (math.e + num_classes - 1))
+
+
+def overfits_batch(step_losses: list[float], batch_metric: float, reference: float, task: Task,
+                   batch_size: int, tolerance: float = 0.05) -> Check:
+    """Catches a setup that cannot memorise a handful of examples: probabilities fed to a logits loss (a floor at
+    -log(e/(e+C-1)) with 100% accuracy), a ReLU on the logits, a flipped sign, a clipped loss, a broken output.
+
+    Why: recipe step 2. Reference is the loss of the best constant prediction on this batch; "near zero" means
+    below `tolerance` of it. Blind spots (catalog 2.2): shuffled labels and a mid-network `.detach()` still pass;
+    `input_independent` and `params_update` catch those.
+    """
+    first, final = step_losses[0], min(step_losses[-5:])
+    accuracy_task = task.kind != "regression"
+    value: dict[str, Any] = {"first": first, "final": final, "reference": reference, "steps": len(step_losses),
+                             "batch_size": batch_size, f"batch_{task.metric_name}": batch_metric}
+    perfect = batch_metric >= 1.0 if accuracy_task else True
+    if final <= tolerance * reference and perfect:
+        return passed("overfit_batch", f"one batch memorised: loss {first:.4g} -> {final:.4g} (constant-prediction "
+                      f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.", value)
+    expected = f"loss below {tolerance * reference:.3g}" + (", accuracy 1.0" if accuracy_task else "")
+    if final > first:
+        cause = "the loss rose: its sign is flipped, or the learning rate is far too high"
+    elif first - final < 0.1 * abs(first):
+        cause = ("the loss hardly moved: gradients do not reach the parameters, the loss is clipped, or the learning "
+                 "rate is far too low")
+    elif task.loss == "cross_entropy" and perfect and abs(final - softmax_floor(task.num_classes or 2)) < 0.1:
+        cause = (f"the loss is stuck at {final:.3f} with {task.metric_name} 1.0, the floor of probabilities fed as "
+                 f"logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.3f}): remove the softmax before "
+                 "the loss")
+    elif accuracy_task and perfect:
+        cause = ("accuracy is perfect but the loss has a floor well above zero: the outputs are bounded (a softmax, "
+                 "sigmoid or tanh on the logits) or the loss adds a constant (label smoothing)")
+    else:
+        cause = ("the loss plateaued: a non-linearity on the output (ReLU on logits), an output that cannot reach the "
+                 "targets' range, or a model too small for even this batch")
+    return failed("overfit_batch", f"could not overfit one batch of {batch_size} samples in {len(step_losses)} steps: "
+                  f"loss {first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}. "
+                  f"{cause[0].upper() + cause[1:]}.",
+                  value, expected)
+
+
+def exponential_ramp(lr_min: float, lr_max: float, steps: int) -> Callable[[int], float]:
+    """A multiplier of `lr_max` for `fit(schedule=...)`: lr goes from lr_min to lr_max geometrically over `steps`."""
+    return lambda step: (lr_min / lr_max) ** (1 - min(step, steps - 1) / max(1, steps - 1))
+
+
+def smooth(values: list[float], beta: float = 0.9) -> list[float]:
+    """Bias-corrected exponential moving average (as in fastai's lr_find)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, diverge: float = 4.0) -> dict[str, Any]:
+    """Read a learning rate off a range test: smooth, skip the burn-in, truncate where the loss diverges, then take
+    the rate at the minimum divided by 10 ("minimum/10"). `lr` is None when the curve is not reliable."""
+    finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    usable = finite[-1] + 1 if finite and finite == list(range(len(finite))) else len(finite)
+    curve = smooth(losses[:usable])
+    start = max(3, int(burn_in * len(curve)))
+    end = len(curve)
+    for i in range(start, len(curve)):
+        if curve[i] > diverge * min(curve[start : i + 1]) and curve[i] > curve[start]:
+            end = i
+            break
+    out: dict[str, Any] = {"lr": None, "rule": "minimum/10", "burn_in_steps": start, "used_steps": end,
+                           "smoothed": curve, "diverged": end < len(losses)}
+    if end - start < 5:
+        out["reason"] = "too few usable points before the loss diverged; lower lr_min or use more steps"
+        return out
+    window = curve[start:end]
+    i_min = start + min(range(len(window)), key=window.__getitem__)
+    drop = (curve[start] - curve[i_min]) / abs(curve[start]) if curve[start] else 0.0
+    out.update(lr_at_minimum=lrs[i_min], loss_at_minimum=curve[i_min], relative_drop=drop)
+    if drop < 0.1:
+        out["reason"] = f"the smoothed loss never fell more than {drop:.0%} below its start"
+        return out
+    out["lr"] = lrs[i_min] / 10
+    if end == len(losses) and i_min >= end - 3:
+        out["note"] = "the loss was still falling at lr_max; raise lr_max to see where it turns"
+    return out
+
+
+def lr_range(lrs: list[float], losses: list[float], suggestion: dict[str, Any], current_lr: float) -> Check:
+    """Reports the learning rate suggested by the range test, or says plainly that there is no reliable one."""
+    value = {k: v for k, v in suggestion.items() if k != "smoothed"}
+    if suggestion["lr"] is None:
+        return warned("lr_range_test", f"no reliable learning-rate suggestion: {suggestion['reason']}. Keeping "
+                      f"lr={current_lr:g}.", value, "a clear descent before divergence")
+    note = f" ({suggestion['note']})" if "note" in suggestion else ""
+    return passed("lr_range_test", f"suggested lr {suggestion['lr']:.3g}: the smoothed loss is lowest at "
+                  f"{suggestion['lr_at_minimum']:.3g}, and the rule is minimum/10{note}.", value)

@@ -1,0 +1,37 @@
+"""The exceptions users need to catch: every one is a `RecipeError`.
+
+Each message says what was seen, what was expected and what to do, in one or two sentences.
+"""
+
+from __future__ import annotations
+
+
+class RecipeError(Exception):
+    """Base class of every error `recipe` raises on purpose."""
+
+
+class TaskError(RecipeError, ValueError):
+    """The Task is malformed: a split, the model factory, the loss or the targets (raised before training)."""
+
+
+class ConfigError(RecipeError, ValueError):
+    """A setting or YAML config is invalid: unknown key, wrong type, bad value."""
+
+
+class NonFiniteError(RecipeError, FloatingPointError):
+    """Training produced a non-finite loss; the message names the step, parameter and module.
+
+    Attributes:
+        step: the first optimizer step (0-based) whose loss was not finite.
+        parameter: name of the first parameter holding non-finite values after that step, if any.
+        module: name of the first module whose output was non-finite when the batch was replayed, if found.
+        losses: the finite training losses of the steps before it.
+    """
+
+    def __init__(self, message: str, step: int, parameter: str | None = None, module: str | None = None,
+                 losses: list[float] | None = None):
+        super().__init__(message)
+        self.step = step
+        self.parameter = parameter
+        self.module = module
+        self.losses = losses or []

@@ -1,0 +1,419 @@
+"""`fit`: the one training loop. Every stage trains through it, and users call it to train the model the recipe chose.
+
+Everything that can be decided before the loop is (data path, precision, optimizer kernels, clipping, schedule);
+the hot loop is forward, loss, backward, clip, step. Per-step losses stay on the device and are read once per
+`log_every` steps, which is also when non-finite losses are caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from recipe import checkpoint
+from recipe.data import Batch, DatasetSplit, Split, TensorSplit, batch_size_of, eval_batches, train_batches
+from recipe.diagnostics.numerics import first_non_finite_module, first_non_finite_parameter
+from recipe.errors import ConfigError, NonFiniteError, TaskError
+from recipe.reproducibility import resolve_device, rng_state, seed_everything, set_rng_state
+from recipe.task import Task
+
+MetricsLog = Callable[[dict[str, Any]], None]
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+        model: the trained module (best validation epoch when early stopping restored it).
+        history: one record per epoch: epoch, step, train_loss, val_loss, val_loss_se, val_<metric>, ...
+        step_losses: the training loss of every optimizer step.
+        steps: optimizer steps taken.
+        seconds: wall time of the loop, evaluations included.
+        setup: the choices made before the loop (device, data path, precision, optimizer kernel, ...).
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Loss and metric over a whole split, each with its standard error (None when not computable)."""
+
+    loss: float
+    loss_se: float | None
+    metric: float
+    metric_se: float | None
+    n: int
+    per_sample_loss: torch.Tensor | None = None
+
+
+def fit(
+    task: Task,
+    epochs: int | None = 5,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    max_steps: int | None = None,
+    optimizer: str = "adamw",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    schedule: str | Callable[[int], float] = "constant",
+    warmup_steps: int = 0,
+    grad_clip: float | None = None,
+    precision: str = "auto",
+    compile: bool = False,
+    early_stopping: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    model: nn.Module | None = None,
+    init_bias: bool = False,
+    eval_batch_size: int = 1024,
+    evaluate_every_epoch: bool = True,
+    log: MetricsLog | None = None,
+    log_every: int = 10,
+    on_log: Callable[[int, nn.Module], None] | None = None,
+    num_workers: int | None = None,
+) -> FitResult:
+    """Train `task`'s model and evaluate it on the whole validation split after every epoch.
+
+    Args:
+        task: the problem (data, model factory, loss).
+        epochs: passes over the training split; None to run until `max_steps`.
+        batch_size: training batch size.
+        lr: peak learning rate.
+        device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N" or a torch.device.
+        seed: seeds python, numpy, torch and CUDA before the model is built.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        max_steps: stop after this many optimizer steps (with `epochs`, whichever comes first).
+        optimizer: "adamw" (default), "adam" or "sgd" (with `momentum`).
+        weight_decay: decoupled weight decay; off by default.
+        schedule: "constant", "cosine" or "linear" decay to zero over the run, after `warmup_steps` of linear warm-up;
+            or a callable step -> multiplier of `lr` (the LR range test uses an exponential ramp).
+        grad_clip: clip the global gradient norm to this value.
+        precision: "auto" (bf16 autocast on CUDA GPUs that support it, else fp32), "fp32" or "bf16".
+        compile: run the model through `torch.compile`.
+        early_stopping: stop after this many epochs without a better validation loss, and restore the best weights.
+        checkpoint_dir: write `last.pt` (model, optimizer, schedule, RNG and data-order state) after every epoch and
+            `best.pt` (weights) at the best validation loss.
+        resume: continue from `checkpoint_dir/last.pt` when it exists.
+        model: train this module instead of a fresh one from the task's factory.
+        init_bias: set the final layer's bias to the log class priors / target mean before training.
+        log: receives one record per logged step and per epoch (the run directory's metrics.jsonl).
+        log_every: read the losses from the device every this many steps (logging, progress, non-finite check).
+        on_log: called as on_log(step, model) at every logged step, in training mode.
+        num_workers: DataLoader workers for Dataset splits; default: none on machines with 2 cores or fewer.
+
+    Raises:
+        TaskError: the task is malformed (checked before training).
+        NonFiniteError: the training loss became NaN/Inf; names the step, the parameter and the module.
+    """
+    _check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
+    dev = resolve_device(device)
+    task.validate(dev)
+    if batch_size > len(task.train):
+        raise ConfigError(
+            f"batch_size={batch_size} is larger than the training split ({len(task.train)} samples); "
+            f"use batch_size <= {len(task.train)}."
+        )
+    seed_everything(seed)
+    model = (model if model is not None else task.make_model()).to(dev)
+    if init_bias:
+        from recipe.diagnostics.init import init_output_bias
+
+        init_output_bias(model, task, dev)
+
+    split, data_path = _place(task.train, dev)
+    generator = torch.Generator().manual_seed(seed)
+    epoch_batches = train_batches(split, batch_size, generator, dev, num_workers)
+    steps_per_epoch = math.ceil(len(task.train) / batch_size)
+    total = min(x for x in (max_steps, None if epochs is None else epochs * steps_per_epoch) if x is not None)
+    n_epochs = math.ceil(total / steps_per_epoch)
+
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(optimizer, params, lr, weight_decay, momentum, dev)
+    sched = _schedule(opt, schedule, warmup_steps, total)
+    clip: Callable[[], Any] = (
+        (lambda: torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else (lambda: None)
+    )
+    forward_model = torch.compile(model) if compile else model
+    setup = {
+        "device": str(dev), "data_path": data_path, "precision": "bf16 autocast" if bf16 else "fp32",
+        "optimizer": optimizer, "optimizer_kernel": _kernel(opt), "compile": compile, "lr": lr,
+        "batch_size": batch_size, "steps": total, "steps_per_epoch": steps_per_epoch,
+        "schedule": schedule if isinstance(schedule, str) else "custom",
+        "warmup_steps": warmup_steps if not callable(schedule) else None, "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed,
+    }
+
+    def train_step(batch: Batch) -> torch.Tensor:
+        with autocast():
+            output, target = task.outputs(forward_model, batch)
+            loss = task.compute_loss(output, target)
+        loss.backward()
+        clip()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+        return loss.detach()
+
+    result = FitResult(model=model, setup=setup)
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    start_epoch, stale = 0, 0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
+        start_epoch = _restore(ckpt_dir / "last.pt", model, opt, sched, generator, result)
+    bar = tqdm(total=total, initial=result.steps, disable=not progress or not sys.stderr.isatty(), leave=False,
+               desc=f"fit {task.name}", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    pending: list[torch.Tensor] = []
+    last_batch: Batch = None
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            model.train()
+            for last_batch in epoch_batches():
+                pending.append(train_step(last_batch))
+                result.steps += 1
+                if len(pending) == log_every or result.steps == total:
+                    _flush(pending, result, epoch, model, task, last_batch, log, bar, lr)
+                    if on_log is not None:
+                        on_log(result.steps, model)
+                if result.steps >= total:
+                    break
+            if pending:
+                _flush(pending, result, epoch, model, task, last_batch, log, bar, lr)
+            record = _end_of_epoch(task, model, result, epoch, dev, eval_batch_size, evaluate_every_epoch, autocast)
+            result.history.append(record)
+            if log is not None:
+                for key, value in record.items():
+                    if key.startswith(("val_", "train_")) and value is not None and not key.endswith("_se"):
+                        split_name, metric = key.split("_", 1)
+                        log({"step": result.steps, "epoch": epoch, "split": split_name, "metric": metric,
+                             "value": value})
+            val_loss = record.get("val_loss")
+            if val_loss is not None and (best is None or val_loss < best[0]):
+                best, stale = (val_loss, _state_copy(model) if early_stopping else {}), 0
+                if ckpt_dir is not None:
+                    checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+            else:
+                stale += 1
+            if ckpt_dir is not None:
+                _save_last(ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch)
+            if early_stopping is not None and stale >= early_stopping:
+                break
+            if result.steps >= total:
+                break
+    finally:
+        bar.close()
+    if early_stopping is not None and best is not None and best[1]:
+        model.load_state_dict(best[1])
+        setup["restored_best_val_loss"] = best[0]
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    split: Split,
+    device: torch.device,
+    batch_size: int = 1024,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> Evaluation:
+    """Loss and metric over the whole split, in eval mode, with standard errors over samples."""
+    was_training = model.training
+    model.eval()
+    losses: list[torch.Tensor] = []
+    metrics: list[torch.Tensor] = []
+    batch_losses: list[tuple[float, int]] = []
+    with torch.inference_mode(), autocast():
+        for batch in eval_batches(split, batch_size, device):
+            output, target = task.outputs(model, batch)
+            output = output.float()
+            per_sample = task.loss_per_sample(output, target)
+            if per_sample is None:
+                batch_losses.append((float(task.compute_loss(output, target)), batch_size_of(target)))
+            else:
+                losses.append(per_sample.float())
+            metrics.append(task.metric_per_sample(output, target).float())
+    model.train(was_training)
+    metric = torch.cat(metrics)
+    n = len(metric)
+    metric_se = float(metric.std() / math.sqrt(n)) if n > 1 else None
+    if losses:
+        loss = torch.cat(losses)
+        return Evaluation(float(loss.mean()), float(loss.std() / math.sqrt(n)) if n > 1 else None,
+                          float(metric.mean()), metric_se, n, loss.cpu())
+    total = sum(b for _, b in batch_losses)
+    return Evaluation(sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n)
+
+
+# ---- decided once, before the loop --------------------------------------------------------------------------------
+
+
+def _check_settings(optimizer: str, schedule: str | Callable[[int], float], precision: str, batch_size: int, lr: float,
+                    epochs: int | None, max_steps: int | None) -> None:
+    for name, value, allowed in (("optimizer", optimizer, OPTIMIZERS), ("schedule", schedule, SCHEDULES),
+                                 ("precision", precision, PRECISIONS)):
+        if not callable(value) and value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not known; use one of {', '.join(allowed)}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}.")
+    if epochs is None and max_steps is None:
+        raise ConfigError("give epochs or max_steps (or both): with neither, training would never stop.")
+    for name, value in (("epochs", epochs), ("max_steps", max_steps)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _place(split: Split, device: torch.device) -> tuple[Split, str]:
+    """Keep in-memory data on the device when it fits (half the free memory), else pinned on the host."""
+    if isinstance(split, DatasetSplit):
+        return split, "DataLoader"
+    if device.type == "cpu":
+        return split, "in-memory tensors (CPU)"
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    if device.type != "cuda" or split.nbytes() < free // 2:
+        return split.to(device), f"in-memory tensors (resident on {device})"
+    return TensorSplit(split.x.pin_memory(), split.y.pin_memory(), "train"), "in-memory tensors (pinned host)"
+
+
+def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float,
+               device: torch.device) -> torch.optim.Optimizer:
+    if not params:
+        raise TaskError("the model has no trainable parameters (all have requires_grad=False or there are none).")
+    fused = {"fused": True} if device.type == "cuda" and all(p.is_floating_point() for p in params) else {}
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay, **fused)
+
+
+def _kernel(opt: torch.optim.Optimizer) -> str:
+    group = opt.param_groups[0]
+    return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "default"
+
+
+def _schedule(opt: torch.optim.Optimizer, schedule: str | Callable[[int], float], warmup_steps: int,
+              total: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    if callable(schedule):
+        return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    if schedule == "constant" and warmup_steps == 0:
+        return None
+    decay_steps = max(1, total - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / decay_steps)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1 - progress
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# ---- at log points and epoch ends ----------------------------------------------------------------------------------
+
+
+def _flush(pending: list[torch.Tensor], result: FitResult, epoch: int, model: nn.Module, task: Task,
+           batch: Batch, log: MetricsLog | None, bar: Any, lr: float) -> None:
+    """Read the pending losses (one host sync), stop on a non-finite one, log their mean."""
+    values = torch.stack(pending).float().tolist()
+    pending.clear()
+    first = len(result.step_losses)
+    result.step_losses.extend(values)
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            _raise_non_finite(first + i, v, model, task, batch, lr, result.step_losses[: first + i])
+    mean = sum(values) / len(values)
+    if log is not None:
+        log({"step": result.steps, "epoch": epoch, "split": "train", "metric": "loss", "value": mean})
+    bar.update(len(values))
+    bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
+
+
+def _raise_non_finite(step: int, value: float, model: nn.Module, task: Task, batch: Batch, lr: float,
+                      losses: list[float]) -> None:
+    parameter = first_non_finite_parameter(model)
+    module = first_non_finite_module(model, task, batch)
+    where = "; ".join(
+        part for part in (f"first non-finite parameter: {parameter}" if parameter else "",
+                          f"first module with non-finite output: {module}" if module else "") if part
+    )
+    raise NonFiniteError(
+        f"training loss became {value} at step {step}" + (f" ({where})" if where else "") + ". Likely causes: "
+        f"learning rate too high (lr={lr:g}), a log/division/exp of a value that reaches 0 or overflows, or NaN/Inf "
+        "in the data. Lower the learning rate, add gradient clipping, or guard the operation.",
+        step=step, parameter=parameter, module=module, losses=losses,
+    )
+
+
+def _end_of_epoch(task: Task, model: nn.Module, result: FitResult, epoch: int, device: torch.device,
+                  eval_batch_size: int, evaluate_now: bool, autocast: Callable[[], Any]) -> dict[str, Any]:
+    steps = result.setup["steps_per_epoch"]
+    recent = result.step_losses[-steps:]
+    record: dict[str, Any] = {"epoch": epoch, "step": result.steps, "train_loss": sum(recent) / max(1, len(recent))}
+    if evaluate_now:
+        ev = evaluate(task, model, task.val, device, eval_batch_size, autocast)
+        record.update({"val_loss": ev.loss, "val_loss_se": ev.loss_se, f"val_{task.metric_name}": ev.metric,
+                       f"val_{task.metric_name}_se": ev.metric_se})
+    return record
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _save_last(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, generator: torch.Generator,
+               result: FitResult, epoch: int) -> None:
+    checkpoint.save_atomic({
+        "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict() if sched is not None else None, "epoch": epoch, "steps": result.steps,
+        "generator": generator.get_state(), "rng": rng_state(), "history": result.history,
+        "step_losses": result.step_losses,
+    }, path)
+
+
+def _restore(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, generator: torch.Generator,
+             result: FitResult) -> int:
+    state = checkpoint.load(path)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None and state["schedule"] is not None:
+        sched.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
+    return int(state["epoch"]) + 1
+

@@ -1,0 +1,292 @@
+"""`Recipe` runs stages in order through one explicit `Context`, stops at the first failed check, and writes the run
+directory (checks.json, metrics.jsonl, manifest.json, report.html)."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recipe.check import Check
+from recipe.config import TrainSettings, settings_from_dict, suggest
+from recipe.errors import ConfigError, NonFiniteError
+from recipe.fit import FitResult, fit
+from recipe.reproducibility import resolve_device
+from recipe.rundir import RunDir
+from recipe.stage import Stage
+from recipe.task import Task
+
+
+@dataclass
+class Context:
+    """Everything a stage may read, and the one place stages hand results to later stages.
+
+    Attributes:
+        task: the user's task.
+        device: the resolved training device.
+        seed: the run's seed.
+        rundir: the run directory (write through `save_json` / `save_figure` / `save_text`).
+        train: the current training settings; earlier stages refine them with `learn` (lr found, batch size).
+        learned: what each stage learned, by stage name: recorded in manifest.json.
+        objects: non-serialisable hand-overs between stages (for example a trained model), by name.
+        stage: the name of the stage now running.
+        progress: whether training runs show progress bars.
+    """
+
+    task: Task
+    device: torch.device
+    seed: int
+    rundir: RunDir
+    train: TrainSettings = field(default_factory=TrainSettings)
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objects: dict[str, Any] = field(default_factory=dict)
+    stage: str = ""
+    progress: bool = True
+    fits: list[dict[str, Any]] = field(default_factory=list)
+
+    def learn(self, **values: Any) -> None:
+        """Record what the running stage learned; keys naming a training setting also update `train`."""
+        known = {f.name for f in dataclasses.fields(TrainSettings)}
+        updates = {k: v for k, v in values.items() if k in known}
+        if updates:
+            self.train = dataclasses.replace(self.train, **updates)
+        self.learned.setdefault(self.stage, {}).update(values)
+
+    def fit(self, run: str, task: Task | None = None, **overrides: Any) -> FitResult:
+        """`fit` with the current training settings, this run's device and seed, logging to metrics.jsonl."""
+        s = self.train
+        settings: dict[str, Any] = {
+            "epochs": s.epochs, "batch_size": min(s.batch_size, len((task or self.task).train)), "lr": s.lr,
+            "optimizer": s.optimizer, "weight_decay": s.weight_decay, "schedule": s.schedule,
+            "warmup_steps": s.warmup_steps, "grad_clip": s.grad_clip, "precision": s.precision,
+            "compile": s.compile, "init_bias": s.init_bias, "device": self.device, "seed": self.seed,
+            "progress": self.progress, "log": self.rundir.metrics_log(self.stage, run),
+        }
+        settings.update(overrides)
+        result = fit(task or self.task, **settings)
+        self.fits.append({"stage": self.stage, "run": run, "seconds": round(result.seconds, 3), **result.setup})
+        return result
+
+    def check(self, fn: Callable[..., Check], *args: Any, **kwargs: Any) -> Check:
+        """Call a check function and record how long it took."""
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        return result.replace(seconds=time.perf_counter() - start)
+
+    def save_json(self, name: str, obj: Any) -> str:
+        return self.rundir.save_json(self.stage, name, obj)
+
+    def save_text(self, name: str, text: str) -> str:
+        return self.rundir.save_text(self.stage, name, text)
+
+    def save_figure(self, name: str, fig: Any) -> str:
+        return self.rundir.save_figure(self.stage, name, fig)
+
+
+@dataclass
+class RecipeResult:
+    """What `Recipe.run()` returns.
+
+    Attributes:
+        ok: True when no check failed.
+        checks: every Check, in the order they ran.
+        run_dir: the run directory.
+        stages: stage name -> "pass" | "warn" | "fail" (stages not reached are absent).
+    """
+
+    ok: bool
+    checks: list[Check]
+    run_dir: Path
+    stages: dict[str, str]
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    def __repr__(self) -> str:
+        counts = {s: sum(c.status == s for c in self.checks) for s in ("pass", "warn", "fail", "skip")}
+        return f"RecipeResult(ok={self.ok}, {counts}, run_dir='{self.run_dir}')"
+
+    def _repr_html_(self) -> str:
+        from recipe.report import result_html
+
+        return result_html(self)
+
+
+class Recipe:
+    """Karpathy's recipe as a staged run: each stage emits checks, and a failed check stops the run.
+
+    Args:
+        task: the problem to train.
+        run_dir: where the run's files go (created if missing); default `runs/<task.name>`.
+        stages: None for every stage in order, or a list of stage names and/or `Stage` instances.
+        device: "auto" | "cpu" | "cuda" | "cuda:N" | torch.device.
+        seed: seeds python, numpy and torch for every training run.
+        keep_going: run later stages even after a failed check.
+        config: per-stage settings by stage name (as in a YAML config), plus `train` for the training settings.
+        progress: show progress bars (only on a terminal).
+        quiet: print only the final summary.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        run_dir: str | Path | None = None,
+        stages: Sequence[str | Stage] | None = None,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        keep_going: bool = False,
+        config: dict[str, Any] | None = None,
+        progress: bool = True,
+        quiet: bool = False,
+    ):
+        from recipe.stages import STAGES
+
+        if not isinstance(task, Task):
+            raise ConfigError(f"Recipe needs a recipe.Task, got {type(task).__name__}.")
+        config = dict(config or {})
+        for key in config:
+            if key != "train" and key not in STAGES:
+                raise ConfigError(f"config: unknown section {key!r}{suggest(key, ['train', *STAGES])}")
+        self.task = task
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.keep_going = keep_going
+        self.progress = progress
+        self.quiet = quiet
+        self.train = settings_from_dict(TrainSettings, config.get("train"), "config: train")
+        self.stages: list[Stage] = []
+        for item in stages if stages is not None else list(STAGES):
+            if isinstance(item, Stage):
+                self.stages.append(item)
+            elif isinstance(item, str) and item in STAGES:
+                self.stages.append(STAGES[item](config.get(item)))
+            else:
+                raise ConfigError(f"stages: unknown stage {item!r}{suggest(str(item), STAGES)}")
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / task.name
+        self.config = config
+
+    def run(self) -> RecipeResult:
+        """Run the stages in order; write the run directory; return the result."""
+        from recipe.report import build_report
+
+        self.task.validate(self.device)  # bad input fails here, before anything is written
+        rundir = RunDir(self.run_dir, [s.name for s in self.stages])
+        rundir.create()
+        ctx = Context(self.task, self.device, self.seed, rundir, self.train, progress=self.progress)
+        console = Console(self.quiet)
+        manifest = self._manifest()
+        console.header(self.task, self.device, self.seed, rundir.path)
+        checks: list[Check] = []
+        statuses: dict[str, str] = {}
+        timings: dict[str, float] = {}
+        try:
+            for stage in self.stages:
+                ctx.stage = stage.name
+                start = time.perf_counter()
+                stage_checks = _run_stage(stage, ctx)
+                timings[stage.name] = round(time.perf_counter() - start, 3)
+                checks.extend(stage_checks)
+                statuses[stage.name] = _worst(stage_checks)
+                rundir.write_checks(checks)
+                console.stage(stage.name, stage_checks, timings[stage.name])
+                if statuses[stage.name] == "fail" and not self.keep_going:
+                    break
+        finally:
+            manifest.update(end=_now(), stages=statuses, seconds=timings, learned=ctx.learned, fits=ctx.fits,
+                            train_final=dataclasses.asdict(ctx.train))
+            rundir.write_checks(checks)
+            rundir.write_manifest(manifest)
+            rundir.close()
+            build_report(rundir.path)
+        result = RecipeResult(not any(c.failed for c in checks), checks, rundir.path, statuses)
+        console.summary(result)
+        return result
+
+    def _manifest(self) -> dict[str, Any]:
+        from recipe import __version__
+
+        return {
+            "task": {"name": self.task.name, "kind": self.task.kind, "num_classes": self.task.num_classes,
+                     "loss": self.task.loss if isinstance(self.task.loss, str) else repr(self.task.loss),
+                     "train_size": len(self.task.train), "val_size": len(self.task.val)},
+            "config": {"train": dataclasses.asdict(self.train),
+                       **{s.name: dataclasses.asdict(s.settings) for s in self.stages}},
+            "stages_planned": [s.name for s in self.stages],
+            "seed": self.seed, "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "keep_going": self.keep_going,
+            "versions": {"recipe": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                         "numpy": np.__version__, "platform": platform.platform()},
+            "start": _now(),
+        }
+
+
+def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
+    """Run one stage; a non-finite loss becomes a failed `non_finite` check; skipped names are marked."""
+    try:
+        checks = list(stage.run(ctx))
+    except NonFiniteError as exc:
+        checks = [Check("non_finite", "fail", {"step": exc.step, "parameter": exc.parameter, "module": exc.module},
+                        "finite loss at every step", str(exc))]
+    skip = set(getattr(stage.settings, "skip", ()))
+    out = []
+    for c in checks:
+        c = c.replace(stage=stage.name)
+        if c.name in skip and c.status != "skip":
+            c = c.replace(status="skip", message=f"skipped by config ({stage.name}.skip); it measured: {c.message}")
+        out.append(c)
+    return out
+
+
+def _worst(checks: list[Check]) -> str:
+    statuses = {c.status for c in checks}
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Console:
+    """The terminal output: a header, one compact table per stage, and a summary that ends with the failure."""
+
+    MARKS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def _print(self, text: str = "") -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stdout)
+
+    def header(self, task: Task, device: torch.device, seed: int, path: Path) -> None:
+        if not self.quiet:
+            self._print(f"recipe · task {task.name} ({task.kind}) · device {device} · seed {seed} · run dir {path}")
+
+    def stage(self, name: str, checks: list[Check], seconds: float) -> None:
+        if self.quiet:
+            return
+        counts = ", ".join(f"{n} {s}" for s in ("fail", "warn") if (n := sum(c.status == s for c in checks)))
+        self._print(f"\n── {name} · {len(checks)} checks{' · ' + counts if counts else ''} · {seconds:.1f} s")
+        width = max((len(c.name) for c in checks), default=10)
+        for c in checks:
+            message = c.message if len(c.message) <= 110 else c.message[:107] + "..."
+            self._print(f"  {self.MARKS[c.status]}  {c.name:<{width}}  {message}")
+
+    def summary(self, result: RecipeResult) -> None:
+        counts = {s: sum(c.status == s for c in result.checks) for s in ("pass", "warn", "fail", "skip")}
+        line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        self._print(f"\n{'OK' if result.ok else 'FAILED'}: {line} · report: {result.run_dir / 'report.html'}")
+        for c in result.failures:
+            self._print(f"FAIL {c.stage}.{c.name}: {c.message}")

@@ -1,0 +1,116 @@
+"""report.html, built from the run directory alone (`recipe report RUN_DIR` rebuilds it).
+
+One self-contained page: a status summary at the top (failures first, each with its fix), a section per stage with
+its checks and plots (embedded as base64, so the file reads offline), then the run's configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recipe.check import Check
+from recipe.rundir import REPORT, RunDir, stage_folder
+
+if TYPE_CHECKING:
+    from recipe.recipe import RecipeResult
+
+COLORS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781"}
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid #d0d7de}
+.meta{color:#59636e;margin-bottom:16px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
+table{border-collapse:collapse;width:100%;background:#fff;margin:8px 0}
+th,td{border:1px solid #d0d7de;padding:6px 8px;text-align:left;vertical-align:top}
+th{background:#f6f8fa} td.name{font-family:ui-monospace,monospace;white-space:nowrap}
+td.value{font-family:ui-monospace,monospace;font-size:12px;max-width:260px;overflow-wrap:anywhere}
+.summary{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
+.card{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;min-width:120px}
+.problems li{margin:4px 0}
+.plots{display:flex;flex-wrap:wrap;gap:12px}
+.plots figure{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:6px;width:340px}
+.plots img{width:100%;cursor:zoom-in} .plots figcaption{font-size:12px;color:#59636e}
+pre{background:#fff;border:1px solid #d0d7de;padding:10px;overflow:auto;font-size:12px}
+"""
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge" style="background:{COLORS.get(status, "#6e7781")}">{html.escape(status)}</span>'
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def checks_table_html(checks: list[Check]) -> str:
+    """A checks table as HTML (also what a Check shows in a notebook)."""
+    rows = "".join(
+        f"<tr><td>{_badge(c.status)}</td><td class=name>{html.escape(c.name)}</td>"
+        f"<td>{html.escape(c.message)}</td><td class=value>{html.escape(_short(c.value))}</td>"
+        f"<td class=value>{html.escape(_short(c.expected)) if c.expected is not None else ''}</td>"
+        f"<td>{'' if c.seconds is None else f'{c.seconds:.2f}'}</td></tr>"
+        for c in checks
+    )
+    return ("<table><tr><th>status</th><th>check</th><th>message</th><th>value</th><th>expected</th><th>s</th></tr>"
+            f"{rows}</table>")
+
+
+def result_html(result: RecipeResult) -> str:
+    """The compact notebook view of a RecipeResult: stage statuses and the checks table."""
+    stages = " ".join(f"{html.escape(name)} {_badge(status)}" for name, status in result.stages.items())
+    return f"<div><b>recipe run</b> {_badge('pass' if result.ok else 'fail')} {stages}{checks_table_html(result.checks)}</div>"
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    src = f"data:image/png;base64,{data}"
+    return (f'<figure><a href="{src}" target="_blank" rel="noopener"><img src="{src}" alt="{html.escape(path.name)}">'
+            f"</a><figcaption>{html.escape(path.name)}</figcaption></figure>")
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write report.html for a run directory from checks.json, manifest.json and the stage folders."""
+    rundir = RunDir(run_dir)
+    checks, manifest = rundir.read_checks(), rundir.read_manifest()
+    stages = list(dict.fromkeys([*manifest.get("stages_planned", []), *(c.stage for c in checks)]))
+    statuses = manifest.get("stages", {})
+    problems = sorted((c for c in checks if c.status in ("fail", "warn")), key=lambda c: c.status != "fail")
+    task = manifest.get("task", {})
+    parts = [f"<h1>recipe report: {html.escape(str(task.get('name', rundir.path.name)))}</h1>",
+             f"<div class=meta>{html.escape(str(task.get('kind', '')))} · device {html.escape(str(manifest.get('device', '?')))}"
+             f" · seed {manifest.get('seed', '?')} · {html.escape(str(manifest.get('start', '')))} → "
+             f"{html.escape(str(manifest.get('end', 'interrupted')))}</div>", '<div class="summary">']
+    for stage in stages:
+        status = statuses.get(stage, "not run")
+        seconds = manifest.get("seconds", {}).get(stage)
+        parts.append(f'<div class="card"><b>{html.escape(stage)}</b><br>{_badge(status)}'
+                     f"{'' if seconds is None else f' {seconds:.1f} s'}</div>")
+    parts.append("</div>")
+    if problems:
+        parts.append("<h2>Needs attention</h2><ul class=problems>")
+        parts += [f"<li>{_badge(c.status)} <b>{html.escape(c.stage)}.{html.escape(c.name)}</b>: {html.escape(c.message)}</li>"
+                  for c in problems]
+        parts.append("</ul>")
+    for stage in stages:
+        stage_checks = [c for c in checks if c.stage == stage]
+        parts.append(f"<h2 id='{html.escape(stage)}'>{html.escape(stage_folder(stage, stages))} "
+                     f"{_badge(statuses.get(stage, 'not run'))}</h2>")
+        parts.append(checks_table_html(stage_checks) if stage_checks else "<p>Not run.</p>")
+        folder = rundir.path / stage_folder(stage, stages)
+        images = sorted(folder.glob("*.png")) if folder.exists() else []
+        if images:
+            parts.append('<div class="plots">' + "".join(_image(p) for p in images) + "</div>")
+    learned = manifest.get("learned", {})
+    parts.append("<h2>What the stages learned</h2><pre>" + html.escape(json.dumps(learned, indent=1)) + "</pre>")
+    parts.append("<h2>Configuration and environment</h2><pre>" + html.escape(json.dumps(
+        {k: manifest.get(k) for k in ("config", "versions", "device_name", "fits")}, indent=1)) + "</pre>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>recipe report</title>"
+            f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
+    rundir.write_report(page)
+    return rundir.path / REPORT

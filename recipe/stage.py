@@ -1,0 +1,54 @@
+"""`Stage`: a name, a frozen settings dataclass and `run(ctx) -> list[Check]`.
+
+A user customises a stage by subclassing it and extending `run`::
+
+    class MyBaseline(Baseline):
+        def run(self, ctx):
+            checks = super().run(ctx)
+            return [*checks, my_check(ctx.task)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from recipe.check import Check
+from recipe.config import settings_from_dict
+
+if TYPE_CHECKING:
+    from recipe.recipe import Context
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Settings every stage has.
+
+    Args:
+        skip: names of this stage's checks to report as "skip" (for deliberate designs, e.g. a model that couples
+            samples on purpose); they still run, but cannot stop the recipe.
+    """
+
+    skip: tuple[str, ...] = ()
+
+
+class Stage:
+    """Base class of every stage. Subclasses set `name` and `settings_cls` and implement `run`."""
+
+    name: ClassVar[str] = "stage"
+    settings_cls: ClassVar[type] = StageSettings
+
+    def __init__(self, settings: Any = None, **overrides: Any):
+        if settings is None or isinstance(settings, dict):
+            settings = settings_from_dict(self.settings_cls, {**(settings or {}), **overrides}, self.name)
+        elif overrides:
+            import dataclasses
+
+            settings = dataclasses.replace(settings, **overrides)
+        self.settings = settings
+
+    def run(self, ctx: Context) -> list[Check]:
+        raise NotImplementedError(f"{type(self).__name__}.run(ctx) must return a list of Check")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings})"

@@ -1,0 +1,11 @@
+"""The stages, in recipe order. `STAGES` is the only registry: a literal dict from name to class."""
+
+from recipe.stages.baseline import Baseline, BaselineSettings
+from recipe.stages.overfit import OverfitOneBatch, OverfitSettings
+
+STAGES = {
+    "baseline": Baseline,
+    "overfit": OverfitOneBatch,
+}
+
+__all__ = ["STAGES", "Baseline", "BaselineSettings", "OverfitOneBatch", "OverfitSettings"]

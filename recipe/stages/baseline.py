@@ -1,0 +1,198 @@
+"""Stage `baseline`: set up the end-to-end training/evaluation skeleton and get dumb baselines.
+
+    "Our next step is to set up a full training + evaluation skeleton and gain trust in its correctness via a
+    series of experiments." — Karpathy, A Recipe for Training Neural Networks, step 2.
+
+Fix the seed, simplify (no augmentation, dropout or weight decay here), look at the batch as the model gets it,
+verify the loss at init, init well, chart dependencies with backprop, train briefly, and compare with dumb,
+simple and input-independent baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipe import plots
+from recipe.check import Check, skipped
+from recipe.diagnostics.activations import activation_stats, activations
+from recipe.diagnostics.data import input_batch, target_leak
+from recipe.diagnostics.dependencies import batch_independence, causal
+from recipe.diagnostics.evaluation import (
+    eval_deterministic,
+    human_baseline,
+    input_independent,
+    simple_model,
+    trivial_baselines,
+)
+from recipe.diagnostics.init import init_bias, loss_at_init, output_kind
+from recipe.diagnostics.parameters import params_update
+from recipe.diagnostics.training import loss_decreases, seed_reproducible
+from recipe.errors import NonFiniteError
+from recipe.fit import FitResult, evaluate
+from recipe.models import disable_dropout, simple_model_factory
+from recipe.recipe import Context
+from recipe.stage import Stage
+from recipe.task import IGNORE_INDEX, Task
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Settings of the `baseline` stage.
+
+    Args:
+        steps: optimizer steps of each short training run (real inputs, zeroed inputs, simple model).
+        seed_steps: steps of each of the two runs compared by the `seed` check.
+        probe_size: samples in the batch used by the dependency, activation and determinism checks.
+        simple_model_lr: learning rate of the linear / bigram reference model.
+        human_baseline: a human's validation metric (accuracy or MAE), reported beside the model's.
+        skip: checks to report as "skip" (they still run).
+    """
+
+    steps: int = 300
+    seed_steps: int = 20
+    probe_size: int = 7  # a prime, so the batch axis is not confused with another axis of the same size
+    simple_model_lr: float = 1e-2
+    human_baseline: float | None = None
+    skip: tuple[str, ...] = ()
+
+
+class Baseline(Stage):
+    """End-to-end skeleton + dumb baselines: every check here runs before any real training."""
+
+    name = "baseline"
+    settings_cls = BaselineSettings
+    settings: BaselineSettings
+
+    def run(self, ctx: Context) -> list[Check]:
+        s, task, device = self.settings, ctx.task, ctx.device
+        def fresh() -> nn.Module:
+            return disable_dropout(task.make_model()).to(device)
+        batch = task.sample_batch("train", ctx.train.batch_size, ctx.seed, device)
+        inputs, _ = task.split_batch(batch)
+        probe_inputs, _ = task.split_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
+
+        checks = [self._seed(ctx), self._input_batch(ctx, inputs, batch)]
+        checks.append(ctx.check(loss_at_init, fresh(), task, batch))
+        checks.append(ctx.check(init_bias, task, fresh, batch, device))
+        checks.append(ctx.check(batch_independence, fresh(), task, probe_inputs))
+        if task.kind == "sequence":
+            checks.append(ctx.check(causal, fresh(), task, probe_inputs))
+        checks.append(ctx.check(target_leak, task, seed=ctx.seed))
+        checks.append(ctx.check(params_update, fresh(), task, batch))
+        checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
+        trivial, trivial_figures = trivial_baselines(task)
+        checks.append(trivial)
+
+        stats_init = activation_stats(fresh(), task, inputs)
+        try:
+            trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
+        except NonFiniteError as exc:
+            return [*checks, Check("non_finite", "fail", {"step": exc.step, "parameter": exc.parameter,
+                                   "module": exc.module}, "finite loss at every step", str(exc))]
+        checks.append(loss_decreases(trained.step_losses, ctx.train.lr))
+        stats_trained = activation_stats(trained.model, task, inputs)
+        checks.append(activations(stats_init, stats_trained))
+        ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
+        ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
+        trained.model.eval()
+        with torch.no_grad():
+            output, target = task.outputs(trained.model, task.sample_batch("val", 256, ctx.seed, device))
+        checks.append(output_kind(output, target, task))
+        if task.kind == "sequence":
+            after = causal(trained.model, task, probe_inputs)
+            checks.append(after.replace(name="causal_after_training") if after.status != "pass" else
+                          after.replace(name="causal_after_training", message="after the short run: " + after.message))
+
+        real = evaluate(task, trained.model, task.val, device)
+        zeroed_run, _ = self._short_run(ctx, "input_independent", task.replace(zero_inputs=True), fresh())
+        zeroed = evaluate(task.replace(zero_inputs=True), zeroed_run.model, task.val, device)
+        checks.append(input_independent(real, zeroed, task))
+
+        curves = {"your model": trained.step_losses, "zeroed inputs": zeroed_run.step_losses}
+        reference = simple_model_factory(task, inputs, output)
+        bars = {"your model": (real.loss, real.loss_se), "zeroed inputs": (zeroed.loss, zeroed.loss_se)}
+        if reference is None:
+            checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
+        else:
+            factory, description = reference
+            simple_run, _ = self._short_run(ctx, "simple_model", task.replace(model=factory), factory().to(device),
+                                            lr=s.simple_model_lr)
+            simple = evaluate(task, simple_run.model, task.val, device)
+            constant = trivial_figures.get("prior_loss", trivial_figures.get("unigram_loss",
+                                                                            trivial_figures.get("mean_mse")))
+            checks.append(simple_model(real, simple, constant if task.loss in ("cross_entropy", "mse") else None,
+                                       task, description))
+            curves[description] = simple_run.step_losses
+            bars[description] = (simple.loss, simple.loss_se)
+        for key in ("prior_loss", "unigram_loss", "mean_mse"):
+            if key in trivial_figures and (key != "mean_mse" or task.loss == "mse"):
+                bars[key.replace("_", " ")] = (trivial_figures[key], trivial_figures[f"{key}_se"])
+        checks.append(human_baseline(s.human_baseline, real, task))
+
+        ctx.save_figure("loss_curves.png", plots.loss_curves(curves, f"Short runs ({s.steps} steps, same budget)"))
+        ctx.save_figure("baselines.png", plots.baselines(bars, "Validation loss after the same budget",
+                                                           "validation loss (± standard error)"))
+        ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
+        ctx.save_json("baselines.json", {"model": vars(real) | {"per_sample_loss": None},
+                                         "zeroed_inputs": vars(zeroed) | {"per_sample_loss": None},
+                                         "trivial": trivial_figures})
+        ctx.learn(regularisation="off in baseline: dropout p=0, weight decay 0, no augmentation")
+        return checks
+
+    def _seed(self, ctx: Context) -> Check:
+        runs = [ctx.fit("seed", device="cpu", max_steps=self.settings.seed_steps, epochs=None,
+                        evaluate_every_epoch=False, progress=False, log=None, log_every=self.settings.seed_steps)
+                for _ in range(2)]
+        return seed_reproducible(runs[0].step_losses, runs[1].step_losses, ctx.seed)
+
+    def _input_batch(self, ctx: Context, inputs: Any, batch: Any) -> Check:
+        check, info = input_batch(inputs, ctx.task)
+        artifacts = [ctx.save_json("input_batch.json", info)]
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dim() == 4 and inputs.shape[1] in (1, 3):
+            _, target = ctx.task.split_batch(batch)
+            labels = [str(int(t)) if t.numel() == 1 else "" for t in target[:32].cpu()]
+            fig = plots.image_grid(inputs[:32].cpu(), labels, "Training batch as the model receives it (label above)")
+            artifacts.append(ctx.save_figure("input_batch.png", fig))
+        if "decoded_first_sample" in info:
+            artifacts.append(ctx.save_text("input_batch.txt", info["decoded_first_sample"]))
+        return check.replace(artifacts=tuple(artifacts))
+
+    def _short_run(self, ctx: Context, run: str, task: Task, model: nn.Module,
+                   lr: float | None = None) -> tuple[FitResult, tuple[list[int], list[list[float]], str, str]]:
+        """Train for the stage's step budget, recording predictions on fixed validation samples as it goes."""
+        val_batch = task.sample_batch("val", 16, ctx.seed, ctx.device)
+        steps: list[int] = []
+        rows: list[list[float]] = []
+
+        def record(step: int, model: nn.Module) -> None:
+            model.eval()
+            with torch.no_grad():
+                output, target = task.outputs(model, val_batch)
+                rows.append(_prediction_quality(task, output, target))
+            model.train()
+            steps.append(step)
+
+        result = ctx.fit(run, task=task, model=model, max_steps=self.settings.steps, epochs=None,
+                         evaluate_every_epoch=False, weight_decay=0.0, on_log=record,
+                         **({"lr": lr} if lr is not None else {}))
+        what = "prediction" if task.kind == "regression" else "probability of the correct class"
+        return result, (steps, rows, "Prediction dynamics on 16 fixed validation samples", what)
+
+
+def _prediction_quality(task: Task, output: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Per sample: the probability given to the correct class / token, or the prediction itself (regression)."""
+    if task.kind == "regression":
+        return output.float().reshape(len(output), -1)[:, 0].tolist()
+    if task.loss == "bce_with_logits":
+        p = torch.sigmoid(output.float())
+        return torch.where(target > 0.5, p, 1 - p).reshape(len(p), -1).mean(1).tolist()
+    probs = output.float().softmax(task.class_dim)
+    valid = target != IGNORE_INDEX
+    picked = probs.gather(task.class_dim, target.clamp_min(0).unsqueeze(task.class_dim)).squeeze(task.class_dim)
+    if picked.dim() > 1:
+        return ((picked * valid).sum(1) / valid.sum(1).clamp_min(1)).tolist()
+    return picked.tolist()

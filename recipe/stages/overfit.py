@@ -1,0 +1,96 @@
+"""Stage `overfit`: overfit one batch, then find a learning rate.
+
+    "Overfit a single batch of only a few examples (e.g. as little as two). To do so we increase the capacity of
+    our model (e.g. add layers or filters) and verify that we can reach the lowest achievable loss (e.g. zero)."
+    — Karpathy, A Recipe for Training Neural Networks, step 2.
+
+Regularisation stays off (dropout p=0, no weight decay), so a failure here is a bug, not regularisation. The
+learning-rate range test that follows hands its suggestion to later stages through the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recipe import plots
+from recipe.check import Check
+from recipe.data import fixed_indices
+from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, suggest_lr
+from recipe.errors import NonFiniteError
+from recipe.models import disable_dropout
+from recipe.recipe import Context
+from recipe.stage import Stage
+from recipe.task import constant_loss
+
+
+@dataclass(frozen=True)
+class OverfitSettings:
+    """Settings of the `overfit` stage.
+
+    Args:
+        batch_size: samples in the one batch to memorise ("a handful of examples is enough").
+        steps: optimizer steps allowed to memorise it.
+        lr: learning rate for memorising it.
+        tolerance: "near zero" means below this fraction of the best constant prediction's loss on the batch.
+        lr_min: start of the range test's exponential sweep.
+        lr_max: end of the sweep.
+        lr_steps: steps of the sweep (one training batch each).
+        skip: checks to report as "skip" (they still run).
+    """
+
+    batch_size: int = 16
+    steps: int = 300
+    lr: float = 1e-3
+    tolerance: float = 0.05
+    lr_min: float = 1e-7
+    lr_max: float = 10.0
+    lr_steps: int = 100
+    skip: tuple[str, ...] = ()
+
+
+class OverfitOneBatch(Stage):
+    """Drive the loss on one small batch to ~0; a setup that cannot is broken, not under-trained."""
+
+    name = "overfit"
+    settings_cls = OverfitSettings
+    settings: OverfitSettings
+
+    def run(self, ctx: Context) -> list[Check]:
+        return [self._overfit_batch(ctx), self._lr_range_test(ctx)]
+
+    def _overfit_batch(self, ctx: Context) -> Check:
+        s, task = self.settings, ctx.task
+        indices = fixed_indices(len(task.train), s.batch_size, ctx.seed)
+        one_batch = task.subset("train", indices)
+        model = disable_dropout(task.make_model())
+        result = ctx.fit("overfit_batch", task=one_batch, model=model, batch_size=len(indices), max_steps=s.steps,
+                         epochs=None, lr=s.lr, weight_decay=0.0, evaluate_every_epoch=False, log_every=25)
+        batch = task.batch("train", indices, ctx.device)
+        with torch.no_grad():
+            output, target = task.outputs(result.model, batch)
+            metric = float(task.metric_per_sample(output.float(), target).mean())
+        check = overfits_batch(result.step_losses, metric, constant_loss(task, target), task, len(indices), s.tolerance)
+        fig = plots.loss_curves({"one batch": result.step_losses}, f"Overfitting one batch of {len(indices)} samples",
+                                logy=True, hlines={"constant prediction": constant_loss(task, target)})
+        return check.replace(artifacts=(ctx.save_figure("overfit_batch.png", fig),))
+
+    def _lr_range_test(self, ctx: Context) -> Check:
+        s = self.settings
+        ramp = exponential_ramp(s.lr_min, s.lr_max, s.lr_steps)
+        try:
+            result = ctx.fit("lr_range_test", model=disable_dropout(ctx.task.make_model()), lr=s.lr_max, schedule=ramp,
+                             max_steps=s.lr_steps, epochs=None, weight_decay=0.0, evaluate_every_epoch=False,
+                             log_every=s.lr_steps)
+            losses = result.step_losses
+        except NonFiniteError as exc:  # divergence at high rates is expected; keep what came before
+            losses = exc.losses
+        lrs = [s.lr_max * ramp(i) for i in range(s.lr_steps)]
+        suggestion = suggest_lr(lrs, losses)
+        check = lr_range(lrs, losses, suggestion, ctx.train.lr)
+        artifacts = (ctx.save_figure("lr_range_test.png", plots.lr_range(lrs, losses, suggestion["smoothed"], suggestion)),
+                     ctx.save_json("lr_range_test.json", {"lr": lrs[: len(losses)], "loss": losses, **suggestion}))
+        if suggestion["lr"] is not None:
+            ctx.learn(lr=suggestion["lr"], lr_rule="range test, minimum/10")
+        return check.replace(artifacts=artifacts)

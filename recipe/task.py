@@ -1,0 +1,333 @@
+"""`Task`: the user's problem — data, a model factory, a loss — and the hooks a subclass overrides.
+
+Everything the recipe knows about a problem goes through a Task: how a batch splits into model input and target
+(`split_batch`), how the model is called (`forward`), how output and target are compared (`compute_loss`,
+`loss_per_sample`) and which metric is reported (`metric_per_sample`). Bad input is rejected by `validate` before
+any training starts, with an error that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torch.utils.data import Subset
+
+from recipe.data import Batch, DatasetSplit, Split, TensorSplit, as_split, fixed_indices, to_device, tree_map
+from recipe.errors import TaskError
+
+Kind = Literal["classification", "regression", "sequence"]
+KINDS: tuple[str, ...] = ("classification", "regression", "sequence")
+LOSSES: tuple[str, ...] = ("cross_entropy", "mse", "l1", "bce_with_logits")
+IGNORE_INDEX = -100  # F.cross_entropy's default: targets equal to it are not scored
+
+_SCAN_LIMIT = 20_000  # samples read from a Dataset split to infer kind and classes
+
+
+class Task:
+    """A supervised learning problem, as the recipe sees it.
+
+    Args:
+        train: a Dataset yielding (input, target), or a tuple (X, y) of tensors / numpy arrays.
+        val: same forms as `train`.
+        model: zero-argument callable returning a fresh `nn.Module` on every call.
+        loss: "cross_entropy" | "mse" | "l1" | "bce_with_logits", or callable(output, target) -> scalar tensor.
+        kind: "classification" | "regression" | "sequence"; inferred from the targets when omitted.
+        num_classes: classes (classification) or vocabulary size (sequence); inferred when omitted.
+        name: names the run; defaults to "task".
+        decoder: optional callable turning a list of token ids into text (sequence tasks), used to show batches.
+
+    Subclasses override `split_batch`, `forward`, `compute_loss`, `loss_per_sample`, `metric_per_sample` or
+    `decode` for other data formats, and keep these constructor arguments.
+    """
+
+    def __init__(
+        self,
+        train: Any,
+        val: Any,
+        model: Callable[[], nn.Module],
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
+        kind: Kind | None = None,
+        num_classes: int | None = None,
+        name: str | None = None,
+        decoder: Callable[[list[int]], str] | None = None,
+    ):
+        if not callable(model):
+            raise TaskError(f"model must be a zero-argument callable returning a fresh nn.Module, got {type(model).__name__}.")
+        if isinstance(loss, str) and loss not in LOSSES:
+            raise TaskError(f"loss={loss!r} is not known; use one of {', '.join(LOSSES)} or a callable(output, target).")
+        if not isinstance(loss, str) and not callable(loss):
+            raise TaskError(f"loss must be a name or a callable(output, target) -> scalar, got {type(loss).__name__}.")
+        if kind is not None and kind not in KINDS:
+            raise TaskError(f"kind={kind!r} is not known; use one of {', '.join(KINDS)} or leave it out to infer it.")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise TaskError(f"num_classes must be a positive int, got {num_classes!r}.")
+        self.train: Split = as_split(train, "train")
+        self.val: Split = as_split(val, "val")
+        self.model = model
+        self.loss = loss
+        self.name = name or "task"
+        self.decoder = decoder
+        self.zero_inputs = False  # set on a variant by the input-independent baseline
+        self.kind: Kind = kind or self._infer_kind()
+        self.num_classes: int | None = num_classes
+        if self.num_classes is None and self.kind != "regression":
+            self.num_classes = self._infer_num_classes()
+        self._validated: set[str] = set()
+
+    # ---- hooks a subclass overrides -------------------------------------------------------------------------
+
+    def split_batch(self, batch: Batch) -> tuple[Any, torch.Tensor]:
+        """Split a collated batch into (model input, target). Default: the first two items."""
+        if isinstance(batch, dict):
+            raise TaskError("batches are dicts: subclass Task and override split_batch(batch) -> (inputs, target).")
+        return batch[0], batch[1]
+
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """Call the model on the inputs; override for models that take several arguments or return a structure."""
+        return model(inputs)
+
+    def compute_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The scalar training loss."""
+        if callable(self.loss):
+            return self.loss(output, target)
+        if self.loss == "cross_entropy":
+            if self.kind == "sequence":
+                return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+            return F.cross_entropy(output, target)
+        if self.loss == "mse":
+            return F.mse_loss(output, target)
+        if self.loss == "l1":
+            return F.l1_loss(output, target)
+        return F.binary_cross_entropy_with_logits(output, target)
+
+    def loss_per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Loss of each sample, shape (B,); None when the loss is a user callable (per-batch only)."""
+        if callable(self.loss):
+            return None
+        if self.loss == "cross_entropy":
+            if self.kind == "sequence":
+                per_token = F.cross_entropy(output.transpose(1, -1), target, reduction="none")
+                valid = (target != IGNORE_INDEX).float()
+                return (per_token * valid).sum(1) / valid.sum(1).clamp_min(1)
+            return F.cross_entropy(output, target, reduction="none")
+        fn = {"mse": F.mse_loss, "l1": F.l1_loss, "bce_with_logits": F.binary_cross_entropy_with_logits}[self.loss]
+        per_element = fn(output, target, reduction="none")
+        return per_element.reshape(len(per_element), -1).mean(1)
+
+    @property
+    def metric_name(self) -> str:
+        return "mae" if self.kind == "regression" else "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind != "regression"
+
+    def metric_per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The reported metric for each sample, shape (B,): accuracy (classification, sequence) or mean |error|."""
+        if self.kind == "sequence":
+            valid = (target != IGNORE_INDEX).float()
+            hit = (output.argmax(-1) == target).float() * valid
+            return hit.sum(1) / valid.sum(1).clamp_min(1)
+        if self.kind == "classification":
+            if self.loss == "bce_with_logits":
+                hit = ((output > 0) == (target > 0.5)).float()
+                return hit.reshape(len(hit), -1).mean(1)
+            return (output.argmax(1) == target).float()
+        err = (output.float() - target.float()).abs()
+        return err.reshape(len(err), -1).mean(1)
+
+    def decode(self, tokens: list[int]) -> str | None:
+        """Text for a list of token ids, when the task has a decoder."""
+        return self.decoder(tokens) if self.decoder is not None else None
+
+    # ---- used by fit and the diagnostics ----------------------------------------------------------------------
+
+    def outputs(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model output, target) for a batch: split, optionally zero the inputs, forward."""
+        inputs, target = self.split_batch(batch)
+        if self.zero_inputs:
+            inputs = tree_map(torch.zeros_like, inputs)
+        return self.forward(model, inputs), target
+
+    @property
+    def class_dim(self) -> int:
+        """The axis of the output that holds the class logits."""
+        return -1 if self.kind == "sequence" else 1
+
+    def make_model(self) -> nn.Module:
+        model = self.model()
+        if not isinstance(model, nn.Module):
+            raise TaskError(f"the model factory returned {type(model).__name__}; it must return an nn.Module.")
+        return model
+
+    def replace(self, **changes: Any) -> Task:
+        """A shallow copy with some attributes changed (model, train, val, zero_inputs); hooks are kept."""
+        new = copy.copy(self)
+        for key, value in changes.items():
+            if key in ("train", "val"):
+                value = as_split(value, key)
+            elif not hasattr(self, key):
+                raise TypeError(f"Task has no attribute {key!r}")
+            setattr(new, key, value)
+        return new
+
+    def subset(self, split: str, indices: list[int]) -> Task:
+        """A variant whose `split` ("train" or "val") holds only the samples `indices`."""
+        data = self.train if split == "train" else self.val
+        if isinstance(data, TensorSplit):
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            part: Any = TensorSplit(data.x[idx.to(data.x.device)], data.y[idx.to(data.y.device)], split)
+        else:
+            part = DatasetSplit(Subset(data.dataset, list(indices)), split)
+        return self.replace(**{split: part})
+
+    def batch(self, split: str, indices: list[int], device: torch.device | str = "cpu") -> Batch:
+        """The samples `indices` of split "train" or "val", collated, on `device`."""
+        data = self.train if split == "train" else self.val
+        return to_device(data.batch(indices), torch.device(device))
+
+    def sample_batch(self, split: str, size: int, seed: int, device: torch.device | str = "cpu") -> Batch:
+        """A fixed random batch: the same `size` samples for the same seed."""
+        data = self.train if split == "train" else self.val
+        return self.batch(split, fixed_indices(len(data), size, seed), device)
+
+    def targets(self, split: str, limit: int | None = None) -> torch.Tensor:
+        """All targets of a split (or the first `limit`), on the CPU."""
+        data = self.train if split == "train" else self.val
+        n = len(data) if limit is None else min(limit, len(data))
+        if isinstance(data, TensorSplit):
+            return self.split_batch((data.x[:n], data.y[:n]))[1].cpu()
+        parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
+        return torch.cat(parts).cpu()
+
+    # ---- validation -------------------------------------------------------------------------------------------
+
+    def validate(self, device: torch.device | str = "cpu") -> None:
+        """Raise a `TaskError` naming the field and the fix for any malformed part; cheap, run before training."""
+        device = torch.device(device)
+        if str(device) in self._validated:
+            return
+        self._check_targets()
+        first, second = self.make_model(), self.make_model()
+        if first is second:
+            raise TaskError(
+                "the model factory returned the same nn.Module instance twice; it must build a fresh model on "
+                "every call (e.g. `model=lambda: Net()`), or runs would share weights."
+            )
+        del second
+        self._check_model_output(first.to(device), device)
+        self._validated.add(str(device))
+
+    def _infer_kind(self) -> Kind:
+        y = self.targets("train", limit=_SCAN_LIMIT)
+        if y.is_floating_point():
+            return "regression"
+        x, _ = self.split_batch(self.train.batch([0]))
+        if isinstance(x, torch.Tensor) and not x.is_floating_point() and y.dim() == 2 and x.shape == y.shape[:2]:
+            return "sequence"
+        return "classification"
+
+    def _infer_num_classes(self) -> int:
+        if self.loss == "bce_with_logits":
+            return 2
+        top = max(int(self.targets(s, limit=_SCAN_LIMIT).max()) for s in ("train", "val"))
+        if self.kind == "sequence":
+            x, _ = self.split_batch(self.train.batch(range(min(len(self.train), 256))))
+            if isinstance(x, torch.Tensor) and not x.is_floating_point():
+                top = max(top, int(x.max()))
+        return top + 1
+
+    def _check_targets(self) -> None:
+        for split in ("train", "val"):
+            y = self.targets(split, limit=None if isinstance(getattr(self, split), TensorSplit) else _SCAN_LIMIT)
+            if not torch.isfinite(y.float()).all():
+                bad = (~torch.isfinite(y.float())).reshape(len(y), -1).any(1).nonzero().flatten()[:5].tolist()
+                raise TaskError(f"{split} targets contain NaN or Inf (first rows {bad}); remove or impute them.")
+            if self.kind in ("classification", "sequence") and self.loss != "bce_with_logits":
+                if y.is_floating_point():
+                    raise TaskError(
+                        f"{split} targets are {y.dtype} but a {self.kind} task with cross-entropy needs integer "
+                        "class ids; convert them (y.long()) or pass kind='regression'."
+                    )
+                valid = y[y != IGNORE_INDEX] if self.kind == "sequence" else y
+                lo, hi = int(valid.min()), int(valid.max())
+                assert self.num_classes is not None
+                if lo < 0 or hi >= self.num_classes:
+                    raise TaskError(
+                        f"{split} targets span {lo}..{hi} but num_classes={self.num_classes} allows 0.."
+                        f"{self.num_classes - 1}; remap the labels to 0..C-1 or fix num_classes."
+                    )
+
+    def _check_model_output(self, model: nn.Module, device: torch.device) -> None:
+        was_training = model.training
+        model.eval()  # a 2-sample forward must not update BatchNorm statistics
+        batch = self.batch("train", list(range(min(2, len(self.train)))), device)
+        try:
+            with torch.no_grad():
+                output, target = self.outputs(model, batch)
+        except Exception as exc:  # the user's forward failed: say where, keep the cause attached
+            raise TaskError(f"the model failed on a batch of 2 training samples: {type(exc).__name__}: {exc}") from exc
+        model.train(was_training)
+        if not isinstance(output, torch.Tensor):
+            raise TaskError(
+                f"the model returned a {type(output).__name__}; the loss needs one tensor. Subclass Task and "
+                "override forward(model, inputs) to pick the output tensor."
+            )
+        if not callable(self.loss):
+            self._check_output_shape(output, target)
+        loss = self.compute_loss(output, target)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise TaskError(f"the loss returned {shape}; it must return a scalar tensor (reduce with .mean()).")
+
+    def _check_output_shape(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        out, tgt = tuple(output.shape), tuple(target.shape)
+        if self.loss == "cross_entropy":
+            want = (*tgt, self.num_classes) if self.kind == "sequence" else (tgt[0], self.num_classes, *tgt[1:])
+            width = out[-1] if self.kind == "sequence" else (out[1] if len(out) > 1 else None)
+            if self.kind == "sequence" and len(out) == len(want) and out[:-1] == tgt and width is not None:
+                if self.num_classes is not None and width >= self.num_classes:
+                    self.num_classes = width  # a vocabulary wider than the tokens seen is normal
+                    return
+            if out != want:
+                raise TaskError(
+                    f"model output has shape {out} but {self.kind} targets of shape {tgt} with "
+                    f"num_classes={self.num_classes} need {want}; the head is "
+                    f"{'narrower' if width is not None and width < (self.num_classes or 0) else 'not shaped'} "
+                    "as the labels require: fix the final layer's width or num_classes."
+                )
+            return
+        if out != tgt:
+            raise TaskError(
+                f"model output has shape {out} but targets have shape {tgt}; {self.loss} would broadcast them "
+                f"silently. Make them match (e.g. output.squeeze(-1) or y.reshape({out}))."
+            )
+
+
+def constant_loss(task: Task, target: torch.Tensor) -> float:
+    """Loss of the best constant prediction for these targets: the floor a model that ignores its input reaches.
+
+    Cross-entropy: entropy of the label frequencies; MSE: variance; L1: mean absolute deviation from the median;
+    BCE: entropy of the positive rate. For a callable loss, the loss of an all-zero output.
+    """
+    t = target.detach()
+    if task.loss == "cross_entropy":
+        valid = t[t != IGNORE_INDEX] if task.kind == "sequence" else t.reshape(-1)
+        p = torch.bincount(valid.long().cpu()).float()
+        p = p[p > 0] / p.sum()
+        return float(-(p * p.log()).sum())
+    if task.loss == "mse":
+        return float(t.float().var(0, unbiased=False).mean())
+    if task.loss == "l1":
+        return float((t.float() - t.float().median(0).values).abs().mean())
+    if task.loss == "bce_with_logits":
+        p = t.float().mean(0).clamp(1e-6, 1 - 1e-6)
+        return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
+    return math.nan
