@@ -38,4 +38,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        first_line = next(iter(str(exc).splitlines()), "")  # EOFError from an empty file has no message
+        detail = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {detail}") from exc

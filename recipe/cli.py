@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"{where}: {module_name} has no function {attr!r} for `task:`.")
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:  # a misspelt or missing task_args key is a config error, not a crash in user code
+        raise ConfigError(f"{where}: task_args do not fit {spec}{inspect.signature(factory)}: {exc}.") from exc
+    except ValueError:
+        pass  # no inspectable signature (some builtins): let the call decide
     task = factory(**kwargs)
     if not isinstance(task, Task):
         raise ConfigError(f"{where}: {spec} returned {type(task).__name__}; it must return a recipe.Task.")
@@ -95,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--keep-going", action="store_true", help="run later stages after a failed check")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    # SUPPRESS: the subcommand's default must not overwrite `recipe --debug run ...`
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(handler=run)
     p = commands.add_parser("report", help="rebuild report.html from a run directory")
     p.add_argument("run_dir")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(handler=report)
     args = parser.parse_args(argv)
     try:

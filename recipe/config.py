@@ -159,6 +159,8 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if not isinstance(key, typing.Hashable):
+            continue  # construct_mapping below raises yaml's "found unhashable key" error, reported as a ConfigError
         if key in seen:
             raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice; keep one.")
         seen.add(key)

@@ -1,0 +1,170 @@
+"""rundir: atomic writes, stage folder numbering, metrics.jsonl that survives a crash, and an early refusal of a
+run directory that cannot be written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from matplotlib.figure import Figure
+
+from recipe.check import Check
+from recipe.errors import ConfigError
+from recipe.rundir import RunDir, stage_folder, write_atomic
+
+
+@pytest.fixture
+def rundir(tmp_path):
+    rd = RunDir(tmp_path / "run", ["baseline", "my_probe"])
+    rd.create()
+    yield rd
+    rd.close()
+
+
+def leftovers(folder):
+    return [p.name for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# ---- atomic writes ----------------------------------------------------------------------------------------------
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.json"
+    write_atomic(path, b"one")
+    write_atomic(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert sorted(os.listdir(tmp_path)) == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.json"
+    write_atomic(path, b"old")
+    with pytest.raises(TypeError):
+        write_atomic(path, "not bytes")  # type: ignore[arg-type]
+    assert path.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["a.json"]
+
+
+def test_every_writer_leaves_only_its_files(rundir):
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    paths = [rundir.save_json("baseline", "table.json", {"x": [1, 2]}), rundir.save_text("baseline", "note.txt", "hi"),
+             rundir.save_figure("baseline", "curve.png", fig), rundir.save_json("my_probe", "t.json", [1])]
+    rundir.write_checks([Check("loss_at_init", "pass", stage="baseline")])
+    rundir.write_manifest({"seed": 0})
+    rundir.write_report("<html></html>")
+    assert paths == ["02_baseline/table.json", "02_baseline/note.txt", "02_baseline/curve.png", "07_my_probe/t.json"]
+    assert (rundir.path / "02_baseline" / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert leftovers(rundir.path) == []
+    assert sorted(p.name for p in rundir.path.iterdir()) == ["02_baseline", "07_my_probe", "checks.json",
+                                                            "manifest.json", "report.html"]
+
+
+def test_checks_and_manifest_read_back(rundir):
+    checks = [Check("loss_at_init", "warn", 2.3, [2.2, 2.4], "msg", stage="baseline", seconds=0.5),
+              Check("overfit_batch", "fail", {"loss": 1.0}, None, "bad", stage="overfit",
+                    artifacts=("03_overfit/a.png",))]
+    rundir.write_checks(checks)
+    rundir.write_manifest({"seed": 3, "nan": float("nan")})
+    assert [c.to_dict() for c in rundir.read_checks()] == [c.to_dict() for c in checks]
+    assert json.loads((rundir.path / "checks.json").read_text())[0]["name"] == "loss_at_init"
+    assert rundir.read_manifest()["seed"] == 3
+
+
+# ---- metrics.jsonl ----------------------------------------------------------------------------------------------
+
+
+def test_metrics_log_appends_records_tagged_with_stage_and_run(rundir):
+    log = rundir.metrics_log("baseline", "full")
+    log({"step": 1, "split": "train", "metric": "loss", "value": 2.5})
+    rundir.metrics_log("overfit", "one_batch")({"step": 2, "split": "train", "metric": "loss", "value": 0.5})
+    assert rundir.read_metrics() == [
+        {"stage": "baseline", "run": "full", "step": 1, "split": "train", "metric": "loss", "value": 2.5},
+        {"stage": "overfit", "run": "one_batch", "step": 2, "split": "train", "metric": "loss", "value": 0.5},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tail", "records"),
+    [
+        ("", 2),
+        ('{"step": 3, "val', 2),  # a crash mid-write
+        ('{"step": 3}\n\n', 3),  # a blank line
+    ],
+)
+def test_read_metrics_tolerates_a_torn_last_line(tmp_path, tail, records):
+    rd = RunDir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n' + tail)
+    assert [r["step"] for r in rd.read_metrics()] == list(range(1, records + 1))
+
+
+def test_reading_an_empty_run_directory(tmp_path):
+    rd = RunDir(tmp_path)
+    assert (rd.read_metrics(), rd.read_checks(), rd.read_manifest()) == ([], [], {})
+
+
+# ---- stage folders ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "extra", "folder"),
+    [
+        ("inspect", (), "01_inspect"),
+        ("baseline", (), "02_baseline"),
+        ("overfit", (), "03_overfit"),
+        ("complexify", (), "04_complexify"),
+        ("regularize", (), "05_regularize"),
+        ("tune", ("tune", "custom"), "06_tune"),
+        ("custom", (), "07_custom"),
+        ("custom", ("baseline", "custom"), "07_custom"),
+        ("second", ("baseline", "first", "second"), "08_second"),
+        ("second", ("first", "second", "first"), "08_second"),  # repeats count once
+        ("unlisted", ("first", "second"), "09_unlisted"),
+    ],
+)
+def test_stage_folder_numbering(stage, extra, folder):
+    assert stage_folder(stage, extra) == folder
+
+
+# ---- create -----------------------------------------------------------------------------------------------------
+
+
+def test_create_makes_parents_and_clears_a_previous_run_only(tmp_path):
+    path = tmp_path / "a" / "b"
+    rd = RunDir(path)
+    rd.create()
+    for name in ("checks.json", "manifest.json", "metrics.jsonl", "report.html", "notes.md"):
+        (path / name).write_text("old")
+    (path / "02_baseline").mkdir()
+    (path / "02_baseline" / "x.png").write_bytes(b"")
+    (path / "data").mkdir()
+    rd.create()
+    assert sorted(p.name for p in path.iterdir()) == ["data", "notes.md"]  # the user's own files stay
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / "run"
+
+
+def _the_file_itself(tmp_path):
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file"
+
+
+def _read_only_folder(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder / "run"
+
+
+@pytest.mark.parametrize("make_path", [_under_a_file, _the_file_itself, _read_only_folder],
+                         ids=["under-a-file", "is-a-file", "read-only-folder"])
+def test_create_refuses_an_unwritable_directory(tmp_path, make_path):
+    path = make_path(tmp_path)
+    with pytest.raises(ConfigError, match=rf"run_dir {path} is not writable \(.+\); choose another --run-dir"):
+        RunDir(path).create()
