@@ -58,6 +58,9 @@ class Task:
         name: str | None = None,
         decoder: Callable[[list[int]], str] | None = None,
     ):
+        if isinstance(model, nn.Module):
+            raise TaskError(f"model must be a factory that builds a fresh nn.Module on every call, got an instance of "
+                            f"{type(model).__name__}; pass the class or a function (e.g. `model=lambda: Net()`).")
         if not callable(model):
             raise TaskError(f"model must be a zero-argument callable returning a fresh nn.Module, got {type(model).__name__}.")
         if isinstance(loss, str) and loss not in LOSSES:
@@ -170,6 +173,8 @@ class Task:
     def replace(self, **changes: Any) -> Task:
         """A shallow copy with some attributes changed (model, train, val, zero_inputs); hooks are kept."""
         new = copy.copy(self)
+        if changes.keys() & {"model", "train", "val"}:
+            new._validated = set()  # a new model or new data must be validated again
         for key, value in changes.items():
             if key in ("train", "val"):
                 value = as_split(value, key)
@@ -226,12 +231,18 @@ class Task:
         self._validated.add(str(device))
 
     def _infer_kind(self) -> Kind:
-        y = self.targets("train", limit=_SCAN_LIMIT)
-        if y.is_floating_point():
+        """From the loss where it decides (MSE/L1: regression; BCE: classification), else from the targets."""
+        if self.loss in ("mse", "l1"):
             return "regression"
+        if self.loss == "bce_with_logits":
+            return "classification"
+        y = self.targets("train", limit=_SCAN_LIMIT)
         x, _ = self.split_batch(self.train.batch([0]))
-        if isinstance(x, torch.Tensor) and not x.is_floating_point() and y.dim() == 2 and x.shape == y.shape[:2]:
+        tokens = isinstance(x, torch.Tensor) and not x.is_floating_point()
+        if tokens and y.dim() == 2 and not y.is_floating_point() and tuple(x.shape[1:]) == tuple(y.shape[1:]):
             return "sequence"
+        if y.is_floating_point() and self.loss != "cross_entropy":
+            return "regression"
         return "classification"
 
     def _infer_num_classes(self) -> int:

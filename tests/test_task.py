@@ -51,16 +51,9 @@ def _sequence_data():
         pytest.param(lambda x, y: Task((x, y), (x, y.float()), TinyMLP, kind="classification"), "classification", 3,
                      id="kind-given"),
         pytest.param(lambda x, y: Task(_sequence_data(), _sequence_data(), TinyLM), "sequence", VOCAB,
-                     id="token-ids-inferred-as-sequence",
-                     marks=pytest.mark.xfail(strict=True, reason="BUG: Task._infer_kind compares the shape of ONE "
-                                             "input row (1, T) with the shape of ALL targets (N, T), so (B, T) token "
-                                             "ids are inferred as 'classification' unless N == 1")),
+                     id="token-ids-inferred-as-sequence"),
         pytest.param(lambda x, y: Task((x, (y == 0).float()), (x, (y == 0).float()), lambda: TinyMLP(out=1),
-                                       loss="bce_with_logits"), "classification", 2, id="bce-inferred-classification",
-                     marks=pytest.mark.xfail(strict=True, reason="BUG: kind inference ignores the loss: float 0/1 "
-                                             "targets with loss='bce_with_logits' become kind='regression' (metric "
-                                             "mae, num_classes None), though _infer_num_classes and "
-                                             "metric_per_sample handle bce as classification")),
+                                       loss="bce_with_logits"), "classification", 2, id="bce-inferred-classification"),
     ],
 )
 def test_kind_and_num_classes_inferred(build, kind, num_classes):
@@ -151,9 +144,7 @@ BAD_TASKS = [
          lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP, kind="classification"),
          r"train targets are torch\.float32 .*integer class ids"),
     case("float-labels-cross-entropy-kind-omitted", lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP),
-         r"integer class ids",
-         bug="with kind omitted, float labels + loss='cross_entropy' infer kind='regression'; the TaskError then "
-         "says output (2, 3) should be '(2, None)' with num_classes=None instead of naming the float labels"),
+         r"integer class ids"),
     case("empty-train", lambda x, y: Task((x[:0], y[:0]), (x, y), TinyMLP), r"train is empty"),
     case("empty-val-dataset", lambda x, y: Task((x, y), TinyDataset(x[:0], y[:0]), TinyMLP), r"val is empty"),
     case("missing-val", lambda x, y: Task((x, y), None, TinyMLP), r"val is missing"),
@@ -165,10 +156,7 @@ BAD_TASKS = [
     case("factory-same-instance", lambda x, y: Task((x, y), (x, y), SameInstance()), r"same nn\.Module instance twice"),
     case("factory-not-module", lambda x, y: Task((x, y), (x, y), lambda: "net"), r"factory returned str"),
     case("model-not-callable", lambda x, y: Task((x, y), (x, y), "TinyMLP"), r"model must be a zero-argument callable"),
-    case("module-instead-of-factory", lambda x, y: Task((x, y), (x, y), TinyMLP()), r"model.*(factory|callable)",
-         bug="an nn.Module instance passed as `model` (the commonest mistake) is accepted because modules are "
-         "callable; validate() then calls module() and dies with TypeError 'forward() missing 1 required "
-         "positional argument' instead of a TaskError", raises=TypeError),
+    case("module-instead-of-factory", lambda x, y: Task((x, y), (x, y), TinyMLP()), r"model.*(factory|callable)", raises=TypeError),
     case("model-returns-tuple", lambda x, y: Task((x, y), (x, y), ReturnsTuple), r"returned a tuple.*override forward"),
     case("model-crashes", lambda x, y: Task((x, y), (x, y), lambda: TinyMLP(inputs=5)),
          r"model failed on a batch of 2 training samples: RuntimeError"),
@@ -202,9 +190,6 @@ def test_bad_task_raises_task_error_before_training(build, match):
     assert logged == []  # nothing trained
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Task.replace makes a shallow copy that SHARES the `_validated` set, so "
-                   "a variant with a broken model (or new data) validated after its parent skips validation, and fit "
-                   "on it trains silently")
 def test_replace_revalidates_the_variant(classification_task):
     classification_task.validate()
     narrow = classification_task.replace(model=lambda: TinyMLP(out=2))

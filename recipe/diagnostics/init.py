@@ -16,9 +16,6 @@ from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import Batch
 from recipe.task import IGNORE_INDEX, Task
 
-NAMED_NONNEGATIVE = ("cross_entropy", "mse", "l1", "bce_with_logits")
-
-
 def reference_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> float:
     """The loss a healthy fresh model gives: the loss of an all-zero output (ln C for cross-entropy, mean y² for MSE)."""
     with torch.no_grad():
@@ -51,9 +48,10 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     if not math.isfinite(measured):
         return failed("loss_at_init", f"the loss at init is {measured}: the forward pass already produces NaN/Inf; "
                       "look for a log, division or exp of a value that can reach 0 or overflow.", value, expected)
-    if measured < 0 and (task.loss in NAMED_NONNEGATIVE or expected >= 0):
+    if measured < 0:
         return failed("loss_at_init", f"the loss at init is negative ({measured:.4g}); a likelihood loss cannot be: "
-                      "the log is missing (NLLLoss fed probabilities or logits) or the sign is flipped.", value, expected)
+                      "the log is missing (NLLLoss fed probabilities or logits) or the sign is flipped. (If your loss "
+                      "can legitimately be negative, list loss_at_init in baseline.skip.)", value, expected)
     if sums_over_batch(task, output, target):
         return failed("loss_at_init", f"the loss doubles when the batch doubles (loss at init {measured:.4g}): it is "
                       "summed over samples, so the effective learning rate scales with the batch. Use a mean reduction.",
@@ -85,12 +83,12 @@ def output_kind(output: torch.Tensor, target: torch.Tensor, task: Task) -> Check
     out = output.detach().float()
     if not torch.isfinite(out).all():
         return skipped("output_kind", "outputs are not finite; see the non-finite check.")
-    value: dict[str, Any] = {"min": out.min(), "max": out.max()}
+    value: dict[str, Any] = {"min": float(out.min()), "max": float(out.max())}
     if task.loss == "cross_entropy":
         valid = (target != IGNORE_INDEX).unsqueeze(-1) if task.kind == "sequence" else torch.ones(1, dtype=torch.bool)
         in_unit = bool(((out >= 0) & (out <= 1)).all())
         sums = out.sum(task.class_dim)
-        value["row_sum_max_deviation"] = (sums - 1).abs().max()
+        value["row_sum_max_deviation"] = float((sums - 1).abs().max())
         if in_unit and bool(((sums - 1).abs() < 1e-3).all()):
             return failed("output_kind", "every output row lies in [0, 1] and sums to 1: the model returns "
                           "probabilities but cross-entropy expects raw logits (it applies log-softmax itself). Remove "

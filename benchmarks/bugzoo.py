@@ -1,0 +1,228 @@
+"""The public bug zoo: silent bugs planted in otherwise clean tasks, and whether `recipe` flags them.
+
+    python benchmarks/bugzoo.py [--only NAME[,NAME]] [--stages baseline,overfit]
+
+Each case is one bug, planted as a small mutation of a clean task (digits MLP/CNN, a causal character model,
+diabetes regression). Every case runs `baseline` and `overfit` with keep_going, so the table shows every check that
+fired, not only the first. A bug counts as flagged when its expected status shows up (a fail, or for the imbalance
+case a warn with no fail); a clean task counts as a false alarm when any check fails. The same cases are tests
+(tests/test_bugzoo.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples import charlm, digits, regression  # noqa: E402
+from recipe import Recipe, RecipeResult, Task  # noqa: E402
+
+# ---- planted models ------------------------------------------------------------------------------------------------
+
+
+class SoftmaxMLP(digits.MLP):
+    """Bug: returns probabilities, and the loss (cross-entropy) applies log-softmax again."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+class LoudHeadMLP(digits.MLP):
+    """Bug: the final layer's weights are 100x their default init."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.net[-1].weight.mul_(100)
+
+
+class RowGRU(nn.Module):
+    """Reads each 8x8 digit as 8 rows of 8 pixels with a GRU that expects (T, B, C).
+
+    The bug: `x.view(8, B, 8)` where `x.view(B, 8, 8).permute(1, 0, 2)` was meant, which mixes samples.
+    """
+
+    def __init__(self, planted: bool):
+        super().__init__()
+        self.planted = planted
+        self.rnn = nn.GRU(8, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        rows = x.view(8, b, 8) if self.planted else x.view(b, 8, 8).permute(1, 0, 2)
+        _, h = self.rnn(rows)
+        return self.head(h[-1])
+
+
+class ListMLP(nn.Module):
+    """Bug: the hidden layers live in a plain Python list, so they are never registered or trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = [nn.Linear(64, 128), nn.Linear(128, 128)]
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.head(x)
+
+
+class PeekingConvLM(charlm.ConvLM):
+    """Bug: each convolution is padded on both sides, so position t sees tokens t+1 and t+2."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.emb(idx).transpose(1, 2)
+        for conv in self.convs:
+            h = h + F.gelu(conv(F.pad(h, (self.kernel // 2, self.kernel // 2))))
+        return self.head(h.transpose(1, 2))
+
+
+# ---- tasks ---------------------------------------------------------------------------------------------------------
+
+
+def _digits(model: Callable[[], nn.Module], shuffle_labels: bool = False, name: str = "digits") -> Task:
+    x_train, x_val, y_train, y_val = digits.load_digits_split()
+    if shuffle_labels:
+        y_train = np.random.default_rng(0).permutation(y_train)
+    return Task(train=(x_train, y_train), val=(x_val, y_val), model=model, num_classes=10, name=name)
+
+
+def _imbalanced_digits() -> Task:
+    """Is it a zero? Positives subsampled to exactly 1:10; the MLP keeps PyTorch's default init."""
+    x_train, x_val, y_train, y_val = digits.load_digits_split()
+    splits = []
+    for x, y in ((x_train, y_train), (x_val, y_val)):
+        pos, neg = np.flatnonzero(y == 0), np.flatnonzero(y != 0)
+        keep = np.concatenate([pos[: len(neg) // 10], neg])
+        splits.append((x[keep], (y[keep] == 0).astype(np.int64)))
+
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    return Task(train=splits[0], val=splits[1], model=model, num_classes=2, name="digits-imbalanced")
+
+
+def _offset_regression() -> Task:
+    x_train, x_val, y_train, y_val = regression.load_diabetes_split()
+    return Task(train=(x_train, y_train + 1000.0), val=(x_val, y_val + 1000.0), model=regression.MLP, loss="mse",
+                name="diabetes-offset")
+
+
+def _charlm(model: Callable[[], nn.Module], name: str) -> Task:
+    ids = charlm.encode(charlm.stdlib_text(200_000))
+    cut = int(0.9 * len(ids))
+    return Task(train=charlm.windows(ids[:cut], 64), val=charlm.windows(ids[cut:], 64), model=model,
+                kind="sequence", num_classes=len(charlm.VOCAB), name=name, decoder=charlm.decode)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One zoo entry. `expect` is "fail" or "warn" for a bug, "clean" for a control."""
+
+    name: str
+    make_task: Callable[[], Task]
+    expect: str
+    catches: str  # the check(s) built to catch it, for the table
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+BUGS = [
+    Case("labels shuffled", lambda: _digits(digits.MLP, shuffle_labels=True), "fail", "input_independent"),
+    Case("softmax before cross-entropy", lambda: _digits(SoftmaxMLP), "fail", "output_kind, overfit_batch"),
+    Case("final layer weights x100", lambda: _digits(LoudHeadMLP), "fail", "loss_at_init"),
+    Case("view instead of permute (mixes samples)", lambda: _digits(lambda: RowGRU(planted=True)), "fail",
+         "batch_independence"),
+    Case("Conv1d padded on both sides (sees the future)", lambda: _charlm(PeekingConvLM, "charlm-peeking"), "fail",
+         "causal"),
+    Case("layer kept in a plain Python list", lambda: _digits(ListMLP), "fail", "params_update"),
+    Case("learning rate 10", lambda: _digits(digits.MLP), "fail", "loss_decreases / non_finite",
+         {"train": {"lr": 10.0}}),
+    Case("regression targets with mean 1000", _offset_regression, "warn", "init_bias"),
+    Case("1:10 class imbalance, default init", _imbalanced_digits, "warn", "init_bias"),
+]
+CLEAN = [
+    Case("clean digits MLP", lambda: _digits(digits.MLP), "clean", ""),
+    Case("clean digits CNN", lambda: digits.make_task("cnn"), "clean", ""),
+    Case("clean causal char model", lambda: _charlm(lambda: charlm.GPT(len(charlm.VOCAB), 64), "charlm-gpt"),
+         "clean", ""),
+    Case("clean regression MLP", regression.make_task, "clean", ""),
+]
+CASES = BUGS + CLEAN
+
+
+@dataclass
+class Outcome:
+    case: Case
+    result: RecipeResult
+    seconds: float
+
+    @property
+    def fired(self) -> dict[str, list[str]]:
+        return {s: [c.name for c in self.result.checks if c.status == s] for s in ("fail", "warn")}
+
+    @property
+    def flagged(self) -> bool:
+        """Bug: its expected status showed up (a warn case must not fail). Clean: True means a false alarm."""
+        fired = self.fired
+        if self.case.expect == "fail":
+            return bool(fired["fail"])
+        if self.case.expect == "warn":
+            return bool(fired["warn"]) and not fired["fail"]
+        return bool(fired["fail"])
+
+
+def run_case(case: Case, stages: tuple[str, ...] = ("baseline", "overfit"), run_dir: Path | None = None) -> Outcome:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = Recipe(case.make_task(), run_dir=run_dir or Path(tmp) / "run", stages=list(stages), device="cpu",
+                        keep_going=True, config=case.config, progress=False, quiet=True).run()
+        return Outcome(case, result, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated case names (substring match)")
+    parser.add_argument("--stages", default="baseline,overfit")
+    args = parser.parse_args(argv)
+    cases = [c for c in CASES if not args.only or any(o in c.name for o in args.only.split(","))]
+    stages = tuple(args.stages.split(","))
+    rows = []
+    for case in cases:
+        out = run_case(case, stages)
+        fired = out.fired
+        if case.expect == "clean":
+            verdict = "FALSE ALARM" if out.flagged else ("clean (warns)" if fired["warn"] else "clean")
+        else:
+            verdict = "flagged" if out.flagged else "MISSED"
+        rows.append((case.name, case.expect, verdict, ", ".join(fired["fail"]) or "-", ", ".join(fired["warn"]) or "-",
+                     f"{out.seconds:.1f}"))
+        print(f"  {case.name}: {verdict}", file=sys.stderr)
+    header = ("case", "expect", "verdict", "failed checks", "warned checks", "s")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+    bugs = [r for r, c in zip(rows, cases, strict=True) if c.expect != "clean"]
+    clean = [r for r, c in zip(rows, cases, strict=True) if c.expect == "clean"]
+    flagged = sum(r[2] == "flagged" for r in bugs)
+    alarms = sum(r[2] == "FALSE ALARM" for r in clean)
+    print(f"flagged {flagged}/{len(bugs)} bugs, false alarms {alarms} on {len(clean)} clean tasks")
+    return 0 if flagged == len(bugs) and alarms == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""batch_independence and causal: exact in eval mode; each planted coupling is caught, each clean model passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipe.diagnostics.dependencies import batch_independence, causal
+from tests import tiny
+
+
+class ViewMix(tiny.MLP):
+    """`view` where `t()` was meant: hidden rows of different samples get mixed."""
+
+    def forward(self, x):
+        h = F.relu(self.l1(x))
+        h = h.reshape(h.shape[1], h.shape[0]).t()
+        return self.head(F.relu(self.l2(h)))
+
+
+class SoftmaxOverBatch(tiny.MLP):
+    def forward(self, x):
+        h = F.relu(self.l1(x))
+        return self.head(h * torch.softmax(h, dim=0))
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(tiny.CLASSES))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), -1)
+
+
+class BatchNormMLP(tiny.MLP):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(32)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.l1(x))))
+
+
+class GRUBatchFirstMissing(nn.Module):
+    """A GRU left at batch_first=False but fed (B, T, C): the batch is read as time."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(tiny.VOCAB, 8), nn.GRU(8, 16), nn.Linear(16, tiny.VOCAB)
+
+    def forward(self, idx):
+        return self.head(self.rnn(self.emb(idx))[0])
+
+
+@pytest.mark.parametrize(
+    ("make_task", "status", "words"),
+    [
+        (lambda: tiny.classification(), "pass", "own sample only"),
+        (lambda: tiny.classification(BatchNormMLP), "pass", "own sample only"),  # eval mode: no coupling
+        (lambda: tiny.classification(ViewMix), "fail", "mixes samples"),
+        (lambda: tiny.classification(SoftmaxOverBatch), "fail", "mixes samples"),
+        (lambda: tiny.classification(Constant), "fail", "ignores x"),
+        (lambda: tiny.sequence(), "pass", "own sample only"),
+        (lambda: tiny.sequence(GRUBatchFirstMissing), "fail", "mixes samples"),
+    ],
+)
+def test_batch_independence(make_task, status, words):
+    task = make_task()
+    inputs, _ = task.split_batch(task.sample_batch("train", 7, seed=0))
+    check = batch_independence(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    assert words in check.message
+
+
+class PeekingConv(nn.Module):
+    """A convolution padded on both sides: position t sees t+1."""
+
+    def __init__(self, left_only: bool):
+        super().__init__()
+        self.left_only = left_only
+        self.emb, self.conv, self.head = nn.Embedding(tiny.VOCAB, 8), nn.Conv1d(8, 8, 3), nn.Linear(8, tiny.VOCAB)
+
+    def forward(self, idx):
+        h = self.emb(idx).transpose(1, 2)
+        h = self.conv(F.pad(h, (2, 0) if self.left_only else (1, 1)))
+        return self.head(h.transpose(1, 2))
+
+
+class OverShifted(tiny.CausalAttention):
+    """Shifts its input right once more, so position t no longer sees token t."""
+
+    def forward(self, idx):
+        return super().forward(torch.cat([torch.zeros_like(idx[:, :1]), idx[:, :-1]], dim=1))
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "words"),
+    [
+        (tiny.CausalAttention, "pass", "at or before"),
+        (lambda: tiny.CausalAttention(causal=False), "fail", "sees the future"),
+        (lambda: PeekingConv(left_only=True), "pass", "at or before"),
+        (lambda: PeekingConv(left_only=False), "fail", "sees the future"),
+        (OverShifted, "warn", "shifted twice"),
+    ],
+)
+def test_causal(model, status, words):
+    task = tiny.sequence(model)
+    inputs, _ = task.split_batch(task.sample_batch("train", 7, seed=0))
+    check = causal(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    assert words in check.message
+
+
+def test_causal_skips_non_sequence_tasks():
+    task = tiny.classification()
+    inputs, _ = task.split_batch(task.sample_batch("train", 7, seed=0))
+    assert causal(task.make_model(), task, inputs).status == "skip"

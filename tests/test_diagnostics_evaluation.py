@@ -1,0 +1,137 @@
+"""eval_deterministic, the dumb baselines, input_independent, simple_model and human_baseline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipe import fit
+from recipe.diagnostics.evaluation import (
+    eval_deterministic,
+    human_baseline,
+    input_independent,
+    simple_model,
+    trivial_baselines,
+)
+from recipe.fit import Evaluation, evaluate
+from tests import tiny
+
+
+class FunctionalDropout(tiny.MLP):
+    def forward(self, x):
+        return self.head(F.dropout(F.relu(self.l1(x)), 0.3))  # training=True by default
+
+
+class ModuleDropout(tiny.MLP):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.head(self.drop(F.relu(self.l1(x))))
+
+
+class ForcedBatchNorm(tiny.MLP):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(32)
+
+    def forward(self, x):
+        h = self.l1(x)
+        h = F.batch_norm(h, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, training=True)
+        return self.head(F.relu(h))
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "words"),
+    [
+        (tiny.MLP, "pass", "deterministic"),
+        (ModuleDropout, "pass", "deterministic"),
+        (FunctionalDropout, "fail", "dropout or noise"),
+        (ForcedBatchNorm, "fail", "changed buffers"),
+    ],
+)
+def test_eval_deterministic(model, status, words):
+    task = tiny.classification(model)
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    check = eval_deterministic(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    assert words in check.message
+
+
+def test_trivial_baselines_match_a_hand_computation():
+    task = tiny.classification()
+    check, figures = trivial_baselines(task)
+    ytr, yva = task.targets("train"), task.targets("val")
+    counts = torch.bincount(ytr, minlength=tiny.CLASSES).float() + 1
+    prior = counts / counts.sum()
+    assert figures["prior_loss"] == pytest.approx(float(-prior.log()[yva].mean()), rel=1e-5)
+    assert figures["majority_accuracy"] == pytest.approx(float((yva == counts.argmax()).float().mean()))
+    assert check.status == "pass"
+    reg = tiny.regression()
+    _, figures = trivial_baselines(reg)
+    mse = ((reg.targets("val") - reg.targets("train").mean()) ** 2).mean()
+    assert figures["mean_mse"] == pytest.approx(float(mse), rel=1e-5)
+
+
+def test_trivial_baselines_sequence_is_unigram():
+    task = tiny.sequence()
+    _, figures = trivial_baselines(task)
+    counts = torch.bincount(task.targets("train").reshape(-1), minlength=tiny.VOCAB).float() + 1
+    log_prior = (counts / counts.sum()).log()
+    assert figures["unigram_loss"] == pytest.approx(float(-log_prior[task.targets("val")].mean()), rel=1e-5)
+    assert figures["unigram_loss"] < math.log(tiny.VOCAB) + 0.1
+
+
+def _evaluation(losses):
+    t = torch.tensor(losses)
+    return Evaluation(float(t.mean()), float(t.std() / len(t) ** 0.5), 0.5, 0.01, len(t), t)
+
+
+@pytest.mark.parametrize(
+    ("real", "zeroed", "status"),
+    [
+        ([0.1, 0.2, 0.1, 0.3] * 10, [2.3, 2.2, 2.4, 2.3] * 10, "pass"),
+        ([3.1, 3.4, 3.2, 3.3] * 10, [2.3, 2.2, 2.4, 2.3] * 10, "fail"),  # shuffled labels: worse than zeroed
+        ([2.3, 2.2, 2.4, 2.3] * 10, [2.3, 2.2, 2.4, 2.3] * 10, "fail"),  # input ignored: the same
+    ],
+)
+def test_input_independent_compares_paired_losses(real, zeroed, status):
+    task = tiny.classification()
+    assert input_independent(_evaluation(real), _evaluation(zeroed), task).status == status
+
+
+def test_input_independent_end_to_end_on_shuffled_labels():
+    clean = tiny.classification()
+    x, y = clean.train.x, clean.train.y
+    shuffled = clean.replace(train=(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]))
+    verdicts = {}
+    for name, task in (("clean", clean), ("shuffled", shuffled)):
+        real = fit(task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu", evaluate_every_epoch=False)
+        zero_task = task.replace(zero_inputs=True)
+        zeroed = fit(zero_task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu",
+                     evaluate_every_epoch=False)
+        dev = torch.device("cpu")
+        verdicts[name] = input_independent(evaluate(task, real.model, task.val, dev),
+                                           evaluate(zero_task, zeroed.model, task.val, dev), task).status
+    assert verdicts == {"clean": "pass", "shuffled": "fail"}
+
+
+def test_simple_model_warns_only_when_the_reference_learns_and_the_model_does_not():
+    task = tiny.classification()
+    learned, constant = _evaluation([0.2] * 20), _evaluation([1.38] * 20)
+    assert simple_model(learned, learned, 1.386, task, "linear").status == "pass"
+    assert simple_model(constant, learned, 1.386, task, "linear").status == "warn"
+    assert simple_model(constant, constant, 1.386, task, "linear").status == "pass"
+
+
+def test_human_baseline_is_reported_when_given():
+    task = tiny.classification()
+    ev = _evaluation([0.2] * 4)
+    assert human_baseline(None, ev, task).status == "skip"
+    check = human_baseline(0.97, ev, task)
+    assert check.status == "pass" and check.value["human"] == 0.97

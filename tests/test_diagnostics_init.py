@@ -1,0 +1,147 @@
+"""loss_at_init, output_kind, init_bias: each passes on a clean setup and fires on its planted bugs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipe.diagnostics.init import bias_values, final_layer, init_bias, init_output_bias, loss_at_init, output_kind
+from tests import tiny
+
+
+class Scaled(tiny.MLP):
+    def forward(self, x):
+        return super().forward(x) * 50  # logit temperature
+
+
+class Softmaxed(tiny.MLP):
+    def forward(self, x):
+        return torch.softmax(super().forward(x), dim=1)
+
+
+class Rectified(tiny.MLP):
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def _batch(task, n=64):
+    return task.sample_batch("train", n, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("make_task", "status", "words"),
+    [
+        (lambda: tiny.classification(), "pass", "expected about"),
+        (lambda: tiny.classification(Scaled), "fail", "scaled too large"),
+        (lambda: tiny.classification(loss=lambda o, y: F.cross_entropy(o, y, reduction="sum")), "fail", "summed"),
+        (lambda: tiny.classification(loss=lambda o, y: F.nll_loss(torch.softmax(o, 1), y)), "fail", "negative"),
+        (lambda: tiny.classification(loss=lambda o, y: -F.cross_entropy(o, y)), "fail", "negative"),
+        (lambda: tiny.regression(), "pass", "all-zero output"),
+        (lambda: tiny.sequence(), "pass", "ln C"),
+    ],
+)
+def test_loss_at_init(make_task, status, words):
+    task = make_task()
+    torch.manual_seed(0)
+    check = loss_at_init(task.make_model(), task, _batch(task))
+    assert check.status == status, check.message
+    assert words in check.message
+
+
+def test_loss_at_init_expected_is_ln_c_for_cross_entropy():
+    task = tiny.classification()
+    check = loss_at_init(task.make_model(), task, _batch(task))
+    assert check.expected == pytest.approx(math.log(tiny.CLASSES), rel=1e-6)
+
+
+def _trained_output(task, steps=150):
+    from recipe import fit
+
+    model = fit(task, epochs=None, max_steps=steps, lr=1e-2, progress=False, device="cpu").model.eval()
+    batch = task.sample_batch("val", 64, seed=0)
+    with torch.no_grad():
+        return task.outputs(model, batch)
+
+
+@pytest.mark.parametrize(
+    ("make_task", "status", "words"),
+    [
+        (lambda: tiny.classification(), "pass", "logits"),
+        (lambda: tiny.classification(Softmaxed), "fail", "probabilities"),
+        (lambda: tiny.classification(Rectified), "fail", "ever negative"),
+        (lambda: tiny.regression(), "pass", "cover"),
+        (lambda: tiny.regression(lambda: nn.Sequential(tiny.MLP(out=1), nn.ReLU())), "fail", "negative"),
+        (lambda: tiny.sequence(), "pass", "logits"),
+    ],
+)
+def test_output_kind(make_task, status, words):
+    task = make_task()
+    output, target = _trained_output(task)
+    check = output_kind(output, target, task)
+    assert check.status == status, check.message
+    assert words in check.message
+
+
+def test_output_kind_catches_sigmoid_before_bce():
+    x, y = tiny.blobs(256, 0)
+    val = tiny.blobs(128, 1)
+    target, val_target = (y == 0).float().unsqueeze(1), (val[1] == 0).float().unsqueeze(1)
+    clean = tiny.Task(train=(x, target), val=(val[0], val_target), model=lambda: tiny.MLP(out=1),
+                      loss="bce_with_logits", kind="classification")
+    planted = clean.replace(model=lambda: nn.Sequential(tiny.MLP(out=1), nn.Sigmoid()))
+    assert output_kind(*_trained_output(clean), clean).status == "pass"
+    assert output_kind(*_trained_output(planted), planted).status == "fail"
+
+
+def test_final_layer_found_through_an_output_transform():
+    task = tiny.classification(Scaled)
+    name, layer = final_layer(task.make_model(), task, _batch(task, 8))
+    assert name == "head" and isinstance(layer, nn.Linear)
+
+
+def test_bias_values_are_log_priors_and_mean():
+    task = tiny.classification()
+    y = torch.tensor([0, 0, 0, 1])
+    values = bias_values(task, y)
+    probs = torch.softmax(values, 0)
+    counts = torch.tensor([3.0, 1.0, 0.0, 0.0]) + 1  # add-one smoothing
+    assert torch.allclose(probs, counts / counts.sum(), atol=1e-6)
+    reg = tiny.regression(offset=5.0)
+    assert float(bias_values(reg, reg.targets("train"))[0]) == pytest.approx(float(reg.targets("train").mean()), rel=1e-6)
+
+
+def test_init_output_bias_sets_the_head_bias():
+    task = tiny.regression(offset=50.0)
+    model = task.make_model()
+    info = init_output_bias(model, task, "cpu")
+    assert info is not None and info["layer"] == "head"
+    assert float(model.head.bias.detach()) == pytest.approx(float(task.targets("train").mean()), rel=1e-5)
+
+
+def _imbalanced():
+    x, y = tiny.blobs(600, 0)
+    keep = torch.cat([torch.nonzero(y == 0).flatten()[:30], torch.nonzero(y != 0).flatten()])
+    xb, yb = x[keep], (y[keep] == 0).long()  # about 1:15
+    return tiny.Task(train=(xb[:400], yb[:400]), val=(xb[400:], yb[400:]), model=lambda: tiny.MLP(out=2), num_classes=2)
+
+
+@pytest.mark.parametrize(
+    ("make_task", "status"),
+    [
+        (lambda: tiny.classification(), "pass"),
+        (_imbalanced, "warn"),
+        (lambda: tiny.regression(), "pass"),
+        (lambda: tiny.regression(offset=1000.0), "warn"),
+        (lambda: tiny.sequence(), "pass"),  # token frequencies are always skewed: applied, not a warning
+    ],
+)
+def test_init_bias(make_task, status):
+    task = make_task()
+    check = init_bias(task, task.make_model, _batch(task), torch.device("cpu"))
+    assert check.status == status, check.message
+    if status == "warn":
+        assert check.value["loss_after"] < check.value["loss_before"]
