@@ -46,6 +46,17 @@ class RawTensor(tiny.MLP):
         return super().forward(x) * self.scale
 
 
+class GRUClassifier(nn.Module):
+    """Clean: nn.GRU keeps its registered weights in a plain list too (_flat_weights); that is not a bug."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(3, 16, batch_first=True), nn.Linear(16, tiny.CLASSES)
+
+    def forward(self, x):
+        return self.head(self.rnn(x.reshape(len(x), 4, 3))[1][-1])
+
+
 def frozen_first_layer():
     model = tiny.MLP()
     model.l1.weight.requires_grad_(False)
@@ -56,6 +67,7 @@ def frozen_first_layer():
     ("model", "status", "words"),
     [
         (tiny.MLP, "pass", "got a gradient and changed"),
+        (GRUClassifier, "pass", "got a gradient and changed"),
         (ListLayers, "fail", "not registered"),
         (RawTensor, "fail", "not registered"),
         (Detached, "fail", "l1.weight"),

@@ -77,7 +77,8 @@ def alignment_profile(inputs: torch.Tensor, target: torch.Tensor, shifts: range 
 
 def _nearest_neighbour_targets(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor) -> torch.Tensor:
     """For each feature separately, the training target of the nearest training value: shape (F, N_val)."""
-    values, order = x_train.T.sort(dim=1)  # (F, N)
+    values, order = x_train.T.contiguous().sort(dim=1)  # (F, N)
+    values = values.contiguous()
     right = torch.searchsorted(values, x_val.T.contiguous()).clamp(max=values.shape[1] - 1)
     left = (right - 1).clamp(min=0)
     queries = x_val.T

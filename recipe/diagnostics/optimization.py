@@ -33,11 +33,11 @@ def overfits_batch(step_losses: list[float], batch_metric: float, reference: flo
     accuracy_task = task.kind != "regression"
     value: dict[str, Any] = {"first": first, "final": final, "reference": reference, "steps": len(step_losses),
                              "batch_size": batch_size, f"batch_{task.metric_name}": batch_metric}
-    perfect = batch_metric >= 1.0 if accuracy_task else True
+    perfect = batch_metric >= 0.99 if accuracy_task else True  # sequences: allow 1 token in 100
     if final <= tolerance * reference and perfect:
         return passed("overfit_batch", f"one batch memorised: loss {first:.4g} -> {final:.4g} (constant-prediction "
                       f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.", value)
-    expected = f"loss below {tolerance * reference:.3g}" + (", accuracy 1.0" if accuracy_task else "")
+    expected = f"loss below {tolerance * reference:.3g}" + (", accuracy >= 0.99" if accuracy_task else "")
     if final > first:
         cause = "the loss rose: its sign is flipped, or the learning rate is far too high"
     elif first - final < 0.1 * abs(first):
@@ -47,6 +47,9 @@ def overfits_batch(step_losses: list[float], batch_metric: float, reference: flo
         cause = (f"the loss is stuck at {final:.3f} with {task.metric_name} 1.0, the floor of probabilities fed as "
                  f"logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.3f}): remove the softmax before "
                  "the loss")
+    elif final <= tolerance * reference:
+        cause = (f"the loss is near zero but {task.metric_name} is {batch_metric:.3f}: a few targets are predicted "
+                 "with near-ties; train longer or check for conflicting duplicate samples")
     elif accuracy_task and perfect:
         cause = ("accuracy is perfect but the loss has a floor well above zero: the outputs are bounded (a softmax, "
                  "sigmoid or tanh on the logits) or the loss adds a constant (label smoothing)")

@@ -19,7 +19,9 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
 def unregistered_tensors(model: nn.Module) -> list[str]:
-    """Modules, parameters and grad-requiring tensors kept in plain attributes, lists, tuples or dicts."""
+    """Modules, parameters and grad-requiring tensors kept in plain attributes, lists, tuples or dicts, and not
+    registered anywhere in the model (an RNN's `_flat_weights` list holds registered parameters: not reported)."""
+    registered = {id(p) for p in model.parameters()} | {id(m) for m in model.modules()}
     found = []
     for prefix, module in model.named_modules():
         for attr, value in vars(module).items():
@@ -28,11 +30,12 @@ def unregistered_tensors(model: nn.Module) -> list[str]:
             items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else None
             where = f"{prefix + '.' if prefix else ''}{attr}"
             if items is None:
-                if isinstance(value, torch.Tensor) and value.requires_grad:
+                if isinstance(value, torch.Tensor) and value.requires_grad and id(value) not in registered:
                     found.append(f"{where} (tensor {tuple(value.shape)})")
                 continue
             for key, item in items:
-                if isinstance(item, nn.Module) or (isinstance(item, torch.Tensor) and item.requires_grad):
+                trainable = isinstance(item, nn.Module) or (isinstance(item, torch.Tensor) and item.requires_grad)
+                if trainable and id(item) not in registered:
                     found.append(f"{where}[{key!r}] ({type(item).__name__})")
     return found
 

@@ -84,6 +84,8 @@ class Baseline(Stage):
         checks.append(ctx.check(target_leak, task, seed=ctx.seed))
         checks.append(ctx.check(params_update, fresh(), task, batch))
         checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
+        if task.loss != "bce_with_logits":  # probabilities and clipped logits show at init; BCE's only after training
+            checks.append(ctx.check(output_kind, *self._val_outputs(ctx, fresh()), task))
         trivial, trivial_figures = trivial_baselines(task)
         checks.append(trivial)
 
@@ -98,10 +100,9 @@ class Baseline(Stage):
         checks.append(activations(stats_init, stats_trained))
         ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
         ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
-        trained.model.eval()
-        with torch.no_grad():
-            output, target = task.outputs(trained.model, task.sample_batch("val", 256, ctx.seed, device))
-        checks.append(output_kind(output, target, task))
+        output, target = self._val_outputs(ctx, trained.model)
+        if task.loss == "bce_with_logits":
+            checks.append(output_kind(output, target, task))
         if task.kind == "sequence":
             after = causal(trained.model, task, probe_inputs)
             checks.append(after.replace(name="causal_after_training") if after.status != "pass" else
@@ -142,6 +143,11 @@ class Baseline(Stage):
                                          "trivial": trivial_figures})
         ctx.learn(regularisation="off in baseline: dropout p=0, weight decay 0, no augmentation")
         return checks
+
+    def _val_outputs(self, ctx: Context, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        with torch.no_grad():
+            return ctx.task.outputs(model, ctx.task.sample_batch("val", 256, ctx.seed, ctx.device))
 
     def _seed(self, ctx: Context) -> Check:
         runs = [ctx.fit("seed", device="cpu", max_steps=self.settings.seed_steps, epochs=None,
