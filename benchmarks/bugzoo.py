@@ -27,8 +27,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples import charlm, digits, regression  # noqa: E402
-from recipe import Recipe, RecipeResult, Task  # noqa: E402
+from examples import charlm, digits, regression
+from recipe import Recipe, RecipeResult, Task
 
 # ---- planted models ------------------------------------------------------------------------------------------------
 

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
+from cycler import cycler
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#7f7f7f"]
-STYLE = {
+STYLE: Any = {
     "figure.figsize": (6.4, 3.8), "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
     "axes.spines.right": False, "font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold",
-    "axes.prop_cycle": matplotlib.cycler(color=COLORS), "figure.dpi": 110, "savefig.bbox": "tight",
+    "axes.prop_cycle": cycler(color=COLORS), "figure.dpi": 110, "savefig.bbox": "tight",
 }
 
 
@@ -27,7 +28,7 @@ def _figure(**kwargs: Any) -> tuple[Figure, Any]:
     return fig, ax
 
 
-def loss_curves(series: dict[str, Sequence[float]], title: str, ylabel: str = "training loss",
+def loss_curves(series: Mapping[str, Sequence[float]], title: str, ylabel: str = "training loss",
                 xlabel: str = "optimizer step", logy: bool = False, hlines: dict[str, float] | None = None) -> Figure:
     """Loss per step for one or more runs; optional horizontal reference lines (baselines)."""
     with plt.rc_context(STYLE):

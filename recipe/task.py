@@ -16,7 +16,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.utils.data import Subset
 
 from recipe.data import Batch, DatasetSplit, Split, TensorSplit, as_split, fixed_indices, to_device, tree_map
@@ -98,8 +97,9 @@ class Task:
 
     def compute_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The scalar training loss."""
-        if callable(self.loss):
-            return self.loss(output, target)
+        if not isinstance(self.loss, str):
+            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.loss
+            return loss_fn(output, target)
         if self.loss == "cross_entropy":
             if self.kind == "sequence":
                 return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
@@ -120,8 +120,12 @@ class Task:
                 valid = (target != IGNORE_INDEX).float()
                 return (per_token * valid).sum(1) / valid.sum(1).clamp_min(1)
             return F.cross_entropy(output, target, reduction="none")
-        fn = {"mse": F.mse_loss, "l1": F.l1_loss, "bce_with_logits": F.binary_cross_entropy_with_logits}[self.loss]
-        per_element = fn(output, target, reduction="none")
+        if self.loss == "mse":
+            per_element = F.mse_loss(output, target, reduction="none")
+        elif self.loss == "l1":
+            per_element = F.l1_loss(output, target, reduction="none")
+        else:
+            per_element = F.binary_cross_entropy_with_logits(output, target, reduction="none")
         return per_element.reshape(len(per_element), -1).mean(1)
 
     @property

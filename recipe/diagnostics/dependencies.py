@@ -136,7 +136,10 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4) -> Che
 
     future_leaks = {}
     for p in cuts:
-        sens = input_sensitivity(model, task, inputs, lambda out, p=p: weighted(out[:, :p]))
+        def before(out: torch.Tensor, p: int = p) -> torch.Tensor:
+            return weighted(out[:, :p])
+
+        sens = input_sensitivity(model, task, inputs, before)
         if sens is None or sens.dim() < 2:
             return skipped("causal", "cannot differentiate to the token positions (no nn.Embedding with a batch axis).")
         future, scale = sens[:, p:], float(sens.max())

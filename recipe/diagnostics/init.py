@@ -16,6 +16,7 @@ from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import Batch
 from recipe.task import IGNORE_INDEX, Task
 
+
 def reference_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> float:
     """The loss a healthy fresh model gives: the loss of an all-zero output (ln C for cross-entropy, mean y² for MSE)."""
     with torch.no_grad():
@@ -165,6 +166,8 @@ def init_output_bias(model: nn.Module, task: Task, device: torch.device | str) -
         return None
     name, layer = found
     bias = layer.bias
+    if not isinstance(bias, torch.Tensor):
+        return None
     if values.numel() not in (1, bias.numel()):
         return None
     with torch.no_grad():
