@@ -57,7 +57,9 @@ def _as_tensor(array: Any, field: str) -> torch.Tensor:
         elif array.dtype.kind in "iu":
             array = array.astype(np.int64)
         elif array.dtype == object:
-            raise TaskError(f"{field} is a numpy array of dtype object; expected a numeric array (convert with .astype).")
+            raise TaskError(
+                f"{field} is a numpy array of dtype object; expected a numeric array (convert with .astype)."
+            )
         return torch.from_numpy(np.ascontiguousarray(array))
     raise TaskError(f"{field} must be a tensor or numpy array, got {type(array).__name__}.")
 
@@ -69,7 +71,9 @@ class TensorSplit:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, field: str):
         if len(x) != len(y):
-            raise TaskError(f"{field}: inputs have {len(x)} rows but targets have {len(y)}; they must match one to one.")
+            raise TaskError(
+                f"{field}: inputs have {len(x)} rows but targets have {len(y)}; they must match one to one."
+            )
         self.x, self.y = x, y
         self._copies: dict[str, TensorSplit] = {}
 
@@ -104,7 +108,7 @@ class DatasetSplit:
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def batch(self, indices: Sequence[int] | torch.Tensor) -> Batch:
         return default_collate([self.dataset[int(i)] for i in indices])
@@ -122,11 +126,14 @@ def as_split(data: Any, field: str) -> Split:
     elif isinstance(data, TensorDataset) and len(data.tensors) == 2:
         split = TensorSplit(data.tensors[0], data.tensors[1], field)
     elif isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list | dict):
-        split = TensorSplit(_as_tensor(data[0], f"{field}[0] (inputs)"), _as_tensor(data[1], f"{field}[1] (targets)"), field)
+        x, y = _as_tensor(data[0], f"{field}[0] (inputs)"), _as_tensor(data[1], f"{field}[1] (targets)")
+        split = TensorSplit(x, y, field)
     elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         split = DatasetSplit(data, field)
     else:
-        raise TaskError(f"{field} must be a Dataset or a tuple (X, y) of tensors or numpy arrays, got {type(data).__name__}.")
+        raise TaskError(
+            f"{field} must be a Dataset or a tuple (X, y) of tensors or numpy arrays, got {type(data).__name__}."
+        )
     if len(split) == 0:
         raise TaskError(f"{field} is empty: every split needs at least one sample.")
     return split
