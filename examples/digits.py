@@ -41,7 +41,7 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """A small ConvNet on (B, 1, 8, 8) images."""
 
-    def __init__(self, channels: int = 32, dropout: float = 0.0):
+    def __init__(self, channels: int = 16, dropout: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),

@@ -185,56 +185,55 @@ def fit(
         return loss.detach()
 
     result = FitResult(model=model, setup=setup)
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    start_epoch, stale = 0, 0
+    progress_state = {"best_val_loss": math.inf, "stale_epochs": 0}  # what early stopping and best.pt go by
+    best_state: dict[str, torch.Tensor] = {}
+    start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        start_epoch = _restore(ckpt_dir / "last.pt", model, opt, sched, generator, result)
+        start_epoch = _restore(ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state)
+        if early_stopping and (ckpt_dir / "best.pt").exists():
+            best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]
     bar = tqdm(total=total, initial=result.steps, disable=not progress or not sys.stderr.isatty(), leave=False,
                desc=f"fit {task.name}", unit="step", dynamic_ncols=True)
+    losses = _LossReader(result, model, task, lr, log, bar)
     t0 = time.perf_counter()
-    pending: list[torch.Tensor] = []
-    last_batch: Batch = None
     try:
         for epoch in range(start_epoch, n_epochs):
             model.train()
-            for last_batch in epoch_batches():
-                pending.append(train_step(last_batch))
+            for batch in epoch_batches():
+                losses.add(train_step(batch), batch)
                 result.steps += 1
-                if len(pending) == log_every or result.steps == total:
-                    _flush(pending, result, epoch, model, task, last_batch, log, bar, lr)
+                if result.steps % log_every == 0 or result.steps == total:
+                    losses.read()
+                    losses.log(epoch)
                     if on_log is not None:
                         on_log(result.steps, model)
                 if result.steps >= total:
                     break
-            if pending:
-                _flush(pending, result, epoch, model, task, last_batch, log, bar, lr)
+            losses.read()  # the epoch's mean training loss needs every step
             record = _end_of_epoch(task, model, result, epoch, dev, eval_batch_size, evaluate_every_epoch, autocast)
             result.history.append(record)
             if log is not None:
-                for key, value in record.items():
-                    if key.startswith(("val_", "train_")) and value is not None and not key.endswith("_se"):
-                        split_name, metric = key.split("_", 1)
-                        log({"step": result.steps, "epoch": epoch, "split": split_name, "metric": metric,
-                             "value": value})
+                _log_epoch(log, record, task.metric_name)
             val_loss = record.get("val_loss")
-            if val_loss is not None and (best is None or val_loss < best[0]):
-                best, stale = (val_loss, _state_copy(model) if early_stopping else {}), 0
+            if val_loss is not None and val_loss < progress_state["best_val_loss"]:
+                progress_state.update(best_val_loss=val_loss, stale_epochs=0)
+                best_state = _state_copy(model) if early_stopping else {}
                 if ckpt_dir is not None:
                     checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
             else:
-                stale += 1
+                progress_state["stale_epochs"] += 1
             if ckpt_dir is not None:
-                _save_last(ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch)
-            if early_stopping is not None and stale >= early_stopping:
+                _save_last(ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state)
+            if early_stopping is not None and progress_state["stale_epochs"] >= early_stopping:
                 break
             if result.steps >= total:
                 break
     finally:
         bar.close()
-    if early_stopping is not None and best is not None and best[1]:
-        model.load_state_dict(best[1])
-        setup["restored_best_val_loss"] = best[0]
+    if early_stopping is not None and best_state:
+        model.load_state_dict(best_state)
+        setup["restored_best_val_loss"] = progress_state["best_val_loss"]
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -352,21 +351,49 @@ def _schedule(opt: torch.optim.Optimizer, schedule: str | Callable[[int], float]
 # ---- at log points and epoch ends ----------------------------------------------------------------------------------
 
 
-def _flush(pending: list[torch.Tensor], result: FitResult, epoch: int, model: nn.Module, task: Task,
-           batch: Batch, log: MetricsLog | None, bar: Any, lr: float) -> None:
-    """Read the pending losses (one host sync), stop on a non-finite one, log their mean."""
-    values = torch.stack(pending).float().tolist()
-    pending.clear()
-    first = len(result.step_losses)
-    result.step_losses.extend(values)
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            _raise_non_finite(first + i, v, model, task, batch, lr, result.step_losses[: first + i])
-    mean = sum(values) / len(values)
-    if log is not None:
-        log({"step": result.steps, "epoch": epoch, "split": "train", "metric": "loss", "value": mean})
-    bar.update(len(values))
-    bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
+class _LossReader:
+    """Per-step losses stay on the device until read (one host sync), which is also when NaN/Inf is caught."""
+
+    def __init__(self, result: FitResult, model: nn.Module, task: Task, lr: float, log: MetricsLog | None, bar: Any):
+        self.result, self.model, self.task, self.lr, self.log_fn, self.bar = result, model, task, lr, log, bar
+        self.pending: list[torch.Tensor] = []
+        self.window: list[float] = []  # read but not yet logged
+        self.batch: Batch = None
+
+    def add(self, loss: torch.Tensor, batch: Batch) -> None:
+        self.pending.append(loss)
+        self.batch = batch
+
+    def read(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack(self.pending).float().tolist()
+        self.pending.clear()
+        first = len(self.result.step_losses)
+        self.result.step_losses.extend(values)
+        self.window.extend(values)
+        self.bar.update(len(values))
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                _raise_non_finite(first + i, v, self.model, self.task, self.batch, self.lr,
+                                  self.result.step_losses[: first + i])
+
+    def log(self, epoch: int) -> None:
+        """One metrics record: the mean training loss since the last one."""
+        mean = sum(self.window) / len(self.window)
+        self.window.clear()
+        if self.log_fn is not None:
+            self.log_fn({"step": self.result.steps, "epoch": epoch, "split": "train", "metric": "loss", "value": mean})
+        self.bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
+
+
+def _log_epoch(log: MetricsLog, record: dict[str, Any], metric_name: str) -> None:
+    """The epoch's records: training-loss mean over the epoch, validation loss and metric."""
+    step, epoch = record["step"], record["epoch"]
+    log({"step": step, "epoch": epoch, "split": "train", "metric": "epoch_loss", "value": record["train_loss"]})
+    for metric in ("loss", metric_name):
+        if record.get(f"val_{metric}") is not None:
+            log({"step": step, "epoch": epoch, "split": "val", "metric": metric, "value": record[f"val_{metric}"]})
 
 
 def _raise_non_finite(step: int, value: float, model: nn.Module, task: Task, batch: Batch, lr: float,
@@ -402,17 +429,17 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_last(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, generator: torch.Generator,
-               result: FitResult, epoch: int) -> None:
+               result: FitResult, epoch: int, progress_state: dict[str, Any]) -> None:
     checkpoint.save_atomic({
         "model": model.state_dict(), "optimizer": opt.state_dict(),
         "schedule": sched.state_dict() if sched is not None else None, "epoch": epoch, "steps": result.steps,
         "generator": generator.get_state(), "rng": rng_state(), "history": result.history,
-        "step_losses": result.step_losses,
+        "step_losses": result.step_losses, "progress": dict(progress_state),
     }, path)
 
 
 def _restore(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, generator: torch.Generator,
-             result: FitResult) -> int:
+             result: FitResult, progress_state: dict[str, Any]) -> int:
     state = checkpoint.load(path)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -421,5 +448,6 @@ def _restore(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: An
     generator.set_state(state["generator"])
     set_rng_state(state["rng"])
     result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
+    progress_state.update(state.get("progress", {}))
     return int(state["epoch"]) + 1
 
