@@ -119,15 +119,27 @@ def _imbalanced_digits() -> Task:
 
 def _offset_regression() -> Task:
     x_train, x_val, y_train, y_val = regression.load_diabetes_split()
-    return Task(train=(x_train, y_train + 1000.0), val=(x_val, y_val + 1000.0), model=regression.MLP, loss="mse",
-                name="diabetes-offset")
+    return Task(
+        train=(x_train, y_train + 1000.0),
+        val=(x_val, y_val + 1000.0),
+        model=regression.MLP,
+        loss="mse",
+        name="diabetes-offset",
+    )
 
 
 def _charlm(model: Callable[[], nn.Module], name: str) -> Task:
     ids = charlm.encode(charlm.stdlib_text(200_000))
     cut = int(0.9 * len(ids))
-    return Task(train=charlm.windows(ids[:cut], 64), val=charlm.windows(ids[cut:], 64), model=model,
-                kind="sequence", num_classes=len(charlm.VOCAB), name=name, decoder=charlm.decode)
+    return Task(
+        train=charlm.windows(ids[:cut], 64),
+        val=charlm.windows(ids[cut:], 64),
+        model=model,
+        kind="sequence",
+        num_classes=len(charlm.VOCAB),
+        name=name,
+        decoder=charlm.decode,
+    )
 
 
 @dataclass(frozen=True)
@@ -145,21 +157,35 @@ BUGS = [
     Case("labels shuffled", lambda: _digits(digits.MLP, shuffle_labels=True), "fail", ("input_independent",)),
     Case("softmax before cross-entropy", lambda: _digits(SoftmaxMLP), "fail", ("output_kind", "overfit_batch")),
     Case("final layer weights x100", lambda: _digits(LoudHeadMLP), "fail", ("loss_at_init",)),
-    Case("view instead of permute (mixes samples)", lambda: _digits(lambda: RowGRU(planted=True)), "fail",
-         ("batch_independence",)),
-    Case("Conv1d padded on both sides (sees the future)", lambda: _charlm(PeekingConvLM, "charlm-peeking"), "fail",
-         ("causal",)),
+    Case(
+        "view instead of permute (mixes samples)",
+        lambda: _digits(lambda: RowGRU(planted=True)),
+        "fail",
+        ("batch_independence",),
+    ),
+    Case(
+        "Conv1d padded on both sides (sees the future)",
+        lambda: _charlm(PeekingConvLM, "charlm-peeking"),
+        "fail",
+        ("causal",),
+    ),
     Case("layer kept in a plain Python list", lambda: _digits(ListMLP), "fail", ("params_update",)),
-    Case("learning rate 10", lambda: _digits(digits.MLP), "fail", ("loss_decreases", "non_finite"),
-         {"train": {"lr": 10.0}}),
+    Case(
+        "learning rate 10",
+        lambda: _digits(digits.MLP),
+        "fail",
+        ("loss_decreases", "non_finite"),
+        {"train": {"lr": 10.0}},
+    ),
     Case("regression targets with mean 1000", _offset_regression, "warn", ("init_bias",)),
     Case("1:10 class imbalance, default init", _imbalanced_digits, "warn", ("init_bias",)),
 ]
 CLEAN = [
     Case("clean digits MLP", lambda: _digits(digits.MLP), "clean", ()),
     Case("clean digits CNN", lambda: digits.make_task("cnn"), "clean", ()),
-    Case("clean causal char model", lambda: _charlm(lambda: charlm.GPT(len(charlm.VOCAB), 64), "charlm-gpt"),
-         "clean", ()),
+    Case(
+        "clean causal char model", lambda: _charlm(lambda: charlm.GPT(len(charlm.VOCAB), 64), "charlm-gpt"), "clean", ()
+    ),
     Case("clean regression MLP", regression.make_task, "clean", ()),
 ]
 CASES = BUGS + CLEAN
@@ -189,8 +215,16 @@ class Outcome:
 def run_case(case: Case, stages: tuple[str, ...] = ("baseline", "overfit"), run_dir: Path | None = None) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = Recipe(case.make_task(), run_dir=run_dir or Path(tmp) / "run", stages=list(stages), device="cpu",
-                        keep_going=True, config=case.config, progress=False, quiet=True).run()
+        result = Recipe(
+            case.make_task(),
+            run_dir=run_dir or Path(tmp) / "run",
+            stages=list(stages),
+            device="cpu",
+            keep_going=True,
+            config=case.config,
+            progress=False,
+            quiet=True,
+        ).run()
         return Outcome(case, result, time.perf_counter() - start)
 
 
@@ -209,8 +243,16 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "FALSE ALARM" if out.flagged else ("clean (warns)" if fired["warn"] else "clean")
         else:
             verdict = "flagged" if out.flagged else "MISSED"
-        rows.append((case.name, case.expect, verdict, ", ".join(fired["fail"]) or "-", ", ".join(fired["warn"]) or "-",
-                     f"{out.seconds:.1f}"))
+        rows.append(
+            (
+                case.name,
+                case.expect,
+                verdict,
+                ", ".join(fired["fail"]) or "-",
+                ", ".join(fired["warn"]) or "-",
+                f"{out.seconds:.1f}",
+            )
+        )
         print(f"  {case.name}: {verdict}", file=sys.stderr)
     header = ("case", "expect", "verdict", "failed checks", "warned checks", "s")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

@@ -162,8 +162,14 @@ def run_lightning(data: Data, epochs: int, device: torch.device) -> tuple[float,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(  # type: ignore[attr-defined]
-            max_epochs=epochs, accelerator=device.type, devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            max_epochs=epochs,
+            accelerator=device.type,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
         )
         trainer.fit(
             model,
@@ -184,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads, the same for every contender (default: 1; a 64x128 matmul "
-                             "gains nothing from more, and on a busy 2-core machine a second thread costs a lot)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads, the same for every contender (default: 1; a 64x128 matmul "
+        "gains nothing from more, and on a busy 2-core machine a second thread costs a lot)",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
@@ -194,11 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     x_train, x_val, y_train, y_val = load_digits_split(SEED)
-    data: Data = (torch.from_numpy(x_train), torch.from_numpy(y_train).long(),
-                  torch.from_numpy(x_val), torch.from_numpy(y_val).long())
+    data: Data = (
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train).long(),
+        torch.from_numpy(x_val),
+        torch.from_numpy(y_val).long(),
+    )
 
     contenders: dict[str, Callable[[Data, int, torch.device], tuple[float, float]]] = {
-        "fit": run_fit, "dataloader": run_dataloader, "tensors": run_tensors, "tensors+fused": run_tensors_fused,
+        "fit": run_fit,
+        "dataloader": run_dataloader,
+        "tensors": run_tensors,
+        "tensors+fused": run_tensors_fused,
     }
     if lightning_module() is not None:
         contenders["lightning"] = run_lightning
@@ -206,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         print("note: lightning / pytorch_lightning is not importable; skipping the Lightning Trainer contender.")
 
     steps = args.epochs * math.ceil(len(x_train) / BATCH_SIZE)
-    print(f"digits MLP 64-128-128-10, {len(x_train)} train / {len(x_val)} val, {args.epochs} epochs x "
-          f"{steps // args.epochs} steps, batch {BATCH_SIZE}, AdamW lr {LR}, device {device}, "
-          f"torch {torch.__version__}, {args.threads} thread(s), {args.repeats} repeats + 1 warm-up, interleaved")
+    print(
+        f"digits MLP 64-128-128-10, {len(x_train)} train / {len(x_val)} val, {args.epochs} epochs x "
+        f"{steps // args.epochs} steps, batch {BATCH_SIZE}, AdamW lr {LR}, device {device}, "
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.repeats} repeats + 1 warm-up, interleaved"
+    )
 
     wall: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
@@ -219,8 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         rng.shuffle(order)
         for name in order:
             if name == "fit":
-                TASKS.append(recipe.Task(train=(x_train, y_train), val=(x_val, y_val), model=MLP,
-                                         loss="cross_entropy", num_classes=10, name="digits-mlp"))
+                TASKS.append(
+                    recipe.Task(
+                        train=(x_train, y_train),
+                        val=(x_val, y_val),
+                        model=MLP,
+                        loss="cross_entropy",
+                        num_classes=10,
+                        name="digits-mlp",
+                    )
+                )
             torch.set_num_threads(args.threads)  # the same for everyone, whatever a contender did before
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -232,19 +259,27 @@ def main(argv: list[str] | None = None) -> int:
 
     base = statistics.median(wall["fit"])
     print()
-    print(f"{'contender':<14} {'median s':>9} {'min s':>7} {'cpu s':>7} {'steps/s':>8} {'vs fit':>7}"
-          f"   last epoch val loss / acc")
+    print(
+        f"{'contender':<14} {'median s':>9} {'min s':>7} {'cpu s':>7} {'steps/s':>8} {'vs fit':>7}"
+        f"   last epoch val loss / acc"
+    )
     for name in contenders:
         med = statistics.median(wall[name])
         loss, acc = final[name]
-        print(f"{name:<14} {med:>9.3f} {min(wall[name]):>7.3f} {statistics.median(cpu[name]):>7.3f} "
-              f"{steps / med:>8.0f} {med / base:>6.2f}x   {loss:.3f} / {acc:.3f}")
-    print("(vs fit: the contender's median time / fit's; above 1.00x, fit is faster. cpu s: median process CPU time,"
-          " steadier than wall time on a busy machine.)")
+        print(
+            f"{name:<14} {med:>9.3f} {min(wall[name]):>7.3f} {statistics.median(cpu[name]):>7.3f} "
+            f"{steps / med:>8.0f} {med / base:>6.2f}x   {loss:.3f} / {acc:.3f}"
+        )
+    print(
+        "(vs fit: the contender's median time / fit's; above 1.00x, fit is faster. cpu s: median process CPU time,"
+        " steadier than wall time on a busy machine.)"
+    )
     vs_loader = statistics.median(wall["dataloader"]) / base
     vs_tensor = statistics.median(wall["tensors"]) / base
-    line = (f"fit vs DataLoader loop: {vs_loader:.2f}x {'faster' if vs_loader >= 1 else 'slower'}; "
-            f"fit vs tensor loop: {vs_tensor:.2f}x (within 5%: {'yes' if vs_tensor >= 0.95 else 'no'})")
+    line = (
+        f"fit vs DataLoader loop: {vs_loader:.2f}x {'faster' if vs_loader >= 1 else 'slower'}; "
+        f"fit vs tensor loop: {vs_tensor:.2f}x (within 5%: {'yes' if vs_tensor >= 0.95 else 'no'})"
+    )
     line += f"; fit vs fused tensor loop: {statistics.median(wall['tensors+fused']) / base:.2f}x"
     if "lightning" in wall:
         line += f"; fit vs Lightning: {statistics.median(wall['lightning']) / base:.2f}x"

@@ -16,8 +16,20 @@ from torch import nn
 
 from recipe import Recipe, Task
 
-SOURCES = ("textwrap.py", "difflib.py", "argparse.py", "fractions.py", "pprint.py", "shlex.py", "heapq.py",
-           "bisect.py", "calendar.py", "string.py", "functools.py", "contextlib.py")
+SOURCES = (
+    "textwrap.py",
+    "difflib.py",
+    "argparse.py",
+    "fractions.py",
+    "pprint.py",
+    "shlex.py",
+    "heapq.py",
+    "bisect.py",
+    "calendar.py",
+    "string.py",
+    "functools.py",
+    "contextlib.py",
+)
 VOCAB = ["\n", *[chr(c) for c in range(32, 127)]]  # newline and printable ASCII; anything else becomes "?"
 
 
@@ -66,8 +78,15 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """A small GPT: token + position embeddings, pre-LayerNorm blocks with causal attention, a linear head."""
 
-    def __init__(self, vocab: int = len(VOCAB), block_size: int = 64, layers: int = 2, heads: int = 4, dim: int = 64,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        vocab: int = len(VOCAB),
+        block_size: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        dim: int = 64,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(block_size, dim)
         self.blocks = nn.Sequential(*[Block(dim, heads, dropout) for _ in range(layers)])
@@ -98,22 +117,39 @@ class ConvLM(nn.Module):
         return self.head(h.transpose(1, 2))
 
 
-def make_task(model: str = "gpt", block_size: int = 64, layers: int = 2, heads: int = 4, dim: int = 64,
-              dropout: float = 0.0, max_chars: int = 400_000) -> Task:
+def make_task(
+    model: str = "gpt",
+    block_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    dim: int = 64,
+    dropout: float = 0.0,
+    max_chars: int = 400_000,
+) -> Task:
     """Next-character prediction; the last 10% of the text is the validation split."""
     ids = encode(stdlib_text(max_chars))
     cut = int(0.9 * len(ids))
     train, val = windows(ids[:cut], block_size), windows(ids[cut:], block_size)
     if model == "gpt":
+
         def factory() -> nn.Module:
             return GPT(len(VOCAB), block_size, layers, heads, dim, dropout)
     elif model == "conv":
+
         def factory() -> nn.Module:
             return ConvLM(len(VOCAB), dim)
     else:
         raise ValueError(f"model={model!r}: use 'gpt' or 'conv'")
-    return Task(train=train, val=val, model=factory, loss="cross_entropy", kind="sequence", num_classes=len(VOCAB),
-                name=f"charlm-{model}", decoder=decode)
+    return Task(
+        train=train,
+        val=val,
+        model=factory,
+        loss="cross_entropy",
+        kind="sequence",
+        num_classes=len(VOCAB),
+        name=f"charlm-{model}",
+        decoder=decode,
+    )
 
 
 if __name__ == "__main__":

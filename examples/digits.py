@@ -29,8 +29,12 @@ class MLP(nn.Module):
     def __init__(self, hidden: int = 128, dropout: float = 0.0):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(64, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden, 10),
         )
 
@@ -44,9 +48,14 @@ class CNN(nn.Module):
     def __init__(self, channels: int = 16, dropout: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * channels * 4, 10))
 
@@ -64,8 +73,14 @@ def make_task(model: str = "mlp", seed: int = 0) -> Task:
         factory = MLP
     else:
         raise ValueError(f"model={model!r}: use 'mlp' or 'cnn'")
-    return Task(train=(x_train, y_train), val=(x_val, y_val), model=factory, loss="cross_entropy",
-                num_classes=10, name=f"digits-{model}")
+    return Task(
+        train=(x_train, y_train),
+        val=(x_val, y_val),
+        model=factory,
+        loss="cross_entropy",
+        num_classes=10,
+        name=f"digits-{model}",
+    )
 
 
 if __name__ == "__main__":

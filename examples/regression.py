@@ -27,8 +27,15 @@ def load_diabetes_split(seed: int = 0) -> tuple[np.ndarray, ...]:
 class MLP(nn.Module):
     def __init__(self, features: int = 10, hidden: int = 64, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(features, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -37,8 +44,7 @@ class MLP(nn.Module):
 def make_task(seed: int = 0) -> Task:
     """Standardised diabetes progression (targets shaped (N, 1), like the model's output)."""
     x_train, x_val, y_train, y_val = load_diabetes_split(seed)
-    return Task(train=(x_train, y_train), val=(x_val, y_val), model=MLP, loss="mse", kind="regression",
-                name="diabetes")
+    return Task(train=(x_train, y_train), val=(x_val, y_val), model=MLP, loss="mse", kind="regression", name="diabetes")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"{where}: cannot import {module_name!r} for `task:` ({exc}); run from the folder that "
-                          "holds it or install it.") from exc
+        raise ConfigError(
+            f"{where}: cannot import {module_name!r} for `task:` ({exc}); run from the folder that "
+            "holds it or install it."
+        ) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"{where}: {module_name} has no function {attr!r} for `task:`.")
@@ -90,8 +92,10 @@ def report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="recipe", description="Karpathy's recipe for training neural networks, "
-                                     "as staged checks that make silent bugs loud.")
+    parser = argparse.ArgumentParser(
+        prog="recipe",
+        description="Karpathy's recipe for training neural networks, as staged checks that make silent bugs loud.",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("run", help="run the recipe from a YAML config")

@@ -93,7 +93,7 @@ def settings_from_dict(cls: type[T], data: dict[str, Any] | None, where: str) ->
 
 
 def suggest(key: str, valid: typing.Iterable[str]) -> str:
-    """"; did you mean 'x'?" for the closest valid key, else the list of valid keys (ends the sentence)."""
+    """ "; did you mean 'x'?" for the closest valid key, else the list of valid keys (ends the sentence)."""
     close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}."
 

@@ -28,8 +28,14 @@ class NonFiniteError(RecipeError, FloatingPointError):
         losses: the finite training losses of the steps before it.
     """
 
-    def __init__(self, message: str, step: int, parameter: str | None = None, module: str | None = None,
-                 losses: list[float] | None = None):
+    def __init__(
+        self,
+        message: str,
+        step: int,
+        parameter: str | None = None,
+        module: str | None = None,
+        losses: list[float] | None = None,
+    ):
         super().__init__(message)
         self.step = step
         self.parameter = parameter

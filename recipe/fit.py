@@ -164,12 +164,21 @@ def fit(
     )
     forward_model = cast(nn.Module, torch.compile(model)) if compile else model
     setup = {
-        "device": str(dev), "data_path": data_path, "precision": "bf16 autocast" if bf16 else "fp32",
-        "optimizer": optimizer, "optimizer_kernel": _kernel(opt), "compile": compile, "lr": lr,
-        "batch_size": batch_size, "steps": total, "steps_per_epoch": steps_per_epoch,
+        "device": str(dev),
+        "data_path": data_path,
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        "optimizer": optimizer,
+        "optimizer_kernel": _kernel(opt),
+        "compile": compile,
+        "lr": lr,
+        "batch_size": batch_size,
+        "steps": total,
+        "steps_per_epoch": steps_per_epoch,
         "schedule": schedule if isinstance(schedule, str) else "custom",
-        "warmup_steps": warmup_steps if not callable(schedule) else None, "weight_decay": weight_decay,
-        "grad_clip": grad_clip, "seed": seed,
+        "warmup_steps": warmup_steps if not callable(schedule) else None,
+        "weight_decay": weight_decay,
+        "grad_clip": grad_clip,
+        "seed": seed,
     }
 
     def train_step(batch: Batch) -> torch.Tensor:
@@ -193,8 +202,15 @@ def fit(
         start_epoch = _restore(ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state)
         if early_stopping and (ckpt_dir / "best.pt").exists():
             best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]
-    bar = tqdm(total=total, initial=result.steps, disable=not progress or not sys.stderr.isatty(), leave=False,
-               desc=f"fit {task.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=result.steps,
+        disable=not progress or not sys.stderr.isatty(),
+        leave=False,
+        desc=f"fit {task.name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
     losses = _LossReader(result, model, task, lr, log, bar)
     t0 = time.perf_counter()
     try:
@@ -268,8 +284,14 @@ def evaluate(
     metric_se = float(metric.std() / math.sqrt(n)) if n > 1 else None
     if losses:
         loss = torch.cat(losses)
-        return Evaluation(float(loss.mean()), float(loss.std() / math.sqrt(n)) if n > 1 else None,
-                          float(metric.mean()), metric_se, n, loss.cpu())
+        return Evaluation(
+            float(loss.mean()),
+            float(loss.std() / math.sqrt(n)) if n > 1 else None,
+            float(metric.mean()),
+            metric_se,
+            n,
+            loss.cpu(),
+        )
     total = sum(b for _, b in batch_losses)
     return Evaluation(sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n)
 
@@ -277,10 +299,20 @@ def evaluate(
 # ---- decided once, before the loop --------------------------------------------------------------------------------
 
 
-def _check_settings(optimizer: str, schedule: str | Callable[[int], float], precision: str, batch_size: int, lr: float,
-                    epochs: int | None, max_steps: int | None) -> None:
-    for name, value, allowed in (("optimizer", optimizer, OPTIMIZERS), ("schedule", schedule, SCHEDULES),
-                                 ("precision", precision, PRECISIONS)):
+def _check_settings(
+    optimizer: str,
+    schedule: str | Callable[[int], float],
+    precision: str,
+    batch_size: int,
+    lr: float,
+    epochs: int | None,
+    max_steps: int | None,
+) -> None:
+    for name, value, allowed in (
+        ("optimizer", optimizer, OPTIMIZERS),
+        ("schedule", schedule, SCHEDULES),
+        ("precision", precision, PRECISIONS),
+    ):
         if not callable(value) and value not in allowed:
             raise ConfigError(f"{name}={value!r} is not known; use one of {', '.join(allowed)}.")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -306,8 +338,9 @@ def _place(split: Split, device: torch.device) -> tuple[Split, str]:
     return TensorSplit(split.x.pin_memory(), split.y.pin_memory(), "train"), "in-memory tensors (pinned host)"
 
 
-def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
-               momentum: float) -> torch.optim.Optimizer:
+def _optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
     if not params:
         raise TaskError("the model has no trainable parameters (all have requires_grad=False or there are none).")
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
@@ -327,8 +360,9 @@ def _kernel(opt: torch.optim.Optimizer) -> str:
     return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "default"
 
 
-def _schedule(opt: torch.optim.Optimizer, schedule: str | Callable[[int], float], warmup_steps: int,
-              total: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+def _schedule(
+    opt: torch.optim.Optimizer, schedule: str | Callable[[int], float], warmup_steps: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
     if callable(schedule):
         return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     if schedule == "constant" and warmup_steps == 0:
@@ -375,8 +409,9 @@ class _LossReader:
         self.bar.update(len(values))
         for i, v in enumerate(values):
             if not math.isfinite(v):
-                _raise_non_finite(first + i, v, self.model, self.task, self.batch, self.lr,
-                                  self.result.step_losses[: first + i])
+                _raise_non_finite(
+                    first + i, v, self.model, self.task, self.batch, self.lr, self.result.step_losses[: first + i]
+                )
 
     def log(self, epoch: int) -> None:
         """One metrics record: the mean training loss since the last one."""
@@ -396,31 +431,53 @@ def _log_epoch(log: MetricsLog, record: dict[str, Any], metric_name: str) -> Non
             log({"step": step, "epoch": epoch, "split": "val", "metric": metric, "value": record[f"val_{metric}"]})
 
 
-def _raise_non_finite(step: int, value: float, model: nn.Module, task: Task, batch: Batch, lr: float,
-                      losses: list[float]) -> None:
+def _raise_non_finite(
+    step: int, value: float, model: nn.Module, task: Task, batch: Batch, lr: float, losses: list[float]
+) -> None:
     parameter = first_non_finite_parameter(model)
     module = first_non_finite_module(model, task, batch)
     where = "; ".join(
-        part for part in (f"first non-finite parameter: {parameter}" if parameter else "",
-                          f"first module with non-finite output: {module}" if module else "") if part
+        part
+        for part in (
+            f"first non-finite parameter: {parameter}" if parameter else "",
+            f"first module with non-finite output: {module}" if module else "",
+        )
+        if part
     )
     raise NonFiniteError(
         f"training loss became {value} at step {step}" + (f" ({where})" if where else "") + ". Likely causes: "
         f"learning rate too high (lr={lr:g}), a log/division/exp of a value that reaches 0 or overflows, or NaN/Inf "
         "in the data. Lower the learning rate, add gradient clipping, or guard the operation.",
-        step=step, parameter=parameter, module=module, losses=losses,
+        step=step,
+        parameter=parameter,
+        module=module,
+        losses=losses,
     )
 
 
-def _end_of_epoch(task: Task, model: nn.Module, result: FitResult, epoch: int, device: torch.device,
-                  eval_batch_size: int, evaluate_now: bool, autocast: Callable[[], Any]) -> dict[str, Any]:
+def _end_of_epoch(
+    task: Task,
+    model: nn.Module,
+    result: FitResult,
+    epoch: int,
+    device: torch.device,
+    eval_batch_size: int,
+    evaluate_now: bool,
+    autocast: Callable[[], Any],
+) -> dict[str, Any]:
     steps = result.setup["steps_per_epoch"]
     recent = result.step_losses[-steps:]
     record: dict[str, Any] = {"epoch": epoch, "step": result.steps, "train_loss": sum(recent) / max(1, len(recent))}
     if evaluate_now:
         ev = evaluate(task, model, task.val, device, eval_batch_size, autocast)
-        record.update({"val_loss": ev.loss, "val_loss_se": ev.loss_se, f"val_{task.metric_name}": ev.metric,
-                       f"val_{task.metric_name}_se": ev.metric_se})
+        record.update(
+            {
+                "val_loss": ev.loss,
+                "val_loss_se": ev.loss_se,
+                f"val_{task.metric_name}": ev.metric,
+                f"val_{task.metric_name}_se": ev.metric_se,
+            }
+        )
     return record
 
 
@@ -428,18 +485,42 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _save_last(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, generator: torch.Generator,
-               result: FitResult, epoch: int, progress_state: dict[str, Any]) -> None:
-    checkpoint.save_atomic({
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "schedule": sched.state_dict() if sched is not None else None, "epoch": epoch, "steps": result.steps,
-        "generator": generator.get_state(), "rng": rng_state(), "history": result.history,
-        "step_losses": result.step_losses, "progress": dict(progress_state),
-    }, path)
+def _save_last(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    generator: torch.Generator,
+    result: FitResult,
+    epoch: int,
+    progress_state: dict[str, Any],
+) -> None:
+    checkpoint.save_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "schedule": sched.state_dict() if sched is not None else None,
+            "epoch": epoch,
+            "steps": result.steps,
+            "generator": generator.get_state(),
+            "rng": rng_state(),
+            "history": result.history,
+            "step_losses": result.step_losses,
+            "progress": dict(progress_state),
+        },
+        path,
+    )
 
 
-def _restore(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, generator: torch.Generator,
-             result: FitResult, progress_state: dict[str, Any]) -> int:
+def _restore(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    generator: torch.Generator,
+    result: FitResult,
+    progress_state: dict[str, Any],
+) -> int:
     state = checkpoint.load(path)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -450,4 +531,3 @@ def _restore(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: An
     result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
     progress_state.update(state.get("progress", {}))
     return int(state["epoch"]) + 1
-

@@ -16,9 +16,17 @@ from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#7f7f7f"]
 STYLE: Any = {
-    "figure.figsize": (6.4, 3.8), "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-    "axes.spines.right": False, "font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold",
-    "axes.prop_cycle": cycler(color=COLORS), "figure.dpi": 110, "savefig.bbox": "tight",
+    "figure.figsize": (6.4, 3.8),
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.titleweight": "bold",
+    "axes.prop_cycle": cycler(color=COLORS),
+    "figure.dpi": 110,
+    "savefig.bbox": "tight",
 }
 
 
@@ -28,8 +36,14 @@ def _figure(**kwargs: Any) -> tuple[Figure, Any]:
     return fig, ax
 
 
-def loss_curves(series: Mapping[str, Sequence[float]], title: str, ylabel: str = "training loss",
-                xlabel: str = "optimizer step", logy: bool = False, hlines: dict[str, float] | None = None) -> Figure:
+def loss_curves(
+    series: Mapping[str, Sequence[float]],
+    title: str,
+    ylabel: str = "training loss",
+    xlabel: str = "optimizer step",
+    logy: bool = False,
+    hlines: dict[str, float] | None = None,
+) -> Figure:
     """Loss per step for one or more runs; optional horizontal reference lines (baselines)."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
@@ -45,7 +59,9 @@ def loss_curves(series: Mapping[str, Sequence[float]], title: str, ylabel: str =
     return fig
 
 
-def lr_range(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: dict[str, Any]) -> Figure:
+def lr_range(
+    lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: dict[str, Any]
+) -> Figure:
     """Loss against learning rate (log x): raw and smoothed curves, burn-in and divergence shaded, the suggestion."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
@@ -98,8 +114,13 @@ def prediction_dynamics(steps: Sequence[int], values: Any, title: str, ylabel: s
     v = np.asarray(values, dtype=np.float32).T  # (samples, checkpoints)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
-        im = ax.imshow(v, aspect="auto", cmap="viridis", interpolation="nearest",
-                       extent=(steps[0] - 0.5, steps[-1] + 0.5, v.shape[0] - 0.5, -0.5))
+        im = ax.imshow(
+            v,
+            aspect="auto",
+            cmap="viridis",
+            interpolation="nearest",
+            extent=(steps[0] - 0.5, steps[-1] + 0.5, v.shape[0] - 0.5, -0.5),
+        )
         fig.colorbar(im, ax=ax, label=ylabel)
         ax.grid(False)
         ax.set(title=title, xlabel="optimizer step", ylabel="validation sample")
@@ -113,8 +134,14 @@ def baselines(entries: dict[str, tuple[float, float | None]], title: str, xlabel
     errors = [entries[k][1] or 0.0 for k in names]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(names) + 1.2))
-        ax.barh(names, values, xerr=errors, color=[COLORS[i % len(COLORS)] for i in range(len(names))], alpha=0.85,
-                capsize=3)
+        ax.barh(
+            names,
+            values,
+            xerr=errors,
+            color=[COLORS[i % len(COLORS)] for i in range(len(names))],
+            alpha=0.85,
+            capsize=3,
+        )
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.4g}", va="center", fontsize=8)
         ax.invert_yaxis()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -65,11 +65,21 @@ class Context:
         """`fit` with the current training settings, this run's device and seed, logging to metrics.jsonl."""
         s = self.train
         settings: dict[str, Any] = {
-            "epochs": s.epochs, "batch_size": min(s.batch_size, len((task or self.task).train)), "lr": s.lr,
-            "optimizer": s.optimizer, "weight_decay": s.weight_decay, "schedule": s.schedule,
-            "warmup_steps": s.warmup_steps, "grad_clip": s.grad_clip, "precision": s.precision,
-            "compile": s.compile, "init_bias": s.init_bias, "device": self.device, "seed": self.seed,
-            "progress": self.progress, "log": self.rundir.metrics_log(self.stage, run),
+            "epochs": s.epochs,
+            "batch_size": min(s.batch_size, len((task or self.task).train)),
+            "lr": s.lr,
+            "optimizer": s.optimizer,
+            "weight_decay": s.weight_decay,
+            "schedule": s.schedule,
+            "warmup_steps": s.warmup_steps,
+            "grad_clip": s.grad_clip,
+            "precision": s.precision,
+            "compile": s.compile,
+            "init_bias": s.init_bias,
+            "device": self.device,
+            "seed": self.seed,
+            "progress": self.progress,
+            "log": self.rundir.metrics_log(self.stage, run),
         }
         settings.update(overrides)
         result = fit(task or self.task, **settings)
@@ -202,8 +212,14 @@ class Recipe:
                 if statuses[stage.name] == "fail" and not self.keep_going:
                     break
         finally:
-            manifest.update(end=_now(), stages=statuses, seconds=timings, learned=ctx.learned, fits=ctx.fits,
-                            train_final=dataclasses.asdict(ctx.train))
+            manifest.update(
+                end=_now(),
+                stages=statuses,
+                seconds=timings,
+                learned=ctx.learned,
+                fits=ctx.fits,
+                train_final=dataclasses.asdict(ctx.train),
+            )
             rundir.write_checks(checks)
             rundir.write_manifest(manifest)
             rundir.close()
@@ -216,17 +232,32 @@ class Recipe:
         from recipe import __version__
 
         return {
-            "task": {"name": self.task.name, "kind": self.task.kind, "num_classes": self.task.num_classes,
-                     "loss": self.task.loss if isinstance(self.task.loss, str) else repr(self.task.loss),
-                     "train_size": len(self.task.train), "val_size": len(self.task.val)},
-            "config": {"train": dataclasses.asdict(self.train),
-                       **{s.name: dataclasses.asdict(s.settings) for s in self.stages}},
+            "task": {
+                "name": self.task.name,
+                "kind": self.task.kind,
+                "num_classes": self.task.num_classes,
+                "loss": self.task.loss if isinstance(self.task.loss, str) else repr(self.task.loss),
+                "train_size": len(self.task.train),
+                "val_size": len(self.task.val),
+            },
+            "config": {
+                "train": dataclasses.asdict(self.train),
+                **{s.name: dataclasses.asdict(s.settings) for s in self.stages},
+            },
             "stages_planned": [s.name for s in self.stages],
-            "seed": self.seed, "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "seed": self.seed,
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "keep_going": self.keep_going,
-            "versions": {"recipe": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-                         "numpy": np.__version__, "platform": platform.platform()},
+            "versions": {
+                "recipe": __version__,
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "platform": platform.platform(),
+            },
             "start": _now(),
         }
 
@@ -236,8 +267,15 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
     try:
         checks = list(stage.run(ctx))
     except NonFiniteError as exc:
-        checks = [Check("non_finite", "fail", {"step": exc.step, "parameter": exc.parameter, "module": exc.module},
-                        "finite loss at every step", str(exc))]
+        checks = [
+            Check(
+                "non_finite",
+                "fail",
+                {"step": exc.step, "parameter": exc.parameter, "module": exc.module},
+                "finite loss at every step",
+                str(exc),
+            )
+        ]
     skip = set(getattr(stage.settings, "skip", ()))
     out = []
     for c in checks:
@@ -260,7 +298,7 @@ def _now() -> str:
 class Console:
     """The terminal output: a header, one compact table per stage, and a summary that ends with the failure."""
 
-    MARKS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+    MARKS: ClassVar[dict[str, str]] = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
 
     def __init__(self, quiet: bool):
         self.quiet = quiet

@@ -57,21 +57,26 @@ def checks_table_html(checks: list[Check]) -> str:
         f"<td>{'' if c.seconds is None else f'{c.seconds:.2f}'}</td></tr>"
         for c in checks
     )
-    return ("<table><tr><th>status</th><th>check</th><th>message</th><th>value</th><th>expected</th><th>s</th></tr>"
-            f"{rows}</table>")
+    return (
+        "<table><tr><th>status</th><th>check</th><th>message</th><th>value</th><th>expected</th><th>s</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def result_html(result: RecipeResult) -> str:
     """The compact notebook view of a RecipeResult: stage statuses and the checks table."""
     stages = " ".join(f"{html.escape(name)} {_badge(status)}" for name, status in result.stages.items())
-    return f"<div><b>recipe run</b> {_badge('pass' if result.ok else 'fail')} {stages}{checks_table_html(result.checks)}</div>"
+    badge = _badge("pass" if result.ok else "fail")
+    return f"<div><b>recipe run</b> {badge} {stages}{checks_table_html(result.checks)}</div>"
 
 
 def _image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     src = f"data:image/png;base64,{data}"
-    return (f'<figure><a href="{src}" target="_blank" rel="noopener"><img src="{src}" alt="{html.escape(path.name)}">'
-            f"</a><figcaption>{html.escape(path.name)}</figcaption></figure>")
+    return (
+        f'<figure><a href="{src}" target="_blank" rel="noopener"><img src="{src}" alt="{html.escape(path.name)}">'
+        f"</a><figcaption>{html.escape(path.name)}</figcaption></figure>"
+    )
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -82,25 +87,35 @@ def build_report(run_dir: str | Path) -> Path:
     statuses = manifest.get("stages", {})
     problems = sorted((c for c in checks if c.status in ("fail", "warn")), key=lambda c: c.status != "fail")
     task = manifest.get("task", {})
-    parts = [f"<h1>recipe report: {html.escape(str(task.get('name', rundir.path.name)))}</h1>",
-             f"<div class=meta>{html.escape(str(task.get('kind', '')))} · device {html.escape(str(manifest.get('device', '?')))}"
-             f" · seed {manifest.get('seed', '?')} · {html.escape(str(manifest.get('start', '')))} → "
-             f"{html.escape(str(manifest.get('end', 'interrupted')))}</div>", '<div class="summary">']
+    parts = [
+        f"<h1>recipe report: {html.escape(str(task.get('name', rundir.path.name)))}</h1>",
+        f"<div class=meta>{html.escape(str(task.get('kind', '')))} · "
+        f"device {html.escape(str(manifest.get('device', '?')))}"
+        f" · seed {manifest.get('seed', '?')} · {html.escape(str(manifest.get('start', '')))} → "
+        f"{html.escape(str(manifest.get('end', 'interrupted')))}</div>",
+        '<div class="summary">',
+    ]
     for stage in stages:
         status = statuses.get(stage, "not run")
         seconds = manifest.get("seconds", {}).get(stage)
-        parts.append(f'<div class="card"><b>{html.escape(stage)}</b><br>{_badge(status)}'
-                     f"{'' if seconds is None else f' {seconds:.1f} s'}</div>")
+        parts.append(
+            f'<div class="card"><b>{html.escape(stage)}</b><br>{_badge(status)}'
+            f"{'' if seconds is None else f' {seconds:.1f} s'}</div>"
+        )
     parts.append("</div>")
     if problems:
         parts.append("<h2>Needs attention</h2><ul class=problems>")
-        parts += [f"<li>{_badge(c.status)} <b>{html.escape(c.stage)}.{html.escape(c.name)}</b>: {html.escape(c.message)}</li>"
-                  for c in problems]
+        parts += [
+            f"<li>{_badge(c.status)} <b>{html.escape(c.stage)}.{html.escape(c.name)}</b>: {html.escape(c.message)}</li>"
+            for c in problems
+        ]
         parts.append("</ul>")
     for stage in stages:
         stage_checks = [c for c in checks if c.stage == stage]
-        parts.append(f"<h2 id='{html.escape(stage)}'>{html.escape(stage_folder(stage, stages))} "
-                     f"{_badge(statuses.get(stage, 'not run'))}</h2>")
+        parts.append(
+            f"<h2 id='{html.escape(stage)}'>{html.escape(stage_folder(stage, stages))} "
+            f"{_badge(statuses.get(stage, 'not run'))}</h2>"
+        )
         parts.append(checks_table_html(stage_checks) if stage_checks else "<p>Not run.</p>")
         folder = rundir.path / stage_folder(stage, stages)
         images = sorted(folder.glob("*.png")) if folder.exists() else []
@@ -108,9 +123,14 @@ def build_report(run_dir: str | Path) -> Path:
             parts.append('<div class="plots">' + "".join(_image(p) for p in images) + "</div>")
     learned = manifest.get("learned", {})
     parts.append("<h2>What the stages learned</h2><pre>" + html.escape(json.dumps(learned, indent=1)) + "</pre>")
-    parts.append("<h2>Configuration and environment</h2><pre>" + html.escape(json.dumps(
-        {k: manifest.get(k) for k in ("config", "versions", "device_name", "fits")}, indent=1)) + "</pre>")
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>recipe report</title>"
-            f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
+    parts.append(
+        "<h2>Configuration and environment</h2><pre>"
+        + html.escape(json.dumps({k: manifest.get(k) for k in ("config", "versions", "device_name", "fits")}, indent=1))
+        + "</pre>"
+    )
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>recipe report</title>"
+        f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>"
+    )
     rundir.write_report(page)
     return rundir.path / REPORT

@@ -24,8 +24,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = numpy_state
     state: dict[str, Any] = {
         "python": _listify(random.getstate()),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -48,7 +53,7 @@ def _listify(obj: Any) -> Any:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" picks CUDA when present; otherwise the named device, which must exist."""
+    """ "auto" picks CUDA when present; otherwise the named device, which must exist."""
     if isinstance(device, torch.device):
         resolved = device
     elif device == "auto":

@@ -60,7 +60,9 @@ class RunDir:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise ConfigError(f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir.") from exc
+            raise ConfigError(
+                f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir."
+            ) from exc
         for name in (CHECKS, MANIFEST, METRICS, REPORT):
             (self.path / name).unlink(missing_ok=True)
         for child in self.path.iterdir():

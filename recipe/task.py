@@ -58,12 +58,18 @@ class Task:
         decoder: Callable[[list[int]], str] | None = None,
     ):
         if isinstance(model, nn.Module):
-            raise TaskError(f"model must be a factory that builds a fresh nn.Module on every call, got an instance of "
-                            f"{type(model).__name__}; pass the class or a function (e.g. `model=lambda: Net()`).")
+            raise TaskError(
+                f"model must be a factory that builds a fresh nn.Module on every call, got an instance of "
+                f"{type(model).__name__}; pass the class or a function (e.g. `model=lambda: Net()`)."
+            )
         if not callable(model):
-            raise TaskError(f"model must be a zero-argument callable returning a fresh nn.Module, got {type(model).__name__}.")
+            raise TaskError(
+                f"model must be a zero-argument callable returning a fresh nn.Module, got {type(model).__name__}."
+            )
         if isinstance(loss, str) and loss not in LOSSES:
-            raise TaskError(f"loss={loss!r} is not known; use one of {', '.join(LOSSES)} or a callable(output, target).")
+            raise TaskError(
+                f"loss={loss!r} is not known; use one of {', '.join(LOSSES)} or a callable(output, target)."
+            )
         if not isinstance(loss, str) and not callable(loss):
             raise TaskError(f"loss must be a name or a callable(output, target) -> scalar, got {type(loss).__name__}.")
         if kind is not None and kind not in KINDS:
@@ -305,18 +311,23 @@ class Task:
     def _check_output_shape(self, output: torch.Tensor, target: torch.Tensor) -> None:
         out, tgt = tuple(output.shape), tuple(target.shape)
         if self.loss == "cross_entropy":
-            want = (*tgt, self.num_classes) if self.kind == "sequence" else (tgt[0], self.num_classes, *tgt[1:])
-            width = out[-1] if self.kind == "sequence" else (out[1] if len(out) > 1 else None)
-            if self.kind == "sequence" and len(out) == len(want) and out[:-1] == tgt and width is not None:
-                if self.num_classes is not None and width >= self.num_classes:
-                    self.num_classes = width  # a vocabulary wider than the tokens seen is normal
+            classes = self.num_classes or 0
+            if self.kind == "sequence":
+                if len(out) == len(tgt) + 1 and out[:-1] == tgt and out[-1] >= classes:
+                    self.num_classes = out[-1]  # a vocabulary wider than the tokens seen is normal
                     return
+                want = (*tgt, classes)
+            else:
+                want = (tgt[0], classes, *tgt[1:])
             if out != want:
+                width = out[-1] if self.kind == "sequence" else (out[1] if len(out) > 1 else None)
+                how = "shaped differently from"
+                if width is not None and len(out) == len(want) and width != classes:
+                    how = f"{'narrower' if width < classes else 'wider'} ({width} outputs) than"
                 raise TaskError(
-                    f"model output has shape {out} but {self.kind} targets of shape {tgt} with "
-                    f"num_classes={self.num_classes} need {want}; the head is "
-                    f"{'narrower' if width is not None and width < (self.num_classes or 0) else 'not shaped'} "
-                    "as the labels require: fix the final layer's width or num_classes."
+                    f"model output has shape {out} but {self.kind} targets of shape {tgt} with num_classes={classes} "
+                    f"need {want}: the head is {how} the {classes} classes. Fix the final layer's width or "
+                    "num_classes."
                 )
             return
         if out != tgt:

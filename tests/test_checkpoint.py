@@ -22,8 +22,15 @@ def test_save_and_load_roundtrip(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(4, 8)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "history": [{"val_loss": 0.5,
-             "val_loss_se": None}], "name": "run", "losses": [1.0, 0.5], "rng": rng_state()}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": 3,
+        "history": [{"val_loss": 0.5, "val_loss_se": None}],
+        "name": "run",
+        "losses": [1.0, 0.5],
+        "rng": rng_state(),
+    }
     path = save_atomic(state, tmp_path / "deep" / "last.pt")
     assert path == tmp_path / "deep" / "last.pt" and os.listdir(path.parent) == ["last.pt"]
     back = load(path)

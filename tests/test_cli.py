@@ -16,7 +16,7 @@ import pytest
 
 from recipe import cli
 
-TASK_MODULE = '''
+TASK_MODULE = """
 import torch
 from torch import nn
 
@@ -33,7 +33,7 @@ def make_task(n=200, seed=0):
 
 def not_a_task(**kwargs):
     return 42
-'''
+"""
 
 CONFIG = """\
 task: {module}:make_task
@@ -57,8 +57,11 @@ def write_project(folder: Path, module: str) -> Path:
 
 
 def recipe_cli(*args: str, cwd: Path, console_script: bool = False) -> subprocess.CompletedProcess:
-    command = [shutil.which("recipe") or pytest.skip("no `recipe` console script on PATH")] if console_script else \
-        [sys.executable, "-m", "recipe.cli"]
+    command = (
+        [shutil.which("recipe") or pytest.skip("no `recipe` console script on PATH")]
+        if console_script
+        else [sys.executable, "-m", "recipe.cli"]
+    )
     return subprocess.run([*command, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -123,25 +126,52 @@ def project(tmp_path, monkeypatch, request):
 @pytest.mark.parametrize(
     ("edit", "argv", "match"),
     [
-        pytest.param(lambda c, m: c + "trian: {lr: 0.1}\n", [], r"unknown key 'trian'; did you mean 'train'\?",
-                     id="unknown-key"),
-        pytest.param(lambda c, m: c.replace("steps: 60", "stpes: 60"), [],
-                     r"overfit: unknown key 'stpes'; did you mean 'steps'\?", id="unknown-stage-setting"),
-        pytest.param(lambda c, m: c.replace("[overfit]", "[overfitt]"), [],
-                     r"unknown stage 'overfitt'; did you mean 'overfit'\?", id="unknown-stage-in-yaml"),
+        pytest.param(
+            lambda c, m: c + "trian: {lr: 0.1}\n", [], r"unknown key 'trian'; did you mean 'train'\?", id="unknown-key"
+        ),
+        pytest.param(
+            lambda c, m: c.replace("steps: 60", "stpes: 60"),
+            [],
+            r"overfit: unknown key 'stpes'; did you mean 'steps'\?",
+            id="unknown-stage-setting",
+        ),
+        pytest.param(
+            lambda c, m: c.replace("[overfit]", "[overfitt]"),
+            [],
+            r"unknown stage 'overfitt'; did you mean 'overfit'\?",
+            id="unknown-stage-in-yaml",
+        ),
         pytest.param(lambda c, m: c, ["--stages", "overfit,tuen"], r"unknown stage 'tuen'", id="unknown-stage-flag"),
-        pytest.param(lambda c, m: c.replace(f"{m}:make_task", "no_such_module_xyz:make_task"), [],
-                     r"cannot import 'no_such_module_xyz' for `task:`", id="missing-task-module"),
-        pytest.param(lambda c, m: c.replace(":make_task", ":make_tsak"), [], r"has no function 'make_tsak'",
-                     id="missing-task-function"),
-        pytest.param(lambda c, m: c.replace(f"{m}:make_task", m), [], r"`task:` must name a function as "
-                     r"module\.path:function", id="task-without-colon"),
-        pytest.param(lambda c, m: c.replace(":make_task", ":not_a_task"), [], r"returned int; it must return a "
-                     r"recipe\.Task", id="factory-returns-non-task"),
-        pytest.param(lambda c, m: c.replace("{n: 200}", "{nn: 200}"), [], r"task_args do not fit .*'nn'",
-                     id="bad-task-args"),
-        pytest.param(lambda c, m: c.replace("seed: 0", "seed: zero"), [], r"seed must be an integer",
-                     id="wrong-type"),
+        pytest.param(
+            lambda c, m: c.replace(f"{m}:make_task", "no_such_module_xyz:make_task"),
+            [],
+            r"cannot import 'no_such_module_xyz' for `task:`",
+            id="missing-task-module",
+        ),
+        pytest.param(
+            lambda c, m: c.replace(":make_task", ":make_tsak"),
+            [],
+            r"has no function 'make_tsak'",
+            id="missing-task-function",
+        ),
+        pytest.param(
+            lambda c, m: c.replace(f"{m}:make_task", m),
+            [],
+            r"`task:` must name a function as "
+            r"module\.path:function",
+            id="task-without-colon",
+        ),
+        pytest.param(
+            lambda c, m: c.replace(":make_task", ":not_a_task"),
+            [],
+            r"returned int; it must return a "
+            r"recipe\.Task",
+            id="factory-returns-non-task",
+        ),
+        pytest.param(
+            lambda c, m: c.replace("{n: 200}", "{nn: 200}"), [], r"task_args do not fit .*'nn'", id="bad-task-args"
+        ),
+        pytest.param(lambda c, m: c.replace("seed: 0", "seed: zero"), [], r"seed must be an integer", id="wrong-type"),
         pytest.param(lambda c, m: c + "seed: 1\n", [], r"key 'seed' is given twice", id="duplicate-key"),
         pytest.param(lambda c, m: c.replace("device: cpu", "device: tpu"), [], r"device='tpu'", id="bad-device"),
     ],
@@ -156,10 +186,13 @@ def test_bad_config_exits_2_with_one_line(project, capsys, edit, argv, match):
     assert not (config.parent / "runs").exists()  # nothing written before the error
 
 
-@pytest.mark.parametrize(("argv", "match"), [
-    (["run", "missing.yaml"], r"config file missing\.yaml does not exist"),
-    (["report", "no_run_here"], r"no_run_here holds no recipe run"),
-])
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["run", "missing.yaml"], r"config file missing\.yaml does not exist"),
+        (["report", "no_run_here"], r"no_run_here holds no recipe run"),
+    ],
+)
 def test_missing_paths_exit_2(tmp_path, monkeypatch, capsys, argv, match):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "no_run_here").mkdir()
@@ -167,9 +200,16 @@ def test_missing_paths_exit_2(tmp_path, monkeypatch, capsys, argv, match):
     assert re.search(match, capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("argv", [["--debug", "run", "missing.yaml"], ["run", "missing.yaml", "--debug"],
-                                  ["report", "nowhere", "--debug"], ["--debug", "report", "nowhere"]],
-                         ids=["before-command", "after-command", "report-after", "report-before"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--debug", "run", "missing.yaml"],
+        ["run", "missing.yaml", "--debug"],
+        ["report", "nowhere", "--debug"],
+        ["--debug", "report", "nowhere"],
+    ],
+    ids=["before-command", "after-command", "report-after", "report-before"],
+)
 def test_debug_flag_raises_in_either_position(tmp_path, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(cli.ConfigError):
@@ -188,10 +228,16 @@ def _args(**flags):
     ("yaml_values", "flags", "expected"),
     [
         ({}, {}, {"run_dir": None, "device": "auto", "seed": 0, "keep_going": False}),
-        ({"run_dir": "r", "device": "cpu", "seed": 4, "keep_going": True}, {},
-         {"run_dir": "r", "device": "cpu", "seed": 4, "keep_going": True}),
-        ({"run_dir": "r", "device": "cpu", "seed": 4}, {"run_dir": "cli", "device": "cuda", "seed": 0},
-         {"run_dir": "cli", "device": "cuda", "seed": 0}),  # seed 0 on the command line still wins
+        (
+            {"run_dir": "r", "device": "cpu", "seed": 4, "keep_going": True},
+            {},
+            {"run_dir": "r", "device": "cpu", "seed": 4, "keep_going": True},
+        ),
+        (
+            {"run_dir": "r", "device": "cpu", "seed": 4},
+            {"run_dir": "cli", "device": "cuda", "seed": 0},
+            {"run_dir": "cli", "device": "cuda", "seed": 0},
+        ),  # seed 0 on the command line still wins
         ({}, {"keep_going": True, "quiet": True}, {"keep_going": True, "quiet": True, "progress": False}),
     ],
 )
@@ -199,7 +245,8 @@ def test_flags_override_yaml_override_defaults(yaml_values, flags, expected):
     from recipe.config import RunConfig
 
     config = RunConfig(task="m:f", **yaml_values)
-    built = cli._recipe(lambda task, **kwargs: kwargs, "TASK", config, {"overfit": {"steps": 5}}, ["overfit"],
-                        _args(**flags))
+    built = cli._recipe(
+        lambda task, **kwargs: kwargs, "TASK", config, {"overfit": {"steps": 5}}, ["overfit"], _args(**flags)
+    )
     assert {k: built[k] for k in expected} == expected
     assert built["config"] == {"train": {}, "overfit": {"steps": 5}} and built["stages"] == ["overfit"]

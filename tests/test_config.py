@@ -142,8 +142,9 @@ def test_load_yaml_runs_no_python_tags(tmp_path, tag):
 
 def test_split_config_separates_run_settings_from_stage_sections():
     stage = next(iter(STAGES))
-    run, sections = split_config({"task": "m:f", "seed": 3, "stages": [stage], "train": {"lr": "1e-3"},
-                                  stage: {"skip": []}}, STAGES, "c.yaml")
+    run, sections = split_config(
+        {"task": "m:f", "seed": 3, "stages": [stage], "train": {"lr": "1e-3"}, stage: {"skip": []}}, STAGES, "c.yaml"
+    )
     assert run == RunConfig(task="m:f", seed=3, stages=[stage], train={"lr": "1e-3"})
     assert sections == {stage: {"skip": []}}
 

@@ -42,13 +42,20 @@ def test_labels_out_of_range_never_reach_a_device_assert():
 
 
 def test_recipe_runs_on_cuda(tmp_path):
-    result = Recipe(tiny.classification(), run_dir=tmp_path, stages=["baseline", "overfit"], device="cuda",
-                    progress=False, quiet=True).run()
+    result = Recipe(
+        tiny.classification(),
+        run_dir=tmp_path,
+        stages=["baseline", "overfit"],
+        device="cuda",
+        progress=False,
+        quiet=True,
+    ).run()
     assert result.ok, [c.message for c in result.failures]
 
 
 def test_sequence_checks_on_cuda(tmp_path):
-    result = Recipe(tiny.sequence(), run_dir=tmp_path, stages=["baseline"], device="cuda", progress=False,
-                    quiet=True).run()
+    result = Recipe(
+        tiny.sequence(), run_dir=tmp_path, stages=["baseline"], device="cuda", progress=False, quiet=True
+    ).run()
     statuses = {c.name: c.status for c in result.checks}
     assert statuses["causal"] == "pass" and statuses["batch_independence"] == "pass"

@@ -38,10 +38,12 @@ def test_input_batch_names_constant_features_as_information():
 
 def _with_leaked_column(noise: float):
     task = tiny.classification()
+
     def leak(split):
         x, y = split.x, split.y
         g = torch.Generator().manual_seed(len(y))
         return torch.cat([x, (y.float() + noise * torch.randn(len(y), generator=g)).unsqueeze(1)], 1), y
+
     return task.replace(train=leak(task.train), val=leak(task.val), model=lambda: tiny.MLP(features=tiny.FEATURES + 1))
 
 
@@ -64,8 +66,10 @@ def test_target_leak(make_task, status):
 
 def test_regression_target_copied_into_an_input_is_caught():
     task = tiny.regression()
+
     def leak(split):
         return torch.cat([split.x, split.y * 3 + 1], 1), split.y
+
     planted = task.replace(train=leak(task.train), val=leak(task.val))
     assert target_leak(planted).status == "fail"
 

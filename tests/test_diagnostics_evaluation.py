@@ -113,11 +113,13 @@ def test_input_independent_end_to_end_on_shuffled_labels():
     for name, task in (("clean", clean), ("shuffled", shuffled)):
         real = fit(task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu", evaluate_every_epoch=False)
         zero_task = task.replace(zero_inputs=True)
-        zeroed = fit(zero_task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu",
-                     evaluate_every_epoch=False)
+        zeroed = fit(
+            zero_task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu", evaluate_every_epoch=False
+        )
         dev = torch.device("cpu")
-        verdicts[name] = input_independent(evaluate(task, real.model, task.val, dev),
-                                           evaluate(zero_task, zeroed.model, task.val, dev), task).status
+        verdicts[name] = input_independent(
+            evaluate(task, real.model, task.val, dev), evaluate(zero_task, zeroed.model, task.val, dev), task
+        ).status
     assert verdicts == {"clean": "pass", "shuffled": "fail"}
 
 

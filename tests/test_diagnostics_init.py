@@ -90,8 +90,13 @@ def test_output_kind_catches_sigmoid_before_bce():
     x, y = tiny.blobs(256, 0)
     val = tiny.blobs(128, 1)
     target, val_target = (y == 0).float().unsqueeze(1), (val[1] == 0).float().unsqueeze(1)
-    clean = tiny.Task(train=(x, target), val=(val[0], val_target), model=lambda: tiny.MLP(out=1),
-                      loss="bce_with_logits", kind="classification")
+    clean = tiny.Task(
+        train=(x, target),
+        val=(val[0], val_target),
+        model=lambda: tiny.MLP(out=1),
+        loss="bce_with_logits",
+        kind="classification",
+    )
     planted = clean.replace(model=lambda: nn.Sequential(tiny.MLP(out=1), nn.Sigmoid()))
     assert output_kind(*_trained_output(clean), clean).status == "pass"
     assert output_kind(*_trained_output(planted), planted).status == "fail"
@@ -111,7 +116,9 @@ def test_bias_values_are_log_priors_and_mean():
     counts = torch.tensor([3.0, 1.0, 0.0, 0.0]) + 1  # add-one smoothing
     assert torch.allclose(probs, counts / counts.sum(), atol=1e-6)
     reg = tiny.regression(offset=5.0)
-    assert float(bias_values(reg, reg.targets("train"))[0]) == pytest.approx(float(reg.targets("train").mean()), rel=1e-6)
+    assert float(bias_values(reg, reg.targets("train"))[0]) == pytest.approx(
+        float(reg.targets("train").mean()), rel=1e-6
+    )
 
 
 def test_init_output_bias_sets_the_head_bias():

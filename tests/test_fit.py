@@ -86,23 +86,33 @@ def test_a_given_model_is_trained_in_place(classification_task):
         (3, 100, 50, 9, 3),  # whichever comes first: epochs
     ],
 )
-def test_epochs_and_max_steps_count_optimizer_steps(classification_task, epochs, max_steps, batch_size, steps,
-                                                   epochs_run):
+def test_epochs_and_max_steps_count_optimizer_steps(
+    classification_task, epochs, max_steps, batch_size, steps, epochs_run
+):
     out = quick(classification_task, epochs=epochs, max_steps=max_steps, batch_size=batch_size)
     assert out.steps == steps == out.setup["steps"] == len(out.step_losses)
     assert [r["epoch"] for r in out.history] == list(range(epochs_run))
     assert out.history[-1]["step"] == steps
 
 
-@pytest.mark.parametrize(("fixture", "metric"), [("classification_task", "accuracy"), ("regression_task", "mae"),
-                                                 ("sequence_task", "accuracy")])
+@pytest.mark.parametrize(
+    ("fixture", "metric"),
+    [("classification_task", "accuracy"), ("regression_task", "mae"), ("sequence_task", "accuracy")],
+)
 def test_history_has_one_record_per_epoch_with_val_metrics_and_standard_errors(request, fixture, metric):
     task = request.getfixturevalue(fixture)
     out = quick(task, epochs=3)
     assert len(out.history) == 3
     for epoch, record in enumerate(out.history):
-        assert set(record) == {"epoch", "step", "train_loss", "val_loss", "val_loss_se", f"val_{metric}",
-                               f"val_{metric}_se"}
+        assert set(record) == {
+            "epoch",
+            "step",
+            "train_loss",
+            "val_loss",
+            "val_loss_se",
+            f"val_{metric}",
+            f"val_{metric}_se",
+        }
         assert record["epoch"] == epoch and record["step"] == out.setup["steps_per_epoch"] * (epoch + 1)
         assert all(math.isfinite(record[k]) and record[k] >= 0 for k in record)
     last, ev = out.history[-1], evaluate(task, out.model, task.val, CPU)  # the last record is the returned model's
@@ -141,8 +151,12 @@ def test_log_records_are_unambiguous(classification_task):
 @pytest.mark.parametrize(("log_every", "calls"), [(1, list(range(1, 11))), (5, [5, 10]), (10, [10])])
 def test_on_log_is_called_every_log_every_steps_in_training_mode(classification_task, log_every, calls):
     seen = []
-    quick(classification_task, epochs=2, log_every=log_every,
-          on_log=lambda step, model: seen.append((step, model.training)))
+    quick(
+        classification_task,
+        epochs=2,
+        log_every=log_every,
+        on_log=lambda step, model: seen.append((step, model.training)),
+    )
     assert seen == [(step, True) for step in calls]
 
 
@@ -271,8 +285,11 @@ def _crash_at(step):
     ("first_run", "settings"),
     [
         pytest.param({"epochs": 2}, {}, id="2-epochs-then-2-more"),
-        pytest.param({"on_log": _crash_at(13), "log_every": 1}, {"schedule": "cosine", "warmup_steps": 3},
-                     id="crash-mid-epoch-3-cosine"),
+        pytest.param(
+            {"on_log": _crash_at(13), "log_every": 1},
+            {"schedule": "cosine", "warmup_steps": 3},
+            id="crash-mid-epoch-3-cosine",
+        ),
     ],
 )
 def test_resume_continues_bit_identically(request, tmp_path, fixture, first_run, settings):
@@ -307,8 +324,16 @@ def test_resume_keeps_the_best_checkpoint(noise_task, tmp_path):
 def test_grad_clip_bounds_the_update(classification_task):
     model = TinyMLP()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    quick(classification_task, model=model, max_steps=1, epochs=None, optimizer="sgd", momentum=0.0, lr=1.0,
-          grad_clip=1e-3)
+    quick(
+        classification_task,
+        model=model,
+        max_steps=1,
+        epochs=None,
+        optimizer="sgd",
+        momentum=0.0,
+        lr=1.0,
+        grad_clip=1e-3,
+    )
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (after - before).norm() == pytest.approx(1e-3, rel=1e-3)  # SGD: update = lr * clipped gradient
 
@@ -328,8 +353,11 @@ def test_grad_clip_bounds_the_update(classification_task):
         ({"epochs": 0}, r"epochs must be a positive int"),
         ({"epochs": None, "max_steps": 2.5}, r"max_steps must be a positive int"),
         ({"device": "tpu"}, r"device='tpu'"),
-        pytest.param({"device": "cuda"}, r"no CUDA GPU is visible",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+        pytest.param(
+            {"device": "cuda"},
+            r"no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
     ],
 )
 def test_bad_settings_raise_config_error_before_training(classification_task, settings, match):

@@ -49,22 +49,32 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 def test_every_writer_leaves_only_its_files(rundir):
     fig = Figure()
     fig.add_subplot().plot([0, 1])
-    paths = [rundir.save_json("baseline", "table.json", {"x": [1, 2]}), rundir.save_text("baseline", "note.txt", "hi"),
-             rundir.save_figure("baseline", "curve.png", fig), rundir.save_json("my_probe", "t.json", [1])]
+    paths = [
+        rundir.save_json("baseline", "table.json", {"x": [1, 2]}),
+        rundir.save_text("baseline", "note.txt", "hi"),
+        rundir.save_figure("baseline", "curve.png", fig),
+        rundir.save_json("my_probe", "t.json", [1]),
+    ]
     rundir.write_checks([Check("loss_at_init", "pass", stage="baseline")])
     rundir.write_manifest({"seed": 0})
     rundir.write_report("<html></html>")
     assert paths == ["02_baseline/table.json", "02_baseline/note.txt", "02_baseline/curve.png", "07_my_probe/t.json"]
     assert (rundir.path / "02_baseline" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert leftovers(rundir.path) == []
-    assert sorted(p.name for p in rundir.path.iterdir()) == ["02_baseline", "07_my_probe", "checks.json",
-                                                            "manifest.json", "report.html"]
+    assert sorted(p.name for p in rundir.path.iterdir()) == [
+        "02_baseline",
+        "07_my_probe",
+        "checks.json",
+        "manifest.json",
+        "report.html",
+    ]
 
 
 def test_checks_and_manifest_read_back(rundir):
-    checks = [Check("loss_at_init", "warn", 2.3, [2.2, 2.4], "msg", stage="baseline", seconds=0.5),
-              Check("overfit_batch", "fail", {"loss": 1.0}, None, "bad", stage="overfit",
-                    artifacts=("03_overfit/a.png",))]
+    checks = [
+        Check("loss_at_init", "warn", 2.3, [2.2, 2.4], "msg", stage="baseline", seconds=0.5),
+        Check("overfit_batch", "fail", {"loss": 1.0}, None, "bad", stage="overfit", artifacts=("03_overfit/a.png",)),
+    ]
     rundir.write_checks(checks)
     rundir.write_manifest({"seed": 3, "nan": float("nan")})
     assert [c.to_dict() for c in rundir.read_checks()] == [c.to_dict() for c in checks]
@@ -162,8 +172,11 @@ def _read_only_folder(tmp_path):
     return folder / "run"
 
 
-@pytest.mark.parametrize("make_path", [_under_a_file, _the_file_itself, _read_only_folder],
-                         ids=["under-a-file", "is-a-file", "read-only-folder"])
+@pytest.mark.parametrize(
+    "make_path",
+    [_under_a_file, _the_file_itself, _read_only_folder],
+    ids=["under-a-file", "is-a-file", "read-only-folder"],
+)
 def test_create_refuses_an_unwritable_directory(tmp_path, make_path):
     path = make_path(tmp_path)
     with pytest.raises(ConfigError, match=rf"run_dir {path} is not writable \(.+\); choose another --run-dir"):

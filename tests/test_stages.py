@@ -26,8 +26,9 @@ def test_registry_names_match_classes_and_recipe_order():
 @pytest.mark.parametrize("name", list(STAGES))
 def test_stage_contract(name, tmp_path):
     stage = STAGES[name]()  # builds from defaults
-    result = Recipe(tiny.classification(), run_dir=tmp_path, stages=[stage], device="cpu", progress=False,
-                    quiet=True).run()
+    result = Recipe(
+        tiny.classification(), run_dir=tmp_path, stages=[stage], device="cpu", progress=False, quiet=True
+    ).run()
     assert result.checks, f"{name} emitted no checks"
     for check in result.checks:
         assert isinstance(check, Check)
@@ -45,8 +46,9 @@ def test_stage_contract(name, tmp_path):
 
 @pytest.mark.parametrize("name", list(STAGES))
 def test_clean_tiny_task_does_not_fail(name, tmp_path):
-    result = Recipe(tiny.classification(), run_dir=tmp_path, stages=[name], device="cpu", progress=False,
-                    quiet=True).run()
+    result = Recipe(
+        tiny.classification(), run_dir=tmp_path, stages=[name], device="cpu", progress=False, quiet=True
+    ).run()
     assert result.ok, [c.message for c in result.failures]
 
 

@@ -44,16 +44,35 @@ def _sequence_data():
     ("build", "kind", "num_classes"),
     [
         pytest.param(lambda x, y: Task((x, y), (x, y), TinyMLP), "classification", 3, id="int-labels"),
-        pytest.param(lambda x, y: Task((x, x[:, :1]), (x, x[:, :1]), lambda: TinyMLP(out=1), loss="mse"),
-                     "regression", None, id="float-targets"),
-        pytest.param(lambda x, y: Task((x, y), (x, y), TinyMLP, num_classes=5), "classification", 5,
-                     id="num-classes-given-wider"),
-        pytest.param(lambda x, y: Task((x, y), (x, y.float()), TinyMLP, kind="classification"), "classification", 3,
-                     id="kind-given"),
-        pytest.param(lambda x, y: Task(_sequence_data(), _sequence_data(), TinyLM), "sequence", VOCAB,
-                     id="token-ids-inferred-as-sequence"),
-        pytest.param(lambda x, y: Task((x, (y == 0).float()), (x, (y == 0).float()), lambda: TinyMLP(out=1),
-                                       loss="bce_with_logits"), "classification", 2, id="bce-inferred-classification"),
+        pytest.param(
+            lambda x, y: Task((x, x[:, :1]), (x, x[:, :1]), lambda: TinyMLP(out=1), loss="mse"),
+            "regression",
+            None,
+            id="float-targets",
+        ),
+        pytest.param(
+            lambda x, y: Task((x, y), (x, y), TinyMLP, num_classes=5), "classification", 5, id="num-classes-given-wider"
+        ),
+        pytest.param(
+            lambda x, y: Task((x, y), (x, y.float()), TinyMLP, kind="classification"),
+            "classification",
+            3,
+            id="kind-given",
+        ),
+        pytest.param(
+            lambda x, y: Task(_sequence_data(), _sequence_data(), TinyLM),
+            "sequence",
+            VOCAB,
+            id="token-ids-inferred-as-sequence",
+        ),
+        pytest.param(
+            lambda x, y: Task(
+                (x, (y == 0).float()), (x, (y == 0).float()), lambda: TinyMLP(out=1), loss="bce_with_logits"
+            ),
+            "classification",
+            2,
+            id="bce-inferred-classification",
+        ),
     ],
 )
 def test_kind_and_num_classes_inferred(build, kind, num_classes):
@@ -136,48 +155,95 @@ def case(name, build, match, bug=None, raises=None):
 
 BAD_TASKS = [
     # id, builder(x, y) -> Task, regex the TaskError message must match
-    case("labels-out-of-range", lambda x, y: Task((x, _labels_with(y, 3, 7)), (x, y), TinyMLP, num_classes=3),
-         r"train targets span 0\.\.7 but num_classes=3"),
-    case("negative-labels", lambda x, y: Task((x, y), (x, _labels_with(y, 0, -1)), TinyMLP, num_classes=3),
-         r"val targets span -1\.\.2"),
-    case("float-labels-cross-entropy",
-         lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP, kind="classification"),
-         r"train targets are torch\.float32 .*integer class ids"),
-    case("float-labels-cross-entropy-kind-omitted", lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP),
-         r"integer class ids"),
+    case(
+        "labels-out-of-range",
+        lambda x, y: Task((x, _labels_with(y, 3, 7)), (x, y), TinyMLP, num_classes=3),
+        r"train targets span 0\.\.7 but num_classes=3",
+    ),
+    case(
+        "negative-labels",
+        lambda x, y: Task((x, y), (x, _labels_with(y, 0, -1)), TinyMLP, num_classes=3),
+        r"val targets span -1\.\.2",
+    ),
+    case(
+        "float-labels-cross-entropy",
+        lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP, kind="classification"),
+        r"train targets are torch\.float32 .*integer class ids",
+    ),
+    case(
+        "float-labels-cross-entropy-kind-omitted",
+        lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP),
+        r"integer class ids",
+    ),
     case("empty-train", lambda x, y: Task((x[:0], y[:0]), (x, y), TinyMLP), r"train is empty"),
     case("empty-val-dataset", lambda x, y: Task((x, y), TinyDataset(x[:0], y[:0]), TinyMLP), r"val is empty"),
     case("missing-val", lambda x, y: Task((x, y), None, TinyMLP), r"val is missing"),
     case("not-data", lambda x, y: Task(5, (x, y), TinyMLP), r"train must be a Dataset or a tuple"),
-    case("object-array", lambda x, y: Task((x.numpy().astype(object), y), (x, y), TinyMLP),
-         r"train\[0\] \(inputs\) is a numpy array of dtype object"),
-    case("length-mismatch", lambda x, y: Task((x, y[:10]), (x, y), TinyMLP),
-         r"train: inputs have 40 rows but targets have 10"),
+    case(
+        "object-array",
+        lambda x, y: Task((x.numpy().astype(object), y), (x, y), TinyMLP),
+        r"train\[0\] \(inputs\) is a numpy array of dtype object",
+    ),
+    case(
+        "length-mismatch",
+        lambda x, y: Task((x, y[:10]), (x, y), TinyMLP),
+        r"train: inputs have 40 rows but targets have 10",
+    ),
     case("factory-same-instance", lambda x, y: Task((x, y), (x, y), SameInstance()), r"same nn\.Module instance twice"),
     case("factory-not-module", lambda x, y: Task((x, y), (x, y), lambda: "net"), r"factory returned str"),
     case("model-not-callable", lambda x, y: Task((x, y), (x, y), "TinyMLP"), r"model must be a zero-argument callable"),
-    case("module-instead-of-factory", lambda x, y: Task((x, y), (x, y), TinyMLP()), r"model.*(factory|callable)", raises=TypeError),
+    case(
+        "module-instead-of-factory",
+        lambda x, y: Task((x, y), (x, y), TinyMLP()),
+        r"model.*(factory|callable)",
+        raises=TypeError,
+    ),
     case("model-returns-tuple", lambda x, y: Task((x, y), (x, y), ReturnsTuple), r"returned a tuple.*override forward"),
-    case("model-crashes", lambda x, y: Task((x, y), (x, y), lambda: TinyMLP(inputs=5)),
-         r"model failed on a batch of 2 training samples: RuntimeError"),
-    case("mse-output-B1-target-B", lambda x, y: Task((x, x[:, 0]), (x, x[:, 0]), lambda: TinyMLP(out=1), loss="mse"),
-         r"output has shape \(2, 1\) but targets have shape \(2,\); mse would broadcast"),
-    case("head-narrower-than-classes", lambda x, y: Task((x, y), (x, y), lambda: TinyMLP(out=2)),
-         r"output has shape \(2, 2\) .*num_classes=3 need \(2, 3\)"),
-    case("sequence-head-narrower", lambda x, y: Task(_sequence_data(), _sequence_data(), NarrowLM, kind="sequence"),
-         r"output has shape \(2, 4, 3\) .*need \(2, 4, 7\)"),
-    case("loss-not-scalar", lambda x, y: Task((x, y), (x, y), TinyMLP, loss=_per_sample_cross_entropy),
-         r"loss returned \(2,\); it must return a scalar"),
-    case("nan-targets", lambda x, y: Task((x, _targets_with_nan(x)), (x, x[:, :1]), lambda: TinyMLP(out=1), loss="mse"),
-         r"train targets contain NaN or Inf \(first rows \[7\]\)"),
-    case("inf-targets-dataset", lambda x, y: Task((x, x[:, :1]), TinyDataset(x, x[:, :1] / 0), lambda: TinyMLP(out=1),
-                                                  loss="mse"), r"val targets contain NaN or Inf"),
+    case(
+        "model-crashes",
+        lambda x, y: Task((x, y), (x, y), lambda: TinyMLP(inputs=5)),
+        r"model failed on a batch of 2 training samples: RuntimeError",
+    ),
+    case(
+        "mse-output-B1-target-B",
+        lambda x, y: Task((x, x[:, 0]), (x, x[:, 0]), lambda: TinyMLP(out=1), loss="mse"),
+        r"output has shape \(2, 1\) but targets have shape \(2,\); mse would broadcast",
+    ),
+    case(
+        "head-narrower-than-classes",
+        lambda x, y: Task((x, y), (x, y), lambda: TinyMLP(out=2)),
+        r"output has shape \(2, 2\) .*num_classes=3 need \(2, 3\)",
+    ),
+    case(
+        "sequence-head-narrower",
+        lambda x, y: Task(_sequence_data(), _sequence_data(), NarrowLM, kind="sequence"),
+        r"output has shape \(2, 4, 3\) .*need \(2, 4, 7\)",
+    ),
+    case(
+        "loss-not-scalar",
+        lambda x, y: Task((x, y), (x, y), TinyMLP, loss=_per_sample_cross_entropy),
+        r"loss returned \(2,\); it must return a scalar",
+    ),
+    case(
+        "nan-targets",
+        lambda x, y: Task((x, _targets_with_nan(x)), (x, x[:, :1]), lambda: TinyMLP(out=1), loss="mse"),
+        r"train targets contain NaN or Inf \(first rows \[7\]\)",
+    ),
+    case(
+        "inf-targets-dataset",
+        lambda x, y: Task((x, x[:, :1]), TinyDataset(x, x[:, :1] / 0), lambda: TinyMLP(out=1), loss="mse"),
+        r"val targets contain NaN or Inf",
+    ),
     case("unknown-loss", lambda x, y: Task((x, y), (x, y), TinyMLP, loss="hinge"), r"loss='hinge' is not known"),
     case("unknown-kind", lambda x, y: Task((x, y), (x, y), TinyMLP, kind="ranking"), r"kind='ranking' is not known"),
-    case("num-classes-zero", lambda x, y: Task((x, y), (x, y), TinyMLP, num_classes=0),
-         r"num_classes must be a positive"),
-    case("dict-batches-without-hook", lambda x, y: Task(DictDataset(x, y), DictDataset(x, y), TinyMLP),
-         r"batches are dicts: subclass Task and override split_batch"),
+    case(
+        "num-classes-zero", lambda x, y: Task((x, y), (x, y), TinyMLP, num_classes=0), r"num_classes must be a positive"
+    ),
+    case(
+        "dict-batches-without-hook",
+        lambda x, y: Task(DictDataset(x, y), DictDataset(x, y), TinyMLP),
+        r"batches are dicts: subclass Task and override split_batch",
+    ),
 ]
 
 

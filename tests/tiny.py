@@ -29,15 +29,22 @@ class MLP(nn.Module):
 
 
 def classification(model=MLP, n_train: int = 256, **task_kwargs) -> Task:
-    return Task(train=blobs(n_train, 0), val=blobs(128, 1), model=model, num_classes=CLASSES, name="tiny", **task_kwargs)
+    return Task(
+        train=blobs(n_train, 0), val=blobs(128, 1), model=model, num_classes=CLASSES, name="tiny", **task_kwargs
+    )
 
 
 def regression(model=None, offset: float = 0.0) -> Task:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(384, FEATURES, generator=g)
     y = (x[:, :3].sum(1, keepdim=True) / 3**0.5) + 0.1 * torch.randn(384, 1, generator=g) + offset
-    return Task(train=(x[:256], y[:256]), val=(x[256:], y[256:]), model=model or (lambda: MLP(out=1)), loss="mse",
-                name="tiny-regression")
+    return Task(
+        train=(x[:256], y[:256]),
+        val=(x[256:], y[256:]),
+        model=model or (lambda: MLP(out=1)),
+        loss="mse",
+        name="tiny-regression",
+    )
 
 
 def token_stream(n: int, seed: int) -> torch.Tensor:
@@ -45,7 +52,9 @@ def token_stream(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ids = [0]
     for _ in range(n - 1):
-        ids.append((ids[-1] + 1) % VOCAB if torch.rand(1, generator=g) < 0.8 else int(torch.randint(VOCAB, (1,), generator=g)))
+        ids.append(
+            (ids[-1] + 1) % VOCAB if torch.rand(1, generator=g) < 0.8 else int(torch.randint(VOCAB, (1,), generator=g))
+        )
     return torch.tensor(ids)
 
 
@@ -72,5 +81,11 @@ class CausalAttention(nn.Module):
 
 
 def sequence(model=CausalAttention, shift: int = 1) -> Task:
-    return Task(train=sequence_pairs(64, 0, shift), val=sequence_pairs(32, 1, shift), model=model, kind="sequence",
-                num_classes=VOCAB, name="tiny-sequence")
+    return Task(
+        train=sequence_pairs(64, 0, shift),
+        val=sequence_pairs(32, 1, shift),
+        model=model,
+        kind="sequence",
+        num_classes=VOCAB,
+        name="tiny-sequence",
+    )

@@ -42,8 +42,13 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
             if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.numel() == 0:
                 return
             units = _units(out.detach().float(), module)
-            rec: dict[str, Any] = {"layer": name, "type": type(module).__name__, "units": units.shape[1],
-                                   "mean": float(units.mean()), "std": float(units.std()) if units.numel() > 1 else 0.0}
+            rec: dict[str, Any] = {
+                "layer": name,
+                "type": type(module).__name__,
+                "units": units.shape[1],
+                "mean": float(units.mean()),
+                "std": float(units.std()) if units.numel() > 1 else 0.0,
+            }
             if isinstance(module, RECTIFYING):
                 rec["dead"] = float((units <= 0).all(0).float().mean())
             elif isinstance(module, PARAMETRIC) and args and isinstance(args[0], torch.Tensor):
@@ -84,12 +89,20 @@ def activations(stats_init: list[dict[str, Any]], stats_trained: list[dict[str, 
         if len(hidden) >= 2:
             first, last = hidden[0]["std"], hidden[-1]["std"]
             if last / first > 100 or last / first < 0.01:
-                problems.append(f"activation std goes from {first:.3g} ({hidden[0]['layer']}) to {last:.3g} "
-                                f"({hidden[-1]['layer']}) {when}")
+                problems.append(
+                    f"activation std goes from {first:.3g} ({hidden[0]['layer']}) to {last:.3g} "
+                    f"({hidden[-1]['layer']}) {when}"
+                )
     value = {"problems": problems, "layers": len(stats_init)}
     if problems:
-        return warned("activations", "; ".join(problems[:3]) + ". Dead or saturated units pass no gradient: lower the "
-                      "learning rate, check the init scale and input normalisation, or use a non-saturating "
-                      "activation.", value, "live, unsaturated units at a stable scale")
-    return passed("activations", f"{len(stats_init)} layers: no dead or saturated layers, stable scale across depth.",
-                  value)
+        return warned(
+            "activations",
+            "; ".join(problems[:3]) + ". Dead or saturated units pass no gradient: lower the "
+            "learning rate, check the init scale and input normalisation, or use a non-saturating "
+            "activation.",
+            value,
+            "live, unsaturated units at a stable scale",
+        )
+    return passed(
+        "activations", f"{len(stats_init)} layers: no dead or saturated layers, stable scale across depth.", value
+    )

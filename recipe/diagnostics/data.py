@@ -23,8 +23,12 @@ def feature_stats(x: torch.Tensor) -> dict[str, list[float]]:
     """Per-feature (or per-channel) mean, std, min and max over the batch."""
     axis = feature_axis(x)
     flat = x.detach().float().movedim(axis, -1).reshape(-1, x.shape[axis])
-    return {"mean": flat.mean(0).tolist(), "std": flat.std(0, unbiased=False).tolist(),
-            "min": flat.min(0).values.tolist(), "max": flat.max(0).values.tolist()}
+    return {
+        "mean": flat.mean(0).tolist(),
+        "std": flat.std(0, unbiased=False).tolist(),
+        "min": flat.min(0).values.tolist(),
+        "max": flat.max(0).values.tolist(),
+    }
 
 
 def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
@@ -41,24 +45,41 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
         text = task.decode(inputs[0].reshape(-1).tolist()) if inputs.dim() >= 2 else None
         if text is not None:
             info["decoded_first_sample"] = text
-        return passed("input_batch", f"integer inputs {tuple(inputs.shape)} ({inputs.dtype}) with ids "
-                      f"{info['min']}..{info['max']}.", {k: v for k, v in info.items() if k != "decoded_first_sample"}), info
+        return passed(
+            "input_batch",
+            f"integer inputs {tuple(inputs.shape)} ({inputs.dtype}) with ids {info['min']}..{info['max']}.",
+            {k: v for k, v in info.items() if k != "decoded_first_sample"},
+        ), info
     stats = feature_stats(inputs)
     info["features"] = stats
     means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
     constant = int((stds == 0).sum())
-    summary = {"shape": info["shape"], "dtype": info["dtype"], "max_abs_mean": float(means.abs().max()),
-               "max_std": float(stds.max()), "overall_std": float(inputs.float().std()), "constant_features": constant}
+    summary = {
+        "shape": info["shape"],
+        "dtype": info["dtype"],
+        "max_abs_mean": float(means.abs().max()),
+        "max_std": float(stds.max()),
+        "overall_std": float(inputs.float().std()),
+        "constant_features": constant,
+    }
     note = f" {constant} feature(s) are constant in this batch (information only)." if constant else ""
     far = (means.abs() > 3) | (stds > 10)
     if bool(far.any()) or summary["overall_std"] < 0.1:
         worst = int((means.abs() + stds).argmax())
-        return warned("input_batch", f"inputs are far from unit scale: feature {worst} has mean {means[worst]:.3g} and "
-                      f"std {stds[worst]:.3g} ({int(far.sum())} features with |mean| > 3 or std > 10). Standardise "
-                      "with training-split statistics ((x - mean) / std) so the network sees values near [-1, 1]."
-                      + note, summary, "|mean| <= 3 and std <= 10 per feature"), info
-    return passed("input_batch", f"inputs {tuple(inputs.shape)} ({inputs.dtype}): max |mean| "
-                  f"{summary['max_abs_mean']:.2f}, max std {summary['max_std']:.2f}." + note, summary), info
+        return warned(
+            "input_batch",
+            f"inputs are far from unit scale: feature {worst} has mean {means[worst]:.3g} and "
+            f"std {stds[worst]:.3g} ({int(far.sum())} features with |mean| > 3 or std > 10). Standardise "
+            "with training-split statistics ((x - mean) / std) so the network sees values near [-1, 1]." + note,
+            summary,
+            "|mean| <= 3 and std <= 10 per feature",
+        ), info
+    return passed(
+        "input_batch",
+        f"inputs {tuple(inputs.shape)} ({inputs.dtype}): max |mean| "
+        f"{summary['max_abs_mean']:.2f}, max std {summary['max_std']:.2f}." + note,
+        summary,
+    ), info
 
 
 def alignment_profile(inputs: torch.Tensor, target: torch.Tensor, shifts: range = range(-2, 3)) -> dict[int, float]:
@@ -87,8 +108,14 @@ def _nearest_neighbour_targets(x_train: torch.Tensor, y_train: torch.Tensor, x_v
     return y_train[order.gather(1, index)]
 
 
-def single_feature_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                          classification: bool, bins: int = 32) -> torch.Tensor:
+def single_feature_scores(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    classification: bool,
+    bins: int = 32,
+) -> torch.Tensor:
     """How well each single input feature predicts the target on validation, fitted on training; shape (F,).
 
     Two one-feature predictors, the better one counts: the majority (or mean) training target per quantile bin, and
@@ -120,7 +147,9 @@ def single_feature_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     r2_binned = 1 - ((predicted - yv) ** 2).mean(1) / variance
     r2_neighbour = 1 - ((neighbour.float() - yv) ** 2).mean(1) / variance
     xc = x_val - x_val.mean(0)
-    corr = (xc * (yv - yv.mean()).unsqueeze(1)).mean(0) / (xc.std(0, unbiased=False) * yv.std(unbiased=False)).clamp_min(1e-12)
+    corr = (xc * (yv - yv.mean()).unsqueeze(1)).mean(0) / (
+        xc.std(0, unbiased=False) * yv.std(unbiased=False)
+    ).clamp_min(1e-12)
     return torch.stack([r2_binned, r2_neighbour, corr**2]).max(0).values
 
 
@@ -142,14 +171,27 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         value = {"match_rate_by_shift": rates, "peak_shift": peak}
         if peak != 1 and rates[peak] > 0.9:
             what = "are the input tokens themselves (not shifted)" if peak == 0 else f"are shifted by {peak}"
-            return failed("target_leak", f"targets {what}: y[t] == x[t{peak:+d}] at {rates[peak]:.0%} of positions. "
-                          "Next-token targets must be y[t] = x[t+1] (build pairs as x = data[i:i+T], "
-                          "y = data[i+1:i+T+1]).", value, "peak at shift +1 only")
+            return failed(
+                "target_leak",
+                f"targets {what}: y[t] == x[t{peak:+d}] at {rates[peak]:.0%} of positions. "
+                "Next-token targets must be y[t] = x[t+1] (build pairs as x = data[i:i+T], "
+                "y = data[i+1:i+T+1]).",
+                value,
+                "peak at shift +1 only",
+            )
         if rates.get(1, 0.0) < 0.9:
-            return warned("target_leak", f"targets match the next input token at only {rates.get(1, 0.0):.0%} of "
-                          f"positions (profile {rates}); next-token targets should be y[t] = x[t+1].", value)
-        return passed("target_leak", f"targets are the next tokens: y[t] == x[t+1] at {rates[1]:.0%} of positions, at "
-                      f"most {max(v for k, v in rates.items() if k != 1):.0%} for other shifts.", value)
+            return warned(
+                "target_leak",
+                f"targets match the next input token at only {rates.get(1, 0.0):.0%} of "
+                f"positions (profile {rates}); next-token targets should be y[t] = x[t+1].",
+                value,
+            )
+        return passed(
+            "target_leak",
+            f"targets are the next tokens: y[t] == x[t+1] at {rates[1]:.0%} of positions, at "
+            f"most {max(v for k, v in rates.items() if k != 1):.0%} for other shifts.",
+            value,
+        )
     if not xt.is_floating_point() or yt.dim() > 2 or task.loss not in ("cross_entropy", "mse", "l1", "bce_with_logits"):
         return skipped("target_leak", "single-feature scan needs float inputs and per-sample targets.")
     xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
@@ -164,11 +206,24 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     metric = "accuracy" if classification else "R²"
     # what knowing nothing scores: the majority class (classification) or the mean (R² = 0)
     floor = float(torch.bincount(yv.long()).max() / len(yv)) if classification else 0.0
-    value = {"best_feature": best, f"best_single_feature_{metric}": float(scores[best]), "no_information": floor,
-             "features_scanned": xt.shape[1]}
+    value = {
+        "best_feature": best,
+        f"best_single_feature_{metric}": float(scores[best]),
+        "no_information": floor,
+        "features_scanned": xt.shape[1],
+    }
     if float(scores[best]) >= 0.99 and 1 - float(scores[best]) <= 0.1 * (1 - floor):
-        return failed("target_leak", f"input feature {best} alone predicts the validation target with {metric} "
-                      f"{float(scores[best]):.3f}: the target is encoded in the input (a label column, an id or "
-                      "timestamp that encodes it). Remove that feature.", value, f"no single feature near {metric} 1")
-    return passed("target_leak", f"no single input feature gives the target away (best: feature {best}, {metric} "
-                  f"{float(scores[best]):.3f} on validation).", value)
+        return failed(
+            "target_leak",
+            f"input feature {best} alone predicts the validation target with {metric} "
+            f"{float(scores[best]):.3f}: the target is encoded in the input (a label column, an id or "
+            "timestamp that encodes it). Remove that feature.",
+            value,
+            f"no single feature near {metric} 1",
+        )
+    return passed(
+        "target_leak",
+        f"no single input feature gives the target away (best: feature {best}, {metric} "
+        f"{float(scores[best]):.3f} on validation).",
+        value,
+    )

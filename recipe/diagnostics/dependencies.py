@@ -78,6 +78,7 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     leaking: dict[int, list[int]] = {}
     own_zero = 0
     for i in range(min(probes, n)):
+
         def select(out: torch.Tensor, i: int = i) -> torch.Tensor:
             weights = torch.randn(out[i].shape, generator=generator).to(out.device, out.dtype)
             return (out[i] * weights).sum()
@@ -95,16 +96,27 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     value = {"samples_probed": probed, "batch_size": n, "leaking": leaking, "own_input_ignored": own_zero}
     if leaking:
         i, js = next(iter(leaking.items()))
-        return failed("batch_independence", f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval "
-                      "mode: the model mixes samples. Likely a view/reshape where permute/transpose was meant, a "
-                      "softmax or normalisation over dim 0, or an RNN missing batch_first=True.", value,
-                      "each output depends only on its own sample")
+        return failed(
+            "batch_independence",
+            f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval "
+            "mode: the model mixes samples. Likely a view/reshape where permute/transpose was meant, a "
+            "softmax or normalisation over dim 0, or an RNN missing batch_first=True.",
+            value,
+            "each output depends only on its own sample",
+        )
     if own_zero == probed:
-        return failed("batch_independence", "no output depends on its own input (zero gradient): the forward pass "
-                      "ignores x (a detached or constant path, a stale tensor, the wrong argument).", value,
-                      "non-zero gradient to its own input")
-    return passed("batch_independence", f"each of {probed} probed outputs depends on its own sample only "
-                  f"(batch of {n}, eval mode).", value)
+        return failed(
+            "batch_independence",
+            "no output depends on its own input (zero gradient): the forward pass "
+            "ignores x (a detached or constant path, a stale tensor, the wrong argument).",
+            value,
+            "non-zero gradient to its own input",
+        )
+    return passed(
+        "batch_independence",
+        f"each of {probed} probed outputs depends on its own sample only (batch of {n}, eval mode).",
+        value,
+    )
 
 
 def _reacts_to_own_token(model: nn.Module, task: Task, inputs: torch.Tensor, p: int) -> bool:
@@ -136,6 +148,7 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4) -> Che
 
     future_leaks = {}
     for p in cuts:
+
         def before(out: torch.Tensor, p: int = p) -> torch.Tensor:
             return weighted(out[:, :p])
 
@@ -149,10 +162,19 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4) -> Che
     value = {"cut_positions": cuts, "future_leaks": future_leaks, "positions_ignoring_current_token": current_blind}
     if future_leaks:
         p, last = next(iter(future_leaks.items()))
-        return failed("causal", f"outputs at positions < {p} change with the tokens at positions {p}..{last}: the model "
-                      "sees the future. Use a causal attention mask (is_causal=True), pad convolutions on the left "
-                      "only, and avoid bidirectional layers.", value, "zero gradient to later positions")
+        return failed(
+            "causal",
+            f"outputs at positions < {p} change with the tokens at positions {p}..{last}: the model "
+            "sees the future. Use a causal attention mask (is_causal=True), pad convolutions on the left "
+            "only, and avoid bidirectional layers.",
+            value,
+            "zero gradient to later positions",
+        )
     if current_blind:
-        return warned("causal", f"the output at positions {current_blind} does not change with the token at that same "
-                      "position: inputs may be shifted twice (the model only sees up to t-1).", value)
+        return warned(
+            "causal",
+            f"the output at positions {current_blind} does not change with the token at that same "
+            "position: inputs may be shifted twice (the model only sees up to t-1).",
+            value,
+        )
     return passed("causal", f"outputs depend only on tokens at or before their position (probed cuts {cuts}).", value)

@@ -35,13 +35,22 @@ def eval_deterministic(model: nn.Module, task: Task, inputs: Any) -> Check:
     changed = [n for n, b in model.named_buffers() if n in buffers and not torch.equal(b, buffers[n])]
     value = {"max_abs_difference": diff, "output_scale": scale, "buffers_changed": changed}
     if diff > 1e-5 * max(scale, 1e-6) or math.isnan(diff):
-        return failed("eval_deterministic", f"two eval-mode passes on the same batch differ by up to {diff:.3g}: "
-                      "dropout or noise is active at evaluation (F.dropout without training=self.training, a "
-                      "dropout module created inside forward, torch.randn in forward).", value, "identical outputs")
+        return failed(
+            "eval_deterministic",
+            f"two eval-mode passes on the same batch differ by up to {diff:.3g}: "
+            "dropout or noise is active at evaluation (F.dropout without training=self.training, a "
+            "dropout module created inside forward, torch.randn in forward).",
+            value,
+            "identical outputs",
+        )
     if changed:
-        return failed("eval_deterministic", f"evaluation changed buffers {changed[:4]}: evaluation is leaking into "
-                      "the model (BatchNorm forced into training mode, a running statistic updated in forward).",
-                      value, "buffers unchanged by evaluation")
+        return failed(
+            "eval_deterministic",
+            f"evaluation changed buffers {changed[:4]}: evaluation is leaking into "
+            "the model (BatchNorm forced into training mode, a running statistic updated in forward).",
+            value,
+            "buffers unchanged by evaluation",
+        )
     return passed("eval_deterministic", "eval mode is deterministic and leaves every buffer unchanged.", value)
 
 
@@ -70,16 +79,20 @@ def trivial_baselines(task: Task) -> tuple[Check, dict[str, Any]]:
         name = "unigram" if task.kind == "sequence" else "prior"
         out[f"{name}_loss"], out[f"{name}_loss_se"] = _mean_se(per_sample_loss)
         out["majority_accuracy"], out["majority_accuracy_se"] = _mean_se(per_sample_acc)
-        text = (f"{'unigram' if task.kind == 'sequence' else 'label-prior'} loss {out[f'{name}_loss']:.4f} "
-                f"± {out[f'{name}_loss_se']:.4f}, majority-{'token' if task.kind == 'sequence' else 'class'} "
-                f"accuracy {out['majority_accuracy']:.4f} ± {out['majority_accuracy_se']:.4f}")
+        text = (
+            f"{'unigram' if task.kind == 'sequence' else 'label-prior'} loss {out[f'{name}_loss']:.4f} "
+            f"± {out[f'{name}_loss_se']:.4f}, majority-{'token' if task.kind == 'sequence' else 'class'} "
+            f"accuracy {out['majority_accuracy']:.4f} ± {out['majority_accuracy_se']:.4f}"
+        )
     elif task.kind == "regression" and task.loss in ("mse", "l1"):
         mean = ytr.float().mean(0)
         err = (yva.float() - mean).reshape(len(yva), -1)
         out["mean_mse"], out["mean_mse_se"] = _mean_se((err**2).mean(1))
         out["mean_mae"], out["mean_mae_se"] = _mean_se(err.abs().mean(1))
-        text = (f"predicting the training mean: val MSE {out['mean_mse']:.4g} ± {out['mean_mse_se']:.2g}, "
-                f"MAE {out['mean_mae']:.4g} ± {out['mean_mae_se']:.2g}")
+        text = (
+            f"predicting the training mean: val MSE {out['mean_mse']:.4g} ± {out['mean_mse_se']:.2g}, "
+            f"MAE {out['mean_mae']:.4g} ± {out['mean_mae_se']:.2g}"
+        )
     else:
         return skipped("trivial_baselines", "no standard dumb baseline for this loss."), out
     return passed("trivial_baselines", f"on {len(yva)} validation samples: {text}.", out), out
@@ -92,8 +105,12 @@ def input_independent(real: Evaluation, zeroed: Evaluation, task: Task) -> Check
     Why: recipe step 2, "input-independent baseline"; catalog D1, M12 (overfit-one-batch passes with shuffled
     labels). The comparison is paired per validation sample, so its standard error is honest.
     """
-    value: dict[str, Any] = {"val_loss_real": real.loss, "val_loss_zeroed": zeroed.loss,
-                             f"val_{task.metric_name}_real": real.metric, f"val_{task.metric_name}_zeroed": zeroed.metric}
+    value: dict[str, Any] = {
+        "val_loss_real": real.loss,
+        "val_loss_zeroed": zeroed.loss,
+        f"val_{task.metric_name}_real": real.metric,
+        f"val_{task.metric_name}_zeroed": zeroed.metric,
+    }
     if real.per_sample_loss is not None and zeroed.per_sample_loss is not None:
         gain, se = _mean_se(zeroed.per_sample_loss - real.per_sample_loss)
     else:
@@ -103,16 +120,25 @@ def input_independent(real: Evaluation, zeroed: Evaluation, task: Task) -> Check
         return skipped("input_independent", "a validation loss was not finite; see the non-finite check.")
     if gain <= max(2 * se, 0.02 * abs(zeroed.loss)):  # one-sided, about 98% confidence
         worse = "higher than" if gain < 0 else "no better than"
-        return failed("input_independent", f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with "
-                      f"all-zero inputs ({zeroed.loss:.4g}): the model does not use its inputs. Check that inputs and "
-                      "labels stay aligned (shuffled or sorted separately?) and that forward uses x.", value,
-                      "real inputs clearly better than zeroed inputs")
-    return passed("input_independent", f"real inputs beat all-zero inputs: validation loss {real.loss:.4g} vs "
-                  f"{zeroed.loss:.4g} (paired gain {gain:.3g} ± {se:.2g}).", value)
+        return failed(
+            "input_independent",
+            f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with "
+            f"all-zero inputs ({zeroed.loss:.4g}): the model does not use its inputs. Check that inputs and "
+            "labels stay aligned (shuffled or sorted separately?) and that forward uses x.",
+            value,
+            "real inputs clearly better than zeroed inputs",
+        )
+    return passed(
+        "input_independent",
+        f"real inputs beat all-zero inputs: validation loss {real.loss:.4g} vs "
+        f"{zeroed.loss:.4g} (paired gain {gain:.3g} ± {se:.2g}).",
+        value,
+    )
 
 
-def simple_model(model_eval: Evaluation, simple_eval: Evaluation, trivial_loss: float | None, task: Task,
-                 description: str) -> Check:
+def simple_model(
+    model_eval: Evaluation, simple_eval: Evaluation, trivial_loss: float | None, task: Task, description: str
+) -> Check:
     """Reports the user's model beside "a simple model you couldn't possibly have screwed up", trained with the same
     step budget through the same loop; warns when the simple model learns the task and the user's model does not
     even beat the best constant prediction.
@@ -120,26 +146,44 @@ def simple_model(model_eval: Evaluation, simple_eval: Evaluation, trivial_loss: 
     Why: recipe step 2 and catalog E4 ("a simpler model is not better", ML Test Score Model 5). Before the learning
     rate is tuned the user's model may trail the reference; failing to beat a constant is what deserves a look.
     """
-    value = {"model_val_loss": model_eval.loss, "model_val_loss_se": model_eval.loss_se,
-             "simple_val_loss": simple_eval.loss, "simple_val_loss_se": simple_eval.loss_se,
-             f"model_val_{task.metric_name}": model_eval.metric, f"simple_val_{task.metric_name}": simple_eval.metric,
-             "constant_prediction_val_loss": trivial_loss, "simple_model": description}
-    text = (f"your model: val loss {model_eval.loss:.4g}, {task.metric_name} {model_eval.metric:.4f}; {description}: "
-            f"val loss {simple_eval.loss:.4g}, {task.metric_name} {simple_eval.metric:.4f}")
+    value = {
+        "model_val_loss": model_eval.loss,
+        "model_val_loss_se": model_eval.loss_se,
+        "simple_val_loss": simple_eval.loss,
+        "simple_val_loss_se": simple_eval.loss_se,
+        f"model_val_{task.metric_name}": model_eval.metric,
+        f"simple_val_{task.metric_name}": simple_eval.metric,
+        "constant_prediction_val_loss": trivial_loss,
+        "simple_model": description,
+    }
+    text = (
+        f"your model: val loss {model_eval.loss:.4g}, {task.metric_name} {model_eval.metric:.4f}; {description}: "
+        f"val loss {simple_eval.loss:.4g}, {task.metric_name} {simple_eval.metric:.4f}"
+    )
     if trivial_loss is not None:
         margin = 0.05 * abs(trivial_loss)
         if simple_eval.loss < trivial_loss - margin and model_eval.loss > trivial_loss - margin:
-            return warned("simple_model", f"{text}; predicting a constant scores {trivial_loss:.4g}. The simple model "
-                          "learns the task but yours does not beat a constant after the same budget: check the "
-                          "architecture, the learning rate and the init before adding complexity.", value)
+            return warned(
+                "simple_model",
+                f"{text}; predicting a constant scores {trivial_loss:.4g}. The simple model "
+                "learns the task but yours does not beat a constant after the same budget: check the "
+                "architecture, the learning rate and the init before adding complexity.",
+                value,
+            )
     return passed("simple_model", text + " (the reference to beat once tuned).", value)
 
 
 def human_baseline(figure: float | None, model_eval: Evaluation, task: Task) -> Check:
     """Reports an optional human figure (from the config) beside the model's validation metric."""
     if figure is None:
-        return skipped("human_baseline", f"no human figure given; set baseline.human_baseline (validation "
-                       f"{task.metric_name}) in the config to compare.")
+        return skipped(
+            "human_baseline",
+            f"no human figure given; set baseline.human_baseline (validation "
+            f"{task.metric_name}) in the config to compare.",
+        )
     value = {"human": figure, f"model_val_{task.metric_name}": model_eval.metric}
-    return passed("human_baseline", f"human {task.metric_name} {figure:.4g} vs the model's {model_eval.metric:.4g} "
-                  "after the short baseline run.", value)
+    return passed(
+        "human_baseline",
+        f"human {task.metric_name} {figure:.4g} vs the model's {model_eval.metric:.4g} after the short baseline run.",
+        value,
+    )

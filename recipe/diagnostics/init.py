@@ -18,7 +18,7 @@ from recipe.task import IGNORE_INDEX, Task
 
 
 def reference_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> float:
-    """The loss a healthy fresh model gives: the loss of an all-zero output (ln C for cross-entropy, mean y² for MSE)."""
+    """The loss a healthy fresh model gives: that of an all-zero output (ln C for cross-entropy, mean y² for MSE)."""
     with torch.no_grad():
         return float(task.compute_loss(torch.zeros_like(output), target))
 
@@ -47,31 +47,55 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     expected = reference_loss(task, output, target)
     value = {"loss": measured, "expected": expected, "ratio": measured / expected if expected > 0 else None}
     if not math.isfinite(measured):
-        return failed("loss_at_init", f"the loss at init is {measured}: the forward pass already produces NaN/Inf; "
-                      "look for a log, division or exp of a value that can reach 0 or overflow.", value, expected)
+        return failed(
+            "loss_at_init",
+            f"the loss at init is {measured}: the forward pass already produces NaN/Inf; "
+            "look for a log, division or exp of a value that can reach 0 or overflow.",
+            value,
+            expected,
+        )
     if measured < 0:
-        return failed("loss_at_init", f"the loss at init is negative ({measured:.4g}); a likelihood loss cannot be: "
-                      "the log is missing (NLLLoss fed probabilities or logits) or the sign is flipped. (If your loss "
-                      "can legitimately be negative, list loss_at_init in baseline.skip.)", value, expected)
+        return failed(
+            "loss_at_init",
+            f"the loss at init is negative ({measured:.4g}); a likelihood loss cannot be: "
+            "the log is missing (NLLLoss fed probabilities or logits) or the sign is flipped. (If your loss "
+            "can legitimately be negative, list loss_at_init in baseline.skip.)",
+            value,
+            expected,
+        )
     if sums_over_batch(task, output, target):
-        return failed("loss_at_init", f"the loss doubles when the batch doubles (loss at init {measured:.4g}): it is "
-                      "summed over samples, so the effective learning rate scales with the batch. Use a mean reduction.",
-                      value, expected)
+        return failed(
+            "loss_at_init",
+            f"the loss doubles when the batch doubles (loss at init {measured:.4g}): it is "
+            "summed over samples, so the effective learning rate scales with the batch. Use a mean reduction.",
+            value,
+            expected,
+        )
     if expected <= 0:
         return skipped("loss_at_init", "no reference value: the loss of an all-zero output is 0 for this loss.")
     ratio = measured / expected
     what = "ln C" if task.loss == "cross_entropy" else "the loss of an all-zero output"
     if ratio > 2.0:
-        return failed("loss_at_init", f"loss at init {measured:.4g} is {ratio:.1f}x the {expected:.4g} a fresh model "
-                      f"should give ({what}): the final layer's weights or the logits are scaled too large. Use the "
-                      "default init for the last layer (or scale it down) and remove any temperature on the output.",
-                      value, expected)
+        return failed(
+            "loss_at_init",
+            f"loss at init {measured:.4g} is {ratio:.1f}x the {expected:.4g} a fresh model "
+            f"should give ({what}): the final layer's weights or the logits are scaled too large. Use the "
+            "default init for the last layer (or scale it down) and remove any temperature on the output.",
+            value,
+            expected,
+        )
     if ratio > 1.25 or ratio < 0.5:
         side = "above" if ratio > 1 else "below"
-        return warned("loss_at_init", f"loss at init {measured:.4g} is {ratio:.2f}x {side} the expected {expected:.4g} "
-                      f"({what}); check the output layer's init scale and the loss reduction.", value, expected)
-    return passed("loss_at_init", f"loss at init {measured:.4g}, expected about {expected:.4g} ({what}).",
-                  value, expected)
+        return warned(
+            "loss_at_init",
+            f"loss at init {measured:.4g} is {ratio:.2f}x {side} the expected {expected:.4g} "
+            f"({what}); check the output layer's init scale and the loss reduction.",
+            value,
+            expected,
+        )
+    return passed(
+        "loss_at_init", f"loss at init {measured:.4g}, expected about {expected:.4g} ({what}).", value, expected
+    )
 
 
 def output_kind(output: torch.Tensor, target: torch.Tensor, task: Task) -> Check:
@@ -91,25 +115,44 @@ def output_kind(output: torch.Tensor, target: torch.Tensor, task: Task) -> Check
         sums = out.sum(task.class_dim)
         value["row_sum_max_deviation"] = float((sums - 1).abs().max())
         if in_unit and bool(((sums - 1).abs() < 1e-3).all()):
-            return failed("output_kind", "every output row lies in [0, 1] and sums to 1: the model returns "
-                          "probabilities but cross-entropy expects raw logits (it applies log-softmax itself). Remove "
-                          "the final softmax.", value, "unnormalised logits of both signs")
+            return failed(
+                "output_kind",
+                "every output row lies in [0, 1] and sums to 1: the model returns "
+                "probabilities but cross-entropy expects raw logits (it applies log-softmax itself). Remove "
+                "the final softmax.",
+                value,
+                "unnormalised logits of both signs",
+            )
         if bool((out[valid.expand_as(out)] >= 0).all()) if task.kind == "sequence" else bool((out >= 0).all()):
-            return failed("output_kind", "no output is ever negative: a ReLU, sigmoid or abs on the logits clips them; "
-                          "return the last linear layer's output unchanged.", value, "logits of both signs")
+            return failed(
+                "output_kind",
+                "no output is ever negative: a ReLU, sigmoid or abs on the logits clips them; "
+                "return the last linear layer's output unchanged.",
+                value,
+                "logits of both signs",
+            )
         return passed("output_kind", "outputs are unnormalised logits, as cross-entropy expects.", value)
     if task.loss == "bce_with_logits":
         if bool(((out >= 0) & (out <= 1)).all()):
-            return failed("output_kind", "every output lies in [0, 1] after training: the model applies a sigmoid but "
-                          "BCEWithLogits applies it again. Return raw logits.", value, "logits of both signs")
+            return failed(
+                "output_kind",
+                "every output lies in [0, 1] after training: the model applies a sigmoid but "
+                "BCEWithLogits applies it again. Return raw logits.",
+                value,
+                "logits of both signs",
+            )
         return passed("output_kind", "outputs are logits of both signs, as BCE-with-logits expects.", value)
     if task.loss in ("mse", "l1"):
         negative_targets = float((target.float() < 0).float().mean())
         value["negative_target_share"] = negative_targets
         if negative_targets > 0.1 and bool((out >= 0).all()):
-            return failed("output_kind", f"{negative_targets:.0%} of targets are negative but no output is: a ReLU or "
-                          "similar on the output cannot reach them. Remove the output non-linearity.", value,
-                          "outputs covering the target range")
+            return failed(
+                "output_kind",
+                f"{negative_targets:.0%} of targets are negative but no output is: a ReLU or "
+                "similar on the output cannot reach them. Remove the output non-linearity.",
+                value,
+                "outputs covering the target range",
+            )
         return passed("output_kind", "outputs can cover the range of the targets.", value)
     return skipped("output_kind", "custom loss: no output contract to check.")
 
@@ -141,7 +184,7 @@ def final_layer(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Mod
 
 
 def bias_values(task: Task, target: torch.Tensor) -> torch.Tensor | None:
-    """Karpathy's "init well": log class priors (cross-entropy), log-odds (BCE), the target mean (MSE) or median (L1)."""
+    """Karpathy's "init well": log class priors (cross-entropy), log-odds (BCE), target mean (MSE) or median (L1)."""
     t = target.detach().cpu()
     if task.loss == "cross_entropy":
         valid = t[t != IGNORE_INDEX] if task.kind == "sequence" else t.reshape(-1)
@@ -189,8 +232,11 @@ def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device
     model = model_factory().to(device).eval()
     found = final_layer(model, task, batch)
     if found is None:
-        return skipped("init_bias", "could not identify the final layer (no module with a bias produces the output); "
-                       "set its bias to the log class priors / target mean yourself.")
+        return skipped(
+            "init_bias",
+            "could not identify the final layer (no module with a bias produces the output); "
+            "set its bias to the log class priors / target mean yourself.",
+        )
     with torch.no_grad():
         output, tgt = task.outputs(model, batch)
         before = float(task.compute_loss(output, tgt))
@@ -214,8 +260,15 @@ def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device
         fix = f"standardise the targets ((y - {mean:.4g}) / {std:.4g}) or set {found[0]}.bias to {mean:.4g}"
         why = f"the targets sit {abs(mean) / max(std, 1e-12):.1f} standard deviations from zero"
     if needed:
-        return warned("init_bias", f"{why}; with the default init the first steps only learn the bias. For this run "
-                      f"the bias was set (loss at init {before:.4g} -> {after:.4g}); to fix it for good, {fix}.",
-                      value, "balanced classes / targets centred near zero")
-    return passed("init_bias", f"final-layer bias {found[0]} set from the training targets (loss at init {before:.4g} -> "
-                  f"{after:.4g}).", value)
+        return warned(
+            "init_bias",
+            f"{why}; with the default init the first steps only learn the bias. For this run "
+            f"the bias was set (loss at init {before:.4g} -> {after:.4g}); to fix it for good, {fix}.",
+            value,
+            "balanced classes / targets centred near zero",
+        )
+    return passed(
+        "init_bias",
+        f"final-layer bias {found[0]} set from the training targets (loss at init {before:.4g} -> {after:.4g}).",
+        value,
+    )

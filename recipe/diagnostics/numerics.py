@@ -26,9 +26,9 @@ def first_non_finite_module(model: nn.Module, task: Any, batch: Any) -> str | No
 
     def hook(name: str):
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            if not found and isinstance(output, torch.Tensor) and output.is_floating_point():
-                if not torch.isfinite(output).all():
-                    found.append(f"{name} ({type(module).__name__})")
+            floating = isinstance(output, torch.Tensor) and output.is_floating_point()
+            if not found and floating and not torch.isfinite(output).all():
+                found.append(f"{name} ({type(module).__name__})")
 
         return record
 

@@ -20,8 +20,14 @@ def softmax_floor(num_classes: int) -> float:
     return -math.log(math.e / (math.e + num_classes - 1))
 
 
-def overfits_batch(step_losses: list[float], batch_metric: float, reference: float, task: Task,
-                   batch_size: int, tolerance: float = 0.05) -> Check:
+def overfits_batch(
+    step_losses: list[float],
+    batch_metric: float,
+    reference: float,
+    task: Task,
+    batch_size: int,
+    tolerance: float = 0.05,
+) -> Check:
     """Catches a setup that cannot memorise a handful of examples: probabilities fed to a logits loss (a floor at
     -log(e/(e+C-1)) with 100% accuracy), a ReLU on the logits, a flipped sign, a clipped loss, a broken output.
 
@@ -31,35 +37,59 @@ def overfits_batch(step_losses: list[float], batch_metric: float, reference: flo
     """
     first, final = step_losses[0], min(step_losses[-5:])
     accuracy_task = task.kind != "regression"
-    value: dict[str, Any] = {"first": first, "final": final, "reference": reference, "steps": len(step_losses),
-                             "batch_size": batch_size, f"batch_{task.metric_name}": batch_metric}
+    value: dict[str, Any] = {
+        "first": first,
+        "final": final,
+        "reference": reference,
+        "steps": len(step_losses),
+        "batch_size": batch_size,
+        f"batch_{task.metric_name}": batch_metric,
+    }
     perfect = batch_metric >= 0.99 if accuracy_task else True  # sequences: allow 1 token in 100
     if final <= tolerance * reference and perfect:
-        return passed("overfit_batch", f"one batch memorised: loss {first:.4g} -> {final:.4g} (constant-prediction "
-                      f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.", value)
+        return passed(
+            "overfit_batch",
+            f"one batch memorised: loss {first:.4g} -> {final:.4g} (constant-prediction "
+            f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.",
+            value,
+        )
     expected = f"loss below {tolerance * reference:.3g}" + (", accuracy >= 0.99" if accuracy_task else "")
     if final > first:
         cause = "the loss rose: its sign is flipped, or the learning rate is far too high"
     elif first - final < 0.1 * abs(first):
-        cause = ("the loss hardly moved: gradients do not reach the parameters, the loss is clipped, or the learning "
-                 "rate is far too low")
+        cause = (
+            "the loss hardly moved: gradients do not reach the parameters, the loss is clipped, or the learning "
+            "rate is far too low"
+        )
     elif task.loss == "cross_entropy" and perfect and abs(final - softmax_floor(task.num_classes or 2)) < 0.1:
-        cause = (f"the loss is stuck at {final:.3f} with {task.metric_name} 1.0, the floor of probabilities fed as "
-                 f"logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.3f}): remove the softmax before "
-                 "the loss")
+        cause = (
+            f"the loss is stuck at {final:.3f} with {task.metric_name} 1.0, the floor of probabilities fed as "
+            f"logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.3f}): remove the softmax before "
+            "the loss"
+        )
     elif final <= tolerance * reference:
-        cause = (f"the loss is near zero but {task.metric_name} is {batch_metric:.3f}: a few targets are predicted "
-                 "with near-ties; train longer or check for conflicting duplicate samples")
+        cause = (
+            f"the loss is near zero but {task.metric_name} is {batch_metric:.3f}: a few targets are predicted "
+            "with near-ties; train longer or check for conflicting duplicate samples"
+        )
     elif accuracy_task and perfect:
-        cause = ("accuracy is perfect but the loss has a floor well above zero: the outputs are bounded (a softmax, "
-                 "sigmoid or tanh on the logits) or the loss adds a constant (label smoothing)")
+        cause = (
+            "accuracy is perfect but the loss has a floor well above zero: the outputs are bounded (a softmax, "
+            "sigmoid or tanh on the logits) or the loss adds a constant (label smoothing)"
+        )
     else:
-        cause = ("the loss plateaued: a non-linearity on the output (ReLU on logits), an output that cannot reach the "
-                 "targets' range, or a model too small for even this batch")
-    return failed("overfit_batch", f"could not overfit one batch of {batch_size} samples in {len(step_losses)} steps: "
-                  f"loss {first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}. "
-                  f"{cause[0].upper() + cause[1:]}.",
-                  value, expected)
+        cause = (
+            "the loss plateaued: a non-linearity on the output (ReLU on logits), an output that cannot reach the "
+            "targets' range, or a model too small for even this batch"
+        )
+    return failed(
+        "overfit_batch",
+        f"could not overfit one batch of {batch_size} samples in {len(step_losses)} steps: "
+        f"loss {first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}. "
+        f"{cause[0].upper() + cause[1:]}.",
+        value,
+        expected,
+    )
 
 
 def exponential_ramp(lr_min: float, lr_max: float, steps: int) -> Callable[[int], float]:
@@ -88,8 +118,14 @@ def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, dive
         if curve[i] > diverge * min(curve[start : i + 1]) and curve[i] > curve[start]:
             end = i
             break
-    out: dict[str, Any] = {"lr": None, "rule": "minimum/10", "burn_in_steps": start, "used_steps": end,
-                           "smoothed": curve, "diverged": end < len(losses)}
+    out: dict[str, Any] = {
+        "lr": None,
+        "rule": "minimum/10",
+        "burn_in_steps": start,
+        "used_steps": end,
+        "smoothed": curve,
+        "diverged": end < len(losses),
+    }
     if end - start < 5:
         out["reason"] = "too few usable points before the loss diverged; lower lr_min or use more steps"
         return out
@@ -110,8 +146,16 @@ def lr_range(lrs: list[float], losses: list[float], suggestion: dict[str, Any], 
     """Reports the learning rate suggested by the range test, or says plainly that there is no reliable one."""
     value = {k: v for k, v in suggestion.items() if k != "smoothed"}
     if suggestion["lr"] is None:
-        return warned("lr_range_test", f"no reliable learning-rate suggestion: {suggestion['reason']}. Keeping "
-                      f"lr={current_lr:g}.", value, "a clear descent before divergence")
+        return warned(
+            "lr_range_test",
+            f"no reliable learning-rate suggestion: {suggestion['reason']}. Keeping lr={current_lr:g}.",
+            value,
+            "a clear descent before divergence",
+        )
     note = f" ({suggestion['note']})" if "note" in suggestion else ""
-    return passed("lr_range_test", f"suggested lr {suggestion['lr']:.3g}: the smoothed loss is lowest at "
-                  f"{suggestion['lr_at_minimum']:.3g}, and the rule is minimum/10{note}.", value)
+    return passed(
+        "lr_range_test",
+        f"suggested lr {suggestion['lr']:.3g}: the smoothed loss is lowest at "
+        f"{suggestion['lr_at_minimum']:.3g}, and the rule is minimum/10{note}.",
+        value,
+    )

@@ -27,7 +27,13 @@ def unregistered_tensors(model: nn.Module) -> list[str]:
         for attr, value in vars(module).items():
             if attr in _MODULE_INTERNALS:
                 continue
-            items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else None
+            items = (
+                value.items()
+                if isinstance(value, dict)
+                else enumerate(value)
+                if isinstance(value, list | tuple)
+                else None
+            )
             where = f"{prefix + '.' if prefix else ''}{attr}"
             if items is None:
                 if isinstance(value, torch.Tensor) and value.requires_grad and id(value) not in registered:
@@ -80,22 +86,41 @@ def params_update(model: nn.Module, task: Task, batch: Batch, lr: float = 1e-3) 
         opt.step()
     unchanged = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
     unregistered = unregistered_tensors(model)
-    value: dict[str, Any] = {"trainable": len(trainable), "no_gradient": no_grad, "unchanged": unchanged,
-                             "unregistered": unregistered, "unregistered_graph_leaves": outside, "frozen": frozen}
+    value: dict[str, Any] = {
+        "trainable": len(trainable),
+        "no_gradient": no_grad,
+        "unchanged": unchanged,
+        "unregistered": unregistered,
+        "unregistered_graph_leaves": outside,
+        "frozen": frozen,
+    }
     if unregistered or outside:
         names = unregistered or [f"tensor of shape {s}" for s in outside]
-        return failed("params_update", f"{len(names)} trainable object(s) are not registered with the model: "
-                      f"{', '.join(names[:4])}. They are never optimised, saved or moved to the device; use "
-                      "nn.ModuleList / nn.ModuleDict / nn.Parameter.", value, "every trainable tensor registered")
+        return failed(
+            "params_update",
+            f"{len(names)} trainable object(s) are not registered with the model: "
+            f"{', '.join(names[:4])}. They are never optimised, saved or moved to the device; use "
+            "nn.ModuleList / nn.ModuleDict / nn.Parameter.",
+            value,
+            "every trainable tensor registered",
+        )
     if no_grad or unchanged:
         names = no_grad or unchanged
-        return failed("params_update", f"{len(names)} of {len(trainable)} parameter tensors got no gradient or did not "
-                      f"change after a step: {', '.join(names[:6])}. The path from them to the loss is cut (.detach(), "
-                      ".data, torch.no_grad, a numpy round-trip) or their output is never used.", value,
-                      "every parameter gets a gradient and changes")
+        return failed(
+            "params_update",
+            f"{len(names)} of {len(trainable)} parameter tensors got no gradient or did not "
+            f"change after a step: {', '.join(names[:6])}. The path from them to the loss is cut (.detach(), "
+            ".data, torch.no_grad, a numpy round-trip) or their output is never used.",
+            value,
+            "every parameter gets a gradient and changes",
+        )
     if frozen:
-        return warned("params_update", f"{len(frozen)} parameter tensors are frozen (requires_grad=False): "
-                      f"{', '.join(frozen[:6])}; fine for a pretrained backbone, a bug if left from an experiment.",
-                      value)
-    return passed("params_update", f"all {len(trainable)} parameter tensors got a gradient and changed after one step.",
-                  value)
+        return warned(
+            "params_update",
+            f"{len(frozen)} parameter tensors are frozen (requires_grad=False): "
+            f"{', '.join(frozen[:6])}; fine for a pretrained backbone, a bug if left from an experiment.",
+            value,
+        )
+    return passed(
+        "params_update", f"all {len(trainable)} parameter tensors got a gradient and changed after one step.", value
+    )

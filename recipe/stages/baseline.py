@@ -69,8 +69,10 @@ class Baseline(Stage):
 
     def run(self, ctx: Context) -> list[Check]:
         s, task, device = self.settings, ctx.task, ctx.device
+
         def fresh() -> nn.Module:
             return disable_dropout(task.make_model()).to(device)
+
         batch = task.sample_batch("train", ctx.train.batch_size, ctx.seed, device)
         inputs, _ = task.split_batch(batch)
         probe_inputs, _ = task.split_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
@@ -93,8 +95,16 @@ class Baseline(Stage):
         try:
             trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
         except NonFiniteError as exc:
-            return [*checks, Check("non_finite", "fail", {"step": exc.step, "parameter": exc.parameter,
-                                   "module": exc.module}, "finite loss at every step", str(exc))]
+            return [
+                *checks,
+                Check(
+                    "non_finite",
+                    "fail",
+                    {"step": exc.step, "parameter": exc.parameter, "module": exc.module},
+                    "finite loss at every step",
+                    str(exc),
+                ),
+            ]
         checks.append(loss_decreases(trained.step_losses, ctx.train.lr))
         stats_trained = activation_stats(trained.model, task, inputs)
         checks.append(activations(stats_init, stats_trained))
@@ -105,8 +115,11 @@ class Baseline(Stage):
             checks.append(output_kind(output, target, task))
         if task.kind == "sequence":
             after = causal(trained.model, task, probe_inputs)
-            checks.append(after.replace(name="causal_after_training") if after.status != "pass" else
-                          after.replace(name="causal_after_training", message="after the short run: " + after.message))
+            checks.append(
+                after.replace(name="causal_after_training")
+                if after.status != "pass"
+                else after.replace(name="causal_after_training", message="after the short run: " + after.message)
+            )
 
         real = evaluate(task, trained.model, task.val, device)
         zeroed_run, _ = self._short_run(ctx, "input_independent", task.replace(zero_inputs=True), fresh())
@@ -120,13 +133,18 @@ class Baseline(Stage):
             checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
         else:
             factory, description = reference
-            simple_run, _ = self._short_run(ctx, "simple_model", task.replace(model=factory), factory().to(device),
-                                            lr=s.simple_model_lr)
+            simple_run, _ = self._short_run(
+                ctx, "simple_model", task.replace(model=factory), factory().to(device), lr=s.simple_model_lr
+            )
             simple = evaluate(task, simple_run.model, task.val, device)
-            constant = trivial_figures.get("prior_loss", trivial_figures.get("unigram_loss",
-                                                                            trivial_figures.get("mean_mse")))
-            checks.append(simple_model(real, simple, constant if task.loss in ("cross_entropy", "mse") else None,
-                                       task, description))
+            constant = trivial_figures.get(
+                "prior_loss", trivial_figures.get("unigram_loss", trivial_figures.get("mean_mse"))
+            )
+            checks.append(
+                simple_model(
+                    real, simple, constant if task.loss in ("cross_entropy", "mse") else None, task, description
+                )
+            )
             curves[description] = simple_run.step_losses
             bars[description] = (simple.loss, simple.loss_se)
         for key in ("prior_loss", "unigram_loss", "mean_mse"):
@@ -135,12 +153,19 @@ class Baseline(Stage):
         checks.append(human_baseline(s.human_baseline, real, task))
 
         ctx.save_figure("loss_curves.png", plots.loss_curves(curves, f"Short runs ({s.steps} steps, same budget)"))
-        ctx.save_figure("baselines.png", plots.baselines(bars, "Validation loss after the same budget",
-                                                           "validation loss (± standard error)"))
+        ctx.save_figure(
+            "baselines.png",
+            plots.baselines(bars, "Validation loss after the same budget", "validation loss (± standard error)"),
+        )
         ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
-        ctx.save_json("baselines.json", {"model": vars(real) | {"per_sample_loss": None},
-                                         "zeroed_inputs": vars(zeroed) | {"per_sample_loss": None},
-                                         "trivial": trivial_figures})
+        ctx.save_json(
+            "baselines.json",
+            {
+                "model": vars(real) | {"per_sample_loss": None},
+                "zeroed_inputs": vars(zeroed) | {"per_sample_loss": None},
+                "trivial": trivial_figures,
+            },
+        )
         ctx.learn(regularisation="off in baseline: dropout p=0, weight decay 0, no augmentation")
         return checks
 
@@ -150,15 +175,30 @@ class Baseline(Stage):
             return ctx.task.outputs(model, ctx.task.sample_batch("val", 256, ctx.seed, ctx.device))
 
     def _seed(self, ctx: Context) -> Check:
-        runs = [ctx.fit("seed", device="cpu", max_steps=self.settings.seed_steps, epochs=None,
-                        evaluate_every_epoch=False, progress=False, log=None, log_every=self.settings.seed_steps)
-                for _ in range(2)]
+        runs = [
+            ctx.fit(
+                "seed",
+                device="cpu",
+                max_steps=self.settings.seed_steps,
+                epochs=None,
+                evaluate_every_epoch=False,
+                progress=False,
+                log=None,
+                log_every=self.settings.seed_steps,
+            )
+            for _ in range(2)
+        ]
         return seed_reproducible(runs[0].step_losses, runs[1].step_losses, ctx.seed)
 
     def _input_batch(self, ctx: Context, inputs: Any, batch: Any) -> Check:
         check, info = input_batch(inputs, ctx.task)
         artifacts = [ctx.save_json("input_batch.json", info)]
-        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dim() == 4 and inputs.shape[1] in (1, 3):
+        if (
+            isinstance(inputs, torch.Tensor)
+            and inputs.is_floating_point()
+            and inputs.dim() == 4
+            and inputs.shape[1] in (1, 3)
+        ):
             _, target = ctx.task.split_batch(batch)
             labels = [str(int(t)) if t.numel() == 1 else "" for t in target[:32].cpu()]
             fig = plots.image_grid(inputs[:32].cpu(), labels, "Training batch as the model receives it (label above)")
@@ -167,8 +207,9 @@ class Baseline(Stage):
             artifacts.append(ctx.save_text("input_batch.txt", info["decoded_first_sample"]))
         return check.replace(artifacts=tuple(artifacts))
 
-    def _short_run(self, ctx: Context, run: str, task: Task, model: nn.Module,
-                   lr: float | None = None) -> tuple[FitResult, tuple[list[int], list[list[float]], str, str]]:
+    def _short_run(
+        self, ctx: Context, run: str, task: Task, model: nn.Module, lr: float | None = None
+    ) -> tuple[FitResult, tuple[list[int], list[list[float]], str, str]]:
         """Train for the stage's step budget, recording predictions on fixed validation samples as it goes."""
         val_batch = task.sample_batch("val", 16, ctx.seed, ctx.device)
         steps: list[int] = []
@@ -182,9 +223,17 @@ class Baseline(Stage):
             model.train()
             steps.append(step)
 
-        result = ctx.fit(run, task=task, model=model, max_steps=self.settings.steps, epochs=None,
-                         evaluate_every_epoch=False, weight_decay=0.0, on_log=record,
-                         **({"lr": lr} if lr is not None else {}))
+        result = ctx.fit(
+            run,
+            task=task,
+            model=model,
+            max_steps=self.settings.steps,
+            epochs=None,
+            evaluate_every_epoch=False,
+            weight_decay=0.0,
+            on_log=record,
+            **({"lr": lr} if lr is not None else {}),
+        )
         what = "prediction" if task.kind == "regression" else "probability of the correct class"
         return result, (steps, rows, "Prediction dynamics on 16 fixed validation samples", what)
 

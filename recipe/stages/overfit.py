@@ -65,32 +65,56 @@ class OverfitOneBatch(Stage):
         indices = fixed_indices(len(task.train), s.batch_size, ctx.seed)
         one_batch = task.subset("train", indices)
         model = disable_dropout(task.make_model())
-        result = ctx.fit("overfit_batch", task=one_batch, model=model, batch_size=len(indices), max_steps=s.steps,
-                         epochs=None, lr=s.lr, weight_decay=0.0, evaluate_every_epoch=False, log_every=25)
+        result = ctx.fit(
+            "overfit_batch",
+            task=one_batch,
+            model=model,
+            batch_size=len(indices),
+            max_steps=s.steps,
+            epochs=None,
+            lr=s.lr,
+            weight_decay=0.0,
+            evaluate_every_epoch=False,
+            log_every=25,
+        )
         batch = task.batch("train", indices, ctx.device)
         with torch.no_grad():
             output, target = task.outputs(result.model, batch)
             metric = float(task.metric_per_sample(output.float(), target).mean())
         check = overfits_batch(result.step_losses, metric, constant_loss(task, target), task, len(indices), s.tolerance)
-        fig = plots.loss_curves({"one batch": result.step_losses}, f"Overfitting one batch of {len(indices)} samples",
-                                logy=True, hlines={"constant prediction": constant_loss(task, target)})
+        fig = plots.loss_curves(
+            {"one batch": result.step_losses},
+            f"Overfitting one batch of {len(indices)} samples",
+            logy=True,
+            hlines={"constant prediction": constant_loss(task, target)},
+        )
         return check.replace(artifacts=(ctx.save_figure("overfit_batch.png", fig),))
 
     def _lr_range_test(self, ctx: Context) -> Check:
         s = self.settings
         ramp = exponential_ramp(s.lr_min, s.lr_max, s.lr_steps)
         try:
-            result = ctx.fit("lr_range_test", model=disable_dropout(ctx.task.make_model()), lr=s.lr_max, schedule=ramp,
-                             max_steps=s.lr_steps, epochs=None, weight_decay=0.0, evaluate_every_epoch=False,
-                             log_every=s.lr_steps)
+            result = ctx.fit(
+                "lr_range_test",
+                model=disable_dropout(ctx.task.make_model()),
+                lr=s.lr_max,
+                schedule=ramp,
+                max_steps=s.lr_steps,
+                epochs=None,
+                weight_decay=0.0,
+                evaluate_every_epoch=False,
+                log_every=s.lr_steps,
+            )
             losses = result.step_losses
         except NonFiniteError as exc:  # divergence at high rates is expected; keep what came before
             losses = exc.losses
         lrs = [s.lr_max * ramp(i) for i in range(s.lr_steps)]
         suggestion = suggest_lr(lrs, losses)
         check = lr_range(lrs, losses, suggestion, ctx.train.lr)
-        artifacts = (ctx.save_figure("lr_range_test.png", plots.lr_range(lrs, losses, suggestion["smoothed"], suggestion)),
-                     ctx.save_json("lr_range_test.json", {"lr": lrs[: len(losses)], "loss": losses, **suggestion}))
+        artifacts = (
+            ctx.save_figure("lr_range_test.png", plots.lr_range(lrs, losses, suggestion["smoothed"], suggestion)),
+            ctx.save_json("lr_range_test.json", {"lr": lrs[: len(losses)], "loss": losses, **suggestion}),
+        )
         if suggestion["lr"] is not None:
             ctx.learn(lr=suggestion["lr"], lr_rule="range test, minimum/10")
         return check.replace(artifacts=artifacts)
