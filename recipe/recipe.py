@@ -18,6 +18,7 @@ import torch
 
 from recipe.check import Check
 from recipe.config import TrainSettings, settings_from_dict, suggest
+from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.fit import FitResult, fit
 from recipe.reproducibility import resolve_device
@@ -267,15 +268,7 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
     try:
         checks = list(stage.run(ctx))
     except NonFiniteError as exc:
-        checks = [
-            Check(
-                "non_finite",
-                "fail",
-                {"step": exc.step, "parameter": exc.parameter, "module": exc.module},
-                "finite loss at every step",
-                str(exc),
-            )
-        ]
+        checks = [non_finite(exc)]
     skip = set(getattr(stage.settings, "skip", ()))
     out = []
     for c in checks:

@@ -110,3 +110,12 @@ def test_result_renders_in_a_notebook(tmp_path):
     html = result._repr_html_()
     assert "overfit_batch" in html and "<table>" in html
     assert "lr_range_test" in result.checks[-1]._repr_html_()
+
+
+def test_a_nan_in_training_keeps_the_checks_made_before_it(tmp_path):
+    config = {"train": {"lr": 1e6, "optimizer": "sgd"}}
+    result = _recipe(tmp_path, stages=["baseline"], config=config, quiet=True).run()
+    names = [c.name for c in result.checks]
+    assert "loss_at_init" in names and "batch_independence" in names
+    nan = next(c for c in result.checks if c.name == "non_finite")
+    assert nan.status == "fail" and "step" in nan.message and nan.value["step"] is not None

@@ -7,6 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipe.check import Check, failed
+from recipe.errors import NonFiniteError
+
 
 def first_non_finite_parameter(model: nn.Module) -> str | None:
     """Name of the first parameter (registration order) holding NaN or Inf, or whose gradient does."""
@@ -42,3 +45,9 @@ def first_non_finite_module(model: nn.Module, task: Any, batch: Any) -> str | No
         for h in handles:
             h.remove()
     return found[0] if found else None
+
+
+def non_finite(exc: NonFiniteError) -> Check:
+    """The failed `non_finite` check for a training run stopped by a NaN/Inf loss (O4 in the bug catalog)."""
+    value = {"step": exc.step, "parameter": exc.parameter, "module": exc.module}
+    return failed("non_finite", str(exc), value, "a finite loss at every step")

@@ -10,6 +10,7 @@ simple and input-independent baselines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from recipe.diagnostics.evaluation import (
     trivial_baselines,
 )
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind
+from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.parameters import params_update
 from recipe.diagnostics.training import loss_decreases, seed_reproducible
 from recipe.errors import NonFiniteError
@@ -88,63 +90,59 @@ class Baseline(Stage):
         checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
         if task.loss != "bce_with_logits":  # probabilities and clipped logits show at init; BCE's only after training
             checks.append(ctx.check(output_kind, *self._val_outputs(ctx, fresh()), task))
+        try:
+            self._short_runs(ctx, fresh, inputs, probe_inputs, checks)
+        except NonFiniteError as exc:  # keep every check made so far, and say where training broke
+            checks.append(non_finite(exc))
+        ctx.learn(regularisation="off in baseline: dropout p=0, weight decay 0, no augmentation")
+        return checks
+
+    def _short_runs(
+        self, ctx: Context, fresh: Callable[[], nn.Module], inputs: Any, probe_inputs: Any, checks: list[Check]
+    ) -> None:
+        """Train the model, the same model on zeroed inputs, and a simple reference for the same budget."""
+        s, task, device = self.settings, ctx.task, ctx.device
         trivial, trivial_figures = trivial_baselines(task)
         checks.append(trivial)
-
         stats_init = activation_stats(fresh(), task, inputs)
-        try:
-            trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
-        except NonFiniteError as exc:
-            return [
-                *checks,
-                Check(
-                    "non_finite",
-                    "fail",
-                    {"step": exc.step, "parameter": exc.parameter, "module": exc.module},
-                    "finite loss at every step",
-                    str(exc),
-                ),
-            ]
-        checks.append(loss_decreases(trained.step_losses, ctx.train.lr))
+        trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
+        curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
+        checks.append(
+            loss_decreases(trained.step_losses, ctx.train.lr).replace(seconds=trained.seconds, artifacts=(curve,))
+        )
         stats_trained = activation_stats(trained.model, task, inputs)
-        checks.append(activations(stats_init, stats_trained))
         ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
-        ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
+        figure = ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
+        checks.append(activations(stats_init, stats_trained).replace(artifacts=(figure,)))
         output, target = self._val_outputs(ctx, trained.model)
         if task.loss == "bce_with_logits":
             checks.append(output_kind(output, target, task))
-        if task.kind == "sequence":
+        if task.kind == "sequence":  # a weak mask can be overcome once the scores grow (minGPT #75)
             after = causal(trained.model, task, probe_inputs)
-            checks.append(
-                after.replace(name="causal_after_training")
-                if after.status != "pass"
-                else after.replace(name="causal_after_training", message="after the short run: " + after.message)
-            )
+            prefix = "after the short run: " if after.status == "pass" else ""
+            checks.append(after.replace(name="causal_after_training", message=prefix + after.message))
 
         real = evaluate(task, trained.model, task.val, device)
-        zeroed_run, _ = self._short_run(ctx, "input_independent", task.replace(zero_inputs=True), fresh())
-        zeroed = evaluate(task.replace(zero_inputs=True), zeroed_run.model, task.val, device)
-        checks.append(input_independent(real, zeroed, task))
+        zero_task = task.replace(zero_inputs=True)
+        zeroed_run, _ = self._short_run(ctx, "input_independent", zero_task, fresh())
+        zeroed = evaluate(zero_task, zeroed_run.model, task.val, device)
+        checks.append(input_independent(real, zeroed, task).replace(seconds=zeroed_run.seconds))
 
         curves = {"your model": trained.step_losses, "zeroed inputs": zeroed_run.step_losses}
-        reference = simple_model_factory(task, inputs, output)
         bars = {"your model": (real.loss, real.loss_se), "zeroed inputs": (zeroed.loss, zeroed.loss_se)}
+        reference = simple_model_factory(task, inputs, output)
         if reference is None:
             checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
         else:
             factory, description = reference
-            simple_run, _ = self._short_run(
-                ctx, "simple_model", task.replace(model=factory), factory().to(device), lr=s.simple_model_lr
-            )
+            simple_task = task.replace(model=factory)
+            simple_run, _ = self._short_run(ctx, "simple_model", simple_task, factory().to(device), s.simple_model_lr)
             simple = evaluate(task, simple_run.model, task.val, device)
-            constant = trivial_figures.get(
-                "prior_loss", trivial_figures.get("unigram_loss", trivial_figures.get("mean_mse"))
+            constant = next(
+                (trivial_figures[k] for k in ("prior_loss", "unigram_loss", "mean_mse") if k in trivial_figures), None
             )
-            checks.append(
-                simple_model(
-                    real, simple, constant if task.loss in ("cross_entropy", "mse") else None, task, description
-                )
-            )
+            usable = constant if task.loss in ("cross_entropy", "mse") else None
+            checks.append(simple_model(real, simple, usable, task, description).replace(seconds=simple_run.seconds))
             curves[description] = simple_run.step_losses
             bars[description] = (simple.loss, simple.loss_se)
         for key in ("prior_loss", "unigram_loss", "mean_mse"):
@@ -157,7 +155,6 @@ class Baseline(Stage):
             "baselines.png",
             plots.baselines(bars, "Validation loss after the same budget", "validation loss (± standard error)"),
         )
-        ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
         ctx.save_json(
             "baselines.json",
             {
@@ -166,8 +163,6 @@ class Baseline(Stage):
                 "trivial": trivial_figures,
             },
         )
-        ctx.learn(regularisation="off in baseline: dropout p=0, weight decay 0, no augmentation")
-        return checks
 
     def _val_outputs(self, ctx: Context, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
@@ -175,20 +170,25 @@ class Baseline(Stage):
             return ctx.task.outputs(model, ctx.task.sample_batch("val", 256, ctx.seed, ctx.device))
 
     def _seed(self, ctx: Context) -> Check:
-        runs = [
-            ctx.fit(
-                "seed",
-                device="cpu",
-                max_steps=self.settings.seed_steps,
-                epochs=None,
-                evaluate_every_epoch=False,
-                progress=False,
-                log=None,
-                log_every=self.settings.seed_steps,
-            )
-            for _ in range(2)
-        ]
-        return seed_reproducible(runs[0].step_losses, runs[1].step_losses, ctx.seed)
+        """Two identical short runs on the CPU; a run that goes non-finite is compared up to that step."""
+        losses, seconds = [], 0.0
+        for _ in range(2):
+            try:
+                run = ctx.fit(
+                    "seed",
+                    device="cpu",
+                    max_steps=self.settings.seed_steps,
+                    epochs=None,
+                    evaluate_every_epoch=False,
+                    progress=False,
+                    log=None,
+                    log_every=self.settings.seed_steps,
+                )
+                losses.append(run.step_losses)
+                seconds += run.seconds
+            except NonFiniteError as exc:
+                losses.append(exc.losses)
+        return seed_reproducible(losses[0], losses[1], ctx.seed).replace(seconds=seconds)
 
     def _input_batch(self, ctx: Context, inputs: Any, batch: Any) -> Check:
         check, info = input_batch(inputs, ctx.task)

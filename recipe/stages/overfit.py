@@ -17,6 +17,7 @@ import torch
 from recipe import plots
 from recipe.check import Check
 from recipe.data import fixed_indices
+from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, suggest_lr
 from recipe.errors import NonFiniteError
 from recipe.models import disable_dropout
@@ -58,7 +59,11 @@ class OverfitOneBatch(Stage):
     settings: OverfitSettings
 
     def run(self, ctx: Context) -> list[Check]:
-        return [self._overfit_batch(ctx), self._lr_range_test(ctx)]
+        try:
+            memorised = self._overfit_batch(ctx)
+        except NonFiniteError as exc:
+            memorised = non_finite(exc)
+        return [memorised, ctx.check(self._lr_range_test, ctx)]
 
     def _overfit_batch(self, ctx: Context) -> Check:
         s, task = self.settings, ctx.task
@@ -82,6 +87,7 @@ class OverfitOneBatch(Stage):
             output, target = task.outputs(result.model, batch)
             metric = float(task.metric_per_sample(output.float(), target).mean())
         check = overfits_batch(result.step_losses, metric, constant_loss(task, target), task, len(indices), s.tolerance)
+        check = check.replace(seconds=result.seconds)
         fig = plots.loss_curves(
             {"one batch": result.step_losses},
             f"Overfitting one batch of {len(indices)} samples",
