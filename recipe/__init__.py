@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 from recipe.check import Check
 from recipe.config import TrainSettings
 from recipe.errors import ConfigError, NonFiniteError, RecipeError, TaskError
-from recipe.fit import FitResult, evaluate, fit
+from recipe.evaluation import Evaluation, evaluate
+from recipe.fit import FitResult, fit
 from recipe.recipe import Context, Recipe, RecipeResult
 from recipe.stage import Stage
 from recipe.stages import STAGES, Baseline, OverfitOneBatch
@@ -17,6 +18,7 @@ __all__ = [
     "Check",
     "ConfigError",
     "Context",
+    "Evaluation",
     "FitResult",
     "NonFiniteError",
     "OverfitOneBatch",

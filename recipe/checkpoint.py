@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+from recipe.reproducibility import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from recipe.fit import FitResult
 
 from recipe.errors import RecipeError
 
@@ -41,3 +47,51 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
         first_line = next(iter(str(exc).splitlines()), "")  # EOFError from an empty file has no message
         detail = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {detail}") from exc
+
+
+def save_training_state(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    generator: torch.Generator,
+    result: FitResult,
+    epoch: int,
+    progress_state: dict[str, Any],
+) -> None:
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "schedule": sched.state_dict() if sched is not None else None,
+            "epoch": epoch,
+            "steps": result.steps,
+            "generator": generator.get_state(),
+            "rng": rng_state(),
+            "history": result.history,
+            "step_losses": result.step_losses,
+            "progress": dict(progress_state),
+        },
+        path,
+    )
+
+
+def restore_training_state(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    generator: torch.Generator,
+    result: FitResult,
+    progress_state: dict[str, Any],
+) -> int:
+    state = load(path)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None and state["schedule"] is not None:
+        sched.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
+    progress_state.update(state.get("progress", {}))
+    return int(state["epoch"]) + 1

@@ -21,15 +21,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recipe import checkpoint
-from recipe.data import Batch, DatasetSplit, Split, TensorSplit, batch_size_of, eval_batches, train_batches
+from recipe.data import Batch, DatasetSplit, Split, TensorSplit, train_batches
 from recipe.diagnostics.numerics import first_non_finite_module, first_non_finite_parameter
-from recipe.errors import ConfigError, NonFiniteError, TaskError
-from recipe.reproducibility import resolve_device, rng_state, seed_everything, set_rng_state
+from recipe.errors import ConfigError, NonFiniteError
+from recipe.evaluation import evaluate
+from recipe.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, kernel_name
+from recipe.reproducibility import resolve_device, seed_everything
 from recipe.task import Task
 
 MetricsLog = Callable[[dict[str, Any]], None]
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -52,18 +52,6 @@ class FitResult:
     steps: int = 0
     seconds: float = 0.0
     setup: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Evaluation:
-    """Loss and metric over a whole split, each with its standard error (None when not computable)."""
-
-    loss: float
-    loss_se: float | None
-    metric: float
-    metric_se: float | None
-    n: int
-    per_sample_loss: torch.Tensor | None = None
 
 
 def fit(
@@ -157,8 +145,8 @@ def fit(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(optimizer, params, lr, weight_decay, momentum)
-    sched = _schedule(opt, schedule, warmup_steps, total)
+    opt = build_optimizer(optimizer, params, lr, weight_decay, momentum)
+    sched = build_schedule(opt, schedule, warmup_steps, total)
     clip: Callable[[], Any] = (
         (lambda: torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else (lambda: None)
     )
@@ -168,7 +156,7 @@ def fit(
         "data_path": data_path,
         "precision": "bf16 autocast" if bf16 else "fp32",
         "optimizer": optimizer,
-        "optimizer_kernel": _kernel(opt),
+        "optimizer_kernel": kernel_name(opt),
         "compile": compile,
         "lr": lr,
         "batch_size": batch_size,
@@ -199,7 +187,9 @@ def fit(
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        start_epoch = _restore(ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state)
+        start_epoch = checkpoint.restore_training_state(
+            ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state
+        )
         if early_stopping and (ckpt_dir / "best.pt").exists():
             best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]
     bar = tqdm(
@@ -240,7 +230,9 @@ def fit(
             else:
                 progress_state["stale_epochs"] += 1
             if ckpt_dir is not None:
-                _save_last(ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state)
+                checkpoint.save_training_state(
+                    ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state
+                )
             if early_stopping is not None and progress_state["stale_epochs"] >= early_stopping:
                 break
             if result.steps >= total:
@@ -252,48 +244,6 @@ def fit(
         setup["restored_best_val_loss"] = progress_state["best_val_loss"]
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def evaluate(
-    task: Task,
-    model: nn.Module,
-    split: Split,
-    device: torch.device,
-    batch_size: int = 1024,
-    autocast: Callable[[], Any] = contextlib.nullcontext,
-) -> Evaluation:
-    """Loss and metric over the whole split, in eval mode, with standard errors over samples."""
-    was_training = model.training
-    model.eval()
-    losses: list[torch.Tensor] = []
-    metrics: list[torch.Tensor] = []
-    batch_losses: list[tuple[float, int]] = []
-    with torch.inference_mode(), autocast():
-        for batch in eval_batches(split, batch_size, device):
-            output, target = task.outputs(model, batch)
-            output = output.float()
-            per_sample = task.loss_per_sample(output, target)
-            if per_sample is None:
-                batch_losses.append((float(task.compute_loss(output, target)), batch_size_of(target)))
-            else:
-                losses.append(per_sample.float())
-            metrics.append(task.metric_per_sample(output, target).float())
-    model.train(was_training)
-    metric = torch.cat(metrics)
-    n = len(metric)
-    metric_se = float(metric.std() / math.sqrt(n)) if n > 1 else None
-    if losses:
-        loss = torch.cat(losses)
-        return Evaluation(
-            float(loss.mean()),
-            float(loss.std() / math.sqrt(n)) if n > 1 else None,
-            float(metric.mean()),
-            metric_se,
-            n,
-            loss.cpu(),
-        )
-    total = sum(b for _, b in batch_losses)
-    return Evaluation(sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n)
 
 
 # ---- decided once, before the loop --------------------------------------------------------------------------------
@@ -336,50 +286,6 @@ def _place(split: Split, device: torch.device) -> tuple[Split, str]:
     if device.type != "cuda" or split.nbytes() < free // 2:
         return split.to(device), f"in-memory tensors (resident on {device})"
     return TensorSplit(split.x.pin_memory(), split.y.pin_memory(), "train"), "in-memory tensors (pinned host)"
-
-
-def _optimizer(
-    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float
-) -> torch.optim.Optimizer:
-    if not params:
-        raise TaskError("the model has no trainable parameters (all have requires_grad=False or there are none).")
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    settings: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
-    if name == "sgd":
-        settings["momentum"] = momentum
-    if all(p.is_floating_point() for p in params):
-        # One fused kernel per step instead of a Python loop over parameters: CUDA, and CPU since torch 2.4
-        # (a quarter less time per step than the default on a small CPU MLP). Older torch or other devices refuse.
-        with contextlib.suppress(RuntimeError, TypeError):
-            return cls(params, fused=True, **settings)
-    return cls(params, **settings)
-
-
-def _kernel(opt: torch.optim.Optimizer) -> str:
-    group = opt.param_groups[0]
-    return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "default"
-
-
-def _schedule(
-    opt: torch.optim.Optimizer, schedule: str | Callable[[int], float], warmup_steps: int, total: int
-) -> torch.optim.lr_scheduler.LambdaLR | None:
-    if callable(schedule):
-        return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    if schedule == "constant" and warmup_steps == 0:
-        return None
-    decay_steps = max(1, total - warmup_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / decay_steps)
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if schedule == "linear":
-            return 1 - progress
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 # ---- at log points and epoch ends ----------------------------------------------------------------------------------
@@ -483,51 +389,3 @@ def _end_of_epoch(
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _save_last(
-    path: Path,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    generator: torch.Generator,
-    result: FitResult,
-    epoch: int,
-    progress_state: dict[str, Any],
-) -> None:
-    checkpoint.save_atomic(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "schedule": sched.state_dict() if sched is not None else None,
-            "epoch": epoch,
-            "steps": result.steps,
-            "generator": generator.get_state(),
-            "rng": rng_state(),
-            "history": result.history,
-            "step_losses": result.step_losses,
-            "progress": dict(progress_state),
-        },
-        path,
-    )
-
-
-def _restore(
-    path: Path,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    generator: torch.Generator,
-    result: FitResult,
-    progress_state: dict[str, Any],
-) -> int:
-    state = checkpoint.load(path)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    if sched is not None and state["schedule"] is not None:
-        sched.load_state_dict(state["schedule"])
-    generator.set_state(state["generator"])
-    set_rng_state(state["rng"])
-    result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
-    progress_state.update(state.get("progress", {}))
-    return int(state["epoch"]) + 1

@@ -17,7 +17,7 @@ from recipe.diagnostics.evaluation import (
     simple_model,
     trivial_baselines,
 )
-from recipe.fit import Evaluation, evaluate
+from recipe.evaluation import Evaluation, evaluate
 from tests import tiny
 
 

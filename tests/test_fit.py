@@ -229,14 +229,14 @@ def _cosine(i, total, warmup=0):
 )
 def test_schedule_sets_the_lr_of_every_step(classification_task, monkeypatch, schedule, warmup_steps, factor):
     lrs = []
-    make_optimizer = fit_module._optimizer
+    make_optimizer = fit_module.build_optimizer
 
     def recording_optimizer(*args, **kwargs):
         opt = make_optimizer(*args, **kwargs)
         opt.register_step_pre_hook(lambda o, a, k: lrs.append(o.param_groups[0]["lr"]))
         return opt
 
-    monkeypatch.setattr(fit_module, "_optimizer", recording_optimizer)
+    monkeypatch.setattr(fit_module, "build_optimizer", recording_optimizer)
     out = quick(classification_task, epochs=2, lr=0.1, schedule=schedule, warmup_steps=warmup_steps)
     assert len(lrs) == out.steps == 10
     assert lrs == pytest.approx([0.1 * factor(i, 10) for i in range(10)])

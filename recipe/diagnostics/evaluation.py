@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.fit import Evaluation
+from recipe.evaluation import Evaluation
 from recipe.task import IGNORE_INDEX, Task
 
 

@@ -34,7 +34,8 @@ from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.parameters import params_update
 from recipe.diagnostics.training import loss_decreases, seed_reproducible
 from recipe.errors import NonFiniteError
-from recipe.fit import FitResult, evaluate
+from recipe.evaluation import evaluate
+from recipe.fit import FitResult
 from recipe.models import disable_dropout, simple_model_factory
 from recipe.recipe import Context
 from recipe.stage import Stage

@@ -1,0 +1,72 @@
+"""Evaluation over a whole split, in eval mode: mean loss and metric, each with its standard error.
+
+Why: recipe step 2, "add significant digits to your eval": the whole validation split, never a sample of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipe.data import Split, batch_size_of, eval_batches
+from recipe.task import Task
+
+
+@dataclass
+class Evaluation:
+    """Loss and metric over a whole split, each with its standard error (None when not computable)."""
+
+    loss: float
+    loss_se: float | None
+    metric: float
+    metric_se: float | None
+    n: int
+    per_sample_loss: torch.Tensor | None = None
+
+
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    split: Split,
+    device: torch.device,
+    batch_size: int = 1024,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> Evaluation:
+    """Loss and metric over the whole split, in eval mode, with standard errors over samples."""
+    was_training = model.training
+    model.eval()
+    losses: list[torch.Tensor] = []
+    metrics: list[torch.Tensor] = []
+    batch_losses: list[tuple[float, int]] = []
+    with torch.inference_mode(), autocast():
+        for batch in eval_batches(split, batch_size, device):
+            output, target = task.outputs(model, batch)
+            output = output.float()
+            per_sample = task.loss_per_sample(output, target)
+            if per_sample is None:
+                batch_losses.append((float(task.compute_loss(output, target)), batch_size_of(target)))
+            else:
+                losses.append(per_sample.float())
+            metrics.append(task.metric_per_sample(output, target).float())
+    model.train(was_training)
+    metric = torch.cat(metrics)
+    n = len(metric)
+    metric_se = float(metric.std() / math.sqrt(n)) if n > 1 else None
+    if losses:
+        loss = torch.cat(losses)
+        return Evaluation(
+            float(loss.mean()),
+            float(loss.std() / math.sqrt(n)) if n > 1 else None,
+            float(metric.mean()),
+            metric_se,
+            n,
+            loss.cpu(),
+        )
+    total = sum(b for _, b in batch_losses)
+    return Evaluation(sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n)
