@@ -29,6 +29,7 @@ table{border-collapse:collapse;width:100%;background:#fff;margin:8px 0}
 th,td{border:1px solid #d0d7de;padding:6px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa} td.name{font-family:ui-monospace,monospace;white-space:nowrap}
 td.value{font-family:ui-monospace,monospace;font-size:12px;max-width:260px;overflow-wrap:anywhere}
+td.value pre{margin:4px 0 0;padding:4px;font-size:11px;max-height:240px} summary{cursor:pointer}
 .summary{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;min-width:120px}
 .problems li{margin:4px 0}
@@ -48,12 +49,24 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _value_html(value: Any) -> str:
+    """A number or short text as it is; a mapping as its first few scalar entries, the rest behind a click."""
+    if value is None:
+        return ""
+    if not isinstance(value, dict):
+        return html.escape(_short(value, 120))
+    scalars = [(k, v) for k, v in value.items() if isinstance(v, int | float | str | bool) and len(str(v)) < 40]
+    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars[:3]) or "details"
+    full = html.escape(json.dumps(value, indent=1)[:4000])
+    return f"<details><summary>{html.escape(summary)}</summary><pre>{full}</pre></details>"
+
+
 def checks_table_html(checks: list[Check]) -> str:
     """A checks table as HTML (also what a Check shows in a notebook)."""
     rows = "".join(
         f"<tr><td>{_badge(c.status)}</td><td class=name>{html.escape(c.name)}</td>"
-        f"<td>{html.escape(c.message)}</td><td class=value>{html.escape(_short(c.value))}</td>"
-        f"<td class=value>{html.escape(_short(c.expected)) if c.expected is not None else ''}</td>"
+        f"<td>{html.escape(c.message)}</td><td class=value>{_value_html(c.value)}</td>"
+        f"<td class=value>{_value_html(c.expected)}</td>"
         f"<td>{'' if c.seconds is None else f'{c.seconds:.2f}'}</td></tr>"
         for c in checks
     )

@@ -88,7 +88,7 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         return self._save(stage, name, buffer.getvalue())
 
