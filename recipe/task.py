@@ -83,6 +83,7 @@ class Task:
         self.name = name or "task"
         self.decoder = decoder
         self.zero_inputs = False  # set on a variant by the input-independent baseline
+        self._targets: dict[tuple[str, int | None], torch.Tensor] = {}  # read once: a Dataset pass can be slow
         self.kind: Kind = kind or self._infer_kind()
         self.num_classes: int | None = num_classes
         if self.num_classes is None and self.kind != "regression":
@@ -185,6 +186,8 @@ class Task:
         new = copy.copy(self)
         if changes.keys() & {"model", "train", "val"}:
             new._validated = set()  # a new model or new data must be validated again
+        if changes.keys() & {"train", "val"}:
+            new._targets = {}
         for key, value in changes.items():
             if key in ("train", "val"):
                 value = as_split(value, key)
@@ -214,13 +217,17 @@ class Task:
         return self.batch(split, fixed_indices(len(data), size, seed), device)
 
     def targets(self, split: str, limit: int | None = None) -> torch.Tensor:
-        """All targets of a split (or the first `limit`), on the CPU."""
-        data = self.train if split == "train" else self.val
-        n = len(data) if limit is None else min(limit, len(data))
-        if isinstance(data, TensorSplit):
-            return self.split_batch((data.x[:n], data.y[:n]))[1].cpu()
-        parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
-        return torch.cat(parts).cpu()
+        """All targets of a split (or the first `limit`), on the CPU; read once per split and kept."""
+        key = (split, limit)
+        if key not in self._targets:
+            data = self.train if split == "train" else self.val
+            n = len(data) if limit is None else min(limit, len(data))
+            if isinstance(data, TensorSplit):
+                self._targets[key] = self.split_batch((data.x[:n], data.y[:n]))[1].cpu()
+            else:
+                parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
+                self._targets[key] = torch.cat(parts).cpu()
+        return self._targets[key]
 
     # ---- validation -------------------------------------------------------------------------------------------
 

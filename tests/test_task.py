@@ -404,3 +404,28 @@ def test_constant_loss_is_the_best_constant_prediction(loss, target, expected):
     x, y = gaussian_points(10)
     task = Task((x, y), (x, y), TinyMLP, loss=loss)
     assert constant_loss(task, target) == pytest.approx(expected, abs=1e-6)
+
+
+def test_targets_are_read_once_per_split_and_reread_for_new_data():
+    class Counting(torch.utils.data.Dataset):
+        reads = 0
+
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            Counting.reads += 1
+            return self.x[i], self.y[i]
+
+    x, y = gaussian_points(40)
+    task = Task(Counting(x, y), (x, y), TinyMLP, num_classes=3)
+    task.targets("train")
+    before = Counting.reads
+    task.targets("train")
+    task.replace(zero_inputs=True).targets("train")
+    assert Counting.reads == before  # same data: no second pass over the Dataset
+    new = task.replace(train=Counting(x[:20], y[:20]))
+    assert len(new.targets("train")) == 20 and Counting.reads == before + 20
