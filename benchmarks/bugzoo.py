@@ -1,11 +1,12 @@
 """The public bug zoo: silent bugs planted in otherwise clean tasks, and whether `recipe` flags them.
 
-    python benchmarks/bugzoo.py [--only NAME[,NAME]] [--stages baseline,overfit]
+    python benchmarks/bugzoo.py [--only NAME[,NAME]] [--stages inspect,baseline,overfit]
 
 Each case is one bug, planted as a small mutation of a clean task (digits MLP/CNN, a causal character model,
-diabetes regression). Every case runs `baseline` and `overfit` with keep_going, so the table shows every check that
-fired, not only the first. A bug counts as flagged when its expected status shows up (a fail, or for the imbalance
-case a warn with no fail); a clean task counts as a false alarm when any check fails. The same cases are tests
+diabetes regression). Model and loss bugs run `baseline` and `overfit`, data bugs run `inspect`, and the clean
+tasks run all three, each with keep_going, so the table shows every check that fired, not only the first. A bug
+counts as flagged when its expected status shows up from a check built for it (a fail; or a warn with no fail, for
+the warn cases); a clean task counts as a false alarm when any check fails. The same cases are tests
 (tests/test_bugzoo.py).
 """
 
@@ -128,6 +129,53 @@ def _offset_regression() -> Task:
     )
 
 
+def _digits_data(x_train: np.ndarray, x_val: np.ndarray, y_train: np.ndarray, y_val: np.ndarray, name: str) -> Task:
+    return Task(
+        train=(x_train, y_train), val=(x_val, y_val), model=digits.MLP, num_classes=10, name=name, image_shape=(8, 8)
+    )
+
+
+def _raw_digits(scale: float = 255 / 16) -> tuple[np.ndarray, ...]:
+    """The same stratified split as `digits.load_digits_split`, left in raw pixel units (0..16) times `scale`."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x.astype(np.float32), y, test_size=0.2, random_state=0, stratify=y
+    )
+    return x_train * scale, x_val * scale, y_train, y_val
+
+
+def _planted_data(bug: str) -> Task:
+    """Data bugs for `inspect`, each a mutation of the clean, standardised digits split."""
+    x_train, x_val, y_train, y_val = digits.load_digits_split()
+    rng = np.random.default_rng(0)
+    if bug == "nan":  # a missing-value marker that became NaN in 1% of training rows
+        rows = rng.choice(len(x_train), len(x_train) // 100, replace=False)
+        x_train[rows, rng.integers(0, 64, len(rows))] = np.nan
+    elif bug == "raw":
+        x_train, x_val, y_train, y_val = _raw_digits()
+    elif bug == "leak":  # 5% of validation rows are copies of training rows
+        rows = rng.choice(len(x_val), len(x_val) // 20, replace=False)
+        source = rng.choice(len(x_train), len(rows), replace=False)
+        x_val[rows], y_val[rows] = x_train[source], y_train[source]
+    elif bug == "noise":  # 20% of training labels flipped to another class
+        rows = rng.choice(len(y_train), len(y_train) // 5, replace=False)
+        y_train = y_train.copy()
+        y_train[rows] = (y_train[rows] + rng.integers(1, 10, len(rows))) % 10
+    elif bug == "missing_class":  # class 3 never reaches the training split
+        keep = y_train != 3
+        x_train, y_train = x_train[keep], y_train[keep]
+    elif bug == "outliers":  # five samples in different units (x100)
+        rows = rng.choice(len(x_train), 5, replace=False)
+        x_train[rows] *= 100
+    elif bug == "val_own_scaling":  # validation standardised with its own statistics, training left raw
+        x_train, x_val, y_train, y_val = _raw_digits(1.0)
+        x_val = (x_val - x_val.mean(0)) / np.where(x_val.std(0) > 0, x_val.std(0), 1)
+    return _digits_data(x_train, x_val, y_train, y_val, f"digits-{bug}")
+
+
 def _charlm(model: Callable[[], nn.Module], name: str) -> Task:
     ids = charlm.encode(charlm.stdlib_text(200_000))
     cut = int(0.9 * len(ids))
@@ -142,6 +190,9 @@ def _charlm(model: Callable[[], nn.Module], name: str) -> Task:
     )
 
 
+ALL = ("inspect", "baseline", "overfit")
+
+
 @dataclass(frozen=True)
 class Case:
     """One zoo entry. `expect` is "fail" or "warn" for a bug, "clean" for a control."""
@@ -151,6 +202,7 @@ class Case:
     expect: str
     catches: tuple[str, ...]  # the checks built to catch it: one of them must show the expected status
     config: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[str, ...] = ("baseline", "overfit")
 
 
 BUGS = [
@@ -179,14 +231,30 @@ BUGS = [
     ),
     Case("regression targets with mean 1000", _offset_regression, "warn", ("init_bias",)),
     Case("1:10 class imbalance, default init", _imbalanced_digits, "warn", ("init_bias",)),
+    *(
+        Case(name, lambda bug=bug: _planted_data(bug), expect, catches, stages=("inspect",))
+        for name, bug, expect, catches in (
+            ("NaN in 1% of training inputs", "nan", "fail", ("non_finite",)),
+            ("raw 0..255 pixel scale", "raw", "warn", ("input_stats",)),
+            ("5% of validation rows copied from training", "leak", "fail", ("duplicates",)),
+            ("20% of training labels flipped", "noise", "warn", ("label_noise",)),
+            ("one class missing from training", "missing_class", "fail", ("target_range",)),
+            ("five training samples scaled x100", "outliers", "warn", ("outliers",)),
+            ("validation standardised with its own statistics", "val_own_scaling", "fail", ("split_shift",)),
+        )
+    ),
 ]
 CLEAN = [
-    Case("clean digits MLP", lambda: _digits(digits.MLP), "clean", ()),
-    Case("clean digits CNN", lambda: digits.make_task("cnn"), "clean", ()),
+    Case("clean digits MLP", lambda: digits.make_task("mlp"), "clean", (), stages=ALL),
+    Case("clean digits CNN", lambda: digits.make_task("cnn"), "clean", (), stages=ALL),
     Case(
-        "clean causal char model", lambda: _charlm(lambda: charlm.GPT(len(charlm.VOCAB), 64), "charlm-gpt"), "clean", ()
+        "clean causal char model",
+        lambda: _charlm(lambda: charlm.GPT(len(charlm.VOCAB), 64), "charlm-gpt"),
+        "clean",
+        (),
+        stages=ALL,
     ),
-    Case("clean regression MLP", regression.make_task, "clean", ()),
+    Case("clean regression MLP", regression.make_task, "clean", (), stages=ALL),
 ]
 CASES = BUGS + CLEAN
 
@@ -212,13 +280,13 @@ class Outcome:
         return hit and not (self.case.expect == "warn" and fired["fail"])
 
 
-def run_case(case: Case, stages: tuple[str, ...] = ("baseline", "overfit"), run_dir: Path | None = None) -> Outcome:
+def run_case(case: Case, stages: tuple[str, ...] | None = None, run_dir: Path | None = None) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = Recipe(
             case.make_task(),
             run_dir=run_dir or Path(tmp) / "run",
-            stages=list(stages),
+            stages=list(stages or case.stages),
             device="cpu",
             keep_going=True,
             config=case.config,
@@ -231,10 +299,10 @@ def run_case(case: Case, stages: tuple[str, ...] = ("baseline", "overfit"), run_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated case names (substring match)")
-    parser.add_argument("--stages", default="baseline,overfit")
+    parser.add_argument("--stages", help="comma-separated stages for every case (default: each case's own)")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if not args.only or any(o in c.name for o in args.only.split(","))]
-    stages = tuple(args.stages.split(","))
+    stages = tuple(args.stages.split(",")) if args.stages else None
     rows = []
     for case in cases:
         out = run_case(case, stages)

@@ -80,6 +80,7 @@ def make_task(model: str = "mlp", seed: int = 0) -> Task:
         loss="cross_entropy",
         num_classes=10,
         name=f"digits-{model}",
+        image_shape=(8, 8),  # shows the MLP's 64 flat pixels as pictures
     )
 
 

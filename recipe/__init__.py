@@ -9,7 +9,7 @@ from recipe.evaluation import Evaluation, evaluate
 from recipe.fit import FitResult, fit
 from recipe.recipe import Context, Recipe, RecipeResult
 from recipe.stage import Stage
-from recipe.stages import STAGES, Baseline, OverfitOneBatch
+from recipe.stages import STAGES, Baseline, InspectData, OverfitOneBatch
 from recipe.task import Task
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Context",
     "Evaluation",
     "FitResult",
+    "InspectData",
     "NonFiniteError",
     "OverfitOneBatch",
     "Recipe",

@@ -85,27 +85,44 @@ def lr_range(
     return fig
 
 
+def _tile(x: np.ndarray, columns: int, band: int) -> np.ndarray:
+    """Images (N, C, H, W), each min-max scaled, tiled into one picture, with a blank band above each row for
+    the labels and a 1-px gap between columns."""
+    n, c, h, w = x.shape
+    rows = math.ceil(n / columns)
+    low = x.reshape(n, -1).min(1)[:, None, None, None]
+    high = x.reshape(n, -1).max(1)[:, None, None, None]
+    x = (x - low) / (high - low + 1e-12)
+    canvas = np.ones((rows * (h + band), columns * (w + 1) + 1, c), dtype=np.float32)
+    for i in range(n):
+        r, k = divmod(i, columns)
+        top, left = r * (h + band) + band, 1 + k * (w + 1)
+        canvas[top : top + h, left : left + w] = x[i].transpose(1, 2, 0)
+    return canvas
+
+
 def image_grid(images: Any, labels: Sequence[str], title: str, columns: int = 8) -> Figure:
-    """A grid of images (N, C, H, W) or (N, H, W), each titled with its label; per-image min-max scaling."""
+    """A grid of images (N, C, H, W) or (N, H, W), each labelled; per-image min-max scaling.
+
+    Drawn as one picture on one axes: a subplot per image takes seconds to lay out for a few dozen images.
+    """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
         x = x[:, None]
-    n = len(x)
-    rows = math.ceil(n / columns)
+    x = x[:, :3] if x.shape[1] >= 3 else x[:, :1]
+    n, _, h, w = x.shape
+    columns = max(1, min(columns, n))
+    band = max(2, round(0.3 * h))
+    canvas = _tile(x, columns, band)
+    width = columns * 1.15 + 0.3
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25 + 0.4), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i >= n:
-                continue
-            img = x[i]
-            img = (img - img.min()) / (img.max() - img.min() + 1e-12)
-            if img.shape[0] == 3:
-                ax.imshow(np.transpose(img, (1, 2, 0)))
-            else:
-                ax.imshow(img[0], cmap="gray")
-            ax.set_title(labels[i] if i < len(labels) else "", fontsize=7, fontweight="normal")
-        fig.suptitle(title, fontsize=10, fontweight="bold")
+        fig, ax = plt.subplots(figsize=(width, width * canvas.shape[0] / canvas.shape[1] + 0.5))
+        ax.imshow(canvas if canvas.shape[2] == 3 else canvas[:, :, 0], cmap="gray", interpolation="nearest")
+        ax.axis("off")
+        for i, label in enumerate(labels[:n]):
+            r, k = divmod(i, columns)
+            ax.text(1 + k * (w + 1) + w / 2, r * (h + band) + band - 0.4, label, ha="center", va="bottom", fontsize=6.5)
+        ax.set_title(title)
     return fig
 
 
@@ -166,4 +183,81 @@ def activations(stats_init: list[dict[str, Any]], stats_trained: list[dict[str, 
         bottom.set(ylabel="dead / saturated units", ylim=(0, 1))
         bottom.set_xticks(np.arange(len(stats_init)))
         bottom.set_xticklabels([f"{r['layer']}\n{r['type']}" for r in stats_init], rotation=60, fontsize=7, ha="right")
+    return fig
+
+
+def class_histogram(counts: Mapping[str, Sequence[float]], title: str) -> Figure:
+    """Share of each class per split, side by side (a split cut from sorted data shows at a glance)."""
+    names = list(counts)
+    classes = len(next(iter(counts.values())))
+    width = 0.8 / len(names)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * classes + 2), 3.6))
+        for i, name in enumerate(names):
+            c = np.asarray(counts[name], dtype=np.float64)
+            share = c / max(c.sum(), 1)
+            ax.bar(
+                np.arange(classes) + (i - (len(names) - 1) / 2) * width,
+                share,
+                width,
+                label=f"{name} (n={int(c.sum())})",
+            )
+        ax.set(title=title, xlabel="class", ylabel="share of the split")
+        if classes <= 40:
+            ax.set_xticks(np.arange(classes))
+        ax.legend(frameon=False)
+    return fig
+
+
+def feature_ranges(stats: Mapping[str, Sequence[float]], title: str, unit: str = "feature") -> Figure:
+    """Per-feature mean ± std with min and max: the scale the network will see, feature by feature."""
+    mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
+    x = np.arange(len(mean))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(6.4, min(0.08 * len(mean) + 3, 14)), 3.6))
+        ax.fill_between(x, stats["min"], stats["max"], step="mid", alpha=0.15, color=COLORS[0], label="min..max")
+        ax.errorbar(x, mean, yerr=std, fmt="o", markersize=2.5, linewidth=0.8, color=COLORS[0], label="mean ± std")
+        for y in (-1, 1):
+            ax.axhline(y, linestyle=":", linewidth=0.8, color=COLORS[6])
+        ax.set(title=title, xlabel=unit, ylabel="value as the model sees it")
+        ax.legend(frameon=False, loc="upper right")
+    return fig
+
+
+def feature_histograms(
+    train: Any, val: Any, features: Sequence[int], title: str, target: tuple[Any, Any] | None = None
+) -> Figure:
+    """Small multiples: each feature's distribution in training and validation (and the target's, if given)."""
+    panels = [(f"feature {i}", np.asarray(train[:, i]), np.asarray(val[:, i])) for i in features]
+    if target is not None:
+        panels.append(("target", np.asarray(target[0]).reshape(-1), np.asarray(target[1]).reshape(-1)))
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns + 0.6, 1.8 * rows + 0.6), squeeze=False)
+        for ax, (name, a, b) in zip(axes.flat, panels, strict=False):
+            bins = np.histogram_bin_edges(np.concatenate([a, b]), bins=30)
+            ax.hist(a, bins=bins, density=True, alpha=0.55, label="train")
+            ax.hist(b, bins=bins, density=True, alpha=0.55, label="val")
+            ax.set_title(name, fontsize=8, fontweight="normal")
+            ax.tick_params(labelsize=6)
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.axis("off")
+        axes.flat[0].legend(frameon=False, fontsize=7)
+        fig.suptitle(title, fontsize=10, fontweight="bold")
+        fig.tight_layout()
+    return fig
+
+
+def histogram(values: Any, title: str, xlabel: str, marks: Mapping[str, float] | None = None) -> Figure:
+    """A histogram of one per-sample statistic, with labelled vertical marks (thresholds, medians)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        ax.hist(np.asarray(values, dtype=np.float64), bins=60, color=COLORS[0], alpha=0.8)
+        for i, (name, x) in enumerate((marks or {}).items()):
+            ax.axvline(x, linestyle="--", linewidth=1, color=COLORS[(i + 1) % len(COLORS)], label=name)
+        ax.set(title=title, xlabel=xlabel, ylabel="samples")
+        ax.set_yscale("log")
+        if marks:
+            ax.legend(frameon=False)
     return fig

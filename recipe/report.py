@@ -37,6 +37,7 @@ td.value pre{margin:4px 0 0;padding:4px;font-size:11px;max-height:240px} summary
 .plots figure{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:6px;width:340px}
 .plots img{width:100%;cursor:zoom-in} .plots figcaption{font-size:12px;color:#59636e}
 pre{background:#fff;border:1px solid #d0d7de;padding:10px;overflow:auto;font-size:12px}
+table.data{width:auto;font-size:13px} table.data caption{text-align:left;font-weight:600;padding:4px 0}
 """
 
 
@@ -92,6 +93,20 @@ def _image(path: Path) -> str:
     )
 
 
+def _table(path: Path) -> str:
+    """A stage's `<name>.table.json` ({"columns": [...], "rows": [[...], ...]}) as an HTML table."""
+    try:
+        table = json.loads(path.read_text())
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table["columns"])
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in table["rows"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""  # a table that cannot be read is left out; the checks above still show
+    caption = html.escape(path.name.removesuffix(".table.json"))
+    return f"<table class=data><caption>{caption}</caption><tr>{head}</tr>{body}</table>"
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write report.html for a run directory from checks.json, manifest.json and the stage folders."""
     rundir = RunDir(run_dir)
@@ -131,6 +146,8 @@ def build_report(run_dir: str | Path) -> Path:
         )
         parts.append(checks_table_html(stage_checks) if stage_checks else "<p>Not run.</p>")
         folder = rundir.path / stage_folder(stage, stages)
+        tables = sorted(folder.glob("*.table.json")) if folder.exists() else []
+        parts += [_table(p) for p in tables]
         images = sorted(folder.glob("*.png")) if folder.exists() else []
         if images:
             parts.append('<div class="plots">' + "".join(_image(p) for p in images) + "</div>")

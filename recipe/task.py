@@ -41,6 +41,8 @@ class Task:
         num_classes: classes (classification) or vocabulary size (sequence); inferred when omitted.
         name: names the run; defaults to "task".
         decoder: optional callable turning a list of token ids into text (sequence tasks), used to show batches.
+        image_shape: optional (C, H, W) or (H, W) of one input, so flat inputs are shown as pictures (e.g. (8, 8)
+            for the 64 pixels of a digit); (B, 1|3, H, W) inputs are shown as pictures without it.
 
     Subclasses override `split_batch`, `forward`, `compute_loss`, `loss_per_sample`, `metric_per_sample` or
     `decode` for other data formats, and keep these constructor arguments.
@@ -56,6 +58,7 @@ class Task:
         num_classes: int | None = None,
         name: str | None = None,
         decoder: Callable[[list[int]], str] | None = None,
+        image_shape: tuple[int, ...] | None = None,
     ):
         if isinstance(model, nn.Module):
             raise TaskError(
@@ -82,6 +85,7 @@ class Task:
         self.loss = loss
         self.name = name or "task"
         self.decoder = decoder
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
         self.zero_inputs = False  # set on a variant by the input-independent baseline
         self._targets: dict[tuple[str, int | None], torch.Tensor] = {}  # read once: a Dataset pass can be slow
         self.kind: Kind = kind or self._infer_kind()
@@ -160,6 +164,18 @@ class Task:
     def decode(self, tokens: list[int]) -> str | None:
         """Text for a list of token ids, when the task has a decoder."""
         return self.decoder(tokens) if self.decoder is not None else None
+
+    def images(self, inputs: Any) -> torch.Tensor | None:
+        """Inputs as pictures (B, C, H, W) for a person to look at, or None when they are not images."""
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            return None
+        if self.image_shape is not None:
+            shape = self.image_shape if len(self.image_shape) == 3 else (1, *self.image_shape)
+            if math.prod(shape) == inputs[0].numel():
+                return inputs.reshape(len(inputs), *shape)
+        if inputs.dim() == 4 and inputs.shape[1] in (1, 3):
+            return inputs
+        return None
 
     # ---- used by fit and the diagnostics ----------------------------------------------------------------------
 

@@ -52,25 +52,15 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
         ), info
     stats = feature_stats(inputs)
     info["features"] = stats
-    means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
-    constant = int((stds == 0).sum())
-    summary = {
-        "shape": info["shape"],
-        "dtype": info["dtype"],
-        "max_abs_mean": float(means.abs().max()),
-        "max_std": float(stds.max()),
-        "overall_std": float(inputs.float().std()),
-        "constant_features": constant,
-    }
+    summary = {"shape": info["shape"], "dtype": info["dtype"], **scale_summary(stats, inputs)}
+    problem = scale_problem(summary, stats)
+    constant = summary["constant_features"]
     note = f" {constant} feature(s) are constant in this batch (information only)." if constant else ""
-    far = (means.abs() > 3) | (stds > 10)
-    if bool(far.any()) or summary["overall_std"] < 0.1:
-        worst = int((means.abs() + stds).argmax())
+    if problem:
         return warned(
             "input_batch",
-            f"inputs are far from unit scale: feature {worst} has mean {means[worst]:.3g} and "
-            f"std {stds[worst]:.3g} ({int(far.sum())} features with |mean| > 3 or std > 10). Standardise "
-            "with training-split statistics ((x - mean) / std) so the network sees values near [-1, 1]." + note,
+            f"inputs are far from unit scale: {problem} Standardise with training-split statistics "
+            "((x - mean) / std) so the network sees values near [-1, 1]." + note,
             summary,
             "|mean| <= 3 and std <= 10 per feature",
         ), info
@@ -80,6 +70,77 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
         f"{summary['max_abs_mean']:.2f}, max std {summary['max_std']:.2f}." + note,
         summary,
     ), info
+
+
+def scale_summary(stats: dict[str, list[float]], inputs: torch.Tensor) -> dict[str, Any]:
+    means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    return {
+        "max_abs_mean": float(means.abs().max()),
+        "max_std": float(stds.max()),
+        "overall_std": float(inputs.float().std()),
+        "constant_features": int((stds == 0).sum()),
+    }
+
+
+def scale_problem(summary: dict[str, Any], stats: dict[str, list[float]]) -> str | None:
+    """What makes these inputs far from the unit scale networks train well on, or None.
+
+    Why: catalog D7, |mean| > 3 or std > 10 per feature, or everything squeezed below std 0.1 (divided twice).
+    """
+    means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    far = (means.abs() > 3) | (stds > 10)
+    if bool(far.any()):
+        worst = int((means.abs() + stds).argmax())
+        return (
+            f"feature {worst} has mean {means[worst]:.3g} and std {stds[worst]:.3g} ({int(far.sum())} of "
+            f"{len(means)} features with |mean| > 3 or std > 10)."
+        )
+    if summary["overall_std"] < 0.1:
+        return f"the whole input has std {summary['overall_std']:.3g} (scaled down twice?)."
+    return None
+
+
+def input_stats(inputs: torch.Tensor | None, scope: str = "all") -> tuple[Check, dict[str, Any]]:
+    """Catches inputs far from a sane scale over the whole training split (raw pixels, features in the thousands,
+    a large offset), and names constant features as information.
+
+    Why: recipe step 1 and catalog D7; constant columns are normal (clean digits has three), so they are not a
+    warning.
+    """
+    if inputs is None:
+        return skipped("input_stats", "inputs are not a single tensor; override in a subclass."), {}
+    if not inputs.is_floating_point():
+        value = {"dtype": str(inputs.dtype), "min": int(inputs.min()), "max": int(inputs.max())}
+        return passed("input_stats", f"integer inputs (ids {value['min']}..{value['max']}).", value), value
+    stats = feature_stats(inputs)
+    summary = {**scale_summary(stats, inputs), "features": len(stats["mean"]), "scanned": scope}
+    stds = torch.tensor(stats["std"])
+    constant = (stds == 0).nonzero().flatten().tolist()
+    summary["constant_feature_indices"] = constant[:20]
+    unit = "channel" if inputs.dim() == 4 else "feature"
+    note = f" {len(constant)} {unit}(s) are constant ({constant[:8]}): information only." if constant else ""
+    problem = scale_problem(summary, stats)
+    if problem:
+        mean = [round(v, 3) for v in stats["mean"][:6]]
+        std = [round(v, 3) for v in stats["std"][:6]]
+        how = (
+            f"per channel, e.g. Normalize(mean={mean}, std={std})"
+            if inputs.dim() == 4
+            else f"per {unit} with the training statistics in input_stats.json (first means {mean}, stds {std})"
+        )
+        return warned(
+            "input_stats",
+            f"training inputs are far from unit scale: {problem} Standardise {how}, and apply the same "
+            "transform to validation." + note,
+            summary,
+            "|mean| <= 3 and std <= 10 per feature",
+        ), stats
+    return passed(
+        "input_stats",
+        f"training inputs ({scope}) are near unit scale: max |mean| {summary['max_abs_mean']:.2f}, max std "
+        f"{summary['max_std']:.2f} over {len(stds)} {unit}s." + note,
+        summary,
+    ), stats
 
 
 def alignment_profile(inputs: torch.Tensor, target: torch.Tensor, shifts: range = range(-2, 3)) -> dict[int, float]:

@@ -1,11 +1,21 @@
 """The stages, in recipe order. `STAGES` is the only registry: a literal dict from name to class."""
 
 from recipe.stages.baseline import Baseline, BaselineSettings
+from recipe.stages.inspect import InspectData, InspectSettings
 from recipe.stages.overfit import OverfitOneBatch, OverfitSettings
 
 STAGES = {
+    "inspect": InspectData,
     "baseline": Baseline,
     "overfit": OverfitOneBatch,
 }
 
-__all__ = ["STAGES", "Baseline", "BaselineSettings", "OverfitOneBatch", "OverfitSettings"]
+__all__ = [
+    "STAGES",
+    "Baseline",
+    "BaselineSettings",
+    "InspectData",
+    "InspectSettings",
+    "OverfitOneBatch",
+    "OverfitSettings",
+]

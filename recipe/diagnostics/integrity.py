@@ -1,0 +1,355 @@
+"""The data before any network sees it: what the splits hold, whether every value is finite, whether the targets
+are in range and the classes are split alike, and whether token data is consistent with its vocabulary.
+
+Why: recipe step 1, "become one with the data"; catalog D3 (label index shifted between splits), D5 (a split cut
+from label-sorted data), D10 (non-finite or sentinel values) and L7 (padding counted as a target).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import fixed_indices
+from recipe.task import IGNORE_INDEX, Task
+
+
+@dataclass
+class SplitSample:
+    """A split as the model receives it (after `Task.split_batch`), all of it or a fixed random sample, on the CPU.
+
+    Attributes:
+        name: "train" or "val".
+        inputs: the inputs as one tensor; None when they are not a single tensor (dicts, tuples).
+        targets: the targets.
+        indices: each row's index in the split.
+        size: the split's full length.
+    """
+
+    name: str
+    inputs: torch.Tensor | None
+    targets: torch.Tensor
+    indices: torch.Tensor
+    size: int
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.indices) < self.size
+
+    @property
+    def scope(self) -> str:
+        """How much of the split the figures cover, for messages."""
+        return f"a random sample of {len(self.indices):,} of {self.size:,}" if self.sampled else "all"
+
+    def rows(self, keep: torch.Tensor) -> SplitSample:
+        """The rows where `keep` (bool, one per row) is true."""
+        inputs = self.inputs[keep] if self.inputs is not None else None
+        return SplitSample(self.name, inputs, self.targets[keep], self.indices[keep], self.size)
+
+
+def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int = 1024) -> SplitSample:
+    """Read a split through the task's hooks: every sample, or a fixed random `max_samples` of them (sorted)."""
+    data = task.train if split == "train" else task.val
+    n = len(data)
+    order = torch.arange(n) if n <= max_samples else torch.tensor(sorted(fixed_indices(n, max_samples, seed)))
+    inputs, targets = [], []
+    for start in range(0, len(order), chunk):
+        x, y = task.split_batch(data.batch(order[start : start + chunk]))
+        inputs.append(x.detach().cpu() if isinstance(x, torch.Tensor) else None)
+        targets.append(y.detach().cpu())
+    tensors = None if any(x is None for x in inputs) else torch.cat([x for x in inputs if x is not None])
+    return SplitSample(split, tensors, torch.cat(targets), order, n)
+
+
+def is_class_task(task: Task) -> bool:
+    """Single-label classification with cross-entropy: the targets are class ids, one per sample."""
+    return task.kind == "classification" and task.loss == "cross_entropy"
+
+
+def class_counts(sample: SplitSample, classes: int) -> torch.Tensor:
+    return torch.bincount(sample.targets.reshape(-1).long().clamp(0, classes - 1), minlength=classes)
+
+
+def summary(train: SplitSample, val: SplitSample, task: Task) -> Check:
+    """What the splits hold: sizes, input and target shapes and dtypes, target range, kind and classes."""
+    table: dict[str, Any] = {"kind": task.kind, "num_classes": task.num_classes, "loss": str(task.loss)}
+    for part in (train, val):
+        y = part.targets.float()
+        row: dict[str, Any] = {
+            "size": part.size,
+            "read": len(part.indices),
+            "input_shape": list(part.inputs.shape[1:]) if part.inputs is not None else "not a single tensor",
+            "input_dtype": str(part.inputs.dtype) if part.inputs is not None else None,
+            "target_shape": list(part.targets.shape[1:]),
+            "target_dtype": str(part.targets.dtype),
+            "target_min": float(y[torch.isfinite(y)].min()) if torch.isfinite(y).any() else None,
+            "target_max": float(y[torch.isfinite(y)].max()) if torch.isfinite(y).any() else None,
+        }
+        if is_class_task(task) and task.num_classes:
+            row["classes_present"] = int((class_counts(part, task.num_classes) > 0).sum())
+        table[part.name] = row
+    shape = table["train"]["input_shape"]
+    classes = f", {task.num_classes} classes" if task.num_classes else ""
+    return passed(
+        "summary",
+        f"{task.kind}{classes}: train {train.size:,} and validation {val.size:,} samples; inputs {shape} "
+        f"({table['train']['input_dtype']}), targets {table['train']['target_shape']} ({train.targets.dtype}).",
+        table,
+    )
+
+
+def _non_finite_rows(x: torch.Tensor | None) -> torch.Tensor | None:
+    if x is None or not (x.is_floating_point() or x.is_complex()):
+        return None
+    return (~torch.isfinite(x)).reshape(len(x), -1).any(1)
+
+
+def non_finite_data(train: SplitSample, val: SplitSample) -> Check:
+    """Catches NaN or Inf in the inputs or targets of either split (a missing-value marker that slipped through).
+
+    Why: catalog D10; one non-finite value gives a NaN loss at the first batch that holds it, or, averaged into
+    normalisation statistics, spreads to every sample.
+    """
+    found: dict[str, Any] = {}
+    for part in (train, val):
+        for what, tensor in (("inputs", part.inputs), ("targets", part.targets)):
+            bad = _non_finite_rows(tensor)
+            if bad is not None and bool(bad.any()):
+                found[f"{part.name}_{what}"] = {
+                    "samples": int(bad.sum()),
+                    "first_indices": part.indices[bad][:10].tolist(),
+                }
+    scope = "a sample of the splits" if train.sampled or val.sampled else "every sample"
+    if found:
+        where = "; ".join(
+            f"{k.replace('_', ' ')}: {v['samples']} samples (first {v['first_indices']})" for k, v in found.items()
+        )
+        return failed(
+            "non_finite",
+            f"NaN or Inf values in {where}. Impute or drop them before training (and check the step that made "
+            "them: a division by zero, a log of 0, a missing-value marker).",
+            found,
+            "every value finite",
+        )
+    return passed("non_finite", f"no NaN or Inf in the inputs or targets ({scope} checked).", {"scanned": scope})
+
+
+def finite_rows(part: SplitSample) -> SplitSample:
+    """The rows whose inputs and targets are all finite (the later checks describe those)."""
+    keep = torch.ones(len(part.indices), dtype=torch.bool)
+    for tensor in (part.inputs, part.targets):
+        bad = _non_finite_rows(tensor)
+        if bad is not None:
+            keep &= ~bad
+    return part if bool(keep.all()) else part.rows(keep)
+
+
+def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: float = 0.1) -> Check:
+    """Catches labels outside 0..C-1, validation classes absent or rare in training, and regression targets whose
+    scale or offset the network must first learn away.
+
+    Why: catalog D3 and D5 (a class missing from training cannot be learned; measured on a split of sorted digits,
+    classes 8 and 9 were absent from train); a regression target far from zero mean and unit scale makes the first
+    phase of training fit the offset (catalog M11).
+    """
+    if task.kind == "regression":
+        return _regression_targets(train, task)
+    if task.kind == "sequence" or not is_class_task(task):
+        y = torch.cat([train.targets.reshape(-1), val.targets.reshape(-1)]).float()
+        y = y[y != IGNORE_INDEX]
+        low, high = (0.0, 1.0) if task.loss == "bce_with_logits" else (0.0, float((task.num_classes or 1) - 1))
+        if len(y) and (y.min() < low or y.max() > high):
+            return failed(
+                "target_range",
+                f"targets span {float(y.min()):g}..{float(y.max()):g} but {task.loss} needs {low:g}..{high:g}.",
+                {"min": float(y.min()), "max": float(y.max())},
+                f"{low:g}..{high:g}",
+            )
+        return passed(
+            "target_range", f"targets lie within {low:g}..{high:g}.", {"min": float(y.min()), "max": float(y.max())}
+        )
+    classes = task.num_classes or 1
+    for part in (train, val):
+        y = part.targets
+        if y.is_floating_point() and not bool((y == y.round()).all()):
+            return failed("target_range", f"{part.name} labels are not whole numbers; class ids must be integers.")
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            return failed(
+                "target_range",
+                f"{part.name} labels span {int(y.min())}..{int(y.max())} but num_classes={classes} allows "
+                f"0..{classes - 1}; remap the labels to 0..C-1.",
+                {"min": int(y.min()), "max": int(y.max())},
+                f"0..{classes - 1}",
+            )
+    n_train, n_val = class_counts(train, classes).float(), class_counts(val, classes).float()
+    p_train, p_val = n_train / n_train.sum(), n_val / n_val.sum()
+    missing = [c for c in range(classes) if n_val[c] > 0 and n_train[c] == 0]
+    rare = [c for c in range(classes) if n_val[c] > 0 and 0 < p_train[c] < rare_ratio * p_val[c]]
+    value = {"classes": classes, "missing_in_train": missing, "rare_in_train": rare, "train_counts": n_train.tolist()}
+    if missing:
+        return failed(
+            "target_range",
+            f"class(es) {missing} occur in validation ({int(n_val[missing].sum())} samples) but never in training, "
+            "so the model cannot learn them: the split was probably cut from data sorted by label, or a class "
+            "folder is missing. Shuffle before splitting (stratify by label).",
+            value,
+            "every validation class present in training",
+        )
+    if rare:
+        return warned(
+            "target_range",
+            f"class(es) {rare} are under {rare_ratio:.0%} as frequent in training as in validation; split with "
+            "stratification so both splits hold the classes alike.",
+            value,
+        )
+    absent = [c for c in range(classes) if n_train[c] == 0]
+    note = f" Classes {absent} have no samples in either split." if absent else ""
+    return passed(
+        "target_range", f"labels within 0..{classes - 1}; every validation class is in training.{note}", value
+    )
+
+
+def _regression_targets(train: SplitSample, task: Task) -> Check:
+    y = train.targets.float().reshape(len(train.targets), -1)
+    mean, std = y.mean(0), y.std(0, unbiased=False)
+    value = {"mean": mean.tolist(), "std": std.tolist()}
+    offset = (mean.abs() > 3 * std.clamp_min(1.0)).any()
+    scale = ((std > 10) | ((std < 0.1) & (std > 0))).any()
+    if bool(offset or scale):
+        worst = int((mean.abs() + std).argmax())
+        return warned(
+            "target_range",
+            f"regression targets have mean {float(mean[worst]):.4g} and std {float(std[worst]):.4g}: the network "
+            f"must first learn that {'offset' if offset else 'scale'}. Standardise them with the training "
+            f"statistics, y' = (y - {float(mean[worst]):.4g}) / {float(std[worst]):.4g}, and invert that on "
+            "predictions.",
+            value,
+            "|mean| <= 3 std, 0.1 <= std <= 10",
+        )
+    return passed(
+        "target_range", f"regression targets have mean {float(mean.mean()):.3g} and std {float(std.mean()):.3g}.", value
+    )
+
+
+def class_balance(
+    train: SplitSample, val: SplitSample, task: Task, fail_tv: float = 0.25, permutations: int = 200, seed: int = 0
+) -> Check:
+    """Catches splits whose label frequencies differ beyond sampling noise (a split cut from sorted data), and
+    reports the imbalance ratio.
+
+    Why: catalog D5. The total-variation distance between the two label histograms is compared with its
+    distribution under random re-splitting of the same labels (a permutation test): a difference that random
+    splits never produce is a split bug; a gross one (TV >= `fail_tv`) fails.
+    """
+    if not is_class_task(task) or not task.num_classes:
+        return skipped("class_balance", "not a single-label classification task.")
+    classes = task.num_classes
+    n_train, n_val = class_counts(train, classes), class_counts(val, classes)
+    tv = 0.5 * float((n_train / n_train.sum() - n_val / n_val.sum()).abs().sum())
+    pooled = torch.cat([train.targets.reshape(-1), val.targets.reshape(-1)]).long().clamp(0, classes - 1)
+    g = torch.Generator().manual_seed(seed)
+    null = []
+    for _ in range(permutations):
+        perm = pooled[torch.randperm(len(pooled), generator=g)]
+        a = torch.bincount(perm[: len(train.targets)], minlength=classes).float()
+        b = torch.bincount(perm[len(train.targets) :], minlength=classes).float()
+        null.append(0.5 * float((a / a.sum() - b / b.sum()).abs().sum()))
+    null_t = torch.tensor(null)
+    present = n_train[n_train > 0].float()
+    ratio = float(present.max() / present.min()) if len(present) else math.nan
+    majority = float(n_train.max() / n_train.sum())
+    value = {
+        "total_variation": tv,
+        "random_split_tv_max": float(null_t.max()),
+        "imbalance_ratio": ratio,
+        "majority_share": majority,
+        "train_counts": n_train.tolist(),
+        "val_counts": n_val.tolist(),
+    }
+    # beyond every random re-split, and by a margin, so a clean random split warns well under 1% of the time
+    shifted = tv > max(float(null_t.max()), 1.5 * float(null_t.quantile(0.99)))
+    if shifted and tv >= fail_tv:
+        return failed(
+            "class_balance",
+            f"label frequencies differ between training and validation by total variation {tv:.2f} (random "
+            f"splits of the same labels: at most {float(null_t.max()):.3f}): the split was cut from ordered data. "
+            "Shuffle before splitting, stratified by label.",
+            value,
+            f"TV within random-split noise (<= {float(null_t.max()):.3f})",
+        )
+    if shifted:
+        return warned(
+            "class_balance",
+            f"label frequencies differ between the splits by total variation {tv:.3f}, more than any of "
+            f"{permutations} random re-splits ({float(null_t.max()):.3f}); split with stratification unless the "
+            "shift is intended (a temporal split).",
+            value,
+        )
+    if majority >= 0.95:
+        return warned(
+            "class_balance",
+            f"one class holds {majority:.0%} of the training labels (imbalance {ratio:.0f}:1): a constant "
+            "prediction already scores that accuracy. Report a per-class metric and weight or resample the classes.",
+            value,
+        )
+    return passed(
+        "class_balance",
+        f"label frequencies match across splits (TV {tv:.3f}, random splits give up to {float(null_t.max()):.3f}); "
+        f"imbalance ratio {ratio:.1f}:1.",
+        value,
+    )
+
+
+def sequence_data(train: SplitSample, val: SplitSample, task: Task, pad_id: int | None = None) -> Check:
+    """Catches token ids outside the vocabulary, padding that is scored as a target, and a padding id that is also
+    a real token.
+
+    Why: catalog L7. A model that spends its loss on predicting padding reports an artificially low loss; an
+    `ignore_index` (or pad id) shared with a real token silently never trains that token.
+    """
+    if task.kind != "sequence" or train.inputs is None or train.inputs.is_floating_point():
+        return skipped("sequence_data", "not a sequence task with token-id inputs.")
+    vocab = task.num_classes or 0
+    x = torch.cat([train.inputs.reshape(-1), val.inputs.reshape(-1)]) if val.inputs is not None else train.inputs
+    y = torch.cat([train.targets.reshape(-1), val.targets.reshape(-1)])
+    scored = y[y != IGNORE_INDEX]
+    ignored = 1 - len(scored) / max(len(y), 1)
+    value: dict[str, Any] = {"vocab": vocab, "input_ids": [int(x.min()), int(x.max())], "ignored_targets": ignored}
+    if int(x.min()) < 0 or int(x.max()) >= vocab:
+        return failed(
+            "sequence_data",
+            f"input token ids span {int(x.min())}..{int(x.max())} but the vocabulary has {vocab} ids: the "
+            "tokenizer and the model's embedding disagree. Fix num_classes or the encoding.",
+            value,
+            f"0..{vocab - 1}",
+        )
+    if pad_id is not None:
+        pad_targets = float((scored == pad_id).float().mean()) if len(scored) else 0.0
+        value["pad_share_of_scored_targets"] = pad_targets
+        rows = train.inputs
+        after_pad = (rows[:, :-1] == pad_id) & (rows[:, 1:] != pad_id)
+        value["pad_followed_by_tokens"] = int(after_pad.sum())
+        if int(after_pad.sum()) > 0:
+            return warned(
+                "sequence_data",
+                f"the pad id {pad_id} is followed by real tokens {int(after_pad.sum())} times, so it is also used as a "
+                "real token; give padding an id of its own.",
+                value,
+            )
+        if pad_targets > 0.01:
+            return failed(
+                "sequence_data",
+                f"{pad_targets:.0%} of the scored targets are the pad id {pad_id}: the loss rewards predicting "
+                f"padding. Set those targets to {IGNORE_INDEX} (ignore_index) so they are not scored.",
+                value,
+                "pad targets ignored",
+            )
+    return passed(
+        "sequence_data",
+        f"token ids within the vocabulary of {vocab}; {ignored:.1%} of targets are ignored ({IGNORE_INDEX}).",
+        value,
+    )

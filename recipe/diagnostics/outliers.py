@@ -1,0 +1,74 @@
+"""Samples unlike the rest: "outliers almost always uncover some bugs in data quality or preprocessing."
+
+Why: recipe step 1 (Karpathy) and catalog D10 (sentinel values such as -999 for "missing"); a sample scaled by a
+stray factor, a blank image or a truncated sequence stands out in one per-sample statistic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from recipe.check import Check, passed, skipped, warned
+from recipe.diagnostics.integrity import SplitSample
+from recipe.task import IGNORE_INDEX
+
+
+def sample_statistic(part: SplitSample) -> tuple[torch.Tensor, str] | None:
+    """One number per sample: the log of its input's L2 norm (float inputs), or its scored length (sequences)."""
+    x = part.inputs
+    if x is None:
+        return None
+    if x.is_floating_point():
+        norm = x.float().reshape(len(x), -1).norm(dim=1)
+        floor = 1e-3 * float(norm.median().clamp_min(1e-12))  # a blank (all-zero) sample is finite and far out
+        return (norm + floor).log(), "log L2 norm of the input"
+    if part.targets.dim() == 2:
+        return (part.targets != IGNORE_INDEX).sum(1).float(), "scored tokens per sequence"
+    return None
+
+
+def robust_z(values: torch.Tensor) -> torch.Tensor:
+    """(value - median) / (1.4826 MAD): a z-score that the outliers themselves cannot inflate."""
+    median = values.median()
+    mad = (values - median).abs().median() * 1.4826
+    if float(mad) == 0:
+        mad = (values - median).abs().mean().clamp_min(1e-12) * 1.2533  # mean absolute deviation, Gaussian-scaled
+    return (values - median) / mad
+
+
+def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Check, dict[str, Any]]:
+    """Catches samples whose size is far outside the rest (a stray scale factor, a sentinel value, a blank input).
+
+    Why: a robust z-score of 8 is beyond any sample of a Gaussian of any practical size (p < 1e-15) and beyond the
+    heavy tails of the clean bundled datasets; samples past it are worth a look, not proof of a bug (warn).
+    """
+    stat = sample_statistic(part)
+    if stat is None:
+        return skipped("outliers", "no per-sample statistic for these inputs; override in a subclass."), {}
+    values, what = stat
+    z = robust_z(values)
+    order = z.abs().argsort(descending=True)[:top]
+    flagged = int((z.abs() > z_warn).sum())
+    table = [
+        {"index": int(part.indices[i]), "statistic": float(values[i]), "robust_z": float(z[i])} for i in order.tolist()
+    ]
+    info = {"statistic": what, "values": values, "z": z, "top": order, "table": table}
+    value = {"statistic": what, "beyond_threshold": flagged, "max_abs_z": float(z.abs().max()), "top": table[:5]}
+    if flagged:
+        first = table[0]
+        return warned(
+            "outliers",
+            f"{flagged} training sample(s) lie more than {z_warn:g} robust standard deviations from the median "
+            f"{what} (the farthest, index {first['index']}, at z = {first['robust_z']:+.1f}). Look at them "
+            "(outliers.png): a wrong unit or scale, a sentinel value, a corrupted or blank sample.",
+            value,
+            f"|robust z| <= {z_warn:g}",
+        ), info
+    return passed(
+        "outliers",
+        f"no training sample beyond {z_warn:g} robust standard deviations of the {what} (max |z| "
+        f"{value['max_abs_z']:.1f}, {part.scope} samples).",
+        value,
+    ), info

@@ -1,0 +1,314 @@
+"""Training against validation: do the two splits come from one distribution, and do they share samples?
+
+Why: catalog D4 (duplicates and train-test leakage), D6 (`__getitem__` that ignores its index) and D8 (train/eval
+preprocessing skew). A mean-only statistic missed a validation split left unnormalised (median |SMD| 0.24) that a
+domain classifier separated perfectly (AUC 1.00 against 0.48 on clean data), so the shift check trains one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.diagnostics.integrity import SplitSample, is_class_task
+from recipe.task import Task
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve (Mann-Whitney U with tied scores sharing their average rank)."""
+    scores, labels = scores.double(), labels.bool()
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()
+    average_rank = last - (counts.double() - 1) / 2  # 1-based rank shared by every tie
+    ranks = average_rank[inverse]
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logistic_scores(
+    x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, l2: float, iterations: int
+) -> torch.Tensor:
+    """Held-out logits of an L2-regularised logistic regression with balanced class weights, fitted by Newton's
+    method (a few exact steps; no optimizer state, no learning rate to choose)."""
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    weight = torch.where(y == 1, 0.5 / y.mean().clamp_min(1e-12), 0.5 / (1 - y.mean()).clamp_min(1e-12)) / len(y)
+    penalty = torch.full((x.shape[1],), l2, dtype=x.dtype)
+    penalty[-1] = 0.0  # the intercept is not shrunk
+    w = torch.zeros(x.shape[1], dtype=x.dtype)
+    for _ in range(iterations):
+        p = torch.sigmoid(x @ w)
+        gradient = x.T @ (weight * (p - y)) + penalty * w
+        hessian = (x.T * (weight * p * (1 - p))) @ x + torch.diag(penalty)
+        step = torch.linalg.solve(hessian, gradient)
+        w -= step
+        if float(step.abs().max()) < 1e-6:
+            break
+    return torch.cat([x_eval, torch.ones(len(x_eval), 1, dtype=x_eval.dtype)], dim=1) @ w
+
+
+def domain_auc(
+    a: torch.Tensor, b: torch.Tensor, folds: int = 3, seed: int = 0, l2: float = 1e-3, iterations: int = 25
+) -> float:
+    """Held-out AUC of a classifier telling rows of `a` from rows of `b` (about 0.5 when they are alike).
+
+    The classifier is a logistic regression on the standardised features and their squares, so a change of
+    scale (a split normalised differently) is as visible as a change of mean.
+    """
+    x = torch.cat([a, b]).double()
+    y = torch.cat([torch.zeros(len(a)), torch.ones(len(b))]).double()
+    z = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+    z = z[:, x.std(0) > 0]
+    features = torch.cat([z, z.square() - 1], dim=1)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    scores = torch.empty(len(x), dtype=torch.double)
+    for k in range(folds):
+        held = order[k::folds]
+        fit = torch.ones(len(x), dtype=torch.bool)
+        fit[held] = False
+        scores[held] = _logistic_scores(features[fit], y[fit], features[held], l2, iterations)
+    return auc(scores, y)
+
+
+def _flat_features(x: torch.Tensor, max_features: int, seed: int) -> torch.Tensor:
+    flat = x.float().reshape(len(x), -1)
+    if flat.shape[1] > max_features:
+        keep = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed))[:max_features]
+        flat = flat[:, keep.sort().values]
+    return flat
+
+
+def split_shift(
+    train: SplitSample,
+    val: SplitSample,
+    warn_sigmas: float = 5.0,
+    fail_auc: float = 0.9,
+    max_rows: int = 8000,
+    max_features: int = 512,
+    seed: int = 0,
+) -> Check:
+    """Catches validation inputs drawn or preprocessed differently from training (a different normalisation,
+    resize or tokenizer at evaluation; splits cut from sorted data).
+
+    Why: catalog D8 and the ML Test Score's "training and serving are not skewed". A domain classifier's held-out
+    AUC is about 0.5 for one distribution; it warns `warn_sigmas` standard errors above 0.5 (the AUC's null
+    spread for these split sizes) and fails at `fail_auc`. Per-feature standardised mean differences and log
+    standard-deviation ratios name the features that differ most.
+    """
+    if train.inputs is None or val.inputs is None or not train.inputs.is_floating_point():
+        return skipped("split_shift", "needs float inputs held as one tensor (token inputs are not compared).")
+    g = torch.Generator().manual_seed(seed)
+    a, b = _flat_features(train.inputs, max_features, seed), _flat_features(val.inputs, max_features, seed)
+    n_b = min(len(b), max_rows // 3)
+    n_a = min(len(a), max_rows - n_b)
+    a = a[torch.randperm(len(a), generator=g)[:n_a]]
+    b = b[torch.randperm(len(b), generator=g)[:n_b]]
+    score = domain_auc(a, b, seed=seed)
+    null_se = math.sqrt((n_a + n_b + 1) / (12 * n_a * n_b))
+    pooled_sd = torch.cat([a, b]).std(0).clamp_min(1e-12)
+    smd = (b.mean(0) - a.mean(0)) / pooled_sd
+    varying = (a.std(0) > 0) & (b.std(0) > 0)
+    log_ratio = torch.where(varying, (b.std(0).clamp_min(1e-12) / a.std(0).clamp_min(1e-12)).log(), torch.zeros(1))
+    gap = smd.abs() + log_ratio.abs()
+    top = gap.argsort(descending=True)[:5].tolist()
+    value = {
+        "auc": score,
+        "auc_null_se": null_se,
+        "median_abs_smd": float(smd.abs().median()),
+        "median_abs_log_std_ratio": float(log_ratio.abs().median()),
+        "most_different_features": [
+            {"feature": i, "smd": float(smd[i]), "std_ratio": float(log_ratio[i].exp())} for i in top
+        ],
+        "rows": [n_a, n_b],
+    }
+    named = ", ".join(
+        f"{i} (mean shift {float(smd[i]):+.2f} sd, std x{float(log_ratio[i].exp()):.2f})" for i in top[:3]
+    )
+    warn_at = 0.5 + max(0.05, warn_sigmas * null_se)
+    if score >= fail_auc:
+        return failed(
+            "split_shift",
+            f"a classifier tells training from validation inputs apart with held-out AUC {score:.2f} (0.5 when "
+            f"they match): the splits are preprocessed or drawn differently. Most different features: {named}. "
+            "Apply the same transform, fitted on training, to both splits.",
+            value,
+            f"AUC < {warn_at:.2f}",
+        )
+    if score >= warn_at:
+        return warned(
+            "split_shift",
+            f"training and validation inputs differ: domain-classifier AUC {score:.2f} (random splits: "
+            f"0.50 ± {null_se:.3f}). Most different features: {named}. Expected for a temporal or cross-domain "
+            "split; otherwise check the preprocessing of each split.",
+            value,
+        )
+    return passed(
+        "split_shift",
+        f"training and validation inputs look alike: domain-classifier AUC {score:.2f} (0.50 ± {null_se:.3f} "
+        f"expected), median |log std ratio| {value['median_abs_log_std_ratio']:.2f}.",
+        value,
+    )
+
+
+def _row_keys(x: torch.Tensor) -> torch.Tensor:
+    """One integer group id per row: rows with identical content (floats rounded to 6 significant digits) share it."""
+    flat = x.reshape(len(x), -1)
+    if flat.is_floating_point():
+        scale = 10.0 ** (5 - torch.floor(torch.log10(flat.abs().clamp_min(1e-30))))
+        flat = torch.where(flat == 0, flat, torch.round(flat * scale) / scale).double()
+    _, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    return inverse
+
+
+def _embed(x: torch.Tensor, dims: int, seed: int) -> torch.Tensor:
+    """Flattened rows, standardised by their own statistics; a random projection to `dims` when wider (distances
+    are kept within a few percent: Johnson-Lindenstrauss)."""
+    flat = x.reshape(len(x), -1).float()
+    sd = flat.std(0)
+    flat = (flat[:, sd > 0] - flat[:, sd > 0].mean(0)) / sd[sd > 0]
+    if flat.shape[1] > dims:
+        projection = torch.randn(flat.shape[1], dims, generator=torch.Generator().manual_seed(seed)) / dims**0.5
+        flat = flat @ projection
+    return flat
+
+
+def _nearest(queries: torch.Tensor, reference: torch.Tensor, exclude_self: bool, chunk: int = 2048) -> torch.Tensor:
+    out = []
+    for start in range(0, len(queries), chunk):
+        d = torch.cdist(queries[start : start + chunk], reference, compute_mode="donot_use_mm_for_euclid_dist")
+        if exclude_self:
+            rows = torch.arange(len(d))
+            d[rows, rows + start] = float("inf")
+        out.append(d.min(1).values)
+    return torch.cat(out)
+
+
+def near_duplicate_rates(
+    train: torch.Tensor, val: torch.Tensor, closeness: float = 0.25, max_rows: int = 5000, seed: int = 0
+) -> dict[str, Any]:
+    """Share of training rows (leave-one-out) and of validation rows with a training neighbour far closer than
+    usual (under `closeness` x the median training nearest-neighbour distance). Independent splits share one rate;
+    validation rows built from training rows (augmented or re-encoded copies) raise the second."""
+    g = torch.Generator().manual_seed(seed)
+    a = train[torch.randperm(len(train), generator=g)[:max_rows]]
+    b = val[torch.randperm(len(val), generator=g)[:max_rows]]
+    embedded = _embed(torch.cat([a, b]), 128, seed)
+    a, b = embedded[: len(a)], embedded[len(a) :]
+    within = _nearest(a, a, exclude_self=True)
+    across = _nearest(b, a, exclude_self=False)
+    radius = closeness * float(within.median())
+    return {
+        "radius": radius,
+        "train": float((within < radius).float().mean()),
+        "val": float((across < radius).float().mean()),
+        "val_rows": len(b),
+    }
+
+
+def _excess(observed: int, n: int, rate: float) -> bool:
+    """More than `n * rate` by three binomial standard deviations and by three rows at least."""
+    rate = min(rate, 1.0)
+    return observed > max(n * rate + 3 * math.sqrt(n * rate * (1 - rate)), 2)
+
+
+def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: float = 0.01) -> Check:
+    """Catches validation samples that also occur in training (leakage), training duplicates, identical inputs
+    with conflicting labels, and a dataset that keeps returning the same few samples.
+
+    Why: catalog D4 and D6. Identical inputs across splits inflate the validation metric; the fraction of
+    validation rows found in training must stay near the fraction of training rows that repeat within training
+    (what independent draws of this data would share) plus `leak_fraction`, beyond three binomial standard
+    deviations, so one chance twin in a small tabular split (iris holds one duplicated row) is not called a leak.
+    """
+    if train.inputs is None or val.inputs is None:
+        return skipped("duplicates", "inputs are not a single tensor; override in a subclass.")
+    keys = _row_keys(torch.cat([train.inputs.reshape(len(train.inputs), -1), val.inputs.reshape(len(val.inputs), -1)]))
+    k_train, k_val = keys[: len(train.inputs)], keys[len(train.inputs) :]
+    groups = int(keys.max()) + 1
+    train_count = torch.bincount(k_train, minlength=groups)
+    within = float((train_count[k_train] > 1).float().mean())
+    shared_rows = train_count[k_val] > 0
+    shared = float(shared_rows.float().mean())
+    value: dict[str, Any] = {
+        "train_rows_duplicated": within,
+        "val_rows_in_train": shared,
+        "val_indices_in_train": val.indices[shared_rows][:20].tolist(),
+        "distinct_train_inputs": int((train_count > 0).sum()),
+    }
+    conflicts = (
+        _conflicts(
+            keys, torch.cat([train.targets, val.targets]), torch.cat([train.indices, val.indices]), len(train.inputs)
+        )
+        if is_class_task(task)
+        else []
+    )
+    value["conflicting_label_groups"] = conflicts[:20]
+    pairs = torch.unique(torch.stack([k_train, train.targets.reshape(len(k_train), -1)[:, 0].long()]), dim=1).shape[1]
+    if len(k_train) >= 64 and pairs <= max(1, len(k_train) // 50):
+        return failed(
+            "duplicates",
+            f"the training split holds only {pairs} distinct (input, target) pairs among {len(k_train)} samples "
+            "read: a Dataset whose __getitem__ ignores its index (or data repeated by mistake).",
+            value,
+            "most samples distinct",
+        )
+    near = near_duplicate_rates(train.inputs, val.inputs) if train.inputs.is_floating_point() else {}
+    value["near_duplicates"] = near
+    if _excess(int(shared_rows.sum()), len(k_val), within + leak_fraction):
+        return failed(
+            "duplicates",
+            f"{shared:.1%} of validation samples ({int(shared_rows.sum())}, e.g. indices "
+            f"{value['val_indices_in_train'][:5]}) also occur in training (within training {within:.1%} of rows "
+            "repeat): the validation metric is inflated. Deduplicate before splitting, and split by source "
+            "(subject, file) rather than by row.",
+            value,
+            f"about {within:.1%} of validation rows in training, as within training",
+        )
+    if near and _excess(round(near["val"] * near["val_rows"]), near["val_rows"], near["train"] + leak_fraction):
+        return warned(
+            "duplicates",
+            f"{near['val']:.1%} of validation samples have a training sample far closer than usual (distance "
+            f"under {near['radius']:.3g}, where {near['train']:.1%} of training samples have such a neighbour): "
+            "near-duplicates (augmented, resized or re-encoded copies) leak across the split.",
+            value,
+        )
+    if conflicts:
+        return warned(
+            "duplicates",
+            f"{len(conflicts)} group(s) of identical inputs carry different labels (e.g. {conflicts[0]}); "
+            "a model cannot fit both: check those labels.",
+            value,
+        )
+    if within > 0.05:
+        return warned(
+            "duplicates",
+            f"{within:.1%} of training rows are exact duplicates of another training row; they weigh more in "
+            "the loss. Deduplicate, unless the inputs are legitimately discrete.",
+            value,
+        )
+    return passed(
+        "duplicates",
+        f"{shared:.1%} of validation samples occur in training; {within:.1%} of training rows repeat.",
+        value,
+    )
+
+
+def _conflicts(keys: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, n_train: int) -> list[dict[str, Any]]:
+    """Groups of identical inputs whose labels differ: their split/index and labels."""
+    labels = targets.reshape(len(keys), -1)[:, 0].long()
+    pairs = torch.unique(torch.stack([keys, labels]), dim=1)
+    groups, counts = torch.unique(pairs[0], return_counts=True)
+    out = []
+    for group in groups[counts > 1][:50].tolist():
+        rows = (keys == group).nonzero().flatten().tolist()
+        out.append(
+            {
+                "samples": [f"{'train' if r < n_train else 'val'}[{int(indices[r])}]" for r in rows[:6]],
+                "labels": sorted({int(labels[r]) for r in rows}),
+            }
+        )
+    return out

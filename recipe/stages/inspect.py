@@ -1,0 +1,246 @@
+"""Stage `inspect`: become one with the data, before a single gradient step.
+
+    "The first step to training a neural net is to not touch any neural net code at all and instead begin by
+    thoroughly inspecting your data. [...] Outliers especially almost always uncover some bugs in data quality or
+    preprocessing." — Karpathy, A Recipe for Training Neural Networks, step 1.
+
+Read both splits through the task's hooks (all of them, or a fixed sample of large ones), then check what they
+hold: finite values, targets in range, classes split alike, inputs at a sane scale, training and validation from
+one distribution with no shared samples, outliers, and labels a quick out-of-fold model doubts. Plots and tables
+of all of it go to 01_inspect/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recipe import plots
+from recipe.check import Check, passed, skipped
+from recipe.diagnostics.data import input_stats
+from recipe.diagnostics.integrity import (
+    SplitSample,
+    class_balance,
+    class_counts,
+    finite_rows,
+    is_class_task,
+    non_finite_data,
+    read_split,
+    sequence_data,
+    summary,
+    target_range,
+)
+from recipe.diagnostics.outliers import outliers
+from recipe.diagnostics.splits import duplicates, split_shift
+from recipe.recipe import Context
+from recipe.stage import Stage
+
+
+@dataclass(frozen=True)
+class InspectSettings:
+    """Settings of the `inspect` stage.
+
+    Args:
+        max_samples: samples read from each split; larger splits are sampled (the messages say so).
+        label_noise: run the out-of-fold label-noise scan (the only check here that trains).
+        folds: folds of that scan.
+        outlier_z: robust z-score beyond which a sample is an outlier.
+        shift_fail_auc: domain-classifier AUC at which the train/validation shift fails.
+        pad_id: the padding token id of a sequence task, if it pads.
+        samples_per_class: pictures per class in samples.png.
+        skip: checks to report as "skip" (they still run).
+    """
+
+    max_samples: int = 20_000
+    label_noise: bool = True
+    folds: int = 5
+    outlier_z: float = 8.0
+    shift_fail_auc: float = 0.9
+    pad_id: int | None = None
+    samples_per_class: int = 8
+    skip: tuple[str, ...] = ()
+
+
+class InspectData(Stage):
+    """Look at the data as the model will receive it; every check here runs before any model is trained."""
+
+    name = "inspect"
+    settings_cls = InspectSettings
+    settings: InspectSettings
+
+    def run(self, ctx: Context) -> list[Check]:
+        s, task = self.settings, ctx.task
+        train = read_split(task, "train", s.max_samples, ctx.seed)
+        val = read_split(task, "val", s.max_samples, ctx.seed + 1)
+        checks = [self._summary(ctx, train, val), non_finite_data(train, val)]
+        train, val = finite_rows(train), finite_rows(val)  # what follows describes the finite rows
+        checks.append(ctx.check(target_range, train, val, task))
+        checks.append(self._class_balance(ctx, train, val))
+        checks.append(self._input_stats(ctx, train))
+        checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed))
+        checks.append(self._duplicates(ctx, train, val))
+        checks.append(self._outliers(ctx, train))
+        checks.append(self._label_noise(ctx))
+        if task.kind == "sequence":
+            checks.append(ctx.check(sequence_data, train, val, task, pad_id=s.pad_id))
+        checks.append(self._samples(ctx, train, val))
+        return checks
+
+    def _summary(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:
+        check = ctx.check(summary, train, val, ctx.task)
+        table = {
+            "columns": ["split", "size", "read", "input shape", "input dtype", "target shape", "target range"],
+            "rows": [
+                [
+                    name,
+                    row["size"],
+                    row["read"],
+                    str(row["input_shape"]),
+                    row["input_dtype"],
+                    str(row["target_shape"]),
+                    f"{row['target_min']:g}..{row['target_max']:g}" if row["target_min"] is not None else "-",
+                ]
+                for name, row in ((n, check.value[n]) for n in ("train", "val"))
+            ],
+        }
+        return check.replace(artifacts=(ctx.save_json("summary.table.json", table),))
+
+    def _class_balance(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:
+        check = ctx.check(class_balance, train, val, ctx.task, seed=ctx.seed)
+        if check.status == "skip" or not ctx.task.num_classes:
+            return check
+        counts = {p.name: class_counts(p, ctx.task.num_classes).tolist() for p in (train, val)}
+        figure = ctx.save_figure("class_balance.png", plots.class_histogram(counts, "Labels per split"))
+        return check.replace(artifacts=(figure,))
+
+    def _input_stats(self, ctx: Context, train: SplitSample) -> Check:
+        check, stats = input_stats(train.inputs, train.scope)
+        if not stats or "mean" not in stats:
+            return check
+        unit = "channel" if train.inputs is not None and train.inputs.dim() == 4 else "feature"
+        ctx.learn(input_scale="ok" if check.status == "pass" else "far from unit scale")
+        artifacts = (
+            ctx.save_json("input_stats.json", stats),
+            ctx.save_figure("input_stats.png", plots.feature_ranges(stats, "Training inputs per " + unit, unit)),
+        )
+        return check.replace(artifacts=artifacts)
+
+    def _duplicates(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:
+        check = ctx.check(duplicates, train, val, ctx.task)
+        if check.value:
+            return check.replace(artifacts=(ctx.save_json("duplicates.json", check.value),))
+        return check
+
+    def _outliers(self, ctx: Context, train: SplitSample) -> Check:
+        check, info = outliers(train, z_warn=self.settings.outlier_z)
+        if not info:
+            return check
+        values, z = info["values"], info["z"]
+        median = float(values.median())
+        scale = float((values - median).abs().median() * 1.4826) or 1.0
+        marks = {"median": median, f"z = ±{self.settings.outlier_z:g}": median + self.settings.outlier_z * scale}
+        artifacts = [
+            ctx.save_figure(
+                "outliers_histogram.png", plots.histogram(values, "Per-sample statistic", info["statistic"], marks)
+            ),
+            ctx.save_json("outliers.json", info["table"]),
+        ]
+        top = info["top"][:16]
+        images = ctx.task.images(train.inputs[top]) if train.inputs is not None else None
+        if images is not None:
+            labels = [f"#{int(train.indices[i])} z={float(z[i]):+.1f}" for i in top.tolist()]
+            artifacts.append(
+                ctx.save_figure("outliers.png", plots.image_grid(images, labels, "Most extreme training samples"))
+            )
+        return check.replace(artifacts=tuple(artifacts))
+
+    def _label_noise(self, ctx: Context) -> Check:
+        if not self.settings.label_noise:
+            return skipped("label_noise", "turned off (inspect.label_noise: false).")
+        try:  # TEMP until the module lands
+            from recipe.diagnostics.label_noise import find_label_issues, label_noise
+        except ImportError:
+            return skipped("label_noise", "TEMP: module not there yet.")
+
+        issues = find_label_issues(
+            ctx.task, folds=self.settings.folds, max_samples=self.settings.max_samples, seed=ctx.seed, device=ctx.device
+        )
+        check = label_noise(issues, ctx.task)
+        if issues is None:
+            return check
+        ctx.learn(label_noise_rate=round(issues.estimated_noise_rate, 4), suspect_labels=len(issues.indices))
+        ctx.objects["label_issues"] = issues.indices
+        record = {
+            "estimated_noise_rate": issues.estimated_noise_rate,
+            "indices": issues.indices,
+            "given": issues.given,
+            "predicted": issues.predicted,
+            "baseline_rate": issues.baseline_rate,
+            "probe": issues.probe,
+        }
+        artifacts = [ctx.save_json("label_issues.json", record)]
+        shown = issues.indices[:32]
+        images = ctx.task.images(ctx.task.split_batch(ctx.task.batch("train", shown))[0]) if shown else None
+        if images is not None:
+            labels = [f"#{i}: {g} → {p}?" for i, g, p in zip(shown, issues.given, issues.predicted, strict=False)]
+            title = "Labels the out-of-fold model doubts (given → predicted)"
+            artifacts.append(ctx.save_figure("label_issues.png", plots.image_grid(images.cpu(), labels, title)))
+        return check.replace(seconds=issues.seconds, artifacts=tuple(artifacts))
+
+    def _samples(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:
+        """The data a person should scan before training: pictures per class, decoded text, or histograms."""
+        task, x = ctx.task, train.inputs
+        if x is None:
+            return skipped("samples", "inputs are not a single tensor; override _samples in a subclass.")
+        images = task.images(x)
+        if images is not None:
+            return self._image_samples(ctx, train, images)
+        if not x.is_floating_point() and task.decoder is not None:
+            rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))[:8]
+            texts = [task.decode(row.reshape(-1).tolist()) or "" for row in x[rows]]
+            path = ctx.save_text("samples.txt", "\n\n---\n\n".join(texts))
+            return passed("samples", f"decoded training samples in samples.txt; the first: {texts[0][:80]!r}.").replace(
+                artifacts=(path,)
+            )
+        if not x.is_floating_point():
+            return skipped("samples", "token inputs without a decoder; pass Task(decoder=...) to read them.")
+        flat_train, flat_val = (
+            x.reshape(len(x), -1).float(),
+            val.inputs.reshape(len(val.inputs), -1).float() if val.inputs is not None else x,
+        )
+        features = list(range(min(flat_train.shape[1], 11)))
+        target = (train.targets.float(), val.targets.float()) if task.kind == "regression" else None
+        fig = plots.feature_histograms(
+            flat_train, flat_val, features, "Feature distributions, train vs validation", target
+        )
+        path = ctx.save_figure("samples.png", fig)
+        return passed("samples", f"histograms of the first {len(features)} features per split in samples.png.").replace(
+            artifacts=(path,)
+        )
+
+    def _image_samples(self, ctx: Context, train: SplitSample, images: torch.Tensor) -> Check:
+        task, per_class = ctx.task, self.settings.samples_per_class
+        g = torch.Generator().manual_seed(ctx.seed)
+        if is_class_task(task) and task.num_classes and task.num_classes <= 20:
+            rows: list[int] = []
+            labels: list[str] = []
+            for c in range(task.num_classes):
+                members = (train.targets == c).nonzero().flatten()
+                pick = members[torch.randperm(len(members), generator=g)[:per_class]].tolist()
+                rows += pick
+                labels += [f"class {c}"] * len(pick)
+            columns = per_class
+        else:
+            rows = torch.randperm(len(images), generator=g)[:32].tolist()
+            labels = [_target_label(train.targets[i]) for i in rows]
+            columns = 8
+        fig = plots.image_grid(images[rows], labels, "Random training samples (label above)", columns=columns)
+        path = ctx.save_figure("samples.png", fig)
+        return passed("samples", f"{len(rows)} random training images, by class, in samples.png.").replace(
+            artifacts=(path,)
+        )
+
+
+def _target_label(target: torch.Tensor) -> str:
+    return f"{float(target):g}" if target.numel() == 1 else ""

@@ -1,0 +1,396 @@
+"""The `inspect` checks: each passes on clean data and fires on a planted problem (the label-noise scan has its own
+file, test_diagnostics_label_noise.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recipe import Task
+from recipe.diagnostics.data import input_stats
+from recipe.diagnostics.integrity import (
+    class_balance,
+    finite_rows,
+    non_finite_data,
+    read_split,
+    sequence_data,
+    summary,
+    target_range,
+)
+from recipe.diagnostics.outliers import outliers, robust_z
+from recipe.diagnostics.splits import auc, domain_auc, duplicates, split_shift
+from tests import tiny
+
+
+def splits(task: Task, max_samples: int = 20_000):
+    return read_split(task, "train", max_samples, 0), read_split(task, "val", max_samples, 1)
+
+
+def with_data(x_train, y_train, x_val=None, y_val=None, **kwargs) -> Task:
+    base = tiny.classification()
+    x_val = base.val.x if x_val is None else x_val
+    y_val = base.val.y if y_val is None else y_val
+    return Task(train=(x_train, y_train), val=(x_val, y_val), model=tiny.MLP, num_classes=tiny.CLASSES, **kwargs)
+
+
+def clean_xy(n: int = 256, seed: int = 0):
+    return tiny.blobs(n, seed)
+
+
+# ---- reading the splits --------------------------------------------------------------------------------------------
+
+
+def test_read_split_samples_large_splits_and_says_so():
+    task = tiny.classification(n_train=300)
+    part = read_split(task, "train", 100, 0)
+    assert len(part.indices) == 100 and part.size == 300 and part.sampled
+    assert torch.equal(part.inputs, task.train.x[part.indices])
+    assert "random sample of 100 of 300" in part.scope
+    assert not read_split(task, "train", 1000, 0).sampled
+
+
+def test_read_split_goes_through_the_dataset_path():
+    from torch.utils.data import TensorDataset
+
+    x, y = clean_xy(64)
+    task = Task(train=TensorDataset(x, y), val=TensorDataset(x, y), model=tiny.MLP, num_classes=tiny.CLASSES)
+    part = read_split(task, "train", 1000, 0)
+    assert torch.equal(part.inputs, x) and torch.equal(part.targets, y)
+
+
+def test_summary_reports_sizes_shapes_and_classes():
+    check = summary(*splits(tiny.classification()), tiny.classification())
+    assert check.status == "pass"
+    assert check.value["train"]["size"] == 256 and check.value["val"]["size"] == 128
+    assert check.value["train"]["input_shape"] == [tiny.FEATURES]
+    assert check.value["num_classes"] == tiny.CLASSES
+
+
+# ---- non_finite ----------------------------------------------------------------------------------------------------
+
+
+def test_non_finite_passes_on_clean_data():
+    assert non_finite_data(*splits(tiny.classification())).status == "pass"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_fails_and_names_the_rows(bad):
+    x, y = clean_xy()
+    x[[5, 17], 3] = bad
+    train, val = splits(with_data(x, y))
+    check = non_finite_data(train, val)
+    assert check.status == "fail"
+    assert check.value["train_inputs"] == {"samples": 2, "first_indices": [5, 17]}
+    assert len(finite_rows(train).indices) == 254
+
+
+def test_non_finite_counts_targets_too():
+    x, y = clean_xy()
+    train, val = splits(with_data(x, y))
+    train.targets = train.targets.float()
+    train.targets[3] = float("nan")
+    assert non_finite_data(train, val).value["train_targets"]["first_indices"] == [3]
+
+
+# ---- target_range --------------------------------------------------------------------------------------------------
+
+
+def test_target_range_passes_on_clean_labels():
+    task = tiny.classification()
+    assert target_range(*splits(task), task).status == "pass"
+
+
+def test_target_range_fails_when_a_validation_class_is_missing_from_training():
+    x, y = clean_xy()
+    keep = y != 2
+    task = with_data(x[keep], y[keep])
+    check = target_range(*splits(task), task)
+    assert check.status == "fail" and check.value["missing_in_train"] == [2]
+    assert "never in training" in check.message
+
+
+def test_target_range_warns_when_a_class_is_rare_in_training():
+    x, y = clean_xy(1000)
+    rows = (y == 1).nonzero().flatten()
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[rows[2:]] = False  # 2 samples of class 1 left in training
+    task = with_data(x[keep], y[keep])
+    check = target_range(*splits(task), task)
+    assert check.status == "warn" and check.value["rare_in_train"] == [1]
+
+
+def test_target_range_fails_on_labels_beyond_num_classes():
+    task = tiny.classification()
+    train, val = splits(task)
+    train.targets = train.targets.clone()
+    train.targets[0] = tiny.CLASSES + 3
+    assert target_range(train, val, task).status == "fail"
+
+
+def test_target_range_regression_warns_with_the_standardisation():
+    clean = tiny.regression()
+    assert target_range(*splits(clean), clean).status == "pass"
+    offset = tiny.regression(offset=500.0)
+    check = target_range(*splits(offset), offset)
+    assert check.status == "warn" and "Standardise" in check.message and "(y - 50" in check.message
+
+
+# ---- class_balance -------------------------------------------------------------------------------------------------
+
+
+def test_class_balance_passes_on_a_random_split():
+    task = tiny.classification()
+    check = class_balance(*splits(task), task)
+    assert check.status == "pass", check.message
+
+
+def test_class_balance_fails_on_a_split_cut_from_sorted_labels():
+    x, y = clean_xy(400)
+    order = y.argsort()
+    x, y = x[order], y[order]
+    task = with_data(x[:300], y[:300], x[300:], y[300:])  # validation holds the last classes only
+    check = class_balance(*splits(task), task)
+    assert check.status == "fail" and check.value["total_variation"] > 0.5
+
+
+def test_class_balance_warns_on_a_moderate_shift():
+    x, y = clean_xy(3000)
+    x_val, y_val = clean_xy(3000, seed=1)
+    # validation: class 0 cut to a third of its share, beyond sampling noise but not a sorted split
+    drop = (y_val == 0).nonzero().flatten()[: 2 * int((y_val == 0).sum()) // 3]
+    keep = torch.ones(len(y_val), dtype=torch.bool)
+    keep[drop] = False
+    task = with_data(x, y, x_val[keep], y_val[keep])
+    check = class_balance(*splits(task), task)
+    assert check.status == "warn", check.message
+
+
+def test_class_balance_warns_when_one_class_dominates():
+    x, y = clean_xy(2000)
+    y = torch.where(torch.rand(len(y), generator=torch.Generator().manual_seed(0)) < 0.97, 0, y)
+    x_val, y_val = clean_xy(600, seed=1)
+    y_val = torch.where(torch.rand(len(y_val), generator=torch.Generator().manual_seed(1)) < 0.97, 0, y_val)
+    task = with_data(x, y, x_val, y_val)
+    check = class_balance(*splits(task), task)
+    assert check.status == "warn" and "constant prediction" in check.message
+
+
+def test_class_balance_skips_regression():
+    task = tiny.regression()
+    assert class_balance(*splits(task), task).status == "skip"
+
+
+# ---- input_stats ---------------------------------------------------------------------------------------------------
+
+
+def test_input_stats_passes_on_standardised_inputs_and_names_constant_features_as_information():
+    x, _ = clean_xy()
+    x[:, 4] = 0.0
+    check, stats = input_stats(x)
+    assert check.status == "pass" and check.value["constant_feature_indices"] == [4]
+    assert "constant" in check.message and len(stats["mean"]) == tiny.FEATURES
+
+
+@pytest.mark.parametrize("scale,offset", [(255.0, 0.0), (1.0, 1000.0), (1e-3, 0.0)])
+def test_input_stats_warns_far_from_unit_scale(scale, offset):
+    x, _ = clean_xy()
+    check, _ = input_stats(x * scale + offset)
+    assert check.status == "warn" and "Standardise" in check.message
+
+
+def test_input_stats_gives_per_channel_normalisation_for_images():
+    images = torch.rand(64, 3, 8, 8) * 255
+    check, stats = input_stats(images)
+    assert check.status == "warn" and "Normalize(mean=" in check.message and len(stats["mean"]) == 3
+
+
+# ---- split_shift ---------------------------------------------------------------------------------------------------
+
+
+def test_auc_matches_a_reference():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (500,), generator=g).float()  # ties included
+    labels = torch.rand(500, generator=g) < 0.3
+    assert auc(scores, labels) == pytest.approx(sklearn.roc_auc_score(labels.numpy(), scores.numpy()))
+
+
+def test_domain_auc_is_near_half_for_one_distribution_and_one_for_a_scale_change():
+    a, b = torch.randn(600, 10), torch.randn(300, 10)
+    assert abs(domain_auc(a, b) - 0.5) < 0.1
+    assert domain_auc(a, 3 * b) > 0.9  # same mean, different scale: the squared features see it
+
+
+def test_split_shift_passes_on_a_random_split():
+    task = tiny.classification()
+    check = split_shift(*splits(task))
+    assert check.status == "pass", check.message
+
+
+def test_split_shift_fails_when_validation_is_preprocessed_differently():
+    x, y = clean_xy(600)
+    x_val, y_val = clean_xy(300, seed=1)
+    task = with_data(x * 4 + 3, y, x_val, y_val)  # training left unstandardised
+    check = split_shift(*splits(task))
+    assert check.status == "fail" and check.value["auc"] > 0.95
+    assert "Most different features" in check.message
+
+
+def test_split_shift_warns_on_a_mild_shift():
+    x, y = clean_xy(2000)
+    x_val, y_val = clean_xy(1000, seed=1)
+    x_val[:, 0] += 0.4
+    task = with_data(x, y, x_val, y_val)
+    check = split_shift(*splits(task))
+    assert check.status == "warn", check.message
+    assert check.value["most_different_features"][0]["feature"] == 0
+
+
+def test_split_shift_skips_token_inputs():
+    task = tiny.sequence()
+    assert split_shift(*splits(task)).status == "skip"
+
+
+# ---- duplicates ----------------------------------------------------------------------------------------------------
+
+
+def test_duplicates_pass_on_distinct_samples():
+    task = tiny.classification()
+    check = duplicates(*splits(task), task)
+    assert check.status == "pass" and check.value["val_rows_in_train"] == 0
+
+
+def test_duplicates_fail_on_validation_rows_copied_from_training():
+    x, y = clean_xy()
+    x_val, y_val = clean_xy(128, seed=1)
+    x_val[:10], y_val[:10] = x[:10], y[:10]
+    task = with_data(x, y, x_val, y_val)
+    check = duplicates(*splits(task), task)
+    assert check.status == "fail" and sorted(check.value["val_indices_in_train"]) == list(range(10))
+
+
+def test_duplicates_tolerate_a_chance_twin_in_a_small_split():
+    x, y = clean_xy(120)
+    x_val, y_val = clean_xy(30, seed=1)
+    x_val[0], y_val[0] = x[0], y[0]  # iris holds one such pair
+    task = with_data(x, y, x_val, y_val)
+    assert duplicates(*splits(task), task).status == "pass"
+
+
+def test_duplicates_warn_on_identical_inputs_with_different_labels():
+    x, y = clean_xy()
+    x[1], y[1] = x[0], (y[0] + 1) % tiny.CLASSES
+    task = with_data(x, y)
+    check = duplicates(*splits(task), task)
+    assert check.status == "warn" and check.value["conflicting_label_groups"][0]["samples"] == ["train[0]", "train[1]"]
+
+
+def test_duplicates_warn_on_many_repeated_training_rows():
+    x, y = clean_xy()
+    x[128:160], y[128:160] = x[:32], y[:32]
+    task = with_data(x, y)
+    assert duplicates(*splits(task), task).status == "warn"
+
+
+def test_duplicates_fail_when_the_dataset_returns_the_same_few_samples():
+    class SameSample(torch.utils.data.Dataset):
+        def __len__(self):
+            return 256
+
+        def __getitem__(self, i):  # the bug: ignores i
+            return torch.ones(tiny.FEATURES), torch.tensor(1)
+
+    x_val, y_val = clean_xy(64, seed=1)
+    task = Task(train=SameSample(), val=(x_val, y_val), model=tiny.MLP, num_classes=tiny.CLASSES)
+    check = duplicates(*splits(task), task)
+    assert check.status == "fail" and "ignores its index" in check.message
+
+
+def test_duplicates_warn_on_near_copies_across_the_split():
+    x, y = clean_xy(1000)
+    x_val, y_val = clean_xy(300, seed=1)
+    x_val[:30] = x[:30] + 0.01 * torch.randn(30, tiny.FEATURES, generator=torch.Generator().manual_seed(2))
+    task = with_data(x, y, x_val, y_val)
+    check = duplicates(*splits(task), task)
+    assert check.status == "warn" and "near-duplicates" in check.message
+
+
+# ---- outliers ------------------------------------------------------------------------------------------------------
+
+
+def test_robust_z_ignores_the_outliers_themselves():
+    values = torch.cat([torch.randn(1000, generator=torch.Generator().manual_seed(0)), torch.tensor([1e6])])
+    z = robust_z(values)
+    assert abs(float(z[:-1].std()) - 1) < 0.1 and float(z[-1]) > 1e5
+
+
+def test_outliers_pass_on_clean_data():
+    task = tiny.classification()
+    check, _ = outliers(read_split(task, "train", 10_000, 0))
+    assert check.status == "pass", check.message
+
+
+def test_outliers_warn_on_samples_in_other_units_and_rank_them_first():
+    x, y = clean_xy()
+    x[[7, 42]] *= 100
+    check, info = outliers(read_split(with_data(x, y), "train", 10_000, 0))
+    assert check.status == "warn" and check.value["beyond_threshold"] == 2
+    assert {row["index"] for row in info["table"][:2]} == {7, 42}
+
+
+def test_outliers_flag_a_blank_sample():
+    x, y = clean_xy()
+    x[3] = 0.0
+    check, info = outliers(read_split(with_data(x, y), "train", 10_000, 0))
+    assert check.status == "warn" and info["table"][0]["index"] == 3
+
+
+# ---- sequence_data -------------------------------------------------------------------------------------------------
+
+
+def test_sequence_data_passes_on_clean_next_token_pairs():
+    task = tiny.sequence()
+    assert sequence_data(*splits(task), task).status == "pass"
+
+
+def test_sequence_data_fails_on_token_ids_beyond_the_vocabulary():
+    task = tiny.sequence()
+    train, val = splits(task)
+    train.inputs = train.inputs.clone()
+    train.inputs[0, 0] = tiny.VOCAB + 5
+    assert sequence_data(train, val, task).status == "fail"
+
+
+def padded(pad_targets: bool) -> tuple[Task, int]:
+    """Sequences of random lengths padded with id 0 (a token the stream never uses otherwise)."""
+    task = tiny.sequence()
+    pad = 0
+    x, y = task.train.x.clone() % (tiny.VOCAB - 1) + 1, task.train.y.clone() % (tiny.VOCAB - 1) + 1
+    lengths = torch.randint(4, tiny.LENGTH, (len(x),), generator=torch.Generator().manual_seed(0))
+    for row, n in enumerate(lengths.tolist()):
+        x[row, n:] = pad
+        y[row, n:] = pad if pad_targets else -100
+    return task.replace(train=(x, y), val=(x, y)), pad
+
+
+def test_sequence_data_fails_when_padding_is_scored_as_a_target():
+    task, pad = padded(pad_targets=True)
+    check = sequence_data(*splits(task), task, pad_id=pad)
+    assert check.status == "fail" and "ignore_index" in check.message
+    clean, pad = padded(pad_targets=False)
+    assert sequence_data(*splits(clean), clean, pad_id=pad).status == "pass"
+
+
+def test_sequence_data_warns_when_the_pad_id_is_also_a_real_token():
+    task = tiny.sequence()  # token 0 occurs inside every stream
+    assert sequence_data(*splits(task), task, pad_id=0).status == "warn"
+
+
+def test_inspect_checks_run_on_numpy_data_with_float64_inputs():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 5)), rng.integers(0, 3, 200)
+    task = Task(train=(x, y), val=(x[:50] + 0.01, y[:50]), model=lambda: torch.nn.Linear(5, 3), num_classes=3)
+    train, val = splits(task)
+    assert split_shift(train, val).status in ("pass", "warn", "fail")
+    assert duplicates(train, val, task).status in ("pass", "warn", "fail")
