@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import fixed_indices
+from recipe.data import TensorSplit, fixed_indices
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -63,6 +63,16 @@ def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int =
         targets.append(y.detach().cpu())
     tensors = None if any(x is None for x in inputs) else torch.cat([x for x in inputs if x is not None])
     return SplitSample(split, tensors, torch.cat(targets), order, n)
+
+
+def whole_split(task: Task, split: str) -> SplitSample | None:
+    """Every sample of an in-memory split, as views of its tensors (no copy); None for a Dataset split."""
+    data = task.train if split == "train" else task.val
+    if not isinstance(data, TensorSplit):
+        return None
+    x, y = task.split_batch((data.x, data.y))
+    inputs = x.detach().cpu() if isinstance(x, torch.Tensor) else None
+    return SplitSample(split, inputs, y.detach().cpu(), torch.arange(len(data)), len(data))
 
 
 def is_class_task(task: Task) -> bool:
@@ -123,7 +133,6 @@ def non_finite_data(train: SplitSample, val: SplitSample) -> Check:
                     "samples": int(bad.sum()),
                     "first_indices": part.indices[bad][:10].tolist(),
                 }
-    scope = "a sample of the splits" if train.sampled or val.sampled else "every sample"
     if found:
         where = "; ".join(
             f"{k.replace('_', ' ')}: {v['samples']} samples (first {v['first_indices']})" for k, v in found.items()
@@ -135,6 +144,7 @@ def non_finite_data(train: SplitSample, val: SplitSample) -> Check:
             found,
             "every value finite",
         )
+    scope = f"{train.scope} training and {val.scope} validation samples"
     return passed("non_finite", f"no NaN or Inf in the inputs or targets ({scope} checked).", {"scanned": scope})
 
 

@@ -30,6 +30,7 @@ from recipe.diagnostics.integrity import (
     sequence_data,
     summary,
     target_range,
+    whole_split,
 )
 from recipe.diagnostics.outliers import outliers
 from recipe.diagnostics.splits import duplicates, split_shift
@@ -73,7 +74,9 @@ class InspectData(Stage):
         s, task = self.settings, ctx.task
         train = read_split(task, "train", s.max_samples, ctx.seed)
         val = read_split(task, "val", s.max_samples, ctx.seed + 1)
-        checks = [self._summary(ctx, train, val), non_finite_data(train, val)]
+        # an in-memory split is scanned whole for NaN/Inf (a vectorised pass), whatever its size
+        whole = [whole_split(task, p.name) if p.sampled else p for p in (train, val)]
+        checks = [self._summary(ctx, train, val), non_finite_data(whole[0] or train, whole[1] or val)]
         train, val = finite_rows(train), finite_rows(val)  # what follows describes the finite rows
         checks.append(ctx.check(target_range, train, val, task))
         checks.append(self._class_balance(ctx, train, val))
@@ -85,7 +88,7 @@ class InspectData(Stage):
         if task.kind == "sequence":
             checks.append(ctx.check(sequence_data, train, val, task, pad_id=s.pad_id))
         checks.append(self._samples(ctx, train, val))
-        return checks
+        return [_say_sampled(c, train, val) for c in checks]
 
     def _summary(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:
         check = ctx.check(summary, train, val, ctx.task)
@@ -244,3 +247,11 @@ class InspectData(Stage):
 
 def _target_label(target: torch.Tensor) -> str:
     return f"{float(target):g}" if target.numel() == 1 else ""
+
+
+def _say_sampled(check: Check, train: SplitSample, val: SplitSample) -> Check:
+    """Name the sample in the message of a check that saw only part of a large split."""
+    states_its_scope = check.name in ("summary", "non_finite") or "random sample of" in check.message
+    if not (train.sampled or val.sampled) or check.status == "skip" or states_its_scope:
+        return check
+    return check.replace(message=f"{check.message} (Read {train.scope} training and {val.scope} validation samples.)")
