@@ -76,6 +76,7 @@ def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: 
         seed=args.seed if args.seed is not None else config.seed,
         keep_going=args.keep_going or config.keep_going,
         config={"train": config.train, **sections},
+        source={"task": config.task, "task_args": config.task_args},
         progress=not args.quiet,
         quiet=args.quiet,
     )

@@ -45,6 +45,10 @@ class TrainSettings:
         compile: run the model through torch.compile.
         init_bias: set the final layer's bias to the log class priors / target mean ("init well").
         epochs: epochs for full training runs in later stages.
+        model: the rung of the task's model ladder to train (`Task(models=...)`); None for `Task(model=...)`.
+        dropout: passed to the model factory as `dropout=` when it takes that argument; None leaves its default.
+        augment: train on the task's augmented batches (`Task(augment=...)`).
+        early_stopping: stop after this many epochs without a better validation loss and keep the best weights.
     """
 
     batch_size: int = 64
@@ -58,6 +62,10 @@ class TrainSettings:
     compile: bool = False
     init_bias: bool = True
     epochs: int = 10
+    model: str | None = None
+    dropout: float | None = None
+    augment: bool = False
+    early_stopping: int | None = None
 
 
 @dataclass(frozen=True)

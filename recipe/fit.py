@@ -77,6 +77,7 @@ def fit(
     resume: bool = False,
     model: nn.Module | None = None,
     init_bias: bool = False,
+    augment: bool = False,
     eval_batch_size: int = 1024,
     evaluate_every_epoch: bool = True,
     log: MetricsLog | None = None,
@@ -108,6 +109,7 @@ def fit(
         resume: continue from `checkpoint_dir/last.pt` when it exists.
         model: train this module instead of a fresh one from the task's factory.
         init_bias: set the final layer's bias to the log class priors / target mean before training.
+        augment: pass training batches through the task's augmentation (`Task(augment=...)`).
         log: receives one record per logged step and per epoch (the run directory's metrics.jsonl).
         log_every: read the losses from the device every this many steps (logging, progress, non-finite check).
         on_log: called as on_log(step, model) at every logged step, in training mode.
@@ -166,12 +168,13 @@ def fit(
         "warmup_steps": warmup_steps if not callable(schedule) else None,
         "weight_decay": weight_decay,
         "grad_clip": grad_clip,
+        "augment": augment and task.augmentation is not None,
         "seed": seed,
     }
 
     def train_step(batch: Batch) -> torch.Tensor:
         with autocast():
-            output, target = task.outputs(forward_model, batch)
+            output, target = task.outputs(forward_model, batch, augment)
             loss = task.compute_loss(output, target)
         loss.backward()
         clip()

@@ -4,6 +4,8 @@ directory (checks.json, metrics.jsonl, manifest.json, report.html)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import platform
 import sys
 import time
@@ -26,6 +28,9 @@ from recipe.rundir import RunDir
 from recipe.stage import Stage
 from recipe.task import Task
 
+REGULARISATION_OFF: dict[str, Any] = {"weight_decay": 0.0, "augment": False, "early_stopping": None}
+"""`fit` overrides for the stages that must see the model unregularised (`baseline`, `overfit`)."""
+
 
 @dataclass
 class Context:
@@ -41,6 +46,8 @@ class Context:
         objects: non-serialisable hand-overs between stages (for example a trained model), by name.
         stage: the name of the stage now running.
         progress: whether training runs show progress bars.
+        source: where the task came from when the run was started from a config (`task`, `task_args`), so a
+            stage can write a config the command line can run again.
     """
 
     task: Task
@@ -53,6 +60,7 @@ class Context:
     stage: str = ""
     progress: bool = True
     fits: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
 
     def learn(self, **values: Any) -> None:
         """Record what the running stage learned; keys naming a training setting also update `train`."""
@@ -62,12 +70,23 @@ class Context:
             self.train = dataclasses.replace(self.train, **updates)
         self.learned.setdefault(self.stage, {}).update(values)
 
+    def training_task(self, task: Task | None = None, **changes: Any) -> Task:
+        """The task with the model the training settings name: the ladder rung `model` and its `dropout`."""
+        s = dataclasses.replace(self.train, **changes) if changes else self.train
+        task = task or self.task
+        factory = model_factory(task, s.model, s.dropout)
+        return task if factory is task.model else task.replace(model=factory)
+
     def fit(self, run: str, task: Task | None = None, **overrides: Any) -> FitResult:
-        """`fit` with the current training settings, this run's device and seed, logging to metrics.jsonl."""
+        """`fit` with the current training settings, this run's device and seed, logging to metrics.jsonl.
+
+        `task` defaults to the context's task with the rung and dropout the settings name (`training_task`).
+        """
         s = self.train
+        task = task or self.training_task()
         settings: dict[str, Any] = {
             "epochs": s.epochs,
-            "batch_size": min(s.batch_size, len((task or self.task).train)),
+            "batch_size": min(s.batch_size, len(task.train)),
             "lr": s.lr,
             "optimizer": s.optimizer,
             "weight_decay": s.weight_decay,
@@ -77,13 +96,15 @@ class Context:
             "precision": s.precision,
             "compile": s.compile,
             "init_bias": s.init_bias,
+            "augment": s.augment,
+            "early_stopping": s.early_stopping,
             "device": self.device,
             "seed": self.seed,
             "progress": self.progress,
             "log": self.rundir.metrics_log(self.stage, run),
         }
         settings.update(overrides)
-        result = fit(task or self.task, **settings)
+        result = fit(task, **settings)
         self.fits.append({"stage": self.stage, "run": run, "seconds": round(result.seconds, 3), **result.setup})
         return result
 
@@ -101,6 +122,31 @@ class Context:
 
     def save_figure(self, name: str, fig: Any) -> str:
         return self.rundir.save_figure(self.stage, name, fig)
+
+
+def model_factory(task: Task, rung: str | None = None, dropout: float | None = None) -> Callable[[], Any]:
+    """The factory for ladder rung `rung` (None: the task's model), with `dropout=` bound when it takes one."""
+    factory: Callable[..., Any]
+    if rung is None:
+        factory = task.model
+    elif rung in task.models:
+        factory = task.models[rung]
+    else:
+        raise ConfigError(f"train.model={rung!r} is not a rung of the task's ladder{suggest(rung, task.models)}")
+    if dropout is None:
+        return factory
+    if not accepts(factory, "dropout"):
+        raise ConfigError(f"train.dropout={dropout} but the model factory takes no `dropout` argument.")
+    return functools.partial(factory, dropout=dropout)
+
+
+def accepts(factory: Callable[..., Any], argument: str) -> bool:
+    """Whether `factory` (a class or function) takes a keyword `argument`."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 @dataclass
@@ -146,6 +192,8 @@ class Recipe:
         config: per-stage settings by stage name (as in a YAML config), plus `train` for the training settings.
         progress: show progress bars (only on a terminal).
         quiet: print only the final summary.
+        source: where the task came from, when started from a config ({"task": "module:function", "task_args":
+            {...}}); stages use it to write configs the command line can run again.
     """
 
     def __init__(
@@ -159,6 +207,7 @@ class Recipe:
         config: dict[str, Any] | None = None,
         progress: bool = True,
         quiet: bool = False,
+        source: dict[str, Any] | None = None,
     ):
         from recipe.stages import STAGES
 
@@ -185,6 +234,7 @@ class Recipe:
                 raise ConfigError(f"stages: unknown stage {item!r}{suggest(str(item), STAGES)}")
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / task.name
         self.config = config
+        self.source = dict(source or {})
 
     def run(self) -> RecipeResult:
         """Run the stages in order; write the run directory; return the result."""
@@ -193,7 +243,7 @@ class Recipe:
         self.task.validate(self.device)  # bad input fails here, before anything is written
         rundir = RunDir(self.run_dir, [s.name for s in self.stages])
         rundir.create()
-        ctx = Context(self.task, self.device, self.seed, rundir, self.train, progress=self.progress)
+        ctx = Context(self.task, self.device, self.seed, rundir, self.train, progress=self.progress, source=self.source)
         console = Console(self.quiet)
         manifest = self._manifest()
         console.header(self.task, self.device, self.seed, rundir.path)

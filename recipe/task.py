@@ -24,6 +24,12 @@ from recipe.errors import TaskError
 Kind = Literal["classification", "regression", "sequence"]
 KINDS: tuple[str, ...] = ("classification", "regression", "sequence")
 LOSSES: tuple[str, ...] = ("cross_entropy", "mse", "l1", "bce_with_logits")
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # on (B, C, H, W) images
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot90": lambda x: x.rot90(1, (-2, -1)),
+    "rot180": lambda x: x.rot90(2, (-2, -1)),
+}
 IGNORE_INDEX = -100  # F.cross_entropy's default: targets equal to it are not scored
 
 _SCAN_LIMIT = 20_000  # samples read from a Dataset split to infer kind and classes
@@ -43,6 +49,13 @@ class Task:
         decoder: optional callable turning a list of token ids into text (sequence tasks), used to show batches.
         image_shape: optional (C, H, W) or (H, W) of one input, so flat inputs are shown as pictures (e.g. (8, 8)
             for the 64 pixels of a digit); (B, 1|3, H, W) inputs are shown as pictures without it.
+        models: optional ladder of model factories, smallest first ({"small": f, "large": g}) for `complexify`;
+            `model` defaults to the first rung. A single `model` is a one-rung ladder.
+        augment: optional training-time augmentation, callable(batch inputs) -> inputs, drawing its randomness from
+            torch's global generator (which `fit` seeds); used by `regularize` and `fit(augment=True)`.
+        invariances: what the task's label does under named transforms of image inputs: True when the label is
+            preserved, False when it changes (e.g. {"hflip": False} for a left/right task). Checked against
+            `augment` by `regularize`. Known transforms: hflip, vflip, rot90, rot180.
 
     Subclasses override `split_batch`, `forward`, `compute_loss`, `loss_per_sample`, `metric_per_sample` or
     `decode` for other data formats, and keep these constructor arguments.
@@ -52,14 +65,38 @@ class Task:
         self,
         train: Any,
         val: Any,
-        model: Callable[[], nn.Module],
+        model: Callable[[], nn.Module] | None = None,
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
         kind: Kind | None = None,
         num_classes: int | None = None,
         name: str | None = None,
         decoder: Callable[[list[int]], str] | None = None,
         image_shape: tuple[int, ...] | None = None,
+        models: dict[str, Callable[[], nn.Module]] | None = None,
+        augment: Callable[[Any], Any] | None = None,
+        invariances: dict[str, bool] | None = None,
     ):
+        models = dict(models or {})
+        for rung, factory in models.items():
+            if isinstance(factory, nn.Module) or not callable(factory):
+                raise TaskError(
+                    f"models[{rung!r}] must be a factory building a fresh nn.Module (a class or a function), "
+                    f"got {type(factory).__name__}."
+                )
+        if model is None:
+            if not models:
+                raise TaskError(
+                    "give model= (a factory returning a fresh nn.Module), or a ladder models={name: factory}."
+                )
+            model = next(iter(models.values()))  # the smallest rung: "start simple"
+        if augment is not None and not callable(augment):
+            raise TaskError(f"augment must be a callable(inputs) -> inputs, got {type(augment).__name__}.")
+        unknown = set(invariances or {}) - set(TRANSFORMS)
+        if unknown:
+            raise TaskError(
+                f"invariances: unknown transform(s) {sorted(unknown)}; declare any of {', '.join(TRANSFORMS)} as "
+                "True (preserves the label) or False (changes it)."
+            )
         if isinstance(model, nn.Module):
             raise TaskError(
                 f"model must be a factory that builds a fresh nn.Module on every call, got an instance of "
@@ -86,6 +123,9 @@ class Task:
         self.name = name or "task"
         self.decoder = decoder
         self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.models = models or {"model": model}
+        self.augmentation = augment
+        self.invariances = dict(invariances or {})
         self.zero_inputs = False  # set on a variant by the input-independent baseline
         self._targets: dict[tuple[str, int | None], torch.Tensor] = {}  # read once: a Dataset pass can be slow
         self.kind: Kind = kind or self._infer_kind()
@@ -161,6 +201,10 @@ class Task:
         err = (output.float() - target.float()).abs()
         return err.reshape(len(err), -1).mean(1)
 
+    def augment(self, inputs: Any) -> Any:
+        """Training-time augmentation of a batch's inputs (identity when the task has none)."""
+        return self.augmentation(inputs) if self.augmentation is not None else inputs
+
     def decode(self, tokens: list[int]) -> str | None:
         """Text for a list of token ids, when the task has a decoder."""
         return self.decoder(tokens) if self.decoder is not None else None
@@ -179,9 +223,11 @@ class Task:
 
     # ---- used by fit and the diagnostics ----------------------------------------------------------------------
 
-    def outputs(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model output, target) for a batch: split, optionally zero the inputs, forward."""
+    def outputs(self, model: nn.Module, batch: Batch, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model output, target) for a batch: split, optionally augment or zero the inputs, forward."""
         inputs, target = self.split_batch(batch)
+        if augment:
+            inputs = self.augment(inputs)
         if self.zero_inputs:
             inputs = tree_map(torch.zeros_like, inputs)
         return self.forward(model, inputs), target

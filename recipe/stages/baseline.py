@@ -37,7 +37,7 @@ from recipe.errors import NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.fit import FitResult
 from recipe.models import disable_dropout, simple_model_factory
-from recipe.recipe import Context
+from recipe.recipe import REGULARISATION_OFF, Context
 from recipe.stage import Stage
 from recipe.task import IGNORE_INDEX, Task
 
@@ -177,6 +177,7 @@ class Baseline(Stage):
             try:
                 run = ctx.fit(
                     "seed",
+                    **REGULARISATION_OFF,
                     device="cpu",
                     max_steps=self.settings.seed_steps,
                     epochs=None,
@@ -226,12 +227,12 @@ class Baseline(Stage):
 
         result = ctx.fit(
             run,
+            **REGULARISATION_OFF,
             task=task,
             model=model,
             max_steps=self.settings.steps,
             epochs=None,
             evaluate_every_epoch=False,
-            weight_decay=0.0,
             on_log=record,
             **({"lr": lr} if lr is not None else {}),
         )

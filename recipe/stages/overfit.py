@@ -21,7 +21,7 @@ from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, suggest_lr
 from recipe.errors import NonFiniteError
 from recipe.models import disable_dropout
-from recipe.recipe import Context
+from recipe.recipe import REGULARISATION_OFF, Context
 from recipe.stage import Stage
 from recipe.task import constant_loss
 
@@ -72,13 +72,13 @@ class OverfitOneBatch(Stage):
         model = disable_dropout(task.make_model())
         result = ctx.fit(
             "overfit_batch",
+            **REGULARISATION_OFF,
             task=one_batch,
             model=model,
             batch_size=len(indices),
             max_steps=s.steps,
             epochs=None,
             lr=s.lr,
-            weight_decay=0.0,
             evaluate_every_epoch=False,
             log_every=25,
         )
@@ -102,12 +102,12 @@ class OverfitOneBatch(Stage):
         try:
             result = ctx.fit(
                 "lr_range_test",
+                **REGULARISATION_OFF,
                 model=disable_dropout(ctx.task.make_model()),
                 lr=s.lr_max,
                 schedule=ramp,
                 max_steps=s.lr_steps,
                 epochs=None,
-                weight_decay=0.0,
                 evaluate_every_epoch=False,
                 log_every=s.lr_steps,
             )
