@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -126,13 +126,9 @@ class Context:
 
 def model_factory(task: Task, rung: str | None = None, dropout: float | None = None) -> Callable[[], Any]:
     """The factory for ladder rung `rung` (None: the task's model), with `dropout=` bound when it takes one."""
-    factory: Callable[..., Any]
-    if rung is None:
-        factory = task.model
-    elif rung in task.models:
-        factory = task.models[rung]
-    else:
+    if rung is not None and rung not in task.models:
         raise ConfigError(f"train.model={rung!r} is not a rung of the task's ladder{suggest(rung, task.models)}")
+    factory = cast(Callable[..., Any], task.model if rung is None else task.models[rung])
     if dropout is None:
         return factory
     if not accepts(factory, "dropout"):
