@@ -5,6 +5,8 @@ The base example: `make_task()` returns a Task; `python examples/digits.py` runs
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch import nn
@@ -68,15 +70,18 @@ def make_task(model: str = "mlp", seed: int = 0) -> Task:
     x_train, x_val, y_train, y_val = load_digits_split(seed)
     if model == "cnn":
         x_train, x_val = x_train.reshape(-1, 1, 8, 8), x_val.reshape(-1, 1, 8, 8)
-        factory = CNN
+        factory: type[nn.Module] = CNN
+        ladder = {"cnn-4": partial(CNN, channels=4), "cnn-16": CNN, "cnn-64": partial(CNN, channels=64)}
     elif model == "mlp":
         factory = MLP
+        ladder = {"mlp-16": partial(MLP, hidden=16), "mlp-128": MLP, "mlp-512": partial(MLP, hidden=512)}
     else:
         raise ValueError(f"model={model!r}: use 'mlp' or 'cnn'")
     return Task(
         train=(x_train, y_train),
         val=(x_val, y_val),
         model=factory,
+        models=ladder,  # for `complexify`: smallest first
         loss="cross_entropy",
         num_classes=10,
         name=f"digits-{model}",

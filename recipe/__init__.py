@@ -9,13 +9,14 @@ from recipe.evaluation import Evaluation, evaluate
 from recipe.fit import FitResult, fit
 from recipe.recipe import Context, Recipe, RecipeResult
 from recipe.stage import Stage
-from recipe.stages import STAGES, Baseline, InspectData, OverfitOneBatch
+from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch
 from recipe.task import Task
 
 __all__ = [
     "STAGES",
     "Baseline",
     "Check",
+    "Complexify",
     "ConfigError",
     "Context",
     "Evaluation",

@@ -1,6 +1,7 @@
 """The stages, in recipe order. `STAGES` is the only registry: a literal dict from name to class."""
 
 from recipe.stages.baseline import Baseline, BaselineSettings
+from recipe.stages.complexify import Complexify, ComplexifySettings
 from recipe.stages.inspect import InspectData, InspectSettings
 from recipe.stages.overfit import OverfitOneBatch, OverfitSettings
 
@@ -8,12 +9,15 @@ STAGES = {
     "inspect": InspectData,
     "baseline": Baseline,
     "overfit": OverfitOneBatch,
+    "complexify": Complexify,
 }
 
 __all__ = [
     "STAGES",
     "Baseline",
     "BaselineSettings",
+    "Complexify",
+    "ComplexifySettings",
     "InspectData",
     "InspectSettings",
     "OverfitOneBatch",

@@ -1,0 +1,227 @@
+"""Stage `complexify`: grow the model until it overfits, one verified step at a time.
+
+    "At this stage we should have a good understanding of the dataset and we have the full training + evaluation
+    pipeline working. [...] The approach I like to take to finding a good model has two stages: first get a model
+    large enough that it can overfit (i.e. focus on training loss) and then regularize it appropriately."
+    — Karpathy, A Recipe for Training Neural Networks, step 3.
+
+Train each rung of the task's model ladder (smallest first) for the same budget, its learning rate re-checked by
+a short range test, regularisation off; keep the smallest rung that fits the training set about as well as any;
+then compare a warm-up + cosine schedule with the constant rate and keep it only if it helps. The chosen rung,
+rate and schedule go to `regularize` through the context.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from recipe import plots
+from recipe.check import Check, skipped
+from recipe.diagnostics.curves import (
+    Rung,
+    capacity,
+    loss_spikes,
+    lr_schedule,
+    overfitting_onset,
+    pick_rung,
+    step_noise,
+    still_improving,
+)
+from recipe.diagnostics.optimization import exponential_ramp, suggest_lr
+from recipe.errors import ConfigError, NonFiniteError
+from recipe.evaluation import evaluate
+from recipe.fit import FitResult
+from recipe.models import disable_dropout
+from recipe.recipe import REGULARISATION_OFF, Context
+from recipe.stage import Stage
+from recipe.task import Task, constant_loss
+
+
+@dataclass(frozen=True)
+class ComplexifySettings:
+    """Settings of the `complexify` stage.
+
+    Args:
+        epochs: epochs per rung (the same budget for each); None uses train.epochs.
+        max_steps: cap on the steps per rung (bounds slow models, such as a GPT on a CPU).
+        rungs: the ladder rungs to train, by name (empty: all of `Task(models=...)`).
+        ladder: rungs built from the task's own factory with these keyword arguments, e.g.
+            {small: {hidden: 32}, large: {hidden: 512}}; used when the task has no `models`.
+        lr: a fixed learning rate for every rung; None re-checks it per rung with a short range test.
+        lr_steps: steps of each rung's range test.
+        schedule: the decay compared with the constant rate: "cosine" or "linear" (after warm-up).
+        warmup_fraction: warm-up as a fraction of the run's steps.
+        margin: a rung "fits as well" when its training loss is within this fraction of the best rung's.
+        skip: checks to report as "skip" (they still run).
+    """
+
+    epochs: int | None = None
+    max_steps: int | None = None
+    rungs: tuple[str, ...] = ()
+    ladder: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lr: float | None = None
+    lr_steps: int = 60
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05
+    margin: float = 0.1
+    skip: tuple[str, ...] = ()
+
+
+class Complexify(Stage):
+    """Train a ladder of models with one budget; keep the smallest that fits; try a schedule; read the curves."""
+
+    name = "complexify"
+    settings_cls = ComplexifySettings
+    settings: ComplexifySettings
+
+    def run(self, ctx: Context) -> list[Check]:
+        s = self.settings
+        ladder = self._ladder(ctx)
+        ctx.task = ctx.task.replace(models=ladder)  # later stages and `train.model` name these rungs
+        rungs = [self._train_rung(ctx, name, factory) for name, factory in ladder.items()]
+        chosen = pick_rung(rungs, s.margin)
+        constant = constant_loss(ctx.task, ctx.task.targets("train"))
+        checks = [capacity(rungs, chosen, constant).replace(artifacts=self._rung_artifacts(ctx, rungs))]
+        if checks[0].status == "fail":  # nothing trained: say how the curve went, skip the rest
+            return [*checks, loss_spikes((chosen or rungs[0]).step_losses)]
+        assert chosen is not None
+        ctx.learn(model=chosen.name, lr=chosen.lr, schedule="constant", warmup_steps=0)
+        final = self._schedule(ctx, chosen, checks)
+        checks += [
+            loss_spikes(final.step_losses),
+            step_noise(final.step_losses),
+            still_improving(final.history),
+            overfitting_onset(final.history),
+        ]
+        figure = plots.loss_curves(
+            {"training loss (per step)": final.step_losses}, f"Chosen setup: {chosen.name}, lr {chosen.lr:.2g}"
+        )
+        checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
+        return checks
+
+    # ---- the ladder -----------------------------------------------------------------------------------------------
+
+    def _ladder(self, ctx: Context) -> dict[str, Callable[[], nn.Module]]:
+        s, task = self.settings, ctx.task
+        ladder: dict[str, Callable[[], nn.Module]]
+        if s.ladder and len(task.models) <= 1:
+            ladder = {name: functools.partial(task.model, **kwargs) for name, kwargs in s.ladder.items()}
+        else:
+            ladder = dict(task.models)
+        if s.rungs:
+            unknown = [r for r in s.rungs if r not in ladder]
+            if unknown:
+                raise ConfigError(f"complexify.rungs: {unknown} are not rungs of the ladder {list(ladder)}.")
+            ladder = {r: ladder[r] for r in s.rungs}
+        return ladder
+
+    def _train_rung(self, ctx: Context, name: str, factory: Callable[[], nn.Module]) -> Rung:
+        """The rung's learning rate (range test or fixed), then one run of the stage's budget, unregularised."""
+        task = ctx.task.replace(model=factory)
+        params = sum(p.numel() for p in factory().parameters() if p.requires_grad)
+        lr = self.settings.lr or self._range_test(ctx, task, name) or ctx.train.lr
+        try:
+            run = self._fit(ctx, f"rung_{name}", task, lr)
+        except NonFiniteError as exc:
+            return Rung(name, params, lr, None, None, [*exc.losses, math.nan], [], exc.step)
+        train = evaluate(task, run.model, task.train, ctx.device)
+        val = evaluate(task, run.model, task.val, ctx.device)
+        return Rung(name, params, lr, train, val, run.step_losses, run.history, None, run.seconds)
+
+    def _range_test(self, ctx: Context, task: Task, name: str) -> float | None:
+        s = self.settings
+        ramp = exponential_ramp(1e-6, 1.0, s.lr_steps)
+        try:
+            run = ctx.fit(
+                f"lr_range_{name}",
+                task=task,
+                **REGULARISATION_OFF,
+                model=disable_dropout(task.make_model()),
+                lr=1.0,
+                schedule=ramp,
+                max_steps=s.lr_steps,
+                epochs=None,
+                evaluate_every_epoch=False,
+                log_every=s.lr_steps,
+            )
+            losses = run.step_losses
+        except NonFiniteError as exc:  # divergence at the top of the sweep is expected
+            losses = exc.losses
+        suggestion = suggest_lr([ramp(i) for i in range(s.lr_steps)], losses)
+        return suggestion["lr"]
+
+    def _fit(self, ctx: Context, run: str, task: Task, lr: float, **overrides: Any) -> FitResult:
+        s = self.settings
+        return ctx.fit(
+            run,
+            task=task,
+            **REGULARISATION_OFF,
+            model=disable_dropout(task.make_model()),
+            lr=lr,
+            epochs=s.epochs or ctx.train.epochs,
+            max_steps=s.max_steps,
+            **overrides,
+        )
+
+    def _rung_artifacts(self, ctx: Context, rungs: list[Rung]) -> tuple[str, ...]:
+        table = {
+            "columns": ["rung", "parameters", "lr", "train loss", "val loss", f"val {ctx.task.metric_name}", "s"],
+            "rows": [
+                [
+                    r.name,
+                    f"{r.params:,}",
+                    f"{r.lr:.2g}",
+                    f"{r.train.loss:.4g}" if r.train else f"diverged at step {r.diverged_at}",
+                    f"{r.val.loss:.4g}" if r.val else "-",
+                    f"{r.val.metric:.4g}" if r.val else "-",
+                    f"{r.seconds:.1f}",
+                ]
+                for r in rungs
+            ],
+        }
+        epochs = {r.name: [h["val_loss"] for h in r.history if h.get("val_loss") is not None] for r in rungs}
+        steps = {r.name: r.step_losses for r in rungs}
+        return (
+            ctx.save_json("rungs.table.json", table),
+            ctx.save_figure(
+                "rungs_train.png", plots.loss_curves(steps, "Training loss per rung (same budget)", logy=True)
+            ),
+            ctx.save_figure(
+                "rungs_val.png", plots.loss_curves(epochs, "Validation loss per rung", "validation loss", "epoch")
+            ),
+        )
+
+    # ---- the schedule ---------------------------------------------------------------------------------------------
+
+    def _schedule(self, ctx: Context, chosen: Rung, checks: list[Check]) -> Rung:
+        """Warm-up + decay against the constant rate for the chosen rung; returns the run that was kept."""
+        s, task = self.settings, ctx.task.replace(model=ctx.task.models[chosen.name])
+        if s.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"complexify.schedule={s.schedule!r}: use 'cosine' or 'linear'.")
+        steps = len(chosen.step_losses)
+        warmup = max(1, round(s.warmup_fraction * steps))
+        if steps < 20:
+            checks.append(skipped("lr_schedule", f"only {steps} steps per run; too few to compare schedules."))
+            return chosen
+        try:
+            run = self._fit(ctx, "schedule", task, chosen.lr, schedule=s.schedule, warmup_steps=warmup)
+        except NonFiniteError as exc:
+            checks.append(skipped("lr_schedule", f"the {s.schedule} run diverged at step {exc.step}; kept constant."))
+            return chosen
+        scheduled = evaluate(task, run.model, task.val, ctx.device)
+        assert chosen.val is not None
+        check, keep = lr_schedule(chosen.val, scheduled, s.schedule)
+        curves = {"constant": chosen.step_losses, f"warm-up {warmup} + {s.schedule}": run.step_losses}
+        figure = ctx.save_figure("lr_schedule.png", plots.loss_curves(curves, "Constant rate against a schedule"))
+        checks.append(check.replace(artifacts=(figure,), seconds=run.seconds))
+        if not keep:
+            return chosen
+        ctx.learn(schedule=s.schedule, warmup_steps=warmup)
+        train = evaluate(task, run.model, task.train, ctx.device)
+        return Rung(chosen.name, chosen.params, chosen.lr, train, scheduled, run.step_losses, run.history)

@@ -1,0 +1,127 @@
+"""Curve and ladder checks of `complexify`, on synthetic curves and evaluations (one planted case per check)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recipe.diagnostics.curves import (
+    Rung,
+    capacity,
+    loss_spikes,
+    lr_schedule,
+    overfitting_onset,
+    paired_difference,
+    pick_rung,
+    step_noise,
+    still_improving,
+)
+from recipe.evaluation import Evaluation
+
+
+def evaluation(losses: torch.Tensor) -> Evaluation:
+    return Evaluation(
+        float(losses.mean()), float(losses.std() / len(losses) ** 0.5), 0.0, None, len(losses), per_sample_loss=losses
+    )
+
+
+def per_sample(mean: float, n: int = 400, seed: int = 0) -> torch.Tensor:
+    return (torch.rand(n, generator=torch.Generator().manual_seed(seed)) * 2 * mean).double()
+
+
+def rung(name: str, train_mean: float, val_mean: float = 0.5, diverged_at: int | None = None) -> Rung:
+    if diverged_at is not None:
+        return Rung(name, 100, 1e-3, None, None, [1.0] * diverged_at + [math.nan], [], diverged_at)
+    return Rung(name, 100, 1e-3, evaluation(per_sample(train_mean)), evaluation(per_sample(val_mean, seed=1)))
+
+
+def decaying(steps: int = 200, noise: float = 0.02, seed: int = 0) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(steps, dtype=torch.float64)
+    return (2.0 * torch.exp(-t / 40) + 0.1 + noise * torch.randn(steps, generator=g, dtype=torch.float64)).tolist()
+
+
+def test_paired_difference_uses_the_same_samples():
+    a = evaluation(per_sample(1.0))
+    b = evaluation(a.per_sample_loss + 0.1)
+    gap, se = paired_difference(a, b)
+    assert abs(gap - 0.1) < 1e-9 and se < 1e-9  # a constant shift has no paired noise
+
+
+def test_pick_rung_takes_the_smallest_that_fits_about_as_well():
+    ladder = [rung("small", 0.8), rung("medium", 0.1), rung("large", 0.095)]
+    assert pick_rung(ladder).name == "medium"
+    assert pick_rung([rung("a", 1.0, diverged_at=5)]) is None
+
+
+def test_capacity_passes_when_bigger_rungs_fit_better():
+    ladder = [rung("small", 0.8), rung("large", 0.1)]
+    check = capacity(ladder, pick_rung(ladder), constant=2.3)
+    assert check.status == "pass" and check.value["chosen"] == "large"
+
+
+def test_capacity_warns_when_a_bigger_rung_fits_worse():
+    ladder = [rung("small", 0.2), rung("broken big", 1.5)]
+    check = capacity(ladder, pick_rung(ladder), constant=2.3)
+    assert check.status == "warn" and "broken big" in check.message
+
+
+def test_capacity_warns_when_a_bigger_rung_diverges_and_fails_when_all_do():
+    ladder = [rung("small", 0.2), rung("big", 0.0, diverged_at=7)]
+    assert capacity(ladder, pick_rung(ladder), constant=2.3).status == "warn"
+    assert capacity([rung("only", 0.0, diverged_at=3)], None, constant=2.3).status == "fail"
+
+
+def test_capacity_does_not_split_hairs_between_rungs_that_both_fit():
+    ladder = [rung("a", 0.004), rung("b", 0.02)]
+    assert capacity(ladder, pick_rung(ladder), constant=2.3).status == "pass"
+
+
+def test_lr_schedule_keeps_a_schedule_only_beyond_noise():
+    constant = evaluation(per_sample(0.5))
+    _, keep = lr_schedule(constant, evaluation(constant.per_sample_loss * 0.8), "cosine")
+    assert keep
+    noisy = constant.per_sample_loss + 0.01 * torch.randn(400, generator=torch.Generator().manual_seed(3)).double()
+    check, keep = lr_schedule(constant, evaluation(noisy), "cosine")
+    assert not keep and "constant rate" in check.message
+
+
+def test_loss_spikes_pass_on_a_smooth_decay():
+    assert loss_spikes(decaying()).status == "pass"
+
+
+def test_loss_spikes_warn_on_spikes_that_undo_progress():
+    curve = decaying()
+    curve[120] = curve[121] = 2.5
+    check = loss_spikes(curve)
+    assert check.status == "warn" and check.value["first_spike_steps"][0] == 120
+
+
+def test_loss_spikes_fail_on_divergence():
+    assert loss_spikes([*decaying(50), math.nan]).status == "fail"
+    rising = [0.5 + 0.01 * i for i in range(100)]
+    assert loss_spikes(rising).status == "fail"
+
+
+def test_step_noise_warns_when_noise_exceeds_progress():
+    assert step_noise(decaying()).status == "pass"
+    flat = (1.0 + 0.3 * torch.randn(200, generator=torch.Generator().manual_seed(0))).tolist()
+    assert step_noise(flat).status == "warn"
+
+
+def history(val: list[float], train: list[float] | None = None, se: float = 0.005) -> list[dict]:
+    train = train or [1.0 / (i + 1) for i in range(len(val))]
+    return [{"val_loss": v, "val_loss_se": se, "train_loss": t} for v, t in zip(val, train, strict=True)]
+
+
+def test_still_improving_warns_when_validation_still_falls_fast():
+    assert still_improving(history([1.0, 0.8, 0.7, 0.65, 0.64, 0.64, 0.64])).status == "pass"
+    check = still_improving(history([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]))
+    assert check.status == "warn" and "train.epochs" in check.message
+
+
+def test_overfitting_onset_names_the_epoch():
+    check = overfitting_onset(history([1.0, 0.6, 0.5, 0.55, 0.62, 0.7]))
+    assert check.value["best_epoch"] == 2 and "epoch 2" in check.message
+    assert "no overfitting" in overfitting_onset(history([1.0, 0.8, 0.7, 0.65])).message

@@ -1,0 +1,93 @@
+"""The `complexify` stage end to end: a ladder trained with one budget, the hand-over to later stages, a broken
+big rung, and a run set to diverge."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import torch
+from torch import nn
+
+from recipe import Complexify, Recipe, Task
+from tests import tiny
+
+
+class Wide(nn.Module):
+    def __init__(self, hidden: int = 32, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(tiny.FEATURES, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, tiny.CLASSES)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BrokenBig(Wide):
+    """The planted bug: the big rung's hidden layer is detached, so only its head ever trains."""
+
+    def __init__(self) -> None:
+        super().__init__(hidden=256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[3](self.net[1](self.net[0](x)).detach() * 0.0)
+
+
+def ladder_task(big=None) -> Task:
+    return Task(
+        train=tiny.blobs(256, 0),
+        val=tiny.blobs(128, 1),
+        models={"small": partial(Wide, hidden=4), "big": big or partial(Wide, hidden=128)},
+        num_classes=tiny.CLASSES,
+        name="ladder",
+    )
+
+
+def run(task: Task, tmp_path, **settings):
+    stage = Complexify(epochs=8, lr_steps=40, **settings)
+    return Recipe(task, run_dir=tmp_path / "run", stages=[stage], device="cpu", progress=False, quiet=True).run()
+
+
+def test_a_healthy_ladder_passes_and_hands_the_choice_over(tmp_path):
+    result = run(ladder_task(), tmp_path)
+    by_name = {c.name: c for c in result.checks}
+    assert result.ok and by_name["capacity"].status == "pass", by_name["capacity"].message
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    learned = manifest["learned"]["complexify"]
+    assert learned["model"] == by_name["capacity"].value["chosen"]
+    assert manifest["train_final"]["model"] == learned["model"] and manifest["train_final"]["lr"] == learned["lr"]
+    folder = result.run_dir / "04_complexify"
+    for name in ("rungs.table.json", "rungs_train.png", "rungs_val.png", "chosen_run.png"):
+        assert (folder / name).exists(), name
+    for name in ("lr_schedule", "loss_spikes", "step_noise", "still_improving", "overfitting_onset"):
+        assert name in by_name
+
+
+def test_a_broken_big_rung_warns_capacity(tmp_path):
+    result = run(ladder_task(big=BrokenBig), tmp_path)
+    capacity = next(c for c in result.checks if c.name == "capacity")
+    assert capacity.status == "warn" and "big" in capacity.message
+    assert capacity.value["chosen"] == "small"
+
+
+def test_a_run_set_to_diverge_fails(tmp_path):
+    result = run(tiny.classification(), tmp_path, lr=1e4)
+    statuses = {c.name: c.status for c in result.checks}
+    assert statuses["capacity"] == "fail" and statuses["loss_spikes"] == "fail"
+    assert not result.ok
+
+
+def test_a_ladder_from_the_config_calls_the_factory_with_each_size(tmp_path):
+    task = Task(train=tiny.blobs(256, 0), val=tiny.blobs(128, 1), model=Wide, num_classes=tiny.CLASSES)
+    result = run(task, tmp_path, ladder={"w4": {"hidden": 4}, "w64": {"hidden": 64}})
+    rungs = next(c for c in result.checks if c.name == "capacity").value["rungs"]
+    assert [r["rung"] for r in rungs] == ["w4", "w64"] and rungs[0]["params"] < rungs[1]["params"]
+
+
+def test_later_stages_train_the_chosen_rung(tmp_path):
+    from recipe.recipe import model_factory
+
+    task = ladder_task()
+    rung = model_factory(task, "big", dropout=0.3)
+    assert rung().net[2].p == 0.3
