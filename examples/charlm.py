@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sysconfig
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -131,19 +132,18 @@ def make_task(
     cut = int(0.9 * len(ids))
     train, val = windows(ids[:cut], block_size), windows(ids[cut:], block_size)
     if model == "gpt":
-
-        def factory() -> nn.Module:
-            return GPT(len(VOCAB), block_size, layers, heads, dim, dropout)
+        factory = partial(GPT, len(VOCAB), block_size, layers, heads, dim, dropout)
+        ladder = {f"gpt-{w}": partial(GPT, len(VOCAB), block_size, layers, heads, w, dropout) for w in (dim // 2, dim)}
     elif model == "conv":
-
-        def factory() -> nn.Module:
-            return ConvLM(len(VOCAB), dim)
+        factory = partial(ConvLM, len(VOCAB), dim)
+        ladder = {f"conv-{w}": partial(ConvLM, len(VOCAB), w) for w in (dim // 2, dim)}
     else:
         raise ValueError(f"model={model!r}: use 'gpt' or 'conv'")
     return Task(
         train=train,
         val=val,
         model=factory,
+        models=ladder,  # half the width, then the configured width, for `complexify`
         loss="cross_entropy",
         kind="sequence",
         num_classes=len(VOCAB),
