@@ -9,7 +9,7 @@ from recipe.evaluation import Evaluation, evaluate
 from recipe.fit import FitResult, fit
 from recipe.recipe import Context, Recipe, RecipeResult
 from recipe.stage import Stage
-from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch
+from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch, Tune
 from recipe.task import Task
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Stage",
     "Task",
     "TaskError",
+    "Tune",
     "TrainSettings",
     "__version__",
     "evaluate",

@@ -75,11 +75,18 @@ def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: 
         device=args.device or config.device,
         seed=args.seed if args.seed is not None else config.seed,
         keep_going=args.keep_going or config.keep_going,
-        config={"train": config.train, **sections},
+        config={"train": config.train, **sections, **_tune_flags(sections, args)},
         source={"task": config.task, "task_args": config.task_args},
         progress=not args.quiet,
         quiet=args.quiet,
     )
+
+
+def _tune_flags(sections: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """--workers / --storage / --study over the config's tune section."""
+    flags = {k: getattr(args, k, None) for k in ("workers", "storage", "study")}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return {"tune": {**(sections.get("tune") or {}), **flags}} if flags else {}
 
 
 def report(args: argparse.Namespace) -> int:
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--keep-going", action="store_true", help="run later stages after a failed check")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--workers", type=int, help="tune: local worker processes (overrides tune.workers)")
+    p.add_argument("--storage", help="tune: an Optuna storage URL shared by workers on many machines")
+    p.add_argument("--study", help="tune: the study name to create or join")
     # SUPPRESS: the subcommand's default must not overwrite `recipe --debug run ...`
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(handler=run)

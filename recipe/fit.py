@@ -83,6 +83,7 @@ def fit(
     log: MetricsLog | None = None,
     log_every: int = 10,
     on_log: Callable[[int, nn.Module], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int | None = None,
 ) -> FitResult:
     """Train `task`'s model and evaluate it on the whole validation split after every epoch.
@@ -113,6 +114,8 @@ def fit(
         log: receives one record per logged step and per epoch (the run directory's metrics.jsonl).
         log_every: read the losses from the device every this many steps (logging, progress, non-finite check).
         on_log: called as on_log(step, model) at every logged step, in training mode.
+        on_epoch: called with each epoch's record (after evaluation); an exception it raises ends training (a
+            search's pruner stops a hopeless trial this way).
         num_workers: DataLoader workers for Dataset splits; default: none on machines with 2 cores or fewer.
 
     Raises:
@@ -224,6 +227,8 @@ def fit(
             result.history.append(record)
             if log is not None:
                 _log_epoch(log, record, task.metric_name)
+            if on_epoch is not None:
+                on_epoch(record)
             val_loss = record.get("val_loss")
             if val_loss is not None and val_loss < progress_state["best_val_loss"]:
                 progress_state.update(best_val_loss=val_loss, stale_epochs=0)

@@ -261,3 +261,71 @@ def histogram(values: Any, title: str, xlabel: str, marks: Mapping[str, float] |
         if marks:
             ax.legend(frameon=False)
     return fig
+
+
+def train_val_gap(rows: Sequence[tuple[str, float, float, bool]], title: str) -> Figure:
+    """Per run (label, train loss, validation loss, kept): the two losses joined by a line, the gap; kept runs bold."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(rows) + 1.4))
+        y = np.arange(len(rows))
+        for i, (_, train, val, kept) in enumerate(rows):
+            ax.plot([train, val], [i, i], color=COLORS[2] if kept else COLORS[6], linewidth=2.5 if kept else 1.2)
+        ax.scatter([r[1] for r in rows], y, color=COLORS[0], zorder=3, s=18, label="train (eval mode)")
+        ax.scatter([r[2] for r in rows], y, color=COLORS[1], zorder=3, s=18, label="validation")
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{r[0]}{'  (kept)' if r[3] else ''}" for r in rows], fontsize=7.5)
+        ax.invert_yaxis()
+        ax.set(title=title, xlabel="loss (the line is the train/validation gap)")
+        ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def learning_curve(
+    sizes: Sequence[int], train: Sequence[float], val: Sequence[float], val_se: Sequence[float], title: str
+) -> Figure:
+    """Training and validation loss against the number of training samples (log x), validation with ± 1 SE."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        ax.plot(sizes, train, marker="o", markersize=4, label="train (eval mode)")
+        ax.errorbar(sizes, val, yerr=val_se, marker="o", markersize=4, capsize=3, label="validation ± SE")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(sizes), [str(n) for n in sizes])
+        ax.set(title=title, xlabel="training samples", ylabel="loss")
+        ax.legend(frameon=False)
+    return fig
+
+
+def search_axes(axes: Mapping[str, tuple[Sequence[float], bool]], values: Sequence[float]) -> Figure:
+    """The playbook's axis plots: validation loss against each searched hyperparameter, one point per trial,
+    the best trial marked."""
+    names = list(axes)
+    columns = min(3, max(1, len(names)))
+    rows = math.ceil(max(1, len(names)) / columns)
+    best = int(np.argmin(values)) if len(values) else 0
+    with plt.rc_context(STYLE):
+        fig, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+        for ax, name in zip(grid.flat, names, strict=False):
+            xs, log = axes[name]
+            ax.scatter(xs, values, s=14, alpha=0.8, color=COLORS[0])
+            ax.scatter([xs[best]], [values[best]], s=40, marker="*", color=COLORS[1], label="best")
+            if log:
+                ax.set_xscale("log")
+            ax.set(xlabel=name, ylabel="validation loss")
+        for ax in list(grid.flat)[len(names) :]:
+            ax.axis("off")
+        fig.suptitle("Validation loss by hyperparameter (one point per trial)", fontsize=10, fontweight="bold")
+        fig.tight_layout()
+    return fig
+
+
+def best_so_far(values: Sequence[float]) -> Figure:
+    """Each trial's validation loss in the order the trials were created, and the best so far."""
+    running = np.minimum.accumulate(np.asarray(values, dtype=np.float64))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        ax.scatter(np.arange(len(values)), values, s=12, alpha=0.7, label="trial")
+        ax.step(np.arange(len(values)), running, where="post", color=COLORS[1], label="best so far")
+        ax.set(title="Search progress", xlabel="trial", ylabel="validation loss")
+        ax.legend(frameon=False)
+    return fig

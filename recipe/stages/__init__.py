@@ -4,12 +4,14 @@ from recipe.stages.baseline import Baseline, BaselineSettings
 from recipe.stages.complexify import Complexify, ComplexifySettings
 from recipe.stages.inspect import InspectData, InspectSettings
 from recipe.stages.overfit import OverfitOneBatch, OverfitSettings
+from recipe.stages.tune import Tune, TuneSettings
 
 STAGES = {
     "inspect": InspectData,
     "baseline": Baseline,
     "overfit": OverfitOneBatch,
     "complexify": Complexify,
+    "tune": Tune,
 }
 
 __all__ = [
@@ -22,4 +24,6 @@ __all__ = [
     "InspectSettings",
     "OverfitOneBatch",
     "OverfitSettings",
+    "Tune",
+    "TuneSettings",
 ]

@@ -1,0 +1,302 @@
+"""Stage `tune`: quasi-random search over what still matters, on one machine or many.
+
+    "Random over grid search. [...] Hyper-parameter optimization: there is a large number of fancy bayesian
+    hyper-parameter optimization toolboxes around [...]." — Karpathy, A Recipe for Training Neural Networks, step 5.
+    "It is very hard for an adaptive algorithm to beat a quasi-random search that has 2X its budget."
+    — Deep Learning Tuning Playbook.
+
+Search around the setup the earlier stages chose (a scrambled Sobol sequence by default), with N local worker
+processes or workers on other machines sharing one Optuna storage; then read the study (space boundaries, budget,
+seed noise, run length), look at it (axis and best-so-far plots, a trials table), ensemble the top trials, and
+write the best configuration as a config the command line runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from recipe import plots
+from recipe.check import Check, passed, skipped
+from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
+from recipe.errors import ConfigError
+from recipe.evaluation import evaluate
+from recipe.recipe import Context
+from recipe.stage import Stage
+from recipe.tuning import SAMPLERS, STUDY, TRAIN_KEYS, TRIALS, Search, configure, default_space, prepare, work
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Settings of the `tune` stage.
+
+    Args:
+        trials: trials to finish (a power of two suits the quasi-random sampler).
+        sampler: "sobol" (scrambled quasi-random, the default), "random", "tpe" or "grid".
+        space: hyperparameter -> {low, high, log, int} or {choices}; a name that is not a training setting is
+            passed to the model factory. Empty: ranges centred on what the earlier stages found.
+        epochs: epochs per trial; None uses train.epochs.
+        max_steps: cap on the steps per trial.
+        timeout: stop starting trials after this many seconds.
+        pruning: "auto" (the median rule, only with a constant learning rate, where early epochs are comparable),
+            "on" or "off".
+        workers: local worker processes (this one included); more than one needs a run started from a config.
+        storage: an Optuna storage URL shared by workers on many machines; None for a journal file in run_dir/study/
+            (kept when the run directory is reused, so running the search again resumes it).
+        study: the study name; None derives it from the space, setup, sampler and seed.
+        lease_timeout: seconds without a sign of life after which another worker takes over a running trial.
+        seeds: re-trainings of the best configuration with other seeds (`seed_variance`).
+        ensemble: top trials averaged into an ensemble.
+        skip: checks to report as "skip" (they still run).
+    """
+
+    trials: int = 16
+    sampler: str = "sobol"
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epochs: int | None = None
+    max_steps: int | None = None
+    timeout: float | None = None
+    pruning: str = "auto"
+    workers: int = 1
+    storage: str | None = None
+    study: str | None = None
+    lease_timeout: float = 30.0
+    seeds: int = 3
+    ensemble: int = 3
+    skip: tuple[str, ...] = ()
+
+
+class Tune(Stage):
+    """Search hyperparameters around the chosen setup; judge the search; hand over the best configuration."""
+
+    name = "tune"
+    settings_cls = TuneSettings
+    settings: TuneSettings
+
+    def run(self, ctx: Context) -> list[Check]:
+        search = self._search(ctx)
+        self._run_workers(ctx, search)
+        study, params, name = prepare(search, ctx.task)
+        finished = sorted(_finished(study), key=lambda t: t.value)
+        if not finished:
+            return [skipped("search", "no trial finished; see metrics.jsonl for the trials' runs.")]
+        best = finished[0]
+        units = {p.name: [p.to_unit(t.params[p.name]) for t in finished] for p in params if not p.choices}
+        checks = [
+            self._summary(ctx, study, finished, name),
+            search_space_boundary([t.params for t in finished], units),
+        ]
+        seeds = self._seed_variance(ctx, search, best, finished)
+        noise = seeds.value["std"] if seeds.status != "skip" and seeds.value else None
+        in_order = sorted(finished, key=lambda t: t.number)
+        checks += [
+            enough_trials([t.value for t in in_order], _loss_noise(best, noise)),
+            seeds,
+            training_length([t.user_attrs.get("history", []) for t in finished]),
+            self._ensemble(ctx, search, finished),
+        ]
+        checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, finished, in_order, params))
+        self._hand_over(ctx, search, best)
+        return checks
+
+    # ---- the search ---------------------------------------------------------------------------------------------
+
+    def _search(self, ctx: Context) -> Search:
+        s = self.settings
+        if s.sampler not in SAMPLERS:
+            raise ConfigError(f"tune.sampler={s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
+        if s.pruning not in ("auto", "on", "off"):
+            raise ConfigError(f"tune.pruning={s.pruning!r}: use auto, on or off.")
+        pruning = s.pruning == "on" or (s.pruning == "auto" and ctx.train.schedule == "constant")
+        return Search(
+            base=dataclasses.asdict(ctx.train),
+            space=s.space or default_space(ctx.task, ctx.train),
+            trials=s.trials,
+            sampler=s.sampler,
+            epochs=s.epochs or ctx.train.epochs,
+            max_steps=s.max_steps,
+            seed=ctx.seed,
+            pruning=pruning,
+            storage=s.storage,
+            study=s.study,
+            run_dir=str(ctx.rundir.path),
+            device=str(ctx.device),
+            timeout=s.timeout,
+            lease_timeout=s.lease_timeout,
+        )
+
+    def _run_workers(self, ctx: Context, search: Search) -> None:
+        """This process and `workers - 1` more, each running trials until the study is done."""
+        extra = self.settings.workers - 1
+        if extra > 0 and not ctx.source.get("task"):
+            raise ConfigError(
+                "tune.workers > 1 starts worker processes that rebuild the task from a config: run with "
+                "`recipe run CONFIG --workers N`, or start workers yourself on the same storage."
+            )
+        prepare(search, ctx.task)  # queue the configurations once, before any worker starts
+        spec = Path(search.run_dir) / STUDY / "worker.json"
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": ctx.source}, default=str))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _WORKER, str(spec), str(k + 1)], env=env) for k in range(extra)
+        ]
+        threads = torch.get_num_threads()
+        if extra > 0:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // (extra + 1)))
+        try:
+            work(search, ctx.task, ctx.rundir.metrics_log("tune", "trials"))
+        finally:
+            torch.set_num_threads(threads)
+            for proc in procs:
+                proc.wait()
+
+    # ---- reading the study --------------------------------------------------------------------------------------
+
+    def _summary(self, ctx: Context, study: Any, finished: list[Any], name: str) -> Check:
+        best = finished[0]
+        states: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        metric = ctx.task.metric_name
+        value = {
+            "study": name,
+            "states": states,
+            "best_trial": best.number,
+            "best_val_loss": best.value,
+            f"best_val_{metric}": best.user_attrs.get("val_metric"),
+            "best_params": best.params,
+        }
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        return passed(
+            "search",
+            f"{len(finished)} trials finished ({self.settings.sampler}); best #{best.number}: validation loss "
+            f"{best.value:.4g}, {metric} {best.user_attrs.get('val_metric', float('nan')):.4g} with {shown}.",
+            value,
+        )
+
+    def _seed_variance(self, ctx: Context, search: Search, best: Any, finished: list[Any]) -> Check:
+        if self.settings.seeds < 2:
+            return skipped("seed_variance", "tune.seeds < 2.")
+        settings, task = configure(search.settings(), ctx.task, best.params)
+        metrics = []
+        for k in range(self.settings.seeds):
+            run = ctx.fit(
+                f"best_seed_{k}",
+                task=task,
+                **_fit_args(settings),
+                epochs=search.epochs,
+                max_steps=search.max_steps,
+                seed=ctx.seed + 1 + k,
+            )
+            metrics.append(evaluate(task, run.model, task.val, ctx.device).metric)
+        sign = 1 if ctx.task.higher_is_better else -1
+        ranked = sorted(finished, key=lambda t: -sign * t.user_attrs.get("val_metric", 0.0))
+        runner = ranked[1].user_attrs.get("val_metric") if len(ranked) > 1 else None
+        return seed_variance(metrics, ranked[0].user_attrs.get("val_metric", 0.0), runner, ctx.task.metric_name)
+
+    def _ensemble(self, ctx: Context, search: Search, finished: list[Any]) -> Check:
+        """Average the top trials' predictions on validation; report the gain over the best single model."""
+        top = finished[: self.settings.ensemble]
+        if len(top) < 2:
+            return skipped("ensemble", "fewer than two finished trials to ensemble.")
+        outputs, target = [], None
+        for t in top:
+            _, task = configure(search.settings(), ctx.task, t.params)
+            model = task.make_model().to(ctx.device)
+            model.load_state_dict(torch.load(Path(search.run_dir) / TRIALS / f"trial_{t.number}.pt", weights_only=True))
+            model.eval()
+            with torch.no_grad():
+                batch = task.batch("val", list(range(len(task.val))), ctx.device)
+                output, target = task.outputs(model, batch)
+            outputs.append(output.float())
+        mean = _average(outputs, ctx.task.loss, ctx.task.class_dim)
+        assert target is not None
+        loss = float(ctx.task.compute_loss(mean, target))
+        metric = float(ctx.task.metric_per_sample(mean, target).mean())
+        best_metric = top[0].user_attrs.get("val_metric", float("nan"))
+        value = {"members": [t.number for t in top], "val_loss": loss, f"val_{ctx.task.metric_name}": metric}
+        return passed(
+            "ensemble",
+            f"the top {len(top)} trials averaged: validation loss {loss:.4g} against {top[0].value:.4g} for the best "
+            f"alone; {ctx.task.metric_name} {metric:.4g} against {best_metric:.4g}.",
+            value,
+        )
+
+    # ---- what a person looks at, and the hand-over --------------------------------------------------------------
+
+    def _artifacts(self, ctx: Context, finished: list[Any], in_order: list[Any], params: list[Any]) -> tuple[str, ...]:
+        metric = ctx.task.metric_name
+        names = [p.name for p in params]
+        rows = [
+            [t.number, t.value, t.user_attrs.get("val_metric"), *(t.params.get(n) for n in names)] for t in in_order
+        ]
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([["trial", "val_loss", f"val_{metric}", *names], *rows])
+        shown = [[r[0], _fmt(r[1]), _fmt(r[2]), *(_fmt(v) for v in r[3:])] for r in sorted(rows, key=lambda r: r[1])]
+        table = {"columns": ["trial", "val loss", f"val {metric}", *names], "rows": shown[:20]}
+        axes = {p.name: ([t.params[p.name] for t in finished], bool(p.log)) for p in params if not p.choices}
+        return (
+            ctx.save_text("trials.csv", buffer.getvalue()),
+            ctx.save_json("trials.table.json", table),
+            ctx.save_figure("axes.png", plots.search_axes(axes, [t.value for t in finished])),
+            ctx.save_figure("best_so_far.png", plots.best_so_far([t.value for t in in_order])),
+        )
+
+    def _hand_over(self, ctx: Context, search: Search, best: Any) -> None:
+        settings, _ = configure(search.settings(), ctx.task, best.params)
+        ctx.learn(**{k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number)
+        extra = {k: v for k, v in best.params.items() if k not in TRAIN_KEYS}
+        config: dict[str, Any] = {**ctx.source, "train": dataclasses.asdict(settings)}
+        if extra:
+            config.setdefault("task_args", {})
+            config["model_args"] = extra  # searched model-factory arguments, for reference
+        ctx.save_text("best_config.yaml", yaml.safe_dump(config, sort_keys=False))
+        source = Path(search.run_dir) / TRIALS / f"trial_{best.number}.pt"
+        if source.exists():
+            ctx.rundir.stage_dir("tune").joinpath("best.pt").write_bytes(source.read_bytes())
+
+
+_WORKER = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], int(sys.argv[2])))"
+
+
+def _finished(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+
+
+def _fit_args(settings: Any) -> dict[str, Any]:
+    keys = ("batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_steps", "grad_clip", "augment")
+    return {k: getattr(settings, k) for k in keys} | {"early_stopping": settings.early_stopping}
+
+
+def _loss_noise(best: Any, metric_std: float | None) -> float | None:
+    se = best.user_attrs.get("val_loss_se")
+    return float(se) if se is not None else metric_std
+
+
+def _average(outputs: list[torch.Tensor], loss: Any, class_dim: int) -> torch.Tensor:
+    """Average probabilities (returned as log-probabilities, so cross-entropy reads them as logits) or outputs."""
+    if loss == "cross_entropy":
+        probs = torch.stack([o.softmax(class_dim) for o in outputs]).mean(0)
+        return probs.clamp_min(1e-12).log()
+    if loss == "bce_with_logits":
+        p = torch.stack([o.sigmoid() for o in outputs]).mean(0).clamp(1e-6, 1 - 1e-6)
+        return (p / (1 - p)).log()
+    return torch.stack(outputs).mean(0)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,428 @@
+"""The machinery behind `tune`: the search space, the study and its storage, leases for killed workers, and the
+trial loop every worker process runs.
+
+A study lives in an Optuna storage: by default a journal file in the run directory (`study.journal`, which several
+processes on one machine share safely; Optuna's docs advise against SQLite for parallel workers), or any Optuna
+storage URL (`postgresql://...`) that workers on many machines join. With the default sampler every trial's
+configuration is drawn up front from one scrambled Sobol sequence (one seed for every worker) and queued in the
+study, so workers simply take the next queued configuration and the budget is exact.
+
+A worker killed with SIGKILL leaves its trial RUNNING forever in a journal file (observed with Optuna 5.0). Each
+running trial therefore holds a lease, a file whose modification time a background thread refreshes; a worker that
+starts marks RUNNING trials with a stale lease as failed and queues their configuration again, so nothing is lost
+and nothing is counted twice. Relational storages use Optuna's own heartbeat and retry callback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recipe.config import TrainSettings
+from recipe.errors import ConfigError
+from recipe.evaluation import evaluate
+from recipe.fit import fit
+from recipe.recipe import accepts, model_factory
+from recipe.task import Task
+
+SAMPLERS = ("sobol", "random", "tpe", "grid")
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSettings)}
+# kept outside the stage folder, which a new run clears, so that running the search again resumes it
+STUDY = "study"
+STUDY_FILE, LEASES, TRIALS = f"{STUDY}/journal.log", f"{STUDY}/leases", f"{STUDY}/trials"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter: a range (`low`..`high`, optionally log-scaled or integer) or `choices`."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @classmethod
+    def parse(cls, name: str, spec: Any) -> Param:
+        where = f"tune.space.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"{where} must be a mapping like {{low: 1e-4, high: 1e-1, log: true}} or {{choices: [...]}}."
+            )
+        unknown = set(spec) - {"low", "high", "log", "int", "choices"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; use low, high, log, int or choices.")
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"{where}.choices must be a non-empty list.")
+            return cls(name, choices=tuple(spec["choices"]))
+        try:
+            low, high = float(spec["low"]), float(spec["high"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} needs numeric low and high (or choices).") from exc
+        log = bool(spec.get("log", False))
+        if not low < high or (log and low <= 0):
+            raise ConfigError(
+                f"{where}: need low < high{' and low > 0 on a log scale' if log else ''}, got {low}..{high}."
+            )
+        return cls(name, low, high, log, bool(spec.get("int", False)))
+
+    def from_unit(self, u: float) -> Any:
+        """The value at position u in [0, 1) of the range (log-uniform when `log`), or the choice it falls on."""
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        assert self.low is not None and self.high is not None
+        if self.log:
+            value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        else:
+            value = self.low + u * (self.high - self.low)
+        value = min(max(value, self.low), self.high)  # exp(log(x)) may land a hair outside the range
+        return round(value) if self.integer else value
+
+    def to_unit(self, value: Any) -> float:
+        """Where `value` lies in the range, in [0, 1] (the search-space boundary check reads this)."""
+        if self.choices:
+            return self.choices.index(value) / max(len(self.choices) - 1, 1)
+        assert self.low is not None and self.high is not None
+        if self.log:
+            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+        return (value - self.low) / (self.high - self.low)
+
+    def distribution(self) -> Any:
+        import optuna
+
+        if self.choices:
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return optuna.distributions.IntDistribution(int(self.low or 0), int(self.high or 0), log=self.log)
+        return optuna.distributions.FloatDistribution(self.low or 0.0, self.high or 0.0, log=self.log)
+
+    def grid(self, points: int) -> list[Any]:
+        if self.choices:
+            return list(self.choices)
+        values = [self.from_unit(i / (points - 1)) for i in range(points)]
+        return list(dict.fromkeys(values))
+
+
+def parse_space(space: dict[str, Any], task: Task, base: TrainSettings) -> list[Param]:
+    """The searched hyperparameters; a name that is not a training setting must be an argument of the model factory."""
+    params = [Param.parse(name, spec) for name, spec in space.items()]
+    factory = model_factory(task, base.model)
+    for p in params:
+        if p.name not in TRAIN_KEYS and not accepts(factory, p.name):
+            raise ConfigError(
+                f"tune.space.{p.name}: neither a training setting ({', '.join(sorted(TRAIN_KEYS))}) nor an argument "
+                "of the model factory; name one of those."
+            )
+    return params
+
+
+def default_space(task: Task, base: TrainSettings) -> dict[str, Any]:
+    """Ranges centred on what the earlier stages found: the rate x/÷10, weight decay x/÷100 around the kept value
+    (1e-6..1e-2 when none was kept), dropout 0..0.5 when the model takes it."""
+    space: dict[str, Any] = {"lr": {"low": base.lr / 10, "high": base.lr * 10, "log": True}}
+    wd = base.weight_decay
+    space["weight_decay"] = (
+        {"low": wd / 100, "high": wd * 100, "log": True} if wd > 0 else {"low": 1e-6, "high": 1e-2, "log": True}
+    )
+    if accepts(model_factory(task, base.model), "dropout"):
+        space["dropout"] = {"low": 0.0, "high": 0.5}
+    return space
+
+
+def sobol_configs(params: list[Param], n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` configurations from one scrambled Sobol sequence (the same for the same seed on every worker)."""
+    engine = torch.quasirandom.SobolEngine(len(params), scramble=True, seed=seed)
+    points = engine.draw(n).tolist()
+    return [{p.name: p.from_unit(u) for p, u in zip(params, row, strict=True)} for row in points]
+
+
+def study_name(params: list[Param], base: TrainSettings, sampler: str, seed: int) -> str:
+    """One study per search space, starting setup, sampler and seed: re-running the same search resumes it."""
+    key = json.dumps([[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seed], default=str)
+    return "tune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+# ---- storage and leases ------------------------------------------------------------------------------------------
+
+
+def open_study(search: Search, name: str, params: list[Param]) -> Any:
+    """Create or load the study; the default storage is a journal file in the run directory.
+
+    Pruning (when on) is the median rule, held back for the first quarter of the trials and the first half of
+    each run's epochs: early epochs rank learning rates unfairly (a low rate starts slower and may end better).
+    """
+    storage, run_dir, sampler, seed = search.storage, Path(search.run_dir), search.sampler, search.seed
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        (run_dir / STUDY).mkdir(parents=True, exist_ok=True)
+        store: Any = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
+    elif storage.startswith(("postgresql", "mysql", "sqlite")):
+        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+        store = RDBStorage(
+            storage, heartbeat_interval=5, grace_period=20, failed_trial_callback=RetryFailedTrialCallback(3)
+        )
+    else:
+        store = storage
+    chooser: Any = {
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "sobol": lambda: optuna.samplers.RandomSampler(seed=seed),  # every sobol trial is queued with its values
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler({p.name: p.grid(4) for p in params}, seed=seed),
+    }[sampler]
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=max(5, search.trials // 4), n_warmup_steps=search.epochs // 2)
+        if search.pruning
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        study_name=name, storage=store, sampler=chooser(), pruner=pruner, direction="minimize", load_if_exists=True
+    )
+
+
+class Lease:
+    """A running trial's claim: a file under `folder` touched every `interval` seconds by a daemon thread."""
+
+    def __init__(self, folder: Path, number: int, interval: float = 2.0):
+        self.path = folder / f"trial_{number}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.path.touch()
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+
+def sweep_stale(study: Any, folder: Path, timeout: float) -> list[int]:
+    """Mark RUNNING trials whose lease is older than `timeout` seconds (or missing) as failed, and queue their
+    configuration again; returns the numbers of the trials swept."""
+    from optuna.trial import TrialState
+
+    swept = []
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        lease = folder / f"trial_{trial.number}"
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        last = lease.stat().st_mtime if lease.exists() else started
+        if now - last > timeout:
+            if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+                swept.append(trial.number)
+            lease.unlink(missing_ok=True)
+    return swept
+
+
+# ---- the trial loop ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Search:
+    """Everything a worker needs to run trials of one study (it travels to worker processes as JSON).
+
+    Attributes:
+        base: the training settings the earlier stages chose; each trial overrides the searched ones.
+        space: the raw search-space mapping (see `Param.parse`).
+        trials: trials to complete (pruned ones count).
+        sampler: "sobol", "random", "tpe" or "grid".
+        epochs: epochs per trial.
+        max_steps: optional cap on the steps per trial.
+        seed: the sampler's seed and every trial's training seed.
+        pruning: stop hopeless trials by the median rule.
+        storage: an Optuna storage URL, or None for the journal file in the run directory.
+        study: the study name (None: derived from the space, setup, sampler and seed).
+        run_dir: the run directory.
+        device: the training device.
+        timeout: stop starting new trials after this many seconds.
+        lease_timeout: seconds without a lease refresh after which a running trial counts as dead.
+    """
+
+    base: dict[str, Any]
+    space: dict[str, Any]
+    trials: int
+    sampler: str
+    epochs: int
+    max_steps: int | None
+    seed: int
+    pruning: bool
+    storage: str | None
+    study: str | None
+    run_dir: str
+    device: str
+    timeout: float | None = None
+    lease_timeout: float = 30.0
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(**self.base)
+
+
+def prepare(search: Search, task: Task) -> tuple[Any, list[Param], str]:
+    """Open the study (queueing the Sobol configurations the first time) and sweep trials of dead workers."""
+    params = parse_space(search.space, task, search.settings())
+    name = search.study or study_name(params, search.settings(), search.sampler, search.seed)
+    run_dir = Path(search.run_dir)
+    study = open_study(search, name, params)
+    if search.sampler == "sobol" and "sobol_queued" not in study.user_attrs:
+        study.set_user_attr("sobol_queued", search.trials)
+        for config in sobol_configs(params, search.trials, search.seed):  # the same on every machine: dedup
+            study.enqueue_trial(config, skip_if_exists=True)
+    sweep_stale(study, run_dir / LEASES, search.lease_timeout)
+    return study, params, name
+
+
+def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | None = None, worker: int = 0) -> int:
+    """Run trials until the study holds `trials` finished ones (or the queue is empty, or time runs out); returns
+    how many this worker ran."""
+    from optuna.trial import TrialState
+
+    study, params, _ = prepare(search, task)
+    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    started, ran = time.time(), 0
+    while True:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished = sum(s in done_states for s in states)
+        waiting = sum(s == TrialState.WAITING for s in states)
+        if finished >= search.trials or (search.timeout and time.time() - started > search.timeout):
+            break
+        if search.sampler == "sobol" and waiting == 0:
+            break  # every queued configuration is taken; the workers holding them finish the budget
+        if search.sampler != "sobol" and finished + sum(s == TrialState.RUNNING for s in states) >= search.trials:
+            break
+        study.optimize(
+            lambda trial: objective(trial, search, task, params, log, worker),
+            n_trials=1,
+            catch=(),
+            gc_after_trial=False,
+        )
+        ran += 1
+    return ran
+
+
+def objective(
+    trial: Any,
+    search: Search,
+    task: Task,
+    params: list[Param],
+    log: Callable[[dict[str, Any]], None] | None,
+    worker: int,
+) -> float:
+    """Train one configuration through `fit`; report each epoch's validation loss to the pruner."""
+    import optuna
+
+    values = {
+        p.name: trial.suggest_categorical(p.name, list(p.choices)) if p.choices else _suggest(trial, p) for p in params
+    }
+    lease = Lease(Path(search.run_dir) / LEASES, trial.number)
+    try:
+        settings, trial_task = configure(search.settings(), task, values)
+        trial.set_user_attr(
+            "config", dataclasses.asdict(settings) | {k: v for k, v in values.items() if k not in TRAIN_KEYS}
+        )
+        trial.set_user_attr("worker", worker)
+
+        def report(record: dict[str, Any]) -> None:
+            trial.report(record["val_loss"], record["epoch"])
+            if search.pruning and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (median rule)")
+
+        def logged(record: dict[str, Any]) -> None:
+            if log is not None:
+                log({**record, "trial": trial.number})
+
+        result = fit(
+            trial_task,
+            epochs=search.epochs,
+            max_steps=search.max_steps,
+            batch_size=min(settings.batch_size, len(trial_task.train)),
+            lr=settings.lr,
+            optimizer=settings.optimizer,
+            weight_decay=settings.weight_decay,
+            schedule=settings.schedule,
+            warmup_steps=settings.warmup_steps,
+            grad_clip=settings.grad_clip,
+            precision=settings.precision,
+            init_bias=settings.init_bias,
+            augment=settings.augment,
+            early_stopping=settings.early_stopping,
+            device=search.device,
+            seed=search.seed,
+            progress=False,
+            log=logged,
+            on_epoch=report,
+        )
+        val = evaluate(trial_task, result.model, trial_task.val, result.model.parameters().__next__().device)
+        history = [
+            {k: h.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_loss_se")} for h in result.history
+        ]
+        trial.set_user_attr("history", history)
+        trial.set_user_attr("step_losses", result.step_losses[:: max(1, len(result.step_losses) // 200)])
+        trial.set_user_attr("val_metric", val.metric)
+        trial.set_user_attr("val_loss_se", val.loss_se)
+        trial.set_user_attr("seconds", result.seconds)
+        folder = Path(search.run_dir) / TRIALS
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.state_dict(), folder / f"trial_{trial.number}.pt")
+        if not math.isfinite(val.loss):
+            raise optuna.TrialPruned("non-finite validation loss")
+        return val.loss
+    finally:
+        lease.release()
+
+
+def _suggest(trial: Any, p: Param) -> Any:
+    if p.integer:
+        return trial.suggest_int(p.name, int(p.low or 0), int(p.high or 0), log=p.log)
+    return trial.suggest_float(p.name, p.low, p.high, log=p.log)
+
+
+def configure(base: TrainSettings, task: Task, values: dict[str, Any]) -> tuple[TrainSettings, Task]:
+    """The training settings and task (model factory with any searched arguments) for one configuration."""
+    settings = dataclasses.replace(base, **{k: v for k, v in values.items() if k in TRAIN_KEYS})
+    factory = model_factory(task, settings.model, settings.dropout)
+    extra = {k: v for k, v in values.items() if k not in TRAIN_KEYS}
+    if extra:
+        import functools
+
+        factory = functools.partial(factory, **extra)
+    return settings, task.replace(model=factory)
+
+
+def worker_main(spec_path: str, worker: int) -> int:
+    """A worker process: rebuild the task from the config's `task:`, then run trials of the shared study."""
+    from recipe.cli import load_task
+    from recipe.rundir import RunDir
+
+    torch.set_num_threads(1)
+    spec = json.loads(Path(spec_path).read_text())
+    search = Search(**spec["search"])
+    source = spec["source"]
+    task = load_task(source["task"], source.get("task_args") or {}, spec_path)
+    rundir = RunDir(search.run_dir)
+    try:
+        work(search, task, rundir.metrics_log("tune", f"worker_{worker}"), worker)
+    finally:
+        rundir.close()
+    return 0

@@ -1,0 +1,97 @@
+"""The search checks of `tune` and the search-space machinery, on synthetic studies."""
+
+from __future__ import annotations
+
+import pytest
+
+from recipe.config import TrainSettings
+from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
+from recipe.errors import ConfigError
+from recipe.tuning import Param, default_space, parse_space, sobol_configs
+from tests import tiny
+
+
+def test_param_maps_the_unit_interval_onto_its_range():
+    lr = Param.parse("lr", {"low": 1e-4, "high": 1e-2, "log": True})
+    assert lr.from_unit(0.0) == pytest.approx(1e-4) and lr.from_unit(0.5) == pytest.approx(1e-3)
+    assert lr.to_unit(1e-3) == pytest.approx(0.5)
+    batch = Param.parse("batch_size", {"choices": [16, 32, 64]})
+    assert [batch.from_unit(u) for u in (0.0, 0.4, 0.99)] == [16, 32, 64]
+    hidden = Param.parse("hidden", {"low": 8, "high": 64, "int": True})
+    assert isinstance(hidden.from_unit(0.3), int)
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"low": 1, "high": 0}, "low < high"),
+        ({"low": 0, "high": 1, "log": True}, r"low > 0"),
+        ({"low": 1, "hi": 2}, "unknown key"),
+        ({"choices": []}, "non-empty"),
+        ("1e-3", "mapping"),
+    ],
+)
+def test_param_rejects_bad_specs_with_the_field_named(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        Param.parse("lr", spec)
+
+
+def test_space_names_must_be_settings_or_model_arguments():
+    task = tiny.classification()
+    with pytest.raises(ConfigError, match=r"tune\.space\.width"):
+        parse_space({"width": {"low": 1, "high": 2}}, task, TrainSettings())
+    params = parse_space(
+        {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "out": {"choices": [4]}}, task, TrainSettings()
+    )
+    assert [p.name for p in params] == ["lr", "out"]  # `out` is an argument of tiny.MLP
+
+
+def test_default_space_is_centred_on_the_rate_found():
+    space = default_space(tiny.classification(), TrainSettings(lr=0.01))
+    assert space["lr"] == {"low": 0.001, "high": 0.1, "log": True}
+
+
+def test_sobol_configs_are_reproducible_and_fill_the_space():
+    params = [Param.parse("lr", {"low": 1e-4, "high": 1e-1, "log": True}), Param.parse("wd", {"low": 0, "high": 1})]
+    first, again = sobol_configs(params, 16, seed=3), sobol_configs(params, 16, seed=3)
+    assert first == again and first != sobol_configs(params, 16, seed=4)
+    units = sorted(params[1].to_unit(c["wd"]) for c in first)
+    assert all(i / 16 <= u < (i + 1) / 16 for i, u in enumerate(units))  # one point per sixteenth: stratified
+
+
+def ranked(units: list[float]) -> tuple[list[dict], dict[str, list[float]]]:
+    return [{"lr": u} for u in units], {"lr": units}
+
+
+def test_search_space_boundary_warns_when_the_best_crowd_an_edge():
+    trials, units = ranked([0.9, 0.7, 0.8, 0.5, 0.2, 0.1, 0.4, 0.6])
+    check = search_space_boundary(trials, units)
+    assert check.status == "warn" and check.value["crowded"] == {"lr": "upper"} and "larger" in check.message
+    trials, units = ranked([0.5, 0.45, 0.6, 0.98, 0.02, 0.1, 0.9, 0.3])
+    assert search_space_boundary(trials, units).status == "pass"
+    trials, units = ranked([0.05, 0.9, 0.8, 0.5, 0.4, 0.1, 0.3, 0.6])  # best at an edge, but not a trend
+    assert search_space_boundary(trials, units).status == "pass"
+
+
+def test_enough_trials_warns_while_the_best_still_improves():
+    settled = [1.0, 0.6, 0.5, 0.52, 0.55, 0.7, 0.51, 0.6, 0.53, 0.58, 0.62, 0.54]
+    assert enough_trials(settled, noise=0.01).status == "pass"
+    improving = [1.0, 0.9, 0.95, 0.85, 0.8, 0.9, 0.82, 0.7, 0.75, 0.6, 0.5, 0.4]
+    assert enough_trials(improving, noise=0.01).status == "warn"
+
+
+def test_seed_variance_warns_when_the_lead_is_inside_the_noise():
+    assert seed_variance([0.95, 0.96, 0.94], best=0.955, runner_up=0.90, metric="accuracy").status == "pass"
+    noisy = seed_variance([0.90, 0.96, 0.93], best=0.955, runner_up=0.95, metric="accuracy")
+    assert noisy.status == "warn" and "significant digits" in noisy.message
+
+
+def test_training_length_reads_where_the_best_epochs_fall():
+    def history(val):
+        return [{"val_loss": v} for v in val]
+
+    at_end = [history([1.0, 0.8, 0.6, 0.5])] * 4
+    assert training_length(at_end).status == "warn"
+    early = [history([1.0, 0.5, 0.6, 0.7, 0.8])] * 4
+    check = training_length(early)
+    assert check.status == "pass" and "shorter runs" in check.message

@@ -1,0 +1,143 @@
+"""The `tune` stage end to end: a search on a tiny task, its artifacts and hand-over, resuming, several worker
+processes on one study, and a killed worker whose trial is retried."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipe import Recipe, Tune
+from recipe.config import TrainSettings, settings_from_dict, split_config
+from recipe.stages import STAGES
+from recipe.tuning import LEASES, Search, open_study, parse_space, prepare, work
+from tests import tiny
+
+SOURCE = {"task": "tests.tiny:classification", "task_args": {}}
+
+
+def run(tmp_path, stages=None, **settings):
+    settings = {"trials": 8, "epochs": 3, "seeds": 2, **settings}
+    return Recipe(
+        tiny.classification(),
+        run_dir=tmp_path / "run",
+        stages=stages or [Tune(**settings)],
+        device="cpu",
+        progress=False,
+        quiet=True,
+        source=SOURCE,
+    ).run()
+
+
+def trials_of(run_dir: Path) -> list:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "study" / "journal.log")))
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_a_search_runs_writes_its_artifacts_and_hands_over_the_best(tmp_path):
+    result = run(tmp_path)
+    names = [c.name for c in result.checks]
+    assert names == ["search", "search_space_boundary", "enough_trials", "seed_variance", "training_length", "ensemble"]
+    assert result.ok
+    folder = result.run_dir / "06_tune"
+    for name in ("trials.csv", "trials.table.json", "axes.png", "best_so_far.png", "best.pt", "best_config.yaml"):
+        assert (folder / name).exists(), name
+    config = yaml.safe_load((folder / "best_config.yaml").read_text())
+    run_config, _ = split_config(config, STAGES, "best_config.yaml")
+    settings = settings_from_dict(TrainSettings, run_config.train, "train")
+    best = result.checks[0].value["best_params"]
+    assert settings.lr == pytest.approx(best["lr"]) and run_config.task == SOURCE["task"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["train_final"]["lr"] == pytest.approx(best["lr"], rel=1e-5)  # JSON keeps 6 digits
+    assert len([r for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines() if '"trial"' in r]) > 0
+
+
+def test_running_the_search_again_resumes_the_study(tmp_path):
+    run(tmp_path)
+    before = len(trials_of(tmp_path / "run"))
+    run(tmp_path)
+    assert len(trials_of(tmp_path / "run")) == before == 8
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "grid"])
+def test_other_samplers_by_name(tmp_path, sampler):
+    result = run(tmp_path, sampler=sampler, trials=6, seeds=0, space={"lr": {"low": 1e-3, "high": 1e-1, "log": True}})
+    assert result.checks[0].status == "pass" and result.checks[0].value["states"]["complete"] >= 1
+
+
+def test_a_range_whose_best_is_at_the_edge_warns(tmp_path):
+    result = run(tmp_path, trials=8, seeds=0, space={"lr": {"low": 1e-6, "high": 1e-5, "log": True}})
+    boundary = next(c for c in result.checks if c.name == "search_space_boundary")
+    assert boundary.status == "warn" and boundary.value["crowded"] == {"lr": "upper"}
+
+
+def test_two_worker_processes_share_one_study_and_lose_nothing(tmp_path):
+    result = run(tmp_path, workers=2, trials=8, epochs=150, seeds=0, pruning="off")  # ~1 s trials: both take some
+    assert result.checks[0].status == "pass"
+    trials = trials_of(tmp_path / "run")
+    states = collections.Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] + states["PRUNED"] == 8 and len(trials) == 8
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8  # every queued configuration ran once
+    assert {t.user_attrs.get("worker") for t in trials} == {0, 1}
+
+
+def test_workers_need_a_config_to_rebuild_the_task(tmp_path):
+    from recipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--workers"):
+        Recipe(tiny.classification(), run_dir=tmp_path, stages=[Tune(workers=2)], progress=False, quiet=True).run()
+
+
+def test_a_killed_workers_trial_is_retried_and_counted_once(tmp_path):
+    task = tiny.classification()
+    search = Search(
+        base={},
+        space={"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+        trials=4,
+        sampler="sobol",
+        epochs=400,
+        max_steps=None,
+        seed=0,
+        pruning=False,
+        storage=None,
+        study="killed",
+        run_dir=str(tmp_path),
+        device="cpu",
+        lease_timeout=2.0,
+    )
+    spec = tmp_path / "worker.json"
+    import dataclasses
+
+    prepare(search, task)
+    spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": SOURCE}))
+    code = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], 1))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(spec)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    leases = tmp_path / LEASES
+    deadline = time.time() + 60
+    while time.time() < deadline and not (leases.exists() and any(leases.iterdir())):
+        time.sleep(0.1)  # polling for the worker's first lease: the event this test waits on
+    assert leases.exists() and any(leases.iterdir()), "the worker never started a trial"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for lease in leases.iterdir():  # the dead worker's lease, aged past lease_timeout (no waiting on a clock)
+        os.utime(lease, (time.time() - 60, time.time() - 60))
+    fast = dataclasses.replace(search, epochs=2)
+    work(fast, task)
+    trials = open_study(fast, "killed", parse_space(fast.space, task, fast.settings())).get_trials(deepcopy=False)
+    states = collections.Counter(t.state.name for t in trials)
+    assert states["FAIL"] == 1 and states["COMPLETE"] == 4
+    retried = [t for t in trials if "retry_of" in t.user_attrs]
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert len(retried) == 1 and retried[0].params == failed.params
