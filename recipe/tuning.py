@@ -173,11 +173,18 @@ def open_study(search: Search, name: str, params: list[Param]) -> Any:
         (run_dir / STUDY).mkdir(parents=True, exist_ok=True)
         store: Any = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
     elif storage.startswith(("postgresql", "mysql", "sqlite")):
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+        import warnings
 
-        store = RDBStorage(
-            storage, heartbeat_interval=5, grace_period=20, failed_trial_callback=RetryFailedTrialCallback(3)
-        )
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():  # Optuna marks its heartbeat "experimental" since v2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            store = RDBStorage(
+                storage,
+                heartbeat_interval=max(1, round(search.lease_timeout / 4)),
+                grace_period=max(1, round(search.lease_timeout)),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
     else:
         store = storage
     chooser: Any = {
@@ -289,7 +296,8 @@ def prepare(search: Search, task: Task) -> tuple[Any, list[Param], str]:
         study.set_user_attr("sobol_queued", search.trials)
         for config in sobol_configs(params, search.trials, search.seed):  # the same on every machine: dedup
             study.enqueue_trial(config, skip_if_exists=True)
-    sweep_stale(study, run_dir / LEASES, search.lease_timeout)
+    if search.storage is None:  # relational storages have Optuna's heartbeat; leases live in this run directory
+        sweep_stale(study, run_dir / LEASES, search.lease_timeout)
     return study, params, name
 
 
@@ -335,7 +343,7 @@ def objective(
     values = {
         p.name: trial.suggest_categorical(p.name, list(p.choices)) if p.choices else _suggest(trial, p) for p in params
     }
-    lease = Lease(Path(search.run_dir) / LEASES, trial.number)
+    lease = Lease(Path(search.run_dir) / LEASES, trial.number) if search.storage is None else None
     try:
         settings, trial_task = configure(search.settings(), task, values)
         trial.set_user_attr(
@@ -389,7 +397,8 @@ def objective(
             raise optuna.TrialPruned("non-finite validation loss")
         return val.loss
     finally:
-        lease.release()
+        if lease is not None:
+            lease.release()
 
 
 def _suggest(trial: Any, p: Param) -> Any:

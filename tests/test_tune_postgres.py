@@ -1,0 +1,74 @@
+"""`tune` against a real PostgreSQL server on loopback: two workers (one killed mid-trial) share one study through
+Optuna's relational storage; no trial is lost or run twice, and the killed worker's trial is retried.
+
+`.ci/run` installs Debian's postgresql, starts it, and sets RECIPE_TEST_POSTGRES to a database URL; elsewhere the
+test is skipped (set the variable to run it against your own server).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from recipe.tuning import Search, open_study, parse_space, prepare, work
+from tests import tiny
+
+URL = os.environ.get("RECIPE_TEST_POSTGRES")
+pytestmark = pytest.mark.skipif(
+    not URL, reason="RECIPE_TEST_POSTGRES is not set (.ci/run starts a local PostgreSQL and sets it)"
+)
+SOURCE = {"task": "tests.tiny:classification", "task_args": {}}
+
+
+def test_two_workers_on_postgres_lose_nothing_and_retry_a_killed_trial(tmp_path):
+    import optuna
+
+    task = tiny.classification()
+    search = Search(
+        base={},
+        space={"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+        trials=4,
+        sampler="sobol",
+        epochs=300,
+        max_steps=None,
+        seed=0,
+        pruning=False,
+        storage=URL,
+        study=f"test-{uuid.uuid4().hex[:8]}",
+        run_dir=str(tmp_path),
+        device="cpu",
+        lease_timeout=4.0,
+    )
+    prepare(search, task)
+    spec = tmp_path / "worker.json"
+    spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": SOURCE}))
+    code = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], 1))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(spec)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    study = open_study(search, search.study, parse_space(search.space, task, search.settings()))
+    deadline = time.time() + 60
+    while time.time() < deadline and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        time.sleep(0.1)  # polling for the worker's first trial to start
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and not study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
+        optuna.storages.fail_stale_trials(study)  # what every worker does before a trial; polled until it fires
+        time.sleep(0.5)
+    work(dataclasses.replace(search, epochs=2), task)
+    trials = study.get_trials(deepcopy=False)
+    states = collections.Counter(t.state.name for t in trials)
+    assert states["FAIL"] == 1 and states["COMPLETE"] == 4, states
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert len(retried) == 1 and retried[0].params == failed.params and retried[0].state.name == "COMPLETE"
+    completed = [json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "COMPLETE"]
+    assert len(set(completed)) == 4  # no configuration ran twice
