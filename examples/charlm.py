@@ -132,11 +132,12 @@ def make_task(
     cut = int(0.9 * len(ids))
     train, val = windows(ids[:cut], block_size), windows(ids[cut:], block_size)
     if model == "gpt":
-        factory = partial(GPT, len(VOCAB), block_size, layers, heads, dim, dropout)
-        ladder = {f"gpt-{w}": partial(GPT, len(VOCAB), block_size, layers, heads, w, dropout) for w in (dim // 2, dim)}
+        sizes = {"vocab": len(VOCAB), "block_size": block_size, "layers": layers, "heads": heads, "dropout": dropout}
+        factory = partial(GPT, dim=dim, **sizes)  # keywords, so later stages can set `dropout`
+        ladder = {f"gpt-{w}": partial(GPT, dim=w, **sizes) for w in (dim // 2, dim)}
     elif model == "conv":
-        factory = partial(ConvLM, len(VOCAB), dim)
-        ladder = {f"conv-{w}": partial(ConvLM, len(VOCAB), w) for w in (dim // 2, dim)}
+        factory = partial(ConvLM, vocab=len(VOCAB), dim=dim)
+        ladder = {f"conv-{w}": partial(ConvLM, vocab=len(VOCAB), dim=w) for w in (dim // 2, dim)}
     else:
         raise ValueError(f"model={model!r}: use 'gpt' or 'conv'")
     return Task(

@@ -9,7 +9,7 @@ from recipe.evaluation import Evaluation, evaluate
 from recipe.fit import FitResult, fit
 from recipe.recipe import Context, Recipe, RecipeResult
 from recipe.stage import Stage
-from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch, Tune
+from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch, Regularize, Tune
 from recipe.task import Task
 
 __all__ = [
@@ -27,11 +27,12 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "RecipeResult",
+    "Regularize",
     "Stage",
     "Task",
     "TaskError",
-    "Tune",
     "TrainSettings",
+    "Tune",
     "__version__",
     "evaluate",
     "fit",

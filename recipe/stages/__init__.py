@@ -4,6 +4,7 @@ from recipe.stages.baseline import Baseline, BaselineSettings
 from recipe.stages.complexify import Complexify, ComplexifySettings
 from recipe.stages.inspect import InspectData, InspectSettings
 from recipe.stages.overfit import OverfitOneBatch, OverfitSettings
+from recipe.stages.regularize import Regularize, RegularizeSettings
 from recipe.stages.tune import Tune, TuneSettings
 
 STAGES = {
@@ -11,6 +12,7 @@ STAGES = {
     "baseline": Baseline,
     "overfit": OverfitOneBatch,
     "complexify": Complexify,
+    "regularize": Regularize,
     "tune": Tune,
 }
 
@@ -24,6 +26,8 @@ __all__ = [
     "InspectSettings",
     "OverfitOneBatch",
     "OverfitSettings",
+    "Regularize",
+    "RegularizeSettings",
     "Tune",
     "TuneSettings",
 ]

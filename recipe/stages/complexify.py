@@ -91,7 +91,8 @@ class Complexify(Stage):
         if checks[0].status == "fail":  # nothing trained: say how the curve went, skip the rest
             return [*checks, loss_spikes((chosen or rungs[0]).step_losses)]
         assert chosen is not None
-        ctx.learn(model=chosen.name, lr=chosen.lr, schedule="constant", warmup_steps=0)
+        budget = {"epochs": s.epochs} if s.epochs else {}  # later stages train with the same budget
+        ctx.learn(model=chosen.name, lr=chosen.lr, schedule="constant", warmup_steps=0, **budget)
         final = self._schedule(ctx, chosen, checks)
         checks += [
             loss_spikes(final.step_losses),

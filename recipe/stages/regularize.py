@@ -1,0 +1,329 @@
+"""Stage `regularize`: trade some training fit for validation performance, one regulariser at a time.
+
+    "Get more data ... data augment ... decrease the batch size ... add dropout ... weight decay ... early stopping
+    ... try a smaller model ... decrease the input dimensionality ... Finally, to gain additional confidence that
+    your network is a reasonable classifier, I like to visualize the network's first-layer weights."
+    — Karpathy, A Recipe for Training Neural Networks, step 4.
+
+From the setup the earlier stages chose, each regulariser is trained on top of what was kept so far, and kept only
+when it lowers the validation loss by more than twice the noise: the paired per-sample standard error and the
+difference between two seeds of the same setup. The result goes to `tune` through the context and as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from recipe import plots
+from recipe.check import Check, skipped, to_jsonable
+from recipe.data import fixed_indices, tree_map
+from recipe.diagnostics.numerics import non_finite
+from recipe.diagnostics.regularization import (
+    Trial,
+    augmentation_invariances,
+    augmentation_overfit,
+    best_trial,
+    chosen_regularization,
+    feature_ablation,
+    first_layer,
+    first_layer_filters,
+    more_data,
+    paired_gain,
+    regularizer,
+)
+from recipe.errors import NonFiniteError
+from recipe.evaluation import evaluate
+from recipe.models import disable_dropout
+from recipe.recipe import REGULARISATION_OFF, Context, accepts, model_factory
+from recipe.stage import Stage
+from recipe.task import Task, constant_loss
+
+REGULARIZERS = ("weight_decay", "dropout", "augmentation", "early_stopping", "smaller_model")
+
+
+@dataclass(frozen=True)
+class RegularizeSettings:
+    """Settings of the `regularize` stage.
+
+    Args:
+        epochs: epochs per trial; None for `train.epochs` (the budget `complexify` trained with, when it sets one).
+        max_steps: optimizer steps per trial at most; None for the epochs alone. Bounds the stage on large models.
+        train_eval_size: training samples (a fixed sample) on which each trial's training loss is measured.
+        data_fractions: fractions of the training split for the learning curve, besides all of it; () to skip.
+        weight_decays: weight decay values to try (decoupled, AdamW's 0.01 default and a decade either side).
+        dropouts: dropout rates to try, when the model factory takes a `dropout` argument.
+        patience: early-stopping patience in epochs; None to skip the trial.
+        smaller_model: try the ladder rung below the chosen one.
+        augmentation_samples: samples compared before and after the task's augmentation.
+        overfit_batch_size: samples in the batch overfit under augmentation.
+        overfit_steps: optimizer steps for it.
+        overfit_lr: learning rate for it.
+        max_features: at most this many tabular features are ablated one by one (more: the check is skipped).
+        skip: checks to report as "skip" (they still run).
+    """
+
+    epochs: int | None = None
+    max_steps: int | None = 300
+    train_eval_size: int = 1024
+    data_fractions: tuple[float, ...] = (0.25, 0.5)
+    weight_decays: tuple[float, ...] = (0.01, 0.1, 1.0)
+    dropouts: tuple[float, ...] = (0.1, 0.3)
+    patience: int | None = 3
+    smaller_model: bool = True
+    augmentation_samples: int = 64
+    overfit_batch_size: int = 16
+    overfit_steps: int = 300
+    overfit_lr: float = 1e-3
+    max_features: int = 100
+    skip: tuple[str, ...] = ()
+
+
+class Regularize(Stage):
+    """One regulariser at a time on top of the chosen setup; keep what improves validation beyond noise."""
+
+    name = "regularize"
+    settings_cls = RegularizeSettings
+    settings: RegularizeSettings
+
+    def run(self, ctx: Context) -> list[Check]:
+        start = self._trial(ctx, "reference", {})  # a run that diverges here fails the stage (non_finite)
+        second = self._trial(ctx, "reference_seed", {}, seed=ctx.seed + 1)
+        assert start.val is not None and second.val is not None
+        seed_noise = abs(paired_gain(start.val, second.val)[0])
+        checks = [self._more_data(ctx, start, seed_noise), *self._augmentation(ctx)]
+        augmentation_ok = all(c.status != "fail" for c in checks)
+        current, trials, kept = start, [start], []
+        for name in REGULARIZERS:
+            candidates = self._candidates(ctx, name, augmentation_ok, start.epochs)
+            if isinstance(candidates, str):
+                checks.append(skipped(name, candidates))
+                continue
+            tried = [self._trial(ctx, _label(changes), changes, diverge_ok=True) for changes in candidates]
+            check = regularizer(name, current, tried, seed_noise)
+            checks.append(check.replace(seconds=sum(t.seconds for t in tried)))
+            trials += tried
+            best = best_trial(current, tried, seed_noise)
+            if best is not None:
+                ctx.learn(**best.changes)
+                current = best
+                kept.append(best)
+        assert current.model is not None
+        checks.append(self._feature_ablation(ctx, current.model))
+        checks.append(self._first_layer(ctx, current.model))
+        checks.append(self._summary(ctx, trials, kept))
+        return checks
+
+    def _trial(
+        self,
+        ctx: Context,
+        label: str,
+        changes: dict[str, Any],
+        task: Task | None = None,
+        diverge_ok: bool = False,
+        **overrides: Any,
+    ) -> Trial:
+        """Train the current setup with `changes` (training settings) and evaluate it; a diverged run has no `val`
+        when `diverge_ok`, else its NonFiniteError propagates."""
+        s = dataclasses.replace(ctx.train, **changes)
+        task = task or ctx.training_task(model=s.model, dropout=s.dropout)
+        try:
+            result = ctx.fit(
+                label,
+                task=task,
+                weight_decay=s.weight_decay,
+                augment=s.augment,
+                early_stopping=s.early_stopping,
+                **{"epochs": self.settings.epochs or s.epochs, "max_steps": self.settings.max_steps, **overrides},
+            )
+        except NonFiniteError:
+            if not diverge_ok:
+                raise
+            return Trial(label, changes)
+        probe = task.subset("train", fixed_indices(len(task.train), self.settings.train_eval_size, ctx.seed))
+        val = evaluate(ctx.task, result.model, ctx.task.val, ctx.device)
+        train = evaluate(ctx.task, result.model, probe.train, ctx.device)
+        return Trial(label, changes, val, train.loss, result.steps, len(result.history), result.seconds, result.model)
+
+    def _candidates(self, ctx: Context, name: str, augmentation_ok: bool, epochs: int) -> list[dict[str, Any]] | str:
+        """The training-setting changes to try for regulariser `name`, or why it is not tried."""
+        s, train, task = self.settings, ctx.train, ctx.task
+        if name == "weight_decay":
+            values = [v for v in s.weight_decays if v != train.weight_decay]
+            return [{"weight_decay": v} for v in values] or "no weight_decays to try (regularize.weight_decays)."
+        if name == "dropout":
+            if not accepts(model_factory(task, train.model), "dropout"):
+                return "the model factory takes no `dropout` argument."
+            return [{"dropout": p} for p in s.dropouts if p != train.dropout] or "no dropouts to try."
+        if name == "augmentation":
+            if task.augmentation is None:
+                return "the task has no training-time augmentation (Task(augment=...))."
+            if train.augment:
+                return "augmentation is already on in the training settings."
+            return [{"augment": True}] if augmentation_ok else "the augmentation failed its checks; fix it first."
+        if name == "early_stopping":
+            if s.patience is None or train.early_stopping is not None:
+                return "early stopping is already on, or regularize.patience is None."
+            if epochs <= s.patience:
+                return f"each trial runs {epochs} epoch(s), too few for a patience of {s.patience} to stop anything."
+            return [{"early_stopping": s.patience}]
+        rungs = list(task.models)
+        if not s.smaller_model or train.model not in rungs or rungs.index(train.model) == 0:
+            return "no smaller rung below the chosen model on the task's ladder (Task(models=...))."
+        smaller = rungs[rungs.index(train.model) - 1]
+        keeps_dropout = train.dropout is None or accepts(model_factory(task, smaller), "dropout")
+        return [{"model": smaller} if keeps_dropout else {"model": smaller, "dropout": None}]
+
+    def _more_data(self, ctx: Context, full: Trial, seed_noise: float) -> Check:
+        """The learning curve: the same setup and step budget on nested fractions of the training split."""
+        n = len(ctx.task.train)
+        sizes = sorted({round(f * n) for f in self.settings.data_fractions if 0 < round(f * n) < n})
+        if not sizes:
+            return skipped("more_data", "no data_fractions below 1 to draw a learning curve with.")
+        curve = []
+        for size in sizes:
+            subset = ctx.training_task().subset("train", fixed_indices(n, size, ctx.seed))
+            budget = {"max_steps": full.steps, "epochs": None}
+            curve.append((size, self._trial(ctx, f"more_data_{size}", {}, subset, diverge_ok=True, **budget)))
+        curve.append((n, full))
+        check = more_data(curve, seed_noise)
+        done = [(size, t) for size, t in curve if t.val is not None and t.train_loss is not None]
+        if len(done) < 2:
+            return check
+        fig = plots.learning_curve(
+            [size for size, _ in done],
+            [t.train_loss or 0.0 for _, t in done],
+            [t.val.loss for _, t in done if t.val is not None],
+            [t.val.loss_se or 0.0 for _, t in done if t.val is not None],
+            f"Learning curve ({full.steps} steps each)",
+        )
+        seconds = sum(t.seconds for _, t in curve[:-1])
+        return check.replace(artifacts=(ctx.save_figure("learning_curve.png", fig),), seconds=seconds)
+
+    def _augmentation(self, ctx: Context) -> list[Check]:
+        """The same samples before and after the task's augmentation, its declared invariances, and one batch
+        overfit with it on."""
+        task = ctx.task
+        if task.augmentation is None:
+            reason = "the task has no training-time augmentation (Task(augment=...))."
+            return [skipped("augmentation_invariances", reason), skipped("augmentation_overfit", reason)]
+        batch = task.sample_batch("train", self.settings.augmentation_samples, ctx.seed, ctx.device)
+        inputs, target = task.split_batch(batch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.seed)
+            augmented = task.augment(tree_map(torch.clone, inputs))
+        check = ctx.check(augmentation_invariances, task, inputs, augmented)
+        before, after = task.images(inputs), task.images(augmented)
+        if before is not None and after is not None and before.shape == after.shape:
+            grid, labels, columns = _interleave(before[:32].cpu(), after[:32].cpu(), target[:32].cpu())
+            fig = plots.image_grid(grid, labels, "Each row as stored, the row below it after task.augment", columns)
+            check = check.replace(artifacts=(ctx.save_figure("augmentation.png", fig),))
+        elif isinstance(inputs, torch.Tensor) and isinstance(augmented, torch.Tensor):
+            shown: dict[str, Any] = {"before": inputs[:8].cpu(), "after": augmented[:8].cpu()}
+            if task.decoder is not None and not inputs.is_floating_point():
+                shown = {k: [task.decode(row.tolist()) for row in v] for k, v in shown.items()}
+            check = check.replace(artifacts=(ctx.save_json("augmentation.json", shown),))
+        return [check, self._augmentation_overfit(ctx)]
+
+    def _augmentation_overfit(self, ctx: Context) -> Check:
+        s, task = self.settings, ctx.training_task()
+        indices = fixed_indices(len(task.train), s.overfit_batch_size, ctx.seed)
+        try:
+            result = ctx.fit(
+                "augmentation_overfit",
+                **{**REGULARISATION_OFF, "augment": True},
+                task=task.subset("train", indices),
+                model=disable_dropout(task.make_model()),
+                batch_size=len(indices),
+                max_steps=s.overfit_steps,
+                epochs=None,
+                lr=s.overfit_lr,
+                evaluate_every_epoch=False,
+                log_every=25,
+            )
+        except NonFiniteError as exc:
+            return non_finite(exc)
+        _, target = task.split_batch(task.batch("train", indices))
+        check = augmentation_overfit(result.step_losses, constant_loss(task, target), len(indices))
+        return check.replace(seconds=result.seconds)
+
+    def _feature_ablation(self, ctx: Context, model: nn.Module) -> Check:
+        task = ctx.task
+        inputs, target = task.split_batch(task.sample_batch("val", 4096, ctx.seed, ctx.device))
+        if isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and inputs.shape[1] > self.settings.max_features:
+            return skipped("feature_ablation", f"{inputs.shape[1]} features > regularize.max_features.")
+        check = ctx.check(feature_ablation, task, model, inputs, target, ctx.seed)
+        if check.status == "skip":
+            return check
+        importance, se = check.value["importance"], check.value["se"]
+        order = sorted(range(len(importance)), key=importance.__getitem__)[:40]
+        fig = plots.baselines(
+            {f"feature {j}": (importance[j], se[j]) for j in order},
+            "Validation loss increase when one feature is shuffled (least important first)",
+            "increase in validation loss (± SE)",
+        )
+        table = {
+            "columns": ["feature", "loss increase when shuffled", "SE", "candidate to remove"],
+            "rows": [[j, f"{importance[j]:.4g}", f"{se[j]:.2g}", j in check.value["candidates"]] for j in order],
+        }
+        artifacts = (ctx.save_figure("feature_ablation.png", fig), ctx.save_json("feature_ablation.table.json", table))
+        return check.replace(artifacts=artifacts)
+
+    def _first_layer(self, ctx: Context, model: nn.Module) -> Check:
+        inputs, _ = ctx.task.split_batch(ctx.task.sample_batch("val", 2, ctx.seed, ctx.device))
+        found = first_layer_filters(model, ctx.task, inputs)
+        if found is None:
+            return skipped("first_layer", "not an image model whose first Linear/Conv2d layer can be drawn.")
+        layer, filters = found
+        check = ctx.check(first_layer, filters, layer)
+        fig = plots.image_grid(filters[:64], [""] * 64, f"First-layer weights ({layer}), after regularize's training")
+        return check.replace(artifacts=(ctx.save_figure("first_layer.png", fig),))
+
+    def _summary(self, ctx: Context, trials: list[Trial], kept: list[Trial]) -> Check:
+        """The table and plot of every trial's train/validation gap, and the configuration handed to `tune`."""
+        start, metric = trials[0], ctx.task.metric_name
+        final = kept[-1] if kept else start
+        check = chosen_regularization(start, final, [t.label for t in kept], metric)
+        rows = [_row(t, t in kept) for t in trials]
+        columns = ["trial", "steps", "epochs", "train loss", "val loss", "gap", f"val {metric}", "kept"]
+        gaps = [(t.label, t.train_loss, t.val.loss, t in kept) for t in trials if t.val and t.train_loss is not None]
+        config: dict[str, Any] = {k: ctx.source[k] for k in ("task", "task_args") if ctx.source.get(k)}
+        config.update(train=to_jsonable(dataclasses.asdict(ctx.train)), stages=["tune"])
+        header = "" if "task" in config else "# add `task: module:function` to run this with `recipe run`\n"
+        artifacts = (
+            ctx.save_json("trials.table.json", {"columns": columns, "rows": rows}),
+            ctx.save_figure("train_val_gap.png", plots.train_val_gap(gaps, "Train/validation gap per trial")),
+            ctx.save_text("config.yaml", header + yaml.safe_dump(config, sort_keys=False)),
+        )
+        assert final.val is not None
+        ctx.learn(kept=[t.label for t in kept], val_loss=final.val.loss, **{f"val_{metric}": final.val.metric})
+        return check.replace(artifacts=artifacts)
+
+
+def _label(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items())
+
+
+def _row(t: Trial, kept: bool) -> list[Any]:
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    val, metric = (t.val.loss, t.val.metric) if t.val is not None else (None, None)
+    return [t.label, t.steps, t.epochs, fmt(t.train_loss), fmt(val), fmt(t.gap), fmt(metric), "yes" if kept else ""]
+
+
+def _interleave(before: torch.Tensor, after: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, list[str], int]:
+    """Rows of up to 8 samples as stored, each followed by the same samples augmented, with their labels."""
+    columns = min(8, len(before))
+    n = len(before) - len(before) % columns
+    grid = torch.stack([before[:n].unflatten(0, (-1, columns)), after[:n].unflatten(0, (-1, columns))], 1)
+    names = [str(int(t)) if t.numel() == 1 else "" for t in target[:n]]
+    labels: list[str] = []
+    for r in range(0, n, columns):
+        labels += names[r : r + columns] + [f"aug {x}" for x in names[r : r + columns]]
+    return grid.reshape(-1, *before.shape[1:]), labels, columns
