@@ -329,3 +329,16 @@ def best_so_far(values: Sequence[float]) -> Figure:
         ax.set(title="Search progress", xlabel="trial", ylabel="validation loss")
         ax.legend(frameon=False)
     return fig
+
+
+def isolation(name: str, best: Mapping[Any, float]) -> Figure:
+    """The playbook's isolation plot: for each value of one hyperparameter, the best validation loss any trial
+    with that value reached (the other hyperparameters optimised away)."""
+    labels = [str(k) for k in best]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.4))
+        ax.bar(labels, list(best.values()), color=COLORS[0], alpha=0.85)
+        for i, v in enumerate(best.values()):
+            ax.text(i, v, f"{v:.4g}", ha="center", va="bottom", fontsize=8)
+        ax.set(title=f"Best validation loss per {name}", xlabel=name, ylabel="best validation loss")
+    return fig

@@ -141,3 +141,12 @@ def test_a_killed_workers_trial_is_retried_and_counted_once(tmp_path):
     retried = [t for t in trials if "retry_of" in t.user_attrs]
     failed = next(t for t in trials if t.state.name == "FAIL")
     assert len(retried) == 1 and retried[0].params == failed.params
+
+
+def test_a_model_argument_is_searched_and_gets_an_isolation_plot(tmp_path):
+    space = {"lr": {"low": 1e-3, "high": 1e-1, "log": True}, "out": {"choices": [tiny.CLASSES]}}
+    result = run(tmp_path, trials=4, seeds=0, space=space)
+    assert result.checks[0].value["best_params"]["out"] == tiny.CLASSES
+    assert (result.run_dir / "06_tune" / "isolation_out.png").exists()
+    config = yaml.safe_load((result.run_dir / "06_tune" / "best_config.yaml").read_text())
+    assert config["model_args"] == {"out": tiny.CLASSES}

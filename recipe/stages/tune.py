@@ -29,6 +29,7 @@ import yaml
 
 from recipe import plots
 from recipe.check import Check, passed, skipped
+from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
@@ -103,7 +104,7 @@ class Tune(Stage):
         checks += [
             enough_trials([t.value for t in in_order], _loss_noise(best, noise)),
             seeds,
-            training_length([t.user_attrs.get("history", []) for t in finished]),
+            self._training_length(finished),
             self._ensemble(ctx, search, finished),
         ]
         checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, finished, in_order, params))
@@ -206,6 +207,18 @@ class Tune(Stage):
         runner = ranked[1].user_attrs.get("val_metric") if len(ranked) > 1 else None
         return seed_variance(metrics, ranked[0].user_attrs.get("val_metric", 0.0), runner, ctx.task.metric_name)
 
+    def _training_length(self, finished: list[Any]) -> Check:
+        """Where the best epochs fall, plus complexify's curve checks over every trial's training curve."""
+        check = training_length([t.user_attrs.get("history", []) for t in finished])
+        curves = {t.number: loss_spikes(t.user_attrs.get("step_losses", [])) for t in finished}
+        unstable = sorted(n for n, c in curves.items() if c.status in ("warn", "fail"))
+        if not unstable:
+            return check
+        note = (
+            f" Trials {unstable[:8]} had unstable training curves (loss spikes or divergence): their values are noisy."
+        )
+        return check.replace(message=check.message + note, value={**(check.value or {}), "unstable_trials": unstable})
+
     def _ensemble(self, ctx: Context, search: Search, finished: list[Any]) -> Check:
         """Average the top trials' predictions on validation; report the gain over the best single model."""
         top = finished[: self.settings.ensemble]
@@ -247,11 +260,18 @@ class Tune(Stage):
         shown = [[r[0], _fmt(r[1]), _fmt(r[2]), *(_fmt(v) for v in r[3:])] for r in sorted(rows, key=lambda r: r[1])]
         table = {"columns": ["trial", "val loss", f"val {metric}", *names], "rows": shown[:20]}
         axes = {p.name: ([t.params[p.name] for t in finished], bool(p.log)) for p in params if not p.choices}
+        isolations = []
+        for p in (p for p in params if p.choices):
+            best = {
+                c: min((t.value for t in finished if t.params[p.name] == c), default=float("nan")) for c in p.choices
+            }
+            isolations.append(ctx.save_figure(f"isolation_{p.name}.png", plots.isolation(p.name, best)))
         return (
             ctx.save_text("trials.csv", buffer.getvalue()),
             ctx.save_json("trials.table.json", table),
-            ctx.save_figure("axes.png", plots.search_axes(axes, [t.value for t in finished])),
+            *([ctx.save_figure("axes.png", plots.search_axes(axes, [t.value for t in finished]))] if axes else []),
             ctx.save_figure("best_so_far.png", plots.best_so_far([t.value for t in in_order])),
+            *isolations,
         )
 
     def _hand_over(self, ctx: Context, search: Search, best: Any) -> None:
