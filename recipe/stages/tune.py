@@ -279,10 +279,10 @@ class Tune(Stage):
         ctx.learn(**{k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number)
         extra = {k: v for k, v in best.params.items() if k not in TRAIN_KEYS}
         config: dict[str, Any] = {**ctx.source, "train": dataclasses.asdict(settings)}
-        if extra:
-            config.setdefault("task_args", {})
-            config["model_args"] = extra  # searched model-factory arguments, for reference
-        ctx.save_text("best_config.yaml", yaml.safe_dump(config, sort_keys=False))
+        header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
+        if extra:  # not training settings: the model factory's own arguments, for the task's author to pass on
+            header += f"# searched model-factory arguments: {json.dumps(extra)}\n"
+        ctx.save_text("best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
         source = Path(search.run_dir) / TRIALS / f"trial_{best.number}.pt"
         if source.exists():
             ctx.rundir.stage_dir("tune").joinpath("best.pt").write_bytes(source.read_bytes())
