@@ -151,39 +151,44 @@ def train_batches(
     generator: torch.Generator,
     device: torch.device,
     num_workers: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Callable[[], Iterator[Batch]]:
     """Return a function yielding one shuffled epoch of batches on `device`.
 
     In-memory splits are indexed on the device with a permutation drawn from `generator`; other splits go
-    through a DataLoader (pinned memory and non-blocking copies on CUDA).
+    through a DataLoader (pinned memory and non-blocking copies on CUDA). Under data parallelism (`world` > 1) each
+    rank takes its shard of the same permutation (every rank seeds `generator` alike).
     """
+    from recipe.distributed import shard
+
     if isinstance(split, TensorSplit):
         x, y, n = split.x, split.y, len(split)
 
         if x.device != device:  # pinned host memory: copy each batch without blocking
 
             def copied_epoch() -> Iterator[Batch]:
-                perm = torch.randperm(n, generator=generator)
-                for i in range(0, n, batch_size):
+                perm = shard(torch.randperm(n, generator=generator), rank, world)
+                for i in range(0, len(perm), batch_size):
                     idx = perm[i : i + batch_size]
                     yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
 
             return copied_epoch
 
         def epoch() -> Iterator[Batch]:
-            perm = torch.randperm(n, generator=generator).to(x.device)
-            for i in range(0, n, batch_size):
+            perm = shard(torch.randperm(n, generator=generator), rank, world).to(x.device)
+            for i in range(0, len(perm), batch_size):
                 idx = perm[i : i + batch_size]
                 yield x[idx], y[idx]
 
         return epoch
 
     workers = default_num_workers() if num_workers is None else num_workers
+    sampler = _ShardSampler(len(split), generator, rank, world)
     loader = DataLoader(
         split.dataset,
         batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -195,6 +200,21 @@ def train_batches(
             yield to_device(batch, device, non_blocking)
 
     return loader_epoch
+
+
+class _ShardSampler(torch.utils.data.Sampler[int]):
+    """A fresh permutation from `generator` every epoch, this rank's shard of it (all of it with one process)."""
+
+    def __init__(self, n: int, generator: torch.Generator, rank: int, world: int):
+        self.n, self.generator, self.rank, self.world = n, generator, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        from recipe.distributed import shard
+
+        return iter(shard(torch.randperm(self.n, generator=self.generator), self.rank, self.world).tolist())
+
+    def __len__(self) -> int:
+        return self.n // self.world
 
 
 def eval_batches(split: Split, batch_size: int, device: torch.device) -> Iterator[Batch]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from recipe import checkpoint
+from recipe import checkpoint, distributed
 from recipe.data import Batch, DatasetSplit, Split, TensorSplit, train_batches
 from recipe.diagnostics.numerics import first_non_finite_module, first_non_finite_parameter
 from recipe.errors import ConfigError, NonFiniteError
@@ -123,7 +123,7 @@ def fit(
         NonFiniteError: the training loss became NaN/Inf; names the step, the parameter and the module.
     """
     _check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
-    dev = resolve_device(device)
+    rank, world, dev = distributed.setup(resolve_device(device))
     task.validate(dev)
     if batch_size > len(task.train):
         raise ConfigError(
@@ -139,8 +139,8 @@ def fit(
 
     split, data_path = _place(task.train, dev)
     generator = torch.Generator().manual_seed(seed)
-    epoch_batches = train_batches(split, batch_size, generator, dev, num_workers)
-    steps_per_epoch = math.ceil(len(task.train) / batch_size)
+    epoch_batches = train_batches(split, batch_size, generator, dev, num_workers, rank, world)
+    steps_per_epoch = math.ceil(len(task.train) // world / batch_size)
     total = min(x for x in (max_steps, None if epochs is None else epochs * steps_per_epoch) if x is not None)
     n_epochs = math.ceil(total / steps_per_epoch)
 
@@ -156,6 +156,11 @@ def fit(
         (lambda: torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else (lambda: None)
     )
     forward_model = cast(nn.Module, torch.compile(model)) if compile else model
+    if world > 1:  # gradients averaged across ranks in backward; every rank started from the same seed
+        ids = [dev.index] if dev.type == "cuda" else None
+        forward_model = torch.nn.parallel.DistributedDataParallel(forward_model, device_ids=ids)
+    if rank != 0:  # one process logs and draws progress (and, below, writes checkpoints)
+        log, progress = None, False
     setup = {
         "device": str(dev),
         "data_path": data_path,
@@ -173,6 +178,7 @@ def fit(
         "grad_clip": grad_clip,
         "augment": augment and task.augmentation is not None,
         "seed": seed,
+        "world_size": world,
     }
 
     def train_step(batch: Batch) -> torch.Tensor:
@@ -233,11 +239,11 @@ def fit(
             if val_loss is not None and val_loss < progress_state["best_val_loss"]:
                 progress_state.update(best_val_loss=val_loss, stale_epochs=0)
                 best_state = _state_copy(model) if early_stopping else {}
-                if ckpt_dir is not None:
+                if ckpt_dir is not None and rank == 0:
                     checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
             else:
                 progress_state["stale_epochs"] += 1
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and rank == 0:
                 checkpoint.save_training_state(
                     ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state
                 )
