@@ -77,6 +77,7 @@ def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: 
         keep_going=args.keep_going or config.keep_going,
         config={"train": config.train, **sections, **_tune_flags(sections, args)},
         source={"task": config.task, "task_args": config.task_args},
+        loggers=config.loggers,
         progress=not args.quiet,
         quiet=args.quiet,
     )

@@ -79,6 +79,7 @@ class RunConfig:
     seed: int = 0
     stages: list[str] | None = None
     keep_going: bool = False
+    loggers: list[str] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)
 
 

@@ -190,6 +190,7 @@ class Recipe:
         quiet: print only the final summary.
         source: where the task came from, when started from a config ({"task": "module:function", "task_args":
             {...}}); stages use it to write configs the command line can run again.
+        loggers: tools the run directory is mirrored into after each stage: "tensorboard".
     """
 
     def __init__(
@@ -204,7 +205,9 @@ class Recipe:
         progress: bool = True,
         quiet: bool = False,
         source: dict[str, Any] | None = None,
+        loggers: Sequence[str] = (),
     ):
+        from recipe.loggers import LOGGERS
         from recipe.stages import STAGES
 
         if not isinstance(task, Task):
@@ -231,14 +234,20 @@ class Recipe:
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / task.name
         self.config = config
         self.source = dict(source or {})
+        self.loggers = list(loggers)
+        unknown = [n for n in self.loggers if n not in LOGGERS]
+        if unknown:
+            raise ConfigError(f"loggers: unknown {unknown}{suggest(unknown[0], LOGGERS)}")
 
     def run(self) -> RecipeResult:
         """Run the stages in order; write the run directory; return the result."""
+        from recipe.loggers import make_loggers
         from recipe.report import build_report
 
         self.task.validate(self.device)  # bad input fails here, before anything is written
         rundir = RunDir(self.run_dir, [s.name for s in self.stages])
         rundir.create()
+        loggers = make_loggers(self.loggers, rundir.path)
         ctx = Context(self.task, self.device, self.seed, rundir, self.train, progress=self.progress, source=self.source)
         console = Console(self.quiet)
         manifest = self._manifest()
@@ -256,6 +265,8 @@ class Recipe:
                 statuses[stage.name] = _worst(stage_checks)
                 rundir.write_checks(checks)
                 console.stage(stage.name, stage_checks, timings[stage.name])
+                for logger in loggers:
+                    logger.stage(rundir, stage.name, [s.name for s in self.stages])
                 if statuses[stage.name] == "fail" and not self.keep_going:
                     break
         finally:
@@ -270,6 +281,8 @@ class Recipe:
             rundir.write_checks(checks)
             rundir.write_manifest(manifest)
             rundir.close()
+            for logger in loggers:
+                logger.close()
             build_report(rundir.path)
         result = RecipeResult(not any(c.failed for c in checks), checks, rundir.path, statuses)
         console.summary(result)
