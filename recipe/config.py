@@ -70,7 +70,19 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The top level of a YAML config (stage sections are checked against each stage's settings)."""
+    """The top level of a YAML config (stage sections are checked against each stage's settings).
+
+    Args:
+        task: the task as `module.path:function`, a function returning a `recipe.Task` (the only import path).
+        task_args: keyword arguments for that function.
+        run_dir: the run directory (default: runs/<task name>); `--run-dir` overrides it.
+        device: "auto", "cpu", "cuda" or "cuda:N"; `--device` overrides it.
+        seed: seeds every training run; `--seed` overrides it.
+        stages: the stages to run, in order (default: all six); `--stages` overrides it.
+        keep_going: run later stages after a failed check.
+        loggers: tools the run directory is mirrored into after each stage: "tensorboard".
+        train: the training settings every stage starts from (the `train` section below).
+    """
 
     task: str = ""
     task_args: dict[str, Any] = field(default_factory=dict)
