@@ -68,7 +68,8 @@ def reference() -> str:
         section("the training settings every stage starts from", "train", TrainSettings),
     ]
     for name, stage in STAGES.items():
-        parts += ["", section(f"stage `{name}`, {stage.__doc__.splitlines()[0].rstrip('.')}", name, stage.settings_cls)]
+        summary = (stage.__doc__ or name).splitlines()[0].rstrip(".")
+        parts += ["", section(f"stage `{name}`, {summary}", name, stage.settings_cls)]
     return "\n".join(parts) + "\n"
 
 
