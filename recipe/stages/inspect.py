@@ -32,6 +32,7 @@ from recipe.diagnostics.integrity import (
     target_range,
     whole_split,
 )
+from recipe.diagnostics.label_noise import find_label_issues, label_noise
 from recipe.diagnostics.outliers import outliers
 from recipe.diagnostics.splits import duplicates, split_shift
 from recipe.recipe import Context
@@ -161,10 +162,6 @@ class InspectData(Stage):
     def _label_noise(self, ctx: Context) -> Check:
         if not self.settings.label_noise:
             return skipped("label_noise", "turned off (inspect.label_noise: false).")
-        try:  # TEMP until the module lands
-            from recipe.diagnostics.label_noise import find_label_issues, label_noise
-        except ImportError:
-            return skipped("label_noise", "TEMP: module not there yet.")
 
         issues = find_label_issues(
             ctx.task, folds=self.settings.folds, max_samples=self.settings.max_samples, seed=ctx.seed, device=ctx.device

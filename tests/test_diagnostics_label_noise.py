@@ -1,0 +1,178 @@
+"""label_noise: confident learning against a hand-computed example and cleanlab, planted flips found, clean data
+passes, shuffled labels fail, tasks it does not apply to skip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from examples import digits
+from recipe import Task
+from recipe.diagnostics.label_noise import (
+    LabelIssues,
+    confident_joint,
+    confident_learning,
+    find_label_issues,
+    label_noise,
+)
+
+
+def _digits_task(model: str = "mlp", flip: float = 0.0, shuffle: bool = False) -> tuple[Task, set[int]]:
+    """The digits task with a share of its training labels flipped to a random other class (or all shuffled)."""
+    task = digits.make_task(model)
+    y_train = task.targets("train").numpy().copy()
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(y_train), round(flip * len(y_train)), replace=False)
+    y_train[flipped] = (y_train[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    if shuffle:
+        y_train = rng.permutation(y_train)
+    return task.replace(train=(task.train.x, torch.as_tensor(y_train))), set(flipped.tolist())
+
+
+# ---- the confident-learning core --------------------------------------------------------------------------------
+
+
+def test_confident_learning_matches_a_hand_computed_example():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    probs = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],  # labelled 0, confident 0
+            [0.1, 0.8, 0.1],  # labelled 0, reaches class 1's threshold: the wrong label
+            [0.1, 0.9, 0.0],
+            [0.2, 0.7, 0.1],  # labelled 1, below every threshold: not counted
+            [0.0, 0.2, 0.8],
+            [0.1, 0.1, 0.8],
+        ]
+    )
+    # thresholds (mean probability of a class over the samples labelled with it): 0.5, 0.8, 0.8
+    # raw counts (given, likely true): row 0 = [1, 1, 0], row 1 = [0, 1, 0], row 2 = [0, 0, 2];
+    # each row rescaled to the 2 samples labelled with it
+    expected = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    torch.testing.assert_close(confident_joint(probs, labels, 3), expected)
+    suspects, rate = confident_learning(probs, labels, 3)
+    assert rate == pytest.approx(1 / 6)  # off-diagonal mass: 1 of 6 labels
+    assert suspects.tolist() == [1]
+
+
+def test_confident_joint_matches_cleanlab():
+    count = pytest.importorskip("cleanlab.count")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (300,), generator=g)
+    probs = (torch.randn(300, 4, generator=g) + 2 * torch.nn.functional.one_hot(labels, 4)).softmax(1).double()
+    theirs = count.compute_confident_joint(labels.numpy(), probs.numpy(), calibrate=False)
+    ours = confident_joint(probs, labels, 4)
+    # cleanlab returns the raw counts; ours are rescaled to the label counts row by row
+    scaled = theirs / theirs.sum(1, keepdims=True) * np.bincount(labels.numpy())[:, None]
+    np.testing.assert_allclose(ours.numpy(), scaled, rtol=1e-6)
+
+
+# ---- the search on real tasks -----------------------------------------------------------------------------------
+
+
+def test_planted_flips_warn_and_the_suspects_are_the_flipped_labels():
+    task, flipped = _digits_task(flip=0.2)
+    issues = find_label_issues(task, probe="linear")
+    assert issues is not None
+    check = label_noise(issues, task)
+    assert check.status in ("warn", "fail"), check.message
+    assert 0.15 < issues.estimated_noise_rate < 0.25
+    precision = len(set(issues.indices) & flipped) / len(issues.indices)
+    recall = len(set(issues.indices) & flipped) / len(flipped)
+    assert precision > 0.85 and recall > 0.85, (precision, recall)
+    # most suspicious first: the probability of the given label rises along the list
+    row = {p: i for i, p in enumerate(issues.positions)}
+    given_prob = [float(issues.probs[row[i], y]) for i, y in zip(issues.indices, issues.given, strict=True)]
+    assert given_prob == sorted(given_prob)
+    assert all(p != y for p, y in zip(issues.predicted, issues.given, strict=True))
+
+
+def test_clean_digits_cnn_passes():
+    task, _ = _digits_task("cnn")
+    issues = find_label_issues(task)  # (B, 1, 8, 8) inputs: flattened for the linear probe
+    assert issues is not None
+    check = label_noise(issues, task)
+    assert check.status == "pass", check.message
+    assert len(issues.indices) < 0.01 * len(task.train)
+
+
+def test_shuffled_labels_fail():
+    task, _ = _digits_task(shuffle=True)
+    check = label_noise(find_label_issues(task, probe="linear", rounds=1), task)
+    assert check.status == "fail", check.message
+    assert "paired" in check.message
+
+
+def test_clean_tiny_task_passes_with_the_task_model_and_the_linear_probe(classification_task):
+    issues = find_label_issues(classification_task, min_steps=100)
+    assert issues is not None
+    assert issues.probe.startswith("linear probe + task model")
+    check = label_noise(issues, classification_task)
+    assert check.status == "pass", check.message
+    assert issues.probs.shape == (150, 3)
+
+
+def test_large_split_is_sampled(classification_task):
+    issues = find_label_issues(classification_task, max_samples=100, probe="linear")
+    assert issues is not None and issues.sampled
+    assert len(issues.positions) == 100 and set(issues.indices) <= set(issues.positions)
+    assert label_noise(issues, classification_task).value["sampled"] is True
+
+
+def test_dataset_split_with_the_task_model(dataset_task):
+    issues = find_label_issues(dataset_task, probe="model", rounds=1, folds=3)
+    assert issues is not None and issues.probe == "task model, 3-fold, 1 round"
+    assert label_noise(issues, dataset_task).status == "pass"
+
+
+@pytest.mark.parametrize("fixture", ["regression_task", "sequence_task"])
+def test_not_applicable_tasks_skip(fixture, request):
+    task = request.getfixturevalue(fixture)
+    assert find_label_issues(task) is None
+    check = label_noise(None, task)
+    assert check.status == "skip" and "not applicable" in check.message
+
+
+def test_callable_loss_skips(classification_task):
+    task = classification_task.replace(loss=torch.nn.functional.cross_entropy)
+    assert find_label_issues(task) is None
+
+
+# ---- the verdict alone ------------------------------------------------------------------------------------------
+
+
+def _issues(rate: float, baseline: float, agreement: float = 0.9, n: int = 1000, m: int = 250) -> LabelIssues:
+    return LabelIssues(
+        estimated_noise_rate=rate,
+        indices=[],
+        given=[],
+        predicted=[],
+        probs=torch.zeros(n, 10),
+        positions=list(range(n)),
+        baseline_rate=baseline,
+        baseline_samples=m,
+        agreement=agreement,
+        chance=0.1,
+        probe="linear probe, 5-fold, 2 rounds",
+        seconds=1.0,
+        sampled=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "issues, status",
+    [
+        (_issues(0.004, 0.002), "pass"),  # clean digits
+        (_issues(0.30, 0.33), "pass"),  # a hard task: held-out labels look as noisy
+        (_issues(0.08, 0.0, m=30), "pass"),  # within the sampling error of 30 validation labels
+        (_issues(0.008, 0.0, n=50_000, m=50_000), "pass"),  # significant but immaterial
+        (_issues(0.05, 0.0), "warn"),
+        (_issues(0.20, 0.01), "warn"),
+        (_issues(0.65, 0.05), "fail"),  # most labels wrong
+        (_issues(0.88, 0.90, agreement=0.11), "fail"),  # shuffled: no better than the commonest label
+    ],
+)
+def test_verdict(issues, status, classification_task):
+    check = label_noise(issues, classification_task)
+    assert check.status == status, check.message
+    assert check.value["estimated_noise_rate"] == issues.estimated_noise_rate
