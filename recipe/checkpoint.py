@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,8 +24,21 @@ class CheckpointError(RecipeError):
     """A checkpoint could not be read: truncated, corrupted, or carrying a pickled payload."""
 
 
+def digest(path: str | Path) -> dict[str, Any]:
+    """Size and sha256 of a file, as recorded beside every checkpoint and in manifest.json."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"size": Path(path).stat().st_size, "sha256": sha.hexdigest()}
+
+
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file beside `path`, then `os.replace`: a crash never leaves half a file."""
+    """`torch.save` to a temporary file beside `path`, then `os.replace`: a crash never leaves half a file.
+
+    A `<name>.sha256` file beside it records size and hash, which `load` verifies: torch checks no CRC on load,
+    so one flipped byte inside a tensor would otherwise load without error.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -32,15 +47,50 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        record = json.dumps(digest(tmp)).encode()
         os.replace(tmp, path)
+        _write_small(sidecar(path), record)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_small(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def verify(path: str | Path) -> None:
+    """Raise `CheckpointError` when `path` no longer matches the size and sha256 recorded when it was written."""
+    path = Path(path)
+    record_path = sidecar(path)
+    if not record_path.exists():
+        return  # a checkpoint written by another tool: nothing recorded to check against
+    try:
+        expected = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {record_path}: {exc}") from exc
+    actual = digest(path)
+    if actual != expected:
+        what = "size" if actual["size"] != expected["size"] else "sha256"
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: its {what} differs from the one recorded when it was written "
+            f"({actual[what]} against {expected[what]}); use another checkpoint."
+        )
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with `weights_only=True`; anything else is refused with a one-line error."""
+    """Verify a checkpoint against its recorded sha256, then load it with `weights_only=True`; anything else is
+    refused with a one-line error."""
+    if Path(path).exists():
+        verify(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -272,6 +272,7 @@ class Recipe:
         finally:
             manifest.update(
                 end=_now(),
+                checkpoints=_checkpoints(rundir.path),
                 stages=statuses,
                 seconds=timings,
                 learned=ctx.learned,
@@ -336,6 +337,14 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
             c = c.replace(status="skip", message=f"skipped by config ({stage.name}.skip); it measured: {c.message}")
         out.append(c)
     return out
+
+
+def _checkpoints(path: Path) -> dict[str, Any]:
+    """Size and sha256 of every checkpoint in the run directory (each also has a `.sha256` file that loading
+    verifies)."""
+    from recipe.checkpoint import digest
+
+    return {p.relative_to(path).as_posix(): digest(p) for p in sorted(path.rglob("*.pt"))}
 
 
 def _worst(checks: list[Check]) -> str:

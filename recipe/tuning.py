@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from recipe import checkpoint
 from recipe.config import TrainSettings
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
@@ -392,7 +393,7 @@ def objective(
         trial.set_user_attr("seconds", result.seconds)
         folder = Path(search.run_dir) / TRIALS
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.state_dict(), folder / f"trial_{trial.number}.pt")
+        checkpoint.save_atomic(result.model.state_dict(), folder / f"trial_{trial.number}.pt")
         if not math.isfinite(val.loss):
             raise optuna.TrialPruned("non-finite validation loss")
         return val.loss

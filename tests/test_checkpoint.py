@@ -32,7 +32,7 @@ def test_save_and_load_roundtrip(tmp_path):
         "rng": rng_state(),
     }
     path = save_atomic(state, tmp_path / "deep" / "last.pt")
-    assert path == tmp_path / "deep" / "last.pt" and os.listdir(path.parent) == ["last.pt"]
+    assert path == tmp_path / "deep" / "last.pt" and sorted(os.listdir(path.parent)) == ["last.pt", "last.pt.sha256"]
     back = load(path)
     assert back["epoch"] == 3 and back["history"] == state["history"] and back["losses"] == [1.0, 0.5]
     assert all(torch.equal(back["model"][k], v) for k, v in model.state_dict().items())
@@ -44,14 +44,14 @@ def test_save_and_load_roundtrip(tmp_path):
 def test_save_replaces_an_existing_checkpoint(tmp_path):
     save_atomic({"epoch": 1}, tmp_path / "last.pt")
     save_atomic({"epoch": 2}, tmp_path / "last.pt")
-    assert load(tmp_path / "last.pt") == {"epoch": 2} and os.listdir(tmp_path) == ["last.pt"]
+    assert load(tmp_path / "last.pt") == {"epoch": 2} and sorted(os.listdir(tmp_path)) == ["last.pt", "last.pt.sha256"]
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary(tmp_path):
     save_atomic({"epoch": 1}, tmp_path / "last.pt")
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         save_atomic({"epoch": 2, "fn": lambda: 0}, tmp_path / "last.pt")  # lambdas cannot be pickled
-    assert load(tmp_path / "last.pt") == {"epoch": 1} and os.listdir(tmp_path) == ["last.pt"]
+    assert load(tmp_path / "last.pt") == {"epoch": 1} and sorted(os.listdir(tmp_path)) == ["last.pt", "last.pt.sha256"]
 
 
 class Payload:
@@ -80,7 +80,8 @@ def test_a_pickled_payload_is_refused_and_never_runs(tmp_path, wrap):
         (None, r"FileNotFoundError"),
         (b"", r"cannot load checkpoint"),
         (b"not a checkpoint at all", r"cannot load checkpoint"),
-        ("truncated", r"cannot load checkpoint"),
+        ("truncated", r"last\.pt is corrupted: its size differs"),
+        ("flipped", r"last\.pt is corrupted: its sha256 differs"),
     ],
 )
 def test_unreadable_checkpoints_raise_one_line_errors(tmp_path, content, match):
@@ -88,6 +89,11 @@ def test_unreadable_checkpoints_raise_one_line_errors(tmp_path, content, match):
     if content == "truncated":
         save_atomic({"model": TinyMLP().state_dict()}, path)
         path.write_bytes(path.read_bytes()[:200])
+    elif content == "flipped":  # one byte inside a tensor's payload: torch itself loads this without complaint
+        save_atomic({"model": TinyMLP().state_dict()}, path)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
     elif content is not None:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=match) as info:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from recipe import plots
+from recipe import checkpoint, plots
 from recipe.check import Check, passed, skipped
 from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
@@ -228,7 +228,7 @@ class Tune(Stage):
         for t in top:
             _, task = configure(search.settings(), ctx.task, t.params)
             model = task.make_model().to(ctx.device)
-            model.load_state_dict(torch.load(Path(search.run_dir) / TRIALS / f"trial_{t.number}.pt", weights_only=True))
+            model.load_state_dict(checkpoint.load(Path(search.run_dir) / TRIALS / f"trial_{t.number}.pt"))
             model.eval()
             with torch.no_grad():
                 batch = task.batch("val", list(range(len(task.val))), ctx.device)
@@ -285,7 +285,7 @@ class Tune(Stage):
         ctx.save_text("best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
         source = Path(search.run_dir) / TRIALS / f"trial_{best.number}.pt"
         if source.exists():
-            ctx.rundir.stage_dir("tune").joinpath("best.pt").write_bytes(source.read_bytes())
+            checkpoint.save_atomic(checkpoint.load(source), ctx.rundir.stage_dir("tune") / "best.pt")
 
 
 _WORKER = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], int(sys.argv[2])))"
