@@ -1,10 +1,11 @@
 """The `recipe` command: a thin wrapper over `Recipe` and `build_report`.
 
     recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
+                           [--workers N] [--storage URL] [--study NAME]
     recipe report RUN_DIR
 
 Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task (one line; --debug for the
-traceback).
+traceback), 130 after Ctrl-C and 143 after SIGTERM (the run directory then holds a report marked interrupted).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe.config import load_yaml, split_config
-from recipe.errors import ConfigError, RecipeError
+from recipe.errors import ConfigError, RecipeError, Terminated
 
 
 def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
@@ -134,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("recipe: interrupted", file=sys.stderr)
+        print("recipe: interrupted (Ctrl-C); the run directory holds a report marked interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("recipe: terminated (SIGTERM); the run directory holds a report marked interrupted", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -41,3 +41,10 @@ class NonFiniteError(RecipeError, FloatingPointError):
         self.parameter = parameter
         self.module = module
         self.losses = losses or []
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM during a run; the run directory holds a report marked interrupted.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it.
+    """

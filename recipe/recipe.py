@@ -7,7 +7,9 @@ import dataclasses
 import functools
 import inspect
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import torch
 from recipe.check import Check
 from recipe.config import TrainSettings, settings_from_dict, suggest
 from recipe.diagnostics.numerics import non_finite
-from recipe.errors import ConfigError, NonFiniteError
+from recipe.errors import ConfigError, NonFiniteError, Terminated
 from recipe.fit import FitResult, fit
 from recipe.reproducibility import resolve_device
 from recipe.rundir import RunDir
@@ -255,6 +257,8 @@ class Recipe:
         checks: list[Check] = []
         statuses: dict[str, str] = {}
         timings: dict[str, float] = {}
+        status = "interrupted"  # until the loop ends on its own
+        previous = _on_sigterm()
         try:
             for stage in self.stages:
                 ctx.stage = stage.name
@@ -269,8 +273,12 @@ class Recipe:
                     logger.stage(rundir, stage.name, [s.name for s in self.stages])
                 if statuses[stage.name] == "fail" and not self.keep_going:
                     break
+            status = "complete"
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             manifest.update(
+                status=status,
                 end=_now(),
                 checkpoints=_checkpoints(rundir.path),
                 stages=statuses,
@@ -337,6 +345,18 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
             c = c.replace(status="skip", message=f"skipped by config ({stage.name}.skip); it measured: {c.message}")
         out.append(c)
     return out
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into `Terminated` while a run is in progress (main thread only), so the run directory is closed
+    with a report marked interrupted; returns the previous handler (None when none was installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def _checkpoints(path: Path) -> dict[str, Any]:

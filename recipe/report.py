@@ -120,7 +120,8 @@ def build_report(run_dir: str | Path) -> Path:
         f"<div class=meta>{html.escape(str(task.get('kind', '')))} · "
         f"device {html.escape(str(manifest.get('device', '?')))}"
         f" · seed {manifest.get('seed', '?')} · {html.escape(str(manifest.get('start', '')))} → "
-        f"{html.escape(str(manifest.get('end', 'interrupted')))}</div>",
+        f"{html.escape(str(manifest.get('end', 'interrupted')))}"
+        f"{' · <b>interrupted</b>' if manifest.get('status') == 'interrupted' else ''}</div>",
         '<div class="summary">',
     ]
     for stage in stages:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 STAGE_ORDER = ("inspect", "baseline", "overfit", "complexify", "regularize", "tune")
 CHECKS, MANIFEST, METRICS, REPORT = "checks.json", "manifest.json", "metrics.jsonl", "report.html"
+LOCK = ".lock"  # held by the run using the directory: {"pid", "host", "started"}
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -33,6 +36,25 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}  # a lock being written right now, or torn: treated as held by an unknown live process
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stage_folder(stage: str, extra: Iterable[str] = ()) -> str:
@@ -51,9 +73,11 @@ class RunDir:
         self.path = Path(path)
         self._stages = list(stages)
         self._metrics: Any = None
+        self._locked = False
 
     def create(self) -> None:
-        """Create the folder (or clear a previous run's files from it); fails early when it is not writable."""
+        """Create the folder (or clear a previous run's files from it) and lock it; fails early when it is not
+        writable or another live run holds it."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -63,6 +87,7 @@ class RunDir:
             raise ConfigError(
                 f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir."
             ) from exc
+        self._lock()
         for name in (CHECKS, MANIFEST, METRICS, REPORT):
             (self.path / name).unlink(missing_ok=True)
         for child in self.path.iterdir():
@@ -114,6 +139,32 @@ class RunDir:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        if self._locked:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self._locked = False
+
+    def _lock(self) -> None:
+        """Take run_dir/.lock (pid, host, start) atomically; a lock whose process is gone on this host is taken over."""
+        if self._locked:
+            return
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode()
+        for _ in range(2):
+            try:
+                fd = os.open(self.path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = _read_lock(self.path / LOCK)
+                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+                    (self.path / LOCK).unlink(missing_ok=True)  # left by a dead process: take it over
+                    continue
+                raise ConfigError(
+                    f"run_dir {self.path} is in use by pid {holder.get('pid')} on {holder.get('host')}; wait for "
+                    "that run to end or choose another --run-dir."
+                ) from None
+            with os.fdopen(fd, "wb") as f:
+                f.write(record)
+            self._locked = True
+            return
+        raise ConfigError(f"run_dir {self.path}: could not take its lock; remove {self.path / LOCK} if no run uses it.")
 
     def write_checks(self, checks: Iterable[Check]) -> None:
         write_atomic(self.path / CHECKS, json.dumps([c.to_dict() for c in checks], indent=1).encode())

@@ -62,6 +62,7 @@ def test_every_writer_leaves_only_its_files(rundir):
     assert (rundir.path / "02_baseline" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert leftovers(rundir.path) == []
     assert sorted(p.name for p in rundir.path.iterdir()) == [
+        ".lock",  # held until close()
         "02_baseline",
         "07_my_probe",
         "checks.json",
@@ -150,7 +151,7 @@ def test_create_makes_parents_and_clears_a_previous_run_only(tmp_path):
     (path / "02_baseline" / "x.png").write_bytes(b"")
     (path / "data").mkdir()
     rd.create()
-    assert sorted(p.name for p in path.iterdir()) == ["data", "notes.md"]  # the user's own files stay
+    assert sorted(p.name for p in path.iterdir()) == [".lock", "data", "notes.md"]  # the user's own files stay
 
 
 def _under_a_file(tmp_path):
