@@ -120,3 +120,12 @@ def test_images_hook_reshapes_flat_inputs_only_when_asked():
     assert plain.images(flat) is None
     assert digits.make_task("mlp").images(flat).shape == (4, 1, 8, 8)
     assert plain.images(torch.randn(4, 3, 8, 8)).shape == (4, 3, 8, 8)
+
+
+def test_label_noise_waits_for_finite_inputs(tmp_path):
+    x, y = tiny.blobs(256, 0)
+    x[::10, 0] = float("nan")
+    task = Task(train=(x, y), val=tiny.blobs(128, 1), model=tiny.MLP, num_classes=tiny.CLASSES)
+    result = run(task, tmp_path)
+    statuses = {c.name: c.status for c in result.checks}
+    assert statuses["non_finite"] == "fail" and statuses["label_noise"] == "skip"

@@ -85,7 +85,10 @@ class InspectData(Stage):
         checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed))
         checks.append(self._duplicates(ctx, train, val))
         checks.append(self._outliers(ctx, train))
-        checks.append(self._label_noise(ctx))
+        finite = checks[1].status != "fail"
+        checks.append(
+            self._label_noise(ctx) if finite else skipped("label_noise", "needs finite inputs; fix non_finite.")
+        )
         if task.kind == "sequence":
             checks.append(ctx.check(sequence_data, train, val, task, pad_id=s.pad_id))
         checks.append(self._samples(ctx, train, val))
