@@ -30,7 +30,7 @@ import torch
 
 from recipe import checkpoint
 from recipe.config import TrainSettings
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.fit import fit
 from recipe.recipe import accepts, model_factory
@@ -323,7 +323,7 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
         study.optimize(
             lambda trial: objective(trial, search, task, params, log, worker),
             n_trials=1,
-            catch=(),
+            catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
             gc_after_trial=False,
         )
         ran += 1

@@ -151,3 +151,11 @@ def test_a_model_argument_is_searched_and_gets_an_isolation_plot(tmp_path):
     text = (result.run_dir / "06_tune" / "best_config.yaml").read_text()
     assert f'# searched model-factory arguments: {{"out": {tiny.CLASSES}}}' in text
     split_config(yaml.safe_load(text), STAGES, "best_config.yaml")  # still a config `recipe run` takes
+
+
+def test_a_diverging_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
+    space = {"lr": {"low": 1e-3, "high": 1e9, "log": True}, "optimizer": {"choices": ["sgd"]}}
+    result = run(tmp_path, trials=8, seeds=0, space=space, pruning="off")
+    states = collections.Counter(t.state.name for t in trials_of(tmp_path / "run"))
+    assert states["FAIL"] >= 1 and states["COMPLETE"] >= 1, states
+    assert result.checks[0].status == "pass"
