@@ -108,7 +108,10 @@ def save_training_state(
     result: FitResult,
     epoch: int,
     progress_state: dict[str, Any],
+    position: tuple[int, torch.Tensor] | None = None,
 ) -> None:
+    """Everything a resumed `fit` needs to continue as if never stopped. `position` is (batches consumed, the data
+    generator's state when the epoch began) for a checkpoint written mid-epoch; None at an epoch's end."""
     save_atomic(
         {
             "model": model.state_dict(),
@@ -121,6 +124,8 @@ def save_training_state(
             "history": result.history,
             "step_losses": result.step_losses,
             "progress": dict(progress_state),
+            "batches_done": position[0] if position else None,
+            "epoch_generator": position[1] if position else None,
         },
         path,
     )
@@ -134,7 +139,8 @@ def restore_training_state(
     generator: torch.Generator,
     result: FitResult,
     progress_state: dict[str, Any],
-) -> int:
+) -> tuple[int, int]:
+    """Restore a training state; returns (the epoch to start at, batches of it to skip)."""
     state = load(path)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -144,4 +150,7 @@ def restore_training_state(
     set_rng_state(state["rng"])
     result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
     progress_state.update(state.get("progress", {}))
-    return int(state["epoch"]) + 1
+    if state.get("batches_done") is not None:  # written mid-epoch: replay that epoch's order, skip what it used
+        generator.set_state(state["epoch_generator"])
+        return int(state["epoch"]), int(state["batches_done"])
+    return int(state["epoch"]) + 1, 0

@@ -189,6 +189,7 @@ def train_batches(
         split.dataset,
         batch_size=batch_size,
         sampler=sampler,
+        generator=generator,  # its workers' base seed comes from here too, not the global RNG (resume replays it)
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,

@@ -75,6 +75,7 @@ def fit(
     early_stopping: int | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every: int | None = None,
     model: nn.Module | None = None,
     init_bias: bool = False,
     augment: bool = False,
@@ -107,7 +108,10 @@ def fit(
         early_stopping: stop after this many epochs without a better validation loss, and restore the best weights.
         checkpoint_dir: write `last.pt` (model, optimizer, schedule, RNG and data-order state) after every epoch and
             `best.pt` (weights) at the best validation loss.
-        resume: continue from `checkpoint_dir/last.pt` when it exists.
+        resume: continue from `checkpoint_dir/last.pt` when it exists, mid-epoch included: the epoch's permutation
+            is replayed and the batches it had consumed are skipped, so the run ends as an uninterrupted one would.
+        checkpoint_every: also write `last.pt` every this many steps (rounded up to a multiple of `log_every`),
+            not only at epoch ends.
         model: train this module instead of a fresh one from the task's factory.
         init_bias: set the final layer's bias to the log class priors / target mean before training.
         augment: pass training batches through the task's augmentation (`Task(augment=...)`).
@@ -196,10 +200,11 @@ def fit(
     result = FitResult(model=model, setup=setup)
     progress_state = {"best_val_loss": math.inf, "stale_epochs": 0}  # what early stopping and best.pt go by
     best_state: dict[str, torch.Tensor] = {}
-    start_epoch = 0
+    start_epoch, skip = 0, 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    every = math.ceil(checkpoint_every / log_every) * log_every if checkpoint_every and ckpt_dir and rank == 0 else 0
     if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        start_epoch = checkpoint.restore_training_state(
+        start_epoch, skip = checkpoint.restore_training_state(
             ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state
         )
         if early_stopping and (ckpt_dir / "best.pt").exists():
@@ -218,7 +223,10 @@ def fit(
     try:
         for epoch in range(start_epoch, n_epochs):
             model.train()
-            for batch in epoch_batches():
+            epoch_state = generator.get_state()  # draws this epoch's order: a mid-epoch resume replays it
+            for i, batch in enumerate(epoch_batches()):
+                if i < skip:
+                    continue  # consumed before the checkpoint this run resumed from
                 losses.add(train_step(batch), batch)
                 result.steps += 1
                 if result.steps % log_every == 0 or result.steps == total:
@@ -226,8 +234,14 @@ def fit(
                     losses.log(epoch)
                     if on_log is not None:
                         on_log(result.steps, model)
+                    if every and result.steps % every == 0 and ckpt_dir is not None:
+                        checkpoint.save_training_state(
+                            ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state,
+                            position=(i + 1, epoch_state),
+                        )  # fmt: skip
                 if result.steps >= total:
                     break
+            skip = 0
             losses.read()  # the epoch's mean training loss needs every step
             record = _end_of_epoch(task, model, result, epoch, dev, eval_batch_size, evaluate_every_epoch, autocast)
             result.history.append(record)

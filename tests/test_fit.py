@@ -306,6 +306,21 @@ def test_resume_continues_bit_identically(request, tmp_path, fixture, first_run,
     assert resumed.history == full.history
 
 
+@pytest.mark.parametrize("fixture", ["classification_task", "dataset_task"])
+def test_resume_from_a_mid_epoch_checkpoint_continues_bit_identically(request, tmp_path, fixture):
+    task = with_dropout(request.getfixturevalue(fixture))  # shuffling and dropout on
+    settings = {"epochs": 4, "seed": 5, "log_every": 1, "schedule": "cosine", "warmup_steps": 3}
+    full = quick(task, **settings)
+    with contextlib.suppress(KeyboardInterrupt):  # killed at step 13, in the third epoch (steps 11-15)
+        quick(task, checkpoint_dir=tmp_path, checkpoint_every=2, on_log=_crash_at(13), **settings)
+    state = load(tmp_path / "last.pt")
+    assert (state["epoch"], state["steps"], state["batches_done"]) == (2, 12, 2)  # the last one, mid-epoch
+    resumed = quick(task, checkpoint_dir=tmp_path, resume=True, **settings)
+    assert resumed.step_losses == full.step_losses
+    assert same_weights(resumed.model, full.model)
+    assert resumed.history == full.history
+
+
 def test_resume_without_a_checkpoint_starts_fresh(classification_task, tmp_path):
     a = quick(classification_task, checkpoint_dir=tmp_path / "new", resume=True)
     b = quick(classification_task)
