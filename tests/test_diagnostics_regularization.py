@@ -201,3 +201,20 @@ def test_chosen_regularization_reports_before_and_after(digits_task):
     check = chosen_regularization(start, final, ["weight_decay=0.1"], "accuracy")
     assert check.status == "pass" and "kept weight_decay=0.1" in check.message
     assert check.value["val_accuracy"] == [val.metric, val.metric]
+
+
+def test_correlated_features_are_shuffled_as_a_group():
+    from recipe.diagnostics.regularization import correlated_groups, feature_ablation
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=g)
+    x[:, 1] = x[:, 0] + 0.01 * torch.randn(512, generator=g)  # a near-copy of feature 0
+    y = (x[:, 0] > 0).long()
+    assert correlated_groups(x) == [[0, 1], [2]]
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():  # reads the copy only: shuffling feature 0 alone would cost nothing
+        model.weight.copy_(torch.tensor([[0.0, -5.0, 0.0], [0.0, 5.0, 0.0]]))
+        model.bias.zero_()
+    task = Task(train=(x, y), val=(x, y), model=lambda: torch.nn.Linear(3, 2), num_classes=2)
+    check = feature_ablation(task, model, x, y)
+    assert check.value["candidates"] == [2] and check.value["correlated_groups"] == [[0, 1]]

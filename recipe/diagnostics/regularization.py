@@ -236,12 +236,36 @@ def _loss_per_sample(task: Task, model: nn.Module, inputs: torch.Tensor, target:
         return per_sample if per_sample is not None else task.compute_loss(output, target).reshape(1)
 
 
+def correlated_groups(inputs: torch.Tensor, threshold: float = 0.8) -> list[list[int]]:
+    """Features linked by |correlation| >= `threshold`, directly or through others (connected components)."""
+    x = inputs.double()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+    linked = ((x.T @ x) / max(len(x) - 1, 1)).abs() >= threshold
+    groups, seen = [], set()
+    for start in range(inputs.shape[1]):
+        if start in seen:
+            continue
+        stack, group = [start], []
+        seen.add(start)
+        while stack:
+            j = stack.pop()
+            group.append(j)
+            for k in linked[j].nonzero().flatten().tolist():
+                if k not in seen:
+                    seen.add(k)
+                    stack.append(k)
+        groups.append(sorted(group))
+    return groups
+
+
 def feature_ablation(task: Task, model: nn.Module, inputs: Any, target: torch.Tensor, seed: int = 0) -> Check:
     """Names tabular input features whose permutation does not hurt validation: candidates to remove ("smaller
     input dimensionality").
 
-    Why: recipe step 4; permutation importance (Breiman 2001). A feature is a candidate when shuffling it across
-    validation samples raises the loss by at most twice its paired SE (one-sided, ~98%), or by under 1% of the loss.
+    Why: recipe step 4; permutation importance (Breiman 2001). Strongly correlated features (|r| >= 0.8) are
+    shuffled together, since shuffling one of several near-copies costs nothing while the group may matter. A group
+    is a candidate when shuffling it raises the loss by at most twice its paired SE (one-sided, ~98%), or by under
+    1% of the loss.
     """
     tabular = isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dim() == 2
     if not tabular or task.image_shape is not None:
@@ -250,23 +274,35 @@ def feature_ablation(task: Task, model: nn.Module, inputs: Any, target: torch.Te
     model.eval()
     base = _loss_per_sample(task, model, inputs, target)
     perm = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed)).to(inputs.device)
-    importance = []
-    for j in range(inputs.shape[1]):
+    groups = correlated_groups(inputs)
+    importance = [(0.0, 0.0)] * inputs.shape[1]
+    for group in groups:
         shuffled = inputs.clone()
-        shuffled[:, j] = inputs[perm, j]
+        shuffled[:, group] = inputs[perm][:, group]
         delta = (_loss_per_sample(task, model, shuffled, target) - base).double()
-        importance.append((float(delta.mean()), float(delta.std() / math.sqrt(len(delta))) if len(delta) > 1 else 0.0))
+        effect = (float(delta.mean()), float(delta.std() / math.sqrt(len(delta))) if len(delta) > 1 else 0.0)
+        for j in group:
+            importance[j] = effect
     model.train(was_training)
     floor = 0.01 * abs(float(base.mean()))
     candidates = [j for j, (d, se) in enumerate(importance) if d <= max(2 * se, floor)]
-    value = {"candidates": candidates, "importance": [d for d, _ in importance], "se": [se for _, se in importance]}
+    value = {
+        "candidates": candidates,
+        "importance": [d for d, _ in importance],
+        "se": [se for _, se in importance],
+        "correlated_groups": [g for g in groups if len(g) > 1],
+    }
+    grouped = sum(len(g) for g in groups if len(g) > 1)
+    note = f" ({grouped} features in {len(value['correlated_groups'])} correlated groups were shuffled together)"
     if not candidates:
-        return passed("feature_ablation", f"shuffling any of the {len(importance)} features hurts validation.", value)
+        return passed(
+            "feature_ablation", f"shuffling any of the {len(importance)} features hurts validation{note}.", value
+        )
     named = ", ".join(map(str, candidates[:12])) + (f" and {len(candidates) - 12} more" if len(candidates) > 12 else "")
     return passed(
         "feature_ablation",
         f"{len(candidates)} of {len(importance)} features do not hurt validation when shuffled (features {named}): "
-        "candidates to remove.",
+        f"candidates to remove{note if grouped else ''}.",
         value,
     )
 
