@@ -65,6 +65,25 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
+def shift_by_one_pixel(x: torch.Tensor) -> torch.Tensor:
+    """Training-time augmentation: each image moved by -1, 0 or +1 pixel along each axis (a digit stays that digit).
+    Works on flat (B, 64) and image (B, 1, 8, 8) batches; the pixel that wraps around is the background's."""
+    images = x.reshape(len(x), 8, 8)
+    background = images.amin(dim=(1, 2), keepdim=True)
+    shifts = torch.randint(-1, 2, (len(x), 2), device=x.device)
+    out = images.clone()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            rows = ((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).nonzero().flatten()
+            if len(rows) and (dy or dx):
+                moved = torch.roll(images[rows], shifts=(dy, dx), dims=(1, 2))
+                edge = torch.zeros(8, 8, dtype=torch.bool, device=x.device)
+                edge[0 if dy > 0 else 7, :] = dy != 0
+                edge[:, 0 if dx > 0 else 7] |= dx != 0
+                out[rows] = torch.where(edge, background[rows], moved)
+    return out.reshape(x.shape)
+
+
 def make_task(model: str = "mlp", seed: int = 0) -> Task:
     """The digits task with an MLP on 64 flat pixels (`model="mlp"`) or a CNN on 1x8x8 images (`model="cnn"`)."""
     x_train, x_val, y_train, y_val = load_digits_split(seed)
@@ -86,6 +105,8 @@ def make_task(model: str = "mlp", seed: int = 0) -> Task:
         num_classes=10,
         name=f"digits-{model}",
         image_shape=(8, 8),  # shows the MLP's 64 flat pixels as pictures
+        augment=shift_by_one_pixel,  # tried by `regularize`, kept only if validation improves
+        invariances={"hflip": False, "vflip": False, "rot90": False, "rot180": False},  # a flipped 2 is no 2
     )
 
 

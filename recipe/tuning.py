@@ -149,9 +149,10 @@ def sobol_configs(params: list[Param], n: int, seed: int) -> list[dict[str, Any]
     return [{p.name: p.from_unit(u) for p, u in zip(params, row, strict=True)} for row in points]
 
 
-def study_name(params: list[Param], base: TrainSettings, sampler: str, seed: int) -> str:
-    """One study per search space, starting setup, sampler and seed: re-running the same search resumes it."""
-    key = json.dumps([[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seed], default=str)
+def study_name(params: list[Param], base: TrainSettings, sampler: str, seeds: tuple[int, int]) -> str:
+    """One study per search space, starting setup, sampler and seeds (sampler, training): re-running the same
+    search resumes it."""
+    key = json.dumps([[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seeds], default=str)
     return "tune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -164,7 +165,7 @@ def open_study(search: Search, name: str, params: list[Param]) -> Any:
     Pruning (when on) is the median rule, held back for the first quarter of the trials and the first half of
     each run's epochs: early epochs rank learning rates unfairly (a low rate starts slower and may end better).
     """
-    storage, run_dir, sampler, seed = search.storage, Path(search.run_dir), search.sampler, search.seed
+    storage, run_dir, sampler, seed = search.storage, Path(search.run_dir), search.sampler, search.draw_seed
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -258,7 +259,7 @@ class Search:
         sampler: "sobol", "random", "tpe" or "grid".
         epochs: epochs per trial.
         max_steps: optional cap on the steps per trial.
-        seed: the sampler's seed and every trial's training seed.
+        seed: every trial's training seed, and the sampler's unless `sampler_seed` is given.
         pruning: stop hopeless trials by the median rule.
         storage: an Optuna storage URL, or None for the journal file in the run directory.
         study: the study name (None: derived from the space, setup, sampler and seed).
@@ -282,6 +283,11 @@ class Search:
     device: str
     timeout: float | None = None
     lease_timeout: float = 30.0
+    sampler_seed: int | None = None
+
+    @property
+    def draw_seed(self) -> int:
+        return self.seed if self.sampler_seed is None else self.sampler_seed
 
     def settings(self) -> TrainSettings:
         return TrainSettings(**self.base)
@@ -290,12 +296,12 @@ class Search:
 def prepare(search: Search, task: Task) -> tuple[Any, list[Param], str]:
     """Open the study (queueing the Sobol configurations the first time) and sweep trials of dead workers."""
     params = parse_space(search.space, task, search.settings())
-    name = search.study or study_name(params, search.settings(), search.sampler, search.seed)
+    name = search.study or study_name(params, search.settings(), search.sampler, (search.draw_seed, search.seed))
     run_dir = Path(search.run_dir)
     study = open_study(search, name, params)
     if search.sampler == "sobol" and "sobol_queued" not in study.user_attrs:
         study.set_user_attr("sobol_queued", search.trials)
-        for config in sobol_configs(params, search.trials, search.seed):  # the same on every machine: dedup
+        for config in sobol_configs(params, search.trials, search.draw_seed):  # the same on every machine: dedup
             study.enqueue_trial(config, skip_if_exists=True)
     if search.storage is None:  # relational storages have Optuna's heartbeat; leases live in this run directory
         sweep_stale(study, run_dir / LEASES, search.lease_timeout)

@@ -286,14 +286,15 @@ def feature_ablation(task: Task, model: nn.Module, inputs: Any, target: torch.Te
     model.train(was_training)
     floor = 0.01 * abs(float(base.mean()))
     candidates = [j for j, (d, se) in enumerate(importance) if d <= max(2 * se, floor)]
+    linked = [g for g in groups if len(g) > 1]
     value = {
         "candidates": candidates,
         "importance": [d for d, _ in importance],
         "se": [se for _, se in importance],
-        "correlated_groups": [g for g in groups if len(g) > 1],
+        "correlated_groups": linked,
     }
-    grouped = sum(len(g) for g in groups if len(g) > 1)
-    note = f" ({grouped} features in {len(value['correlated_groups'])} correlated groups were shuffled together)"
+    grouped = sum(len(g) for g in linked)
+    note = f" ({grouped} features in {len(linked)} correlated groups were shuffled together)"
     if not candidates:
         return passed(
             "feature_ablation", f"shuffling any of the {len(importance)} features hurts validation{note}.", value

@@ -45,6 +45,8 @@ class TuneSettings:
     Args:
         trials: trials to finish (a power of two suits the quasi-random sampler).
         sampler: "sobol" (scrambled quasi-random, the default), "random", "tpe" or "grid".
+        sampler_seed: the sampler's seed, shared by every worker; None uses the run's seed (which every trial
+            trains with).
         space: hyperparameter -> {low, high, log, int} or {choices}; a name that is not a training setting is
             passed to the model factory. Empty: ranges centred on what the earlier stages found.
         epochs: epochs per trial; None uses train.epochs.
@@ -64,6 +66,7 @@ class TuneSettings:
 
     trials: int = 16
     sampler: str = "sobol"
+    sampler_seed: int | None = None
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
     epochs: int | None = None
     max_steps: int | None = None
@@ -128,6 +131,7 @@ class Tune(Stage):
             epochs=s.epochs or ctx.train.epochs,
             max_steps=s.max_steps,
             seed=ctx.seed,
+            sampler_seed=s.sampler_seed,
             pruning=pruning,
             storage=s.storage,
             study=s.study,
