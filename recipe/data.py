@@ -145,6 +145,18 @@ def default_num_workers() -> int:
     return 0 if cores <= 2 else min(8, cores // 2)
 
 
+def place(split: Split, device: torch.device) -> tuple[Split, str]:
+    """Keep in-memory data on the device when it fits (half the free memory), else pinned on the host."""
+    if isinstance(split, DatasetSplit):
+        return split, "DataLoader"
+    if device.type == "cpu":
+        return split, "in-memory tensors (CPU)"
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    if device.type != "cuda" or split.nbytes() < free // 2:
+        return split.to(device), f"in-memory tensors (resident on {device})"
+    return TensorSplit(split.x.pin_memory(), split.y.pin_memory(), "train"), "in-memory tensors (pinned host)"
+
+
 def train_batches(
     split: Split,
     batch_size: int,

@@ -21,16 +21,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recipe import checkpoint, distributed
-from recipe.data import Batch, DatasetSplit, Split, TensorSplit, train_batches
+from recipe.data import Batch, place, train_batches
 from recipe.diagnostics.numerics import first_non_finite_module, first_non_finite_parameter
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import evaluate
-from recipe.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, kernel_name
+from recipe.optim import build_optimizer, build_schedule, check_settings, kernel_name
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.task import Task
 
 MetricsLog = Callable[[dict[str, Any]], None]
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -126,7 +125,7 @@ def fit(
         TaskError: the task is malformed (checked before training).
         NonFiniteError: the training loss became NaN/Inf; names the step, the parameter and the module.
     """
-    _check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
+    check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
     rank, world, dev = distributed.setup(resolve_device(device))
     task.validate(dev)
     if batch_size > len(task.train):
@@ -141,7 +140,7 @@ def fit(
 
         init_output_bias(model, task, dev)
 
-    split, data_path = _place(task.train, dev)
+    split, data_path = place(task.train, dev)
     generator = torch.Generator().manual_seed(seed)
     epoch_batches = train_batches(split, batch_size, generator, dev, num_workers, rank, world)
     steps_per_epoch = math.ceil(len(task.train) // world / batch_size)
@@ -275,45 +274,6 @@ def fit(
 
 
 # ---- decided once, before the loop --------------------------------------------------------------------------------
-
-
-def _check_settings(
-    optimizer: str,
-    schedule: str | Callable[[int], float],
-    precision: str,
-    batch_size: int,
-    lr: float,
-    epochs: int | None,
-    max_steps: int | None,
-) -> None:
-    for name, value, allowed in (
-        ("optimizer", optimizer, OPTIMIZERS),
-        ("schedule", schedule, SCHEDULES),
-        ("precision", precision, PRECISIONS),
-    ):
-        if not callable(value) and value not in allowed:
-            raise ConfigError(f"{name}={value!r} is not known; use one of {', '.join(allowed)}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"lr must be a positive number, got {lr!r}.")
-    if epochs is None and max_steps is None:
-        raise ConfigError("give epochs or max_steps (or both): with neither, training would never stop.")
-    for name, count in (("epochs", epochs), ("max_steps", max_steps)):
-        if count is not None and (not isinstance(count, int) or count < 1):
-            raise ConfigError(f"{name} must be a positive int, got {count!r}.")
-
-
-def _place(split: Split, device: torch.device) -> tuple[Split, str]:
-    """Keep in-memory data on the device when it fits (half the free memory), else pinned on the host."""
-    if isinstance(split, DatasetSplit):
-        return split, "DataLoader"
-    if device.type == "cpu":
-        return split, "in-memory tensors (CPU)"
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
-    if device.type != "cuda" or split.nbytes() < free // 2:
-        return split.to(device), f"in-memory tensors (resident on {device})"
-    return TensorSplit(split.x.pin_memory(), split.y.pin_memory(), "train"), "in-memory tensors (pinned host)"
 
 
 # ---- at log points and epoch ends ----------------------------------------------------------------------------------

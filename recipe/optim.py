@@ -1,4 +1,5 @@
-"""The optimizer and the learning-rate schedule `fit` builds, decided once before the loop."""
+"""The optimizer and the learning-rate schedule `fit` builds, and the check of its settings, decided once before the
+loop."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 import torch
 
-from recipe.errors import TaskError
+from recipe.errors import ConfigError, TaskError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def build_optimizer(
@@ -57,3 +59,30 @@ def build_schedule(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def check_settings(
+    optimizer: str,
+    schedule: str | Callable[[int], float],
+    precision: str,
+    batch_size: int,
+    lr: float,
+    epochs: int | None,
+    max_steps: int | None,
+) -> None:
+    for name, value, allowed in (
+        ("optimizer", optimizer, OPTIMIZERS),
+        ("schedule", schedule, SCHEDULES),
+        ("precision", precision, PRECISIONS),
+    ):
+        if not callable(value) and value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not known; use one of {', '.join(allowed)}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}.")
+    if epochs is None and max_steps is None:
+        raise ConfigError("give epochs or max_steps (or both): with neither, training would never stop.")
+    for name, count in (("epochs", epochs), ("max_steps", max_steps)):
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise ConfigError(f"{name} must be a positive int, got {count!r}.")

@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from recipe.check import Check
 from recipe.config import TrainSettings, settings_from_dict, suggest
+from recipe.console import Console
 from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError, Terminated
 from recipe.fit import FitResult, fit
@@ -374,38 +375,3 @@ def _worst(checks: list[Check]) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class Console:
-    """The terminal output: a header, one compact table per stage, and a summary that ends with the failure."""
-
-    MARKS: ClassVar[dict[str, str]] = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def _print(self, text: str = "") -> None:
-        from tqdm import tqdm
-
-        tqdm.write(text, file=sys.stdout)
-
-    def header(self, task: Task, device: torch.device, seed: int, path: Path) -> None:
-        if not self.quiet:
-            self._print(f"recipe · task {task.name} ({task.kind}) · device {device} · seed {seed} · run dir {path}")
-
-    def stage(self, name: str, checks: list[Check], seconds: float) -> None:
-        if self.quiet:
-            return
-        counts = ", ".join(f"{n} {s}" for s in ("fail", "warn") if (n := sum(c.status == s for c in checks)))
-        self._print(f"\n── {name} · {len(checks)} checks{' · ' + counts if counts else ''} · {seconds:.1f} s")
-        width = max((len(c.name) for c in checks), default=10)
-        for c in checks:
-            message = c.message if len(c.message) <= 110 else c.message[:107] + "..."
-            self._print(f"  {self.MARKS[c.status]}  {c.name:<{width}}  {message}")
-
-    def summary(self, result: RecipeResult) -> None:
-        counts = {s: sum(c.status == s for c in result.checks) for s in ("pass", "warn", "fail", "skip")}
-        line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        self._print(f"\n{'OK' if result.ok else 'FAILED'}: {line} · report: {result.run_dir / 'report.html'}")
-        for c in result.failures:
-            self._print(f"FAIL {c.stage}.{c.name}: {c.message}")

@@ -7,7 +7,7 @@ import pytest
 from recipe.config import TrainSettings
 from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
 from recipe.errors import ConfigError
-from recipe.tuning import Param, default_space, parse_space, sobol_configs
+from recipe.search_space import Param, default_space, parse_space, sobol_configs
 from tests import tiny
 
 

@@ -17,8 +17,9 @@ import yaml
 
 from recipe import Recipe, Tune
 from recipe.config import TrainSettings, settings_from_dict, split_config
+from recipe.search_space import parse_space
 from recipe.stages import STAGES
-from recipe.tuning import LEASES, Search, open_study, parse_space, prepare, work
+from recipe.tuning import LEASES, Search, open_study, prepare, work
 from tests import tiny
 
 SOURCE = {"task": "tests.tiny:classification", "task_args": {}}

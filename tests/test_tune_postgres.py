@@ -19,7 +19,8 @@ import uuid
 
 import pytest
 
-from recipe.tuning import Search, open_study, parse_space, prepare, work
+from recipe.search_space import parse_space
+from recipe.tuning import Search, open_study, prepare, work
 from tests import tiny
 
 URL = os.environ.get("RECIPE_TEST_POSTGRES")

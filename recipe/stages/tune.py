@@ -34,8 +34,9 @@ from recipe.diagnostics.search import enough_trials, search_space_boundary, seed
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
 from recipe.recipe import Context
+from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
-from recipe.tuning import SAMPLERS, STUDY, TRAIN_KEYS, TRIALS, Search, configure, default_space, prepare, work
+from recipe.tuning import SAMPLERS, STUDY, TRIALS, Search, configure, prepare, work
 
 
 @dataclass(frozen=True)

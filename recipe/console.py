@@ -1,0 +1,50 @@
+"""The terminal output of a run: a header, one compact table of checks per stage, and a summary that ends with
+each failure and its fix."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from recipe.check import Check
+    from recipe.recipe import RecipeResult
+    from recipe.task import Task
+
+
+class Console:
+    """The terminal output: a header, one compact table per stage, and a summary that ends with the failure."""
+
+    MARKS: ClassVar[dict[str, str]] = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def _print(self, text: str = "") -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stdout)
+
+    def header(self, task: Task, device: torch.device, seed: int, path: Path) -> None:
+        if not self.quiet:
+            self._print(f"recipe · task {task.name} ({task.kind}) · device {device} · seed {seed} · run dir {path}")
+
+    def stage(self, name: str, checks: list[Check], seconds: float) -> None:
+        if self.quiet:
+            return
+        counts = ", ".join(f"{n} {s}" for s in ("fail", "warn") if (n := sum(c.status == s for c in checks)))
+        self._print(f"\n── {name} · {len(checks)} checks{' · ' + counts if counts else ''} · {seconds:.1f} s")
+        width = max((len(c.name) for c in checks), default=10)
+        for c in checks:
+            message = c.message if len(c.message) <= 110 else c.message[:107] + "..."
+            self._print(f"  {self.MARKS[c.status]}  {c.name:<{width}}  {message}")
+
+    def summary(self, result: RecipeResult) -> None:
+        counts = {s: sum(c.status == s for c in result.checks) for s in ("pass", "warn", "fail", "skip")}
+        line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        self._print(f"\n{'OK' if result.ok else 'FAILED'}: {line} · report: {result.run_dir / 'report.html'}")
+        for c in result.failures:
+            self._print(f"FAIL {c.stage}.{c.name}: {c.message}")
