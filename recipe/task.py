@@ -32,7 +32,7 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # on (B, C, H
 }
 IGNORE_INDEX = -100  # F.cross_entropy's default: targets equal to it are not scored
 
-_SCAN_LIMIT = 20_000  # samples read from a Dataset split to infer kind and classes
+SCAN_LIMIT = 20_000  # samples read from a Dataset split to infer kind and classes
 
 
 class Task:
@@ -298,7 +298,9 @@ class Task:
         device = torch.device(device)
         if str(device) in self._validated:
             return
-        self._check_targets()
+        from recipe.validation import check_model_output, check_targets
+
+        check_targets(self)
         first, second = self.make_model(), self.make_model()
         if first is second:
             raise TaskError(
@@ -306,7 +308,7 @@ class Task:
                 "every call (e.g. `model=lambda: Net()`), or runs would share weights."
             )
         del second
-        self._check_model_output(first.to(device), device)
+        check_model_output(self, first.to(device), device)
         self._validated.add(str(device))
 
     def _infer_kind(self) -> Kind:
@@ -315,7 +317,7 @@ class Task:
             return "regression"
         if self.loss == "bce_with_logits":
             return "classification"
-        y = self.targets("train", limit=_SCAN_LIMIT)
+        y = self.targets("train", limit=SCAN_LIMIT)
         x, _ = self.split_batch(self.train.batch([0]))
         tokens = isinstance(x, torch.Tensor) and not x.is_floating_point()
         if tokens and y.dim() == 2 and not y.is_floating_point() and tuple(x.shape[1:]) == tuple(y.shape[1:]):
@@ -327,83 +329,12 @@ class Task:
     def _infer_num_classes(self) -> int:
         if self.loss == "bce_with_logits":
             return 2
-        top = max(int(self.targets(s, limit=_SCAN_LIMIT).max()) for s in ("train", "val"))
+        top = max(int(self.targets(s, limit=SCAN_LIMIT).max()) for s in ("train", "val"))
         if self.kind == "sequence":
             x, _ = self.split_batch(self.train.batch(range(min(len(self.train), 256))))
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
                 top = max(top, int(x.max()))
         return top + 1
-
-    def _check_targets(self) -> None:
-        for split in ("train", "val"):
-            y = self.targets(split, limit=None if isinstance(getattr(self, split), TensorSplit) else _SCAN_LIMIT)
-            if not torch.isfinite(y.float()).all():
-                bad = (~torch.isfinite(y.float())).reshape(len(y), -1).any(1).nonzero().flatten()[:5].tolist()
-                raise TaskError(f"{split} targets contain NaN or Inf (first rows {bad}); remove or impute them.")
-            if self.kind in ("classification", "sequence") and self.loss != "bce_with_logits":
-                if y.is_floating_point():
-                    raise TaskError(
-                        f"{split} targets are {y.dtype} but a {self.kind} task with cross-entropy needs integer "
-                        "class ids; convert them (y.long()) or pass kind='regression'."
-                    )
-                valid = y[y != IGNORE_INDEX] if self.kind == "sequence" else y
-                lo, hi = int(valid.min()), int(valid.max())
-                assert self.num_classes is not None
-                if lo < 0 or hi >= self.num_classes:
-                    raise TaskError(
-                        f"{split} targets span {lo}..{hi} but num_classes={self.num_classes} allows 0.."
-                        f"{self.num_classes - 1}; remap the labels to 0..C-1 or fix num_classes."
-                    )
-
-    def _check_model_output(self, model: nn.Module, device: torch.device) -> None:
-        was_training = model.training
-        model.eval()  # a 2-sample forward must not update BatchNorm statistics
-        batch = self.batch("train", list(range(min(2, len(self.train)))), device)
-        try:
-            with torch.no_grad():
-                output, target = self.outputs(model, batch)
-        except Exception as exc:  # the user's forward failed: say where, keep the cause attached
-            raise TaskError(f"the model failed on a batch of 2 training samples: {type(exc).__name__}: {exc}") from exc
-        model.train(was_training)
-        if not isinstance(output, torch.Tensor):
-            raise TaskError(
-                f"the model returned a {type(output).__name__}; the loss needs one tensor. Subclass Task and "
-                "override forward(model, inputs) to pick the output tensor."
-            )
-        if not callable(self.loss):
-            self._check_output_shape(output, target)
-        loss = self.compute_loss(output, target)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise TaskError(f"the loss returned {shape}; it must return a scalar tensor (reduce with .mean()).")
-
-    def _check_output_shape(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        out, tgt = tuple(output.shape), tuple(target.shape)
-        if self.loss == "cross_entropy":
-            classes = self.num_classes or 0
-            if self.kind == "sequence":
-                if len(out) == len(tgt) + 1 and out[:-1] == tgt and out[-1] >= classes:
-                    self.num_classes = out[-1]  # a vocabulary wider than the tokens seen is normal
-                    return
-                want = (*tgt, classes)
-            else:
-                want = (tgt[0], classes, *tgt[1:])
-            if out != want:
-                width = out[-1] if self.kind == "sequence" else (out[1] if len(out) > 1 else None)
-                how = "shaped differently from"
-                if width is not None and len(out) == len(want) and width != classes:
-                    how = f"{'narrower' if width < classes else 'wider'} ({width} outputs) than"
-                raise TaskError(
-                    f"model output has shape {out} but {self.kind} targets of shape {tgt} with num_classes={classes} "
-                    f"need {want}: the head is {how} the {classes} classes. Fix the final layer's width or "
-                    "num_classes."
-                )
-            return
-        if out != tgt:
-            raise TaskError(
-                f"model output has shape {out} but targets have shape {tgt}; {self.loss} would broadcast them "
-                f"silently. Make them match (e.g. output.squeeze(-1) or y.reshape({out}))."
-            )
 
 
 def constant_loss(task: Task, target: torch.Tensor) -> float:

@@ -23,16 +23,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from recipe.check import Check, failed, passed, skipped, warned
+from recipe.diagnostics.quick_models import QuickModels, choose_members
 from recipe.errors import ConfigError
 from recipe.reproducibility import resolve_device
 from recipe.task import Task
 
 PROBES = ("auto", "linear", "model", "both")
-_LINEAR_FEATURES = 4096  # widest flattened input the linear probe takes (a 64x64 RGB image is 12,288)
-_L2_GRID = (1e-3, 1e-2, 1e-1)  # the probe's weight decay, chosen by out-of-fold log-loss
 
 
 @dataclass
@@ -104,140 +102,6 @@ def confident_learning(probs: torch.Tensor, labels: torch.Tensor, num_classes: i
     disagrees = probs[order].argmax(1) != labels[order]
     disagrees &= probs[order].max(1).values > self_confidence[order]  # ties keep the given label
     return order[disagrees], rate
-
-
-# ---- quick models ---------------------------------------------------------------------------------------------------
-
-
-def _linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> torch.Tensor:
-    """Multinomial logistic regression (weights with a bias row) fitted by L-BFGS on standardised inputs."""
-    w = torch.zeros(x.shape[1] + 1, num_classes, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=100, history_size=10, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w[:-1] + w[-1], y) + 0.5 * l2 * (w[:-1] ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach()
-
-
-def _linear_logits(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, classes: int, l2: float):
-    """Logits for `x_test` from a probe fitted on standardised `x_train` (statistics of the training rows only)."""
-    mean, std = x_train.mean(0), x_train.std(0)
-    std = std.clamp_min(1e-2 * float(std.mean()) + 1e-12)  # constant features must not explode on other rows
-    w = _linear_probe((x_train - mean) / std, y_train.to(x_train.device), classes, l2)
-    return (x_test - mean) / std @ w[:-1] + w[-1]
-
-
-def _fit_model(task: Task, rows: list[int], seed: int, fit_kwargs: dict[str, Any]) -> torch.nn.Module:
-    from recipe.fit import fit  # fit imports the diagnostics package
-
-    out = fit(
-        task.subset("train", rows), **{**fit_kwargs, "batch_size": min(fit_kwargs["batch_size"], len(rows))}, seed=seed
-    )
-    return out.model.eval()
-
-
-def _model_logits(
-    task: Task, model: torch.nn.Module, split: str, rows: list[int], device: torch.device
-) -> torch.Tensor:
-    parts = [torch.zeros(0, int(task.num_classes or 0))]
-    with torch.no_grad():
-        for i in range(0, len(rows), 1024):
-            logits, _ = task.outputs(model, task.batch(split, rows[i : i + 1024], device))
-            parts.append(logits.float().cpu())
-    return torch.cat(parts)
-
-
-def _temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature that minimises the log-loss of held-out logits (Guo et al. 2017)."""
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], max_iter=50, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp())
-
-
-class _QuickModels:
-    """The linear probe and/or the task's model, trained k-fold on the scored training sample. The model of fold k
-    scores the training rows of fold k and the validation rows dealt to fold k, so both splits are scored alike.
-    Each member's logits are divided by its own temperature before the probabilities are averaged."""
-
-    def __init__(
-        self,
-        task: Task,
-        positions: list[int],
-        labels: torch.Tensor,
-        val_rows: list[int],
-        members: list[str],
-        fit_kwargs: dict[str, Any],
-    ):
-        self.task, self.positions, self.labels, self.val_rows = task, positions, labels, val_rows
-        self.members, self.fit_kwargs = members, fit_kwargs
-        self.classes = int(task.num_classes or 0)
-        device = fit_kwargs["device"]
-        linear = "linear" in members
-        self.x = _flat_inputs(task, "train", positions, device) if linear else None
-        self.x_val = _flat_inputs(task, "val", val_rows, device) if linear else None
-        self.l2 = _L2_GRID[1]
-        self.temperatures = dict.fromkeys(members, 1.0)
-
-    def out_of_fold(
-        self, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor, choose: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Held-out probabilities of every training and validation row; training leaves out the rows in `exclude`.
-        With `choose`, the linear probe's weight decay is picked by out-of-fold log-loss and the temperatures are
-        refitted on the out-of-fold logits."""
-        outs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for member in self.members:
-            best: tuple[float, float, torch.Tensor, torch.Tensor] | None = None
-            for l2 in _L2_GRID if member == "linear" and choose else (self.l2,):
-                out, out_val = torch.zeros(len(fold), self.classes), torch.zeros(len(val_fold), self.classes)
-                for k in range(int(fold.max()) + 1):
-                    out[fold == k], out_val[val_fold == k] = self._fold(member, k, fold, val_fold, exclude, l2)
-                loss = float(F.cross_entropy(out, self.labels))
-                if best is None or loss < best[0]:
-                    best = (loss, l2, out, out_val)
-            assert best is not None
-            if member == "linear":
-                self.l2 = best[1]
-            if choose:
-                self.temperatures[member] = _temperature(best[2], self.labels)
-            outs.append((best[2] / self.temperatures[member], best[3] / self.temperatures[member]))
-        probs = torch.stack([train.softmax(1) for train, _ in outs]).mean(0)
-        return probs, torch.stack([val.softmax(1) for _, val in outs]).mean(0)
-
-    def _fold(
-        self, member: str, k: int, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor, l2: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of fold k's training and validation rows from `member` trained on the other folds' kept rows."""
-        train, test, val = (fold != k) & ~exclude, fold == k, val_fold == k
-        if member == "linear":
-            assert self.x is not None and self.x_val is not None
-            x_test = torch.cat([self.x[test.to(self.x.device)], self.x_val[val.to(self.x.device)]])
-            logits = _linear_logits(self.x[train.to(self.x.device)], self.labels[train], x_test, self.classes, l2)
-            return logits[: int(test.sum())].cpu(), logits[int(test.sum()) :].cpu()
-        rows = [self.positions[i] for i in train.nonzero().flatten().tolist()]
-        model = _fit_model(self.task, rows, k, self.fit_kwargs)
-        test_rows = [self.positions[i] for i in test.nonzero().flatten().tolist()]
-        val_rows = [self.val_rows[i] for i in val.nonzero().flatten().tolist()]
-        device = self.fit_kwargs["device"]
-        test_logits = _model_logits(self.task, model, "train", test_rows, device)
-        return test_logits, _model_logits(self.task, model, "val", val_rows, device)
-
-
-def _flat_inputs(task: Task, split: str, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-    inputs, _ = task.split_batch(task.batch(split, rows, device))
-    return inputs.reshape(len(rows), -1).float()
 
 
 def _not_applicable(task: Task) -> str | None:
@@ -331,10 +195,10 @@ def find_label_issues(
         log=None,
     )
     gflop = model_gflop if model_gflop is not None else (5e4 if dev.type == "cuda" else 50.0)
-    members = _members(task, probe, positions, batch_size, gflop * 1e9 / (steps * folds * rounds))
+    members = choose_members(task, probe, positions, batch_size, gflop * 1e9 / (steps * folds * rounds))
     val_rows = _sample(len(task.val), max_samples, g)
     val_labels = task.targets("val")[val_rows].long()
-    models = _QuickModels(task, positions, labels, val_rows, members, fit_kwargs)
+    models = QuickModels(task, positions, labels, val_rows, members, fit_kwargs)
 
     fold, val_fold = _stratified_folds(labels, folds, seed), _stratified_folds(val_labels, folds, seed + 1)
     suspects = torch.zeros(len(labels), dtype=torch.bool)
@@ -364,29 +228,6 @@ def find_label_issues(
         seconds=time.perf_counter() - start,
         sampled=len(positions) < len(task.train),
     )
-
-
-def _members(task: Task, probe: str, positions: list[int], batch_size: int, budget_flops: float) -> list[str]:
-    """Which quick models to train: see `find_label_issues(probe=...)`."""
-    if probe in ("linear", "model"):
-        return [probe]
-    inputs, _ = task.split_batch(task.batch("train", positions[:2]))
-    if not (inputs.is_floating_point() and inputs[0].numel() <= _LINEAR_FEATURES):
-        return ["model"]
-    return (
-        ["linear", "model"]
-        if probe == "both" or _step_flops(task, positions[:batch_size]) <= budget_flops
-        else ["linear"]
-    )
-
-
-def _step_flops(task: Task, rows: list[int]) -> int:
-    """Floating-point operations of one training step (forward and backward) of a fresh model on these rows."""
-    model = task.make_model()
-    with FlopCounterMode(display=False) as counter:
-        output, target = task.outputs(model, task.batch("train", rows))
-        task.compute_loss(output, target).backward()
-    return counter.get_total_flops()
 
 
 def label_noise(issues: LabelIssues | None, task: Task) -> Check:
