@@ -43,11 +43,19 @@ STUDY = "study"
 STUDY_FILE, LEASES, TRIALS = f"{STUDY}/journal.log", f"{STUDY}/leases", f"{STUDY}/trials"
 
 
-def study_name(params: list[Param], base: TrainSettings, sampler: str, seeds: tuple[int, int]) -> str:
-    """One study per search space, starting setup, sampler and seeds (sampler, training): re-running the same
-    search resumes it."""
-    key = json.dumps([[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seeds], default=str)
-    return "tune-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+def study_name(
+    params: list[Param], base: TrainSettings, sampler: str, seeds: tuple[int, int], task: Task | None = None
+) -> str:
+    """One study per search space, starting setup, sampler, seeds (sampler, training) and task: re-running the
+    same search resumes it. The task counts by name, split sizes and the parameter shapes of the model the setup
+    trains, so a changed dataset or architecture starts a new study instead of resuming stale trials."""
+    fingerprint = None
+    if task is not None:
+        model = model_factory(task, base.model, base.dropout)()
+        shapes = [list(p.shape) for p in model.parameters()]
+        fingerprint = [task.name, len(task.train), len(task.val), shapes]
+    key = [[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seeds, fingerprint]
+    return "tune-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
 
 
 # ---- storage and leases ------------------------------------------------------------------------------------------
@@ -190,7 +198,8 @@ class Search:
 def prepare(search: Search, task: Task) -> tuple[Any, list[Param], str]:
     """Open the study (queueing the Sobol configurations the first time) and sweep trials of dead workers."""
     params = parse_space(search.space, task, search.settings())
-    name = search.study or study_name(params, search.settings(), search.sampler, (search.draw_seed, search.seed))
+    seeds = (search.draw_seed, search.seed)
+    name = search.study or study_name(params, search.settings(), search.sampler, seeds, task)
     run_dir = Path(search.run_dir)
     study = open_study(search, name, params)
     if search.sampler == "sobol" and "sobol_queued" not in study.user_attrs:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from recipe import Recipe, Tune
@@ -160,3 +161,19 @@ def test_a_diverging_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
     states = collections.Counter(t.state.name for t in trials_of(tmp_path / "run"))
     assert states["FAIL"] >= 1 and states["COMPLETE"] >= 1, states
     assert result.checks[0].status == "pass"
+
+
+def test_a_changed_architecture_starts_a_new_study(tmp_path):
+    from functools import partial
+
+    from recipe.config import TrainSettings
+    from recipe.search_space import Param
+    from recipe.tuning import study_name
+
+    params = [Param.parse("lr", {"low": 1e-3, "high": 1e-1, "log": True})]
+    same = [study_name(params, TrainSettings(), "sobol", (0, 0), tiny.classification()) for _ in range(2)]
+    wider = tiny.classification().replace(model=partial(tiny.MLP, features=tiny.FEATURES))
+    assert same[0] == same[1]
+    assert study_name(params, TrainSettings(), "sobol", (0, 0), wider) == same[0]  # same shapes: same study
+    other = tiny.classification().replace(model=lambda: torch.nn.Linear(tiny.FEATURES, tiny.CLASSES))
+    assert study_name(params, TrainSettings(), "sobol", (0, 0), other) != same[0]
