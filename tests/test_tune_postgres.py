@@ -24,9 +24,12 @@ from recipe.tuning import Search, open_study, prepare, work
 from tests import tiny
 
 URL = os.environ.get("RECIPE_TEST_POSTGRES")
-pytestmark = pytest.mark.skipif(
-    not URL, reason="RECIPE_TEST_POSTGRES is not set (.ci/run starts a local PostgreSQL and sets it)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not URL, reason="RECIPE_TEST_POSTGRES is not set (.ci/run starts a local PostgreSQL and sets it)"
+    ),
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),  # Optuna's heartbeat API
+]
 SOURCE = {"task": "tests.tiny:classification", "task_args": {}}
 
 
