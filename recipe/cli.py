@@ -1,7 +1,7 @@
 """The `recipe` command: a thin wrapper over `Recipe` and `build_report`.
 
     recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
-                           [--workers N] [--storage URL] [--study NAME]
+                           [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
     recipe report RUN_DIR
 
 Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task (one line; --debug for the
@@ -71,7 +71,7 @@ def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: 
     """CLI flags over the YAML's values over the defaults."""
     return cls(
         task,
-        run_dir=args.run_dir or config.run_dir,
+        run_dir=getattr(args, "resume", None) or args.run_dir or config.run_dir,
         stages=stages,
         device=args.device or config.device,
         seed=args.seed if args.seed is not None else config.seed,
@@ -79,6 +79,8 @@ def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: 
         config={"train": config.train, **sections, **_tune_flags(sections, args)},
         source={"task": config.task, "task_args": config.task_args},
         loggers=config.loggers,
+        resume=bool(getattr(args, "resume", None)),
+        force=getattr(args, "force", False),
         progress=not args.quiet,
         quiet=args.quiet,
     )
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--keep-going", action="store_true", help="run later stages after a failed check")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: finished stages are kept")
+    p.add_argument("--force", action="store_true", help="with --resume: resume even if the config changed")
     p.add_argument("--workers", type=int, help="tune: local worker processes (overrides tune.workers)")
     p.add_argument("--storage", help="tune: an Optuna storage URL shared by workers on many machines")
     p.add_argument("--study", help="tune: the study name to create or join")

@@ -42,6 +42,10 @@ class Console:
             message = c.message if len(c.message) <= 110 else c.message[:107] + "..."
             self._print(f"  {self.MARKS[c.status]}  {c.name:<{width}}  {message}")
 
+    def kept(self, name: str, status: str) -> None:
+        if not self.quiet:
+            self._print(f"\n── {name} · kept from the interrupted run ({status})")
+
     def summary(self, result: RecipeResult) -> None:
         counts = {s: sum(c.status == s for c in result.checks) for s in ("pass", "warn", "fail", "skip")}
         line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)

@@ -20,6 +20,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from recipe import resume as resuming
 from recipe.check import Check
 from recipe.config import TrainSettings, settings_from_dict, suggest
 from recipe.console import Console
@@ -194,6 +195,8 @@ class Recipe:
         source: where the task came from, when started from a config ({"task": "module:function", "task_args":
             {...}}); stages use it to write configs the command line can run again.
         loggers: tools the run directory is mirrored into after each stage: "tensorboard".
+        resume: continue the interrupted run in `run_dir`: its finished stages are kept, the rest run again.
+        force: resume even when the config differs from the interrupted run's.
     """
 
     def __init__(
@@ -209,6 +212,8 @@ class Recipe:
         quiet: bool = False,
         source: dict[str, Any] | None = None,
         loggers: Sequence[str] = (),
+        resume: bool = False,
+        force: bool = False,
     ):
         from recipe.loggers import LOGGERS
         from recipe.stages import STAGES
@@ -238,6 +243,7 @@ class Recipe:
         self.config = config
         self.source = dict(source or {})
         self.loggers = list(loggers)
+        self.resume, self.force = resume, force
         unknown = [n for n in self.loggers if n not in LOGGERS]
         if unknown:
             raise ConfigError(f"loggers: unknown {unknown}{suggest(unknown[0], LOGGERS)}")
@@ -249,20 +255,28 @@ class Recipe:
 
         self.task.validate(self.device)  # bad input fails here, before anything is written
         rundir = RunDir(self.run_dir, [s.name for s in self.stages])
-        rundir.create()
-        loggers = make_loggers(self.loggers, rundir.path)
-        ctx = Context(self.task, self.device, self.seed, rundir, self.train, progress=self.progress, source=self.source)
-        console = Console(self.quiet)
         manifest = self._manifest()
+        done = resuming.load(rundir, manifest, self.force) if self.resume else resuming.Resumed()
+        rundir.create(keep=done.finished if self.resume else None)
+        if self.resume:
+            resuming.keep_metrics(rundir, done.finished)
+        loggers = make_loggers(self.loggers, rundir.path)
+        ctx = Context(
+            self.task, self.device, self.seed, rundir, done.train or self.train, progress=self.progress,
+            learned=done.learned, fits=done.fits, source=self.source,
+        )  # fmt: skip
+        console = Console(self.quiet)
         console.header(self.task, self.device, self.seed, rundir.path)
-        checks: list[Check] = []
-        statuses: dict[str, str] = {}
-        timings: dict[str, float] = {}
+        checks, statuses, timings, train_after = done.checks, done.statuses, done.seconds, done.train_after
         status = "interrupted"  # until the loop ends on its own
         previous = _on_sigterm()
         try:
             for stage in self.stages:
                 ctx.stage = stage.name
+                if stage.name in done.finished:
+                    stage.restore(ctx)
+                    console.kept(stage.name, statuses[stage.name])
+                    continue
                 start = time.perf_counter()
                 stage_checks = _run_stage(stage, ctx)
                 timings[stage.name] = round(time.perf_counter() - start, 3)
@@ -272,6 +286,9 @@ class Recipe:
                 console.stage(stage.name, stage_checks, timings[stage.name])
                 for logger in loggers:
                     logger.stage(rundir, stage.name, [s.name for s in self.stages])
+                train_after[stage.name] = dataclasses.asdict(ctx.train)
+                manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned)
+                rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable now
                 if statuses[stage.name] == "fail" and not self.keep_going:
                     break
             status = "complete"
@@ -287,6 +304,7 @@ class Recipe:
                 learned=ctx.learned,
                 fits=ctx.fits,
                 train_final=dataclasses.asdict(ctx.train),
+                train_after=train_after,
             )
             rundir.write_checks(checks)
             rundir.write_manifest(manifest)

@@ -75,9 +75,10 @@ class RunDir:
         self._metrics: Any = None
         self._locked = False
 
-    def create(self) -> None:
+    def create(self, keep: Iterable[str] | None = None) -> None:
         """Create the folder (or clear a previous run's files from it) and lock it; fails early when it is not
-        writable or another live run holds it."""
+        writable or another live run holds it. `keep` (a resume) names the stages whose folders stay, and keeps the
+        run-level files for the caller to rewrite."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -88,10 +89,11 @@ class RunDir:
                 f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir."
             ) from exc
         self._lock()
-        for name in (CHECKS, MANIFEST, METRICS, REPORT):
+        kept = {stage_folder(s, self._stages) for s in keep or ()}
+        for name in (CHECKS, MANIFEST, METRICS, REPORT) if keep is None else (REPORT,):
             (self.path / name).unlink(missing_ok=True)
         for child in self.path.iterdir():
-            if child.is_dir() and child.name[:2].isdigit() and child.name[2:3] == "_":
+            if child.is_dir() and child.name[:2].isdigit() and child.name[2:3] == "_" and child.name not in kept:
                 shutil.rmtree(child)
 
     # ---- stage artifacts -----------------------------------------------------------------------------------------

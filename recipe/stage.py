@@ -50,5 +50,9 @@ class Stage:
     def run(self, ctx: Context) -> list[Check]:
         raise NotImplementedError(f"{type(self).__name__}.run(ctx) must return a list of Check")
 
+    def restore(self, ctx: Context) -> None:
+        """On a resumed run, instead of `run` for a stage that had finished: re-apply to `ctx` anything it set up
+        besides what it `learn`ed (the context's learned values and training settings are restored already)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"

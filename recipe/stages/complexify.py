@@ -106,6 +106,9 @@ class Complexify(Stage):
         checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
         return checks
 
+    def restore(self, ctx: Context) -> None:
+        ctx.task = ctx.task.replace(models=self._ladder(ctx))  # the rung names train.model refers to
+
     # ---- the ladder -----------------------------------------------------------------------------------------------
 
     def _ladder(self, ctx: Context) -> dict[str, Callable[[], nn.Module]]:
