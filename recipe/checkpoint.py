@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from recipe.reproducibility import rng_state, set_rng_state
+from recipe.rundir import write_atomic
 
 if TYPE_CHECKING:
     from recipe.fit import FitResult
@@ -49,7 +50,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             os.fsync(f.fileno())
         record = json.dumps(digest(tmp)).encode()
         os.replace(tmp, path)
-        _write_small(sidecar(path), record)
+        write_atomic(sidecar(path), record)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,13 +59,6 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def _write_small(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def verify(path: str | Path) -> None:

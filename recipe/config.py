@@ -67,6 +67,10 @@ class TrainSettings:
     augment: bool = False
     early_stopping: int | None = None
 
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `fit` these settings fill (the rung and dropout go into the model factory)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "dropout")}
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -89,19 +89,8 @@ class Context:
         s = self.train
         task = task or self.training_task()
         settings: dict[str, Any] = {
-            "epochs": s.epochs,
+            **s.fit_kwargs(),
             "batch_size": min(s.batch_size, len(task.train)),
-            "lr": s.lr,
-            "optimizer": s.optimizer,
-            "weight_decay": s.weight_decay,
-            "schedule": s.schedule,
-            "warmup_steps": s.warmup_steps,
-            "grad_clip": s.grad_clip,
-            "precision": s.precision,
-            "compile": s.compile,
-            "init_bias": s.init_bias,
-            "augment": s.augment,
-            "early_stopping": s.early_stopping,
             "device": self.device,
             "seed": self.seed,
             "progress": self.progress,

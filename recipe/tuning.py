@@ -19,6 +19,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -270,23 +273,10 @@ def objective(
             if log is not None:
                 log({**record, "trial": trial.number})
 
+        run = {"epochs": search.epochs, "max_steps": search.max_steps, "device": search.device, "seed": search.seed}
         result = fit(
             trial_task,
-            epochs=search.epochs,
-            max_steps=search.max_steps,
-            batch_size=min(settings.batch_size, len(trial_task.train)),
-            lr=settings.lr,
-            optimizer=settings.optimizer,
-            weight_decay=settings.weight_decay,
-            schedule=settings.schedule,
-            warmup_steps=settings.warmup_steps,
-            grad_clip=settings.grad_clip,
-            precision=settings.precision,
-            init_bias=settings.init_bias,
-            augment=settings.augment,
-            early_stopping=settings.early_stopping,
-            device=search.device,
-            seed=search.seed,
+            **{**settings.fit_kwargs(), **run, "batch_size": min(settings.batch_size, len(trial_task.train))},
             progress=False,
             log=logged,
             on_epoch=report,
@@ -327,6 +317,13 @@ def configure(base: TrainSettings, task: Task, values: dict[str, Any]) -> tuple[
 
         factory = functools.partial(factory, **extra)
     return settings, task.replace(model=factory)
+
+
+def spawn_worker(spec_path: Path, worker: int) -> subprocess.Popen[bytes]:
+    """Start worker process number `worker` on the study described in `spec_path` (one torch thread)."""
+    code = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], int(sys.argv[2])))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, str(spec_path), str(worker)], env=env)
 
 
 def worker_main(spec_path: str, worker: int) -> int:

@@ -7,8 +7,6 @@ import collections
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from recipe import Recipe, Tune
 from recipe.config import TrainSettings, settings_from_dict, split_config
 from recipe.search_space import parse_space
 from recipe.stages import STAGES
-from recipe.tuning import LEASES, Search, open_study, prepare, work
+from recipe.tuning import LEASES, Search, open_study, prepare, spawn_worker, work
 from tests import tiny
 
 SOURCE = {"task": "tests.tiny:classification", "task_args": {}}
@@ -124,8 +122,7 @@ def test_a_killed_workers_trial_is_retried_and_counted_once(tmp_path):
 
     prepare(search, task)
     spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": SOURCE}))
-    code = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], 1))"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(spec)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = spawn_worker(spec, 1)
     leases = tmp_path / LEASES
     deadline = time.time() + 60
     while time.time() < deadline and not (leases.exists() and any(leases.iterdir())):

@@ -12,15 +12,13 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
 from recipe.search_space import parse_space
-from recipe.tuning import Search, open_study, prepare, work
+from recipe.tuning import Search, open_study, prepare, spawn_worker, work
 from tests import tiny
 
 URL = os.environ.get("RECIPE_TEST_POSTGRES")
@@ -55,8 +53,7 @@ def test_two_workers_on_postgres_lose_nothing_and_retry_a_killed_trial(tmp_path)
     prepare(search, task)
     spec = tmp_path / "worker.json"
     spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": SOURCE}))
-    code = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], 1))"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(spec)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = spawn_worker(spec, 1)
     study = open_study(search, search.study, parse_space(search.space, task, search.settings()))
     deadline = time.time() + 60
     while time.time() < deadline and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):

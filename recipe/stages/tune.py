@@ -18,8 +18,6 @@ import dataclasses
 import io
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from recipe.evaluation import evaluate
 from recipe.recipe import Context
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
-from recipe.tuning import SAMPLERS, STUDY, TRIALS, Search, configure, prepare, work
+from recipe.tuning import SAMPLERS, STUDY, TRIALS, Search, configure, prepare, spawn_worker, work
 
 
 @dataclass(frozen=True)
@@ -154,10 +152,7 @@ class Tune(Stage):
         spec = Path(search.run_dir) / STUDY / "worker.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
         spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": ctx.source}, default=str))
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        procs = [
-            subprocess.Popen([sys.executable, "-c", _WORKER, str(spec), str(k + 1)], env=env) for k in range(extra)
-        ]
+        procs = [spawn_worker(spec, k + 1) for k in range(extra)]
         threads = torch.get_num_threads()
         if extra > 0:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // (extra + 1)))
@@ -201,9 +196,7 @@ class Tune(Stage):
             run = ctx.fit(
                 f"best_seed_{k}",
                 task=task,
-                **_fit_args(settings),
-                epochs=search.epochs,
-                max_steps=search.max_steps,
+                **{**settings.fit_kwargs(), "epochs": search.epochs, "max_steps": search.max_steps},
                 seed=ctx.seed + 1 + k,
             )
             metrics.append(evaluate(task, run.model, task.val, ctx.device).metric)
@@ -293,18 +286,10 @@ class Tune(Stage):
             checkpoint.save_atomic(checkpoint.load(source), ctx.rundir.stage_dir("tune") / "best.pt")
 
 
-_WORKER = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], int(sys.argv[2])))"
-
-
 def _finished(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-
-
-def _fit_args(settings: Any) -> dict[str, Any]:
-    keys = ("batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_steps", "grad_clip", "augment")
-    return {k: getattr(settings, k) for k in keys} | {"early_stopping": settings.early_stopping}
 
 
 def _loss_noise(best: Any, metric_std: float | None) -> float | None:
