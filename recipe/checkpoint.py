@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from recipe import faults
 from recipe.reproducibility import rng_state, set_rng_state
 from recipe.rundir import write_atomic
 
@@ -49,6 +50,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         record = json.dumps(digest(tmp)).encode()
+        faults.before_replace(path)
         os.replace(tmp, path)
         write_atomic(sidecar(path), record)
     except BaseException:
@@ -103,9 +105,11 @@ def save_training_state(
     epoch: int,
     progress_state: dict[str, Any],
     position: tuple[int, torch.Tensor] | None = None,
+    log: dict[str, Any] | None = None,
 ) -> None:
     """Everything a resumed `fit` needs to continue as if never stopped. `position` is (batches consumed, the data
-    generator's state when the epoch began) for a checkpoint written mid-epoch; None at an epoch's end."""
+    generator's state when the epoch began) for a checkpoint written mid-epoch; None at an epoch's end. `log` is
+    what the loss log keeps (rows written, losses not yet logged)."""
     save_atomic(
         {
             "model": model.state_dict(),
@@ -120,6 +124,7 @@ def save_training_state(
             "progress": dict(progress_state),
             "batches_done": position[0] if position else None,
             "epoch_generator": position[1] if position else None,
+            "log": log or {},
         },
         path,
     )
@@ -133,8 +138,8 @@ def restore_training_state(
     generator: torch.Generator,
     result: FitResult,
     progress_state: dict[str, Any],
-) -> tuple[int, int]:
-    """Restore a training state; returns (the epoch to start at, batches of it to skip)."""
+) -> tuple[int, int, dict[str, Any]]:
+    """Restore a training state; returns (the epoch to start at, batches of it to skip, the loss log's state)."""
     state = load(path)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -146,5 +151,5 @@ def restore_training_state(
     progress_state.update(state.get("progress", {}))
     if state.get("batches_done") is not None:  # written mid-epoch: replay that epoch's order, skip what it used
         generator.set_state(state["epoch_generator"])
-        return int(state["epoch"]), int(state["batches_done"])
-    return int(state["epoch"]) + 1, 0
+        return int(state["epoch"]), int(state["batches_done"]), state.get("log", {})
+    return int(state["epoch"]) + 1, 0, state.get("log", {})

@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -42,7 +42,7 @@ class TrainSettings:
         warmup_steps: linear warm-up steps.
         grad_clip: global gradient-norm clip, or None.
         precision: "auto", "fp32" or "bf16".
-        compile: run the model through torch.compile.
+        compile: torch.compile the model: true, false, or "auto" (on CUDA when the run is long enough to repay it).
         init_bias: set the final layer's bias to the log class priors / target mean ("init well").
         epochs: epochs for full training runs in later stages.
         model: the rung of the task's model ladder to train (`Task(models=...)`); None for `Task(model=...)`.
@@ -59,7 +59,7 @@ class TrainSettings:
     warmup_steps: int = 0
     grad_clip: float | None = None
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     init_bias: bool = True
     epochs: int = 10
     model: str | None = None

@@ -20,16 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from recipe import checkpoint, distributed
+from recipe import checkpoint, distributed, fast_paths, stopping
 from recipe.data import Batch, place, train_batches
-from recipe.diagnostics.numerics import first_non_finite_module, first_non_finite_parameter
-from recipe.errors import ConfigError, NonFiniteError
+from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
+from recipe.loss_log import LossLog, MetricsLog
 from recipe.optim import build_optimizer, build_schedule, check_settings, kernel_name
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.task import Task
-
-MetricsLog = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -70,11 +68,13 @@ def fit(
     warmup_steps: int = 0,
     grad_clip: float | None = None,
     precision: str = "auto",
-    compile: bool = False,
+    compile: bool | str = "auto",
+    channels_last: bool | None = None,
     early_stopping: int | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
     model: nn.Module | None = None,
     init_bias: bool = False,
     augment: bool = False,
@@ -103,7 +103,9 @@ def fit(
             or a callable step -> multiplier of `lr` (the LR range test uses an exponential ramp).
         grad_clip: clip the global gradient norm to this value.
         precision: "auto" (bf16 autocast on CUDA GPUs that support it, else fp32), "fp32" or "bf16".
-        compile: run the model through `torch.compile`.
+        compile: run the model through `torch.compile`: True, False, or "auto" (CUDA only: time the first eager
+            steps and compile when the rest of the run repays the compile time; see `recipe.fast_paths`).
+        channels_last: train conv nets in channels_last layout; None: on CUDA for models with Conv2d layers.
         early_stopping: stop after this many epochs without a better validation loss, and restore the best weights.
         checkpoint_dir: write `last.pt` (model, optimizer, schedule, RNG and data-order state) after every epoch and
             `best.pt` (weights) at the best validation loss.
@@ -111,10 +113,15 @@ def fit(
             is replayed and the batches it had consumed are skipped, so the run ends as an uninterrupted one would.
         checkpoint_every: also write `last.pt` every this many steps (rounded up to a multiple of `log_every`),
             not only at epoch ends.
+        checkpoint_seconds: also write `last.pt` at the first log point this many seconds after the last one.
+            With a checkpoint directory, SIGTERM also writes `last.pt` (after the step in progress) and raises
+            `Terminated`.
         model: train this module instead of a fresh one from the task's factory.
         init_bias: set the final layer's bias to the log class priors / target mean before training.
         augment: pass training batches through the task's augmentation (`Task(augment=...)`).
-        log: receives one record per logged step and per epoch (the run directory's metrics.jsonl).
+        log: receives one record per logged step and per epoch (the run directory's metrics.jsonl). On resume the
+            records logged before the checkpoint are sent again first, so a fresh log gets exactly the records of
+            an uninterrupted run.
         log_every: read the losses from the device every this many steps (logging, progress, non-finite check).
         on_log: called as on_log(step, model) at every logged step, in training mode.
         on_epoch: called with each epoch's record (after evaluation); an exception it raises ends training (a
@@ -126,6 +133,8 @@ def fit(
         NonFiniteError: the training loss became NaN/Inf; names the step, the parameter and the module.
     """
     check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
+    if compile not in (True, False, "auto"):
+        raise ConfigError(f"compile={compile!r} is not known; use True, False or 'auto'.")
     rank, world, dev = distributed.setup(resolve_device(device))
     task.validate(dev)
     if batch_size > len(task.train):
@@ -147,8 +156,11 @@ def fit(
     total = min(x for x in (max_steps, None if epochs is None else epochs * steps_per_epoch) if x is not None)
     n_epochs = math.ceil(total / steps_per_epoch)
 
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    bf16 = fast_paths.bf16_autocast(precision, dev)
+    autocast = fast_paths.autocast_context(bf16, dev)
+    nhwc = fast_paths.wants_channels_last(model, dev, channels_last)
+    if nhwc:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -158,7 +170,7 @@ def fit(
     clip: Callable[[], Any] = (
         (lambda: torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip else (lambda: None)
     )
-    forward_model = cast(nn.Module, torch.compile(model)) if compile else model
+    forward_model = cast(nn.Module, torch.compile(model)) if compile is True else model
     if world > 1:  # gradients averaged across ranks in backward; every rank started from the same seed
         ids = [dev.index] if dev.type == "cuda" else None
         forward_model = torch.nn.parallel.DistributedDataParallel(forward_model, device_ids=ids)
@@ -170,7 +182,8 @@ def fit(
         "precision": "bf16 autocast" if bf16 else "fp32",
         "optimizer": optimizer,
         "optimizer_kernel": kernel_name(opt),
-        "compile": compile,
+        "compile": compile is True,
+        "channels_last": nhwc,
         "lr": lr,
         "batch_size": batch_size,
         "steps": total,
@@ -185,6 +198,8 @@ def fit(
     }
 
     def train_step(batch: Batch) -> torch.Tensor:
+        if nhwc:
+            batch = fast_paths.to_channels_last(batch)
         with autocast():
             output, target = task.outputs(forward_model, batch, augment)
             loss = task.compute_loss(output, target)
@@ -199,154 +214,107 @@ def fit(
     result = FitResult(model=model, setup=setup)
     progress_state = {"best_val_loss": math.inf, "stale_epochs": 0}  # what early stopping and best.pt go by
     best_state: dict[str, torch.Tensor] = {}
-    start_epoch, skip = 0, 0
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    every = math.ceil(checkpoint_every / log_every) * log_every if checkpoint_every and ckpt_dir and rank == 0 else 0
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        start_epoch, skip = checkpoint.restore_training_state(
-            ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state
-        )
-        if early_stopping and (ckpt_dir / "best.pt").exists():
-            best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]
     bar = tqdm(
         total=total,
-        initial=result.steps,
         disable=not progress or not sys.stderr.isatty(),
         leave=False,
         desc=f"fit {task.name}",
         unit="step",
         dynamic_ncols=True,
     )
-    losses = _LossReader(result, model, task, lr, log, bar)
+    losses = LossLog(result, model, task, lr, log, bar)
+    start_epoch, skip = 0, 0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and rank == 0 else None
+    every = math.ceil(checkpoint_every / log_every) * log_every if checkpoint_every and ckpt_dir else 0
+    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
+        start_epoch, skip, extra = checkpoint.restore_training_state(
+            ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state
+        )
+        losses.restore(extra)  # re-sends the rows logged before the checkpoint: a fresh log ends up exact
+        if early_stopping and (ckpt_dir / "best.pt").exists():
+            best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]
+    auto = None
+    if compile == "auto":
+        why_not = fast_paths.compile_unavailable(dev, world)
+        setup["compile"] = f"auto: off ({why_not})" if why_not else "auto"
+        auto = None if why_not else fast_paths.AutoCompile(model, dev, result.steps, total)
+
+    def save_last(epoch: int, position: tuple[int, torch.Tensor] | None = None) -> None:
+        if ckpt_dir is not None:
+            checkpoint.save_training_state(
+                ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state, position,
+                losses.state(),
+            )  # fmt: skip
+        last_saved[0] = time.perf_counter()
+
     t0 = time.perf_counter()
+    last_saved = [t0]
     try:
-        for epoch in range(start_epoch, n_epochs):
-            model.train()
-            epoch_state = generator.get_state()  # draws this epoch's order: a mid-epoch resume replays it
-            for i, batch in enumerate(epoch_batches()):
-                if i < skip:
-                    continue  # consumed before the checkpoint this run resumed from
-                losses.add(train_step(batch), batch)
-                result.steps += 1
-                if result.steps % log_every == 0 or result.steps == total:
-                    losses.read()
-                    losses.log(epoch)
-                    if on_log is not None:
-                        on_log(result.steps, model)
-                    if every and result.steps % every == 0 and ckpt_dir is not None:
-                        checkpoint.save_training_state(
-                            ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state,
-                            position=(i + 1, epoch_state),
-                        )  # fmt: skip
+        with stopping.handling_sigterm() if ckpt_dir is not None else contextlib.nullcontext(), stopping.fit_running():
+            for epoch in range(start_epoch, n_epochs):
+                model.train()
+                epoch_state = generator.get_state()  # draws this epoch's order: a mid-epoch resume replays it
+                for i, batch in enumerate(epoch_batches()):
+                    if i < skip:
+                        continue  # consumed before the checkpoint this run resumed from
+                    try:
+                        losses.add(train_step(batch), batch)
+                    except Exception as exc:
+                        if auto is None or forward_model is model:
+                            raise
+                        forward_model = model  # the automatic compile failed: train on eagerly, and say so
+                        auto.reason = f"off: torch.compile failed ({type(exc).__name__}: {exc})"[:300]
+                        losses.add(train_step(batch), batch)
+                    result.steps += 1
+                    if auto is not None:
+                        forward_model = auto.after_step(result.steps, forward_model)
+                    if result.steps % log_every == 0 or result.steps == total:
+                        losses.read()
+                        losses.log(epoch)
+                        if on_log is not None:
+                            on_log(result.steps, model)
+                        due = (
+                            checkpoint_seconds is not None and time.perf_counter() - last_saved[0] >= checkpoint_seconds
+                        )
+                        if (every and result.steps % every == 0) or due:
+                            save_last(epoch, (i + 1, epoch_state))
+                    if stopping.requested():  # SIGTERM: checkpoint this step boundary, then stop
+                        losses.read()
+                        save_last(epoch, (i + 1, epoch_state))
+                        stopping.stop()
+                    if result.steps >= total:
+                        break
+                skip = 0
+                losses.read()  # the epoch's mean training loss needs every step
+                record = _end_of_epoch(task, model, result, epoch, dev, eval_batch_size, evaluate_every_epoch, autocast)
+                result.history.append(record)
+                losses.log_epoch(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+                val_loss = record.get("val_loss")
+                if val_loss is not None and val_loss < progress_state["best_val_loss"]:
+                    progress_state.update(best_val_loss=val_loss, stale_epochs=0)
+                    best_state = _state_copy(model) if early_stopping else {}
+                    if ckpt_dir is not None:
+                        checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+                else:
+                    progress_state["stale_epochs"] += 1
+                save_last(epoch)
+                if stopping.requested():
+                    stopping.stop()
+                if early_stopping is not None and progress_state["stale_epochs"] >= early_stopping:
+                    break
                 if result.steps >= total:
                     break
-            skip = 0
-            losses.read()  # the epoch's mean training loss needs every step
-            record = _end_of_epoch(task, model, result, epoch, dev, eval_batch_size, evaluate_every_epoch, autocast)
-            result.history.append(record)
-            if log is not None:
-                _log_epoch(log, record, task.metric_name)
-            if on_epoch is not None:
-                on_epoch(record)
-            val_loss = record.get("val_loss")
-            if val_loss is not None and val_loss < progress_state["best_val_loss"]:
-                progress_state.update(best_val_loss=val_loss, stale_epochs=0)
-                best_state = _state_copy(model) if early_stopping else {}
-                if ckpt_dir is not None and rank == 0:
-                    checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
-            else:
-                progress_state["stale_epochs"] += 1
-            if ckpt_dir is not None and rank == 0:
-                checkpoint.save_training_state(
-                    ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state
-                )
-            if early_stopping is not None and progress_state["stale_epochs"] >= early_stopping:
-                break
-            if result.steps >= total:
-                break
     finally:
         bar.close()
     if early_stopping is not None and best_state:
         model.load_state_dict(best_state)
         setup["restored_best_val_loss"] = progress_state["best_val_loss"]
     result.seconds = time.perf_counter() - t0
+    if auto is not None:
+        setup["compile"] = f"auto: {auto.reason}"
     return result
-
-
-# ---- decided once, before the loop --------------------------------------------------------------------------------
-
-
-# ---- at log points and epoch ends ----------------------------------------------------------------------------------
-
-
-class _LossReader:
-    """Per-step losses stay on the device until read (one host sync), which is also when NaN/Inf is caught."""
-
-    def __init__(self, result: FitResult, model: nn.Module, task: Task, lr: float, log: MetricsLog | None, bar: Any):
-        self.result, self.model, self.task, self.lr, self.log_fn, self.bar = result, model, task, lr, log, bar
-        self.pending: list[torch.Tensor] = []
-        self.window: list[float] = []  # read but not yet logged
-        self.batch: Batch = None
-
-    def add(self, loss: torch.Tensor, batch: Batch) -> None:
-        self.pending.append(loss)
-        self.batch = batch
-
-    def read(self) -> None:
-        if not self.pending:
-            return
-        values = torch.stack(self.pending).float().tolist()
-        self.pending.clear()
-        first = len(self.result.step_losses)
-        self.result.step_losses.extend(values)
-        self.window.extend(values)
-        self.bar.update(len(values))
-        for i, v in enumerate(values):
-            if not math.isfinite(v):
-                _raise_non_finite(
-                    first + i, v, self.model, self.task, self.batch, self.lr, self.result.step_losses[: first + i]
-                )
-
-    def log(self, epoch: int) -> None:
-        """One metrics record: the mean training loss since the last one."""
-        mean = sum(self.window) / len(self.window)
-        self.window.clear()
-        if self.log_fn is not None:
-            self.log_fn({"step": self.result.steps, "epoch": epoch, "split": "train", "metric": "loss", "value": mean})
-        self.bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
-
-
-def _log_epoch(log: MetricsLog, record: dict[str, Any], metric_name: str) -> None:
-    """The epoch's records: training-loss mean over the epoch, validation loss and metric."""
-    step, epoch = record["step"], record["epoch"]
-    log({"step": step, "epoch": epoch, "split": "train", "metric": "epoch_loss", "value": record["train_loss"]})
-    for metric in ("loss", metric_name):
-        if record.get(f"val_{metric}") is not None:
-            log({"step": step, "epoch": epoch, "split": "val", "metric": metric, "value": record[f"val_{metric}"]})
-
-
-def _raise_non_finite(
-    step: int, value: float, model: nn.Module, task: Task, batch: Batch, lr: float, losses: list[float]
-) -> None:
-    parameter = first_non_finite_parameter(model)
-    module = first_non_finite_module(model, task, batch)
-    where = "; ".join(
-        part
-        for part in (
-            f"first non-finite parameter: {parameter}" if parameter else "",
-            f"first module with non-finite output: {module}" if module else "",
-        )
-        if part
-    )
-    raise NonFiniteError(
-        f"training loss became {value} at step {step}" + (f" ({where})" if where else "") + ". Likely causes: "
-        f"learning rate too high (lr={lr:g}), a log/division/exp of a value that reaches 0 or overflows, or NaN/Inf "
-        "in the data. Lower the learning rate, add gradient clipping, or guard the operation.",
-        step=step,
-        parameter=parameter,
-        module=module,
-        losses=losses,
-    )
 
 
 def _end_of_epoch(
