@@ -93,8 +93,9 @@ def skipped(name: str, message: str) -> Check:
     return Check(name, "skip", None, None, message)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Numbers rounded to 6 significant digits, tensors and numpy scalars as Python values, NaN/Inf as strings."""
+def to_jsonable(value: Any, exact: bool = False) -> Any:
+    """Numbers rounded to 6 significant digits (all of them with `exact`, for what a resume reads back), tensors and
+    numpy scalars as Python values, NaN/Inf as strings."""
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -102,11 +103,11 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        return float(f"{value:.6g}")
+        return value if exact else float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v, exact) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, exact) for v in value]
     if hasattr(value, "tolist"):  # torch tensors and numpy arrays / scalars
-        return to_jsonable(value.tolist())
+        return to_jsonable(value.tolist(), exact)
     return str(value)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,24 +43,52 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     """`torch.save` to a temporary file beside `path`, then `os.replace`: a crash never leaves half a file.
 
     A `<name>.sha256` file beside it records size and hash, which `load` verifies: torch checks no CRC on load,
-    so one flipped byte inside a tensor would otherwise load without error.
+    so one flipped byte inside a tensor would otherwise load without error. Before the rename it lists both the old
+    and the new file's digest, after it only the new one, so a kill between the two writes leaves a pair that
+    verifies. SIGINT and SIGTERM wait until the write is done: a Ctrl-C inside `torch.save` would otherwise surface
+    as torch's "unexpected pos" RuntimeError instead of an interrupt.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _signals_deferred(), os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        record = json.dumps(digest(tmp)).encode()
-        faults.before_replace(path)
-        os.replace(tmp, path)
-        write_atomic(sidecar(path), record)
+            new = digest(tmp)
+            old = _recorded(path) if path.exists() else []
+            write_atomic(sidecar(path), json.dumps([new, *old]).encode())
+            faults.before_replace(path)
+            os.replace(tmp, path)
+            write_atomic(sidecar(path), json.dumps([new]).encode())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then); a no-op off the main thread."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _recorded(path: Path) -> list[dict[str, Any]]:
+    """The digests `path`'s sidecar accepts (a list; a single record from older versions)."""
+    try:
+        record = json.loads(sidecar(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return record if isinstance(record, list) else [record]
 
 
 def sidecar(path: Path) -> Path:
@@ -69,16 +101,15 @@ def verify(path: str | Path) -> None:
     record_path = sidecar(path)
     if not record_path.exists():
         return  # a checkpoint written by another tool: nothing recorded to check against
-    try:
-        expected = json.loads(record_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {record_path}: {exc}") from exc
+    expected = _recorded(path)
+    if not expected:
+        raise CheckpointError(f"cannot read {record_path}; it should hold the checkpoint's size and sha256.")
     actual = digest(path)
-    if actual != expected:
-        what = "size" if actual["size"] != expected["size"] else "sha256"
+    if actual not in expected:
+        what = "size" if all(actual["size"] != e.get("size") for e in expected) else "sha256"
         raise CheckpointError(
             f"checkpoint {path} is corrupted: its {what} differs from the one recorded when it was written "
-            f"({actual[what]} against {expected[what]}); use another checkpoint."
+            f"({actual[what]} against {expected[0].get(what)}); use another checkpoint."
         )
 
 

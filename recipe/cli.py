@@ -4,28 +4,42 @@
                            [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
     recipe report RUN_DIR
 
-Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task (one line; --debug for the
-traceback), 130 after Ctrl-C and 143 after SIGTERM (the run directory then holds a report marked interrupted).
+Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task, or a disk that refuses a write
+mid-run (one line naming the field or the path; --debug for the traceback), 130 after Ctrl-C and 143 after SIGTERM (the
+run directory then holds a report marked interrupted).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
 import sys
 from pathlib import Path
 from typing import Any
 
-from recipe.config import load_yaml, split_config
-from recipe.errors import ConfigError, RecipeError, Terminated
+from recipe.config import check_run_dir, load_yaml, split_config
+from recipe.errors import ConfigError, RecipeError, StorageError, Terminated
+
+DISK_ERRORS = {  # errno -> (how the path was refused, what to do), for a file operation the disk refused mid-run
+    errno.ENOSPC: ("writing", "free space or choose another --run-dir"),
+    errno.EDQUOT: ("writing", "free space or choose another --run-dir"),
+    errno.EROFS: ("writing", "choose a writable --run-dir"),
+    errno.EACCES: ("on", "fix the permissions or choose another --run-dir"),
+    errno.EPERM: ("on", "fix the permissions or choose another --run-dir"),
+}
 
 
 def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
     """Import `module.path:function` (from the current directory too) and call it with `kwargs`."""
     from recipe.task import Task
 
-    if not spec or ":" not in spec:
+    if not spec:
+        raise ConfigError(
+            f"{where}: no `task:` given; add `task: module.path:function` naming a function that returns a recipe.Task."
+        )
+    if ":" not in spec:
         raise ConfigError(f"{where}: `task:` must name a function as module.path:function, got {spec!r}.")
     module_name, _, attr = spec.partition(":")
     if str(Path.cwd()) not in sys.path:
@@ -59,12 +73,20 @@ def run(args: argparse.Namespace) -> int:
     data = load_yaml(args.config)
     config, sections = split_config(data, STAGES, str(args.config))
     stages = args.stages.split(",") if args.stages else config.stages
+    check_run_dir(getattr(args, "resume", None) or args.run_dir or config.run_dir or "runs")  # before loading data
     task = load_task(config.task, config.task_args, str(args.config))
     try:
         recipe = _recipe(Recipe, task, config, sections, stages, args)
     except ConfigError as exc:
         raise ConfigError(f"{args.config}: {exc}") from None
-    return 0 if recipe.run().ok else 1
+    try:
+        return 0 if recipe.run().ok else 1
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        how, fix = DISK_ERRORS[exc.errno]
+        problem = (exc.strerror or "refused").lower()
+        raise StorageError(f"{problem} {how} {exc.filename or recipe.run_dir}; {fix}.") from exc
 
 
 def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: Any, args: argparse.Namespace) -> Any:
@@ -136,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         if args.debug:
             raise
-        print(f"recipe: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"recipe: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("recipe: interrupted (Ctrl-C); the run directory holds a report marked interrupted", file=sys.stderr)

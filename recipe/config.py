@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,6 +209,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "tag:yaml.org,2002:python/" in problem:  # safe_load refuses to build objects or run code
+            tag = problem.rsplit("tag:yaml.org,2002:", 1)[1].rstrip("'")
+            raise ConfigError(
+                f"{path}{line}: not valid YAML for recipe: the tag !!{tag} is refused (configs are read with "
+                "yaml.safe_load, which builds no Python objects); write a plain value instead."
+            ) from None
         raise ConfigError(f"{path}{line}: not valid YAML for recipe ({problem}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping with at least a `task:` key.")
@@ -229,3 +236,19 @@ def split_config(data: dict[str, Any], stage_names: typing.Iterable[str], where:
     run = settings_from_dict(RunConfig, run_values, where)
     settings_from_dict(TrainSettings, run.train, f"{where}: train")
     return run, sections
+
+
+def check_run_dir(path: str | Path) -> None:
+    """Fail early, creating nothing, when `path` cannot become a writable run directory: it or its nearest existing
+    ancestor is a file, or that ancestor refuses writes. Called before any data is loaded or any model is built."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        reason = "it is a file" if existing == path else f"{existing} is a file"
+    elif existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} refuses writes"
+    else:
+        return
+    raise ConfigError(f"run_dir {path} is not writable ({reason}); choose another --run-dir.")

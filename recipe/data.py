@@ -120,6 +120,11 @@ Split = TensorSplit | DatasetSplit
 def as_split(data: Any, field: str) -> Split:
     """Accept the contract's split forms: a Dataset, a TensorDataset or a tuple (X, y) of tensors / numpy arrays."""
     if data is None:
+        if field == "val":  # the recipe judges every change on held-out data, so it never trains without it
+            raise TaskError(
+                "val is missing: every stage is judged on held-out data. Hold out 10-20% of the training samples "
+                "(shuffled) as val, e.g. `train, val = torch.utils.data.random_split(data, [0.85, 0.15])`."
+            )
         raise TaskError(f"{field} is missing: pass a Dataset yielding (input, target) or a tuple (X, y).")
     if isinstance(data, TensorSplit | DatasetSplit):
         split = data
@@ -135,7 +140,7 @@ def as_split(data: Any, field: str) -> Split:
             f"{field} must be a Dataset or a tuple (X, y) of tensors or numpy arrays, got {type(data).__name__}."
         )
     if len(split) == 0:
-        raise TaskError(f"{field} is empty: every split needs at least one sample.")
+        raise TaskError(f"{field} is empty (0 samples): every split needs at least one sample; check what built it.")
     return split
 
 

@@ -18,6 +18,13 @@ class ConfigError(RecipeError, ValueError):
     """A setting or YAML config is invalid: unknown key, wrong type, bad value."""
 
 
+class StorageError(RecipeError, OSError):
+    """The disk refused a write during a run (full, over quota, read-only, not permitted); the message names the path.
+
+    The `OSError` it stands for is its `__cause__`.
+    """
+
+
 class NonFiniteError(RecipeError, FloatingPointError):
     """Training produced a non-finite loss; the message names the step, parameter and module.
 

@@ -3,7 +3,7 @@ killed between writing a temporary file and renaming it over its target.
 
 Not a setting: only the reliability tests and `benchmarks/faults.py` set it. `RECIPE_FAULT` is read once, at
 import; when it is unset `before_replace` returns at once. Its forms (a target matches by its file name, with
-shell-style wildcards):
+shell-style wildcards; a pattern with a `/` matches the end of the path instead):
 
     enospc:<glob>                      the next matching write fails with OSError(ENOSPC), as a full disk does
     enospc:<n>:<glob>                  ... the n-th matching write (1-based)
@@ -62,7 +62,7 @@ def inject(spec: str | None) -> None:
 def before_replace(path: Path) -> None:
     """Called by every atomic write once its temporary file is complete, just before it is renamed to `path`."""
     fault = _fault
-    if fault is None or fault.done or not fnmatch.fnmatch(path.name, fault.pattern):
+    if fault is None or fault.done or not _matches(path, fault.pattern):
         return
     fault.seen += 1
     if fault.seen < fault.nth:
@@ -71,3 +71,8 @@ def before_replace(path: Path) -> None:
     if fault.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a failed write(2) names no file
+
+
+def _matches(path: Path, pattern: str) -> bool:
+    """A pattern matches the file name (`last.pt`), or with a `/` the end of the path (`rung_model-0/last.pt`)."""
+    return fnmatch.fnmatch(path.as_posix(), f"*/{pattern}") if "/" in pattern else fnmatch.fnmatch(path.name, pattern)

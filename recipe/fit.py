@@ -113,7 +113,8 @@ def fit(
             is replayed and the batches it had consumed are skipped, so the run ends as an uninterrupted one would.
         checkpoint_every: also write `last.pt` every this many steps (rounded up to a multiple of `log_every`),
             not only at epoch ends.
-        checkpoint_seconds: also write `last.pt` at the first log point this many seconds after the last one.
+        checkpoint_seconds: write `last.pt` at most this often instead of after every epoch: at the first log point
+            or epoch end this many seconds after the last write, and when training ends.
             With a checkpoint directory, SIGTERM also writes `last.pt` (after the step in progress) and raises
             `Terminated`.
         model: train this module instead of a fresh one from the task's factory.
@@ -239,8 +240,15 @@ def fit(
         setup["compile"] = f"auto: off ({why_not})" if why_not else "auto"
         auto = None if why_not else fast_paths.AutoCompile(model, dev, result.steps, total)
 
+    best_pending = [False]  # an improvement best.pt does not hold yet (with `checkpoint_seconds`)
+
     def save_last(epoch: int, position: tuple[int, torch.Tensor] | None = None) -> None:
         if ckpt_dir is not None:
+            if best_pending[0] and best_state:  # early stopping resumes from these weights: write them first
+                checkpoint.save_atomic(
+                    {"model": best_state, "epoch": progress_state["best_epoch"]}, ckpt_dir / "best.pt"
+                )
+            best_pending[0] = False
             checkpoint.save_training_state(
                 ckpt_dir / "last.pt", model, opt, sched, generator, result, epoch, progress_state, position,
                 losses.state(),
@@ -293,18 +301,20 @@ def fit(
                     on_epoch(record)
                 val_loss = record.get("val_loss")
                 if val_loss is not None and val_loss < progress_state["best_val_loss"]:
-                    progress_state.update(best_val_loss=val_loss, stale_epochs=0)
+                    progress_state.update(best_val_loss=val_loss, stale_epochs=0, best_epoch=epoch)
                     best_state = _state_copy(model) if early_stopping else {}
-                    if ckpt_dir is not None:
+                    if ckpt_dir is not None and checkpoint_seconds is None:
                         checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+                    best_pending[0] = checkpoint_seconds is not None
                 else:
                     progress_state["stale_epochs"] += 1
-                save_last(epoch)
+                stale = early_stopping is not None and progress_state["stale_epochs"] >= early_stopping
+                ending = stale or result.steps >= total or stopping.requested()
+                if checkpoint_seconds is None or ending or time.perf_counter() - last_saved[0] >= checkpoint_seconds:
+                    save_last(epoch)
                 if stopping.requested():
                     stopping.stop()
-                if early_stopping is not None and progress_state["stale_epochs"] >= early_stopping:
-                    break
-                if result.steps >= total:
+                if ending:
                     break
     finally:
         bar.close()

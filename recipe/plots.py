@@ -342,3 +342,26 @@ def isolation(name: str, best: Mapping[Any, float]) -> Figure:
             ax.text(i, v, f"{v:.4g}", ha="center", va="bottom", fontsize=8)
         ax.set(title=f"Best validation loss per {name}", xlabel=name, ylabel="best validation loss")
     return fig
+
+
+def batch_size_throughput(curve: Mapping[int, float], chosen: int, out_of_memory: Sequence[int] = ()) -> Figure:
+    """Training examples/s per batch size (log2 x), against perfect scaling from the smallest size; the size chosen
+    and the sizes that ran out of memory marked."""
+    sizes = sorted(curve)
+    values = [curve[b] for b in sizes]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        ax.plot(sizes, values, marker="o", markersize=4, linewidth=1.4, label="measured")
+        ax.plot(
+            sizes, [values[0] * b / sizes[0] for b in sizes], linestyle="--", color=COLORS[6], linewidth=1,
+            label="perfect scaling",
+        )  # fmt: skip
+        ax.axvline(chosen, color=COLORS[2], linewidth=1.5, label=f"chosen {chosen}")
+        for i, b in enumerate(sorted(set(out_of_memory))):
+            ax.axvline(b, color=COLORS[1], linestyle=":", linewidth=1.2, label="out of memory" if i == 0 else None)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_ylim(min(values) / 1.5, max(values) * 1.5)
+        ax.set(title="Throughput per batch size", xlabel="batch size", ylabel="training examples / s")
+        ax.legend(frameon=False, fontsize=8)
+    return fig

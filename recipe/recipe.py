@@ -7,9 +7,7 @@ import dataclasses
 import functools
 import inspect
 import platform
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,16 +19,18 @@ import numpy as np
 import torch
 
 from recipe import resume as resuming
+from recipe import stopping
 from recipe.check import Check
-from recipe.config import TrainSettings, settings_from_dict, suggest
+from recipe.config import TrainSettings, check_run_dir, settings_from_dict, suggest
 from recipe.console import Console
 from recipe.diagnostics.numerics import non_finite
-from recipe.errors import ConfigError, NonFiniteError, Terminated
+from recipe.errors import ConfigError, NonFiniteError
 from recipe.fit import FitResult, fit
-from recipe.reproducibility import resolve_device
+from recipe.reproducibility import resolve_device, seed_everything
 from recipe.rundir import RunDir
 from recipe.stage import Stage
 from recipe.task import Task
+from recipe.validation import check_batch_fits
 
 REGULARISATION_OFF: dict[str, Any] = {"weight_decay": 0.0, "augment": False, "early_stopping": None}
 """`fit` overrides for the stages that must see the model unregularised (`baseline`, `overfit`)."""
@@ -52,6 +52,7 @@ class Context:
         progress: whether training runs show progress bars.
         source: where the task came from when the run was started from a config (`task`, `task_args`), so a
             stage can write a config the command line can run again.
+        checkpoints: where `fit` runs keep their checkpoints, so a resumed run continues the interrupted stage.
     """
 
     task: Task
@@ -65,6 +66,7 @@ class Context:
     progress: bool = True
     fits: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    checkpoints: resuming.FitCheckpoints | None = None
 
     def learn(self, **values: Any) -> None:
         """Record what the running stage learned; keys naming a training setting also update `train`."""
@@ -97,7 +99,10 @@ class Context:
             "log": self.rundir.metrics_log(self.stage, run),
         }
         settings.update(overrides)
-        result = fit(task, **settings)
+        if self.checkpoints is not None:  # resumable: continued or replayed when the run is resumed
+            result = self.checkpoints.fit(self.stage, run, task, settings)
+        else:
+            result = fit(task, **settings)
         self.fits.append({"stage": self.stage, "run": run, "seconds": round(result.seconds, 3), **result.setup})
         return result
 
@@ -242,6 +247,8 @@ class Recipe:
         from recipe.loggers import make_loggers
         from recipe.report import build_report
 
+        check_run_dir(self.run_dir)  # before any compute; creates nothing
+        check_batch_fits(self.task, self.train.batch_size)
         self.task.validate(self.device)  # bad input fails here, before anything is written
         rundir = RunDir(self.run_dir, [s.name for s in self.stages])
         manifest = self._manifest()
@@ -250,40 +257,44 @@ class Recipe:
         if self.resume:
             resuming.keep_metrics(rundir, done.finished)
         loggers = make_loggers(self.loggers, rundir.path)
+        fit_checkpoints = resuming.FitCheckpoints(rundir.path / "checkpoints", self.resume)
         ctx = Context(
             self.task, self.device, self.seed, rundir, done.train or self.train, progress=self.progress,
             learned=done.learned, fits=done.fits, source=self.source,
+            checkpoints=fit_checkpoints,
         )  # fmt: skip
         console = Console(self.quiet)
         console.header(self.task, self.device, self.seed, rundir.path)
         checks, statuses, timings, train_after = done.checks, done.statuses, done.seconds, done.train_after
         status = "interrupted"  # until the loop ends on its own
-        previous = _on_sigterm()
+        manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned)
+        rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable from the start
         try:
-            for stage in self.stages:
-                ctx.stage = stage.name
-                if stage.name in done.finished:
-                    stage.restore(ctx)
-                    console.kept(stage.name, statuses[stage.name])
-                    continue
-                start = time.perf_counter()
-                stage_checks = _run_stage(stage, ctx)
-                timings[stage.name] = round(time.perf_counter() - start, 3)
-                checks.extend(stage_checks)
-                statuses[stage.name] = _worst(stage_checks)
-                rundir.write_checks(checks)
-                console.stage(stage.name, stage_checks, timings[stage.name])
-                for logger in loggers:
-                    logger.stage(rundir, stage.name, [s.name for s in self.stages])
-                train_after[stage.name] = dataclasses.asdict(ctx.train)
-                manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned)
-                rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable now
-                if statuses[stage.name] == "fail" and not self.keep_going:
-                    break
+            with stopping.handling_sigterm():  # SIGTERM: a fit checkpoints its step; `Terminated` ends the run
+                for stage in self.stages:
+                    ctx.stage = stage.name
+                    if stage.name in done.finished:
+                        stage.restore(ctx)
+                        console.kept(stage.name, statuses[stage.name])
+                        continue
+                    start = time.perf_counter()
+                    seed_everything(self.seed)  # each stage starts alike, resumed or not, whatever ran before it
+                    stage_checks = _run_stage(stage, ctx)
+                    timings[stage.name] = round(time.perf_counter() - start, 3)
+                    checks.extend(stage_checks)
+                    statuses[stage.name] = _worst(stage_checks)
+                    rundir.write_checks(checks)
+                    console.stage(stage.name, stage_checks, timings[stage.name])
+                    for logger in loggers:
+                        logger.stage(rundir, stage.name, [s.name for s in self.stages])
+                    train_after[stage.name] = dataclasses.asdict(ctx.train)
+                    manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned)
+                    rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable now
+                    fit_checkpoints.finish(stage.name)
+                    if statuses[stage.name] == "fail" and not self.keep_going:
+                        break
             status = "complete"
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
             manifest.update(
                 status=status,
                 end=_now(),
@@ -353,18 +364,6 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
             c = c.replace(status="skip", message=f"skipped by config ({stage.name}.skip); it measured: {c.message}")
         out.append(c)
     return out
-
-
-def _on_sigterm() -> Any:
-    """Turn SIGTERM into `Terminated` while a run is in progress (main thread only), so the run directory is closed
-    with a report marked interrupted; returns the previous handler (None when none was installed)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise Terminated("SIGTERM")
-
-    return signal.signal(signal.SIGTERM, terminate)
 
 
 def _checkpoints(path: Path) -> dict[str, Any]:

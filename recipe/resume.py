@@ -1,5 +1,6 @@
 """Resuming an interrupted run (`recipe run CONFIG --resume RUN_DIR`): the stages that finished are kept, with
-their checks, artifacts, metrics rows and what they handed over; the rest run again.
+their checks, artifacts, metrics rows and what they handed over; the interrupted one runs again with its training
+runs continued from their checkpoints (`FitCheckpoints`); the rest run as usual.
 
 The manifest is written after every stage (status "running"), so a run killed with SIGKILL can resume too. A resume
 with a different config is refused, naming the keys that changed, unless forced.
@@ -7,14 +8,23 @@ with a different config is refused, naming the keys that changed, unless forced.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from recipe import checkpoint
 from recipe.check import Check, to_jsonable
 from recipe.config import TrainSettings
 from recipe.errors import ConfigError
+from recipe.fit import FitResult
+from recipe.fit import fit as run_fit
+from recipe.reproducibility import resolve_device, rng_state, set_rng_state
 from recipe.rundir import METRICS, RunDir, write_atomic
+from recipe.task import Task
 
 
 @dataclass
@@ -74,3 +84,124 @@ def keep_metrics(rundir: RunDir, stages: list[str]) -> None:
     """Drop the metrics rows of every stage but `stages`: the unfinished ones write theirs again."""
     rows = [r for r in rundir.read_metrics() if r.get("stage") in stages]
     write_atomic(rundir.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+class FitCheckpoints:
+    """Checkpoints for every `Context.fit` of a run, so a resumed run continues an interrupted stage instead of
+    restarting it.
+
+    Fit number k of run name R in stage S trains with `checkpoint_dir=<run_dir>/checkpoints/S/R-k`. When it ends,
+    its weights, history, metrics rows and the RNG state it left are kept there as `done.pt` and its training
+    state is dropped. On resume the stage runs again from its start: its fits that had ended replay from `done.pt`
+    (the same model and rows, no training), and the one that was interrupted continues from its last checkpoint.
+    A stage's folder is removed when the stage ends; a run started afresh removes them all.
+
+    A fit writes its training state at most every `CHECKPOINT_SECONDS` (the environment variable
+    `RECIPE_CHECKPOINT_SECONDS` overrides it) and when it ends: the overfit stage's one-batch epochs would otherwise
+    write a checkpoint per step.
+    """
+
+    DONE = "done.pt"
+    CHECKPOINT_SECONDS = float(os.environ.get("RECIPE_CHECKPOINT_SECONDS", 60.0))
+
+    def __init__(self, root: Path, resume: bool):
+        self.root = root
+        self.counts: dict[tuple[str, str], int] = {}
+        if not resume:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def fit(self, stage: str, run: str, task: Task, settings: dict[str, Any]) -> FitResult:
+        """`fit(task, **settings)`, resumed or replayed from this fit's checkpoints when they match its settings."""
+        k = self.counts[stage, run] = self.counts.get((stage, run), -1) + 1
+        folder = self.root / stage / f"{run}-{k}"
+        fingerprint = _fingerprint(settings)
+        if (folder / self.DONE).exists():
+            try:
+                done = checkpoint.load(folder / self.DONE)
+            except checkpoint.CheckpointError:
+                done = {}
+            if done.get("fingerprint") == fingerprint:
+                return _replay(done, task, settings)
+        if _read_fingerprint(folder) != fingerprint:
+            shutil.rmtree(folder, ignore_errors=True)  # another fit's state (a forced resume changed settings)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "settings.json", json.dumps({"fingerprint": fingerprint}).encode())
+        rows: list[dict[str, Any]] = []
+        log = settings.get("log")
+
+        def keep(row: dict[str, Any]) -> None:
+            rows.append(row)
+            if log is not None:
+                log(row)
+
+        resumable = {"checkpoint_dir": folder, "resume": True, "checkpoint_seconds": self.CHECKPOINT_SECONDS}
+        result = run_fit(task, **{**settings, "log": keep, **resumable})
+        checkpoint.save_atomic(
+            {
+                "fingerprint": fingerprint,
+                "model": result.model.state_dict(),
+                "history": result.history,
+                "step_losses": result.step_losses,
+                "steps": result.steps,
+                "seconds": result.seconds,
+                "setup": to_jsonable(result.setup),
+                "rows": rows,
+                "rng": rng_state(),
+            },
+            folder / self.DONE,
+        )
+        for name in ("last.pt", "best.pt"):
+            for path in (folder / name, checkpoint.sidecar(folder / name)):
+                path.unlink(missing_ok=True)
+        return result
+
+    def finish(self, stage: str) -> None:
+        """The stage ended: its fits will never be resumed."""
+        shutil.rmtree(self.root / stage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()  # only when empty
+
+
+def _fingerprint(settings: dict[str, Any]) -> str:
+    """The settings that decide a fit's result, as text (the log sink and a passed-in module excluded)."""
+    kept = {k: v for k, v in settings.items() if k not in ("log", "progress", "model", "on_log", "on_epoch")}
+    return json.dumps(to_jsonable({k: _describe(v) for k, v in kept.items()}, exact=True), sort_keys=True)
+
+
+def _describe(value: Any) -> Any:
+    """A callable setting (a schedule) as its name and the values it closes over, the same in every process."""
+    if not callable(value):
+        return value
+    cells = [c.cell_contents for c in getattr(value, "__closure__", None) or ()]
+    return [
+        getattr(value, "__qualname__", type(value).__name__),
+        *[c if isinstance(c, int | float | str) else repr(c) for c in cells],
+    ]
+
+
+def _read_fingerprint(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "settings.json").read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _replay(done: dict[str, Any], task: Task, settings: dict[str, Any]) -> FitResult:
+    """The result of a fit that had ended before the interruption: its weights, curves and rows, as it left them."""
+    device = resolve_device(settings.get("device", "auto"))
+    model = settings.get("model") or task.make_model()
+    model = model.to(device)
+    model.load_state_dict(done["model"])
+    log = settings.get("log")
+    for row in done["rows"]:
+        if log is not None:
+            log(row)
+    set_rng_state(done["rng"])
+    return FitResult(
+        model=model,
+        history=done["history"],
+        step_losses=done["step_losses"],
+        steps=done["steps"],
+        seconds=done["seconds"],
+        setup={**done["setup"], "replayed": True},
+    )

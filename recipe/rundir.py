@@ -174,7 +174,8 @@ class RunDir:
         write_atomic(self.path / CHECKS, json.dumps([c.to_dict() for c in checks], indent=1).encode())
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_atomic(self.path / MANIFEST, json.dumps(to_jsonable(manifest), indent=1).encode())
+        # every digit: a resume reads the learned values and training settings back from it
+        write_atomic(self.path / MANIFEST, json.dumps(to_jsonable(manifest, exact=True), indent=1).encode())
 
     def write_report(self, html: str) -> None:
         write_atomic(self.path / REPORT, html.encode())

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recipe.data import TensorSplit
-from recipe.errors import TaskError
+from recipe.errors import ConfigError, TaskError
 from recipe.task import IGNORE_INDEX, SCAN_LIMIT, Task
 
 
@@ -39,11 +39,18 @@ def check_model_output(task: Task, model: nn.Module, device: torch.device) -> No
     was_training = model.training
     model.eval()  # a 2-sample forward must not update BatchNorm statistics
     batch = task.batch("train", list(range(min(2, len(task.train)))), device)
+    inputs = task.split_batch(batch)[0]
+    check_input_dtype(inputs, model)
     try:
         with torch.no_grad():
             output, target = task.outputs(model, batch)
+    except TaskError:
+        raise
     except Exception as exc:  # the user's forward failed: say where, keep the cause attached
-        raise TaskError(f"the model failed on a batch of 2 training samples: {type(exc).__name__}: {exc}") from exc
+        cause = " ".join(str(exc).split())  # one line: the CLI prints the message as one
+        raise TaskError(
+            f"the model failed on a batch of 2 training samples: {type(exc).__name__}: {cause}.{_layout_hint(inputs)}"
+        ) from exc
     model.train(was_training)
     if not isinstance(output, torch.Tensor):
         raise TaskError(
@@ -56,6 +63,41 @@ def check_model_output(task: Task, model: nn.Module, device: torch.device) -> No
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise TaskError(f"the loss returned {shape}; it must return a scalar tensor (reduce with .mean()).")
+
+
+def check_input_dtype(inputs: object, model: nn.Module) -> None:
+    """float64 inputs to a float32 model: numpy's and Python's default float, which the first layer refuses."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.float64:
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes and torch.float64 not in dtypes:
+        raise TaskError(
+            f"train inputs are torch.float64 but the model's parameters are {min(dtypes, key=str)}; convert the "
+            "inputs with x.float() (numpy: x.astype('float32')) when building the Task."
+        )
+
+
+def _layout_hint(inputs: object) -> str:
+    """What to check about the inputs' shape; for 4-D inputs whose last axis looks like colour channels, the permute
+    that turns channels-last images into the (N, C, H, W) a conv net wants."""
+    if not isinstance(inputs, torch.Tensor):
+        return ""
+    shape = tuple(inputs.shape)
+    if inputs.dim() == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return (
+            f" The inputs have shape {shape}: if they are channels-last images (N, H, W, C), convert them to the "
+            "(N, C, H, W) a conv net wants with x.permute(0, 3, 1, 2)."
+        )
+    return f" Check that the model's first layer fits inputs of shape {shape}."
+
+
+def check_batch_fits(task: Task, batch_size: int) -> None:
+    """A training split smaller than one batch: every "epoch" would be one short batch, not what was configured."""
+    if batch_size > len(task.train):
+        raise ConfigError(
+            f"train.batch_size={batch_size} is larger than the train split ({len(task.train)} samples); set "
+            f"train.batch_size <= {len(task.train)} in the config's `train` section, or add training data."
+        )
 
 
 def check_output_shape(task: Task, output: torch.Tensor, target: torch.Tensor) -> None:
@@ -82,7 +124,13 @@ def check_output_shape(task: Task, output: torch.Tensor, target: torch.Tensor) -
             )
         return
     if out != tgt:
+        if out == (*tgt, 1):
+            fix = "squeeze the output (output.squeeze(-1)) or give the targets a trailing axis (y.unsqueeze(-1))"
+        elif tgt == (*out, 1):
+            fix = "give the model a trailing output axis (output.unsqueeze(-1)) or squeeze the targets (y.squeeze(-1))"
+        else:
+            fix = "make the final layer's width match the targets' shape"
         raise TaskError(
             f"model output has shape {out} but targets have shape {tgt}; {task.loss} would broadcast them "
-            f"silently. Make them match (e.g. output.squeeze(-1) or y.reshape({out}))."
+            f"silently. Make them match: {fix}."
         )

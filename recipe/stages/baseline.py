@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from recipe import plots
+from recipe.batch_size import NoBatchFitsError, batch_size_check, find_batch_size, no_batch_fits
 from recipe.check import Check, skipped
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.data import input_batch, target_leak
@@ -52,6 +53,8 @@ class BaselineSettings:
         probe_size: samples in the batch used by the dependency, activation and determinism checks.
         simple_model_lr: learning rate of the linear / bigram reference model.
         human_baseline: a human's validation metric (accuracy or MAE), reported beside the model's.
+        find_batch_size: on CUDA, replace train.batch_size with the largest batch that fits in memory, stopped where
+            throughput stops scaling (the `batch_size` check); false keeps train.batch_size.
         skip: checks to report as "skip" (they still run).
     """
 
@@ -60,6 +63,7 @@ class BaselineSettings:
     probe_size: int = 7  # a prime, so the batch axis is not confused with another axis of the same size
     simple_model_lr: float = 1e-2
     human_baseline: float | None = None
+    find_batch_size: bool = True
     skip: tuple[str, ...] = ()
 
 
@@ -76,11 +80,12 @@ class Baseline(Stage):
         def fresh() -> nn.Module:
             return disable_dropout(task.make_model()).to(device)
 
+        found = ctx.check(self._batch_size, ctx)  # first: every batch below is drawn at the size it sets
         batch = task.sample_batch("train", ctx.train.batch_size, ctx.seed, device)
         inputs, _ = task.split_batch(batch)
         probe_inputs, _ = task.split_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
 
-        checks = [self._seed(ctx), self._input_batch(ctx, inputs, batch)]
+        checks = [found, self._seed(ctx), self._input_batch(ctx, inputs, batch)]
         checks.append(ctx.check(loss_at_init, fresh(), task, batch))
         checks.append(ctx.check(init_bias, task, fresh, batch, device))
         checks.append(ctx.check(batch_independence, fresh(), task, probe_inputs))
@@ -164,6 +169,34 @@ class Baseline(Stage):
                 "trivial": trivial_figures,
             },
         )
+
+    def _batch_size(self, ctx: Context) -> Check:
+        """The largest batch that fits and still speeds training up (CUDA only); later stages train with it."""
+        current = ctx.train.batch_size
+        if not self.settings.find_batch_size:
+            return skipped("batch_size", f"turned off (baseline.find_batch_size: false); keeping batch_size={current}.")
+        if ctx.device.type != "cuda":
+            return skipped("batch_size", f"batch-size finder runs on CUDA only; keeping batch_size={current}.")
+        s, rungs = ctx.train, list(ctx.task.models)
+        largest = rungs[-1] if len(rungs) > 1 else None  # measured on the largest rung: every rung must fit later
+        task = ctx.training_task(model=largest) if largest else ctx.training_task()
+        try:
+            result = find_batch_size(
+                task, ctx.device, optimizer=s.optimizer, lr=s.lr, precision=s.precision, seed=ctx.seed,
+                progress=ctx.progress,
+            )  # fmt: skip
+        except NoBatchFitsError as exc:
+            return no_batch_fits(exc)
+        if largest:
+            result.message += f" Measured on the ladder's largest rung, {largest!r}."
+        artifacts = (
+            ctx.save_json("batch_size.json", result.to_dict()),
+            ctx.save_figure(
+                "batch_size.png", plots.batch_size_throughput(result.curve, result.batch_size, result.out_of_memory)
+            ),
+        )
+        ctx.learn(batch_size=result.batch_size, batch_size_rule=result.rule)
+        return batch_size_check(result, current).replace(artifacts=artifacts)
 
     def _val_outputs(self, ctx: Context, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
