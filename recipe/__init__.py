@@ -4,7 +4,16 @@ __version__ = "0.1.0"
 
 from recipe.check import Check
 from recipe.config import TrainSettings
-from recipe.errors import ConfigError, NonFiniteError, RecipeError, TaskError
+from recipe.errors import (
+    CheckpointError,
+    ConfigError,
+    NoBatchFitsError,
+    NonFiniteError,
+    RecipeError,
+    StorageError,
+    TaskError,
+    Terminated,
+)
 from recipe.evaluation import Evaluation, evaluate
 from recipe.fit import FitResult, fit
 from recipe.recipe import Context, Recipe, RecipeResult
@@ -16,12 +25,14 @@ __all__ = [
     "STAGES",
     "Baseline",
     "Check",
+    "CheckpointError",
     "Complexify",
     "ConfigError",
     "Context",
     "Evaluation",
     "FitResult",
     "InspectData",
+    "NoBatchFitsError",
     "NonFiniteError",
     "OverfitOneBatch",
     "Recipe",
@@ -29,8 +40,10 @@ __all__ = [
     "RecipeResult",
     "Regularize",
     "Stage",
+    "StorageError",
     "Task",
     "TaskError",
+    "Terminated",
     "TrainSettings",
     "Tune",
     "__version__",

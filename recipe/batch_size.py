@@ -15,7 +15,6 @@ The search itself (`search_batch_size`) takes any `try_batch(batch_size) -> exam
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import math
@@ -28,9 +27,10 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from recipe import fast_paths
 from recipe.check import Check, failed, passed
 from recipe.data import fixed_indices, place, to_device
-from recipe.errors import ConfigError, RecipeError
+from recipe.errors import ConfigError, NoBatchFitsError
 from recipe.optim import build_optimizer
 from recipe.reproducibility import resolve_device
 from recipe.task import Task
@@ -46,10 +46,6 @@ MIN_STEPS_PER_EPOCH = 8
 
 Limit = Literal["throughput", "memory", "cap"]
 _OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED")  # allocation failures some kernels raise as RuntimeError
-
-
-class NoBatchFitsError(RecipeError, MemoryError):
-    """Even a batch of one sample does not fit in memory for a training step and an evaluation step."""
 
 
 @dataclass
@@ -287,14 +283,11 @@ def _trial(
     seed: int,
 ) -> Callable[[int], float]:
     """`try_batch` for the task: fresh model and optimizer, `warmup` + `steps` training steps, one evaluation step."""
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    autocast = fast_paths.autocast_context(fast_paths.bf16_autocast(precision, dev), dev)
     train, _ = place(task.train, dev)  # resident on the GPU when fit would keep it there: that memory is taken
     eval_batch = to_device(task.val.batch(range(eval_size)), dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as fit sets them
-        torch.backends.cudnn.allow_tf32 = True
+    fast_paths.allow_tf32(dev)  # as fit sets them
 
     def try_batch(batch_size: int) -> float:
         torch.manual_seed(seed)

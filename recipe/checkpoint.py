@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +17,14 @@ from torch import nn
 
 from recipe import faults
 from recipe.reproducibility import rng_state, set_rng_state
-from recipe.rundir import write_atomic
+from recipe.rundir import temporary_beside, write_atomic
 
 if TYPE_CHECKING:
     from recipe.fit import FitResult
 
-from recipe.errors import RecipeError
+from recipe.errors import CheckpointError, StorageError
 
-
-class CheckpointError(RecipeError):
-    """A checkpoint could not be read: truncated, corrupted, or carrying a pickled payload."""
+__all__ = ["CheckpointError", "digest", "load", "save_atomic", "verify"]
 
 
 def digest(path: str | Path) -> dict[str, Any]:
@@ -50,7 +47,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with _signals_deferred(), os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -62,6 +59,19 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             faults.before_replace(path)
             os.replace(tmp, path)
             write_atomic(sidecar(path), json.dumps([new]).encode())
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write(2) names no file: name the checkpoint
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+    except RuntimeError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if "unexpected pos" in str(exc):  # torch's zip writer when the disk fills up under it
+            raise StorageError(
+                f"could not write checkpoint {path}: the disk is full or failed mid-write; the previous checkpoint "
+                "is intact. Free space or choose another --run-dir."
+            ) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

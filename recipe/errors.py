@@ -18,6 +18,14 @@ class ConfigError(RecipeError, ValueError):
     """A setting or YAML config is invalid: unknown key, wrong type, bad value."""
 
 
+class CheckpointError(RecipeError):
+    """A checkpoint could not be read: truncated, corrupted, or carrying a pickled payload."""
+
+
+class NoBatchFitsError(RecipeError, MemoryError):
+    """Even a batch of one sample does not fit in memory for a training step and an evaluation step."""
+
+
 class StorageError(RecipeError, OSError):
     """The disk refused a write during a run (full, over quota, read-only, not permitted); the message names the path.
 

@@ -39,6 +39,13 @@ def bf16_autocast(precision: str, device: torch.device) -> bool:
     return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def allow_tf32(device: torch.device) -> None:
+    """TF32 tensor-core matmuls and convolutions for the fp32 parts on CUDA (a 10-bit mantissa, ample for training)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast_context(bf16: bool, device: torch.device) -> Callable[[], Any]:
     if not bf16:
         return contextlib.nullcontext

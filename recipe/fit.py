@@ -162,9 +162,7 @@ def fit(
     nhwc = fast_paths.wants_channels_last(model, dev, channels_last)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    fast_paths.allow_tf32(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(optimizer, params, lr, weight_decay, momentum)
     sched = build_schedule(opt, schedule, warmup_steps, total)

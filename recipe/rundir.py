@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,9 +27,21 @@ CHECKS, MANIFEST, METRICS, REPORT = "checks.json", "manifest.json", "metrics.jso
 LOCK = ".lock"  # held by the run using the directory: {"pid", "host", "started"}
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in `path`'s folder, opened for writing: (descriptor, name). Unlike `mkstemp` (mode 0600)
+    it gets the permissions any new file gets (0666 less the umask), which the rename hands on to `path`."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over `path`: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

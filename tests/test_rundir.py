@@ -182,3 +182,17 @@ def test_create_refuses_an_unwritable_directory(tmp_path, make_path):
     path = make_path(tmp_path)
     with pytest.raises(ConfigError, match=rf"run_dir {path} is not writable \(.+\); choose another --run-dir"):
         RunDir(path).create()
+
+
+def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path):
+    from recipe.checkpoint import save_atomic
+    from recipe.rundir import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "checks.json", b"[]")
+        save_atomic({"step": 1}, tmp_path / "last.pt")
+    finally:
+        os.umask(umask)
+    for name in ("checks.json", "last.pt", "last.pt.sha256"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's 0600

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from recipe import plots
-from recipe.batch_size import NoBatchFitsError, batch_size_check, find_batch_size, no_batch_fits
+from recipe.batch_size import batch_size_check, find_batch_size, no_batch_fits
 from recipe.check import Check, skipped
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.data import input_batch, target_leak
@@ -34,7 +34,7 @@ from recipe.diagnostics.init import init_bias, loss_at_init, output_kind
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.parameters import params_update
 from recipe.diagnostics.training import loss_decreases, seed_reproducible
-from recipe.errors import NonFiniteError
+from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.fit import FitResult
 from recipe.models import disable_dropout, simple_model_factory

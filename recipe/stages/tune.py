@@ -32,6 +32,7 @@ from recipe.diagnostics.search import enough_trials, search_space_boundary, seed
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
 from recipe.recipe import Context
+from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
 from recipe.tuning import SAMPLERS, STUDY, TRIALS, Search, configure, prepare, spawn_worker, work
@@ -151,7 +152,8 @@ class Tune(Stage):
         prepare(search, ctx.task)  # queue the configurations once, before any worker starts
         spec = Path(search.run_dir) / STUDY / "worker.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps({"search": dataclasses.asdict(search), "source": ctx.source}, default=str))
+        worker = {"search": dataclasses.asdict(search), "source": ctx.source}
+        write_atomic(spec, json.dumps(worker, default=str).encode())
         procs = [spawn_worker(spec, k + 1) for k in range(extra)]
         threads = torch.get_num_threads()
         if extra > 0:
