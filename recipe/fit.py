@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recipe import checkpoint, distributed, fast_paths, stopping
-from recipe.data import Batch, place, train_batches
+from recipe.data import Batch, batch_size_of, place, train_batches
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
 from recipe.loss_log import LossLog, MetricsLog
@@ -199,8 +199,11 @@ def fit(
     def train_step(batch: Batch) -> torch.Tensor:
         if nhwc:
             batch = fast_paths.to_channels_last(batch)
+        module = forward_model
+        if module is not model and world == 1 and batch_size_of(batch) != batch_size:
+            module = model  # an epoch's last, shorter batch runs eagerly: the compiled graph keeps one shape
         with autocast():
-            output, target = task.outputs(forward_model, batch, augment)
+            output, target = task.outputs(module, batch, augment)
             loss = task.compute_loss(output, target)
         loss.backward()
         clip()

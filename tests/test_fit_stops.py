@@ -138,3 +138,22 @@ def test_channels_last_trains_the_same_model(classification_task):
     nhwc = quick(task, channels_last=True)
     assert nhwc.setup["channels_last"] and not plain.setup["channels_last"]
     assert torch.allclose(torch.tensor(nhwc.step_losses), torch.tensor(plain.step_losses), rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_model_sees_one_batch_shape_only(classification_task, monkeypatch):
+    """150 samples in batches of 32 end each epoch with a batch of 22: it runs eagerly instead of recompiling."""
+    import torch._dynamo
+
+    graphs: list[set[tuple[int, ...]]] = []
+
+    def recording_backend(graph, example_inputs):
+        graphs.append({tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)})
+        return graph.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=recording_backend))
+    torch._dynamo.reset()
+    out = quick(classification_task, epochs=2, compile=True)
+    torch._dynamo.reset()
+    assert out.setup["compile"] is True and out.steps == 10
+    assert len(graphs) == 1 and (32, N_FEATURES) in graphs[0]  # one graph, for the full batches
