@@ -148,9 +148,11 @@ def save_training_state(
     position: tuple[int, torch.Tensor] | None = None,
     log: dict[str, Any] | None = None,
 ) -> None:
-    """Everything a resumed `fit` needs to continue as if never stopped. `position` is (batches consumed, the data
+    """Everything a resumed `fit` needs to continue as if never stopped; the checkpoint it replaces is kept as
+    `<name>.1.pt` (see `keep_previous`), for a resume to fall back on. `position` is (batches consumed, the data
     generator's state when the epoch began) for a checkpoint written mid-epoch; None at an epoch's end. `log` is
     what the loss log keeps (rows written, losses not yet logged)."""
+    keep_previous(path)
     save_atomic(
         {
             "model": model.state_dict(),
@@ -171,6 +173,39 @@ def save_training_state(
     )
 
 
+def previous(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.1{path.suffix}")
+
+
+def keep_previous(path: Path) -> None:
+    """Move `path` (and its record) to `<name>.1.pt` before a new one is written. The record moves first: at every
+    instant either `path` is whole (without a record, it loads unverified) or `<name>.1.pt` matches its record."""
+    if path.exists():
+        if sidecar(path).exists():
+            os.replace(sidecar(path), sidecar(previous(path)))
+        else:
+            sidecar(previous(path)).unlink(missing_ok=True)
+        os.replace(path, previous(path))
+
+
+def restore_newest(path: Path, *restore_args: Any) -> tuple[tuple[int, int, dict[str, Any]], str]:
+    """`restore_training_state` from `path`, or, when that fails, from the one it replaced (`<name>.1.pt`); returns
+    its result and which file was used (with the reason when it fell back). Raises the newest file's error when
+    neither can be restored."""
+    errors: list[CheckpointError] = []
+    for candidate in (path, previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            restored = restore_training_state(candidate, *restore_args)
+        except CheckpointError as exc:
+            errors.append(exc)
+            continue
+        used = candidate.name if not errors else f"{candidate.name} ({path.name} failed: {errors[0]})"
+        return restored, used
+    raise errors[0]
+
+
 def restore_training_state(
     path: Path,
     model: nn.Module,
@@ -182,10 +217,16 @@ def restore_training_state(
 ) -> tuple[int, int, dict[str, Any]]:
     """Restore a training state; returns (the epoch to start at, batches of it to skip, the loss log's state)."""
     state = load(path)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    if sched is not None and state["schedule"] is not None:
-        sched.load_state_dict(state["schedule"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state["schedule"] is not None:
+            sched.load_state_dict(state["schedule"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model and optimizer ({one_line(exc)}); it was written by another "
+            "model or settings: delete it, or train without resume."
+        ) from exc
     generator.set_state(state["generator"])
     set_rng_state(state["rng"])
     result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
@@ -194,3 +235,9 @@ def restore_training_state(
         generator.set_state(state["epoch_generator"])
         return int(state["epoch"]), int(state["batches_done"]), state.get("log", {})
     return int(state["epoch"]) + 1, 0, state.get("log", {})
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception's message on one line, shortened: torch's state-dict errors span many."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,6 +11,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ def fit(
             `best.pt` (weights) at the best validation loss.
         resume: continue from `checkpoint_dir/last.pt` when it exists, mid-epoch included: the epoch's permutation
             is replayed and the batches it had consumed are skipped, so the run ends as an uninterrupted one would.
+            When `last.pt` fails its check, the one it replaced (`last.1.pt`) is used, with a warning.
         checkpoint_every: also write `last.pt` every this many steps (rounded up to a multiple of `log_every`),
             not only at epoch ends.
         checkpoint_seconds: write `last.pt` at most this often instead of after every epoch: at the first log point
@@ -228,10 +230,16 @@ def fit(
     start_epoch, skip = 0, 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and rank == 0 else None
     every = math.ceil(checkpoint_every / log_every) * log_every if checkpoint_every and ckpt_dir else 0
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        start_epoch, skip, extra = checkpoint.restore_training_state(
+    if resume and ckpt_dir is not None:
+        for partial in ckpt_dir.glob(".*.tmp"):  # a write killed before its rename: never a checkpoint
+            partial.unlink(missing_ok=True)
+    if resume and ckpt_dir is not None and any(ckpt_dir.glob("last*.pt")):
+        (start_epoch, skip, extra), used = checkpoint.restore_newest(
             ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state
         )
+        setup["resumed_from"] = used
+        if used != "last.pt":
+            warnings.warn(f"fit resumed from {used}", stacklevel=2)
         losses.restore(extra)  # re-sends the rows logged before the checkpoint: a fresh log ends up exact
         if early_stopping and (ckpt_dir / "best.pt").exists():
             best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]

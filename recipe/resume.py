@@ -150,7 +150,7 @@ class FitCheckpoints:
             },
             folder / self.DONE,
         )
-        for name in ("last.pt", "best.pt"):
+        for name in ("last.pt", "last.1.pt", "best.pt"):
             for path in (folder / name, checkpoint.sidecar(folder / name)):
                 path.unlink(missing_ok=True)
         return result
@@ -191,7 +191,10 @@ def _replay(done: dict[str, Any], task: Task, settings: dict[str, Any]) -> FitRe
     device = resolve_device(settings.get("device", "auto"))
     model = settings.get("model") or task.make_model()
     model = model.to(device)
-    model.load_state_dict(done["model"])
+    try:
+        model.load_state_dict(done["model"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise checkpoint.CheckpointError(f"{checkpoint.one_line(exc)} (replaying a finished training run)") from exc
     log = settings.get("log")
     for row in done["rows"]:
         if log is not None:

@@ -59,7 +59,8 @@ def _read_lock(path: Path) -> dict[str, Any]:
         return {}  # a lock being written right now, or torn: treated as held by an unknown live process
 
 
-def _alive(pid: Any) -> bool:
+def process_alive(pid: Any) -> bool:
+    """Whether a process of this host with this pid runs (True when it cannot be told)."""
     if not isinstance(pid, int):
         return True
     try:
@@ -103,6 +104,8 @@ class RunDir:
                 f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir."
             ) from exc
         self._lock()
+        for partial in self.path.glob(".*.tmp"):  # atomic writes a killed run left before their rename
+            partial.unlink(missing_ok=True)
         kept = {stage_folder(s, self._stages) for s in keep or ()}
         for name in (CHECKS, MANIFEST, METRICS, REPORT) if keep is None else (REPORT,):
             (self.path / name).unlink(missing_ok=True)
@@ -169,7 +172,7 @@ class RunDir:
                 fd = os.open(self.path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 holder = _read_lock(self.path / LOCK)
-                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+                if holder.get("host") == socket.gethostname() and not process_alive(holder.get("pid")):
                     (self.path / LOCK).unlink(missing_ok=True)  # left by a dead process: take it over
                     continue
                 raise ConfigError(

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ from recipe.errors import NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.fit import fit
 from recipe.recipe import model_factory
+from recipe.rundir import process_alive, write_atomic
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, sobol_configs
 from recipe.task import Task
 
@@ -111,12 +113,13 @@ def open_study(search: Search, name: str, params: list[Param]) -> Any:
 
 
 class Lease:
-    """A running trial's claim: a file under `folder` touched every `interval` seconds by a daemon thread."""
+    """A running trial's claim: a file under `folder` naming the worker's pid and host, touched every `interval`
+    seconds by a daemon thread."""
 
     def __init__(self, folder: Path, number: int, interval: float = 2.0):
         self.path = folder / f"trial_{number}"
         folder.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        write_atomic(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
         self._thread.start()
@@ -132,8 +135,9 @@ class Lease:
 
 
 def sweep_stale(study: Any, folder: Path, timeout: float) -> list[int]:
-    """Mark RUNNING trials whose lease is older than `timeout` seconds (or missing) as failed, and queue their
-    configuration again; returns the numbers of the trials swept."""
+    """Mark RUNNING trials as failed, and queue their configuration again, when their lease is older than `timeout`
+    seconds (or missing), or names a process of this host that no longer runs (a worker killed a moment ago);
+    returns the numbers of the trials swept."""
     from optuna.trial import TrialState
 
     swept = []
@@ -142,12 +146,20 @@ def sweep_stale(study: Any, folder: Path, timeout: float) -> list[int]:
         lease = folder / f"trial_{trial.number}"
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         last = lease.stat().st_mtime if lease.exists() else started
-        if now - last > timeout:
+        if now - last > timeout or _holder_died(lease):
             if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
                 swept.append(trial.number)
             lease.unlink(missing_ok=True)
     return swept
+
+
+def _holder_died(lease: Path) -> bool:
+    try:
+        holder = json.loads(lease.read_text())
+    except (OSError, ValueError):
+        return False
+    return holder.get("host") == socket.gethostname() and not process_alive(holder.get("pid"))
 
 
 # ---- the trial loop ----------------------------------------------------------------------------------------------
@@ -257,6 +269,7 @@ def objective(
         p.name: trial.suggest_categorical(p.name, list(p.choices)) if p.choices else _suggest(trial, p) for p in params
     }
     lease = Lease(Path(search.run_dir) / LEASES, trial.number) if search.storage is None else None
+    rows: list[dict[str, Any]] = []  # kept in the trial, so a resumed run writes a finished trial's rows again
     try:
         settings, trial_task = configure(search.settings(), task, values)
         trial.set_user_attr(
@@ -270,8 +283,9 @@ def objective(
                 raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (median rule)")
 
         def logged(record: dict[str, Any]) -> None:
+            rows.append({**record, "trial": trial.number})
             if log is not None:
-                log({**record, "trial": trial.number})
+                log(rows[-1])
 
         run = {"epochs": search.epochs, "max_steps": search.max_steps, "device": search.device, "seed": search.seed}
         result = fit(
@@ -297,6 +311,7 @@ def objective(
             raise optuna.TrialPruned("non-finite validation loss")
         return val.loss
     finally:
+        trial.set_user_attr("rows", rows)
         if lease is not None:
             lease.release()
 

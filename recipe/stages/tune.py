@@ -149,7 +149,8 @@ class Tune(Stage):
                 "tune.workers > 1 starts worker processes that rebuild the task from a config: run with "
                 "`recipe run CONFIG --workers N`, or start workers yourself on the same storage."
             )
-        prepare(search, ctx.task)  # queue the configurations once, before any worker starts
+        study, _, _ = prepare(search, ctx.task)  # queue the configurations once, before any worker starts
+        _write_finished_rows(ctx, study)
         spec = Path(search.run_dir) / STUDY / "worker.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
         worker = {"search": dataclasses.asdict(search), "source": ctx.source}
@@ -312,3 +313,18 @@ def _average(outputs: list[torch.Tensor], loss: Any, class_dim: int) -> torch.Te
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _write_finished_rows(ctx: Context, study: Any) -> None:
+    """The metrics rows of trials that ended before this stage started (a resumed run, or a study run again): the
+    run directory was cleared of them, and those trials do not run again."""
+    from optuna.trial import TrialState
+
+    logs: dict[str, Any] = {}
+    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    for trial in sorted(ended, key=lambda t: t.number):
+        worker = trial.user_attrs.get("worker", 0)
+        run = "trials" if worker == 0 else f"worker_{worker}"
+        log = logs.setdefault(run, ctx.rundir.metrics_log("tune", run))
+        for row in trial.user_attrs.get("rows", []):
+            log(row)

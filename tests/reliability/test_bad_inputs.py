@@ -187,8 +187,25 @@ def test_the_clean_case_passes_validation():
 
 
 def test_a_train_split_as_large_as_the_batch_is_fine(tmp_path):
+    from recipe import Stage
+    from recipe.check import passed
+
+    class Nothing(Stage):
+        name = "nothing"
+
+        def run(self, ctx):
+            return [passed("nothing", f"batch_size={ctx.train.batch_size}")]
+
     task = build("small_train")
-    Recipe(task, run_dir=tmp_path / "run", stages=[], config={"train": {"batch_size": 40}}, progress=False).run()
+    config = {"train": {"batch_size": 40}}
+    result = Recipe(task, run_dir=tmp_path / "run", stages=[Nothing()], config=config, progress=False).run()
+    assert result.ok and result.checks[0].message == "batch_size=40"
+
+
+def test_an_empty_stage_list_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="stages: the list is empty"):
+        Recipe(build("small_train"), run_dir=tmp_path / "run", stages=[])
+    assert not (tmp_path / "run").exists()
 
 
 # ---- devices ------------------------------------------------------------------------------------------------------
@@ -510,3 +527,21 @@ def test_debug_shows_the_traceback(tmp_path, edit, match):
     assert done.returncode != 0 and "Traceback (most recent call last)" in done.stderr
     assert re.search(r"recipe\.errors\.(Task|Config)Error", done.stderr) and re.search(match, done.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("train", "match"),
+    [
+        ({"lr": -0.1}, r"train\.lr must be a positive number, got -0\.1"),
+        ({"optimizer": "adamm"}, r"train\.optimizer='adamm' is not known; use one of adamw"),
+        ({"schedule": "cosin"}, r"train\.schedule='cosin' is not known; use one of constant, cosine"),
+        ({"precision": "fp8"}, r"train\.precision='fp8' is not known"),
+        ({"weight_decay": -0.01}, r"train\.weight_decay=-0\.01 must be >= 0"),
+        ({"grad_clip": 0.0}, r"train\.grad_clip=0\.0 must be positive"),
+        ({"batch_size": 0}, r"train\.batch_size must be a positive int"),
+    ],
+)
+def test_training_settings_out_of_range_are_refused_before_anything_runs(tmp_path, train, match):
+    with pytest.raises(ConfigError, match=match):
+        Recipe(build("small_train"), run_dir=tmp_path / "run", config={"train": train})
+    assert not (tmp_path / "run").exists()

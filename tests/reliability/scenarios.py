@@ -1,0 +1,769 @@
+"""Issue 8's fault scenarios, shared by `tests/reliability/test_faults.py` and `benchmarks/faults.py`.
+
+Each scenario injects one fault into real work and returns an `Outcome`: whether the run survived (resumed to what
+an uninterrupted run gives, or refused with a one-line error), with the rows and trials lost and the hostile files
+that ran. Faults come from real signals sent to a child process (`os.kill`), or from the `RECIPE_FAULT` hook
+(`recipe.faults`) for what a signal cannot reach: a write that fails for lack of space, a kill between a temporary
+file and its rename.
+
+A child is killed at a precise point without sleeping: its training prints `MARKER` on stdout and then blocks reading
+stdin; the parent waits for that line, then signals it. In a `fit` child the point is chosen by a callback (`on_log`,
+`on_epoch`) or by the model's evaluation forward; in a `recipe run` child by `RECIPE_TEST_BLOCK`, read by
+`blocking_task`'s model:
+
+    forward:<n>            block at the n-th training forward of this process
+    trials:<n>:<run_dir>   block in the first trial started once <run_dir>/study/trials holds n trial checkpoints
+
+    python -m tests.reliability.scenarios fit FOLDER POINT ROWS_FILE    (the `fit` child; POINT: see FIT_POINTS)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "RECIPE-TEST-BLOCKED"
+BLOCK_ENV = "RECIPE_TEST_BLOCK"
+TIMEOUT = 180.0  # a failure guard only: every wait ends on an event long before
+
+# The fit every kill scenario trains: 8 steps per epoch, cosine decay after 6 warm-up steps, a checkpoint every 3
+# steps (so kills land between checkpoints), a row per step, shuffled batches and dropout (RNG state matters).
+FIT = {
+    "epochs": 3,
+    "batch_size": 32,
+    "lr": 1e-2,
+    "schedule": "cosine",
+    "warmup_steps": 6,
+    "log_every": 1,
+    "checkpoint_every": 3,
+    "device": "cpu",
+    "seed": 0,
+    "progress": False,
+}
+FIT_POINTS = {  # where the child blocks, to be killed there
+    "warmup": "step 5 of 6 warm-up steps (last checkpoint: step 3)",
+    "mid_epoch": "step 11, mid-epoch 1 (last checkpoint: step 9)",
+    "epoch_end": "epoch 0's end, after its evaluation (last checkpoint: step 6)",
+    "evaluation": "during epoch 1's evaluation (last checkpoint: step 15)",
+}
+
+
+@dataclass
+class Outcome:
+    """What one scenario measured. `survived`: the run resumed to an uninterrupted run's result, or the bad file
+    was refused with a one-line error; `trials_lost` counts trials lost, counted twice or left RUNNING."""
+
+    name: str
+    kind: str  # "fault" or "hostile"
+    survived: bool
+    detail: str
+    rows_lost: int = 0
+    rows_duplicated: int = 0
+    trials_lost: int = 0
+    hostile_executed: int = 0
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- the child side: a model that blocks where the parent wants to kill it ----------------------------------------
+
+_block = os.environ.get(BLOCK_ENV, "")
+_state: dict[str, Any] = {"forwards": 0, "armed": False, "blocked": False, "error": None}
+
+
+def block_here() -> None:
+    """Tell the parent where we are, then wait for a signal (or for a line on stdin, which releases us)."""
+    if _state["blocked"]:
+        return
+    _state["blocked"] = True
+    print(MARKER, flush=True)
+    sys.stdin.readline()
+
+
+class DropoutMLP(nn.Module):
+    """tests.tiny's MLP with dropout (so a resume must restore the RNG), and the blocking points above."""
+
+    def __init__(self, features: int = 12, classes: int = 4):
+        super().__init__()
+        self.l1, self.l2, self.head = nn.Linear(features, 32), nn.Linear(32, 32), nn.Linear(32, classes)
+        self.drop = nn.Dropout(0.2)
+        if _block.startswith("trials:"):
+            _, count, run_dir = _block.split(":", 2)
+            trials = Path(run_dir) / "study" / "trials"
+            _state["armed"] = _state["armed"] or (trials.exists() and len(list(trials.glob("*.pt"))) >= int(count))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            _state["forwards"] += 1
+            if _block == f"forward:{_state['forwards']}" or (_block.startswith("trials:") and _state["armed"]):
+                block_here()
+        elif _state["armed"] and not _block:
+            block_here()  # a `fit` child armed for "evaluation"
+        return self.head(self.drop(F.relu(self.l2(self.drop(F.relu(self.l1(x)))))))
+
+
+def blocking_task() -> Any:
+    """The `task:` of the `recipe run` children: tests.tiny's classification with `DropoutMLP`."""
+    from tests import tiny
+
+    return tiny.classification(model=DropoutMLP)
+
+
+def train(folder: Path, point: str = "none", rows_name: str = "rows.jsonl") -> int:
+    """Train `FIT` with checkpoints in folder/ckpt (resuming from them), rows to folder/ROWS_NAME (opened fresh),
+    then write folder/final.pt and folder/history.json; block at `point` (one of `FIT_POINTS`, or "none").
+    Returns 0, or 3 after a `RecipeError` or `OSError` (kept in `_state["error"]`)."""
+    from recipe import fit
+    from recipe.errors import RecipeError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _state["error"] = None
+    with open(folder / rows_name, "w", encoding="utf-8") as rows:
+
+        def log(row: dict[str, Any]) -> None:
+            rows.write(json.dumps(row, sort_keys=True) + "\n")
+            rows.flush()
+
+        def on_log(step: int, model: nn.Module) -> None:
+            if (point, step) in (("warmup", 5), ("mid_epoch", 11)):
+                block_here()
+            if (point, step) == ("evaluation", 16):
+                _state["armed"] = True  # epoch 1's last step: its evaluation comes next
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            if point == "epoch_end" and record["epoch"] == 0:
+                block_here()
+
+        try:
+            result = fit(
+                blocking_task(), **FIT, checkpoint_dir=folder / "ckpt", resume=True, log=log, on_log=on_log,
+                on_epoch=on_epoch,
+            )  # fmt: skip
+        except (RecipeError, OSError) as exc:
+            _state["error"] = exc
+            return 3
+    torch.save(result.model.state_dict(), folder / "final.pt")
+    (folder / "history.json").write_text(json.dumps(result.history, sort_keys=True))
+    return 0
+
+
+# ---- the parent side ---------------------------------------------------------------------------------------------
+
+
+class Child:
+    """A child process whose stdout is read line by line (to wait for `MARKER`) and whose stdin can release it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT):
+        base = {k: v for k, v in os.environ.items() if k not in ("RECIPE_FAULT", BLOCK_ENV)}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env={**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **(env or {})},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, True), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, False), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, stream: Any, into: list[str], announce: bool) -> None:
+        for line in stream:
+            into.append(line)
+            if announce:
+                self.lines.put(line)
+        if announce:
+            self.lines.put(None)
+
+    def wait_for_marker(self) -> bool:
+        """True once the child printed `MARKER`; False when it ended (or the guard expired) first."""
+        while True:
+            try:
+                line = self.lines.get(timeout=TIMEOUT)
+            except queue.Empty:
+                return False
+            if line is None:
+                return False
+            if line.strip() == MARKER:
+                return True
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def release(self) -> None:
+        """Unblock a child waiting on stdin (after a signal whose handler only sets a flag)."""
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+
+    def finish(self) -> int:
+        try:
+            self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self._threads:
+            t.join(timeout=10)
+        return self.proc.returncode
+
+    @property
+    def err(self) -> str:
+        return "".join(self.stderr)
+
+
+def fit_process(folder: Path, point: str, rows: str, fault: str | None = None) -> Child:
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "tests.reliability.scenarios", "fit", str(folder), point, rows]
+    return Child(argv, {"RECIPE_FAULT": fault} if fault else None)
+
+
+def recipe_process(*args: str, env: dict[str, str] | None = None) -> Child:
+    return Child([sys.executable, "-m", "recipe.cli", "run", *args, "--quiet"], env)
+
+
+@dataclass
+class FitRun:
+    """A finished `fit` child: its weights, history and rows."""
+
+    weights: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    rows: list[str]
+
+
+def read_fit(folder: Path, rows: str) -> FitRun:
+    weights = torch.load(folder / "final.pt", weights_only=True)
+    history = json.loads((folder / "history.json").read_text())
+    return FitRun(weights, history, read_rows(folder / rows))
+
+
+def read_rows(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def reference_fit(folder: Path) -> FitRun:
+    """The uninterrupted run every kill scenario is compared with (in this process, like every resume)."""
+    if train(folder) != 0:
+        raise RuntimeError(f"the reference fit failed in {folder}")
+    return read_fit(folder, "rows.jsonl")
+
+
+def command(*argv: str) -> tuple[int, str]:
+    """`recipe run ARGV --quiet` in this process: its exit status and what it wrote to stderr."""
+    import io
+
+    from recipe import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(["run", *argv, "--quiet"])
+    return rc, err.getvalue()
+
+
+def compare(name: str, run: FitRun, ref: FitRun, before: list[str], detail: str) -> Outcome:
+    """Same weights (bit for bit), history and rows as the uninterrupted run; the rows logged before the kill
+    agree with it too."""
+    same_weights = run.weights.keys() == ref.weights.keys() and all(
+        torch.equal(run.weights[k], ref.weights[k]) for k in ref.weights
+    )
+    got, want = collections.Counter(run.rows), collections.Counter(ref.rows)
+    lost, duplicated = sum((want - got).values()), sum((got - want).values())
+    prefix = before == ref.rows[: len(before)]
+    ok = same_weights and run.history == ref.history and run.rows == ref.rows and prefix
+    facts = {"weights_equal": same_weights, "history_equal": run.history == ref.history, "rows_before_kill": prefix}
+    if not ok:
+        detail += f"; {facts}, rows lost {lost}, duplicated {duplicated}"
+    return Outcome(name, "fault", ok, detail, lost, duplicated, facts=facts)
+
+
+def kill_fit(folder: Path, point: str, ref: FitRun) -> Outcome:
+    """kill -9 a `fit` child at `point`, then train again with resume=True: the weights, history and rows of the
+    uninterrupted run."""
+    name = f"kill -9 fit: {point}"
+    child = fit_process(folder, point, "rows_before.jsonl")
+    if not child.wait_for_marker():
+        child.finish()
+        return Outcome(name, "fault", False, f"the child never reached {point}: {child.err[-500:]}")
+    child.kill()
+    rc = child.finish()
+    return resume_and_compare(folder, name, ref, f"{FIT_POINTS[point]}; exit {rc}")
+
+
+def signal_fit(folder: Path, sig: signal.Signals, ref: FitRun) -> Outcome:
+    """SIGTERM or SIGINT to a `fit` child at step 11 (last periodic checkpoint: step 9). SIGTERM lets the step in
+    progress end, writes last.pt there and raises `Terminated`; SIGINT stops at once. Either way a resume ends where
+    an uninterrupted run ends."""
+    name = f"{sig.name} to fit: mid_epoch"
+    child = fit_process(folder, "mid_epoch", "rows_before.jsonl")
+    if not child.wait_for_marker():
+        child.finish()
+        return Outcome(name, "fault", False, f"the child never reached step 11: {child.err[-500:]}")
+    child.kill(sig)
+    child.release()  # SIGTERM's handler only sets a flag: training goes on to the step boundary
+    rc = child.finish()
+    last = child.err.strip().splitlines()[-1:] or [""]
+    facts = {"exit": rc, "raised": last[0][:120], **last_checkpoint(folder)}
+    steps = facts.get("last_pt_steps")
+    return resume_and_compare(folder, name, ref, f"exit {rc} ({last[0][:60]}); last.pt at step {steps}", facts)
+
+
+def resume_and_compare(folder: Path, name: str, ref: FitRun, detail: str, facts: Any = None) -> Outcome:
+    before = read_rows(folder / "rows_before.jsonl")
+    if train(folder, "none", "rows_after.jsonl") != 0:
+        return Outcome(name, "fault", False, f"{detail}; the resume failed", facts=facts or {})
+    out = compare(name, read_fit(folder, "rows_after.jsonl"), ref, before, detail)
+    out.facts.update(facts or {}, rows_before=len(before))
+    return out
+
+
+def stray_temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(".*.tmp"))
+
+
+def last_checkpoint(folder: Path) -> dict[str, Any]:
+    """Whether the newest training checkpoint that verifies loads: last.pt, or the one it replaced (last.1.pt)
+    while a new last.pt was being written."""
+    from recipe import checkpoint
+
+    errors = []
+    for name in ("last.pt", "last.1.pt"):
+        try:
+            steps = checkpoint.load(folder / "ckpt" / name)["steps"]
+            return {"last_pt_intact": True, "last_pt_steps": steps, "last_pt_name": name}
+        except checkpoint.CheckpointError as exc:
+            errors.append(str(exc))
+    return {"last_pt_intact": False, "last_pt_error": errors[0]}
+
+
+def kill_in_write(folder: Path, target: str, nth: int, ref: FitRun) -> Outcome:
+    """`RECIPE_FAULT=kill_before_rename:<nth>:<target>`: a `fit` child dies at its nth write of `target`, once the
+    temporary file is written and before its rename (`save_atomic` writes last.pt.sha256 twice per checkpoint:
+    before last.pt's rename and after it). The checkpoint left must verify and load, and a resume must end where an
+    uninterrupted run ends."""
+    name = f"kill -9 before renaming {target} (write {nth})"
+    child = fit_process(folder, "none", "rows_before.jsonl", f"kill_before_rename:{nth}:{target}")
+    rc = child.finish()
+    facts = {"exit": rc, "stray": stray_temporaries(folder / "ckpt"), **last_checkpoint(folder)}
+    detail = f"exit {rc}; " + (
+        f"{facts['last_pt_name']} verified (step {facts['last_pt_steps']})"
+        if facts["last_pt_intact"]
+        else facts["last_pt_error"]
+    )
+    out = resume_and_compare(folder, name, ref, detail, facts)
+    out.survived = out.survived and facts["last_pt_intact"]
+    return out
+
+
+def enospc_fit(folder: Path, ref: FitRun) -> Outcome:
+    """The disk is full at `fit`'s third write of last.pt: OSError(ENOSPC), the previous last.pt verifies and
+    loads, no temporary file stays, and a resume ends where an uninterrupted run ends."""
+    import errno
+
+    from recipe import faults
+
+    name = "ENOSPC writing last.pt"
+    faults.inject("enospc:3:last.pt")
+    try:
+        rc = train(folder, "none", "rows_before.jsonl")
+    finally:
+        faults.inject(None)
+    stray = stray_temporaries(folder / "ckpt")
+    facts = {"exit": rc, "stray": stray, **last_checkpoint(folder)}
+    error = _state["error"]
+    raised = rc == 3 and isinstance(error, OSError) and error.errno == errno.ENOSPC
+    out = resume_and_compare(folder, name, ref, f"fit raised {'OSError(ENOSPC)' if raised else rc}", facts)
+    out.survived = out.survived and raised and facts["last_pt_intact"] and not stray
+    return out
+
+
+# ---- checkpoints gone bad ------------------------------------------------------------------------------------------
+
+CORRUPTIONS = ("truncated", "zero_bytes", "flipped_byte", "renamed_over", "other_architecture")
+
+
+def good_checkpoints(folder: Path, model: Any = DropoutMLP) -> Path:
+    """A checkpoint folder (last.pt, best.pt and their sidecars) from two epochs of a small `fit`, in-process."""
+    from recipe import fit
+    from tests import tiny
+
+    ckpt = folder / "ckpt"
+    fit(tiny.classification(model=model), epochs=2, batch_size=64, device="cpu", progress=False, checkpoint_dir=ckpt)
+    return ckpt
+
+
+def payload_offset(path: Path) -> int:
+    """The offset of a byte in the middle of the largest tensor stored in a `torch.save` zip file."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+    return info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+
+
+def corrupt(ckpt: Path, how: str, scratch: Path) -> None:
+    """Spoil ckpt/last.pt in one of the `CORRUPTIONS` ways."""
+    last = ckpt / "last.pt"
+    if how == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif how == "zero_bytes":
+        last.write_bytes(b"")
+    elif how == "flipped_byte":
+        data = bytearray(last.read_bytes())
+        data[payload_offset(last)] ^= 0x01
+        last.write_bytes(bytes(data))
+    elif how == "renamed_over":
+        os.replace(ckpt / "best.pt", last)  # its own sidecar stays behind; last.pt's no longer matches
+    elif how == "other_architecture":  # a valid checkpoint, with its own valid sidecar, of another model
+        other = good_checkpoints(scratch, model=lambda: nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)))
+        for name in ("last.pt", "last.pt.sha256"):
+            shutil.copy(other / name, ckpt / name)
+    else:
+        raise ValueError(how)
+
+
+def one_line_error(exc: BaseException, path: Path) -> bool:
+    """A `RecipeError` whose message is one line and names `path`."""
+    from recipe.errors import RecipeError
+
+    return isinstance(exc, RecipeError) and "\n" not in str(exc) and str(path) in str(exc)
+
+
+def corrupted_checkpoint(folder: Path, how: str) -> Outcome:
+    """Resume a `fit` from a spoiled last.pt: it falls back to the checkpoint last.pt replaced (last.1.pt) with a
+    one-line warning naming last.pt; with no last.1.pt to fall back on, it fails with a one-line `RecipeError` naming
+    last.pt (loading the file directly too, unless it is a valid file of another model)."""
+    import shutil
+    import warnings
+
+    from recipe import checkpoint, fit
+    from tests import tiny
+
+    name = f"corrupted checkpoint: {how}"
+    ckpt = good_checkpoints(folder)
+    corrupt(ckpt, how, folder / "other")
+    alone = folder / "alone"
+    shutil.copytree(ckpt, alone)
+    for path in (alone / "last.1.pt", checkpoint.sidecar(alone / "last.1.pt")):
+        path.unlink(missing_ok=True)
+    last = ckpt / "last.pt"
+    facts: dict[str, Any] = {}
+    if how != "other_architecture":
+        try:
+            checkpoint.load(last)
+            facts["load"] = "loaded"
+        except Exception as exc:
+            facts["load"] = f"{type(exc).__name__}: {exc}"
+            facts["load_ok"] = one_line_error(exc, last)
+    task = tiny.classification(model=DropoutMLP)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(task, **{**FIT, "epochs": 3}, checkpoint_dir=ckpt, resume=True)
+    said = [str(w.message) for w in caught if "resumed from last.1.pt" in str(w.message)]
+    facts["fallback"] = said[0] if said else "no warning"
+    fallback_ok = bool(said) and "\n" not in said[0] and str(last) in said[0]
+    try:
+        fit(task, **{**FIT, "epochs": 3}, checkpoint_dir=alone, resume=True)
+        facts["resume"] = "resumed without complaint"
+        resume_ok = False
+    except Exception as exc:
+        facts["resume"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        resume_ok = one_line_error(exc, alone / "last.pt")
+    ok = fallback_ok and resume_ok and facts.get("load_ok", True)
+    return Outcome(
+        name, "fault", ok, "fell back to last.1.pt; alone: " + facts["resume"].splitlines()[0][:120], facts=facts
+    )
+
+
+# ---- hostile files -------------------------------------------------------------------------------------------------
+
+
+class Payload:
+    """Runs `touch <sentinel>` through os.system when unpickled: what a malicious checkpoint does."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def hostile_checkpoint(folder: Path, through: str) -> Outcome:
+    """A checkpoint whose unpickling runs a command, loaded by `checkpoint.load` ("load") or found as last.pt by a
+    resuming `fit` with a forged sidecar that matches it ("fit")."""
+    from recipe import checkpoint, fit
+    from tests import tiny
+
+    sentinel = folder / "pwned"
+    ckpt = folder / "ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    evil = ckpt / "last.pt"
+    torch.save({"model": {}, "steps": Payload(sentinel)}, evil)
+    if through == "fit":
+        checkpoint.sidecar(evil).write_text(json.dumps(checkpoint.digest(evil)))
+    try:
+        if through == "load":
+            checkpoint.load(evil)
+        else:
+            fit(tiny.classification(model=DropoutMLP), **FIT, checkpoint_dir=ckpt, resume=True)
+        said, ok = "accepted", False
+    except Exception as exc:
+        said, ok = f"{type(exc).__name__}: {exc}", one_line_error(exc, evil)
+    ran = int(sentinel.exists())
+    return Outcome(f"malicious checkpoint via {through}", "hostile", ok and not ran, said[:160], hostile_executed=ran)
+
+
+def hostile_yaml(folder: Path) -> Outcome:
+    """A config whose YAML tag would run a command: exit 2 with one line, nothing ran, no run directory."""
+    sentinel = folder / "pwned"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "config.yaml"
+    config.write_text(
+        f"task: tests.reliability.scenarios:blocking_task\nrun_dir: {folder / 'run'}\nstages: [overfit]\n"
+        f'seed: !!python/object/apply:os.system ["touch {sentinel}"]\n'
+    )
+    rc, said = command(str(config))
+    ran = int(sentinel.exists())
+    ok = rc == 2 and len(said.strip().splitlines()) == 1 and not ran and not (folder / "run").exists()
+    return Outcome("malicious YAML via the CLI", "hostile", ok, f"exit {rc}: {said.strip()[:160]}",
+                   hostile_executed=ran)  # fmt: skip
+
+
+# ---- `recipe run` in a child ---------------------------------------------------------------------------------------
+
+RUN_CONFIG = """\
+task: tests.reliability.scenarios:blocking_task
+run_dir: {run_dir}
+stages: [complexify]
+train: {{batch_size: 32}}
+complexify: {{epochs: 3, lr_steps: 10}}
+"""
+
+
+def write_config(folder: Path, text: str = RUN_CONFIG) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    run_dir = folder / "run"
+    config = folder / "config.yaml"
+    config.write_text(text.format(run_dir=run_dir))
+    return config, run_dir
+
+
+def manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def signal_run(folder: Path, sig: signal.Signals, reference_rows: list[str] | None = None) -> Outcome:
+    """SIGTERM, SIGINT or SIGKILL to `recipe run` in the middle of training. SIGTERM and SIGINT: exit 143 / 130, a
+    manifest and report marked interrupted, the lock released. SIGKILL: the manifest still says "running". Then
+    `--resume` completes (with the metrics rows of an uninterrupted run, when given)."""
+    name = f"{sig.name} to recipe run"
+    expected = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGKILL: -signal.SIGKILL}[sig]
+    config, run_dir = write_config(folder)
+    child = recipe_process(str(config), env={BLOCK_ENV: "forward:60"})
+    if not child.wait_for_marker():
+        child.finish()
+        return Outcome(name, "fault", False, f"never reached training: {child.err[-300:]}")
+    child.kill(sig)
+    child.release()  # a handler that only sets a flag lets training go on to its next step boundary
+    rc = child.finish()
+    report = run_dir / "report.html"
+    killed = sig == signal.SIGKILL  # no handler runs: only what was written before survives
+    facts: dict[str, Any] = {
+        "exit": rc,
+        "status": manifest(run_dir).get("status"),
+        "report_marked": killed or (report.exists() and "interrupted" in report.read_text()),
+        "lock_released": killed or not (run_dir / ".lock").exists(),
+        "stderr": child.err.strip().splitlines()[-1:] if child.err.strip() else [],
+        "checkpoints": sorted(p.relative_to(run_dir).as_posix() for p in run_dir.glob("checkpoints/**/*.pt")),
+    }
+    facts["resume_exit"], _ = command(str(config), "--resume", str(run_dir))
+    facts["resume_status"] = manifest(run_dir).get("status")
+    lost = duplicated = 0
+    rows_detail = ""
+    if reference_rows is not None:  # metrics.jsonl as an uninterrupted run writes it
+        rows = read_rows(run_dir / "metrics.jsonl")
+        got, want = collections.Counter(rows), collections.Counter(reference_rows)
+        lost, duplicated = sum((want - got).values()), sum((got - want).values())
+        facts["rows_equal"] = rows == reference_rows
+        facts["rows_differing"] = [(a, b) for a, b in zip(rows, reference_rows, strict=False) if a != b][:3]
+        rows_detail = "" if facts["rows_equal"] else f"; metrics.jsonl rows lost {lost}, duplicated {duplicated}"
+    ok = (
+        rc == expected
+        and facts.get("rows_equal", True)
+        and facts["status"] == ("running" if killed else "interrupted")
+        and facts["report_marked"]
+        and facts["lock_released"]
+        and facts["resume_exit"] in (0, 1)
+        and facts["resume_status"] == "complete"
+    )
+    return Outcome(name, "fault", ok, f"exit {rc}, then --resume exit {facts['resume_exit']}{rows_detail}",
+                   rows_lost=lost, rows_duplicated=duplicated, facts=facts)  # fmt: skip
+
+
+def reference_run(folder: Path) -> list[str]:
+    """metrics.jsonl of an uninterrupted `recipe run` of `RUN_CONFIG`."""
+    config, run_dir = write_config(folder)
+    rc, said = command(str(config))
+    if rc not in (0, 1):
+        raise RuntimeError(f"the reference run failed: {said}")
+    return read_rows(run_dir / "metrics.jsonl")
+
+
+def two_runs(folder: Path) -> Outcome:
+    """A second `recipe run` into a directory a live run holds is refused naming its pid and host; once that run
+    is killed (-9), its stale lock is taken over and `--resume` completes."""
+    name = "two runs on one directory"
+    config, run_dir = write_config(folder)
+    first = recipe_process(str(config), env={BLOCK_ENV: "forward:30"})
+    if not first.wait_for_marker():
+        first.finish()
+        return Outcome(name, "fault", False, f"the first run never reached training: {first.err[-300:]}")
+    rc2, said = command(str(config), "--run-dir", str(run_dir))
+    said = said.strip()
+    named = f"pid {first.proc.pid}" in said and socket.gethostname() in said and len(said.splitlines()) == 1
+    first.kill()
+    first.finish()
+    rc3, _ = command(str(config), "--resume", str(run_dir))
+    facts = {
+        "second_exit": rc2,
+        "second_said": said,
+        "named": named,
+        "resume_exit": rc3,
+        "status": manifest(run_dir).get("status"),
+    }
+    ok = rc2 == 2 and named and rc3 in (0, 1) and facts["status"] == "complete"
+    return Outcome(
+        name, "fault", ok, f"second run exit {rc2}: {said[:120]}; after kill -9, --resume exit {rc3}", facts=facts
+    )
+
+
+def enospc_run(folder: Path) -> Outcome:
+    """The disk fills while `recipe run` writes a stage's figure: one line naming the disk's complaint and where,
+    exit 2, a manifest marked interrupted; `--resume` completes."""
+    name = "ENOSPC during recipe run"
+    config, run_dir = write_config(folder)
+    from recipe import faults
+
+    faults.inject("enospc:*.png")
+    try:
+        rc, said = command(str(config))
+    finally:
+        faults.inject(None)
+    said = said.strip()
+    clear = rc == 2 and len(said.splitlines()) == 1 and "space" in said.lower() and str(run_dir) in said
+    status = manifest(run_dir).get("status")
+    rc2, _ = command(str(config), "--resume", str(run_dir))
+    ok = clear and status == "interrupted" and rc2 in (0, 1) and manifest(run_dir).get("status") == "complete"
+    return Outcome(name, "fault", ok, f"exit {rc}: {said[-160:]}; status {status}; --resume exit {rc2}")
+
+
+# ---- tune ----------------------------------------------------------------------------------------------------------
+
+TUNE_TRIALS = 8
+TUNE_CONFIG = f"""\
+task: tests.reliability.scenarios:blocking_task
+run_dir: {{run_dir}}
+stages: [tune]
+train: {{{{batch_size: 32, epochs: 2}}}}
+tune:
+  trials: {TUNE_TRIALS}
+  epochs: 2
+  seeds: 0
+  ensemble: 2
+  pruning: "off"
+  space: {{{{lr: {{{{low: 0.001, high: 0.1, log: true}}}}}}}}
+"""
+
+
+def study_trials(run_dir: Path) -> list[Any]:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "study" / "journal.log")))
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def kill_tune(folder: Path) -> Outcome:
+    """kill -9 `recipe run` in the third trial of a search, then `--resume`: every queued configuration completes
+    once, none is left RUNNING, and every completed trial's metrics rows are in metrics.jsonl once."""
+    name = "kill -9 recipe run during tune"
+    config, run_dir = write_config(folder, TUNE_CONFIG)
+    child = recipe_process(str(config), env={BLOCK_ENV: f"trials:2:{run_dir}"})
+    if not child.wait_for_marker():
+        child.finish()
+        return Outcome(name, "fault", False, f"the search never reached its third trial: {child.err[-300:]}")
+    child.kill()
+    child.finish()
+    before = collections.Counter(t.state.name for t in study_trials(run_dir))
+    rc, said = command(str(config), "--resume", str(run_dir))
+    trials = study_trials(run_dir)
+    states = collections.Counter(t.state.name for t in trials)
+    queued = {json.dumps(t.params, sort_keys=True) for t in trials}
+    done = collections.Counter(json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "COMPLETE")
+    lost = len(queued - set(done))
+    twice = sum(n - 1 for n in done.values())
+    running = states["RUNNING"]
+    running_retried = sum(json.dumps(t.params, sort_keys=True) in done for t in trials if t.state.name == "RUNNING")
+    rows = [json.loads(r) for r in read_rows(run_dir / "metrics.jsonl")]
+    per_trial = collections.Counter(r["trial"] for r in rows if r.get("stage") == "tune" and "trial" in r)
+    complete = [t.number for t in trials if t.state.name == "COMPLETE"]
+    counts = [per_trial[n] for n in complete if per_trial[n]]
+    usual = collections.Counter(counts).most_common(1)[0][0] if counts else 0  # every trial trains the same steps
+    rows_lost = sum(max(0, usual - per_trial[n]) for n in complete)
+    rows_twice = sum(max(0, per_trial[n] - usual) for n in complete)
+    without_rows = [n for n in complete if not per_trial[n]]
+    facts = {
+        "states_at_kill": dict(before),
+        "states_after": dict(states),
+        "resume_exit": rc,
+        "lost": lost,
+        "counted_twice": twice,
+        "left_running": running,
+        "trials_without_rows": without_rows,
+        "rows_per_trial": usual,
+        "stderr": said.strip()[-300:],
+    }
+    ok = rc in (0, 1) and len(done) == TUNE_TRIALS and not (lost or twice or running or rows_lost or rows_twice)
+    detail = f"at the kill {dict(before)}; after --resume {dict(states)}"
+    if without_rows:
+        detail += f"; trials {without_rows} have no metrics rows"
+    return Outcome(name, "fault", ok, detail, rows_lost=rows_lost, rows_duplicated=rows_twice,
+                   trials_lost=lost + twice + running_retried, facts=facts)  # fmt: skip
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["fit"]:
+        torch.set_num_threads(1)
+        status = train(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
+        if _state["error"] is not None:
+            print(f"ERROR {type(_state['error']).__name__}: {_state['error']}", flush=True)
+        sys.exit(status)
+    sys.exit(f"usage: {__doc__}")
