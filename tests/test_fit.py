@@ -266,7 +266,12 @@ def test_checkpoint_dir_holds_last_and_best(noise_task, tmp_path):
     out = quick(noise_task, epochs=4, batch_size=20, checkpoint_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
-        "best.pt", "best.pt.sha256", "last.1.pt", "last.1.pt.sha256", "last.pt", "last.pt.sha256"
+        "best.pt",
+        "best.pt.sha256",
+        "last.1.pt",
+        "last.1.pt.sha256",
+        "last.pt",
+        "last.pt.sha256",
     ]  # fmt: skip  (the previous training state kept, no temporary files left)
     last, best = load(tmp_path / "last.pt"), load(tmp_path / "best.pt")  # weights_only loading works
     assert load(tmp_path / "last.1.pt")["epoch"] == 2
