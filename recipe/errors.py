@@ -41,6 +41,7 @@ class NonFiniteError(RecipeError, FloatingPointError):
         parameter: name of the first parameter holding non-finite values after that step, if any.
         module: name of the first module whose output was non-finite when the batch was replayed, if found.
         losses: the finite training losses of the steps before it.
+        indices: the training-split indices of the samples in that step's batch (empty when not known).
     """
 
     def __init__(
@@ -50,12 +51,14 @@ class NonFiniteError(RecipeError, FloatingPointError):
         parameter: str | None = None,
         module: str | None = None,
         losses: list[float] | None = None,
+        indices: list[int] | None = None,
     ):
         super().__init__(message)
         self.step = step
         self.parameter = parameter
         self.module = module
         self.losses = losses or []
+        self.indices = indices or []
 
 
 class Terminated(BaseException):

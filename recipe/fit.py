@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from recipe import checkpoint, distributed, fast_paths, stopping
 from recipe.data import Batch, batch_size_of, place, train_batches
+from recipe.distributed import shard
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
 from recipe.loss_log import LossLog, MetricsLog
@@ -226,7 +227,18 @@ def fit(
         unit="step",
         dynamic_ncols=True,
     )
-    losses = LossLog(result, model, task, lr, log, bar)
+    epoch_order = [generator.get_state()]  # the generator's state when the current epoch drew its order
+
+    def batch_indices(step: int) -> list[int]:
+        """The training-split indices of step `step`'s batch (it lies in the current epoch: losses are read before
+        every epoch ends)."""
+        order = shard(
+            torch.randperm(len(task.train), generator=torch.Generator().set_state(epoch_order[0])), rank, world
+        )
+        i = step % steps_per_epoch
+        return order[i * batch_size : (i + 1) * batch_size].tolist()
+
+    losses = LossLog(result, model, task, lr, log, bar, batch_indices)
     start_epoch, skip = 0, 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and rank == 0 else None
     every = math.ceil(checkpoint_every / log_every) * log_every if checkpoint_every and ckpt_dir else 0
@@ -253,6 +265,7 @@ def fit(
 
     def save_last(epoch: int, position: tuple[int, torch.Tensor] | None = None) -> None:
         if ckpt_dir is not None:
+            losses.check_weights()  # never a checkpoint of NaN/Inf weights
             if best_pending[0] and best_state:  # early stopping resumes from these weights: write them first
                 checkpoint.save_atomic(
                     {"model": best_state, "epoch": progress_state["best_epoch"]}, ckpt_dir / "best.pt"
@@ -271,6 +284,7 @@ def fit(
             for epoch in range(start_epoch, n_epochs):
                 model.train()
                 epoch_state = generator.get_state()  # draws this epoch's order: a mid-epoch resume replays it
+                epoch_order[0] = epoch_state
                 for i, batch in enumerate(epoch_batches()):
                     if i < skip:
                         continue  # consumed before the checkpoint this run resumed from

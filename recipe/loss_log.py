@@ -29,8 +29,18 @@ MetricsLog = Callable[[dict[str, Any]], None]
 class LossLog:
     """Per-step losses of one `fit`, from the device to the progress bar, the NaN check and the metrics rows."""
 
-    def __init__(self, result: FitResult, model: nn.Module, task: Task, lr: float, log: MetricsLog | None, bar: Any):
+    def __init__(
+        self,
+        result: FitResult,
+        model: nn.Module,
+        task: Task,
+        lr: float,
+        log: MetricsLog | None,
+        bar: Any,
+        indices_of: Callable[[int], list[int]] = lambda step: [],
+    ):
         self.result, self.model, self.task, self.lr, self.log_fn, self.bar = result, model, task, lr, log, bar
+        self.indices_of = indices_of  # step -> the training-split indices of its batch
         self.pending: list[torch.Tensor] = []
         self.window: list[float] = []  # read but not yet logged
         self.rows: list[dict[str, Any]] = []  # every row written, for checkpoints
@@ -52,9 +62,18 @@ class LossLog:
         self.bar.update(len(values))
         for i, v in enumerate(values):
             if not math.isfinite(v):
-                _raise_non_finite(
-                    first + i, v, self.model, self.task, self.batch, self.lr, self.result.step_losses[: first + i]
-                )
+                self.raise_non_finite(first + i, f"training loss became {v}")
+
+    def check_weights(self) -> None:
+        """Before a checkpoint: a finite loss can still be followed by an update that made the weights NaN/Inf."""
+        if first_non_finite_parameter(self.model) is not None:
+            self.raise_non_finite(len(self.result.step_losses) - 1, "the weights became non-finite")
+
+    def raise_non_finite(self, step: int, what: str) -> None:
+        indices = self.indices_of(step)
+        device = next(self.model.parameters()).device
+        batch = self.task.batch("train", indices, device) if indices else self.batch
+        _raise_non_finite(step, what, self.model, self.task, batch, self.lr, self.result.step_losses[:step], indices)
 
     def log(self, epoch: int) -> None:
         """One metrics record: the mean training loss since the last one."""
@@ -92,24 +111,47 @@ class LossLog:
 
 
 def _raise_non_finite(
-    step: int, value: float, model: nn.Module, task: Task, batch: Batch, lr: float, losses: list[float]
+    step: int,
+    what: str,
+    model: nn.Module,
+    task: Task,
+    batch: Batch,
+    lr: float,
+    losses: list[float],
+    indices: list[int],
 ) -> None:
     parameter = first_non_finite_parameter(model)
     module = first_non_finite_module(model, task, batch)
+    bad = _non_finite_samples(task, batch, indices)
+    shown = ", ".join(map(str, indices[:8])) + (", ..." if len(indices) > 8 else "")
     where = "; ".join(
         part
         for part in (
             f"first non-finite parameter: {parameter}" if parameter else "",
             f"first module with non-finite output: {module}" if module else "",
+            f"non-finite inputs in training samples {bad[:8]}" if bad else "",
+            f"the batch held training samples [{shown}]" if indices and not bad else "",
         )
         if part
     )
     raise NonFiniteError(
-        f"training loss became {value} at step {step}" + (f" ({where})" if where else "") + ". Likely causes: "
+        f"{what} at step {step}" + (f" ({where})" if where else "") + ". Likely causes: "
         f"learning rate too high (lr={lr:g}), a log/division/exp of a value that reaches 0 or overflows, or NaN/Inf "
         "in the data. Lower the learning rate, add gradient clipping, or guard the operation.",
         step=step,
         parameter=parameter,
         module=module,
         losses=losses,
+        indices=indices,
     )
+
+
+def _non_finite_samples(task: Task, batch: Batch, indices: list[int]) -> list[int]:
+    """Which of the batch's samples (by training-split index) hold NaN/Inf among their float inputs."""
+    if not indices:
+        return []
+    inputs, _ = task.split_batch(batch)
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or len(inputs) != len(indices):
+        return []
+    finite = torch.isfinite(inputs.reshape(len(inputs), -1)).all(1).tolist()
+    return [i for i, ok in zip(indices, finite, strict=True) if not ok]

@@ -157,3 +157,23 @@ def test_a_compiled_model_sees_one_batch_shape_only(classification_task, monkeyp
     torch._dynamo.reset()
     assert out.setup["compile"] is True and out.steps == 10
     assert len(graphs) == 1 and (32, N_FEATURES) in graphs[0]  # one graph, for the full batches
+
+
+# ---- non-finite losses --------------------------------------------------------------------------------------------
+
+
+def test_a_nan_sample_is_named_by_its_index_and_no_nan_checkpoint_is_written(classification_task, tmp_path):
+    from recipe import NonFiniteError, Task
+    from tests.conftest import gaussian_points
+
+    x, y = gaussian_points(200)
+    x[37, 2] = float("nan")  # one sample of the training split
+    task = Task((x[:150], y[:150]), classification_task.val, TinyMLP)
+    with pytest.raises(NonFiniteError) as info:
+        quick(task, epochs=3, log_every=4, checkpoint_dir=tmp_path, checkpoint_every=1)
+    err = info.value
+    assert 37 in err.indices and len(err.indices) in (32, 150 - 4 * 32)  # exactly the batch that held it
+    assert "non-finite inputs in training samples [37]" in str(err) and f"at step {err.step}" in str(err)
+    if (tmp_path / "last.pt").exists():  # checkpoints before the NaN step are finite; none was written after it
+        state = load(tmp_path / "last.pt")
+        assert state["steps"] <= err.step and all(torch.isfinite(v).all() for v in state["model"].values())

@@ -49,5 +49,5 @@ def first_non_finite_module(model: nn.Module, task: Any, batch: Any) -> str | No
 
 def non_finite(exc: NonFiniteError) -> Check:
     """The failed `non_finite` check for a training run stopped by a NaN/Inf loss (O4 in the bug catalog)."""
-    value = {"step": exc.step, "parameter": exc.parameter, "module": exc.module}
+    value = {"step": exc.step, "parameter": exc.parameter, "module": exc.module, "indices": exc.indices}
     return failed("non_finite", str(exc), value, "a finite loss at every step")
