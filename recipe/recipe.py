@@ -252,7 +252,8 @@ class Recipe:
         from recipe.report import build_report
 
         check_run_dir(self.run_dir)  # before any compute; creates nothing
-        check_batch_fits(self.task, self.train.batch_size)
+        if "batch_size" in (self.config.get("train") or {}):  # a batch size left at its default is clamped instead
+            check_batch_fits(self.task, self.train.batch_size)
         self.task.validate(self.device)  # bad input fails here, before anything is written
         rundir = RunDir(self.run_dir, [s.name for s in self.stages])
         manifest = self._manifest()

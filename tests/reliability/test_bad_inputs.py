@@ -166,7 +166,9 @@ BAD_TASKS = [
 def test_recipe_refuses_a_bad_task_before_writing_anything(tmp_path, case, error, patterns):
     run_dir = tmp_path / "run"
     with pytest.raises(error) as info:
-        Recipe(build(case), run_dir=run_dir, stages=["overfit"], device="cpu", progress=False, quiet=True).run()
+        config = {"train": {"batch_size": 64}} if case == "small_train" else None  # a default one is clamped
+        recipe = Recipe(build(case), run_dir=run_dir, stages=["overfit"], device="cpu", config=config, quiet=True)
+        recipe.run()
     assert isinstance(info.value, RecipeError)
     message = str(info.value)
     assert all(re.search(p, message) for p in patterns), message
@@ -545,3 +547,18 @@ def test_training_settings_out_of_range_are_refused_before_anything_runs(tmp_pat
     with pytest.raises(ConfigError, match=match):
         Recipe(build("small_train"), run_dir=tmp_path / "run", config={"train": train})
     assert not (tmp_path / "run").exists()
+
+
+def test_a_default_batch_size_larger_than_a_small_train_split_is_clamped_not_refused(tmp_path):
+    from recipe import Stage
+    from recipe.check import passed
+
+    class Fits(Stage):
+        name = "fits"
+
+        def run(self, ctx):
+            return [passed("fits", f"{ctx.fit('one', epochs=1).setup['batch_size']}")]
+
+    task = build("small_train")  # 40 training samples; TrainSettings' batch_size is 64
+    result = Recipe(task, run_dir=tmp_path / "run", stages=[Fits()], progress=False).run()
+    assert result.ok and result.checks[0].message == str(len(task.train))
