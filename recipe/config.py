@@ -68,6 +68,20 @@ class TrainSettings:
     augment: bool = False
     early_stopping: int | None = None
 
+    def check(self) -> None:
+        """Raise a `ConfigError` naming `train.<key>` for a value out of range (types were checked when read)."""
+        from recipe.optim import check_settings
+
+        try:
+            check_settings(self.optimizer, self.schedule, self.precision, self.batch_size, self.lr, self.epochs, None)
+        except ConfigError as exc:
+            raise ConfigError(f"train.{exc}") from None
+        for name in ("weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0.")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip={self.grad_clip} must be positive, or null for no clipping.")
+
     def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `fit` these settings fill (the rung and dropout go into the model factory)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "dropout")}

@@ -26,7 +26,6 @@ from recipe.console import Console
 from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.fit import FitResult, fit
-from recipe.optim import check_settings
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.rundir import RunDir
 from recipe.stage import Stage
@@ -226,7 +225,7 @@ class Recipe:
         self.progress = progress
         self.quiet = quiet
         self.train = settings_from_dict(TrainSettings, config.get("train"), "config: train")
-        _check_train(self.train)
+        self.train.check()
         if stages is not None and not list(stages):
             raise ConfigError("stages: the list is empty; name at least one stage, or leave it out to run all six.")
         self.stages: list[Stage] = []
@@ -353,20 +352,6 @@ class Recipe:
             },
             "start": _now(),
         }
-
-
-def _check_train(train: TrainSettings) -> None:
-    """The training settings' values, before anything runs (their types were checked when they were read)."""
-    s = train
-    try:
-        check_settings(s.optimizer, s.schedule, s.precision, s.batch_size, s.lr, s.epochs, None)
-    except ConfigError as exc:
-        raise ConfigError(f"train.{exc}") from None
-    for name in ("weight_decay", "warmup_steps"):
-        if getattr(s, name) < 0:
-            raise ConfigError(f"train.{name}={getattr(s, name)} must be >= 0.")
-    if s.grad_clip is not None and s.grad_clip <= 0:
-        raise ConfigError(f"train.grad_clip={s.grad_clip} must be positive, or null for no clipping.")
 
 
 def _run_stage(stage: Stage, ctx: Context) -> list[Check]:

@@ -1,6 +1,9 @@
-"""SIGTERM stops a run at a safe point: a `fit` in progress finishes its optimizer step, writes its checkpoint and
+"""Signals during a run.
+
+SIGTERM stops a run at a safe point: a `fit` in progress finishes its optimizer step, writes its checkpoint and
 raises `Terminated`; outside training, `Terminated` is raised at once. `Recipe.run`, and `fit` given a checkpoint
-directory, install the handler while they run (main thread only), and restore the previous one after.
+directory, install the handler while they run (main thread only), and restore the previous one after. A checkpoint
+write holds SIGINT and SIGTERM until it is done (`signals_deferred`).
 
 A signal handler that raised wherever the signal landed could stop `fit` half-way through `optimizer.step()` and
 leave weights that match no step; the flag below is read between steps instead.
@@ -60,3 +63,17 @@ def fit_running() -> Iterator[None]:
         _state["fits"] = int(_state["fits"]) - 1
         if not _state["fits"] and _state["requested"]:
             stop()  # the request arrived too late for the fit to see it: honour it now
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then): a checkpoint write is never cut
+    short. A no-op off the main thread, or where the platform cannot block signals."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
