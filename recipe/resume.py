@@ -144,7 +144,7 @@ class FitCheckpoints:
                 "step_losses": result.step_losses,
                 "steps": result.steps,
                 "seconds": result.seconds,
-                "setup": to_jsonable(result.setup),
+                "setup": to_jsonable(result.setup, exact=True),
                 "rows": rows,
                 "rng": rng_state(),
             },
