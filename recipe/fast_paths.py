@@ -103,8 +103,16 @@ class AutoCompile:
     compiled one once decided). Compilation errors fall back to eager with the error in the reason.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, start: int, total: int):
-        self.model, self.device, self.total = model, device, total
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        start: int,
+        total: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.model, self.total, self.clock = model, total, clock
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         self.begin, self.end = start + WARMUP_STEPS, start + WARMUP_STEPS + TIMED_STEPS
         self.t0 = 0.0
         self.decided = False
@@ -114,12 +122,12 @@ class AutoCompile:
         if self.decided:
             return forward
         if steps == self.begin:
-            torch.cuda.synchronize(self.device)
-            self.t0 = time.perf_counter()
+            self.sync()
+            self.t0 = self.clock()
         elif steps == self.end:
-            torch.cuda.synchronize(self.device)
+            self.sync()
             self.decided = True
-            pays, why = compile_pays((time.perf_counter() - self.t0) / TIMED_STEPS, self.total - steps)
+            pays, why = compile_pays((self.clock() - self.t0) / TIMED_STEPS, self.total - steps)
             self.reason = f"{'on' if pays else 'off'}: {why}"
             if pays:
                 return torch.compile(self.model)  # type: ignore[return-value]

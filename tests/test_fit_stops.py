@@ -177,3 +177,19 @@ def test_a_nan_sample_is_named_by_its_index_and_no_nan_checkpoint_is_written(cla
     if (tmp_path / "last.pt").exists():  # checkpoints before the NaN step are finite; none was written after it
         state = load(tmp_path / "last.pt")
         assert state["steps"] <= err.step and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize(("total", "compiles"), [(10**8, True), (40, False)])
+def test_auto_compile_decides_after_its_timed_window(total, compiles):
+    """The CUDA-only decision, driven on CPU with a clock that gives the timed window 0.1 s a step: a run of 10^8
+    steps repays compiling, one of 40 does not."""
+    readings = iter([0.0, 0.1 * fast_paths.TIMED_STEPS])
+    model = TinyMLP()
+    auto = fast_paths.AutoCompile(model, torch.device("cpu"), start=0, total=total, clock=lambda: next(readings))
+    forward: nn.Module = model
+    end = fast_paths.WARMUP_STEPS + fast_paths.TIMED_STEPS
+    for step in range(1, end + 3):
+        forward = auto.after_step(step, forward)
+        assert (forward is model) == (step < end or not compiles), step
+    assert auto.decided and auto.reason.startswith("on:" if compiles else "off:")
+    assert f"{total - end} steps left" in auto.reason
