@@ -170,6 +170,7 @@ def train_batches(
     num_workers: int | None = None,
     rank: int = 0,
     world: int = 1,
+    guard: Callable[[Batch], None] | None = None,
 ) -> Callable[[], Iterator[Batch]]:
     """Return a function yielding one shuffled epoch of batches on `device`.
 
@@ -215,6 +216,8 @@ def train_batches(
 
     def loader_epoch() -> Iterator[Batch]:
         for batch in loader:
+            if guard is not None:
+                guard(batch)  # on the host, before the copy
             yield to_device(batch, device, non_blocking)
 
     return loader_epoch
@@ -235,8 +238,10 @@ class _ShardSampler(torch.utils.data.Sampler[int]):
         return self.n // self.world
 
 
-def eval_batches(split: Split, batch_size: int, device: torch.device) -> Iterator[Batch]:
-    """The whole split in order, in batches of `batch_size`, on `device`."""
+def eval_batches(
+    split: Split, batch_size: int, device: torch.device, guard: Callable[[Batch], None] | None = None
+) -> Iterator[Batch]:
+    """The whole split in order, in batches of `batch_size`, on `device` (`guard` sees Dataset batches on the host)."""
     n = len(split)
     if isinstance(split, TensorSplit):
         for i in range(0, n, batch_size):
@@ -244,6 +249,8 @@ def eval_batches(split: Split, batch_size: int, device: torch.device) -> Iterato
         return
     loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for batch in loader:
+        if guard is not None:
+            guard(batch)
         yield to_device(batch, device)
 
 

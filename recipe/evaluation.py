@@ -16,6 +16,7 @@ from torch import nn
 
 from recipe.data import Split, batch_size_of, eval_batches
 from recipe.task import Task
+from recipe.validation import target_guard
 
 
 @dataclass
@@ -45,7 +46,8 @@ def evaluate(
     metrics: list[torch.Tensor] = []
     batch_losses: list[tuple[float, int]] = []
     with torch.inference_mode(), autocast():
-        for batch in eval_batches(split, batch_size, device):
+        guard = target_guard(task, split, "val" if split is task.val else "train" if split is task.train else "split")
+        for batch in eval_batches(split, batch_size, device, guard):
             output, target = task.outputs(model, batch)
             output = output.float()
             per_sample = task.loss_per_sample(output, target)

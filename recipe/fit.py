@@ -30,6 +30,7 @@ from recipe.loss_log import LossLog, MetricsLog
 from recipe.optim import build_optimizer, build_schedule, check_settings, kernel_name
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.task import Task
+from recipe.validation import target_guard
 
 
 @dataclass
@@ -155,7 +156,8 @@ def fit(
 
     split, data_path = place(task.train, dev)
     generator = torch.Generator().manual_seed(seed)
-    epoch_batches = train_batches(split, batch_size, generator, dev, num_workers, rank, world)
+    guard = target_guard(task, task.train, "train")
+    epoch_batches = train_batches(split, batch_size, generator, dev, num_workers, rank, world, guard)
     steps_per_epoch = math.ceil(len(task.train) // world / batch_size)
     total = min(x for x in (max_steps, None if epochs is None else epochs * steps_per_epoch) if x is not None)
     n_epochs = math.ceil(total / steps_per_epoch)

@@ -3,6 +3,9 @@ problem is a `TaskError` that names the field and the fix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -134,3 +137,28 @@ def check_output_shape(task: Task, output: torch.Tensor, target: torch.Tensor) -
             f"model output has shape {out} but targets have shape {tgt}; {task.loss} would broadcast them "
             f"silently. Make them match: {fix}."
         )
+
+
+def target_guard(task: Task, data: Any, split: str) -> Callable[[Any], None] | None:
+    """A host-side check of each batch's class ids, for a Dataset split larger than what `check_targets` reads
+    (`SCAN_LIMIT`): a label out of range found later is a `TaskError`, never a CUDA device-side assert. None when
+    there is nothing left to check. It runs on the collated batch before it moves to the device (no sync)."""
+    if isinstance(data, TensorSplit) or len(data) <= SCAN_LIMIT or task.num_classes is None:
+        return None
+    if task.kind not in ("classification", "sequence") or task.loss == "bce_with_logits":
+        return None
+    classes = task.num_classes
+
+    def guard(batch: Any) -> None:
+        _, y = task.split_batch(batch)
+        if not isinstance(y, torch.Tensor) or y.is_floating_point():
+            return
+        valid = y[y != IGNORE_INDEX] if task.kind == "sequence" else y
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= classes):
+            raise TaskError(
+                f"{split} targets include {int(valid.min())}..{int(valid.max())} past the first {SCAN_LIMIT} samples "
+                f"checked before training, but num_classes={classes} allows 0..{classes - 1}; remap the labels to "
+                "0..C-1 or fix num_classes."
+            )
+
+    return guard

@@ -562,3 +562,38 @@ def test_a_default_batch_size_larger_than_a_small_train_split_is_clamped_not_ref
     task = build("small_train")  # 40 training samples; TrainSettings' batch_size is 64
     result = Recipe(task, run_dir=tmp_path / "run", stages=[Fits()], progress=False).run()
     assert result.ok and result.checks[0].message == str(len(task.train))
+
+
+class _LongDataset(torch.utils.data.Dataset):
+    """More samples than validation reads (SCAN_LIMIT), with one class id out of range far past that."""
+
+    def __init__(self, n: int, bad_at: int | None):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+        if bad_at is not None:
+            self.y[bad_at] = 7
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_label_out_of_range_past_the_validated_samples_is_a_task_error(device):
+    """Validation reads the first SCAN_LIMIT targets of a Dataset; the rest are checked batch by batch on the host,
+    so a bad one is a TaskError on CUDA too, never a device-side assert."""
+    from recipe.task import SCAN_LIMIT
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    n = SCAN_LIMIT + 2_000
+    val = _LongDataset(200, None)
+    clean = Task(_LongDataset(n, None), val, lambda: torch.nn.Linear(4, 3), num_classes=3)
+    assert fit(clean, epochs=1, batch_size=1024, device=device, progress=False).steps > 0
+    task = Task(_LongDataset(n, bad_at=n - 10), val, lambda: torch.nn.Linear(4, 3), num_classes=3)
+    with pytest.raises(
+        TaskError, match=rf"train targets include 0\.\.7 past the first {SCAN_LIMIT} samples.*num_classes=3"
+    ):
+        fit(task, epochs=1, batch_size=1024, device=device, progress=False)
