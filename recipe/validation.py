@@ -27,14 +27,7 @@ def check_targets(task: Task) -> None:
                     f"{split} targets are {y.dtype} but a {task.kind} task with cross-entropy needs integer "
                     "class ids; convert them (y.long()) or pass kind='regression'."
                 )
-            valid = y[y != IGNORE_INDEX] if task.kind == "sequence" else y
-            lo, hi = int(valid.min()), int(valid.max())
-            assert task.num_classes is not None
-            if lo < 0 or hi >= task.num_classes:
-                raise TaskError(
-                    f"{split} targets span {lo}..{hi} but num_classes={task.num_classes} allows 0.."
-                    f"{task.num_classes - 1}; remap the labels to 0..C-1 or fix num_classes."
-                )
+            _check_class_ids(task, y, f"{split} targets span")
 
 
 def check_model_output(task: Task, model: nn.Module, device: torch.device) -> None:
@@ -147,18 +140,27 @@ def target_guard(task: Task, data: Any, split: str) -> Callable[[Any], None] | N
         return None
     if task.kind not in ("classification", "sequence") or task.loss == "bce_with_logits":
         return None
-    classes = task.num_classes
 
     def guard(batch: Any) -> None:
         _, y = task.split_batch(batch)
-        if not isinstance(y, torch.Tensor) or y.is_floating_point():
-            return
-        valid = y[y != IGNORE_INDEX] if task.kind == "sequence" else y
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= classes):
-            raise TaskError(
-                f"{split} targets include {int(valid.min())}..{int(valid.max())} past the first {SCAN_LIMIT} samples "
-                f"checked before training, but num_classes={classes} allows 0..{classes - 1}; remap the labels to "
-                "0..C-1 or fix num_classes."
+        if isinstance(y, torch.Tensor) and not y.is_floating_point():
+            _check_class_ids(
+                task, y, f"past the first {SCAN_LIMIT} samples checked before training, {split} targets span"
             )
 
     return guard
+
+
+def _check_class_ids(task: Task, y: torch.Tensor, what: str) -> None:
+    """Class ids within 0..num_classes-1 (a sequence's ignored positions aside); a `TaskError` saying `what` spans."""
+    valid = y[y != IGNORE_INDEX] if task.kind == "sequence" else y
+    if not valid.numel():
+        return
+    lo, hi = int(valid.min()), int(valid.max())
+    classes = task.num_classes
+    assert classes is not None
+    if lo < 0 or hi >= classes:
+        raise TaskError(
+            f"{what} {lo}..{hi} but num_classes={classes} allows 0..{classes - 1}; remap the labels to 0..C-1 or fix "
+            "num_classes."
+        )
