@@ -56,6 +56,11 @@ class Task:
         invariances: what the task's label does under named transforms of image inputs: True when the label is
             preserved, False when it changes (e.g. {"hflip": False} for a left/right task). Checked against
             `augment` by `regularize`. Known transforms: hflip, vflip, rot90, rot180.
+        pad_id: the token id that pads integer (token) inputs to a common length, when they are padded. Positions
+            holding it are padding: checks verify the model's outputs at real positions ignore them.
+        groups: optional (train_groups, val_groups): a group id per sample of each split (a patient, a subject,
+            a recording). Samples of one group belong in one split: a group in both splits is a leak, and a split
+            by groups is declared rather than mistaken for a shift.
 
     Subclasses override `split_batch`, `forward`, `compute_loss`, `loss_per_sample`, `metric_per_sample` or
     `decode` for other data formats, and keep these constructor arguments.
@@ -75,6 +80,8 @@ class Task:
         models: dict[str, Callable[[], nn.Module]] | None = None,
         augment: Callable[[Any], Any] | None = None,
         invariances: dict[str, bool] | None = None,
+        pad_id: int | None = None,
+        groups: tuple[Any, Any] | None = None,
     ):
         models = dict(models or {})
         for rung, factory in models.items():
@@ -126,6 +133,10 @@ class Task:
         self.models = models or {"model": model}
         self.augmentation = augment
         self.invariances = dict(invariances or {})
+        if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0):
+            raise TaskError(f"pad_id must be a non-negative int token id, got {pad_id!r}.")
+        self.pad_id = pad_id
+        self.groups = _groups(groups)
         self.zero_inputs = False  # set on a variant by the input-independent baseline
         self._targets: dict[tuple[str, int | None], torch.Tensor] = {}  # read once: a Dataset pass can be slow
         self.kind: Kind = kind or self._infer_kind()
@@ -301,6 +312,13 @@ class Task:
         from recipe.validation import check_model_output, check_targets
 
         check_targets(self)
+        if self.groups is not None:
+            for split, ids in zip(("train", "val"), self.groups, strict=True):
+                if len(ids) != len(getattr(self, split)):
+                    raise TaskError(
+                        f"groups[{split}] has {len(ids)} group ids but the {split} split has "
+                        f"{len(getattr(self, split))} samples; give one group id per sample."
+                    )
         first, second = self.make_model(), self.make_model()
         if first is second:
             raise TaskError(
@@ -357,3 +375,24 @@ def constant_loss(task: Task, target: torch.Tensor) -> float:
         p = t.float().mean(0).clamp(1e-6, 1 - 1e-6)
         return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
     return math.nan
+
+
+def _groups(groups: Any) -> tuple[list[Any], list[Any]] | None:
+    """`Task(groups=(train_groups, val_groups))` as two plain lists of hashable group ids (lengths are checked
+    against the splits by `validate`)."""
+    if groups is None:
+        return None
+    if not isinstance(groups, tuple | list) or len(groups) != 2:
+        raise TaskError(
+            "groups must be a pair (train_groups, val_groups): one group id per sample of each split, "
+            f"got {type(groups).__name__}."
+        )
+    out = []
+    for split, ids in zip(("train", "val"), groups, strict=True):
+        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        try:
+            {hash(v) for v in values}
+        except TypeError:
+            raise TaskError(f"groups[{split}]: group ids must be hashable (ints or strings).") from None
+        out.append(values)
+    return out[0], out[1]
