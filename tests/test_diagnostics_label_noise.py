@@ -138,10 +138,71 @@ def test_callable_loss_skips(classification_task):
     assert find_label_issues(task) is None
 
 
+def _waves(n: int, seed: int, length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy sine, square and sawtooth waves (classes 0, 1, 2) of random frequency and phase, shape (n, 1, length):
+    a linear probe cannot separate them (every class averages to zero at every position), a small CNN can."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % 3)[torch.randperm(n, generator=g)]
+    frequency, phase = 2 + 4 * torch.rand(n, 1, generator=g), torch.rand(n, 1, generator=g)
+    cycle = (frequency * torch.arange(length) / length + phase) % 1
+    waves = torch.stack([torch.sin(2 * torch.pi * cycle), torch.where(cycle < 0.5, 1.0, -1.0), 2 * cycle - 1])
+    return (waves[y, torch.arange(n)] + 0.5 * torch.randn(n, length, generator=g)).unsqueeze(1), y
+
+
+class _WaveCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        conv = [torch.nn.Conv1d(1, 16, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv1d(16, 16, 5, padding=2)]
+        self.net = torch.nn.Sequential(*conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten())
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x))
+
+
+def _waves_task(flip: float = 0.0) -> Task:
+    (x, y), val = _waves(300, 0), _waves(150, 1)
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randperm(len(y), generator=g)[: round(flip * len(y))]
+    y = y.clone()
+    y[rows] = (y[rows] + torch.randint(1, 3, (len(rows),), generator=g)) % 3
+    return Task(train=(x, y), val=val, model=_WaveCNN, num_classes=3, name="waves")
+
+
+def test_a_probe_that_cannot_learn_the_task_skips_instead_of_failing():
+    """The linear probe is at chance on waves: no evidence about the labels, clean or flipped."""
+    for flip in (0.0, 0.25):
+        check = label_noise(find_label_issues(_waves_task(flip), probe="linear"), _waves_task(flip))
+        assert check.status == "skip", check.message
+        assert "cannot learn" in check.message and "commonest label" in check.message
+        assert check.value["out_of_fold_accuracy"] < 0.45
+
+
+@pytest.mark.parametrize("flip, statuses", [(0.0, {"pass"}), (0.25, {"warn", "fail"})])
+def test_the_task_model_judges_when_the_linear_probe_is_weak(flip, statuses):
+    """Under "auto" the CNN is over the two-round budget, so the linear probe goes first; at chance, it is left
+    out and the task's model gets the budget for one round: clean waves pass, a quarter flipped is flagged."""
+    task = _waves_task(flip)
+    issues = find_label_issues(task)
+    assert issues is not None and issues.probe.startswith("task model") and "linear probe left out" in issues.probe
+    check = label_noise(issues, task)
+    assert check.status in statuses, check.message
+    assert issues.agreement > 0.6
+
+
+def test_a_member_at_chance_is_left_out_of_the_average():
+    task = _waves_task()
+    issues = find_label_issues(task, probe="both", rounds=1)
+    assert issues is not None and issues.probe == "task model, 5-fold, 1 round (linear probe left out: at chance)"
+    assert label_noise(issues, task).status == "pass"
+
+
 # ---- the verdict alone ------------------------------------------------------------------------------------------
 
 
-def _issues(rate: float, baseline: float, agreement: float = 0.9, n: int = 1000, m: int = 250) -> LabelIssues:
+def _issues(
+    rate: float, baseline: float, agreement: float = 0.9, n: int = 1000, m: int = 250, val_agreement=None
+) -> LabelIssues:
     return LabelIssues(
         estimated_noise_rate=rate,
         indices=[],
@@ -156,6 +217,8 @@ def _issues(rate: float, baseline: float, agreement: float = 0.9, n: int = 1000,
         probe="linear probe, 5-fold, 2 rounds",
         seconds=1.0,
         sampled=False,
+        val_agreement=val_agreement,
+        val_chance=0.1,
     )
 
 
@@ -169,7 +232,12 @@ def _issues(rate: float, baseline: float, agreement: float = 0.9, n: int = 1000,
         (_issues(0.05, 0.0), "warn"),
         (_issues(0.20, 0.01), "warn"),
         (_issues(0.65, 0.05), "fail"),  # most labels wrong
-        (_issues(0.88, 0.90, agreement=0.11), "fail"),  # shuffled: no better than the commonest label
+        # shuffled: no better than the commonest label, yet the same models learn the validation labels
+        (_issues(0.88, 0.90, agreement=0.11, val_agreement=0.85), "fail"),
+        # no better than the commonest label on either split: the probe cannot learn the task, no evidence
+        (_issues(0.88, 0.90, agreement=0.11, val_agreement=0.12), "skip"),
+        (_issues(0.88, 0.90, agreement=0.11), "skip"),
+        (_issues(0.05, 0.0, agreement=0.12), "skip"),  # a weak probe's estimate is not evidence either way
     ],
 )
 def test_verdict(issues, status, classification_task):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.diagnostics.quick_models import QuickModels, choose_members
+from recipe.diagnostics.quick_models import QuickModels, choose_members, learns, majority_share, step_flops
 from recipe.errors import ConfigError
 from recipe.reproducibility import resolve_device
 from recipe.task import Task
@@ -52,6 +52,10 @@ class LabelIssues:
         probe: which quick models made the probabilities, e.g. "linear probe + task model, 5-fold, 2 rounds".
         seconds: wall time of the whole search.
         sampled: True when `positions` is a sample of a larger training split.
+        val_agreement: when the training labels taught the quick models nothing, their out-of-fold accuracy when
+            trained k-fold on the validation split's own labels (can they learn this task at all?); else None.
+        val_chance: accuracy of always predicting the most frequent validation label.
+        note: why a stronger probe was not tried, when it was not (the task model over the FLOP budget).
     """
 
     estimated_noise_rate: float
@@ -67,6 +71,9 @@ class LabelIssues:
     probe: str
     seconds: float
     sampled: bool
+    val_agreement: float | None = None
+    val_chance: float = 0.0
+    note: str = ""
 
 
 # ---- confident learning ---------------------------------------------------------------------------------------------
@@ -203,16 +210,31 @@ def find_label_issues(
     fold, val_fold = _stratified_folds(labels, folds, seed), _stratified_folds(val_labels, folds, seed + 1)
     suspects = torch.zeros(len(labels), dtype=torch.bool)
     probs, val_probs = models.out_of_fold(fold, val_fold, suspects, choose=True)
-    agreement = float((probs.argmax(1) == labels).float().mean())
+    chance, note = majority_share(labels), ""
+    if not learns(_accuracy(probs, labels), chance, len(labels)) and probe == "auto" and members == ["linear"]:
+        # the linear probe cannot separate the classes: the task's model gets the whole budget for one round
+        cost = step_flops(task, positions[:batch_size]) * steps * folds
+        if cost <= gflop * 1e9:
+            models = QuickModels(task, positions, labels, val_rows, ["model"], fit_kwargs)
+            models.dropped, rounds = ["linear"], 1
+            probs, val_probs = models.out_of_fold(fold, val_fold, suspects, choose=True)
+        else:
+            note = f"one round of the task model's quick training costs {cost / 1e9:.3g} GFLOP, over {gflop:g}"
+    agreement = _accuracy(probs, labels)
     found, rate = confident_learning(probs, labels, classes)
     done = 1
-    while done < rounds and rate < 0.5:  # past half, the rest is no cleaner: retraining on it would learn the noise
+    learned = learns(agreement, chance, len(labels))
+    while learned and done < rounds and rate < 0.5:  # past half, the rest is no cleaner: retraining learns the noise
         suspects[found] = True
         probs, val_probs = models.out_of_fold(fold, val_fold, suspects, choose=False)
         found, rate = confident_learning(probs, labels, classes)
         done += 1
     _, baseline = confident_learning(val_probs, val_labels, classes)
+    val_agreement = (
+        None if learned else _val_agreement(task, val_rows, val_labels, val_fold, models.members, fit_kwargs)
+    )
     names = {"linear": "linear probe", "model": "task model"}
+    dropped = f" ({' and '.join(names[m] for m in models.dropped)} left out: at chance)" if models.dropped else ""
     return LabelIssues(
         estimated_noise_rate=rate,
         indices=[positions[i] for i in found.tolist()],
@@ -224,10 +246,27 @@ def find_label_issues(
         baseline_samples=len(val_rows),
         agreement=agreement,
         chance=float(torch.bincount(labels).max() / len(labels)),
-        probe=" + ".join(names[m] for m in members) + f", {folds}-fold, {done} round{'s' * (done > 1)}",
+        probe=" + ".join(names[m] for m in models.members) + f", {folds}-fold, {done} round{'s' * (done > 1)}{dropped}",
         seconds=time.perf_counter() - start,
         sampled=len(positions) < len(task.train),
+        val_agreement=val_agreement,
+        val_chance=majority_share(val_labels),
+        note=note,
     )
+
+
+def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(1) == labels).float().mean())
+
+
+def _val_agreement(
+    task: Task, rows: list[int], labels: torch.Tensor, fold: torch.Tensor, members: list[str], fit_kwargs: dict
+) -> float:
+    """Out-of-fold accuracy of the same quick models trained k-fold on the validation split's own labels: whether
+    they can learn this task at all, asked only when the training labels taught them nothing."""
+    models = QuickModels(task.replace(train=task.val), rows, labels, [], members, fit_kwargs)
+    probs, _ = models.out_of_fold(fold, fold[:0], torch.zeros(len(rows), dtype=torch.bool), choose=True)
+    return _accuracy(probs, labels)
 
 
 def label_noise(issues: LabelIssues | None, task: Task) -> Check:
@@ -236,34 +275,33 @@ def label_noise(issues: LabelIssues | None, task: Task) -> Check:
 
     Why: Northcutt et al., JAIR 2021. The reference is what the same quick models show on held-out labels of the
     same data, not zero: hard samples look mislabeled too (catalog D2: out-of-fold logistic regression disagrees
-    with 3.3% of clean digits labels). Warn when the training estimate exceeds it by 3 standard errors and by at
-    least 1 point; fail when the labels teach the quick models nothing or most of them look wrong.
+    with 3.3% of clean digits labels). Its evidence counts only when the quick models learn: their out-of-fold
+    accuracy must beat the commonest label's share by 3 binomial standard errors, else the check skips (a probe at
+    chance says nothing about the labels) unless the same models learn the validation split's own labels, which
+    shows the training labels do not follow the inputs (fail). Warn when the training estimate exceeds the
+    validation one by 3 standard errors and by at least 1 point; fail when most training labels look wrong.
     """
     if issues is None:
         return skipped("label_noise", f"not applicable: {_not_applicable(task)}.")
     n, m = len(issues.positions), issues.baseline_samples
     rate, base = issues.estimated_noise_rate, issues.baseline_rate
     value: dict[str, Any] = {"estimated_noise_rate": rate, "baseline_rate": base, "suspects": len(issues.indices)}
-    value |= {"probe": issues.probe, "sampled": issues.sampled}
+    value |= {"probe": issues.probe, "sampled": issues.sampled, "out_of_fold_accuracy": issues.agreement}
+    value |= {"majority_accuracy": issues.chance}
     expected = f"at most the validation split's {base:.1%} plus sampling error"
+    if not learns(issues.agreement, issues.chance, n):
+        return _no_signal(issues, value)
     seen = (
         f"confident learning estimates {rate:.1%} of {n}{' sampled' * issues.sampled} training labels wrong "
         f"({len(issues.indices)} suspects; {issues.probe}) against {base:.1%} of {m} validation labels"
     )
     r, b = (rate * n + 1) / (n + 2), (base * m + 1) / (m + 2)  # smoothed: 0 of 30 is not known to be exactly 0
     excess, se = rate - base, math.sqrt(r * (1 - r) / n + b * (1 - b) / m)
-    no_signal = issues.agreement <= issues.chance + 3 * math.sqrt(issues.chance * (1 - issues.chance) / n)
-    if no_signal or excess >= 0.5:
-        why = (
-            f"out-of-fold accuracy is {issues.agreement:.1%}, no better than always predicting the commonest label "
-            f"({issues.chance:.1%})"
-            if no_signal
-            else f"most training labels look wrong, {excess:.0%} more than on validation"
-        )
+    if excess >= 0.5:
         return failed(
             "label_noise",
-            f"{seen}: {why}. The labels do not follow the inputs: check that inputs and labels are paired (shuffled "
-            "or sorted separately) and that one class map is used for every split.",
+            f"{seen}: most training labels look wrong, {excess:.0%} more than on validation. Check that inputs and "
+            "labels are paired (shuffled or sorted separately) and that one class map is used for every split.",
             value,
             expected,
         )
@@ -277,3 +315,35 @@ def label_noise(issues: LabelIssues | None, task: Task) -> Check:
         )
     note = f"; {excess:.1%} more is within sampling error of {m} validation samples" if excess > 0.01 else ""
     return passed("label_noise", f"{seen}: no more than held-out data of this difficulty{note}.", value, expected)
+
+
+def _no_signal(issues: LabelIssues, value: dict[str, Any]) -> Check:
+    """The verdict when the training labels teach the quick models nothing: a fail only when the same models learn
+    the validation split's own labels (they can learn this task, so the training labels do not follow the inputs),
+    else a skip: the probe is too weak to judge."""
+    n, m = len(issues.positions), issues.baseline_samples
+    seen = (
+        f"the quick models ({issues.probe}) reach {issues.agreement:.1%} out-of-fold accuracy on {n} training "
+        f"labels, no better than always predicting the commonest label ({issues.chance:.1%})"
+    )
+    value |= {"val_out_of_fold_accuracy": issues.val_agreement, "val_majority_accuracy": issues.val_chance}
+    if issues.val_agreement is not None and learns(issues.val_agreement, issues.val_chance, m):
+        return failed(
+            "label_noise",
+            f"{seen}, yet trained on the validation split's own labels they reach {issues.val_agreement:.1%} "
+            f"(commonest label {issues.val_chance:.1%}): the training labels do not follow the inputs. Check that "
+            "inputs and labels are paired (shuffled or sorted separately) and that one class map is used for every "
+            "split.",
+            value,
+            "out-of-fold accuracy above the commonest label's share",
+        )
+    on_val = (
+        f", and {issues.val_agreement:.1%} on the validation split's own labels"
+        if issues.val_agreement is not None
+        else ""
+    )
+    stronger = f"; {issues.note}: pass a larger model_gflop or probe='model'" if issues.note else ""
+    return skipped(
+        "label_noise",
+        f"{seen}{on_val}: a probe that cannot learn the task says nothing about its labels{stronger}.",
+    ).replace(value=value)

@@ -1,9 +1,15 @@
 """Quick models for out-of-fold probabilities: a linear probe on flattened inputs (weight decay picked by
 out-of-fold log-loss) and the task's own model through `fit`, each temperature-calibrated on held-out logits, and
-the FLOP budget that decides whether the task's model is cheap enough to train k times."""
+the FLOP budget that decides whether the task's model is cheap enough to train k times.
+
+A quick model is evidence only when it learns: `learns` asks that its out-of-fold accuracy beat always predicting
+the commonest label by three binomial standard errors. A member that does not is left out of the average (when
+another member learns), so a linear probe at chance on signals it cannot separate does not dilute the task model.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,6 +43,17 @@ def linear_logits(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
     std = std.clamp_min(1e-2 * float(std.mean()) + 1e-12)  # constant features must not explode on other rows
     w = linear_probe((x_train - mean) / std, y_train.to(x_train.device), classes, l2)
     return (x_test - mean) / std @ w[:-1] + w[-1]
+
+
+def learns(accuracy: float, chance: float, n: int) -> bool:
+    """True when an out-of-fold accuracy on `n` samples beats `chance` (the commonest label's share) by three
+    binomial standard errors (one-sided, about 99.9%): the model demonstrably learned something from the inputs."""
+    return accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / max(n, 1))
+
+
+def majority_share(labels: torch.Tensor) -> float:
+    """Accuracy of always predicting the commonest label."""
+    return float(torch.bincount(labels).max() / len(labels)) if len(labels) else 0.0
 
 
 def fit_model(task: Task, rows: list[int], seed: int, fit_kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -92,17 +109,19 @@ class QuickModels:
         device = fit_kwargs["device"]
         linear = "linear" in members
         self.x = flat_inputs(task, "train", positions, device) if linear else None
-        self.x_val = flat_inputs(task, "val", val_rows, device) if linear else None
+        self.x_val = None if self.x is None else flat_inputs(task, "val", val_rows, device) if val_rows else self.x[:0]
         self.l2 = L2_GRID[1]
         self.temperatures = dict.fromkeys(members, 1.0)
+        self.accuracy: dict[str, float] = {}  # each member's out-of-fold accuracy, measured with `choose`
+        self.dropped: list[str] = []  # members left out because they did not learn while another did
 
     def out_of_fold(
         self, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor, choose: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out probabilities of every training and validation row; training leaves out the rows in `exclude`.
-        With `choose`, the linear probe's weight decay is picked by out-of-fold log-loss and the temperatures are
-        refitted on the out-of-fold logits."""
-        outs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        With `choose`, the linear probe's weight decay is picked by out-of-fold log-loss, the temperatures are
+        refitted on the out-of-fold logits, and members that do not learn are dropped when another one does."""
+        outs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for member in self.members:
             best: tuple[float, float, torch.Tensor, torch.Tensor] | None = None
             for l2 in L2_GRID if member == "linear" and choose else (self.l2,):
@@ -117,9 +136,16 @@ class QuickModels:
                 self.l2 = best[1]
             if choose:
                 self.temperatures[member] = temperature(best[2], self.labels)
-            outs.append((best[2] / self.temperatures[member], best[3] / self.temperatures[member]))
-        probs = torch.stack([train.softmax(1) for train, _ in outs]).mean(0)
-        return probs, torch.stack([val.softmax(1) for _, val in outs]).mean(0)
+                self.accuracy[member] = float((best[2].argmax(1) == self.labels).float().mean())
+            outs[member] = (best[2] / self.temperatures[member], best[3] / self.temperatures[member])
+        if choose:
+            chance = majority_share(self.labels)
+            learners = [m for m in self.members if learns(self.accuracy[m], chance, len(self.labels))]
+            if learners and learners != self.members:
+                self.dropped += [m for m in self.members if m not in learners]
+                self.members = learners
+        probs = torch.stack([outs[m][0].softmax(1) for m in self.members]).mean(0)
+        return probs, torch.stack([outs[m][1].softmax(1) for m in self.members]).mean(0)
 
     def _fold(
         self, member: str, k: int, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor, l2: float
