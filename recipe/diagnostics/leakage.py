@@ -1,0 +1,142 @@
+"""Leaks that survive a sample-level split: validation windows that are shifted copies of training windows, and
+features computed from the target.
+
+Why: recipe step 1 ("become one with the data") and the evaluation skeleton of step 2: the validation score must
+measure generalisation to unseen samples. Windows cut from one series with overlap and then split at random put the
+same stretch of signal in both splits, shifted by a few steps; a target encoding computed with each row's own label
+predicts that label in training and nothing in validation. Both are invisible to an exact-duplicate check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.stats import rankdata
+
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import fixed_indices
+from recipe.diagnostics.integrity import SplitSample
+from recipe.task import Task
+
+MAX_TRAIN, MAX_VAL = 20_000, 2_000  # rows compared by time_leakage (sampled beyond)
+MIN_LENGTH = 8  # shorter rows are too short to tell a shift from a coincidence
+
+
+def _rows(sample: SplitSample, limit: int, seed: int) -> torch.Tensor | None:
+    """The inputs as (rows, length) integer codes (float bits for floats), at most `limit` rows; None when not 1-D."""
+    x = sample.inputs
+    if x is None or x.dim() < 2 or x.dim() > 3 or x.shape[0] == 0:
+        return None
+    x = x.reshape(len(x), -1)
+    if len(x) > limit:
+        x = x[torch.tensor(sorted(fixed_indices(len(x), limit, seed)))]
+    if x.is_floating_point():
+        return (x.float() + 0.0).view(torch.int32).long()  # + 0.0 makes -0.0 and 0.0 one code
+    return x.long()
+
+
+def _hashes(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (x * weights).sum(1)  # int64 arithmetic wraps: a random linear hash modulo 2^64
+
+
+def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Per validation row, whether it equals a training row shifted by k (1 <= k <= length / 2) on their whole
+    overlap (val[k:] == train[:-k] or val[:-k] == train[k:]); a constant overlap does not count."""
+    length = train.shape[1]
+    weights = torch.randint(-(2**62), 2**62, (length,), generator=torch.Generator().manual_seed(seed))
+    found = torch.zeros(len(val), dtype=torch.bool)
+    for k in range(1, length // 2 + 1):
+        for later, earlier in ((val[:, k:], train[:, :-k]), (val[:, :-k], train[:, k:])):
+            table, order = torch.sort(_hashes(earlier, weights[: length - k]))
+            keys = _hashes(later, weights[: length - k])
+            at = torch.searchsorted(table, keys).clamp_max(len(table) - 1)
+            hit = (table[at] == keys) & ~found & (later.amax(1) != later.amin(1))
+            rows = hit.nonzero().flatten()
+            same = (later[rows] == earlier[order[at[rows]]]).all(1)  # confirm: a hash match is not proof
+            found[rows[same]] = True
+    return found
+
+
+def time_leakage(train: SplitSample, val: SplitSample, warn_share: float = 0.1, fail_share: float = 0.3) -> Check:
+    """Catches overlapping windows of one series split at random: validation samples whose content is a training
+    sample's content shifted by a few positions, over at least half their length.
+
+    Why: a model scored on windows it has mostly seen in training measures memory, not forecasting. Windows that
+    overlap within a split are fine; across the split they are a leak. The fix is to split the series by time first.
+    """
+    name = "time_leakage"
+    x_train, x_val = _rows(train, MAX_TRAIN, 0), _rows(val, MAX_VAL, 1)
+    if x_train is None or x_val is None or x_train.shape[1] != x_val.shape[1]:
+        return skipped(name, "inputs are not rows of one length (sequences, series or feature vectors).")
+    if x_train.shape[1] < MIN_LENGTH:
+        return skipped(name, f"rows of {x_train.shape[1]} values are too short to tell a shift from chance.")
+    found = shifted_copies(x_train, x_val)
+    count, share = int(found.sum()), float(found.float().mean())
+    value = {"shifted_copies": count, "val_rows_compared": len(x_val), "share": share}
+    seen = (
+        f"{count} of {len(x_val)} validation samples ({share:.0%}) are training samples shifted by a few positions: "
+        "overlapping windows cut from one series were split at random, so validation scores stretches the model "
+        "trained on. Split the series by time first (train = the earlier part, validation = the later part), then "
+        "cut windows within each part."
+    )
+    if share >= fail_share and count >= 5:
+        return failed(name, seen, value, f"< {warn_share:.0%} shifted copies")
+    if share >= warn_share and count >= 5:
+        return warned(name, seen, value, f"< {warn_share:.0%} shifted copies")
+    return passed(name, f"{count} of {len(x_val)} validation samples are shifted copies of training ones.", value)
+
+
+def _association(x: torch.Tensor, y: torch.Tensor, classes: int | None) -> torch.Tensor:
+    """Per feature, |rank correlation| with a numeric target, or the correlation ratio of ranks with class ids."""
+    ranks = torch.from_numpy(rankdata(x.numpy(), axis=0)).double()
+    ranks = (ranks - ranks.mean(0)) / ranks.std(0).clamp_min(1e-12)
+    if classes is None or classes == 2:
+        t = torch.from_numpy(rankdata(y.numpy())).double()
+        t = (t - t.mean()) / t.std().clamp_min(1e-12)
+        return ((ranks * t[:, None]).sum(0) / (len(t) - 1)).abs().clamp_max(1 - 1e-9)
+    onehot = torch.nn.functional.one_hot(y.long(), classes).double()
+    means = onehot.T @ ranks / onehot.sum(0).clamp_min(1)[:, None]  # per class mean rank, standardised
+    between = (onehot.sum(0)[:, None] * means**2).sum(0) / (len(y) - 1)
+    return between.clamp(0, 1 - 1e-9).sqrt()
+
+
+def target_derived_features(
+    train: SplitSample, val: SplitSample, task: Task, z_fail: float = 6.0, z_warn: float = 4.5
+) -> Check:
+    """Catches a feature computed from the target (a target encoding that includes each row's own label): far more
+    related to the target in training than in validation, beyond what the split sizes explain.
+
+    Why: a real feature relates to the target alike in both splits, up to sampling noise; Fisher's z of the
+    difference of two correlations has standard error sqrt(1/(n1-3) + 1/(n2-3)).
+    """
+    name = "target_derived_features"
+    x, xv = train.inputs, val.inputs
+    if x is None or xv is None or x.dim() != 2 or not x.is_floating_point() or task.kind == "sequence":
+        return skipped(name, "applies to tabular inputs (a float feature vector per sample).")
+    y, yv = train.targets.reshape(len(x), -1), val.targets.reshape(len(xv), -1)
+    if y.shape[1] != 1 or len(x) < 20 or len(xv) < 20:
+        return skipped(name, "needs one target per sample and at least 20 samples per split.")
+    classes = task.num_classes if task.kind == "classification" and not y.is_floating_point() else None
+    varies = (x.std(0) > 0) & (xv.std(0) > 0)
+    r_train = _association(x[:, varies], y[:, 0], classes)
+    r_val = _association(xv[:, varies], yv[:, 0], classes)
+    z = (torch.atanh(r_train) - torch.atanh(r_val)) / math.sqrt(1 / (len(x) - 3) + 1 / (len(xv) - 3))
+    features = varies.nonzero().flatten()
+    worst = int(z.argmax())
+    feature, r_t, r_v, z_max = int(features[worst]), float(r_train[worst]), float(r_val[worst]), float(z[worst])
+    value = {"feature": feature, "train_association": r_t, "val_association": r_v, "z": z_max}
+    seen = (
+        f"feature {feature} relates to the target with strength {r_t:.2f} in training but {r_v:.2f} in validation "
+        f"(z = {z_max:.1f} standard errors): it was probably computed from the target, e.g. a target encoding that "
+        "includes each row's own label. Compute such features out of fold (from other rows' labels) or drop it."
+    )
+    if z_max >= z_fail and r_t >= 0.3 and r_v < r_t / 2:
+        return failed(name, seen, value, f"z < {z_warn:g}")
+    if z_max >= z_warn and r_t - r_v >= 0.2:
+        return warned(name, seen, value, f"z < {z_warn:g}")
+    return passed(
+        name,
+        f"every feature relates to the target alike in both splits (largest gap: feature {feature}, z = {z_max:.1f}).",
+        value,
+    )

@@ -1,0 +1,66 @@
+"""dropout_rates: every dropout rate read from the model the factory builds; keep-probability confusion warns."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from examples import charlm, digits
+from recipe.diagnostics.dropout import dropout_modules, dropout_rates
+from tests import tiny
+
+
+def dropout_mlp(p: float = 0.1, alpha: bool = False) -> nn.Module:
+    drop = nn.AlphaDropout(p) if alpha else nn.Dropout(p)
+    return nn.Sequential(nn.Linear(tiny.FEATURES, 32), nn.ReLU(), drop, nn.Linear(32, tiny.CLASSES))
+
+
+class AttentionTagger(nn.Module):
+    """A token model with dropout only inside attention and a GRU (no dropout modules of its own)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.tok = nn.Embedding(tiny.VOCAB, 16)
+        self.attn = nn.MultiheadAttention(16, 2, dropout=p, batch_first=True)
+        self.gru = nn.GRU(16, 16, num_layers=2, dropout=p, batch_first=True)
+        self.head = nn.Linear(16, tiny.VOCAB)
+
+    def forward(self, x):
+        h = self.tok(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(self.gru(h)[0])
+
+
+@pytest.mark.parametrize(
+    ("factory", "status"),
+    [
+        (tiny.MLP, "pass"),  # no dropout
+        (lambda: dropout_mlp(0.1), "pass"),  # the fixed twin of the two below
+        (lambda: dropout_mlp(0.5), "pass"),  # Srivastava et al.'s hidden-unit rate
+        (lambda: dropout_mlp(0.9), "warn"),  # "keep 90%" written as p
+        (lambda: dropout_mlp(0.8, alpha=True), "warn"),
+        (lambda: dropout_mlp(1.0), "fail"),
+    ],
+)
+def test_dropout_rates(factory, status):
+    task = tiny.classification(factory)
+    check = dropout_rates(task.make_model(), task, task.sample_batch("train", 64, seed=0))
+    assert check.status == status, check.message
+    if status != "pass":
+        assert "drop" in check.message and "training mode" in check.message  # the loss gap, as evidence
+
+
+@pytest.mark.parametrize(("p", "status"), [(0.1, "pass"), (0.9, "warn")])
+def test_dropout_inside_attention_and_rnn_is_read(p, status):
+    task = tiny.sequence(lambda: AttentionTagger(p))
+    model = task.make_model()
+    assert set(dropout_modules(model)) == {"attn.dropout", "gru.dropout"}
+    check = dropout_rates(model, task, task.sample_batch("train", 8, seed=0))
+    assert check.status == status, check.message
+
+
+def test_bundled_examples_pass():
+    for task in (digits.make_task(), charlm.make_task(max_chars=20_000)):
+        check = dropout_rates(task.make_model(), task, task.sample_batch("train", 8, seed=0))
+        assert check.status == "pass", check.message
+    assert dropout_modules(digits.MLP(dropout=0.3)) == {"net.2": 0.3, "net.5": 0.3}

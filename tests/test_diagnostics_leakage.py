@@ -1,0 +1,130 @@
+"""time_leakage (shifted copies of training windows in validation) and target_derived_features (a feature computed
+from the target), each on planted leaks, their fixed twins and the bundled datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from examples import charlm, digits, regression, tabular
+from recipe import Task
+from recipe.diagnostics.integrity import read_split
+from recipe.diagnostics.leakage import target_derived_features, time_leakage
+from tests import tiny
+
+
+def windows(series: torch.Tensor, length: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of `length` values, the next value as the target."""
+    starts = range(0, len(series) - length - 1, stride)
+    x = torch.stack([series[s : s + length] for s in starts])
+    return x, torch.stack([series[s + length] for s in starts]).unsqueeze(1)
+
+
+def series_task(split: str, stride: int = 1, tokens: bool = False) -> Task:
+    """A random walk cut into windows; `split="random"` plants the leak, `split="time"` is the fixed twin."""
+    g = torch.Generator().manual_seed(0)
+    series = torch.randn(3000, generator=g).cumsum(0)
+    if tokens:
+        series = torch.randint(0, 50, (3000,), generator=g)
+    if split == "random":
+        x, y = windows(series, 32, stride)
+        order = torch.randperm(len(x), generator=g)
+        cut = int(0.8 * len(x))
+        train, val = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    else:
+        train, val = windows(series[:2400], 32, stride), windows(series[2400:], 32, stride)
+    if tokens:
+        train, val = (train[0], train[1][:, 0]), (val[0], val[1][:, 0])
+        return Task(train=train, val=val, model=lambda: torch.nn.Embedding(50, 50), num_classes=50)
+    return Task(train=train, val=val, model=lambda: torch.nn.Linear(32, 1), loss="mse")
+
+
+def splits(task: Task):
+    return read_split(task, "train", 20_000, 0), read_split(task, "val", 20_000, 1)
+
+
+@pytest.mark.parametrize(
+    ("split", "stride", "tokens", "status"),
+    [
+        ("random", 1, False, "fail"),
+        ("random", 16, False, "fail"),  # half-overlapping windows
+        ("time", 1, False, "pass"),  # the fixed twin: windows overlap within each split only
+        ("random", 1, True, "fail"),  # token windows (another modality than a float series)
+        ("time", 1, True, "pass"),
+        ("random", 32, False, "pass"),  # disjoint windows split at random share nothing
+    ],
+)
+def test_time_leakage(split, stride, tokens, status):
+    check = time_leakage(*splits(series_task(split, stride, tokens)))
+    assert check.status == status, check.message
+    if status == "fail":
+        assert check.value["share"] > 0.5 and "split the series by time" in check.message.lower()
+
+
+@pytest.mark.parametrize("make_task", [digits.make_task, tabular.make_task, regression.make_task, charlm.make_task])
+def test_bundled_tasks_have_no_time_leak(make_task):
+    check = time_leakage(*splits(make_task()))
+    assert check.status in ("pass", "skip"), check.message
+
+
+def encoded_task(own_label: bool, n: int = 600, seed: int = 0) -> Task:
+    """Tabular data with a categorical column target-encoded; `own_label=True` plants each row's label in its code."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(size=n) > 0).astype(np.int64)
+    category = rng.integers(0, n // 4, size=n)  # ~4 rows per category
+    train, val = np.arange(n) < int(0.75 * n), np.arange(n) >= int(0.75 * n)
+    sums = np.bincount(category[train], weights=y[train], minlength=n // 4)
+    counts = np.bincount(category[train], minlength=n // 4)
+    if own_label:  # the bug: the row's own label is in its category's mean
+        code_train = sums[category[train]] / np.maximum(counts[category[train]], 1)
+    else:  # the fixed twin: leave-one-out, each row's code from the other rows of its category
+        rest = np.maximum(counts[category[train]] - 1, 1)
+        code_train = (sums[category[train]] - y[train]) / rest
+    code_val = sums[category[val]] / np.maximum(counts[category[val]], 1)
+    features = np.zeros((n, 6), dtype=np.float32)
+    features[:, :5] = x
+    features[train, 5], features[val, 5] = code_train, code_val
+    return Task(train=(features[train], y[train]), val=(features[val], y[val]), model=lambda: torch.nn.Linear(6, 2))
+
+
+@pytest.mark.parametrize(("own_label", "status"), [(True, "fail"), (False, "pass")])
+def test_target_derived_features(own_label, status):
+    task = encoded_task(own_label)
+    check = target_derived_features(*splits(task), task)
+    assert check.status == status, check.message
+    if status == "fail":
+        assert check.value["feature"] == 5 and "feature 5" in check.message
+
+
+def wine(seed: int) -> Task:
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_wine(return_X_y=True)
+    xt, xv, yt, yv = train_test_split(x.astype(np.float32), y, test_size=0.25, random_state=seed, stratify=y)
+    return Task(train=(xt, yt), val=(xv, yv), model=lambda: torch.nn.Linear(13, 3), num_classes=3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clean_tabular_splits_pass(seed):
+    for task in (
+        digits.make_task(seed=seed),
+        tabular.make_task(seed=seed),
+        regression.make_task(seed=seed),
+        wine(seed),
+    ):
+        check = target_derived_features(*splits(task), task)
+        assert check.status == "pass", (task.name, check.message)
+
+
+def test_target_derived_features_skips_sequences_and_regression_targets_work():
+    task = tiny.sequence()
+    assert target_derived_features(*splits(task), task).status == "skip"
+    leaky = tiny.regression()
+    x, y = leaky.train.x.clone(), leaky.train.y
+    x[:, 3] = y[:, 0] + 0.1 * torch.randn(len(y), generator=torch.Generator().manual_seed(0))  # the target, copied
+    leaky = leaky.replace(train=(x, y))
+    check = target_derived_features(*splits(leaky), leaky)
+    assert check.status == "fail" and check.value["feature"] == 3

@@ -1,0 +1,135 @@
+"""padding_invariance: outputs at real positions must not move with the amount of padding that follows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from recipe import Task
+from recipe.diagnostics.padding import padding_invariance
+from tests import tiny
+
+PAD, VOCAB, LENGTH, DIM = 0, 12, 10, 16
+
+
+def padded_tokens(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of 2..LENGTH real tokens (ids 1..VOCAB-1) then padding; the label is the first token's parity."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, VOCAB, (n, LENGTH), generator=g)
+    lengths = torch.randint(2, LENGTH + 1, (n,), generator=g)
+    x[torch.arange(LENGTH) >= lengths[:, None]] = PAD
+    return x, x[:, 0] % 2
+
+
+class Encoder(nn.Module):
+    """A TransformerEncoder classifier; `inverted` plants `x != pad` as the mask, `pool_all` a mean over padding."""
+
+    def __init__(self, inverted: bool = False, pool_all: bool = False):
+        super().__init__()
+        self.inverted, self.pool_all = inverted, pool_all
+        self.tok, self.pos = nn.Embedding(VOCAB, DIM), nn.Embedding(2 * LENGTH, DIM)
+        layer = nn.TransformerEncoderLayer(DIM, 2, 32, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+        self.head = nn.Linear(DIM, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = x == PAD
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        h = self.encoder(h, src_key_padding_mask=~pad if self.inverted else pad)
+        h = torch.nan_to_num(h)  # a fully masked row comes back as NaN or zeros depending on the kernel
+        if self.pool_all:
+            return self.head(h.mean(1))
+        real = (~pad).unsqueeze(-1).float()
+        return self.head((h * real).sum(1) / real.sum(1).clamp_min(1))
+
+
+class GRUClassifier(nn.Module):
+    """The last hidden state of a GRU; `packed=False` plants the GRU run over the padding."""
+
+    def __init__(self, packed: bool = True):
+        super().__init__()
+        self.packed = packed
+        self.tok, self.gru, self.head = nn.Embedding(VOCAB, DIM, padding_idx=PAD), nn.GRU(DIM, DIM), nn.Linear(DIM, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tok(x).transpose(0, 1)
+        if self.packed:
+            lengths = (x != PAD).sum(1).clamp_min(1).cpu()
+            _, last = self.gru(pack_padded_sequence(h, lengths, enforce_sorted=False))
+        else:
+            _, last = self.gru(h)
+        return self.head(last[-1])
+
+
+class Tagger(nn.Module):
+    """A per-token tagger (outputs (B, T, tags)); `leaky` plants a sequence-wide mean mixed into every position."""
+
+    def __init__(self, leaky: bool = False):
+        super().__init__()
+        self.leaky = leaky
+        self.tok, self.head = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tok(x)
+        if self.leaky:
+            h = h + h.mean(1, keepdim=True)
+        return self.head(h)
+
+
+class FixedLength(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok, self.head = nn.Embedding(VOCAB, 4), nn.Linear(4 * LENGTH, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tok(x).flatten(1))
+
+
+def padded_task(model, pad_id: int | None = PAD) -> Task:
+    return Task(
+        train=padded_tokens(64, 0), val=padded_tokens(32, 1), model=model, num_classes=2, kind="classification",
+        pad_id=pad_id,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("factory", "status"),
+    [
+        (Encoder, "pass"),  # the fixed twin of both planted encoders
+        (lambda: Encoder(inverted=True), "fail"),
+        (lambda: Encoder(pool_all=True), "fail"),
+        (GRUClassifier, "pass"),
+        (lambda: GRUClassifier(packed=False), "fail"),
+        (Tagger, "pass"),
+        (lambda: Tagger(leaky=True), "fail"),
+        (FixedLength, "skip"),
+    ],
+)
+def test_padding_invariance(factory, status):
+    torch.manual_seed(0)
+    task = padded_task(factory)
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    check = padding_invariance(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    if status == "fail":
+        assert "pad" in check.message and check.value["relative_change"] > 1e-2
+
+
+def test_padding_invariance_needs_a_declared_pad_and_tokens():
+    task = padded_task(Encoder, pad_id=None)
+    inputs, _ = task.split_batch(task.sample_batch("val", 8, seed=0))
+    check = padding_invariance(task.make_model(), task, inputs)
+    assert check.status == "skip" and "pad_id" in check.message
+    floats = tiny.classification(pad_id=0)
+    x, _ = floats.split_batch(floats.sample_batch("val", 8, seed=0))
+    assert padding_invariance(floats.make_model(), floats, x).status == "skip"
+
+
+def test_padding_invariance_on_a_causal_language_model():
+    """A causal model never sees what follows a position: trailing padding cannot change it."""
+    task = tiny.sequence()
+    task.pad_id = 0
+    inputs, _ = task.split_batch(task.sample_batch("val", 8, seed=0))
+    assert padding_invariance(task.make_model(), task, inputs).status == "pass"
