@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipe.diagnostics.init import bias_values, final_layer, init_bias, init_output_bias, loss_at_init, output_kind
+from recipe.diagnostics.init import (
+    bias_values,
+    final_layer,
+    init_bias,
+    init_output_bias,
+    loss_at_init,
+    output_kind,
+    outputs_at_init,
+)
 from tests import tiny
 
 
@@ -152,3 +160,40 @@ def test_init_bias(make_task, status):
     assert check.status == status, check.message
     if status == "warn":
         assert check.value["loss_after"] < check.value["loss_before"]
+
+
+def _narrow():
+    """A ReLU regression MLP ending in Linear: about one fresh draw in four outputs no negative value."""
+    return nn.Sequential(nn.Linear(tiny.FEATURES, 2), nn.ReLU(), nn.Linear(2, 1))
+
+
+def _verdicts_at_init(task, seeds, draws):
+    batch = task.sample_batch("val", 128, seed=0)
+    statuses = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        statuses.append(output_kind(*outputs_at_init(task.make_model, task, batch, draws), task).status)
+    return statuses
+
+
+def test_output_kind_judges_the_architecture_not_one_random_init():
+    """A fresh ReLU MLP ending in Linear outputs no negative value on some draws; over five draws it never fails."""
+    task = tiny.regression(lambda: _narrow())
+    one_draw = _verdicts_at_init(task, 50, draws=1)
+    assert one_draw.count("fail") > 0  # the false alarm the multi-draw verdict removes
+    assert _verdicts_at_init(task, 50, draws=5).count("fail") == 0
+
+
+@pytest.mark.parametrize(
+    ("make_task", "words"),
+    [
+        (lambda: tiny.classification(Softmaxed), "probabilities"),
+        (lambda: tiny.classification(Rectified), "ever negative"),
+        (lambda: tiny.regression(lambda: nn.Sequential(_narrow(), nn.ReLU())), "negative"),
+    ],
+)
+def test_output_kind_at_init_fails_an_output_non_linearity_on_every_seed(make_task, words):
+    task = make_task()
+    assert _verdicts_at_init(task, 10, draws=5) == ["fail"] * 10
+    batch = task.sample_batch("val", 128, seed=0)
+    assert words in output_kind(*outputs_at_init(task.make_model, task, batch), task).message

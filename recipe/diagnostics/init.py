@@ -7,6 +7,7 @@ Why: Karpathy, "verify loss @ init" and "init well" (recipe, step 2); bug catalo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -98,45 +99,66 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     )
 
 
-def output_kind(output: torch.Tensor, target: torch.Tensor, task: Task) -> Check:
+def outputs_at_init(
+    make_model: Callable[[], nn.Module], task: Task, batch: Batch, draws: int = 5
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The outputs of `draws` freshly initialised models on one batch, and its target: what the architecture can
+    output, rather than what one random draw happens to."""
+    outputs, target = [], torch.empty(0)
+    for _ in range(draws):
+        model = make_model().eval()
+        with torch.no_grad():
+            output, target = task.outputs(model, batch)
+        outputs.append(output.detach().float())
+    return outputs, target
+
+
+def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, task: Task) -> Check:
     """Catches probabilities (softmax/sigmoid outputs) handed to a loss that expects logits, and an output
     non-linearity that cannot reach the targets (ReLU on logits or on signed regression targets).
 
     Why: the loss at init does not see a softmax before cross-entropy (2.302 vs ln 10 = 2.303, catalog section 2.1);
-    the output contract does, exactly (catalog L1, M10). Run it on a trained model's output: logits leave [0, 1].
+    the output contract does, exactly (catalog L1, M10). It judges the architecture, not one random draw: given the
+    outputs of several fresh initialisations (`outputs_at_init`), it fails only when every one of them breaks the
+    contract (one fresh ReLU regression MLP in ten outputs no negative value by chance; five in a row, 1e-5). Run it
+    on a trained model's output too: trained logits leave [0, 1].
     """
-    out = output.detach().float()
-    if not torch.isfinite(out).all():
+    outs = [output.detach().float()] if isinstance(output, torch.Tensor) else [o.detach().float() for o in output]
+    if not all(bool(torch.isfinite(o).all()) for o in outs):
         return skipped("output_kind", "outputs are not finite; see the non-finite check.")
-    value: dict[str, Any] = {"min": float(out.min()), "max": float(out.max())}
+    value: dict[str, Any] = {
+        "min": min(float(o.min()) for o in outs),
+        "max": max(float(o.max()) for o in outs),
+        "draws": len(outs),
+    }
+    drawn = f" (all {len(outs)} fresh initialisations)" if len(outs) > 1 else ""
     if task.loss == "cross_entropy":
         valid = (target != IGNORE_INDEX).unsqueeze(-1) if task.kind == "sequence" else torch.ones(1, dtype=torch.bool)
-        in_unit = bool(((out >= 0) & (out <= 1)).all())
-        sums = out.sum(task.class_dim)
-        value["row_sum_max_deviation"] = float((sums - 1).abs().max())
-        if in_unit and bool(((sums - 1).abs() < 1e-3).all()):
+        deviation = [(o.sum(task.class_dim) - 1).abs() for o in outs]
+        value["row_sum_max_deviation"] = max(float(d.max()) for d in deviation)
+        if all(bool(((o >= 0) & (o <= 1)).all() and (d < 1e-3).all()) for o, d in zip(outs, deviation, strict=True)):
             return failed(
                 "output_kind",
-                "every output row lies in [0, 1] and sums to 1: the model returns "
+                f"every output row lies in [0, 1] and sums to 1{drawn}: the model returns "
                 "probabilities but cross-entropy expects raw logits (it applies log-softmax itself). Remove "
                 "the final softmax.",
                 value,
                 "unnormalised logits of both signs",
             )
-        if bool((out[valid.expand_as(out)] >= 0).all()) if task.kind == "sequence" else bool((out >= 0).all()):
+        if all(bool(((o[valid.expand_as(o)] if task.kind == "sequence" else o) >= 0).all()) for o in outs):
             return failed(
                 "output_kind",
-                "no output is ever negative: a ReLU, sigmoid or abs on the logits clips them; "
+                f"no output is ever negative{drawn}: a ReLU, sigmoid or abs on the logits clips them; "
                 "return the last linear layer's output unchanged.",
                 value,
                 "logits of both signs",
             )
         return passed("output_kind", "outputs are unnormalised logits, as cross-entropy expects.", value)
     if task.loss == "bce_with_logits":
-        if bool(((out >= 0) & (out <= 1)).all()):
+        if all(bool(((o >= 0) & (o <= 1)).all()) for o in outs):
             return failed(
                 "output_kind",
-                "every output lies in [0, 1] after training: the model applies a sigmoid but "
+                f"every output lies in [0, 1]{drawn or ' after training'}: the model applies a sigmoid but "
                 "BCEWithLogits applies it again. Return raw logits.",
                 value,
                 "logits of both signs",
@@ -145,10 +167,10 @@ def output_kind(output: torch.Tensor, target: torch.Tensor, task: Task) -> Check
     if task.loss in ("mse", "l1"):
         negative_targets = float((target.float() < 0).float().mean())
         value["negative_target_share"] = negative_targets
-        if negative_targets > 0.1 and bool((out >= 0).all()):
+        if negative_targets > 0.1 and all(bool((o >= 0).all()) for o in outs):
             return failed(
                 "output_kind",
-                f"{negative_targets:.0%} of targets are negative but no output is: a ReLU or "
+                f"{negative_targets:.0%} of targets are negative but no output is{drawn}: a ReLU or "
                 "similar on the output cannot reach them. Remove the output non-linearity.",
                 value,
                 "outputs covering the target range",
@@ -163,7 +185,7 @@ def final_layer(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Mod
 
     def hook(name: str):
         def record(module: nn.Module, args: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
+            if isinstance(out, torch.Tensor) and not out.is_nested:  # a nested tensor has no shape to compare
                 calls.append((name, module, out))
 
         return record
