@@ -21,6 +21,7 @@ from typing import Any
 
 from recipe.config import check_run_dir, load_yaml, split_config
 from recipe.errors import ConfigError, RecipeError, StorageError, Terminated
+from recipe.rundir import check_owned
 
 DISK_ERRORS = {  # errno -> (how the path was refused, what to do), for a file operation the disk refused mid-run
     errno.ENOSPC: ("writing", "free space or choose another --run-dir"),
@@ -73,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     data = load_yaml(args.config)
     config, sections = split_config(data, STAGES, str(args.config))
     stages = args.stages.split(",") if args.stages else config.stages
-    check_run_dir(getattr(args, "resume", None) or args.run_dir or config.run_dir or "runs")  # before loading data
+    chosen = getattr(args, "resume", None) or args.run_dir or config.run_dir
+    check_run_dir(chosen or "runs")  # before loading data
+    if chosen:
+        check_owned(chosen)  # a folder recipe did not create: refused before the task's data is even loaded
     task = load_task(config.task, config.task_args, str(args.config))
     try:
         recipe = _recipe(Recipe, task, config, sections, stages, args)

@@ -42,6 +42,10 @@ class Console:
             message = c.message if len(c.message) <= 110 else c.message[:107] + "..."
             self._print(f"  {self.MARKS[c.status]}  {c.name:<{width}}  {message}")
 
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self._print(f"\n{text}")
+
     def kept(self, name: str, status: str) -> None:
         if not self.quiet:
             self._print(f"\n── {name} · kept from the interrupted run ({status})")

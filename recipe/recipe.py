@@ -27,7 +27,7 @@ from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.fit import FitResult, fit
 from recipe.reproducibility import resolve_device, seed_everything
-from recipe.rundir import RunDir
+from recipe.rundir import RunDir, check_owned
 from recipe.stage import Stage
 from recipe.task import Task
 from recipe.validation import check_batch_fits
@@ -251,17 +251,19 @@ class Recipe:
         from recipe.report import build_report
 
         check_run_dir(self.run_dir)  # before any compute; creates nothing
+        check_owned(self.run_dir)  # a folder recipe did not create is refused before anything is read or written
         if "batch_size" in (self.config.get("train") or {}):  # a batch size left at its default is clamped instead
             check_batch_fits(self.task, self.train.batch_size)
         self.task.validate(self.device)  # bad input fails here, before anything is written
-        rundir = RunDir(self.run_dir, [s.name for s in self.stages])
+        planned = [s.name for s in self.stages]
         manifest = self._manifest()
-        done = resuming.load(rundir, manifest, self.force) if self.resume else resuming.Resumed()
-        rundir.create(keep=done.finished if self.resume else None)
-        if self.resume:
-            resuming.keep_metrics(rundir, done.finished)
+        done = resuming.earlier(RunDir(self.run_dir), manifest, self.resume, self.force)
+        rundir = RunDir(self.run_dir, done.order)
+        todo = [name for name in planned if name not in done.finished]
+        rundir.create(replace=todo)  # only what recipe wrote for the stages that run now is replaced
+        resuming.keep_metrics(rundir, done.kept)
         loggers = make_loggers(self.loggers, rundir.path)
-        fit_checkpoints = resuming.FitCheckpoints(rundir.path / "checkpoints", self.resume)
+        fit_checkpoints = resuming.FitCheckpoints(rundir.path / "checkpoints", () if self.resume else planned)
         ctx = Context(
             self.task, self.device, self.seed, rundir, done.train or self.train, progress=self.progress,
             learned=done.learned, fits=done.fits, source=self.source,
@@ -269,9 +271,16 @@ class Recipe:
         )  # fmt: skip
         console = Console(self.quiet)
         console.header(self.task, self.device, self.seed, rundir.path)
+        self._restore_earlier(ctx, done, console)
         checks, statuses, timings, train_after = done.checks, done.statuses, done.seconds, done.train_after
+        files = rundir.written = done.files
         status = "interrupted"  # until the loop ends on its own
-        manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned)
+        manifest.update(
+            stages_order=done.order,
+            config=done.config | manifest["config"],
+            runs=[*done.runs, {"start": manifest["start"], "stages": planned, "resume": self.resume}],
+        )
+        manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned, files=files)
         rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable from the start
         try:
             with stopping.handling_sigterm():  # SIGTERM: a fit checkpoints its step; `Terminated` ends the run
@@ -285,14 +294,16 @@ class Recipe:
                     seed_everything(self.seed)  # each stage starts alike, resumed or not, whatever ran before it
                     stage_checks = _run_stage(stage, ctx)
                     timings[stage.name] = round(time.perf_counter() - start, 3)
-                    checks.extend(stage_checks)
+                    checks = _in_order([*checks, *stage_checks], done.order)
                     statuses[stage.name] = _worst(stage_checks)
                     rundir.write_checks(checks)
                     console.stage(stage.name, stage_checks, timings[stage.name])
                     for logger in loggers:
-                        logger.stage(rundir, stage.name, [s.name for s in self.stages])
+                        logger.stage(rundir, stage.name, done.order)
                     train_after[stage.name] = dataclasses.asdict(ctx.train)
-                    manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned)
+                    manifest.update(
+                        status="running", stages=statuses, seconds=timings, learned=ctx.learned, files=files
+                    )
                     rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable now
                     fit_checkpoints.finish(stage.name)
                     if statuses[stage.name] == "fail" and not self.keep_going:
@@ -306,6 +317,7 @@ class Recipe:
                 stages=statuses,
                 seconds=timings,
                 learned=ctx.learned,
+                files=files,
                 fits=ctx.fits,
                 train_final=dataclasses.asdict(ctx.train),
                 train_after=train_after,
@@ -319,6 +331,18 @@ class Recipe:
         result = RecipeResult(not any(c.failed for c in checks), checks, rundir.path, statuses)
         console.summary(result)
         return result
+
+    def _restore_earlier(self, ctx: Context, done: resuming.Resumed, console: Console) -> None:
+        """Kept stages of earlier runs that come before this run's first stage hand on what they set up: their
+        training settings (already in `done.train`) and whatever `Stage.restore` re-applies (complexify's ladder)."""
+        from recipe.stages import STAGES
+
+        if done.train is not None and done.train_from not in done.finished:
+            console.note(f"training settings from the run's earlier {done.train_from!r} stage: lr={done.train.lr:g}")
+        for name in done.kept:
+            if name in STAGES and name not in done.finished and name in done.train_after:
+                ctx.stage = name
+                STAGES[name](self.config.get(name)).restore(ctx)
 
     def _manifest(self) -> dict[str, Any]:
         from recipe import __version__
@@ -337,6 +361,7 @@ class Recipe:
                 **{s.name: dataclasses.asdict(s.settings) for s in self.stages},
             },
             "stages_planned": [s.name for s in self.stages],
+            "source": self.source,
             "seed": self.seed,
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device)
@@ -376,6 +401,12 @@ def _checkpoints(path: Path) -> dict[str, Any]:
     from recipe.checkpoint import digest
 
     return {p.relative_to(path).as_posix(): digest(p) for p in sorted(path.rglob("*.pt"))}
+
+
+def _in_order(checks: list[Check], order: list[str]) -> list[Check]:
+    """Checks grouped by stage in the run directory's stage order (a stage run again replaces its place)."""
+    position = {stage: i for i, stage in enumerate(order)}
+    return sorted(checks, key=lambda c: position.get(c.stage, len(order)))
 
 
 def _worst(checks: list[Check]) -> str:

@@ -111,7 +111,8 @@ def build_report(run_dir: str | Path) -> Path:
     """Write report.html for a run directory from checks.json, manifest.json and the stage folders."""
     rundir = RunDir(run_dir)
     checks, manifest = rundir.read_checks(), rundir.read_manifest()
-    stages = list(dict.fromkeys([*manifest.get("stages_planned", []), *(c.stage for c in checks)]))
+    order = manifest.get("stages_order") or manifest.get("stages_planned", [])
+    stages = list(dict.fromkeys([*order, *(c.stage for c in checks)]))
     statuses = manifest.get("stages", {})
     problems = sorted((c for c in checks if c.status in ("fail", "warn")), key=lambda c: c.status != "fail")
     task = manifest.get("task", {})

@@ -8,10 +8,9 @@ with a different config is refused, naming the keys that changed, unless forced.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,13 @@ from recipe.errors import ConfigError
 from recipe.fit import FitResult
 from recipe.fit import fit as run_fit
 from recipe.reproducibility import resolve_device, rng_state, set_rng_state
-from recipe.rundir import METRICS, RunDir, write_atomic
+from recipe.rundir import LEDGER, METRICS, STAGE_ORDER, TEMPORARY, RunDir, remove_files, write_atomic
 from recipe.task import Task
 
 
 @dataclass
 class Resumed:
-    """What the finished stages of an earlier run hand to the rest."""
+    """What the stages kept from earlier runs in the directory hand to the ones that run now."""
 
     finished: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
@@ -37,8 +36,14 @@ class Resumed:
     seconds: dict[str, float] = field(default_factory=dict)
     learned: dict[str, dict[str, Any]] = field(default_factory=dict)
     fits: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # `finished` plus the stages this run does not plan
     train: TrainSettings | None = None
+    train_from: str = ""  # the kept stage whose training settings this run starts from
     train_after: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # every stage the run directory has folders for, in order
+    config: dict[str, Any] = field(default_factory=dict)  # the kept stages' settings
+    runs: list[dict[str, Any]] = field(default_factory=list)  # earlier invocations on this directory
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -49,40 +54,77 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if json.dumps(old, default=str) == json.dumps(new, default=str) else [prefix.rstrip(".")]
 
 
-def load(rundir: RunDir, planned: dict[str, Any], force: bool) -> Resumed:
-    """The finished part of the run in `rundir`; checks that `planned` (this run's manifest) matches its config."""
-    previous = rundir.read_manifest()
+def earlier(rundir: RunDir, planned: dict[str, Any], resume: bool, force: bool) -> Resumed:
+    """What this run keeps of the results already in `rundir`, whose manifest `planned` will replace.
+
+    Always: the stages this run does not plan, as an earlier run left them (running some stages again never loses
+    the others). With `resume`: also the leading planned stages that the interrupted run finished without a fail,
+    after checking that this run's config, seed, stages and task source match the interrupted one's. A stage counts
+    only while every file it wrote is still there (a stage folder deleted by hand runs again)."""
+    previous = rundir.read_manifest() if (rundir.path / LEDGER).is_file() else {}
+    names = list(planned["stages_planned"])
+    if resume:
+        _check_resumable(rundir, previous, planned, force)
+    after = previous.get("train_after", {})
+    files = previous.get("files", {})
+
+    def intact(stage: str) -> bool:
+        return stage in after and all((rundir.path / p).is_file() for p in files.get(stage, ()))
+
+    finished: list[str] = []
+    for stage in names if resume else ():  # the leading run of stages that ended without a fail
+        if not intact(stage) or previous.get("stages", {}).get(stage) == "fail":
+            break
+        finished.append(stage)
+    order = previous.get("stages_order") or previous.get("stages_planned") or []
+    kept = [s for s in order if s not in names and intact(s)] + finished
+    out = Resumed(finished=finished, kept=kept, train_after={s: after[s] for s in kept})
+    out.checks = [c for c in rundir.read_checks() if c.stage in kept] if kept else []
+    out.statuses = {s: previous["stages"][s] for s in kept if s in previous.get("stages", {})}
+    out.seconds = {s: previous.get("seconds", {}).get(s, 0.0) for s in kept}
+    out.learned = {s: v for s, v in previous.get("learned", {}).items() if s in kept}
+    out.fits = [f for f in previous.get("fits", []) if f.get("stage") in kept]
+    out.files = {s: list(files.get(s, [])) for s in kept}
+    out.order = list(dict.fromkeys([*order, *names]))
+    out.config = {k: v for k, v in previous.get("config", {}).items() if k in kept}
+    out.runs = list(previous.get("runs", []))
+    todo = [s for s in names if s not in finished]
+    before = [s for s in kept if _position(s) < _position(todo[0])] if todo else kept
+    if before:
+        start = max(before, key=_position)
+        train = dict(after[start])
+        for key in changed_keys(previous.get("config", {}).get("train"), planned["config"]["train"]):
+            if key in train:  # a training setting the config changed since that run: the config wins
+                train[key] = planned["config"]["train"][key]
+        out.train, out.train_from = TrainSettings(**train), start
+    return out
+
+
+def _position(stage: str) -> int:
+    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+
+
+def _check_resumable(rundir: RunDir, previous: dict[str, Any], planned: dict[str, Any], force: bool) -> None:
     if not previous:
         raise ConfigError(f"--resume {rundir.path}: no manifest.json there, so no run to resume.")
     if previous.get("status") == "complete":
         raise ConfigError(f"--resume {rundir.path}: that run completed; run again without --resume to start over.")
-    keys = ("config", "seed", "stages_planned", "task")
-    changed = [k for key in keys for k in changed_keys(previous.get(key), to_jsonable(planned[key]), f"{key}.")]
+    old = {
+        "config": {k: v for k, v in previous.get("config", {}).items() if k in planned["config"]},
+        **{k: previous.get(k) for k in ("seed", "stages_planned", "task", "source")},
+    }
+    changed = [k for key in old for k in changed_keys(old[key], to_jsonable(planned.get(key)), f"{key}.")]
     if changed and not force:
         raise ConfigError(
             f"--resume {rundir.path}: the config differs from the interrupted run's in {', '.join(changed[:8])}; "
             "resume with the same config, or add --force to resume anyway."
         )
-    after = previous.get("train_after", {})
-    finished: list[str] = []
-    for stage in previous.get("stages_planned", []):  # the leading run of stages that ended without a fail
-        if stage not in after or previous.get("stages", {}).get(stage) == "fail":
-            break
-        finished.append(stage)
-    out = Resumed(finished=finished, train_after={s: after[s] for s in finished})
-    out.checks = [c for c in rundir.read_checks() if c.stage in finished]
-    out.statuses = {s: previous["stages"][s] for s in finished}
-    out.seconds = {s: previous.get("seconds", {}).get(s, 0.0) for s in finished}
-    out.learned = {s: v for s, v in previous.get("learned", {}).items() if s in finished}
-    out.fits = [f for f in previous.get("fits", []) if f.get("stage") in finished]
-    if finished:
-        out.train = TrainSettings(**after[finished[-1]])
-    return out
 
 
 def keep_metrics(rundir: RunDir, stages: list[str]) -> None:
-    """Drop the metrics rows of every stage but `stages`: the unfinished ones write theirs again."""
+    """Drop the metrics rows of every stage but `stages`: the others write theirs again."""
     rows = [r for r in rundir.read_metrics() if r.get("stage") in stages]
+    rundir.record(METRICS)
     write_atomic(rundir.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
@@ -104,11 +146,11 @@ class FitCheckpoints:
     DONE = "done.pt"
     CHECKPOINT_SECONDS = float(os.environ.get("RECIPE_CHECKPOINT_SECONDS", 60.0))
 
-    def __init__(self, root: Path, resume: bool):
+    def __init__(self, root: Path, replace: Iterable[str] = ()):
         self.root = root
         self.counts: dict[tuple[str, str], int] = {}
-        if not resume:
-            shutil.rmtree(root, ignore_errors=True)
+        for stage in replace:  # stages that run afresh: an interrupted fit of theirs is not continued
+            self._remove(root / stage)
 
     def fit(self, stage: str, run: str, task: Task, settings: dict[str, Any]) -> FitResult:
         """`fit(task, **settings)`, resumed or replayed from this fit's checkpoints when they match its settings."""
@@ -123,7 +165,7 @@ class FitCheckpoints:
             if done.get("fingerprint") == fingerprint:
                 return _replay(done, task, settings)
         if _read_fingerprint(folder) != fingerprint:
-            shutil.rmtree(folder, ignore_errors=True)  # another fit's state (a forced resume changed settings)
+            self._remove(folder)  # another fit's state (a forced resume changed settings)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "settings.json", json.dumps({"fingerprint": fingerprint}).encode())
         rows: list[dict[str, Any]] = []
@@ -157,9 +199,16 @@ class FitCheckpoints:
 
     def finish(self, stage: str) -> None:
         """The stage ended: its fits will never be resumed."""
-        shutil.rmtree(self.root / stage, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.root.rmdir()  # only when empty
+        self._remove(self.root / stage)
+
+    def _remove(self, folder: Path) -> None:
+        """Delete what fits wrote under `folder` (checkpoints, their .sha256 records, unrenamed temporaries); any
+        other file stays, and so do the folders holding one."""
+        if not folder.is_dir():
+            return
+        names = (self.DONE, "settings.json", "last.pt", "last.1.pt", "best.pt")
+        ours = [p for p in folder.rglob("*") if p.name.removesuffix(".sha256") in names or TEMPORARY.match(p.name)]
+        remove_files(self.root.parent, ours)
 
 
 def _fingerprint(settings: dict[str, Any]) -> str:

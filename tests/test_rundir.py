@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from recipe.check import Check
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, StorageError
 from recipe.rundir import RunDir, stage_folder, write_atomic
 
 
@@ -63,6 +63,7 @@ def test_every_writer_leaves_only_its_files(rundir):
     assert leftovers(rundir.path) == []
     assert sorted(p.name for p in rundir.path.iterdir()) == [
         ".lock",  # held until close()
+        ".recipe",  # the ledger: what recipe wrote here
         "02_baseline",
         "07_my_probe",
         "checks.json",
@@ -141,17 +142,89 @@ def test_stage_folder_numbering(stage, extra, folder):
 # ---- create -----------------------------------------------------------------------------------------------------
 
 
-def test_create_makes_parents_and_clears_a_previous_run_only(tmp_path):
+def test_create_makes_parents_and_replaces_only_what_recipe_wrote_for_the_stages_run_again(tmp_path):
     path = tmp_path / "a" / "b"
-    rd = RunDir(path)
+    rd = RunDir(path, ["inspect", "baseline"])
     rd.create()
-    for name in ("checks.json", "manifest.json", "metrics.jsonl", "report.html", "notes.md"):
-        (path / name).write_text("old")
-    (path / "02_baseline").mkdir()
-    (path / "02_baseline" / "x.png").write_bytes(b"")
+    rd.save_json("baseline", "x.json", {})
+    rd.save_json("inspect", "y.json", {})
+    rd.write_checks([])
+    rd.close()
+    (path / "notes.md").write_text("mine")
+    (path / "02_baseline" / "mine.txt").write_text("mine")
     (path / "data").mkdir()
+    rd = RunDir(path, ["inspect", "baseline"])
+    rd.create(replace=["baseline"])
+    rd.close()
+    kept = sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
+    assert kept == [".recipe", "01_inspect", "01_inspect/y.json", "02_baseline", "02_baseline/mine.txt",
+                    "checks.json", "data", "notes.md"]  # fmt: skip
+
+
+def test_a_folder_recipe_did_not_create_is_refused_untouched(tmp_path):
+    (tmp_path / "train.csv").write_text("a,b")
+    (tmp_path / "42_results").mkdir()
+    (tmp_path / "42_results" / "final.txt").write_text("0.93")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match="non-empty folder that recipe did not create"):
+        RunDir(tmp_path).create()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_recipe_never_overwrites_a_file_it_did_not_write(tmp_path):
+    rd = RunDir(tmp_path / "run", ["baseline"])
     rd.create()
-    assert sorted(p.name for p in path.iterdir()) == [".lock", "data", "notes.md"]  # the user's own files stay
+    (tmp_path / "run" / "02_baseline").mkdir()
+    (tmp_path / "run" / "02_baseline" / "curve.json").write_text("mine")
+    with pytest.raises(StorageError, match="recipe did not write it"):
+        rd.save_json("baseline", "curve.json", {})
+    assert (tmp_path / "run" / "02_baseline" / "curve.json").read_text() == "mine"
+    rd.close()
+
+
+def test_a_delete_never_goes_through_a_symbolic_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rd = RunDir(tmp_path / "run", ["baseline"])
+    rd.create()
+    rd.save_json("baseline", "x.json", {})
+    rd.close()
+    (outside / "x.json").write_text("precious")
+    folder = tmp_path / "run" / "02_baseline"
+    (folder / "x.json").unlink()
+    folder.rmdir()
+    folder.symlink_to(outside)  # the stage folder now points at the user's folder
+    rd = RunDir(tmp_path / "run", ["baseline"])
+    rd.create(replace=["baseline"])
+    rd.close()
+    assert (outside / "x.json").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("manifest.json", '{"seed": 0, "sta', "manifest.json is malformed"),
+        ("manifest.json", "[1, 2]", "manifest.json is malformed"),
+        ("checks.json", '[{"name": "a"', "checks.json is malformed"),
+        ("checks.json", '[{"nme": "a"}]', "checks.json is malformed"),
+        ("metrics.jsonl", '{"step": 1}\n{"ste\n{"step": 3}\n', "metrics.jsonl is malformed at line 2"),
+    ],
+)
+def test_a_malformed_run_file_is_a_one_line_error_naming_it(tmp_path, name, content, match):
+    (tmp_path / name).write_text(content)
+    rd = RunDir(tmp_path)
+    with pytest.raises(ConfigError, match=match) as info:
+        rd.read_manifest(), rd.read_checks(), rd.read_metrics()
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_lock_is_refused_with_the_fix(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.create()
+    rd.close()
+    (tmp_path / "run" / ".lock").write_text("")
+    with pytest.raises(ConfigError, match=r"\.lock is empty or unreadable.*delete"):
+        RunDir(tmp_path / "run").create()
 
 
 def _under_a_file(tmp_path):

@@ -13,7 +13,7 @@ from recipe.rundir import STAGE_ORDER, stage_folder
 from recipe.stages import STAGES
 from tests import tiny
 
-RUN_LEVEL_FILES = {"checks.json", "manifest.json", "metrics.jsonl", "report.html"}
+RUN_LEVEL_FILES = {".recipe", "checks.json", "manifest.json", "metrics.jsonl", "report.html"}
 
 
 def test_registry_names_match_classes_and_recipe_order():
