@@ -16,6 +16,8 @@ from recipe.diagnostics.init import (
     init_output_bias,
     loss_at_init,
     output_kind,
+    output_kind_at_init,
+    output_module,
     outputs_at_init,
 )
 from tests import tiny
@@ -196,4 +198,58 @@ def test_output_kind_at_init_fails_an_output_non_linearity_on_every_seed(make_ta
     task = make_task()
     assert _verdicts_at_init(task, 10, draws=5) == ["fail"] * 10
     batch = task.sample_batch("val", 128, seed=0)
-    assert words in output_kind(*outputs_at_init(task.make_model, task, batch), task).message
+    assert words in output_kind_at_init(task.make_model, task, batch).message
+
+
+def test_output_kind_at_init_never_fails_the_narrowest_relu_regression_mlp():
+    task = tiny.regression(lambda: nn.Sequential(nn.Linear(tiny.FEATURES, 1), nn.ReLU(), nn.Linear(1, 1)))
+    batch = task.sample_batch("val", 128, seed=0)
+    statuses = []
+    for seed in range(50):
+        torch.manual_seed(seed)
+        statuses.append(output_kind_at_init(task.make_model, task, batch).status)
+    assert statuses == ["pass"] * 50
+
+
+class ClampedInPlace(tiny.MLP):
+    def forward(self, x):
+        return self.head(F.relu(self.l2(F.relu(self.l1(x))))).clamp_(min=0)  # same tensor as head's, modified
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (tiny.MLP, ("head", nn.Linear)),
+        (Rectified, None),  # a functional relu makes the output
+        (lambda: nn.Sequential(tiny.MLP(), nn.ReLU(inplace=True)), ("1", nn.ReLU)),
+        (ClampedInPlace, None),  # head's tensor, but clipped in place
+        (lambda: nn.Sequential(tiny.MLP(), nn.Softmax(dim=1)), ("1", nn.Softmax)),
+    ],
+)
+def test_output_module_is_the_module_whose_output_is_returned_unchanged(model, expected):
+    task = tiny.classification(model)
+    found = output_module(task.make_model(), task, _batch(task, 8))
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None and found[0] == expected[0] and isinstance(found[1], expected[1])
+
+
+def test_output_kind_gives_no_sign_verdict_on_an_output_from_a_linear_layer():
+    """Even one draw: a model whose output is a Linear layer's can reach negative values, whatever the init drew."""
+    task = tiny.regression(lambda: nn.Sequential(nn.Linear(tiny.FEATURES, 1), nn.ReLU(), nn.Linear(1, 1)))
+    batch = task.sample_batch("val", 128, seed=0)
+    statuses, bare = [], []
+    for seed in range(50):
+        torch.manual_seed(seed)
+        model = task.make_model()
+        outputs, target = outputs_at_init(lambda m=model: m, task, batch, draws=1)
+        bare.append(output_kind(outputs, target, task).status)
+        statuses.append(output_kind(outputs, target, task, final=output_module(model, task, batch)).status)
+    assert bare.count("fail") > 10 and statuses == ["pass"] * 50
+    planted = tiny.regression(lambda: nn.Sequential(tiny.MLP(out=1), nn.ReLU()))
+    model = planted.make_model()
+    check = output_kind(
+        *outputs_at_init(planted.make_model, planted, batch), planted, output_module(model, planted, batch)
+    )
+    assert check.status == "fail" and "ReLU '1'" in check.message

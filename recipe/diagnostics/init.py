@@ -113,15 +113,50 @@ def outputs_at_init(
     return outputs, target
 
 
-def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, task: Task) -> Check:
+AFFINE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding)
+
+
+def output_module(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Module] | None:
+    """The innermost module whose output the model returns unchanged (the same tensor, not modified in place);
+    None when a functional operation (F.relu, torch.softmax) or the task's forward makes the output."""
+    calls: list[tuple[str, nn.Module, torch.Tensor, int]] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                calls.append((name, module, out, out._version))
+
+        return record
+
+    leaves = [(n, m) for n, m in model.named_modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            output, _ = task.outputs(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, module, out, version in reversed(calls):  # the last one called: nn.ReLU(inplace=True) after Linear
+        if out is output:
+            return (name, module) if out._version == version else None
+    return None
+
+
+def output_kind(
+    output: torch.Tensor | Sequence[torch.Tensor],
+    target: torch.Tensor,
+    task: Task,
+    final: tuple[str, nn.Module] | None = None,
+) -> Check:
     """Catches probabilities (softmax/sigmoid outputs) handed to a loss that expects logits, and an output
     non-linearity that cannot reach the targets (ReLU on logits or on signed regression targets).
 
     Why: the loss at init does not see a softmax before cross-entropy (2.302 vs ln 10 = 2.303, catalog section 2.1);
     the output contract does, exactly (catalog L1, M10). It judges the architecture, not one random draw: given the
     outputs of several fresh initialisations (`outputs_at_init`), it fails only when every one of them breaks the
-    contract (one fresh ReLU regression MLP in ten outputs no negative value by chance; five in a row, 1e-5). Run it
-    on a trained model's output too: trained logits leave [0, 1].
+    contract (one fresh ReLU regression MLP in ten outputs no negative value by chance; five in a row, 1e-5). When
+    the output is an affine layer's (`final`, from `output_module`), it can take either sign whatever the draw: no
+    sign verdict. Run it on a trained model's output too: trained logits leave [0, 1].
     """
     outs = [output.detach().float()] if isinstance(output, torch.Tensor) else [o.detach().float() for o in output]
     if not all(bool(torch.isfinite(o).all()) for o in outs):
@@ -132,6 +167,10 @@ def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Ten
         "draws": len(outs),
     }
     drawn = f" (all {len(outs)} fresh initialisations)" if len(outs) > 1 else ""
+    if final is not None:
+        value["final_module"] = f"{type(final[1]).__name__} '{final[0]}'"
+        drawn += f"; the output comes from {value['final_module']}"
+    signed = final is not None and isinstance(final[1], AFFINE)  # a trainable affine map reaches both signs
     if task.loss == "cross_entropy":
         valid = (target != IGNORE_INDEX).unsqueeze(-1) if task.kind == "sequence" else torch.ones(1, dtype=torch.bool)
         deviation = [(o.sum(task.class_dim) - 1).abs() for o in outs]
@@ -145,7 +184,8 @@ def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Ten
                 value,
                 "unnormalised logits of both signs",
             )
-        if all(bool(((o[valid.expand_as(o)] if task.kind == "sequence" else o) >= 0).all()) for o in outs):
+        scored = [o[valid.expand_as(o)] for o in outs] if task.kind == "sequence" else outs
+        if not signed and all(bool((o >= 0).all()) for o in scored):
             return failed(
                 "output_kind",
                 f"no output is ever negative{drawn}: a ReLU, sigmoid or abs on the logits clips them; "
@@ -155,7 +195,7 @@ def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Ten
             )
         return passed("output_kind", "outputs are unnormalised logits, as cross-entropy expects.", value)
     if task.loss == "bce_with_logits":
-        if all(bool(((o >= 0) & (o <= 1)).all()) for o in outs):
+        if not signed and all(bool(((o >= 0) & (o <= 1)).all()) for o in outs):
             return failed(
                 "output_kind",
                 f"every output lies in [0, 1]{drawn or ' after training'}: the model applies a sigmoid but "
@@ -167,7 +207,7 @@ def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Ten
     if task.loss in ("mse", "l1"):
         negative_targets = float((target.float() < 0).float().mean())
         value["negative_target_share"] = negative_targets
-        if negative_targets > 0.1 and all(bool((o >= 0).all()) for o in outs):
+        if negative_targets > 0.1 and not signed and all(bool((o >= 0).all()) for o in outs):
             return failed(
                 "output_kind",
                 f"{negative_targets:.0%} of targets are negative but no output is{drawn}: a ReLU or "
@@ -177,6 +217,13 @@ def output_kind(output: torch.Tensor | Sequence[torch.Tensor], target: torch.Ten
             )
         return passed("output_kind", "outputs can cover the range of the targets.", value)
     return skipped("output_kind", "custom loss: no output contract to check.")
+
+
+def output_kind_at_init(make_model: Callable[[], nn.Module], task: Task, batch: Batch, draws: int = 5) -> Check:
+    """`output_kind` judged on the architecture: the outputs of `draws` fresh initialisations and the module the
+    output comes from."""
+    final = output_module(make_model(), task, batch)
+    return output_kind(*outputs_at_init(make_model, task, batch, draws), task, final)
 
 
 def final_layer(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Module] | None:
