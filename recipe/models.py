@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipe.task import Task
+from recipe.task import SCAN_LIMIT, Task
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
@@ -33,22 +33,43 @@ class _Linear(nn.Module):
 
 
 class _Bigram(nn.Module):
-    """A table of next-token logits given the current token."""
+    """A table of output logits (the next token, or a tag) given the current token. Input ids may outnumber the
+    output classes (a tagger's vocabulary is not its tag set); ids past the table share its last row. With
+    `classes_first` the logits come out (B, C, T), the layout cross-entropy takes for one class per position."""
 
-    def __init__(self, vocab: int):
+    def __init__(self, tokens: int, classes: int, classes_first: bool = False):
         super().__init__()
-        self.table = nn.Embedding(vocab, vocab)
+        self.table = nn.Embedding(tokens, classes)
+        self.classes_first = classes_first
         nn.init.zeros_(self.table.weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.table(tokens)
+        logits = self.table(tokens.clamp(0, self.table.num_embeddings - 1))
+        return logits.transpose(1, -1) if self.classes_first else logits
+
+
+def _token_count(task: Task, inputs: torch.Tensor) -> int:
+    """One more than the largest input token id in either split (a Dataset's first `SCAN_LIMIT` samples)."""
+    top = int(inputs.max())
+    for split in (task.train, task.val):
+        n = min(len(split), SCAN_LIMIT)
+        for i in range(0, n, 4096):
+            x, _ = task.split_batch(split.batch(range(i, min(i + 4096, n))))
+            top = max(top, int(x.max())) if isinstance(x, torch.Tensor) and x.numel() else top
+    return top + 1
 
 
 def simple_model_factory(task: Task, inputs: Any, output: torch.Tensor) -> tuple[Any, str] | None:
-    """A factory for the reference model of this task and its description, or None when there is none."""
-    if task.kind == "sequence":
-        vocab = int(output.shape[-1])
-        return (lambda: _Bigram(vocab)), "bigram table"
+    """A factory for the reference model of this task and its description, or None when there is none: a bigram
+    table for next-token prediction, a unigram tagger (a table of class logits per token) for one class per token
+    of (B, T) token inputs, a linear model on the flattened inputs for float inputs."""
+    tokens = isinstance(inputs, torch.Tensor) and not inputs.is_floating_point() and inputs.dim() == 2
+    if tokens and task.kind == "sequence" and output.dim() == 3:
+        count, classes = _token_count(task, inputs), int(output.shape[-1])
+        return (lambda: _Bigram(max(count, classes), classes)), "bigram table"
+    if tokens and task.kind == "classification" and output.dim() == 3 and output.shape[2] == inputs.shape[1]:
+        count, classes = _token_count(task, inputs), int(output.shape[1])  # (B, C, T): one class per token
+        return (lambda: _Bigram(count, classes, classes_first=True)), "unigram tagger (class logits per token)"
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
         return None
     features = math.prod(inputs.shape[1:])

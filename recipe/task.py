@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from recipe.data import Batch, DatasetSplit, Split, TensorSplit, as_split, fixed_indices, to_device, tree_map
+from recipe.data import Batch, DatasetSplit, Split, TensorSplit, as_split, fixed_indices, to_device
 from recipe.errors import TaskError
 
 Kind = Literal["classification", "regression", "sequence"]
@@ -137,7 +137,9 @@ class Task:
             raise TaskError(f"pad_id must be a non-negative int token id, got {pad_id!r}.")
         self.pad_id = pad_id
         self.groups = _groups(groups)
-        self.zero_inputs = False  # set on a variant by the input-independent baseline
+        # set on a variant by a probe that changes what the model sees (the input-independent baseline exchanges
+        # inputs between samples); the user's task has none
+        self.input_transform: Callable[[Any], Any] | None = None
         self._targets: dict[tuple[str, int | None], torch.Tensor] = {}  # read once: a Dataset pass can be slow
         self.kind: Kind = kind or self._infer_kind()
         self.num_classes: int | None = num_classes
@@ -177,9 +179,10 @@ class Task:
         if callable(self.loss):
             return None
         if self.loss == "cross_entropy":
-            if self.kind == "sequence":
-                per_token = F.cross_entropy(output.transpose(1, -1), target, reduction="none")
-                valid = (target != IGNORE_INDEX).float()
+            if self.kind == "sequence" or target.dim() > 1:  # one class per position: mean over scored positions
+                logits = output.transpose(1, -1) if self.kind == "sequence" else output
+                per_token = F.cross_entropy(logits, target, reduction="none").reshape(len(target), -1)
+                valid = (target != IGNORE_INDEX).reshape(len(target), -1).float()
                 return (per_token * valid).sum(1) / valid.sum(1).clamp_min(1)
             return F.cross_entropy(output, target, reduction="none")
         if self.loss == "mse":
@@ -208,7 +211,11 @@ class Task:
             if self.loss == "bce_with_logits":
                 hit = ((output > 0) == (target > 0.5)).float()
                 return hit.reshape(len(hit), -1).mean(1)
-            return (output.argmax(1) == target).float()
+            hit = (output.argmax(1) == target).float()
+            if target.dim() > 1:  # one class per position (a tagger): accuracy over the scored positions
+                valid = (target != IGNORE_INDEX).reshape(len(target), -1).float()
+                return (hit.reshape(len(hit), -1) * valid).sum(1) / valid.sum(1).clamp_min(1)
+            return hit
         err = (output.float() - target.float()).abs()
         return err.reshape(len(err), -1).mean(1)
 
@@ -235,12 +242,12 @@ class Task:
     # ---- used by fit and the diagnostics ----------------------------------------------------------------------
 
     def outputs(self, model: nn.Module, batch: Batch, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model output, target) for a batch: split, optionally augment or zero the inputs, forward."""
+        """(model output, target) for a batch: split, optionally augment, apply a probe's `input_transform`, forward."""
         inputs, target = self.split_batch(batch)
         if augment:
             inputs = self.augment(inputs)
-        if self.zero_inputs:
-            inputs = tree_map(torch.zeros_like, inputs)
+        if self.input_transform is not None:
+            inputs = self.input_transform(inputs)
         return self.forward(model, inputs), target
 
     @property
@@ -255,7 +262,7 @@ class Task:
         return model
 
     def replace(self, **changes: Any) -> Task:
-        """A shallow copy with some attributes changed (model, train, val, zero_inputs); hooks are kept."""
+        """A shallow copy with some attributes changed (model, train, val, input_transform); hooks are kept."""
         new = copy.copy(self)
         if changes.keys() & {"model", "train", "val"}:
             new._validated = set()  # a new model or new data must be validated again
@@ -330,29 +337,44 @@ class Task:
         self._validated.add(str(device))
 
     def _infer_kind(self) -> Kind:
-        """From the loss where it decides (MSE/L1: regression; BCE: classification), else from the targets."""
+        """From the loss where it decides (MSE/L1: regression; BCE: classification), else from the targets.
+
+        (B, T) integer targets beside (B, T) token inputs are "sequence" (next-token prediction, with its causal
+        checks) only when they are the inputs shifted by one at most positions; otherwise they are one class per
+        token (a tagger, which may see the whole sequence): "classification".
+        """
         if self.loss in ("mse", "l1"):
             return "regression"
         if self.loss == "bce_with_logits":
             return "classification"
         y = self.targets("train", limit=SCAN_LIMIT)
-        x, _ = self.split_batch(self.train.batch([0]))
+        x, _ = self.split_batch(self.train.batch(range(min(len(self.train), 256))))
         tokens = isinstance(x, torch.Tensor) and not x.is_floating_point()
         if tokens and y.dim() == 2 and not y.is_floating_point() and tuple(x.shape[1:]) == tuple(y.shape[1:]):
-            return "sequence"
+            return "sequence" if next_token_share(x, y[: len(x)]) >= 0.5 else "classification"
         if y.is_floating_point() and self.loss != "cross_entropy":
             return "regression"
         return "classification"
 
     def _infer_num_classes(self) -> int:
-        if self.loss == "bce_with_logits":
-            return 2
+        if self.loss == "bce_with_logits":  # one label per output: binary (B,) or (B, 1), else (B, labels)
+            y = self.targets("train", limit=SCAN_LIMIT)
+            return 2 if y.dim() == 1 or y[0].numel() == 1 else int(y[0].numel())
         top = max(int(self.targets(s, limit=SCAN_LIMIT).max()) for s in ("train", "val"))
         if self.kind == "sequence":
             x, _ = self.split_batch(self.train.batch(range(min(len(self.train), 256))))
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
                 top = max(top, int(x.max()))
         return top + 1
+
+
+def next_token_share(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of scored positions where the target is the next input token, y[:, t] == x[:, t + 1]; 1.0 when
+    no position can be compared (length 1)."""
+    scored = y[:, :-1] != IGNORE_INDEX
+    if not bool(scored.any()):
+        return 1.0
+    return float(((y[:, :-1] == x[:, 1:]) & scored).sum() / scored.sum())
 
 
 def constant_loss(task: Task, target: torch.Tensor) -> float:
@@ -363,7 +385,7 @@ def constant_loss(task: Task, target: torch.Tensor) -> float:
     """
     t = target.detach()
     if task.loss == "cross_entropy":
-        valid = t[t != IGNORE_INDEX] if task.kind == "sequence" else t.reshape(-1)
+        valid = t[t != IGNORE_INDEX]  # positions cross-entropy ignores (padding) are not part of the floor
         p = torch.bincount(valid.long().cpu()).float()
         p = p[p > 0] / p.sum()
         return float(-(p * p.log()).sum())

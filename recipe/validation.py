@@ -37,6 +37,8 @@ def check_model_output(task: Task, model: nn.Module, device: torch.device) -> No
     batch = task.batch("train", list(range(min(2, len(task.train)))), device)
     inputs = task.split_batch(batch)[0]
     check_input_dtype(inputs, model)
+    embeddings: list[nn.Embedding] = []  # those the inputs themselves index: their range is checked on the splits
+    hooks = [m.register_forward_pre_hook(_ids_in_range(m, inputs, embeddings)) for m in _embeddings(model)]
     try:
         with torch.no_grad():
             output, target = task.outputs(model, batch)
@@ -47,7 +49,13 @@ def check_model_output(task: Task, model: nn.Module, device: torch.device) -> No
         raise TaskError(
             f"the model failed on a batch of 2 training samples: {type(exc).__name__}: {cause}.{_layout_hint(inputs)}"
         ) from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
     model.train(was_training)
+    for embedding in embeddings[:1]:
+        for split in ("train", "val"):
+            _check_ids(embedding, *_id_range(task, split), f"{split} input token ids span")
     if not isinstance(output, torch.Tensor):
         raise TaskError(
             f"the model returned a {type(output).__name__}; the loss needs one tensor. Subclass Task and "
@@ -71,6 +79,48 @@ def check_input_dtype(inputs: object, model: nn.Module) -> None:
             f"train inputs are torch.float64 but the model's parameters are {min(dtypes, key=str)}; convert the "
             "inputs with x.float() (numpy: x.astype('float32')) when building the Task."
         )
+
+
+def _embeddings(model: nn.Module) -> list[nn.Embedding]:
+    return [m for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+def _ids_in_range(module: nn.Embedding, inputs: object, found: list[nn.Embedding]) -> Callable[..., None]:
+    """A forward pre-hook: the ids an `nn.Embedding` receives lie in 0..num_embeddings-1 (out of range they are an
+    IndexError on the CPU and a device-side assert on CUDA); notes the embedding when the inputs themselves index it."""
+
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        ids = args[0] if args else None
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or not ids.numel():
+            return
+        if ids is inputs:
+            found.append(module)
+        _check_ids(module, int(ids.min()), int(ids.max()), "in a batch of 2 training samples, token ids span")
+
+    return hook
+
+
+def _check_ids(module: nn.Embedding, lo: int | None, hi: int | None, what: str) -> None:
+    if lo is None or hi is None or (lo >= 0 and hi < module.num_embeddings):
+        return
+    raise TaskError(
+        f"{what} {lo}..{hi} but the model's nn.Embedding({module.num_embeddings}, {module.embedding_dim}) takes ids "
+        f"0..{module.num_embeddings - 1}; make the embedding (vocabulary size) larger, or fix the tokenizer's ids."
+    )
+
+
+def _id_range(task: Task, split: str) -> tuple[int | None, int | None]:
+    """The smallest and largest integer input of a split (a Dataset's first `SCAN_LIMIT` samples)."""
+    data = getattr(task, split)
+    if isinstance(data, TensorSplit):
+        parts = [task.split_batch((data.x, data.y))[0]]
+    else:
+        n = min(len(data), SCAN_LIMIT)
+        parts = [task.split_batch(data.batch(range(i, min(i + 512, n))))[0] for i in range(0, n, 512)]
+    ids = [p for p in parts if isinstance(p, torch.Tensor) and not p.is_floating_point() and p.numel()]
+    if not ids:
+        return None, None
+    return min(int(p.min()) for p in ids), max(int(p.max()) for p in ids)
 
 
 def _layout_hint(inputs: object) -> str:
@@ -113,6 +163,12 @@ def check_output_shape(task: Task, output: torch.Tensor, target: torch.Tensor) -
             how = "shaped differently from"
             if width is not None and len(out) == len(want) and width != classes:
                 how = f"{'narrower' if width < classes else 'wider'} ({width} outputs) than"
+            if task.kind == "classification" and len(tgt) > 1 and out[:-1] == tgt:  # (B, T, C) for (B, T) targets
+                raise TaskError(
+                    f"model output has shape {out}, classes last, but classification targets of shape {tgt} (one "
+                    f"class per position) need the classes on axis 1, {want}: return output.transpose(1, -1), or, "
+                    "for next-token prediction (targets = inputs shifted by one), pass kind='sequence'."
+                )
             raise TaskError(
                 f"model output has shape {out} but {task.kind} targets of shape {tgt} with num_classes={classes} "
                 f"need {want}: the head is {how} the {classes} classes. Fix the final layer's width or "
@@ -153,7 +209,7 @@ def target_guard(task: Task, data: Any, split: str) -> Callable[[Any], None] | N
 
 def _check_class_ids(task: Task, y: torch.Tensor, what: str) -> None:
     """Class ids within 0..num_classes-1 (a sequence's ignored positions aside); a `TaskError` saying `what` spans."""
-    valid = y[y != IGNORE_INDEX] if task.kind == "sequence" else y
+    valid = y[y != IGNORE_INDEX] if task.kind == "sequence" or y.dim() > 1 else y  # per-position ids may be ignored
     if not valid.numel():
         return
     lo, hi = int(valid.min()), int(valid.max())
