@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from recipe import Recipe, Task, fit
+from recipe.diagnostics.evaluation import simple_model
 from recipe.errors import TaskError
+from recipe.evaluation import Evaluation
 from recipe.models import simple_model_factory
 from recipe.task import IGNORE_INDEX
 
@@ -155,3 +157,24 @@ def test_new_kinds_run_inspect_baseline_overfit_without_a_fail(build, reference,
     assert not bad, bad
     simple = next(c for c in result.checks if c.name == "simple_model")
     assert simple.status == "pass" and simple.value["simple_model"].startswith(reference), simple.message
+
+
+# ---- simple_model judges only with a reference that learned --------------------------------------------------------
+
+
+def _evaluation(loss: float, se: float) -> Evaluation:
+    return Evaluation(loss=loss, loss_se=se, metric=0.5, metric_se=0.05, n=40)
+
+
+@pytest.mark.parametrize(
+    "simple, status",
+    [
+        (_evaluation(0.20, 0.02), "warn"),  # the reference learned, the model does not beat the constant
+        (_evaluation(1.20, 0.10), "pass"),  # 13% below the constant but within 3 SE: not shown to learn
+        (_evaluation(1.38, 0.01), "pass"),  # the reference did not learn either: no evidence
+    ],
+)
+def test_simple_model_warns_only_with_a_reference_that_learned(simple, status):
+    task = _multilabel()
+    constant = _evaluation(1.386, 0.01)
+    assert simple_model(constant, simple, 1.386, task, "linear").status == status

@@ -7,7 +7,8 @@ confident joint of given and likely-true labels calibrated to the label counts, 
 labels. That many samples, lowest probability of their given label first, are the suspects. A second round
 retrains without the first round's suspects, so the probabilities no longer imitate the noise they must expose.
 The fold models also score the validation split, each its share, and confident learning runs there too: what the
-same quick models show on held-out data of this difficulty. `label_noise` turns the two rates into a verdict.
+same quick models show on held-out data of this difficulty. `label_noise` turns the two rates into a verdict, and
+only when the quick models learn: a probe at chance (a linear probe on waveforms) is no evidence about the labels.
 
 Why: recipe step 1, "How noisy are the labels?", and catalog D2; Northcutt, Jiang & Chuang, "Confident Learning:
 Estimating Uncertainty in Dataset Labels", JAIR 2021; Guo et al., "On Calibration of Modern Neural Networks",
@@ -169,7 +170,9 @@ def find_label_issues(
         probe: "linear" (logistic regression on flattened, standardised inputs), "model" (the task's model through
             `fit`), "both" (their calibrated average), or "auto": both, unless training the task's model would
             cost more than `model_gflop` (then the linear probe) or the inputs are not floats or wider than 4,096
-            features (then the task's model).
+            features (then the task's model). Under "auto", a linear probe that does not learn (`learns`) hands
+            the budget to the task's model for one round, when one round fits in it. A member that does not learn
+            while another does is left out of the average.
         rounds: 2 retrains without the first round's suspects; 1 keeps the first round.
         epochs, min_steps, max_steps, lr, batch_size: the task model's quick training: `epochs` passes, clamped to
             [min_steps, max_steps] optimizer steps, AdamW at `lr`.
