@@ -117,6 +117,9 @@ def _flat_features(x: torch.Tensor, max_features: int, seed: int) -> torch.Tenso
     return flat
 
 
+MIN_ROWS_TO_FAIL = 50  # a group split with 20 validation rows left the neighbour test at z 1-4; with 40, z 5-10
+
+
 def _by_groups(groups: tuple[list[Any], list[Any]] | None) -> str | None:
     """How a declared group split reads in a message ("8 training and 2 validation groups"); None when no groups
     are declared or a group sits in both splits (then `group_leak` fails and the split is not by group)."""
@@ -169,9 +172,10 @@ def split_shift(
     Why: catalog D8 and the ML Test Score's "training and serving are not skewed"; different is not wrong. A domain
     classifier's held-out AUC is about 0.5 for one distribution (it warns `warn_sigmas` null standard errors above).
     A shift is called a preprocessing bug (fail, at `fail_auc`) only when standardising each split by its own
-    per-feature statistics removes it (`affine_residual` within `residual_sigmas` of its null) across several
-    features. A shift that survives is a different draw (groups, time, domain, train-only augmentation): a warning,
-    or a pass when the split is declared by group (`Task(groups=...)`, no group in both splits).
+    per-feature statistics removes it (`affine_residual` within `residual_sigmas` of its null) across half the
+    features or more, with `MIN_ROWS_TO_FAIL` rows in each split. A shift that survives is a different draw (groups,
+    time, domain, train-only augmentation): a warning, or a pass when the split is declared by group
+    (`Task(groups=...)`, no group in both splits).
     """
     if train.inputs is None or val.inputs is None or not train.inputs.is_floating_point():
         return skipped("split_shift", "needs float inputs held as one tensor (token inputs are not compared).")
@@ -232,7 +236,8 @@ def _shift_verdict(
     )
     features = value["rows_features"]
     broad = shifted >= max(min(3, features), features / 2)  # a whole split rescaled, not one drifting feature
-    if affine and broad and by_groups is None and score >= fail_auc:
+    powered = min(value["rows"]) >= MIN_ROWS_TO_FAIL  # enough rows for the neighbour test to see another draw
+    if affine and broad and powered and by_groups is None and score >= fail_auc:
         return failed(
             "split_shift",
             f"{seen}, and standardising each split by its own statistics removes the difference: the splits are "
@@ -243,11 +248,12 @@ def _shift_verdict(
             f"AUC < {warn_at:.2f}",
         )
     if affine:
+        few = "" if powered else f" ({min(value['rows'])} rows are too few to tell it from a different draw.)"
         return warned(
             "split_shift",
             f"{seen}, and standardising each split by its own statistics removes the difference: a per-feature "
-            f"offset or scale differs. Most different features: {named}. Check that both splits are preprocessed "
-            f"with one transform fitted on training. {declare if by_groups is None else ''}".rstrip(),
+            f"offset or scale differs.{few} Most different features: {named}. Check that both splits are "
+            f"preprocessed with one transform fitted on training. {declare if by_groups is None else ''}".rstrip(),
             value,
         )
     if by_groups is not None:
