@@ -128,3 +128,17 @@ def test_target_derived_features_skips_sequences_and_regression_targets_work():
     leaky = leaky.replace(train=(x, y))
     check = target_derived_features(*splits(leaky), leaky)
     assert check.status == "fail" and check.value["feature"] == 3
+
+
+def test_padding_is_not_shared_content():
+    """Short padded rows shifted against each other share mostly padding: with the pad id declared they do not count."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 30, (600, 16), generator=g)
+    x[torch.arange(16) >= torch.randint(2, 16, (600, 1), generator=g)] = 0
+    task = Task(train=(x[:480], x[:480, 0]), val=(x[480:], x[480:, 0]), model=lambda: torch.nn.Embedding(30, 30))
+    train, val = splits(task)
+    declared = time_leakage(train, val, pad_id=0)
+    assert (
+        declared.status == "pass"
+        and declared.value["shifted_copies"] <= time_leakage(train, val).value["shifted_copies"]
+    )

@@ -12,6 +12,7 @@ from recipe.diagnostics.padding import padding_invariance
 from tests import tiny
 
 PAD, VOCAB, LENGTH, DIM = 0, 12, 10, 16
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 
 
 def padded_tokens(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,3 +99,17 @@ def test_custom_loss_and_regression():
     custom = tiny.classification(loss=lambda out, y: nn.functional.cross_entropy(out, y, label_smoothing=0.1))
     custom = custom.replace(model=lambda: mlp("constant"))
     assert init_symmetry(custom.make_model(), custom, custom.sample_batch("train", 32, seed=0)).status == "fail"
+
+
+def test_a_frozen_constant_layer_is_a_choice():
+    """A fixed, non-learned averaging layer (constant weights, requires_grad=False) is not an initialisation."""
+
+    def averaged() -> nn.Module:
+        model = tiny.MLP()
+        nn.init.constant_(model.l2.weight, 1 / 32)
+        model.l2.weight.requires_grad_(False)
+        return model
+
+    task = tiny.classification(averaged)
+    check = init_symmetry(task.make_model(), task, task.sample_batch("train", 32, seed=0))
+    assert check.status != "fail", check.message

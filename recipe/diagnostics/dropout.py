@@ -48,6 +48,8 @@ def dropout_rates(model: nn.Module, task: Task, batch: Any, warn_above: float = 
         return passed(name, "no dropout modules in the model (functional dropout inside forward is not listed).")
     high = {k: p for k, p in rates.items() if p > warn_above}
     value: dict[str, Any] = {"rates": rates}
+    if not any(rates.values()):
+        return passed(name, f"{len(rates)} dropout module(s), all off (p=0).", value)
     if not high:
         listed = ", ".join(f"{k} p={p:g}" for k, p in list(rates.items())[:6])
         return passed(name, f"{len(rates)} dropout rate(s), none above {warn_above:g}: {listed}.", value)

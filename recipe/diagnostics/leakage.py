@@ -40,9 +40,10 @@ def _hashes(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1)  # int64 arithmetic wraps: a random linear hash modulo 2^64
 
 
-def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: int | None = None) -> torch.Tensor:
     """Per validation row, whether it equals a training row shifted by k (1 <= k <= length / 2) on their whole
-    overlap (val[k:] == train[:-k] or val[:-k] == train[k:]); a constant overlap does not count."""
+    overlap (val[k:] == train[:-k] or val[:-k] == train[k:]); a constant overlap, or one that is half padding
+    (code `pad`), does not count."""
     length = train.shape[1]
     weights = torch.randint(-(2**62), 2**62, (length,), generator=torch.Generator().manual_seed(seed))
     found = torch.zeros(len(val), dtype=torch.bool)
@@ -51,14 +52,19 @@ def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0) -> tor
             table, order = torch.sort(_hashes(earlier, weights[: length - k]))
             keys = _hashes(later, weights[: length - k])
             at = torch.searchsorted(table, keys).clamp_max(len(table) - 1)
-            hit = (table[at] == keys) & ~found & (later.amax(1) != later.amin(1))
+            informative = later.amax(1) != later.amin(1)
+            if pad is not None:
+                informative &= (later != pad).sum(1) >= length // 2
+            hit = (table[at] == keys) & ~found & informative
             rows = hit.nonzero().flatten()
             same = (later[rows] == earlier[order[at[rows]]]).all(1)  # confirm: a hash match is not proof
             found[rows[same]] = True
     return found
 
 
-def time_leakage(train: SplitSample, val: SplitSample, warn_share: float = 0.1, fail_share: float = 0.3) -> Check:
+def time_leakage(
+    train: SplitSample, val: SplitSample, pad_id: int | None = None, warn_share: float = 0.1, fail_share: float = 0.3
+) -> Check:
     """Catches overlapping windows of one series split at random: validation samples whose content is a training
     sample's content shifted by a few positions, over at least half their length.
 
@@ -71,7 +77,8 @@ def time_leakage(train: SplitSample, val: SplitSample, warn_share: float = 0.1, 
         return skipped(name, "inputs are not rows of one length (sequences, series or feature vectors).")
     if x_train.shape[1] < MIN_LENGTH:
         return skipped(name, f"rows of {x_train.shape[1]} values are too short to tell a shift from chance.")
-    found = shifted_copies(x_train, x_val)
+    pad = pad_id if pad_id is not None and train.inputs is not None and not train.inputs.is_floating_point() else None
+    found = shifted_copies(x_train, x_val, pad=pad)
     count, share = int(found.sum()), float(found.float().mean())
     value = {"shifted_copies": count, "val_rows_compared": len(x_val), "share": share}
     seen = (

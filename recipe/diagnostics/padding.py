@@ -34,10 +34,10 @@ def padding_invariance(model: nn.Module, task: Task, inputs: Any) -> Check:
     outputs at the real positions (or its per-sample output) must agree up to float rounding.
     """
     name, pad = "padding_invariance", task.pad_id
+    if not isinstance(inputs, torch.Tensor) or inputs.is_floating_point() or inputs.dim() != 2 or inputs.shape[1] < 2:
+        return skipped(name, "applies to (batch, length) token-id inputs, where padding can be appended.")
     if pad is None:
         return skipped(name, "no pad id declared; a task that pads its token inputs declares Task(pad_id=...).")
-    if not isinstance(inputs, torch.Tensor) or inputs.is_floating_point() or inputs.dim() != 2 or inputs.shape[1] < 2:
-        return skipped(name, "the probe needs (batch, length >= 2) integer token inputs; override it for others.")
     length = inputs.shape[1] // 2
     content = inputs[:, :length]
     real = content != pad

@@ -65,8 +65,9 @@ def _record(model: nn.Module, task: Task, batch: Any) -> dict[str, _Layer]:
         units = _units(out.detach(), m)
         if out.grad is None or units.shape[1] < 2:
             continue
-        weight = cast(torch.Tensor, m.weight).detach()
-        rows = None if isinstance(m, nn.Embedding) else weight.reshape(len(weight), -1)
+        weight = cast(torch.Tensor, m.weight)
+        learned = weight.requires_grad and not isinstance(m, nn.Embedding)  # a frozen layer's constants are chosen
+        rows = weight.detach().reshape(len(weight), -1) if learned else None
         is_output = out.untyped_storage().data_ptr() == storage
         layers[name] = _Layer(units, _units(out.grad, m), rows, is_output)
     return layers

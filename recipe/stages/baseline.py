@@ -23,6 +23,7 @@ from recipe.check import Check, skipped
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.data import input_batch, target_leak
 from recipe.diagnostics.dependencies import batch_independence, causal
+from recipe.diagnostics.dropout import dropout_rates
 from recipe.diagnostics.evaluation import (
     eval_deterministic,
     human_baseline,
@@ -32,7 +33,9 @@ from recipe.diagnostics.evaluation import (
 )
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind
 from recipe.diagnostics.numerics import non_finite
+from recipe.diagnostics.padding import padding_invariance
 from recipe.diagnostics.parameters import params_update
+from recipe.diagnostics.symmetry import init_symmetry
 from recipe.diagnostics.training import loss_decreases, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import evaluate
@@ -94,6 +97,9 @@ class Baseline(Stage):
         checks.append(ctx.check(target_leak, task, seed=ctx.seed))
         checks.append(ctx.check(params_update, fresh(), task, batch))
         checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
+        checks.append(ctx.check(padding_invariance, fresh(), task, probe_inputs))
+        checks.append(ctx.check(init_symmetry, fresh(), task, batch))
+        checks.append(ctx.check(dropout_rates, task.make_model().to(device), task, batch))  # as built, dropout on
         if task.loss != "bce_with_logits":  # probabilities and clipped logits show at init; BCE's only after training
             checks.append(ctx.check(output_kind, *self._val_outputs(ctx, fresh()), task))
         try:

@@ -6,7 +6,8 @@
 
 Read both splits through the task's hooks (all of them, or a fixed sample of large ones), then check what they
 hold: finite values, targets in range, classes split alike, inputs at a sane scale, training and validation from
-one distribution with no shared samples, outliers, and labels a quick out-of-fold model doubts. Plots and tables
+one distribution with no shared samples (nor windows shifted across the split), no feature computed from the target,
+validation samples that read the same twice, outliers, and labels a quick out-of-fold model doubts. Plots and tables
 of all of it go to 01_inspect/ for a person to look at.
 """
 
@@ -33,7 +34,9 @@ from recipe.diagnostics.integrity import (
     whole_split,
 )
 from recipe.diagnostics.label_noise import find_label_issues, label_noise
+from recipe.diagnostics.leakage import target_derived_features, time_leakage
 from recipe.diagnostics.outliers import outliers
+from recipe.diagnostics.reading import eval_data_deterministic
 from recipe.diagnostics.splits import duplicates, split_shift
 from recipe.recipe import Context
 from recipe.stage import Stage
@@ -84,6 +87,9 @@ class InspectData(Stage):
         checks.append(self._input_stats(ctx, train))
         checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed))
         checks.append(self._duplicates(ctx, train, val))
+        checks.append(ctx.check(time_leakage, train, val, pad_id=s.pad_id if task.pad_id is None else task.pad_id))
+        checks.append(ctx.check(target_derived_features, train, val, task))
+        checks.append(ctx.check(eval_data_deterministic, task, seed=ctx.seed))
         checks.append(self._outliers(ctx, train))
         finite = checks[1].status != "fail"
         checks.append(
@@ -251,7 +257,10 @@ def _target_label(target: torch.Tensor) -> str:
 
 def _say_sampled(check: Check, train: SplitSample, val: SplitSample) -> Check:
     """Name the sample in the message of a check that saw only part of a large split."""
-    states_its_scope = check.name in ("summary", "non_finite") or "random sample of" in check.message
+    states_its_scope = (
+        check.name in ("summary", "non_finite", "group_leak", "eval_data_deterministic")
+        or "random sample of" in check.message
+    )
     if not (train.sampled or val.sampled) or check.status == "skip" or states_its_scope:
         return check
     return check.replace(message=f"{check.message} (Read {train.scope} training and {val.scope} validation samples.)")
