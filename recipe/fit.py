@@ -44,6 +44,8 @@ class FitResult:
         steps: optimizer steps taken.
         seconds: wall time of the loop, evaluations included.
         setup: the choices made before the loop (device, data path, precision, optimizer kernel, ...).
+        log_values: what `on_log` returned at each logged step (None left out): a callback's observations travel
+            with the result, so a fit resumed from a checkpoint or replayed by a resumed run hands them back too.
     """
 
     model: nn.Module
@@ -52,6 +54,7 @@ class FitResult:
     steps: int = 0
     seconds: float = 0.0
     setup: dict[str, Any] = field(default_factory=dict)
+    log_values: list[Any] = field(default_factory=list)
 
 
 def fit(
@@ -85,7 +88,7 @@ def fit(
     evaluate_every_epoch: bool = True,
     log: MetricsLog | None = None,
     log_every: int = 10,
-    on_log: Callable[[int, nn.Module], None] | None = None,
+    on_log: Callable[[int, nn.Module], Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int | None = None,
 ) -> FitResult:
@@ -128,7 +131,8 @@ def fit(
             records logged before the checkpoint are sent again first, so a fresh log gets exactly the records of
             an uninterrupted run.
         log_every: read the losses from the device every this many steps (logging, progress, non-finite check).
-        on_log: called as on_log(step, model) at every logged step, in training mode.
+        on_log: called as on_log(step, model) at every logged step, in training mode; what it returns (unless None)
+            is kept in `FitResult.log_values` and in checkpoints.
         on_epoch: called with each epoch's record (after evaluation); an exception it raises ends training (a
             search's pruner stops a hopeless trial this way).
         num_workers: DataLoader workers for Dataset splits; default: none on machines with 2 cores or fewer.
@@ -304,8 +308,8 @@ def fit(
                     if result.steps % log_every == 0 or result.steps == total:
                         losses.read()
                         losses.log(epoch)
-                        if on_log is not None:
-                            on_log(result.steps, model)
+                        if on_log is not None and (value := on_log(result.steps, model)) is not None:
+                            result.log_values.append(value)
                         due = (
                             checkpoint_seconds is not None and time.perf_counter() - last_saved[0] >= checkpoint_seconds
                         )

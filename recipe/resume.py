@@ -184,6 +184,7 @@ class FitCheckpoints:
                 "model": result.model.state_dict(),
                 "history": result.history,
                 "step_losses": result.step_losses,
+                "log_values": result.log_values,
                 "steps": result.steps,
                 "seconds": result.seconds,
                 "setup": to_jsonable(result.setup, exact=True),
@@ -256,4 +257,5 @@ def _replay(done: dict[str, Any], task: Task, settings: dict[str, Any]) -> FitRe
         steps=done["steps"],
         seconds=done["seconds"],
         setup={**done["setup"], "replayed": True},
+        log_values=list(done.get("log_values", [])),
     )

@@ -253,16 +253,13 @@ class Baseline(Stage):
     ) -> tuple[FitResult, tuple[list[int], list[list[float]], str, str]]:
         """Train for the stage's step budget, recording predictions on fixed validation samples as it goes."""
         val_batch = task.sample_batch("val", 16, ctx.seed, ctx.device)
-        steps: list[int] = []
-        rows: list[list[float]] = []
 
-        def record(step: int, model: nn.Module) -> None:
+        def record(step: int, model: nn.Module) -> tuple[int, list[float]]:
             model.eval()
             with torch.no_grad():
                 output, target = task.outputs(model, val_batch)
-                rows.append(_prediction_quality(task, output, target))
             model.train()
-            steps.append(step)
+            return step, _prediction_quality(task, output, target)  # kept with the result: a resume replays it
 
         result = ctx.fit(
             run,
@@ -276,6 +273,8 @@ class Baseline(Stage):
             **({"lr": lr} if lr is not None else {}),
         )
         what = "prediction" if task.kind == "regression" else "probability of the correct class"
+        steps = [int(step) for step, _ in result.log_values]
+        rows = [list(row) for _, row in result.log_values]
         return result, (steps, rows, "Prediction dynamics on 16 fixed validation samples", what)
 
 
