@@ -81,6 +81,15 @@ def fault_scenarios(ref: References) -> dict[str, Callable[[Path], sc.Outcome]]:
     table["hostile_checkpoint_load"] = lambda d: sc.hostile_checkpoint(d, "load")
     table["hostile_checkpoint_fit"] = lambda d: sc.hostile_checkpoint(d, "fit")
     table["hostile_yaml"] = sc.hostile_yaml
+    for name in sc.MALFORMED:  # issue 15, item 5: a malformed file is one line naming it
+        table[f"malformed_{name}"] = lambda d, n=name: sc.malformed_run_file(d, n)
+    table["last_pt_lacks_keys"] = sc.checkpoint_lacking_keys
+    table["hostile_report"] = sc.hostile_report  # item 7: every value in report.html escaped
+    table["yaml_bomb"] = sc.yaml_bomb
+    table["user_files_run_dir"] = fb.user_files  # issue 15, item 1: a run directory is recipe's only where it wrote
+    table["other_stages_keep_results"] = fb.other_stages
+    for n in range(1, 17):  # item 2: killed at every fit boundary of every stage, resumed to the uninterrupted run
+        table[f"kill_at_fit_{n}"] = lambda d, n=n: fb.kill_at_fit(d, n, ref.boundaries)
     return table
 
 
@@ -111,6 +120,23 @@ def bad_task(case: str = "clean") -> Any:
     if case == "same_model_twice":
         shared = tiny.MLP()
         return task.replace(model=lambda: shared)
+    if case == "zero_dim_target":
+        return Task(train=(x, torch.tensor(1)), val=tiny.blobs(128, 1), model=tiny.MLP)
+    if case == "len_overstated":  # __len__ counts 10 samples more than __getitem__ serves
+
+        class Overstated(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(y) + 10
+
+            def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+                return x[i], y[i]
+
+        return task.replace(train=Overstated())
+    if case == "token_ids_past_embedding":
+        tx, ty = tiny.sequence_pairs(64, 0)
+        tx = tx.clone()  # a view of the stream the targets are cut from
+        tx[40, 5] = tiny.VOCAB + 2
+        return tiny.sequence().replace(train=(tx, ty))
     return task
 
 
@@ -143,6 +169,19 @@ BAD_INPUTS: dict[str, str | None] = {  # name -> config text (None: no config fi
     "batch larger than the data": _edit("batch_size: 16}", "batch_size: 100000}"),
     "run_dir under a file": _edit("run_dir: RUN", "run_dir: CONFIG/run"),
     "--resume with no run there": GOOD,
+    # issue 15, item 6
+    '--stages ""': GOOD,
+    "seed out of range": _edit("stages:", "seed: -1\nstages:"),
+    "seed of the wrong type": _edit("stages:", "seed: 1.5\nstages:"),
+    "ladder key the factory does not take": _edit("[overfit]", "[overfit, complexify]")
+    + "complexify: {ladder: {small: {hidden: 8}}}\n",
+    "inspect.max_samples: 0": _edit("[overfit]", "[inspect, overfit]") + "inspect: {max_samples: 0}\n",
+    "tune.trials: 0": _edit("[overfit]", "[overfit, tune]") + "tune: {trials: 0}\n",
+    "unknown storage scheme": _edit("[overfit]", "[overfit, tune]") + "tune: {storage: 'redis://localhost'}\n",
+    "overfit.batch_size: 0": _edit("{batch_size: 8,", "{batch_size: 0,"),
+    "0-dim target": _edit("case: clean", "case: zero_dim_target"),
+    "Dataset __len__ overstates its data": _edit("case: clean", "case: len_overstated"),
+    "token ids past the embedding": _edit("case: clean", "case: token_ids_past_embedding"),
 }
 
 
@@ -153,6 +192,7 @@ def bad_input(name: str, text: str | None, folder: Path) -> dict[str, Any]:
     if text is not None:
         config.write_text(text.replace("RUN", str(run_dir)).replace("CONFIG", str(config)))
     extra = ["--resume", str(run_dir)] if name.startswith("--resume") else []
+    extra = ["--stages", ""] if name.startswith("--stages") else extra
     try:
         rc, said = sc.command(str(config), *extra)
     except Exception as exc:

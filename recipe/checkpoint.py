@@ -146,7 +146,6 @@ def save_training_state(
             "rng": rng_state(),
             "history": result.history,
             "step_losses": result.step_losses,
-            "log_values": result.log_values,
             "progress": dict(progress_state),
             "batches_done": position[0] if position else None,
             "epoch_generator": position[1] if position else None,
@@ -199,7 +198,7 @@ def restore_training_state(
     progress_state: dict[str, Any],
 ) -> tuple[int, int, dict[str, Any]]:
     """Restore a training state; returns (the epoch to start at, batches of it to skip, the loss log's state)."""
-    state = load(path)
+    state = load_keys(path, TRAINING_STATE)
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -210,15 +209,36 @@ def restore_training_state(
             f"checkpoint {path} does not fit this model and optimizer ({one_line(exc)}); it was written by another "
             "model or settings: delete it, or train without resume."
         ) from exc
-    generator.set_state(state["generator"])
-    set_rng_state(state["rng"])
-    result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
-    result.log_values = list(state.get("log_values", []))
-    progress_state.update(state.get("progress", {}))
-    if state.get("batches_done") is not None:  # written mid-epoch: replay that epoch's order, skip what it used
-        generator.set_state(state["epoch_generator"])
-        return int(state["epoch"]), int(state["batches_done"]), state.get("log", {})
-    return int(state["epoch"]) + 1, 0, state.get("log", {})
+    try:
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
+        progress_state.update(state.get("progress") or {})
+        if state.get("batches_done") is not None:  # written mid-epoch: replay that epoch's order, skip what it used
+            generator.set_state(state["epoch_generator"])
+            return int(state["epoch"]), int(state["batches_done"]), state.get("log") or {}
+        return int(state["epoch"]) + 1, 0, state.get("log") or {}
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} holds a malformed training state ({one_line(exc)}); delete it, or train without resume."
+        ) from exc
+
+
+TRAINING_STATE = ("model", "optimizer", "schedule", "epoch", "steps", "generator", "rng", "history", "step_losses")
+"""The keys every training state `save_training_state` writes holds (later versions add optional ones)."""
+
+
+def load_keys(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """`load`, then a one-line `CheckpointError` naming `path` unless it holds a mapping with every one of `keys`."""
+    state = load(path)
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
+    if missing:
+        held = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)} (it holds {held}): it was not written by this version of "
+            "recipe's fit, or was cut short; delete it, or train without resume."
+        )
+    return state
 
 
 def one_line(exc: BaseException, limit: int = 240) -> str:

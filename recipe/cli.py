@@ -73,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
     data = load_yaml(args.config)
     config, sections = split_config(data, STAGES, str(args.config))
-    stages = args.stages.split(",") if args.stages else config.stages
+    stages = config.stages
+    if args.stages is not None:
+        stages = [name.strip() for name in args.stages.split(",") if name.strip()]
+        if not stages:
+            raise ConfigError(f"--stages {args.stages!r} names no stage; give a,b,c or leave the flag out.")
     chosen = getattr(args, "resume", None) or args.run_dir or config.run_dir
     check_run_dir(chosen or "runs")  # before loading data
     if chosen:

@@ -19,6 +19,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -191,13 +192,50 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+MAX_ALIASES = 100
+"""Aliases (`*name`) one config may use. An anchor may not hold an alias itself: nested aliases expand
+exponentially ("billion laughs": nine levels of ten make 10^9 strings), so they are refused while the file is read."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.safe_load` that also refuses a key given twice in one mapping."""
+    """`yaml.safe_load` that also refuses a key given twice in one mapping, and aliases nested in anchors or past
+    `MAX_ALIASES`, before anything is built from them."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._aliases = 0
+        self._open: list[str] = []  # anchors whose node is being read
+        self._holding_aliases: set[str] = set()  # anchors whose node contains an alias
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            line = f"line {event.start_mark.line + 1}: " if event.start_mark else ""
+            if event.anchor in self._open or event.anchor in self._holding_aliases:
+                raise ConfigError(
+                    f"{line}alias *{event.anchor} refers to an anchor that holds an alias itself; nested aliases "
+                    "grow exponentially when expanded, so they are refused. Write the values out instead."
+                )
+            if self._aliases > MAX_ALIASES:
+                raise ConfigError(f"{line}more than {MAX_ALIASES} aliases (*name); write the values out instead.")
+            self._holding_aliases.update(self._open)
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults`: construct_mapping merges it, and keys given here override it
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, typing.Hashable):
             continue  # construct_mapping below raises yaml's "found unhashable key" error, reported as a ConfigError
@@ -250,6 +288,49 @@ def split_config(data: dict[str, Any], stage_names: typing.Iterable[str], where:
     run = settings_from_dict(RunConfig, run_values, where)
     settings_from_dict(TrainSettings, run.train, f"{where}: train")
     return run, sections
+
+
+MAX_SEED = 2**32 - 1  # a run's seed: numpy's range (torch's and python's take these too)
+
+
+def check_seed(seed: Any, high: int = MAX_SEED) -> int:
+    """The seed itself when it is an integer in 0..`high`; else a `ConfigError` saying so. `fit` takes up to torch's
+    2**64-1, since stages derive seeds from the run's (seed + 1 + k)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= high:
+        raise ConfigError(f"seed={seed!r} is not a valid seed; use an integer from 0 to {high}.")
+    return seed
+
+
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "counts": (lambda v: v >= 1, "an integer >= 1"),
+    "positive": (lambda v: v > 0, "> 0"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "fractions": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def require(settings: Any, section: str, **kinds: typing.Iterable[str]) -> None:
+    """Raise a `ConfigError` naming `section.key` for the first value out of range. `kinds` maps a range in `_RANGES`
+    ("counts", "positive", "non_negative", "fractions") to the keys that must lie in it. None (an optional setting
+    left unset) passes; a list or tuple is checked item by item."""
+    for kind, keys in kinds.items():
+        inside, wanted = _RANGES[kind]
+        for key in keys:
+            value = getattr(settings, key)
+            items = value if isinstance(value, list | tuple) else [value]
+            if not all(v is None or inside(v) for v in items):
+                each = " (each)" if items is value else ""
+                raise ConfigError(
+                    f"{section}.{key}={value!r} is out of range: it must be {wanted}{each}; fix it in the config's "
+                    f"`{section}` section."
+                )
+
+
+def run_name(name: str) -> str:
+    """`name` as one folder name under runs/: characters other than letters, digits, '.', '_' and '-' become '_'
+    and leading dots are dropped, so a task named "../../etc" or "/abs" cannot place its run outside runs/."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in str(name)).lstrip(".")
+    return safe[:100] or "task"
 
 
 def check_run_dir(path: str | Path) -> None:

@@ -70,6 +70,12 @@ class TensorSplit:
     in_memory = True
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, field: str):
+        for part, t in (("inputs", x), ("targets", y)):
+            if t.dim() == 0:
+                raise TaskError(
+                    f"{field}: the {part} are one 0-dim value ({t.item()!r}), not one row per sample; give a tensor "
+                    "whose first axis indexes the samples (for one target per sample, shape (N,))."
+                )
         if len(x) != len(y):
             raise TaskError(
                 f"{field}: inputs have {len(x)} rows but targets have {len(y)}; they must match one to one."
@@ -106,6 +112,15 @@ class DatasetSplit:
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TaskError(f"{field} must be a map-style Dataset (with __len__ and __getitem__) or a tuple (X, y).")
         self.dataset = dataset
+        n = len(dataset)
+        try:  # a map-style Dataset serves every index below its __len__: probe the last one, cheaply, once
+            if n > 0:
+                dataset[n - 1]
+        except (IndexError, KeyError) as exc:
+            raise TaskError(
+                f"{field}: its __len__ says {n} samples but reading sample {n - 1} raised {type(exc).__name__} "
+                f"({' '.join(str(exc).split())[:160]}); make __len__ return the number of samples __getitem__ serves."
+            ) from exc
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recipe import checkpoint, distributed, fast_paths, stopping
+from recipe.config import check_seed
 from recipe.data import Batch, batch_size_of, place, train_batches
 from recipe.distributed import shard
 from recipe.errors import ConfigError
@@ -142,6 +143,7 @@ def fit(
         NonFiniteError: the training loss became NaN/Inf; names the step, the parameter and the module.
     """
     check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
+    check_seed(seed, high=2**64 - 1)
     if compile not in (True, False, "auto"):
         raise ConfigError(f"compile={compile!r} is not known; use True, False or 'auto'.")
     rank, world, dev = distributed.setup(resolve_device(device))
@@ -260,7 +262,7 @@ def fit(
             warnings.warn(f"fit resumed from {used}", stacklevel=2)
         losses.restore(extra)  # re-sends the rows logged before the checkpoint: a fresh log ends up exact
         if early_stopping and (ckpt_dir / "best.pt").exists():
-            best_state = checkpoint.load(ckpt_dir / "best.pt")["model"]
+            best_state = checkpoint.load_keys(ckpt_dir / "best.pt", ("model",))["model"]
     auto = None
     if compile == "auto":
         why_not = fast_paths.compile_unavailable(dev, world)

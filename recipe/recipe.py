@@ -21,7 +21,7 @@ import torch
 from recipe import resume as resuming
 from recipe import stopping
 from recipe.check import Check
-from recipe.config import TrainSettings, check_run_dir, settings_from_dict, suggest
+from recipe.config import TrainSettings, check_run_dir, check_seed, run_name, settings_from_dict, suggest
 from recipe.console import Console
 from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError
@@ -220,7 +220,7 @@ class Recipe:
                 raise ConfigError(f"config: unknown section {key!r}{suggest(key, ['train', *STAGES])}")
         self.task = task
         self.device = resolve_device(device)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.keep_going = keep_going
         self.progress = progress
         self.quiet = quiet
@@ -236,7 +236,7 @@ class Recipe:
                 self.stages.append(STAGES[item](config.get(item)))
             else:
                 raise ConfigError(f"stages: unknown stage {item!r}{suggest(str(item), STAGES)}")
-        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / task.name
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / run_name(task.name)
         self.config = config
         self.source = dict(source or {})
         self.loggers = list(loggers)
@@ -255,6 +255,8 @@ class Recipe:
         if "batch_size" in (self.config.get("train") or {}):  # a batch size left at its default is clamped instead
             check_batch_fits(self.task, self.train.batch_size)
         self.task.validate(self.device)  # bad input fails here, before anything is written
+        for stage in self.stages:
+            stage.validate(self.task)  # settings this task cannot take
         planned = [s.name for s in self.stages]
         manifest = self._manifest()
         done = resuming.earlier(RunDir(self.run_dir), manifest, self.resume, self.force)

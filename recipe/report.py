@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from recipe.rundir import REPORT, RunDir, stage_folder
 if TYPE_CHECKING:
     from recipe.recipe import RecipeResult
 
-COLORS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781"}
+COLORS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781", "error": "#8250df"}
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
 main{max-width:1100px;margin:0 auto;padding:24px}
@@ -42,7 +43,18 @@ table.data{width:auto;font-size:13px} table.data caption{text-align:left;font-we
 
 
 def _badge(status: str) -> str:
-    return f'<span class="badge" style="background:{COLORS.get(status, "#6e7781")}">{html.escape(status)}</span>'
+    return f'<span class="badge" style="background:{COLORS.get(status, "#6e7781")}">{_esc(status)}</span>'
+
+
+def _esc(value: Any) -> str:
+    """Any value as HTML text: whatever a run directory holds (a task name, a seed, a message) is escaped."""
+    return html.escape(str(value))
+
+
+def _seconds(value: Any, digits: int) -> str:
+    """A duration formatted, or nothing when it is not a number (a hand-edited manifest.json or checks.json)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return f"{value:.{digits}f}" if ok else ""
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -65,10 +77,10 @@ def _value_html(value: Any) -> str:
 def checks_table_html(checks: list[Check]) -> str:
     """A checks table as HTML (also what a Check shows in a notebook)."""
     rows = "".join(
-        f"<tr><td>{_badge(c.status)}</td><td class=name>{html.escape(c.name)}</td>"
-        f"<td>{html.escape(c.message)}</td><td class=value>{_value_html(c.value)}</td>"
+        f"<tr><td>{_badge(c.status)}</td><td class=name>{_esc(c.name)}</td>"
+        f"<td>{_esc(c.message)}</td><td class=value>{_value_html(c.value)}</td>"
         f"<td class=value>{_value_html(c.expected)}</td>"
-        f"<td>{'' if c.seconds is None else f'{c.seconds:.2f}'}</td></tr>"
+        f"<td>{_seconds(c.seconds, 2)}</td></tr>"
         for c in checks
     )
     return (
@@ -79,7 +91,7 @@ def checks_table_html(checks: list[Check]) -> str:
 
 def result_html(result: RecipeResult) -> str:
     """The compact notebook view of a RecipeResult: stage statuses and the checks table."""
-    stages = " ".join(f"{html.escape(name)} {_badge(status)}" for name, status in result.stages.items())
+    stages = " ".join(f"{_esc(name)} {_badge(status)}" for name, status in result.stages.items())
     badge = _badge("pass" if result.ok else "fail")
     return f"<div><b>recipe run</b> {badge} {stages}{checks_table_html(result.checks)}</div>"
 
@@ -114,13 +126,14 @@ def build_report(run_dir: str | Path) -> Path:
     order = manifest.get("stages_order") or manifest.get("stages_planned", [])
     stages = list(dict.fromkeys([*order, *(c.stage for c in checks)]))
     statuses = manifest.get("stages", {})
-    problems = sorted((c for c in checks if c.status in ("fail", "warn")), key=lambda c: c.status != "fail")
+    rank = {"fail": 0, "error": 1, "warn": 2}  # a check that raised could not judge: after the failures
+    problems = sorted((c for c in checks if c.status in rank), key=lambda c: rank[c.status])
     task = manifest.get("task", {})
     parts = [
         f"<h1>recipe report: {html.escape(str(task.get('name', rundir.path.name)))}</h1>",
         f"<div class=meta>{html.escape(str(task.get('kind', '')))} · "
         f"device {html.escape(str(manifest.get('device', '?')))}"
-        f" · seed {manifest.get('seed', '?')} · {html.escape(str(manifest.get('start', '')))} → "
+        f" · seed {_esc(manifest.get('seed', '?'))} · {html.escape(str(manifest.get('start', '')))} → "
         f"{html.escape(str(manifest.get('end', 'interrupted')))}"
         f"{' · <b>interrupted</b>' if manifest.get('status') == 'interrupted' else ''}</div>",
         '<div class="summary">',
@@ -129,28 +142,27 @@ def build_report(run_dir: str | Path) -> Path:
         status = statuses.get(stage, "not run")
         seconds = manifest.get("seconds", {}).get(stage)
         parts.append(
-            f'<div class="card"><b>{html.escape(stage)}</b><br>{_badge(status)}'
-            f"{'' if seconds is None else f' {seconds:.1f} s'}</div>"
+            f'<div class="card"><b>{_esc(stage)}</b><br>{_badge(status)}'
+            f"{'' if not _seconds(seconds, 1) else f' {_seconds(seconds, 1)} s'}</div>"
         )
     parts.append("</div>")
     if problems:
         parts.append("<h2>Needs attention</h2><ul class=problems>")
         parts += [
-            f"<li>{_badge(c.status)} <b>{html.escape(c.stage)}.{html.escape(c.name)}</b>: {html.escape(c.message)}</li>"
-            for c in problems
+            f"<li>{_badge(c.status)} <b>{_esc(c.stage)}.{_esc(c.name)}</b>: {_esc(c.message)}</li>" for c in problems
         ]
         parts.append("</ul>")
     for stage in stages:
         stage_checks = [c for c in checks if c.stage == stage]
         parts.append(
-            f"<h2 id='{html.escape(stage)}'>{html.escape(stage_folder(stage, stages))} "
-            f"{_badge(statuses.get(stage, 'not run'))}</h2>"
+            f"<h2 id='{_esc(stage)}'>{_esc(stage_folder(stage, stages))} {_badge(statuses.get(stage, 'not run'))}</h2>"
         )
         parts.append(checks_table_html(stage_checks) if stage_checks else "<p>Not run.</p>")
         folder = rundir.path / stage_folder(stage, stages)
-        tables = sorted(folder.glob("*.table.json")) if folder.exists() else []
+        plain = re.fullmatch(r"[\w-]+", str(stage))  # a name from a hand-edited file must not lead outside the run
+        tables = sorted(folder.glob("*.table.json")) if plain and folder.exists() else []
         parts += [_table(p) for p in tables]
-        images = sorted(folder.glob("*.png")) if folder.exists() else []
+        images = sorted(folder.glob("*.png")) if plain and folder.exists() else []
         if images:
             parts.append('<div class="plots">' + "".join(_image(p) for p in images) + "</div>")
     learned = manifest.get("learned", {})

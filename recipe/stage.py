@@ -18,6 +18,7 @@ from recipe.config import settings_from_dict
 
 if TYPE_CHECKING:
     from recipe.recipe import Context
+    from recipe.task import Task
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Stage:
 
     def run(self, ctx: Context) -> list[Check]:
         raise NotImplementedError(f"{type(self).__name__}.run(ctx) must return a list of Check")
+
+    def validate(self, task: Task) -> None:
+        """Raise a `ConfigError` for settings this task cannot take (say, a model argument its factory lacks); the
+        recipe calls it for every stage after `Task.validate`, before any stage runs."""
 
     def restore(self, ctx: Context) -> None:
         """On a resumed run, instead of `run` for a stage that had finished: re-apply to `ctx` anything it set up

@@ -20,6 +20,7 @@ from torch import nn
 from recipe import plots
 from recipe.batch_size import batch_size_check, find_batch_size, no_batch_fits
 from recipe.check import Check, skipped
+from recipe.config import require
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.data import input_batch, target_leak
 from recipe.diagnostics.dependencies import batch_independence, causal
@@ -68,6 +69,9 @@ class BaselineSettings:
     human_baseline: float | None = None
     find_batch_size: bool = True
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require(self, "baseline", counts=["steps", "seed_steps", "probe_size"], positive=["simple_model_lr"])
 
 
 class Baseline(Stage):

@@ -14,6 +14,7 @@ rate and schedule go to `regularize` through the context.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from torch import nn
 
 from recipe import plots
 from recipe.check import Check, skipped
+from recipe.config import require
 from recipe.diagnostics.curves import (
     Rung,
     capacity,
@@ -72,6 +74,12 @@ class ComplexifySettings:
     margin: float = 0.1
     skip: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        require(self, "complexify", counts=["epochs", "max_steps", "lr_steps"], positive=["lr"])
+        require(self, "complexify", fractions=["warmup_fraction"], non_negative=["margin"])
+        if self.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"complexify.schedule={self.schedule!r}: use 'cosine' or 'linear'.")
+
 
 class Complexify(Stage):
     """Train a ladder of models with one budget; keep the smallest that fits; try a schedule; read the curves."""
@@ -105,6 +113,27 @@ class Complexify(Stage):
         )
         checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
         return checks
+
+    def validate(self, task: Task) -> None:
+        """Each `ladder` rung's arguments must be ones the task's model factory takes (checked before any training)."""
+        if not self.settings.ladder or len(task.models) > 1:
+            return
+        try:
+            signature = inspect.signature(task.model)
+        except (TypeError, ValueError):
+            return  # no inspectable signature: the first rung's call will tell
+        for rung, kwargs in self.settings.ladder.items():
+            if not isinstance(kwargs, dict):
+                raise ConfigError(f"complexify.ladder.{rung} must map model arguments to values, got {kwargs!r}.")
+            try:
+                signature.bind(**kwargs)
+            except TypeError as exc:
+                names = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+                unknown = [k for k in kwargs if k not in signature.parameters] or sorted(kwargs)
+                raise ConfigError(
+                    f"complexify.ladder.{rung}: the model factory {getattr(task.model, '__name__', 'model')}"
+                    f"{signature} does not take {unknown} ({exc}); use its arguments ({', '.join(names)})."
+                ) from None
 
     def restore(self, ctx: Context) -> None:
         ctx.task = ctx.task.replace(models=self._ladder(ctx))  # the rung names train.model refers to
@@ -206,8 +235,6 @@ class Complexify(Stage):
     def _schedule(self, ctx: Context, chosen: Rung, checks: list[Check]) -> Rung:
         """Warm-up + decay against the constant rate for the chosen rung; returns the run that was kept."""
         s, task = self.settings, ctx.task.replace(model=ctx.task.models[chosen.name])
-        if s.schedule not in ("cosine", "linear"):
-            raise ConfigError(f"complexify.schedule={s.schedule!r}: use 'cosine' or 'linear'.")
         steps = len(chosen.step_losses)
         warmup = max(1, round(s.warmup_fraction * steps))
         if steps < 20:

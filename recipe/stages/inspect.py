@@ -19,6 +19,7 @@ import torch
 
 from recipe import plots
 from recipe.check import Check, passed, skipped
+from recipe.config import require
 from recipe.diagnostics.data import input_stats
 from recipe.diagnostics.integrity import (
     SplitSample,
@@ -38,6 +39,7 @@ from recipe.diagnostics.leakage import target_derived_features, time_leakage
 from recipe.diagnostics.outliers import outliers
 from recipe.diagnostics.reading import eval_data_deterministic
 from recipe.diagnostics.splits import duplicates, split_shift
+from recipe.errors import ConfigError
 from recipe.recipe import Context
 from recipe.stage import Stage
 
@@ -65,6 +67,13 @@ class InspectSettings:
     pad_id: int | None = None
     samples_per_class: int = 8
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require(self, "inspect", counts=["max_samples", "samples_per_class"], positive=["outlier_z"])
+        require(self, "inspect", non_negative=["pad_id"])
+        if self.folds < 2 or not 0.5 < self.shift_fail_auc <= 1:
+            key, want = ("folds", "an integer >= 2") if self.folds < 2 else ("shift_fail_auc", "in (0.5, 1]")
+            raise ConfigError(f"inspect.{key}={getattr(self, key)!r} is out of range: it must be {want}.")
 
 
 class InspectData(Stage):

@@ -16,10 +16,11 @@ import torch
 
 from recipe import plots
 from recipe.check import Check
+from recipe.config import require
 from recipe.data import fixed_indices
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, suggest_lr
-from recipe.errors import NonFiniteError
+from recipe.errors import ConfigError, NonFiniteError
 from recipe.models import disable_dropout
 from recipe.recipe import REGULARISATION_OFF, Context
 from recipe.stage import Stage
@@ -49,6 +50,11 @@ class OverfitSettings:
     lr_max: float = 10.0
     lr_steps: int = 100
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require(self, "overfit", counts=["batch_size", "steps", "lr_steps"], positive=["lr", "tolerance", "lr_min"])
+        if self.lr_max <= self.lr_min:
+            raise ConfigError(f"overfit.lr_max={self.lr_max} must be larger than overfit.lr_min={self.lr_min}.")
 
 
 class OverfitOneBatch(Stage):

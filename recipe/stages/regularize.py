@@ -22,6 +22,7 @@ from torch import nn
 
 from recipe import plots
 from recipe.check import Check, skipped, to_jsonable
+from recipe.config import require
 from recipe.data import fixed_indices, tree_map
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.regularization import (
@@ -82,6 +83,12 @@ class RegularizeSettings:
     overfit_lr: float = 1e-3
     max_features: int = 100
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        counts = ["epochs", "max_steps", "train_eval_size", "patience", "augmentation_samples", "overfit_batch_size"]
+        require(self, "regularize", counts=[*counts, "overfit_steps", "max_features"], positive=["overfit_lr"])
+        require(self, "regularize", positive=["data_fractions"], fractions=["data_fractions", "dropouts"])
+        require(self, "regularize", non_negative=["weight_decays"])
 
 
 class Regularize(Stage):

@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import yaml
 
 from recipe import checkpoint, plots
 from recipe.check import Check, passed, skipped
+from recipe.config import require
 from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
 from recipe.errors import ConfigError
@@ -36,6 +38,8 @@ from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
 from recipe.tuning import SAMPLERS, STUDY, TRIALS, Search, configure, prepare, spawn_worker, work
+
+STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databases Optuna's RDBStorage reaches
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,21 @@ class TuneSettings:
     ensemble: int = 3
     skip: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        require(self, "tune", counts=["trials", "workers", "epochs", "max_steps"], positive=["timeout"])
+        require(self, "tune", positive=["lease_timeout"])
+        require(self, "tune", non_negative=["sampler_seed", "seeds", "ensemble"])
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"tune.sampler={self.sampler!r}: use one of {', '.join(SAMPLERS)}.")
+        if self.pruning not in ("auto", "on", "off"):
+            raise ConfigError(f"tune.pruning={self.pruning!r}: use auto, on or off.")
+        if self.storage is not None and not re.match(STORAGE_URL, self.storage):
+            scheme = self.storage.partition("://")[0] if "://" in self.storage else self.storage
+            raise ConfigError(
+                f"tune.storage: unknown storage scheme {scheme!r}; use a database URL (postgresql://, mysql://, "
+                "sqlite:///path), or leave it out for a journal file in the run directory."
+            )
+
 
 class Tune(Stage):
     """Search hyperparameters around the chosen setup; judge the search; hand over the best configuration."""
@@ -118,10 +137,6 @@ class Tune(Stage):
 
     def _search(self, ctx: Context) -> Search:
         s = self.settings
-        if s.sampler not in SAMPLERS:
-            raise ConfigError(f"tune.sampler={s.sampler!r}: use one of {', '.join(SAMPLERS)}.")
-        if s.pruning not in ("auto", "on", "off"):
-            raise ConfigError(f"tune.pruning={s.pruning!r}: use auto, on or off.")
         pruning = s.pruning == "on" or (s.pruning == "auto" and ctx.train.schedule == "constant")
         return Search(
             base=dataclasses.asdict(ctx.train),

@@ -759,6 +759,146 @@ def kill_tune(folder: Path) -> Outcome:
                    trials_lost=lost + twice + running_retried, facts=facts)  # fmt: skip
 
 
+# ---- malformed files recipe reads (issue 15, item 5) ---------------------------------------------------------------
+
+SMALL_RUN = """\
+task: tests.reliability.scenarios:blocking_task
+run_dir: {run_dir}
+stages: [overfit]
+train: {{batch_size: 32}}
+overfit: {{lr_steps: 10}}  # passes (a warning at most), so a resume keeps it
+"""
+MALFORMED = {  # name -> (file, how it is spoiled, the commands that read it)
+    "manifest_truncated": ("manifest.json", "cut", ("report", "resume")),
+    "checks_truncated": ("checks.json", "cut", ("report", "resume")),
+    "metrics_bad_line": ("metrics.jsonl", "bad_line", ("resume",)),
+    "lock_empty": (".lock", "empty", ("run", "resume")),
+}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def malformed_run_file(folder: Path, name: str) -> Outcome:
+    """An interrupted run whose `MALFORMED[name]` file is spoiled (cut in half, a bad line mid-file, emptied): every
+    command that reads it (`recipe report`, `recipe run`, `recipe run --resume`) exits 2 with one line naming the
+    file, and the run directory is left exactly as it was."""
+    import io
+
+    from recipe import cli
+
+    filename, how, commands = MALFORMED[name]
+    config, run_dir = write_config(folder, SMALL_RUN)
+    rc, said = command(str(config))
+    if rc not in (0, 1):
+        return Outcome(f"malformed {filename}", "fault", False, f"the first run failed: exit {rc}: {said[-200:]}")
+    record = manifest(run_dir)
+    (run_dir / "manifest.json").write_text(json.dumps({**record, "status": "interrupted"}))  # as after a kill
+    path = run_dir / filename
+    if how == "cut":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "bad_line":
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join([*lines[:2], b'{"stage": "overfit", "step": \n', *lines[2:]]))
+    else:
+        path.write_bytes(b"")
+    before = snapshot(run_dir)
+    facts: dict[str, Any] = {}
+    for what in commands:
+        if what == "report":
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                rc = cli.main(["report", str(run_dir)])
+            said = err.getvalue()
+        else:
+            rc, said = command(str(config), *(["--resume", str(run_dir)] if what == "resume" else []))
+        lines = said.strip().splitlines()
+        facts[what] = {"exit": rc, "said": said.strip()[-300:]}
+        facts[what]["ok"] = rc == 2 and len(lines) == 1 and str(path) in lines[0] and "Traceback" not in said
+    after = snapshot(run_dir)
+    facts["changed"] = sorted(k for k in {*before, *after} if before.get(k) != after.get(k))
+    ok = not facts["changed"] and all(facts[w]["ok"] for w in commands)
+    first = facts[commands[0]]["said"].splitlines()[0] if facts[commands[0]]["said"] else "nothing said"
+    return Outcome(f"malformed {filename}", "fault", ok, first[:160], facts=facts)
+
+
+def checkpoint_lacking_keys(folder: Path) -> Outcome:
+    """A last.pt that loads (valid zip, matching sidecar) but holds only the weights: a resuming `fit` falls back to
+    last.1.pt with a warning naming last.pt, and without last.1.pt fails with one line naming last.pt."""
+    import warnings
+
+    from recipe import checkpoint, fit
+    from tests import tiny
+
+    ckpt = good_checkpoints(folder)
+    weights = checkpoint.load(ckpt / "last.pt")["model"]
+    checkpoint.save_atomic({"model": weights}, ckpt / "last.pt")  # a sidecar that matches: only the keys are wrong
+    task, facts = tiny.classification(model=DropoutMLP), {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(task, **FIT, checkpoint_dir=ckpt, resume=True)
+    said = [str(w.message) for w in caught if "resumed from last.1.pt" in str(w.message)]
+    facts["fallback"] = said[0] if said else "no warning"
+    fallback_ok = bool(said) and "\n" not in said[0] and "lacks" in said[0]
+    checkpoint.save_atomic({"model": weights}, ckpt / "last.pt")
+    for path in (ckpt / "last.1.pt", checkpoint.sidecar(ckpt / "last.1.pt")):
+        path.unlink(missing_ok=True)
+    try:
+        fit(task, **FIT, checkpoint_dir=ckpt, resume=True)
+        facts["alone"], alone_ok = "resumed without complaint", False
+    except Exception as exc:
+        facts["alone"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        alone_ok = one_line_error(exc, ckpt / "last.pt") and "lacks" in str(exc)
+    return Outcome("last.pt lacking keys", "fault", fallback_ok and alone_ok, facts["alone"][:160], facts=facts)
+
+
+def hostile_report(folder: Path) -> Outcome:
+    """markup in every field of checks.json and manifest.json (the seed, the task name, a stage name): report.html
+    shows each escaped; `hostile_executed` counts the payloads that came through as markup."""
+    import re
+
+    from recipe.report import build_report
+
+    run = folder / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    evil = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    (run / "manifest.json").write_text(json.dumps({
+        "task": {"name": evil, "kind": evil}, "seed": evil, "device": evil, "start": evil, "end": evil,
+        "stages_planned": ["overfit", evil], "stages": {"overfit": evil}, "seconds": {"overfit": evil},
+        "learned": {"overfit": {"lr": evil}}, "config": {"x": evil},
+    }))  # fmt: skip
+    checks = [{"stage": st, "name": evil, "status": "fail", "value": {evil: evil}, "expected": evil, "message": evil,
+               "seconds": evil} for st in ("overfit", evil)]  # fmt: skip
+    (run / "checks.json").write_text(json.dumps(checks))
+    try:
+        page = build_report(run).read_text()
+    except Exception as exc:
+        return Outcome("hostile report fields", "hostile", False, f"build_report raised {type(exc).__name__}: {exc}")
+    through = len(re.findall(r"<script|<img src=x", page, re.IGNORECASE))
+    return Outcome("hostile report fields", "hostile", through == 0, f"{through} payloads unescaped",
+                   hostile_executed=through)  # fmt: skip
+
+
+def yaml_bomb(folder: Path) -> Outcome:
+    """A config with nine levels of nine nested aliases (9**9 strings once expanded): refused in well under a
+    second with one line, exit status 2, no run directory."""
+    import time
+
+    folder.mkdir(parents=True, exist_ok=True)
+    levels = "".join(f"  {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    config = folder / "config.yaml"
+    config.write_text(
+        f"task: tests.reliability.scenarios:blocking_task\nrun_dir: {folder / 'run'}\nstages: [overfit]\n"
+        f"task_args:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n{levels}"
+    )
+    start = time.perf_counter()
+    rc, said = command(str(config))
+    seconds = time.perf_counter() - start
+    ok = rc == 2 and len(said.strip().splitlines()) == 1 and seconds < 2 and not (folder / "run").exists()
+    return Outcome("YAML billion laughs", "hostile", ok, f"exit {rc} in {seconds:.3f} s: {said.strip()[:120]}")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["fit"]:
         torch.set_num_threads(1)

@@ -26,6 +26,7 @@ from recipe.config import load_yaml, split_config
 from recipe.errors import StorageError
 from recipe.stages import STAGES
 from tests.conftest import TinyDataset
+from tests.reliability import scenarios as sc
 
 REPO = Path(recipe.__file__).resolve().parents[1]
 
@@ -96,6 +97,32 @@ def _per_sample_loss(output, target):
     return F.cross_entropy(output, target, reduction="none")
 
 
+class _Overstated(TinyDataset):
+    """A Dataset whose __len__ counts 10 samples more than __getitem__ serves."""
+
+    def __len__(self):
+        return len(self.y) + 10
+
+
+class _LanguageModel(nn.Module):
+    """Token ids 0..9 through an embedding of 10, then logits over 10 classes."""
+
+    def __init__(self, vocab: int = 10):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocab, 8), nn.Linear(8, vocab)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def _tokens(n: int, seed: int, bad_at: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 10, (n, 7), generator=g)
+    if bad_at is not None:
+        ids[bad_at, 3] = 12  # past the embedding's 10 rows, in a sample the 2-sample forward does not see
+    return ids, ids.roll(-1, 1)
+
+
 def _images_channels_last(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     _, y = _points(n, seed)
     return torch.randn(n, 8, 8, 1, generator=torch.Generator().manual_seed(seed)), y
@@ -122,6 +149,12 @@ CASES = {  # case -> (train, val) -> Task; train holds 80 samples, val 20
     "loss_not_scalar": lambda tr, va: Task(tr, va, _mlp, loss=_per_sample_loss),
     "float64_inputs": lambda tr, va: Task((tr[0].double(), tr[1]), (va[0].double(), va[1]), _mlp),
     "channels_last": lambda tr, va: Task(_images_channels_last(80, 0), _images_channels_last(20, 1), _ConvNet),
+    "zero_dim_target": lambda tr, va: Task((tr[0], torch.tensor(1)), va, _mlp),
+    "len_overstated": lambda tr, va: Task(_Overstated(*tr), va, _mlp, kind="classification", num_classes=3),
+    "len_right": lambda tr, va: Task(TinyDataset(*tr), va, _mlp, kind="classification", num_classes=3),
+    "token_ids_past_embedding": lambda tr, va: Task(_tokens(80, 0, bad_at=50), _tokens(20, 1), _LanguageModel),
+    "token_ids_in_embedding": lambda tr, va: Task(_tokens(80, 0), _tokens(20, 1), _LanguageModel),
+    "ladder": lambda tr, va: Task(tr, va, lambda out=3, hidden=16: _mlp(out)),
 }
 
 
@@ -159,6 +192,15 @@ BAD_TASKS = [
     _params("loss_not_scalar", TaskError, r"loss returned \(2,\)", r"scalar", r"\.mean\(\)"),
     _params("float64_inputs", TaskError, r"train inputs are torch\.float64", r"\.float\(\)"),
     _params("channels_last", TaskError, r"shape \(2, 8, 8, 1\)", r"permute\(0, 3, 1, 2\)"),
+    _params("zero_dim_target", TaskError, r"train: the targets are one 0-dim value", r"shape \(N,\)"),
+    _params("len_overstated", TaskError, r"__len__ says 90 samples but reading sample 89 raised IndexError", r"make"),
+    _params(
+        "token_ids_past_embedding",
+        TaskError,
+        r"train input token ids span 0\.\.12",
+        r"nn\.Embedding\(10, 8\) takes ids 0\.\.9",
+        r"larger",
+    ),
 ]
 
 
@@ -184,8 +226,9 @@ def test_fit_refuses_a_bad_task_before_training(case, error, patterns):
     assert logged == []
 
 
-def test_the_clean_case_passes_validation():
-    build("clean").validate("cpu")  # so every other case fails for its own reason
+@pytest.mark.parametrize("case", ["clean", "len_right", "token_ids_in_embedding", "ladder"])
+def test_the_clean_cases_pass_validation(case):
+    build(case).validate("cpu")  # so every other case fails for its own reason
 
 
 def test_a_train_split_as_large_as_the_batch_is_fine(tmp_path):
@@ -388,6 +431,45 @@ BAD_CONFIGS = [  # id, edit of CONFIG, extra argv, regexes: the field and the fi
         _edit("run_dir: runs/bad", "run_dir: config.yaml/run"),
         [],
         [r"run_dir config\.yaml/run", r"choose another"],
+    ),
+    ("stages-flag-empty", lambda t: t, ["--stages", ""], [r"--stages '' names no stage", r"leave the flag out"]),
+    ("stages-flag-commas", lambda t: t, ["--stages", " , "], [r"--stages ' , ' names no stage"]),
+    ("seed-negative", _edit("seed: 0", "seed: -1"), [], [r"seed=-1 is not a valid seed", r"0 to 4294967295"]),
+    ("seed-too-large", _edit("seed: 0", "seed: 4294967296"), [], [r"seed=4294967296", r"0 to 4294967295"]),
+    ("seed-not-an-integer", _edit("seed: 0", "seed: 1.5"), [], [r"seed must be an integer, got 1\.5"]),
+    ("seed-flag-negative", lambda t: t, ["--seed", "-3"], [r"seed=-3 is not a valid seed"]),
+    (
+        "overfit-batch-size-0",
+        _edit("overfit: {batch_size: 8,", "overfit: {batch_size: 0,"),
+        [],
+        [r"overfit\.batch_size=0 is out of range", r"an integer >= 1", r"`overfit` section"],
+    ),
+    (
+        "inspect-max-samples-0",
+        lambda t: t.replace("[overfit]", "[inspect, overfit]") + "inspect: {max_samples: 0}\n",
+        [],
+        [r"inspect\.max_samples=0 is out of range", r">= 1"],
+    ),
+    (
+        "tune-trials-0",
+        lambda t: t.replace("[overfit]", "[overfit, tune]") + "tune: {trials: 0}\n",
+        [],
+        [r"tune\.trials=0 is out of range", r">= 1"],
+    ),
+    (
+        "tune-storage-scheme",
+        lambda t: t.replace("[overfit]", "[overfit, tune]") + "tune: {storage: 'postgres://me:hunter2@db/study'}\n",
+        [],
+        [r"unknown storage scheme 'postgres'", r"postgresql://", r"^(?!.*hunter2)"],
+    ),
+    (
+        "ladder-key",
+        lambda t: (
+            t.replace("case: clean", "case: ladder").replace("[overfit]", "[overfit, complexify]")
+            + "complexify: {ladder: {small: {hiden: 8}, large: {hidden: 64}}}\n"
+        ),
+        [],
+        [r"complexify\.ladder\.small", r"'hiden'", r"out, hidden"],
     ),
 ]
 
@@ -598,3 +680,105 @@ def test_a_label_out_of_range_past_the_validated_samples_is_a_task_error(device)
         match=rf"past the first {SCAN_LIMIT} samples checked before training, train targets span 0\.\.7.*num_classes=3",
     ):
         fit(task, epochs=1, batch_size=1024, device=device, progress=False)
+
+
+# ---- stage settings, seeds and names (issue 15, item 6) ------------------------------------------------------------
+
+BAD_SETTINGS = [  # section, values, the message: field, value and what is expected
+    ("inspect", {"max_samples": 0}, r"inspect\.max_samples=0 is out of range: it must be an integer >= 1"),
+    ("inspect", {"folds": 1}, r"inspect\.folds=1 is out of range: it must be an integer >= 2"),
+    ("baseline", {"steps": 0}, r"baseline\.steps=0 .* >= 1"),
+    ("overfit", {"batch_size": 0}, r"overfit\.batch_size=0 is out of range: it must be an integer >= 1"),
+    ("overfit", {"lr": 0.0}, r"overfit\.lr=0\.0 .* > 0"),
+    ("overfit", {"lr_min": 1.0, "lr_max": 0.1}, r"overfit\.lr_max=0\.1 must be larger than overfit\.lr_min=1\.0"),
+    ("complexify", {"warmup_fraction": 1.5}, r"complexify\.warmup_fraction=1\.5 .* in \[0, 1\)"),
+    ("complexify", {"schedule": "step"}, r"complexify\.schedule='step': use 'cosine' or 'linear'"),
+    ("regularize", {"dropouts": [0.1, 1.0]}, r"regularize\.dropouts=\(0\.1, 1\.0\) .* in \[0, 1\) \(each\)"),
+    ("regularize", {"data_fractions": [0.0]}, r"regularize\.data_fractions=\(0\.0,\) .* > 0"),
+    ("tune", {"trials": 0}, r"tune\.trials=0 is out of range"),
+    ("tune", {"workers": 0}, r"tune\.workers=0 is out of range"),
+    ("tune", {"sampler": "sobolx"}, r"tune\.sampler='sobolx': use one of sobol"),
+    ("tune", {"storage": "redis://localhost:6379"}, r"tune\.storage: unknown storage scheme 'redis'"),
+    ("tune", {"storage": "study.db"}, r"tune\.storage: unknown storage scheme 'study\.db'.*sqlite:///path"),
+]
+
+
+@pytest.mark.parametrize(("section", "values", "match"), BAD_SETTINGS, ids=lambda v: str(v)[:40])
+def test_stage_settings_out_of_range_are_refused_when_the_recipe_is_built(tmp_path, section, values, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        Recipe(build("clean"), run_dir=tmp_path / "run", stages=[section], config={section: values})
+    assert "\n" not in str(info.value) and "empty" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "values"),
+    [
+        ("overfit", {"batch_size": 1, "lr_min": 1e-6, "lr_max": 1e-5}),
+        ("regularize", {"dropouts": [0.0, 0.5], "data_fractions": [0.5], "weight_decays": [0.0]}),
+        ("tune", {"trials": 1, "workers": 1, "seeds": 0, "ensemble": 0, "storage": "sqlite:///study.db"}),
+        ("tune", {"storage": "postgresql+psycopg2://me@db/study"}),
+        ("complexify", {"warmup_fraction": 0.0, "margin": 0.0, "schedule": "linear"}),
+    ],
+)
+def test_settings_at_the_edge_of_their_range_are_accepted(tmp_path, section, values):
+    recipe = Recipe(build("clean"), run_dir=tmp_path / "run", stages=[section], config={section: values})
+    settings = recipe.stages[0].settings
+    assert all(getattr(settings, k) == (tuple(v) if isinstance(v, list) else v) for k, v in values.items())
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "3", True, None])
+def test_a_seed_out_of_range_or_of_the_wrong_type_is_refused(tmp_path, seed):
+    with pytest.raises(ConfigError, match=r"seed=.* is not a valid seed; use an integer from 0 to 4294967295"):
+        Recipe(build("clean"), run_dir=tmp_path / "run", seed=seed)
+    logged, seed = [], 2**64 if seed == 2**32 else seed  # fit takes torch's range: stages derive seeds from the run's
+    with pytest.raises(ConfigError, match=r"is not a valid seed"):
+        fit(build("clean"), epochs=1, batch_size=8, seed=seed, device="cpu", progress=False, log=logged.append)
+    assert logged == [] and not (tmp_path / "run").exists()
+
+
+def test_the_seeds_at_the_ends_of_the_range_are_accepted(tmp_path):
+    for seed in (0, 2**32 - 1):
+        assert Recipe(build("clean"), run_dir=tmp_path / "run", seed=seed).seed == seed
+    assert fit(build("clean"), epochs=1, batch_size=40, seed=2**32 + 5, progress=False).steps == 2  # derived seeds
+
+
+def test_a_ladder_key_the_factory_does_not_take_is_refused_before_any_training(tmp_path):
+    factory = _Counting()
+    task = build("ladder")
+    config = {"complexify": {"ladder": {"small": {"hidden": 8}, "large": {"hiden": 64}}}}
+    recipe = Recipe(task.replace(model=lambda hidden=16: factory()), run_dir=tmp_path / "run", config=config)
+    factory.calls = 0
+    with pytest.raises(ConfigError, match=r"complexify\.ladder\.large: .*\(hidden=16\) does not take \['hiden'\]"):
+        recipe.run()
+    assert factory.calls <= 2 and not (tmp_path / "run").exists()  # the two of Task.validate; nothing trained
+    fixed = Recipe(task, run_dir=tmp_path / "run", config={"complexify": {"ladder": {"large": {"hidden": 64}}}})
+    fixed.stages[3].validate(task)  # the fixed twin passes
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/abs/path", "a/b", "..", "", ".hidden", "C:\\Users\\x", "ünï cödé"])
+def test_the_default_run_dir_stays_under_runs_whatever_the_task_name(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    recipe = Recipe(build("clean").replace(name=name), stages=["overfit"])
+    assert recipe.run_dir.parent == Path("runs") and len(recipe.run_dir.parts) == 2
+    assert recipe.run_dir.resolve().parent == (tmp_path / "runs").resolve()
+    assert not recipe.run_dir.name.startswith(".")
+
+
+def test_a_plain_task_name_is_kept_as_the_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Recipe(build("clean").replace(name="digits-v2.1_small")).run_dir == Path("runs/digits-v2.1_small")
+
+
+# ---- malformed files recipe reads (issue 15, item 5) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(sc.MALFORMED))
+def test_a_malformed_run_file_is_a_one_line_error_naming_it(tmp_path, name):
+    out = sc.malformed_run_file(tmp_path, name)
+    assert out.survived, f"{out.name}: {out.detail} {out.facts}"
+
+
+def test_a_checkpoint_that_loads_but_lacks_keys_is_a_one_line_error_naming_it(tmp_path):
+    out = sc.checkpoint_lacking_keys(tmp_path)
+    assert out.survived, f"{out.name}: {out.detail} {out.facts}"
