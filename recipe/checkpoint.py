@@ -146,6 +146,7 @@ def save_training_state(
             "rng": rng_state(),
             "history": result.history,
             "step_losses": result.step_losses,
+            "log_values": result.log_values,
             "progress": dict(progress_state),
             "batches_done": position[0] if position else None,
             "epoch_generator": position[1] if position else None,
@@ -213,6 +214,7 @@ def restore_training_state(
         generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         result.steps, result.history, result.step_losses = state["steps"], state["history"], state["step_losses"]
+        result.log_values = list(state.get("log_values", []))
         progress_state.update(state.get("progress") or {})
         if state.get("batches_done") is not None:  # written mid-epoch: replay that epoch's order, skip what it used
             generator.set_state(state["epoch_generator"])
