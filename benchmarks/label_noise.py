@@ -5,8 +5,10 @@ A share of the training labels (5%, 10%, 20% by default) is flipped, each to ano
 2021). Each run scores the suspects against the flipped indices (precision, recall, F1) for:
 
   ours      recipe.diagnostics.label_noise.find_label_issues(task, seed=seed) on the task as the recipe sees it
-            (digits: examples/digits.py's MLP; wine and breast_cancer: a 64-64 MLP on standardised features),
-            with the verdict of the `label_noise` check
+            (digits: examples/digits.py's MLP; wine and breast_cancer: a 64-64 MLP on standardised features;
+            waves, not in the default list: noisy sine / square / sawtooth signals and a small Conv1d net, where
+            a linear probe is at chance and only the task's model can judge), with the verdict of the `label_noise`
+            check
   cleanlab  cleanlab.filter.find_label_issues on 5-fold out-of-fold probabilities of scikit-learn's
             LogisticRegression (the catalog's anchor), when cleanlab is installed
 
@@ -41,6 +43,8 @@ def load(dataset: str, seed: int) -> tuple[np.ndarray, ...]:
     """(x_train, x_val, y_train, y_val), stratified 80/20, standardised with training statistics."""
     if dataset == "digits":
         return load_digits_split(seed)
+    if dataset == "waves":
+        return waves(seed)
     from sklearn import datasets
     from sklearn.model_selection import train_test_split
 
@@ -50,6 +54,28 @@ def load(dataset: str, seed: int) -> tuple[np.ndarray, ...]:
     )
     mean, std = x_train.mean(0), x_train.std(0) + 1e-8
     return (x_train - mean) / std, (x_val - mean) / std, y_train, y_val
+
+
+def waves(seed: int, n: int = 600, length: int = 64) -> tuple[np.ndarray, ...]:
+    """Sine, square and sawtooth waves (n, 1, length) of random frequency, phase and amplitude in Gaussian noise;
+    the label is the waveform. Every class averages to zero at every position: a linear probe is at chance."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    cycles = rng.uniform(1.5, 4.0, (n, 1)) * np.arange(length) / length + rng.uniform(0, 1, (n, 1))
+    shapes = np.stack([np.sin(2 * np.pi * cycles), np.sign(np.sin(2 * np.pi * cycles)), 2 * (cycles % 1) - 1], 1)
+    x = (shapes[np.arange(n), y] * rng.uniform(0.5, 1.5, (n, 1)) + rng.normal(0, 0.3, (n, length)))[:, None]
+    cut = int(0.75 * n)
+    return x[:cut].astype(np.float32), x[cut:].astype(np.float32), y[:cut], y[cut:]
+
+
+class WaveCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        convs = [nn.Conv1d(1, 16, 7, padding=3), nn.ReLU(), nn.Conv1d(16, 16, 7, padding=3), nn.ReLU()]
+        self.net = nn.Sequential(*convs, nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def flip(y: np.ndarray, rate: float, seed: int, pattern: str) -> tuple[np.ndarray, set[int]]:
@@ -74,7 +100,7 @@ def make_task(dataset: str, x_train, x_val, y_train, y_val) -> Task:
     def mlp() -> nn.Module:
         return nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes))
 
-    model = MLP if dataset == "digits" else mlp
+    model = MLP if dataset == "digits" else WaveCNN if dataset == "waves" else mlp
     return Task(train=(x_train, y_train), val=(x_val, y_val), model=model, num_classes=classes, name=dataset)
 
 
@@ -101,6 +127,7 @@ def run_cleanlab(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[list[int], fl
 
     start = time.perf_counter()
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    x = x.reshape(len(x), -1)
     probs = cross_val_predict(LogisticRegression(max_iter=1000), x, y, cv=folds, method="predict_proba")
     mask = cleanlab_find_label_issues(y, probs, n_jobs=1)
     return np.flatnonzero(mask).tolist(), time.perf_counter() - start

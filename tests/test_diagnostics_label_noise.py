@@ -190,6 +190,12 @@ def test_the_task_model_judges_when_the_linear_probe_is_weak(flip, statuses):
     assert issues.agreement > 0.6
 
 
+def test_a_task_model_over_the_budget_is_named_in_the_skip():
+    task = _waves_task()
+    check = label_noise(find_label_issues(task, model_gflop=0.01), task)
+    assert check.status == "skip" and "GFLOP, over 0.01" in check.message and "model_gflop" in check.message
+
+
 def test_a_member_at_chance_is_left_out_of_the_average():
     task = _waves_task()
     issues = find_label_issues(task, probe="both", rounds=1)
