@@ -176,6 +176,7 @@ def test_a_probe_that_cannot_learn_the_task_skips_instead_of_failing():
         assert check.status == "skip", check.message
         assert "cannot learn" in check.message and "commonest label" in check.message
         assert check.value["out_of_fold_accuracy"] < 0.45
+        assert check.value["suspects"] == 0  # a probe at chance names no suspects
 
 
 @pytest.mark.parametrize("flip, statuses", [(0.0, {"pass"}), (0.25, {"warn", "fail"})])

@@ -40,7 +40,8 @@ class LabelIssues:
 
     Attributes:
         estimated_noise_rate: the fraction of training labels confident learning estimates to be wrong.
-        indices: training-split indices judged mislabeled, most suspicious first.
+        indices: training-split indices judged mislabeled, most suspicious first; none when the quick models did
+            not learn (their out-of-fold accuracy did not beat the commonest label's share).
         given: the given label of each index.
         predicted: the quick models' predicted label of each index.
         probs: (n, C) out-of-fold probabilities, aligned with `positions`.
@@ -233,9 +234,10 @@ def find_label_issues(
         found, rate = confident_learning(probs, labels, classes)
         done += 1
     _, baseline = confident_learning(val_probs, val_labels, classes)
-    val_agreement = (
-        None if learned else _val_agreement(task, val_rows, val_labels, val_fold, models.members, fit_kwargs)
-    )
+    val_agreement = None
+    if not learned:  # a probe at chance names no suspects: its doubts are about itself, not the labels
+        found = found[:0]
+        val_agreement = _val_agreement(task, val_rows, val_labels, val_fold, models.members, fit_kwargs)
     names = {"linear": "linear probe", "model": "task model"}
     dropped = f" ({' and '.join(names[m] for m in models.dropped)} left out: at chance)" if models.dropped else ""
     return LabelIssues(
