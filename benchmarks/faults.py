@@ -72,6 +72,12 @@ def fault_scenarios(ref: References) -> dict[str, Callable[[Path], sc.Outcome]]:
     table["enospc_fit"] = lambda d: sc.enospc_fit(d, ref.fit)
     table["enospc_run"] = sc.enospc_run
     table["kill_tune"] = sc.kill_tune
+    table["sigint_tune"] = lambda d: sc.signal_tune(d, signal.SIGINT)  # tune under interruption (issue 15)
+    table["sigterm_tune"] = lambda d: sc.signal_tune(d, signal.SIGTERM)
+    table["sigint_tune_workers"] = lambda d: sc.signal_tune_workers(d, signal.SIGINT)
+    table["sigterm_tune_workers"] = lambda d: sc.signal_tune_workers(d, signal.SIGTERM)
+    table["kill_tune_workers"] = sc.kill_tune_workers
+    table["torn_journal"] = sc.torn_journal
     table["kill_run"] = lambda d: sc.signal_run(d, signal.SIGKILL, ref.rows)
     table["sigterm_run"] = lambda d: sc.signal_run(d, signal.SIGTERM, ref.rows)
     table["sigint_run"] = lambda d: sc.signal_run(d, signal.SIGINT, ref.rows)

@@ -1,16 +1,12 @@
-"""The machinery behind `tune`: the study and its storage, leases for killed workers, and the trial loop every
-worker process runs (the search space is in `recipe.search_space`).
+"""The trial loop every worker process runs, and the worker processes of a local search (the study's storage and
+leases are in `recipe.study_storage`, the search space in `recipe.search_space`).
 
-A study lives in an Optuna storage: by default a journal file in the run directory (`study.journal`, which several
-processes on one machine share safely; Optuna's docs advise against SQLite for parallel workers), or any Optuna
-storage URL (`postgresql://...`) that workers on many machines join. With the default sampler every trial's
-configuration is drawn up front from one scrambled Sobol sequence (one seed for every worker) and queued in the
-study, so workers simply take the next queued configuration and the budget is exact.
-
-A worker killed with SIGKILL leaves its trial RUNNING forever in a journal file (observed with Optuna 5.0). Each
-running trial therefore holds a lease, a file whose modification time a background thread refreshes; a worker that
-starts marks RUNNING trials with a stale lease as failed and queues their configuration again, so nothing is lost
-and nothing is counted twice. Relational storages use Optuna's own heartbeat and retry callback instead.
+With the default sampler every trial's configuration is drawn up front from one scrambled Sobol sequence (one seed
+for every worker) and queued in the study, so workers simply take the next queued configuration and the budget is
+exact. A trial stopped by Ctrl-C or SIGTERM is failed and its configuration queued again, so a resume runs it. Local
+workers stop with the process that started them: it passes a signal on, and a worker whose parent died (even by
+SIGKILL) stops at its next step boundary; a resume waits for such workers (`fence`) before it rewrites the files they
+append to.
 """
 
 from __future__ import annotations
@@ -20,32 +16,46 @@ import hashlib
 import json
 import math
 import os
-import socket
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recipe import checkpoint
+from recipe import checkpoint, stopping
 from recipe.config import TrainSettings
-from recipe.errors import NonFiniteError
+from recipe.errors import ConfigError, NonFiniteError, Terminated
 from recipe.evaluation import evaluate
 from recipe.fit import fit
 from recipe.recipe import model_factory
-from recipe.rundir import process_alive, write_atomic
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, sobol_configs
+from recipe.study_storage import (
+    LEASES,
+    STUDY,
+    TRIALS,
+    Lease,
+    interrupted,
+    open_study,
+    requeue,
+    sweep_stale,
+)
 from recipe.task import Task
 
+try:
+    import fcntl
+except ImportError:  # Windows: no fencing of a dead run's workers
+    fcntl = None  # type: ignore[assignment]
+
 SAMPLERS = ("sobol", "random", "tpe", "grid")
-# kept outside the stage folder, which a new run clears, so that running the search again resumes it
-STUDY = "study"
-STUDY_FILE, LEASES, TRIALS = f"{STUDY}/journal.log", f"{STUDY}/leases", f"{STUDY}/trials"
+WORKERS_LOCK = f"{STUDY}/workers.lock"  # held (shared) by every live worker process: see `fence`
+STOP_SECONDS = 10.0  # how long a stopped run waits for its workers to reach a step boundary before killing them
 
 
 def study_name(
@@ -61,105 +71,6 @@ def study_name(
         fingerprint = [task.name, len(task.train), len(task.val), shapes]
     key = [[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seeds, fingerprint]
     return "tune-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
-
-
-# ---- storage and leases ------------------------------------------------------------------------------------------
-
-
-def open_study(search: Search, name: str, params: list[Param]) -> Any:
-    """Create or load the study; the default storage is a journal file in the run directory.
-
-    Pruning (when on) is the median rule, held back for the first quarter of the trials and the first half of
-    each run's epochs: early epochs rank learning rates unfairly (a low rate starts slower and may end better).
-    """
-    storage, run_dir, sampler, seed = search.storage, Path(search.run_dir), search.sampler, search.draw_seed
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage is None:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        (run_dir / STUDY).mkdir(parents=True, exist_ok=True)
-        store: Any = JournalStorage(JournalFileBackend(str(run_dir / STUDY_FILE)))
-    elif storage.startswith(("postgresql", "mysql", "sqlite")):
-        import warnings
-
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-        with warnings.catch_warnings():  # Optuna marks its heartbeat "experimental" since v2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            store = RDBStorage(
-                storage,
-                heartbeat_interval=max(1, round(search.lease_timeout / 4)),
-                grace_period=max(1, round(search.lease_timeout)),
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
-    else:
-        store = storage
-    chooser: Any = {
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "sobol": lambda: optuna.samplers.RandomSampler(seed=seed),  # every sobol trial is queued with its values
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler({p.name: p.grid(4) for p in params}, seed=seed),
-    }[sampler]
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=max(5, search.trials // 4), n_warmup_steps=search.epochs // 2)
-        if search.pruning
-        else optuna.pruners.NopPruner()
-    )
-    return optuna.create_study(
-        study_name=name, storage=store, sampler=chooser(), pruner=pruner, direction="minimize", load_if_exists=True
-    )
-
-
-class Lease:
-    """A running trial's claim: a file under `folder` naming the worker's pid and host, touched every `interval`
-    seconds by a daemon thread."""
-
-    def __init__(self, folder: Path, number: int, interval: float = 2.0):
-        self.path = folder / f"trial_{number}"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
-        self._thread.start()
-
-    def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.path.touch()
-
-    def release(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.path.unlink(missing_ok=True)
-
-
-def sweep_stale(study: Any, folder: Path, timeout: float) -> list[int]:
-    """Mark RUNNING trials as failed, and queue their configuration again, when their lease is older than `timeout`
-    seconds (or missing), or names a process of this host that no longer runs (a worker killed a moment ago);
-    returns the numbers of the trials swept."""
-    from optuna.trial import TrialState
-
-    swept = []
-    now = time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        lease = folder / f"trial_{trial.number}"
-        started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        last = lease.stat().st_mtime if lease.exists() else started
-        if now - last > timeout or _holder_died(lease):
-            if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-                swept.append(trial.number)
-            lease.unlink(missing_ok=True)
-    return swept
-
-
-def _holder_died(lease: Path) -> bool:
-    try:
-        holder = json.loads(lease.read_text())
-    except (OSError, ValueError):
-        return False
-    return holder.get("host") == socket.gethostname() and not process_alive(holder.get("pid"))
 
 
 # ---- the trial loop ----------------------------------------------------------------------------------------------
@@ -234,6 +145,12 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
     study, params, _ = prepare(search, task)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
     started, ran = time.time(), 0
+    current: list[Any] = []  # the trial this process runs, for `interrupted`
+
+    def run_one(trial: Any) -> float:
+        current[:] = [trial]
+        return objective(trial, search, task, params, log, worker)
+
     while True:
         states = [t.state for t in study.get_trials(deepcopy=False)]
         finished = sum(s in done_states for s in states)
@@ -244,12 +161,18 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
             break  # every queued configuration is taken; the workers holding them finish the budget
         if search.sampler != "sobol" and finished + sum(s == TrialState.RUNNING for s in states) >= search.trials:
             break
-        study.optimize(
-            lambda trial: objective(trial, search, task, params, log, worker),
-            n_trials=1,
-            catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
-            gc_after_trial=False,
-        )
+        current.clear()
+        try:
+            study.optimize(
+                run_one,
+                n_trials=1,
+                catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
+                gc_after_trial=False,
+            )
+        except (KeyboardInterrupt, Terminated):
+            if current:
+                interrupted(study, current[0])
+            raise
         ran += 1
     return ran
 
@@ -310,6 +233,9 @@ def objective(
         if not math.isfinite(val.loss):
             raise optuna.TrialPruned("non-finite validation loss")
         return val.loss
+    except (KeyboardInterrupt, Terminated):
+        requeue(trial.study, trial)  # before Optuna marks it failed: a kill -9 in between leaves it to sweep_stale
+        raise
     finally:
         trial.set_user_attr("rows", rows)
         if lease is not None:
@@ -334,15 +260,73 @@ def configure(base: TrainSettings, task: Task, values: dict[str, Any]) -> tuple[
     return settings, task.replace(model=factory)
 
 
-def spawn_worker(spec_path: Path, worker: int) -> subprocess.Popen[bytes]:
-    """Start worker process number `worker` on the study described in `spec_path` (one torch thread)."""
-    code = "import sys; from recipe.tuning import worker_main; sys.exit(worker_main(sys.argv[1], int(sys.argv[2])))"
+class Workers:
+    """`count` worker processes on the study described in `spec_path`, started, waited for and stopped together.
+
+    Each runs in its own session, so a Ctrl-C at the terminal reaches this process only, which passes it on once
+    (`stop`). Each also holds the read end of a pipe whose write end only this process has: when this process dies,
+    even by SIGKILL, the pipe closes and the workers stop at their next step boundary instead of running on as
+    orphans that append to files a resume rewrites.
+    """
+
+    def __init__(self, spec_path: Path, count: int):
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._pipe: int | None = None
+        if count > 0 and os.name != "posix":  # no passing a pipe on: the workers run until the study is done
+            self.procs = [spawn_worker(spec_path, k + 1) for k in range(count)]
+        elif count > 0:
+            read, self._pipe = os.pipe()
+            try:
+                self.procs = [spawn_worker(spec_path, k + 1, read) for k in range(count)]
+            finally:
+                os.close(read)
+
+    def wait(self) -> None:
+        for proc in self.procs:
+            proc.wait()
+        self._close()
+
+    def stop(self, sig: int, grace: float = STOP_SECONDS) -> None:
+        """Pass `sig` on; a worker still running after `grace` seconds, or after a second interrupt, is killed (its
+        trial is then swept: `sweep_stale`)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        deadline = time.monotonic() + grace
+        try:
+            for proc in self.procs:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, Terminated):
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.kill()
+            for proc in self.procs:
+                proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self._pipe is not None:
+            os.close(self._pipe)
+            self._pipe = None
+
+
+def spawn_worker(spec_path: Path, worker: int, parent_pipe: int | None = None) -> subprocess.Popen[bytes]:
+    """Start worker process number `worker` on the study described in `spec_path` (one torch thread); given the read
+    end of a pipe (`parent_pipe`), the worker stops when the pipe closes."""
+    code = (
+        "import sys; from recipe.tuning import worker_main; "
+        "sys.exit(worker_main(sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code, str(spec_path), str(worker)], env=env)
+    fds = () if parent_pipe is None else (parent_pipe,)
+    argv = [sys.executable, "-c", code, str(spec_path), str(worker), *map(str, fds)]
+    return subprocess.Popen(argv, env=env, pass_fds=fds, start_new_session=parent_pipe is not None)
 
 
-def worker_main(spec_path: str, worker: int) -> int:
-    """A worker process: rebuild the task from the config's `task:`, then run trials of the shared study."""
+def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> int:
+    """A worker process: rebuild the task from the config's `task:`, then run trials of the shared study. SIGTERM
+    (or the parent's death) stops it at its next step boundary, SIGINT at once; its trial is queued again either
+    way. Returns 0, or 143 / 130 when stopped."""
     from recipe.cli import load_task
     from recipe.rundir import RunDir
 
@@ -350,10 +334,68 @@ def worker_main(spec_path: str, worker: int) -> int:
     spec = json.loads(Path(spec_path).read_text())
     search = Search(**spec["search"])
     source = spec["source"]
-    task = load_task(source["task"], source.get("task_args") or {}, spec_path)
     rundir = RunDir(search.run_dir)
     try:
-        work(search, task, rundir.metrics_log("tune", f"worker_{worker}"), worker)
+        with stopping.handling_sigterm(), _holding_workers_lock(Path(search.run_dir)):
+            if parent_pipe is not None:
+                _watch_parent(parent_pipe)
+            task = load_task(source["task"], source.get("task_args") or {}, spec_path)
+            work(search, task, rundir.metrics_log("tune", f"worker_{worker}"), worker)
+    except Terminated:
+        return 143
+    except KeyboardInterrupt:
+        return 130
     finally:
         rundir.close()
     return 0
+
+
+def _watch_parent(pipe: int) -> None:
+    """SIGTERM this process when `pipe` closes: the process that started it died or gave up on it."""
+
+    def watch() -> None:
+        while os.read(pipe, 1):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+# ---- fencing a dead run's workers --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _holding_workers_lock(run_dir: Path) -> Iterator[None]:
+    """Hold a shared lock on study/workers.lock while this worker runs (the kernel drops it when the process ends,
+    however it ends): `fence` waits on it."""
+    if fcntl is None:
+        yield
+        return
+    path = run_dir / WORKERS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+
+
+def fence(run_dir: Path, timeout: float) -> None:
+    """Wait until no worker of an earlier run on this run directory is alive, before a resume rewrites the files
+    they append to (metrics.jsonl); after `timeout` seconds, a one-line `ConfigError` naming them."""
+    path = run_dir / WORKERS_LOCK
+    if fcntl is None or not path.exists():
+        return
+    deadline = time.monotonic() + timeout
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # the orphans stop at their next step boundary; nothing else tells us when
+    raise ConfigError(
+        f"{path}: worker processes of an earlier run of this search still run after {timeout:g} s; stop them "
+        f"(their pids are in {run_dir / LEASES}) or wait, then resume."
+    )

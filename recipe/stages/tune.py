@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from recipe.recipe import Context
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
-from recipe.tuning import SAMPLERS, STUDY, TRIALS, Search, configure, prepare, spawn_worker, work
+from recipe.study_storage import LEASES, STUDY, TRIALS, sweep_stale
+from recipe.tuning import SAMPLERS, Search, Workers, configure, fence, prepare, work
 
 STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databases Optuna's RDBStorage reaches
 
@@ -59,6 +61,7 @@ class TuneSettings:
         pruning: "auto" (the median rule, only with a constant learning rate, where early epochs are comparable),
             "on" or "off".
         workers: local worker processes (this one included); more than one needs a run started from a config.
+            Ctrl-C or SIGTERM stops them too (and they stop when this process dies); their trials are queued again.
         storage: an Optuna storage URL shared by workers on many machines; None for a journal file in run_dir/study/
             (kept when the run directory is reused, so running the search again resumes it).
         study: the study name; None derives it from the space, setup, sampler and seed.
@@ -164,22 +167,27 @@ class Tune(Stage):
                 "tune.workers > 1 starts worker processes that rebuild the task from a config: run with "
                 "`recipe run CONFIG --workers N`, or start workers yourself on the same storage."
             )
+        fence(Path(search.run_dir), search.lease_timeout)  # a killed run's workers stop before their rows are rewritten
         study, _, _ = prepare(search, ctx.task)  # queue the configurations once, before any worker starts
         _write_finished_rows(ctx, study)
         spec = Path(search.run_dir) / STUDY / "worker.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
         worker = {"search": dataclasses.asdict(search), "source": ctx.source}
         write_atomic(spec, json.dumps(worker, default=str).encode())
-        procs = [spawn_worker(spec, k + 1) for k in range(extra)]
+        workers = Workers(spec, extra)
         threads = torch.get_num_threads()
         if extra > 0:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // (extra + 1)))
         try:
             work(search, ctx.task, ctx.rundir.metrics_log("tune", "trials"))
+            workers.wait()
+        except BaseException as exc:  # Ctrl-C, SIGTERM or an error: the workers stop too, their trials queued again
+            workers.stop(signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+            if search.storage is None and workers.procs:
+                sweep_stale(study, Path(search.run_dir) / LEASES, search.lease_timeout)  # those killed after the grace
+            raise
         finally:
             torch.set_num_threads(threads)
-            for proc in procs:
-                proc.wait()
 
     # ---- reading the study --------------------------------------------------------------------------------------
 

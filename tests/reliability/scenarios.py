@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def block_here() -> None:
         return
     _state["blocked"] = True
     print(MARKER, flush=True)
-    sys.stdin.readline()
+    os.read(sys.stdin.fileno(), 1)  # one byte, unbuffered: a tune child's workers share its stdin, one byte each
 
 
 class DropoutMLP(nn.Module):
@@ -757,6 +758,219 @@ def kill_tune(folder: Path) -> Outcome:
         detail += f"; trials {without_rows} have no metrics rows"
     return Outcome(name, "fault", ok, detail, rows_lost=rows_lost, rows_duplicated=rows_twice,
                    trials_lost=lost + twice + running_retried, facts=facts)  # fmt: skip
+
+
+# ---- tune under interruption (issue 15) ----------------------------------------------------------------------------
+# A search in a `recipe run` child is stopped with its trials in progress: the child (and each of its `--workers`,
+# which inherit its stdin, stdout and RECIPE_TEST_BLOCK) blocks in its first trial started once two trials finished,
+# printing MARKER; a release writes one byte per blocked process.
+
+WORKERS_CONFIG = TUNE_CONFIG.replace("  pruning:", "  workers: 2\n  pruning:")
+
+
+def blocked_search(folder: Path, text: str, blocked: int) -> tuple[Child | None, Path, Path, str]:
+    """Start `recipe run` on the search config `text` and wait until `blocked` of its processes block mid-trial."""
+    config, run_dir = write_config(folder, text)
+    child = recipe_process(str(config), env={BLOCK_ENV: f"trials:2:{run_dir}"})
+    for _ in range(blocked):
+        if not child.wait_for_marker():
+            child.finish()
+            return None, config, run_dir, f"the search never blocked in a trial: {child.err[-300:]}"
+    return child, config, run_dir, ""
+
+
+def lease_holders(run_dir: Path) -> dict[int, int]:
+    """trial number -> pid of the process running it, from the leases under study/leases."""
+    holders = {}
+    for lease in (run_dir / "study" / "leases").glob("trial_*"):
+        with contextlib.suppress(OSError, ValueError):
+            holders[int(lease.name.removeprefix("trial_"))] = json.loads(lease.read_text())["pid"]
+    return holders
+
+
+def wait_exit(pid: int, timeout: float = TIMEOUT) -> bool:
+    """Wait for a process that is not our child to end (a pidfd becomes readable then); True once it has."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def judge_search(name: str, run_dir: Path, detail: str, facts: dict[str, Any]) -> Outcome:
+    """After the resume: every queued configuration completed exactly once, no trial RUNNING, and each completed
+    trial with its metrics rows (as many as every other trial) in metrics.jsonl and its row in trials.csv."""
+    import csv
+
+    trials = study_trials(run_dir)
+    states = collections.Counter(t.state.name for t in trials)
+    key = [json.dumps(t.params, sort_keys=True) for t in trials]
+    done = collections.Counter(k for k, t in zip(key, trials, strict=True) if t.state.name == "COMPLETE")
+    lost, twice = len(set(key) - set(done)), sum(n - 1 for n in done.values())
+    complete = sorted(t.number for t in trials if t.state.name == "COMPLETE")
+    rows = [json.loads(r) for r in read_rows(run_dir / "metrics.jsonl")]
+    per_trial = collections.Counter(r["trial"] for r in rows if r.get("stage") == "tune" and "trial" in r)
+    usual = collections.Counter(per_trial[n] for n in complete).most_common(1)[0][0] if complete else 0
+    rows_lost = sum(max(0, usual - per_trial[n]) for n in complete) + usual * sum(not per_trial[n] for n in complete)
+    table = run_dir / "06_tune" / "trials.csv"
+    listed = sorted(int(r["trial"]) for r in csv.DictReader(table.open())) if table.exists() else []
+    facts.update(states_after=dict(states), lost=lost, counted_twice=twice, left_running=states["RUNNING"],
+                 rows_per_trial=usual, rows_lost=rows_lost, trials_csv=listed, complete=complete)  # fmt: skip
+    ok = (
+        len(done) == TUNE_TRIALS
+        and not (lost or twice or states["RUNNING"] or rows_lost)
+        and usual > 0
+        and listed == complete
+        and facts.get("resume_exit") in (0, 1)
+    )
+    return Outcome(name, "fault", ok, f"{detail}; after --resume {dict(states)}", rows_lost=rows_lost,
+                   trials_lost=lost + twice + states["RUNNING"], facts=facts)  # fmt: skip
+
+
+def signal_tune(folder: Path, sig: signal.Signals) -> Outcome:
+    """SIGINT or SIGTERM to a one-process search mid-trial: exit 130 / 143, the trial failed (not RUNNING) and its
+    configuration queued again with the same values; `--resume` completes the planned trials."""
+    name = f"{sig.name} to tune mid-trial"
+    child, config, run_dir, why = blocked_search(folder, TUNE_CONFIG, 1)
+    if child is None:
+        return Outcome(name, "fault", False, why)
+    child.kill(sig)
+    child.release()  # SIGTERM's handler only sets a flag: the trial goes on to its next step boundary
+    rc = child.finish()
+    at_stop = study_trials(run_dir)
+    failed = [t for t in at_stop if t.state.name == "FAIL"]
+    retries = [t for t in at_stop if t.state.name == "WAITING" and "retry_of" in t.user_attrs]
+    facts: dict[str, Any] = {
+        "exit": rc,
+        "states_at_stop": dict(collections.Counter(t.state.name for t in at_stop)),
+        "requeued_same_params": len(failed) == 1
+        and [t.system_attrs.get("fixed_params") for t in retries] == [failed[0].params],
+    }
+    facts["resume_exit"], _ = command(str(config), "--resume", str(run_dir))
+    out = judge_search(name, run_dir, f"exit {rc}, at the stop {facts['states_at_stop']}", facts)
+    expected = {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+    out.survived = out.survived and rc == expected and facts["requeued_same_params"]
+    out.survived = out.survived and "RUNNING" not in facts["states_at_stop"]
+    return out
+
+
+def signal_tune_workers(folder: Path, sig: signal.Signals) -> Outcome:
+    """SIGINT or SIGTERM to `recipe run --workers 2` while it and its worker are mid-trial: the signal reaches the
+    worker, the run exits 130 / 143 within a few seconds with no trial RUNNING, and `--resume` completes."""
+    name = f"{sig.name} to tune with workers"
+    child, config, run_dir, why = blocked_search(folder, WORKERS_CONFIG, 2)
+    if child is None:
+        return Outcome(name, "fault", False, why)
+    workers = sorted(set(lease_holders(run_dir).values()) - {child.proc.pid})
+    complete = sum(t.state.name == "COMPLETE" for t in study_trials(run_dir))
+    start = time.perf_counter()
+    child.kill(sig)
+    child.release()
+    child.release()  # both blocked processes: the child and its worker
+    workers_ended = all(wait_exit(pid, 60) for pid in workers)
+    worker_seconds = time.perf_counter() - start
+    rc = child.finish()
+    seconds = time.perf_counter() - start
+    at_stop = collections.Counter(t.state.name for t in study_trials(run_dir))
+    facts: dict[str, Any] = {
+        "exit": rc,
+        "seconds": round(seconds, 2),
+        "worker_seconds": round(worker_seconds, 2),
+        "workers": workers,
+        "workers_ended": workers_ended,
+        "states_at_stop": dict(at_stop),
+        "completed_after_signal": at_stop["COMPLETE"] - complete,  # the worker stopped: it finished no more trials
+    }
+    facts["resume_exit"], _ = command(str(config), "--resume", str(run_dir))
+    detail = f"exit {rc} after {seconds:.1f} s (worker gone after {worker_seconds:.1f} s), at the stop {dict(at_stop)}"
+    out = judge_search(name, run_dir, detail, facts)
+    expected = {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+    ok = rc == expected and len(workers) == 1 and facts["workers_ended"] and "RUNNING" not in at_stop
+    ok = ok and facts["completed_after_signal"] == 0
+    out.survived = out.survived and ok and seconds < 10
+    return out
+
+
+def kill_tune_workers(folder: Path) -> Outcome:
+    """kill -9 `recipe run --workers 2` while it and its worker are mid-trial: the orphaned worker stops by itself
+    (its trial queued again), and `--resume` (which waits for any such worker before rewriting metrics.jsonl)
+    completes with every completed trial's rows in metrics.jsonl and trials.csv."""
+    name = "kill -9 tune with workers"
+    child, config, run_dir, why = blocked_search(folder, WORKERS_CONFIG, 2)
+    if child is None:
+        return Outcome(name, "fault", False, why)
+    orphans = sorted(set(lease_holders(run_dir).values()) - {child.proc.pid})
+    complete = sum(t.state.name == "COMPLETE" for t in study_trials(run_dir))
+    child.kill()
+    child.proc.wait()
+    start = time.perf_counter()
+    child.release()  # the orphan, blocked mid-trial, reads it and goes on to its next step boundary
+    stopped = all(wait_exit(pid, 60) for pid in orphans)
+    seconds = time.perf_counter() - start
+    child.finish()
+    at_stop = collections.Counter(t.state.name for t in study_trials(run_dir))
+    facts: dict[str, Any] = {
+        "orphans": orphans,
+        "orphans_stopped": stopped,
+        "seconds": round(seconds, 2),
+        "states_at_stop": dict(at_stop),
+        "completed_after_kill": at_stop["COMPLETE"] - complete,  # the orphan stopped mid-trial, finishing none
+    }
+    facts["resume_exit"], _ = command(str(config), "--resume", str(run_dir))
+    out = judge_search(name, run_dir, f"orphan stopped after {seconds:.1f} s; at the stop {dict(at_stop)}", facts)
+    out.survived = out.survived and stopped and len(orphans) == 1 and facts["completed_after_kill"] == 0
+    return out
+
+
+def torn_journal(folder: Path) -> Outcome:
+    """A search killed (-9) after two trials, its study/journal.log then ending in half a record (a crash
+    mid-append): `--resume` cuts the torn tail with a warning naming the file, never appends onto it, and completes;
+    a corrupted record before the last is refused with one line naming the file."""
+    import warnings
+
+    name = "torn study/journal.log"
+    child, config, run_dir, why = blocked_search(folder, TUNE_CONFIG, 1)
+    if child is None:
+        return Outcome(name, "fault", False, why)
+    child.kill()
+    child.finish()
+    journal = run_dir / "study" / "journal.log"
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    journal.write_bytes(whole + last[: len(last) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, _ = command(str(config), "--resume", str(run_dir))
+    notes = [str(w.message) for w in caught if "torn" in str(w.message)]
+    lines = journal.read_bytes().split(b"\n")
+    parsed = sum(1 for line in lines if line and _is_json(line))
+    facts: dict[str, Any] = {"resume_exit": rc, "note": notes[:1], "records_bad": len([x for x in lines if x]) - parsed,
+                             "starts_whole": journal.read_bytes().startswith(whole)}  # fmt: skip
+    out = judge_search(name, run_dir, f"note: {notes[0][:90] if notes else 'none'}", facts)
+    # a record before the last spoiled: refused, one line, naming the file
+    lines = journal.read_bytes().split(b"\n")
+    lines[3] = lines[3][: len(lines[3]) // 2]
+    journal.write_bytes(b"\n".join(lines))
+    rc2, said = command(str(config))
+    said = said.strip()
+    facts.update(refused_exit=rc2, refused=said[-200:])
+    refused = rc2 == 2 and len(said.splitlines()) == 1 and str(journal) in said
+    out.survived = out.survived and len(notes) == 1 and str(journal) in notes[0] and not facts["records_bad"]
+    out.survived = out.survived and facts["starts_whole"] and refused
+    return out
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 # ---- malformed files recipe reads (issue 15, item 5) ---------------------------------------------------------------
