@@ -144,7 +144,9 @@ def simple_model(
     even beat the best constant prediction.
 
     Why: recipe step 2 and catalog E4 ("a simpler model is not better", ML Test Score Model 5). Before the learning
-    rate is tuned the user's model may trail the reference; failing to beat a constant is what deserves a look.
+    rate is tuned the user's model may trail the reference; failing to beat a constant is what deserves a look. The
+    reference counts as having learned only when it beats the constant by 5% and by 3 of its standard errors: a
+    reference that cannot learn the task says nothing about the user's model.
     """
     value = {
         "model_val_loss": model_eval.loss,
@@ -162,7 +164,8 @@ def simple_model(
     )
     if trivial_loss is not None:
         margin = 0.05 * abs(trivial_loss)
-        if simple_eval.loss < trivial_loss - margin and model_eval.loss > trivial_loss - margin:
+        learned = simple_eval.loss < trivial_loss - max(margin, 3 * (simple_eval.loss_se or 0.0))
+        if learned and model_eval.loss > trivial_loss - margin:
             return warned(
                 "simple_model",
                 f"{text}; predicting a constant scores {trivial_loss:.4g}. The simple model "
