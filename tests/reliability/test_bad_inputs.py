@@ -280,6 +280,16 @@ def test_labels_out_of_range_on_cuda_are_caught_on_the_host(tmp_path, data):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_token_ids_past_the_embedding_on_cuda_are_caught_on_the_host():
+    """An id past an nn.Embedding is a device-side assert on CUDA, which poisons every later CUDA call."""
+    with pytest.raises(TaskError, match=r"train input token ids span 0\.\.12 .*nn\.Embedding\(10, 8\)"):
+        fit(build("token_ids_past_embedding"), epochs=1, batch_size=8, device="cuda", progress=False)
+    torch.cuda.synchronize()
+    assert fit(build("token_ids_in_embedding"), epochs=1, batch_size=8, device="cuda", progress=False).steps == 10
+
+
 # ---- the run directory --------------------------------------------------------------------------------------------
 
 
