@@ -178,3 +178,41 @@ def test_group_leak_with_string_ids():
     task = Task(train=(x[:40], y[:40]), val=(x[40:], y[40:]), model=tiny.MLP, groups=(ids[:40], ids[40:]))
     check = group_leak(task)
     assert check.status == "fail" and "patient-" in check.message
+
+
+# ---- in the inspect stage ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("leak", "group_status", "shift_status"), [(False, "pass", "pass"), (True, "fail", "warn")])
+def test_inspect_runs_group_leak_and_a_group_aware_split_shift(tmp_path, leak, group_status, shift_status):
+    from recipe import Recipe
+
+    config = {"inspect": {"label_noise": False}}
+    result = Recipe(subject_task(leak=leak), run_dir=tmp_path, stages=["inspect"], config=config).run()
+    statuses = {c.name: c.status for c in result.checks}
+    assert statuses["group_leak"] == group_status and statuses["split_shift"] == shift_status
+
+
+def test_split_shift_does_not_fail_on_too_few_rows_to_tell_a_different_draw():
+    x, y = correlated(640, 0)
+    x_val = x[600:]
+    x_val = (x_val - x_val.mean(0)) / x_val.std(0)  # the planted bug, on 40 validation rows
+    task = Task(train=(x[:600] * 5 + 10, y[:600]), val=(x_val, y[600:]), model=tiny.MLP, num_classes=tiny.CLASSES)
+    check = split_shift(*splits(task))
+    assert check.value["auc"] > 0.9 and check.status == "warn" and "40 rows are too few" in check.message
+
+
+class ImageModel(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, : tiny.CLASSES]
+
+
+@pytest.mark.parametrize(("units", "status"), [(255.0, "fail"), (1.0, "pass")])
+def test_split_shift_on_images_in_other_units(units, status):
+    """Another modality: (N, 3, 2, 2) images, validation in 0..255 units while training is in 0..1 (and its twin)."""
+    x, y = correlated(900, 0)
+    images = torch.sigmoid(x).reshape(-1, 3, 2, 2)
+    task = Task(
+        train=(images[:600], y[:600]), val=(images[600:] * units, y[600:]), model=ImageModel, num_classes=tiny.CLASSES
+    )
+    assert split_shift(*splits(task)).status == status

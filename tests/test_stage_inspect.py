@@ -32,9 +32,11 @@ def digits_run(tmp_path_factory):
 
 def test_clean_digits_pass_every_check(digits_run):
     assert digits_run.ok
-    assert {c.status for c in digits_run.checks} == {"pass"}, [
+    undeclared = {"group_leak"}  # skips, saying how to declare groups: digits has none
+    assert {c.status for c in digits_run.checks if c.name not in undeclared} == {"pass"}, [
         (c.name, c.message) for c in digits_run.checks if c.status != "pass"
     ]
+    assert [c.status for c in digits_run.checks if c.name in undeclared] == ["skip"]
     names = [c.name for c in digits_run.checks]
     for name in ("summary", "non_finite", "target_range", "class_balance", "input_stats", "split_shift"):
         assert name in names

@@ -32,7 +32,7 @@ from recipe.diagnostics.evaluation import (
     simple_model,
     trivial_baselines,
 )
-from recipe.diagnostics.init import init_bias, loss_at_init, output_kind
+from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.padding import padding_invariance
 from recipe.diagnostics.parameters import params_update
@@ -105,7 +105,8 @@ class Baseline(Stage):
         checks.append(ctx.check(init_symmetry, fresh(), task, batch))
         checks.append(ctx.check(dropout_rates, task.make_model().to(device), task, batch))  # as built, dropout on
         if task.loss != "bce_with_logits":  # probabilities and clipped logits show at init; BCE's only after training
-            checks.append(ctx.check(output_kind, *self._val_outputs(ctx, fresh()), task))
+            val_batch = task.sample_batch("val", 256, ctx.seed, device)
+            checks.append(ctx.check(output_kind_at_init, fresh, task, val_batch))
         try:
             self._short_runs(ctx, fresh, inputs, probe_inputs, checks)
         except NonFiniteError as exc:  # keep every check made so far, and say where training broke

@@ -21,6 +21,7 @@ from recipe import plots
 from recipe.check import Check, passed, skipped
 from recipe.config import require
 from recipe.diagnostics.data import input_stats
+from recipe.diagnostics.groups import group_leak
 from recipe.diagnostics.integrity import (
     SplitSample,
     class_balance,
@@ -94,7 +95,8 @@ class InspectData(Stage):
         checks.append(ctx.check(target_range, train, val, task))
         checks.append(self._class_balance(ctx, train, val))
         checks.append(self._input_stats(ctx, train))
-        checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed))
+        checks.append(ctx.check(group_leak, task))
+        checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed, groups=task.groups))
         checks.append(self._duplicates(ctx, train, val))
         checks.append(ctx.check(time_leakage, train, val, pad_id=s.pad_id if task.pad_id is None else task.pad_id))
         checks.append(ctx.check(target_derived_features, train, val, task))
