@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recipe import checkpoint, distributed, fast_paths, stopping
+from recipe import threads as threads_module
 from recipe.config import check_seed
 from recipe.data import Batch, batch_size_of, place, train_batches
 from recipe.distributed import shard
@@ -92,6 +93,7 @@ def fit(
     on_log: Callable[[int, nn.Module], Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int | None = None,
+    threads: int | str = "auto",
 ) -> FitResult:
     """Train `task`'s model and evaluate it on the whole validation split after every epoch.
 
@@ -137,6 +139,8 @@ def fit(
         on_epoch: called with each epoch's record (after evaluation); an exception it raises ends training (a
             search's pruner stops a hopeless trial this way).
         num_workers: DataLoader workers for Dataset splits; default: none on machines with 2 cores or fewer.
+        threads: intra-op CPU threads while training: "auto" times one step on one thread and on every core and
+            takes the faster (see `recipe.threads`; your OMP_NUM_THREADS or torch.set_num_threads wins), or a count.
 
     Raises:
         TaskError: the task is malformed (checked before training).
@@ -174,6 +178,7 @@ def fit(
     if nhwc:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     fast_paths.allow_tf32(dev)
+    n_threads, threads_reason = threads_module.for_training(threads, task, model, batch_size, seed, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(optimizer, params, lr, weight_decay, momentum)
     sched = build_schedule(opt, schedule, warmup_steps, total)
@@ -205,6 +210,7 @@ def fit(
         "augment": augment and task.augmentation is not None,
         "seed": seed,
         "world_size": world,
+        "threads": threads_reason,
     }
 
     def train_step(batch: Batch) -> torch.Tensor:
@@ -288,7 +294,11 @@ def fit(
     t0 = time.perf_counter()
     last_saved = [t0]
     try:
-        with stopping.handling_sigterm() if ckpt_dir is not None else contextlib.nullcontext(), stopping.fit_running():
+        with (
+            stopping.handling_sigterm() if ckpt_dir is not None else contextlib.nullcontext(),
+            stopping.fit_running(),
+            threads_module.using(n_threads),
+        ):
             for epoch in range(start_epoch, n_epochs):
                 model.train()
                 epoch_state = generator.get_state()  # draws this epoch's order: a mid-epoch resume replays it

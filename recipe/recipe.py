@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recipe import resume as resuming
-from recipe import stopping
+from recipe import stopping, threads
 from recipe.check import Check
 from recipe.config import TrainSettings, check_run_dir, check_seed, run_name, settings_from_dict, suggest
 from recipe.console import Console
@@ -257,8 +257,12 @@ class Recipe:
         self.task.validate(self.device)  # bad input fails here, before anything is written
         for stage in self.stages:
             stage.validate(self.task)  # settings this task cannot take
+        n_threads, threads_reason = threads.for_training(
+            self.train.threads, self.task, self.task.make_model().to(self.device), self.train.batch_size, self.seed,
+            self.device,
+        )  # fmt: skip
         planned = [s.name for s in self.stages]
-        manifest = self._manifest()
+        manifest = self._manifest(threads_reason)
         done = resuming.earlier(RunDir(self.run_dir), manifest, self.resume, self.force)
         rundir = RunDir(self.run_dir, done.order)
         todo = [name for name in planned if name not in done.finished]
@@ -285,7 +289,7 @@ class Recipe:
         manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned, files=files)
         rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable from the start
         try:
-            with stopping.handling_sigterm():  # SIGTERM: a fit checkpoints its step; `Terminated` ends the run
+            with stopping.handling_sigterm(), threads.using(n_threads):  # SIGTERM: fits checkpoint, the run ends
                 for stage in self.stages:
                     ctx.stage = stage.name
                     if stage.name in done.finished:
@@ -346,7 +350,7 @@ class Recipe:
                 ctx.stage = name
                 STAGES[name](self.config.get(name)).restore(ctx)
 
-    def _manifest(self) -> dict[str, Any]:
+    def _manifest(self, threads_reason: str = "") -> dict[str, Any]:
         from recipe import __version__
 
         return {
@@ -364,6 +368,7 @@ class Recipe:
             },
             "stages_planned": [s.name for s in self.stages],
             "source": self.source,
+            "threads": threads_reason,
             "seed": self.seed,
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device)
