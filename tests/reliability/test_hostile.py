@@ -94,6 +94,10 @@ def test_a_stage_name_in_a_hand_edited_file_reads_nothing_outside_the_run(tmp_pa
     (run / "checks.json").write_text("[]")
     page = build_report(run).read_text()
     assert base64.b64encode(outside.read_bytes()).decode() not in page
+    (run / "07_my stage.v2").mkdir()  # the fixed twin: a custom stage's own folder, whatever its name holds
+    (run / "07_my stage.v2" / "curve.png").write_bytes(b"\x89PNG a custom stage's plot")
+    (run / "manifest.json").write_text(json.dumps({"stages_planned": ["my stage.v2"], "stages": {}}))
+    assert base64.b64encode(b"\x89PNG a custom stage's plot").decode() in build_report(run).read_text()
 
 
 def test_a_clean_report_still_shows_its_numbers(tmp_path):
