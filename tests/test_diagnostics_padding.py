@@ -37,7 +37,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = x == PAD
-        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        h = self.tok(x) + self.pos(((~pad).cumsum(1) - 1).clamp_min(0))  # positions count real tokens only
         h = self.encoder(h, src_key_padding_mask=~pad if self.inverted else pad)
         h = torch.nan_to_num(h)  # a fully masked row comes back as NaN or zeros depending on the kernel
         if self.pool_all:
@@ -88,11 +88,11 @@ class FixedLength(nn.Module):
         return self.head(self.tok(x).flatten(1))
 
 
-def padded_task(model, pad_id: int | None = PAD) -> Task:
-    return Task(
-        train=padded_tokens(64, 0), val=padded_tokens(32, 1), model=model, num_classes=2, kind="classification",
-        pad_id=pad_id,
-    )  # fmt: skip
+def padded_task(model, pad_id: int | None = PAD, left: bool = False) -> Task:
+    train, val = padded_tokens(64, 0), padded_tokens(32, 1)
+    if left:  # the same rows padded on the left: real tokens last
+        train, val = [(torch.stack([r.roll(int((r == PAD).sum())) for r in x]), y) for x, y in (train, val)]
+    return Task(train=train, val=val, model=model, num_classes=2, kind="classification", pad_id=pad_id)
 
 
 @pytest.mark.parametrize(
@@ -116,6 +116,29 @@ def test_padding_invariance(factory, status):
     assert check.status == status, check.message
     if status == "fail":
         assert "pad" in check.message and check.value["relative_change"] > 1e-2
+
+
+class AbsolutePositions(Encoder):
+    """Positions counted from the start of the padded row: left padding shifts every real token's position."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = x == PAD
+        h = self.encoder(self.tok(x) + self.pos(torch.arange(x.shape[1])), src_key_padding_mask=pad)
+        real = (~pad).unsqueeze(-1).float()
+        return self.head((h * real).sum(1) / real.sum(1).clamp_min(1))
+
+
+@pytest.mark.parametrize(
+    ("factory", "status"), [(Encoder, "pass"), (lambda: Encoder(pool_all=True), "fail"), (AbsolutePositions, "fail")]
+)
+def test_left_padding_is_probed_on_the_left(factory, status):
+    torch.manual_seed(0)
+    task = padded_task(factory, left=True)
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    assert (inputs[:, -1] != PAD).all() and (inputs[:, 0] == PAD).any()
+    check = padding_invariance(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    assert status == "pass" or ("prepending" in check.message and "position ids" in check.message)
 
 
 def test_padding_invariance_needs_a_declared_pad_and_tokens():

@@ -21,6 +21,8 @@ from recipe.task import Task
 
 MAX_TRAIN, MAX_VAL = 20_000, 2_000  # rows compared by time_leakage (sampled beyond)
 MIN_LENGTH = 8  # shorter rows are too short to tell a shift from a coincidence
+MAX_TABULAR = 2_000  # rows per split ranked by target_derived_features (sampled beyond): z is already sharp
+MAX_SHIFT = 128  # shifts tried: sliding windows with a stride up to this are found
 
 
 def _rows(sample: SplitSample, limit: int, seed: int) -> torch.Tensor | None:
@@ -36,28 +38,49 @@ def _rows(sample: SplitSample, limit: int, seed: int) -> torch.Tensor | None:
     return x.long()
 
 
-def _hashes(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return (x * weights).sum(1)  # int64 arithmetic wraps: a random linear hash modulo 2^64
+def _int64(values: list[int]) -> torch.Tensor:
+    return torch.tensor([v - 2**64 if v >= 2**63 else v for v in values], dtype=torch.int64)
+
+
+class _RollingHash:
+    """Polynomial hashes modulo 2^64 (int64 arithmetic wraps) of every prefix and suffix of each row, each in O(1)
+    from one cumulative sum: hash(x[a:b]) = r^-a * sum_{a<=t<b} x[t] r^t."""
+
+    def __init__(self, rows: torch.Tensor, seed: int):
+        length = rows.shape[1]
+        r = int(torch.randint(2**40, 2**62, (1,), generator=torch.Generator().manual_seed(seed))) | 1  # odd: invertible
+        self.powers = _int64([pow(r, t, 2**64) for t in range(length)])
+        self.inverse = _int64([pow(r, -t, 2**64) for t in range(length)])
+        self.sums = torch.cat([torch.zeros(len(rows), 1, dtype=torch.int64), (rows * self.powers).cumsum(1)], 1)
+
+    def prefix(self, length: int) -> torch.Tensor:
+        return self.sums[:, length]
+
+    def suffix(self, start: int) -> torch.Tensor:
+        return (self.sums[:, -1] - self.sums[:, start]) * self.inverse[start]
 
 
 def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: int | None = None) -> torch.Tensor:
-    """Per validation row, whether it equals a training row shifted by k (1 <= k <= length / 2) on their whole
-    overlap (val[k:] == train[:-k] or val[:-k] == train[k:]); a constant overlap, or one that is half padding
-    (code `pad`), does not count."""
+    """Per validation row, whether it equals a training row shifted by k (1 <= k <= min(length / 2, MAX_SHIFT)) on
+    their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]); a constant overlap, or one that is half
+    padding (code `pad`), does not count."""
     length = train.shape[1]
-    weights = torch.randint(-(2**62), 2**62, (length,), generator=torch.Generator().manual_seed(seed))
+    hashed_train, hashed_val = _RollingHash(train, seed), _RollingHash(val, seed)
     found = torch.zeros(len(val), dtype=torch.bool)
-    for k in range(1, length // 2 + 1):
-        for later, earlier in ((val[:, k:], train[:, :-k]), (val[:, :-k], train[:, k:])):
-            table, order = torch.sort(_hashes(earlier, weights[: length - k]))
-            keys = _hashes(later, weights[: length - k])
-            at = torch.searchsorted(table, keys).clamp_max(len(table) - 1)
-            informative = later.amax(1) != later.amin(1)
+    for k in range(1, min(length // 2, MAX_SHIFT) + 1):
+        pairs = (
+            (hashed_val.suffix(k), hashed_train.prefix(length - k), val[:, k:], train[:, :-k]),  # val starts later
+            (hashed_val.prefix(length - k), hashed_train.suffix(k), val[:, :-k], train[:, k:]),  # val starts earlier
+        )
+        for keys, hashes, later, earlier in pairs:
+            table, order = torch.sort(hashes)
+            at = torch.searchsorted(table, keys.contiguous()).clamp_max(len(table) - 1)
+            rows = ((table[at] == keys) & ~found).nonzero().flatten()
+            overlap = later[rows]
+            same = (overlap == earlier[order[at[rows]]]).all(1)  # confirm: a hash match is not proof
+            same &= overlap.amax(1) != overlap.amin(1)
             if pad is not None:
-                informative &= (later != pad).sum(1) >= length // 2
-            hit = (table[at] == keys) & ~found & informative
-            rows = hit.nonzero().flatten()
-            same = (later[rows] == earlier[order[at[rows]]]).all(1)  # confirm: a hash match is not proof
+                same &= (overlap != pad).sum(1) >= length // 2
             found[rows[same]] = True
     return found
 
@@ -94,6 +117,11 @@ def time_leakage(
     return passed(name, f"{count} of {len(x_val)} validation samples are shifted copies of training ones.", value)
 
 
+def _sample(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.tensor(fixed_indices(len(x), limit, 0))
+    return x[rows], y[rows]
+
+
 def _association(x: torch.Tensor, y: torch.Tensor, classes: int | None) -> torch.Tensor:
     """Per feature, |rank correlation| with a numeric target, or the correlation ratio of ranks with class ids."""
     ranks = torch.from_numpy(rankdata(x.numpy(), axis=0)).double()
@@ -122,6 +150,10 @@ def target_derived_features(
     if x is None or xv is None or x.dim() != 2 or not x.is_floating_point() or task.kind == "sequence":
         return skipped(name, "applies to tabular inputs (a float feature vector per sample).")
     y, yv = train.targets.reshape(len(x), -1), val.targets.reshape(len(xv), -1)
+    if len(x) > MAX_TABULAR:
+        x, y = _sample(x, y, MAX_TABULAR)
+    if len(xv) > MAX_TABULAR:
+        xv, yv = _sample(xv, yv, MAX_TABULAR)
     if y.shape[1] != 1 or len(x) < 20 or len(xv) < 20:
         return skipped(name, "needs one target per sample and at least 20 samples per split.")
     classes = task.num_classes if task.kind == "classification" and not y.is_floating_point() else None
