@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-Status = Literal["pass", "warn", "fail", "skip"]
-STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skip")
+from recipe.errors import ConfigError, NonFiniteError, StorageError
+
+Status = Literal["pass", "warn", "fail", "skip", "error"]
+STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skip", "error")
+SEVERITY: tuple[Status, ...] = ("fail", "error", "warn", "pass")
+"""A stage's status is the first of these its checks hold ("skip" counts as "pass"): a failed check outranks a check
+that raised, which outranks a warning. An `error` is the recipe's own probe failing, not evidence against the
+user's setup, so it never stops the recipe and never makes `RecipeResult.ok` False."""
 
 
 @dataclass(frozen=True)
@@ -17,7 +29,8 @@ class Check:
 
     Attributes:
         name: stable snake_case identifier (`"loss_at_init"`).
-        status: `"pass"`, `"warn"`, `"fail"` or `"skip"`.
+        status: `"pass"`, `"warn"`, `"fail"`, `"skip"`, or `"error"` (the check itself raised; the others still
+            ran).
         value: the measured figure (number or small JSON-able object), when there is one.
         expected: what a healthy run shows (number, range or text).
         message: what was seen, the likely cause and the fix, in one or two sentences.
@@ -91,6 +104,44 @@ def failed(name: str, message: str, value: Any = None, expected: Any = None) -> 
 
 def skipped(name: str, message: str) -> Check:
     return Check(name, "skip", None, None, message)
+
+
+PROPAGATED: tuple[type[Exception], ...] = (NonFiniteError, ConfigError, StorageError)
+"""What containment lets through. `NonFiniteError` is a verdict: the stages record it as a failed `non_finite`
+check. `ConfigError` and `StorageError` are about the run itself (its settings, its disk), not one check: nothing
+more can run or be recorded until the user fixes them. Everything else a check raises, a `TaskError` from the
+user's hooks included (raised mid-check it may come from a variant a probe built, so it is no evidence against the
+user's setup), becomes that check's `error`, and the stage's other checks still run. `KeyboardInterrupt`,
+`SystemExit` and `Terminated` are not `Exception`s and always end the run."""
+
+
+@contextlib.contextmanager
+def containing(name: str, checks: list[Check], probing: str = "") -> Iterator[None]:
+    """Run a block that computes check `name`: if it raises (anything but `PROPAGATED`), append the `error` check
+    `errored` makes to `checks` and resume after the block. A later block that needs what this one made tests for
+    it (the error already says why it is missing)."""
+    start = time.perf_counter()
+    try:
+        yield
+    except PROPAGATED:
+        raise
+    except Exception as exc:
+        checks.append(errored(name, exc, probing).replace(seconds=time.perf_counter() - start))
+
+
+def errored(name: str, exc: BaseException, probing: str = "", subject: str = "the check itself") -> Check:
+    """The `error` verdict of check `name`, whose computation raised `exc`: the exception's type and first line,
+    the innermost place outside torch where it was raised (the user's code or ours), and what the check probes."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    text = text if len(text) <= 300 else text[:297] + "..."
+    frames = traceback.extract_tb(exc.__traceback__)
+    outside = [f for f in frames if f"{os.sep}torch{os.sep}" not in f.filename] or frames
+    where = f"{Path(outside[-1].filename).name}:{outside[-1].lineno} in {outside[-1].name}" if outside else ""
+    message = f"{subject} raised {text}" + (f" (at {where})" if where else "") + ", so it could not judge"
+    message += f"; it probes: {probing.rstrip('.')}." if probing else "."
+    message += " The other checks still ran. Fix it if that place is in your task or model, else report it."
+    return Check(name, "error", {"exception": type(exc).__name__, "message": text, "where": where}, None, message)
 
 
 def to_jsonable(value: Any, exact: bool = False) -> Any:

@@ -10,6 +10,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +21,11 @@ import torch
 
 from recipe import resume as resuming
 from recipe import stopping, threads
-from recipe.check import Check
+from recipe.check import SEVERITY, STATUSES, Check, containing, errored
 from recipe.config import TrainSettings, check_run_dir, check_seed, run_name, settings_from_dict, suggest
 from recipe.console import Console
 from recipe.diagnostics.numerics import non_finite
-from recipe.errors import ConfigError, NonFiniteError
+from recipe.errors import ConfigError, NonFiniteError, StorageError
 from recipe.fit import FitResult, fit
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.rundir import RunDir, check_owned
@@ -106,11 +107,19 @@ class Context:
         self.fits.append({"stage": self.stage, "run": run, "seconds": round(result.seconds, 3), **result.setup})
         return result
 
-    def check(self, fn: Callable[..., Check], *args: Any, **kwargs: Any) -> Check:
-        """Call a check function and record how long it took."""
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        return result.replace(seconds=time.perf_counter() - start)
+    def check(self, fn: Callable[..., Check], *args: Any, name: str | None = None, **kwargs: Any) -> Check:
+        """Call a check function and record how long it took; if it raises, an `error` check named `name` (default:
+        the function's name without its leading underscore) takes its place and the stage goes on (`containing`)."""
+        start, out = time.perf_counter(), list[Check]()
+        name = name or getattr(fn, "__name__", type(fn).__name__).lstrip("_")
+        with containing(name, out, (inspect.getdoc(fn) or "").split("\n")[0]):
+            out.append(fn(*args, **kwargs))
+        return out[0].replace(seconds=time.perf_counter() - start)
+
+    def contained(self, name: str, checks: list[Check], probing: str = "") -> AbstractContextManager[None]:
+        """A block that computes check `name` (or what later checks need): if it raises, an `error` check named
+        `name` is appended to `checks` and the stage goes on after the block (`recipe.check.containing`)."""
+        return containing(name, checks, probing)
 
     def save_json(self, name: str, obj: Any) -> str:
         return self.rundir.save_json(self.stage, name, obj)
@@ -148,10 +157,10 @@ class RecipeResult:
     """What `Recipe.run()` returns.
 
     Attributes:
-        ok: True when no check failed.
+        ok: True when no check failed (a check that raised, status "error", is not a failure of the setup).
         checks: every Check, in the order they ran.
         run_dir: the run directory.
-        stages: stage name -> "pass" | "warn" | "fail" (stages not reached are absent).
+        stages: stage name -> "pass" | "warn" | "error" | "fail" (stages not reached are absent).
     """
 
     ok: bool
@@ -163,8 +172,13 @@ class RecipeResult:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.status == "fail"]
 
+    @property
+    def errors(self) -> list[Check]:
+        """The checks that raised instead of judging (each message names the exception and where it was raised)."""
+        return [c for c in self.checks if c.status == "error"]
+
     def __repr__(self) -> str:
-        counts = {s: sum(c.status == s for c in self.checks) for s in ("pass", "warn", "fail", "skip")}
+        counts = {s: sum(c.status == s for c in self.checks) for s in STATUSES}
         return f"RecipeResult(ok={self.ok}, {counts}, run_dir='{self.run_dir}')"
 
     def _repr_html_(self) -> str:
@@ -255,12 +269,12 @@ class Recipe:
         if "batch_size" in (self.config.get("train") or {}):  # a batch size left at its default is clamped instead
             check_batch_fits(self.task, self.train.batch_size)
         self.task.validate(self.device)  # bad input fails here, before anything is written
-        for stage in self.stages:
-            stage.validate(self.task)  # settings this task cannot take
         n_threads, threads_reason = threads.for_training(
             self.train.threads, self.task, self.task.make_model().to(self.device), self.train.batch_size, self.seed,
             self.device,
         )  # fmt: skip
+        for stage in self.stages:
+            stage.validate(self.task)  # settings this task cannot take
         planned = [s.name for s in self.stages]
         manifest = self._manifest(threads_reason)
         done = resuming.earlier(RunDir(self.run_dir), manifest, self.resume, self.force)
@@ -387,11 +401,17 @@ class Recipe:
 
 
 def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
-    """Run one stage; a non-finite loss becomes a failed `non_finite` check; skipped names are marked."""
+    """Run one stage; a non-finite loss becomes a failed `non_finite` check, any other exception escaping the stage
+    (a custom stage, or a step outside its checks) one `error` check named after the stage; skipped names are
+    marked."""
     try:
         checks = list(stage.run(ctx))
     except NonFiniteError as exc:
         checks = [non_finite(exc)]
+    except (ConfigError, StorageError):
+        raise
+    except Exception as exc:
+        checks = [errored(stage.name, exc, "the whole stage, whose checks are lost", f"stage {stage.name!r}")]
     skip = set(getattr(stage.settings, "skip", ()))
     out = []
     for c in checks:
@@ -417,8 +437,9 @@ def _in_order(checks: list[Check], order: list[str]) -> list[Check]:
 
 
 def _worst(checks: list[Check]) -> str:
+    """The stage's status: fail > error > warn > pass (a stage of skipped checks passes)."""
     statuses = {c.status for c in checks}
-    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+    return next((s for s in SEVERITY if s in statuses), "pass")
 
 
 def _now() -> str:

@@ -12,6 +12,8 @@ from torch import nn
 from recipe import fit
 from recipe.diagnostics.evaluation import (
     eval_deterministic,
+    evaluate_exchanged,
+    exchanged_inputs,
     human_baseline,
     input_independent,
     simple_model,
@@ -112,13 +114,13 @@ def test_input_independent_end_to_end_on_shuffled_labels():
     verdicts = {}
     for name, task in (("clean", clean), ("shuffled", shuffled)):
         real = fit(task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu", evaluate_every_epoch=False)
-        zero_task = task.replace(zero_inputs=True)
-        zeroed = fit(
-            zero_task, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu", evaluate_every_epoch=False
+        other = exchanged_inputs(task)
+        exchanged = fit(
+            other, epochs=None, max_steps=200, lr=3e-3, progress=False, device="cpu", evaluate_every_epoch=False
         )
         dev = torch.device("cpu")
         verdicts[name] = input_independent(
-            evaluate(task, real.model, task.val, dev), evaluate(zero_task, zeroed.model, task.val, dev), task
+            evaluate(task, real.model, task.val, dev), evaluate_exchanged(other, exchanged.model, dev, 0), task
         ).status
     assert verdicts == {"clean": "pass", "shuffled": "fail"}
 

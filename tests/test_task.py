@@ -306,13 +306,16 @@ class TwoInputNet(nn.Module):
         return {"logits": self.a(left) + self.b(right)}
 
 
-def test_subclass_overriding_forward_validates_and_zeroes_nested_inputs():
+def test_subclass_overriding_forward_validates_and_exchanges_nested_inputs_together():
+    from recipe.diagnostics.evaluation import exchanged_inputs
+
     x, y = gaussian_points(40)
     task = TwoInputTask((x, y), (x, y), TwoInputNet)
     task.validate()
     model = task.make_model()
-    zeroed, _ = task.replace(zero_inputs=True).outputs(model, task.batch("train", [0, 1]))
-    assert torch.allclose(zeroed, (model.a.bias + model.b.bias).expand(2, 3))
+    exchanged, _ = exchanged_inputs(task).outputs(model, task.batch("train", [0, 1]))
+    swapped = x[[1, 0]]  # two samples: each gets the other's inputs, both parts of them
+    assert torch.allclose(exchanged, model(swapped[:, :4], swapped[:, 4:])["logits"])
 
 
 # ---- variants ---------------------------------------------------------------------------------------------------
@@ -330,14 +333,14 @@ def test_subset_holds_exactly_the_indices(request, fixture):
     assert len(task.train) == 150  # the original is untouched
 
 
-def test_replace_zero_inputs_feeds_zeros_and_leaves_the_original(classification_task):
+def test_replace_input_transform_applies_it_and_leaves_the_original(classification_task):
     model = classification_task.make_model()
     batch = classification_task.batch("val", [0, 1, 2])
-    zeroed, target = classification_task.replace(zero_inputs=True).outputs(model, batch)
+    zeroed, target = classification_task.replace(input_transform=torch.zeros_like).outputs(model, batch)
     assert torch.equal(zeroed, model(torch.zeros(3, 8)))
     assert torch.equal(target, batch[1])
     normal, _ = classification_task.outputs(model, batch)
-    assert classification_task.zero_inputs is False and torch.equal(normal, model(batch[0]))
+    assert classification_task.input_transform is None and torch.equal(normal, model(batch[0]))
 
 
 def test_replace_converts_splits_and_rejects_unknown_attributes(classification_task):
@@ -425,7 +428,7 @@ def test_targets_are_read_once_per_split_and_reread_for_new_data():
     task.targets("train")
     before = Counting.reads
     task.targets("train")
-    task.replace(zero_inputs=True).targets("train")
+    task.replace(input_transform=torch.zeros_like).targets("train")
     assert Counting.reads == before  # same data: no second pass over the Dataset
     new = task.replace(train=Counting(x[:20], y[:20]))
     assert len(new.targets("train")) == 20 and Counting.reads == before + 20

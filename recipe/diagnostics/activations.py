@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from recipe.check import Check, passed, warned
 from recipe.task import Task
@@ -27,21 +28,39 @@ def _units(t: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(-1, 1)
 
 
+def _plain(out: Any) -> torch.Tensor | None:
+    """A module's output as one plain floating tensor, or None: a PackedSequence's data and a nested tensor's
+    components (real positions only, padding left out), the first element of a tuple or list (an RNN's outputs
+    before its hidden state). Anything else (a dict, integers, an empty tensor) is not an activation to measure."""
+    if isinstance(out, tuple | list) and not isinstance(out, PackedSequence):
+        out = out[0] if out else None
+    if isinstance(out, PackedSequence):
+        out = out.data
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return None
+    if out.is_nested:
+        parts = [p.reshape(-1, p.shape[-1]) for p in out.unbind() if p.dim() >= 1]
+        out = torch.cat(parts) if parts else None
+    return out if out is not None and out.numel() else None
+
+
 def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str, Any]]:
     """One record per leaf module call, in call order: output mean/std, dead and saturated unit fractions.
 
     A unit is dead when it is exactly zero for every sample of the batch: read at the output of a ReLU module, and
     at the input of a Linear/Conv layer (which catches a functional F.relu before it). A tanh/sigmoid unit is
-    saturated when over 90% of its outputs sit within 1% of the asymptotes.
+    saturated when over 90% of its outputs sit within 1% of the asymptotes. Outputs that are nested tensors, packed
+    sequences or tuples are read through `_plain`; a module whose output is none of these is left out.
     """
     records: list[dict[str, Any]] = []
     parametric_seen = [False]  # the first layer's inputs are data, not activations
 
     def hook(name: str):
         def record(module: nn.Module, args: Any, out: Any) -> None:
-            if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.numel() == 0:
+            plain = _plain(out)
+            if plain is None:
                 return
-            units = _units(out.detach().float(), module)
+            units = _units(plain.detach().float(), module)
             rec: dict[str, Any] = {
                 "layer": name,
                 "type": type(module).__name__,
@@ -51,8 +70,8 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
             }
             if isinstance(module, RECTIFYING):
                 rec["dead"] = float((units <= 0).all(0).float().mean())
-            elif isinstance(module, PARAMETRIC) and args and isinstance(args[0], torch.Tensor):
-                seen = _units(args[0].detach().float(), module)
+            elif isinstance(module, PARAMETRIC) and args and (given := _plain(args[0])) is not None:
+                seen = _units(given.detach().float(), module)
                 if parametric_seen[0] and bool((seen >= 0).all()):  # the input went through a rectifier
                     rec["dead_inputs"] = float((seen == 0).all(0).float().mean())
                 parametric_seen[0] = True

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
+from recipe.diagnostics.data import token_distance
 from recipe.task import Task
 
 # A gradient this small relative to the largest one is numerical noise, not a dependency.
@@ -40,7 +41,8 @@ def input_sensitivity(
     captured: list[torch.Tensor] = []
 
     def capture(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-        if isinstance(out, torch.Tensor) and out.requires_grad and out.dim() >= 2 and out.shape[0] == batch:
+        plain = isinstance(out, torch.Tensor) and not out.is_nested
+        if plain and out.requires_grad and out.dim() >= 2 and out.shape[0] == batch:
             captured.append(out)
 
     handles = [m.register_forward_hook(capture) for m in model.modules() if isinstance(m, nn.Embedding)]
@@ -121,23 +123,40 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
 
 def _reacts_to_own_token(model: nn.Module, task: Task, inputs: torch.Tensor, p: int) -> bool:
     """Whether the output at position p changes when the token at p changes (a perturbation of the raw ids, so a
-    shift applied before the embedding is seen too)."""
+    shift applied before the embedding is seen too). The new token is another real one: padding stays padding and
+    no real token becomes the pad id, so the sequence keeps its length (a packed or masked model stays valid)."""
+    vocab = max(2, task.num_classes or 0, int(inputs.max()) + 1)
+    pad = task.pad_id
+    new = (inputs[:, p] + 1) % vocab
+    if pad is not None:
+        new = torch.where(new == pad, (new + 1) % vocab, new)
+        new = torch.where(inputs[:, p] == pad, inputs[:, p], new)
+        if bool((new == inputs[:, p]).all()):
+            return True  # padding at p in every row: nothing to perturb, nothing to judge
     changed = inputs.clone()
-    changed[:, p] = (inputs[:, p] + 1) % max(2, task.num_classes or int(inputs.max()) + 1)
+    changed[:, p] = new
     model.eval()
     with torch.no_grad():
         before, after = task.forward(model, inputs)[:, p], task.forward(model, changed)[:, p]
     return bool((before - after).abs().max() > RELATIVE_TOLERANCE * before.abs().max())
 
 
-def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4) -> Check:
+def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target: Any = None) -> Check:
     """Catches a sequence model that sees the future: a missing or wrong causal mask, a convolution padded on both
     sides, a bidirectional layer. The converse catches a model that ignores the current token (over-shifted).
 
-    Why: recipe ("ensure that your autoregressive model at time t only depends on 1..t-1"); catalog M4.
+    Why: recipe ("ensure that your autoregressive model at time t only depends on 1..t-1"); catalog M4. Causality
+    is required because the target at t is the input's token at t+1; given `target`, a sequence task whose targets
+    are another alphabet (token tagging: `token_distance` > 0.5) is skipped, its model may read the whole sequence.
     """
     if task.kind != "sequence" or not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         return skipped("causal", "not a sequence task.")
+    if isinstance(target, torch.Tensor) and (distance := token_distance(inputs, target, task.pad_id)) > 0.5:
+        return skipped(
+            "causal",
+            f"the targets are not the input's tokens (frequencies differ by total variation {distance:.2f}): a "
+            "tagging task, not next-token prediction, so its outputs may depend on later tokens.",
+        )
     length = inputs.shape[1]
     cuts = sorted({max(1, length * k // positions) for k in range(1, positions)} | {1})
     cuts = [p for p in cuts if p < length]

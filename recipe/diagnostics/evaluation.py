@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.evaluation import Evaluation
+from recipe.data import batch_size_of, tree_map
+from recipe.evaluation import Evaluation, evaluate
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -98,40 +99,76 @@ def trivial_baselines(task: Task) -> tuple[Check, dict[str, Any]]:
     return passed("trivial_baselines", f"on {len(yva)} validation samples: {text}.", out), out
 
 
-def input_independent(real: Evaluation, zeroed: Evaluation, task: Task) -> Check:
+def exchange_samples(inputs: Any) -> Any:
+    """The batch's inputs with each sample given another sample's: a random cycle over the batch (no sample keeps
+    its own; a batch of one cannot exchange), applied alike to every tensor whose first axis is the batch's, so a
+    sample's token ids, mask and lengths move together. Draws from torch's global generator, which `fit` seeds."""
+    n = batch_size_of(inputs)
+    order = torch.randperm(n)
+    source = torch.empty_like(order)
+    source[order] = order.roll(1)  # sample order[k] reads the inputs of sample order[k-1]
+    return tree_map(lambda t: t[source.to(t.device)] if t.dim() and t.shape[0] == n else t, inputs)
+
+
+def exchanged_inputs(task: Task) -> Task:
+    """The input-independent variant of `task`: the model sees another sample's inputs, in training and evaluation.
+
+    Why: the baseline must carry no information about a sample's target and stay a valid input. Zeroing fails the
+    second half for tokens (all ids become 0, often the pad id: an all-pad sequence makes `pack_padded_sequence`
+    raise, an all-masked attention row gives NaN) and for masks; another sample's inputs are as valid as the data,
+    keep its distribution exactly, and tell nothing about this sample's target.
+    """
+    return task.replace(input_transform=exchange_samples)
+
+
+def evaluate_exchanged(task: Task, model: nn.Module, device: torch.device, seed: int) -> Evaluation:
+    """`evaluate` of an `exchanged_inputs` variant over the validation split drawn in a random order, its per-sample
+    losses put back in the split's order (to pair them with the real inputs'). In the split's own order a batch of
+    neighbours (a split sorted by class) would exchange inputs that still tell the class."""
+    order = torch.randperm(len(task.val), generator=torch.Generator().manual_seed(seed))
+    result = evaluate(task, model, task.subset("val", order.tolist()).val, device)
+    if result.per_sample_loss is not None:
+        back = torch.empty_like(result.per_sample_loss)
+        back[order] = result.per_sample_loss
+        result.per_sample_loss = back
+    return result
+
+
+def input_independent(real: Evaluation, exchanged: Evaluation, task: Task) -> Check:
     """Catches a model that does not use its inputs: labels misaligned or shuffled against the inputs, a forward
-    that ignores x. The same model trained for the same budget on all-zero inputs must do clearly worse.
+    that ignores x. The same model trained for the same budget on inputs exchanged between samples (each sees
+    another sample's input: `exchanged_inputs`) must do clearly worse.
 
     Why: recipe step 2, "input-independent baseline"; catalog D1, M12 (overfit-one-batch passes with shuffled
     labels). The comparison is paired per validation sample, so its standard error is honest.
     """
     value: dict[str, Any] = {
         "val_loss_real": real.loss,
-        "val_loss_zeroed": zeroed.loss,
+        "val_loss_exchanged": exchanged.loss,
         f"val_{task.metric_name}_real": real.metric,
-        f"val_{task.metric_name}_zeroed": zeroed.metric,
+        f"val_{task.metric_name}_exchanged": exchanged.metric,
     }
-    if real.per_sample_loss is not None and zeroed.per_sample_loss is not None:
-        gain, se = _mean_se(zeroed.per_sample_loss - real.per_sample_loss)
+    if real.per_sample_loss is not None and exchanged.per_sample_loss is not None:
+        gain, se = _mean_se(exchanged.per_sample_loss - real.per_sample_loss)
     else:
-        gain, se = zeroed.loss - real.loss, 0.0
+        gain, se = exchanged.loss - real.loss, 0.0
     value.update(gain=gain, gain_se=se)
-    if not (math.isfinite(real.loss) and math.isfinite(zeroed.loss)):
+    if not (math.isfinite(real.loss) and math.isfinite(exchanged.loss)):
         return skipped("input_independent", "a validation loss was not finite; see the non-finite check.")
-    if gain <= max(2 * se, 0.02 * abs(zeroed.loss)):  # one-sided, about 98% confidence
+    if gain <= max(2 * se, 0.02 * abs(exchanged.loss)):  # one-sided, about 98% confidence
         worse = "higher than" if gain < 0 else "no better than"
         return failed(
             "input_independent",
-            f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with "
-            f"all-zero inputs ({zeroed.loss:.4g}): the model does not use its inputs. Check that inputs and "
+            f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with each sample given another "
+            f"sample's inputs ({exchanged.loss:.4g}): the model does not use its inputs. Check that inputs and "
             "labels stay aligned (shuffled or sorted separately?) and that forward uses x.",
             value,
-            "real inputs clearly better than zeroed inputs",
+            "real inputs clearly better than exchanged inputs",
         )
     return passed(
         "input_independent",
-        f"real inputs beat all-zero inputs: validation loss {real.loss:.4g} vs "
-        f"{zeroed.loss:.4g} (paired gain {gain:.3g} ± {se:.2g}).",
+        f"real inputs beat inputs exchanged between samples: validation loss {real.loss:.4g} vs "
+        f"{exchanged.loss:.4g} (paired gain {gain:.3g} ± {se:.2g}).",
         value,
     )
 

@@ -15,6 +15,7 @@ import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import TensorSplit, fixed_indices
+from recipe.diagnostics.data import token_distance
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -329,6 +330,15 @@ def sequence_data(train: SplitSample, val: SplitSample, task: Task, pad_id: int 
     scored = y[y != IGNORE_INDEX]
     ignored = 1 - len(scored) / max(len(y), 1)
     value: dict[str, Any] = {"vocab": vocab, "input_ids": [int(x.min()), int(x.max())], "ignored_targets": ignored}
+    if token_distance(x, y, pad_id if pad_id is not None else task.pad_id) > 0.5:  # tags, not next tokens
+        if int(x.min()) < 0:
+            return failed("sequence_data", f"negative input token ids ({int(x.min())}).", value, ">= 0")
+        return passed(
+            "sequence_data",
+            f"targets are tags of {vocab} classes, not the input's tokens (a tagging task): token ids are "
+            f"non-negative; {ignored:.1%} of targets are ignored ({IGNORE_INDEX}).",
+            value,
+        )
     if int(x.min()) < 0 or int(x.max()) >= vocab:
         return failed(
             "sequence_data",

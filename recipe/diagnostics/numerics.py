@@ -29,7 +29,7 @@ def first_non_finite_module(model: nn.Module, task: Any, batch: Any) -> str | No
 
     def hook(name: str):
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            floating = isinstance(output, torch.Tensor) and output.is_floating_point()
+            floating = isinstance(output, torch.Tensor) and output.is_floating_point() and not output.is_nested
             if not found and floating and not torch.isfinite(output).all():
                 found.append(f"{name} ({type(module).__name__})")
 

@@ -27,6 +27,8 @@ from recipe.diagnostics.dependencies import batch_independence, causal
 from recipe.diagnostics.dropout import dropout_rates
 from recipe.diagnostics.evaluation import (
     eval_deterministic,
+    evaluate_exchanged,
+    exchanged_inputs,
     human_baseline,
     input_independent,
     simple_model,
@@ -52,7 +54,8 @@ class BaselineSettings:
     """Settings of the `baseline` stage.
 
     Args:
-        steps: optimizer steps of each short training run (real inputs, zeroed inputs, simple model).
+        steps: optimizer steps of each short training run (real inputs, inputs exchanged between samples, simple
+            model).
         seed_steps: steps of each of the two runs compared by the `seed` check.
         probe_size: samples in the batch used by the dependency, activation and determinism checks.
         simple_model_lr: learning rate of the linear / bigram reference model.
@@ -90,14 +93,14 @@ class Baseline(Stage):
         found = ctx.check(self._batch_size, ctx)  # first: every batch below is drawn at the size it sets
         batch = task.sample_batch("train", ctx.train.batch_size, ctx.seed, device)
         inputs, _ = task.split_batch(batch)
-        probe_inputs, _ = task.split_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
+        probe_inputs, probe_target = task.split_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
 
-        checks = [found, self._seed(ctx), self._input_batch(ctx, inputs, batch)]
+        checks = [found, ctx.check(self._seed, ctx), ctx.check(self._input_batch, ctx, inputs, batch)]
         checks.append(ctx.check(loss_at_init, fresh(), task, batch))
         checks.append(ctx.check(init_bias, task, fresh, batch, device))
         checks.append(ctx.check(batch_independence, fresh(), task, probe_inputs))
         if task.kind == "sequence":
-            checks.append(ctx.check(causal, fresh(), task, probe_inputs))
+            checks.append(ctx.check(causal, fresh(), task, probe_inputs, target=probe_target))
         checks.append(ctx.check(target_leak, task, seed=ctx.seed))
         checks.append(ctx.check(params_update, fresh(), task, batch))
         checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
@@ -106,80 +109,102 @@ class Baseline(Stage):
         checks.append(ctx.check(dropout_rates, task.make_model().to(device), task, batch))  # as built, dropout on
         if task.loss != "bce_with_logits":  # probabilities and clipped logits show at init; BCE's only after training
             val_batch = task.sample_batch("val", 256, ctx.seed, device)
-            checks.append(ctx.check(output_kind_at_init, fresh, task, val_batch))
+            checks.append(ctx.check(output_kind_at_init, fresh, task, val_batch, name="output_kind"))
         try:
-            self._short_runs(ctx, fresh, inputs, probe_inputs, checks)
+            self._short_runs(ctx, fresh, inputs, (probe_inputs, probe_target), checks)
         except NonFiniteError as exc:  # keep every check made so far, and say where training broke
             checks.append(non_finite(exc))
         ctx.learn(regularisation="off in baseline: dropout p=0, weight decay 0, no augmentation")
         return checks
 
     def _short_runs(
-        self, ctx: Context, fresh: Callable[[], nn.Module], inputs: Any, probe_inputs: Any, checks: list[Check]
+        self, ctx: Context, fresh: Callable[[], nn.Module], inputs: Any, probe: tuple[Any, Any], checks: list[Check]
     ) -> None:
-        """Train the model, the same model on zeroed inputs, and a simple reference for the same budget."""
+        """Train the model, the same model on inputs exchanged between samples, and a simple reference for the same
+        budget. Each part is contained: one that raises becomes its check's `error` and the others still run."""
         s, task, device = self.settings, ctx.task, ctx.device
-        trivial, trivial_figures = trivial_baselines(task)
-        checks.append(trivial)
-        stats_init = activation_stats(fresh(), task, inputs)
-        trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
-        curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
-        checks.append(
-            loss_decreases(trained.step_losses, ctx.train.lr).replace(seconds=trained.seconds, artifacts=(curve,))
-        )
-        stats_trained = activation_stats(trained.model, task, inputs)
-        ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
-        figure = ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
-        checks.append(activations(stats_init, stats_trained).replace(artifacts=(figure,)))
+        trivial_figures: dict[str, Any] = {}
+        with ctx.contained("trivial_baselines", checks, "majority class / label prior / training mean"):
+            trivial, trivial_figures = trivial_baselines(task)
+            checks.append(trivial)
+        initial = fresh()  # its activations are read beside the trained model's
+        trained: FitResult | None = None
+        with ctx.contained("loss_decreases", checks, "a loss that rises, spikes or stays flat over a short run"):
+            trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
+            curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
+            checks.append(
+                loss_decreases(trained.step_losses, ctx.train.lr).replace(seconds=trained.seconds, artifacts=(curve,))
+            )
+        if trained is None:
+            return  # everything below compares with the trained model; the error says why there is none
+        with ctx.contained("activations", checks, "dead ReLU units, saturated units, scale across depth"):
+            stats_init = activation_stats(initial, task, inputs)
+            stats_trained = activation_stats(trained.model, task, inputs)
+            ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
+            figure = ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
+            checks.append(activations(stats_init, stats_trained).replace(artifacts=(figure,)))
         output, target = self._val_outputs(ctx, trained.model)
         if task.loss == "bce_with_logits":
-            checks.append(output_kind(output, target, task))
+            checks.append(ctx.check(output_kind, output, target, task))
         if task.kind == "sequence":  # a weak mask can be overcome once the scores grow (minGPT #75)
-            after = causal(trained.model, task, probe_inputs)
+            after = ctx.check(causal, trained.model, task, probe[0], target=probe[1])
             prefix = "after the short run: " if after.status == "pass" else ""
             checks.append(after.replace(name="causal_after_training", message=prefix + after.message))
 
         real = evaluate(task, trained.model, task.val, device)
-        zero_task = task.replace(zero_inputs=True)
-        zeroed_run, _ = self._short_run(ctx, "input_independent", zero_task, fresh())
-        zeroed = evaluate(zero_task, zeroed_run.model, task.val, device)
-        checks.append(input_independent(real, zeroed, task).replace(seconds=zeroed_run.seconds))
-
-        curves = {"your model": trained.step_losses, "zeroed inputs": zeroed_run.step_losses}
-        bars = {"your model": (real.loss, real.loss_se), "zeroed inputs": (zeroed.loss, zeroed.loss_se)}
-        reference = simple_model_factory(task, inputs, output)
-        if reference is None:
-            checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
-        else:
-            factory, description = reference
-            simple_task = task.replace(model=factory)
-            simple_run, _ = self._short_run(ctx, "simple_model", simple_task, factory().to(device), s.simple_model_lr)
-            simple = evaluate(task, simple_run.model, task.val, device)
-            constant = next(
-                (trivial_figures[k] for k in ("prior_loss", "unigram_loss", "mean_mse") if k in trivial_figures), None
-            )
-            usable = constant if task.loss in ("cross_entropy", "mse") else None
-            checks.append(simple_model(real, simple, usable, task, description).replace(seconds=simple_run.seconds))
-            curves[description] = simple_run.step_losses
-            bars[description] = (simple.loss, simple.loss_se)
+        curves = {"your model": trained.step_losses}
+        bars = {"your model": (real.loss, real.loss_se)}
+        figures: dict[str, Any] = {"model": vars(real) | {"per_sample_loss": None}, "trivial": trivial_figures}
+        with ctx.contained("input_independent", checks, "a model that does not use its inputs"):
+            exchanged_task = exchanged_inputs(task)
+            exchanged_run, _ = self._short_run(ctx, "input_independent", exchanged_task, fresh())
+            exchanged = evaluate_exchanged(exchanged_task, exchanged_run.model, device, ctx.seed)
+            checks.append(input_independent(real, exchanged, task).replace(seconds=exchanged_run.seconds))
+            curves["exchanged inputs"] = exchanged_run.step_losses
+            bars["exchanged inputs"] = (exchanged.loss, exchanged.loss_se)
+            figures["exchanged_inputs"] = vars(exchanged) | {"per_sample_loss": None}
+        with ctx.contained("simple_model", checks, "a linear model / bigram table as the reference to beat"):
+            self._simple_model(ctx, inputs, output, real, trivial_figures, curves, bars, checks)
         for key in ("prior_loss", "unigram_loss", "mean_mse"):
             if key in trivial_figures and (key != "mean_mse" or task.loss == "mse"):
                 bars[key.replace("_", " ")] = (trivial_figures[key], trivial_figures[f"{key}_se"])
-        checks.append(human_baseline(s.human_baseline, real, task))
+        checks.append(ctx.check(human_baseline, s.human_baseline, real, task))
 
         ctx.save_figure("loss_curves.png", plots.loss_curves(curves, f"Short runs ({s.steps} steps, same budget)"))
         ctx.save_figure(
             "baselines.png",
             plots.baselines(bars, "Validation loss after the same budget", "validation loss (± standard error)"),
         )
-        ctx.save_json(
-            "baselines.json",
-            {
-                "model": vars(real) | {"per_sample_loss": None},
-                "zeroed_inputs": vars(zeroed) | {"per_sample_loss": None},
-                "trivial": trivial_figures,
-            },
+        ctx.save_json("baselines.json", figures)
+
+    def _simple_model(
+        self,
+        ctx: Context,
+        inputs: Any,
+        output: torch.Tensor,
+        real: Any,
+        trivial_figures: dict[str, Any],
+        curves: dict[str, list[float]],
+        bars: dict[str, tuple[float, float | None]],
+        checks: list[Check],
+    ) -> None:
+        """The linear model / bigram table trained with the same budget: the `simple_model` check and its curves."""
+        s, task, device = self.settings, ctx.task, ctx.device
+        reference = simple_model_factory(task, inputs, output)
+        if reference is None:
+            checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
+            return
+        factory, description = reference
+        simple_task = task.replace(model=factory)
+        simple_run, _ = self._short_run(ctx, "simple_model", simple_task, factory().to(device), s.simple_model_lr)
+        simple = evaluate(task, simple_run.model, task.val, device)
+        constant = next(
+            (trivial_figures[k] for k in ("prior_loss", "unigram_loss", "mean_mse") if k in trivial_figures), None
         )
+        usable = constant if task.loss in ("cross_entropy", "mse") else None
+        checks.append(simple_model(real, simple, usable, task, description).replace(seconds=simple_run.seconds))
+        curves[description] = simple_run.step_losses
+        bars[description] = (simple.loss, simple.loss_se)
 
     def _batch_size(self, ctx: Context) -> Check:
         """The largest batch that fits and still speeds training up (CUDA only); later stages train with it."""

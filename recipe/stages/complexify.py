@@ -92,26 +92,39 @@ class Complexify(Stage):
         s = self.settings
         ladder = self._ladder(ctx)
         ctx.task = ctx.task.replace(models=ladder)  # later stages and `train.model` name these rungs
-        rungs = [self._train_rung(ctx, name, factory) for name, factory in ladder.items()]
+        rungs: list[Rung] = []
+        checks: list[Check] = []
+        for name, factory in ladder.items():  # a rung that raises is left out of the comparison, and says why
+            with ctx.contained("train_rung", checks, f"training rung {name!r}; the other rungs are compared"):
+                rungs.append(self._train_rung(ctx, name, factory))
+        if not rungs:
+            return checks
         chosen = pick_rung(rungs, s.margin)
         constant = constant_loss(ctx.task, ctx.task.targets("train"))
-        checks = [capacity(rungs, chosen, constant).replace(artifacts=self._rung_artifacts(ctx, rungs))]
+        capacity_check = ctx.check(
+            lambda: capacity(rungs, chosen, constant).replace(artifacts=self._rung_artifacts(ctx, rungs)),
+            name="capacity",
+        )
+        checks.insert(0, capacity_check)
         if checks[0].status == "fail":  # nothing trained: say how the curve went, skip the rest
             return [*checks, loss_spikes((chosen or rungs[0]).step_losses)]
         assert chosen is not None
         budget = {"epochs": s.epochs} if s.epochs else {}  # later stages train with the same budget
         ctx.learn(model=chosen.name, lr=chosen.lr, schedule="constant", warmup_steps=0, **budget)
-        final = self._schedule(ctx, chosen, checks)
+        final = chosen
+        with ctx.contained("lr_schedule", checks, "warm-up + decay against the constant rate"):
+            final = self._schedule(ctx, chosen, checks)
         checks += [
-            loss_spikes(final.step_losses),
-            step_noise(final.step_losses),
-            still_improving(final.history),
-            overfitting_onset(final.history),
+            ctx.check(loss_spikes, final.step_losses),
+            ctx.check(step_noise, final.step_losses),
+            ctx.check(still_improving, final.history),
+            ctx.check(overfitting_onset, final.history),
         ]
-        figure = plots.loss_curves(
-            {"training loss (per step)": final.step_losses}, f"Chosen setup: {chosen.name}, lr {chosen.lr:.2g}"
-        )
-        checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
+        with ctx.contained("chosen_run_figure", checks, "the chosen setup's loss curve, chosen_run.png"):
+            figure = plots.loss_curves(
+                {"training loss (per step)": final.step_losses}, f"Chosen setup: {chosen.name}, lr {chosen.lr:.2g}"
+            )
+            checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
         return checks
 
     def validate(self, task: Task) -> None:

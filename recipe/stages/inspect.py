@@ -90,25 +90,28 @@ class InspectData(Stage):
         val = read_split(task, "val", s.max_samples, ctx.seed + 1)
         # an in-memory split is scanned whole for NaN/Inf (a vectorised pass), whatever its size
         whole = [whole_split(task, p.name) if p.sampled else p for p in (train, val)]
-        checks = [self._summary(ctx, train, val), non_finite_data(whole[0] or train, whole[1] or val)]
+        checks = [ctx.check(self._summary, ctx, train, val)]
+        checks.append(ctx.check(non_finite_data, whole[0] or train, whole[1] or val, name="non_finite"))
         train, val = finite_rows(train), finite_rows(val)  # what follows describes the finite rows
         checks.append(ctx.check(target_range, train, val, task))
-        checks.append(self._class_balance(ctx, train, val))
-        checks.append(self._input_stats(ctx, train))
+        checks.append(ctx.check(self._class_balance, ctx, train, val))
+        checks.append(ctx.check(self._input_stats, ctx, train))
         checks.append(ctx.check(group_leak, task))
         checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed, groups=task.groups))
-        checks.append(self._duplicates(ctx, train, val))
+        checks.append(ctx.check(self._duplicates, ctx, train, val))
         checks.append(ctx.check(time_leakage, train, val, pad_id=s.pad_id if task.pad_id is None else task.pad_id))
         checks.append(ctx.check(target_derived_features, train, val, task))
         checks.append(ctx.check(eval_data_deterministic, task, seed=ctx.seed))
-        checks.append(self._outliers(ctx, train))
-        finite = checks[1].status != "fail"
+        checks.append(ctx.check(self._outliers, ctx, train))
+        finite = checks[1].status not in ("fail", "error")
         checks.append(
-            self._label_noise(ctx) if finite else skipped("label_noise", "needs finite inputs; fix non_finite.")
+            ctx.check(self._label_noise, ctx)
+            if finite
+            else skipped("label_noise", "needs finite inputs; fix non_finite.")
         )
         if task.kind == "sequence":
             checks.append(ctx.check(sequence_data, train, val, task, pad_id=s.pad_id))
-        checks.append(self._samples(ctx, train, val))
+        checks.append(ctx.check(self._samples, ctx, train, val))
         return [_say_sampled(c, train, val) for c in checks]
 
     def _summary(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:

@@ -66,7 +66,7 @@ class OverfitOneBatch(Stage):
 
     def run(self, ctx: Context) -> list[Check]:
         try:
-            memorised = self._overfit_batch(ctx)
+            memorised = ctx.check(self._overfit_batch, ctx, name="overfit_batch")
         except NonFiniteError as exc:
             memorised = non_finite(exc)
         return [memorised, ctx.check(self._lr_range_test, ctx)]

@@ -103,7 +103,9 @@ class Regularize(Stage):
         second = self._trial(ctx, "reference_seed", {}, seed=ctx.seed + 1)
         assert start.val is not None and second.val is not None
         seed_noise = abs(paired_gain(start.val, second.val)[0])
-        checks = [self._more_data(ctx, start, seed_noise), *self._augmentation(ctx)]
+        checks = [ctx.check(self._more_data, ctx, start, seed_noise)]
+        with ctx.contained("augmentation_invariances", checks, "the augmentation against the declared invariances"):
+            checks += self._augmentation(ctx)
         augmentation_ok = all(c.status != "fail" for c in checks)
         current, trials, kept = start, [start], []
         for name in REGULARIZERS:
@@ -111,9 +113,13 @@ class Regularize(Stage):
             if isinstance(candidates, str):
                 checks.append(skipped(name, candidates))
                 continue
-            tried = [self._trial(ctx, _label(changes), changes, diverge_ok=True) for changes in candidates]
-            check = regularizer(name, current, tried, seed_noise)
-            checks.append(check.replace(seconds=sum(t.seconds for t in tried)))
+            tried: list[Trial] = []
+            with ctx.contained(name, checks, f"regulariser {name}, kept only if validation improves beyond noise"):
+                tried = [self._trial(ctx, _label(changes), changes, diverge_ok=True) for changes in candidates]
+                check = regularizer(name, current, tried, seed_noise)
+                checks.append(check.replace(seconds=sum(t.seconds for t in tried)))
+            if checks[-1].status == "error":
+                continue  # this regulariser could not be judged: keep the current setup
             trials += tried
             best = best_trial(current, tried, seed_noise)
             if best is not None:
@@ -121,9 +127,9 @@ class Regularize(Stage):
                 current = best
                 kept.append(best)
         assert current.model is not None
-        checks.append(self._feature_ablation(ctx, current.model))
-        checks.append(self._first_layer(ctx, current.model))
-        checks.append(self._summary(ctx, trials, kept))
+        checks.append(ctx.check(self._feature_ablation, ctx, current.model))
+        checks.append(ctx.check(self._first_layer, ctx, current.model))
+        checks.append(ctx.check(self._summary, ctx, trials, kept, name="chosen_regularization"))
         return checks
 
     def _trial(

@@ -38,8 +38,8 @@ from recipe.recipe import Context
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
-from recipe.study_storage import LEASES, STUDY, TRIALS, sweep_stale
-from recipe.tuning import SAMPLERS, Search, Workers, configure, fence, prepare, work
+from recipe.study_storage import LEASES, STUDY, TRIALS, fence, sweep_stale
+from recipe.tuning import SAMPLERS, Search, Workers, configure, prepare, work
 
 STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databases Optuna's RDBStorage reaches
 
@@ -120,20 +120,24 @@ class Tune(Stage):
         best = finished[0]
         units = {p.name: [p.to_unit(t.params[p.name]) for t in finished] for p in params if not p.choices}
         checks = [
-            self._summary(ctx, study, finished, name),
-            search_space_boundary([t.params for t in finished], units),
+            ctx.check(self._summary, ctx, study, finished, name, name="search"),
+            ctx.check(search_space_boundary, [t.params for t in finished], units),
         ]
-        seeds = self._seed_variance(ctx, search, best, finished)
-        noise = seeds.value["std"] if seeds.status != "skip" and seeds.value else None
+        seeds = ctx.check(self._seed_variance, ctx, search, best, finished)
+        noise = seeds.value["std"] if seeds.status not in ("skip", "error") and seeds.value else None
         in_order = sorted(finished, key=lambda t: t.number)
         checks += [
-            enough_trials([t.value for t in in_order], _loss_noise(best, noise)),
+            ctx.check(
+                lambda: enough_trials([t.value for t in in_order], _loss_noise(best, noise)), name="enough_trials"
+            ),
             seeds,
-            self._training_length(finished),
-            self._ensemble(ctx, search, finished),
+            ctx.check(self._training_length, finished),
+            ctx.check(self._ensemble, ctx, search, finished),
         ]
-        checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, finished, in_order, params))
-        self._hand_over(ctx, search, best)
+        with ctx.contained("search_figures", checks, "the trials table and axis plots"):
+            checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, finished, in_order, params))
+        with ctx.contained("best_config", checks, "handing the best trial's setup on, best_config.yaml"):
+            self._hand_over(ctx, search, best)
         return checks
 
     # ---- the search ---------------------------------------------------------------------------------------------
