@@ -142,3 +142,20 @@ def test_padding_is_not_shared_content():
         declared.status == "pass"
         and declared.value["shifted_copies"] <= time_leakage(train, val).value["shifted_copies"]
     )
+
+
+def test_one_hot_and_sparse_rows_are_not_series():
+    """One-hot blocks and sparse counts match their own shifts by construction ((3, 5) shifted by 1 is (4, 6))."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 10, (800, 3), generator=g)
+    one_hot = torch.cat([torch.nn.functional.one_hot(codes[:, i], 10) for i in range(3)], 1).float()
+    counts = torch.zeros(800, 40)
+    counts[torch.arange(800), torch.randint(0, 40, (800,), generator=g)] = torch.randint(
+        1, 3, (800,), generator=g
+    ).float()
+    for x in (one_hot, counts):
+        task = Task(
+            train=(x[:600], codes[:600, 0]), val=(x[600:], codes[600:, 0]), model=lambda: torch.nn.Linear(30, 10)
+        )
+        check = time_leakage(*splits(task))
+        assert check.status == "pass" and check.value["shifted_copies"] == 0, check.message

@@ -60,10 +60,21 @@ class _RollingHash:
         return (self.sums[:, -1] - self.sums[:, start]) * self.inverse[start]
 
 
+def _informative(rows: torch.Tensor, pad: int | None, min_real: int) -> torch.Tensor:
+    """Rows with at least 3 distinct values, none of them (nor padding) filling half the row: a one-hot block, a
+    sparse count vector or a run of padding matches its own shifts by construction, not by leaking."""
+    ordered = rows.sort(1).values
+    distinct = (ordered[:, 1:] != ordered[:, :-1]).sum(1) + 1
+    mode = rows.mode(1).values
+    dominant = (rows == mode[:, None]).sum(1) * 2 >= rows.shape[1]
+    informative = (distinct >= 3) & ~dominant
+    return informative & ((rows != pad).sum(1) >= min_real) if pad is not None else informative
+
+
 def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: int | None = None) -> torch.Tensor:
     """Per validation row, whether it equals a training row shifted by k (1 <= k <= min(length / 2, MAX_SHIFT)) on
-    their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]); a constant overlap, or one that is half
-    padding (code `pad`), does not count."""
+    their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]), an overlap `_informative` enough to be
+    evidence."""
     length = train.shape[1]
     hashed_train, hashed_val = _RollingHash(train, seed), _RollingHash(val, seed)
     found = torch.zeros(len(val), dtype=torch.bool)
@@ -78,9 +89,7 @@ def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: i
             rows = ((table[at] == keys) & ~found).nonzero().flatten()
             overlap = later[rows]
             same = (overlap == earlier[order[at[rows]]]).all(1)  # confirm: a hash match is not proof
-            same &= overlap.amax(1) != overlap.amin(1)
-            if pad is not None:
-                same &= (overlap != pad).sum(1) >= length // 2
+            same &= _informative(overlap, pad, length // 2)
             found[rows[same]] = True
     return found
 
