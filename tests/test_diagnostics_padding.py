@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from recipe import Task
 from recipe.diagnostics.padding import padding_invariance
 from tests import tiny
+from tests.new_kinds import NEW_KINDS
 
 PAD, VOCAB, LENGTH, DIM = 0, 12, 10, 16
 pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
@@ -157,3 +158,12 @@ def test_padding_invariance_on_a_causal_language_model():
     task.pad_id = 0
     inputs, _ = task.split_batch(task.sample_batch("val", 8, seed=0))
     assert padding_invariance(task.make_model(), task, inputs).status == "pass"
+
+
+@pytest.mark.parametrize("name", list(NEW_KINDS))
+def test_shared_new_kinds_pass(name):
+    """The padded GRU, the token tagger and the masked TransformerEncoder of tests/new_kinds.py are clean."""
+    task = NEW_KINDS[name]()
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    check = padding_invariance(task.make_model(), task, inputs)
+    assert check.status == "pass" and check.value["relative_change"] < 1e-4, check.message

@@ -10,6 +10,7 @@ from torch import nn
 from examples import charlm, digits, regression, tabular
 from recipe.diagnostics.symmetry import init_symmetry
 from tests import tiny
+from tests.new_kinds import NEW_KINDS
 
 
 def mlp(init: str = "default") -> nn.Module:
@@ -113,3 +114,11 @@ def test_a_frozen_constant_layer_is_a_choice():
     task = tiny.classification(averaged)
     check = init_symmetry(task.make_model(), task, task.sample_batch("train", 32, seed=0))
     assert check.status != "fail", check.message
+
+
+@pytest.mark.parametrize("name", list(NEW_KINDS))
+def test_shared_new_kinds_pass(name):
+    torch.manual_seed(0)
+    task = NEW_KINDS[name]()
+    check = init_symmetry(task.make_model(), task, task.sample_batch("train", 32, seed=0))
+    assert check.status == "pass", check.message

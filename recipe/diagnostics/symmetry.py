@@ -79,7 +79,7 @@ def _equal_rows(rows: torch.Tensor | None) -> tuple[int, bool]:
     if rows is None:
         return 0, False
     _, inverse, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
-    copies = (counts[inverse] > 1) & (rows != 0).any(1)
+    copies = (counts[inverse] > 1) & (rows != 0).any(1) & (rows.shape[1] > 1)  # one random weight per row can repeat
     return int(copies.sum()), len(counts) == 1 and bool((rows != 0).any())
 
 
