@@ -10,7 +10,8 @@ running trial therefore holds a lease, a file whose modification time a backgrou
 starts marks RUNNING trials with a stale lease as failed and queues their configuration again, so nothing is lost
 and nothing is counted twice. Relational storages use Optuna's own heartbeat and retry callback instead. A process
 that dies in the middle of appending to the journal leaves a torn last line, which `repair_journal` cuts off before
-the next append would corrupt the record after it.
+the next append would corrupt the record after it. Every worker process holds study/workers.lock (shared) while it
+lives, so a resume can wait until the workers of a killed run are gone (`fence`) before it rewrites their files.
 """
 
 from __future__ import annotations
@@ -21,19 +22,27 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipe.errors import StorageError
+from recipe.errors import ConfigError, StorageError
 from recipe.rundir import process_alive, write_atomic
 from recipe.search_space import Param
 
 if TYPE_CHECKING:
     from recipe.tuning import Search
 
+try:
+    import fcntl
+except ImportError:  # Windows: no fencing of a dead run's workers
+    fcntl = None  # type: ignore[assignment]
+
 # kept outside the stage folder, which a new run clears, so that running the search again resumes it
 STUDY = "study"
 STUDY_FILE, LEASES, TRIALS = f"{STUDY}/journal.log", f"{STUDY}/leases", f"{STUDY}/trials"
+WORKERS_LOCK = f"{STUDY}/workers.lock"  # held (shared) by every live worker process: see `fence`
 
 
 def open_study(search: Search, name: str, params: list[Param]) -> Any:
@@ -198,4 +207,44 @@ def repair_journal(path: Path) -> None:
         f"{path}: cut its torn last record ({size - cut} bytes, written by a process that died mid-write); the "
         "search goes on from the records before it.",
         stacklevel=2,
+    )
+
+
+# ---- fencing a dead run's workers --------------------------------------------------------------------------------
+
+
+@contextmanager
+def holding_workers_lock(run_dir: Path) -> Iterator[None]:
+    """Hold a shared lock on study/workers.lock while this worker runs (the kernel drops it when the process ends,
+    however it ends): `fence` waits on it."""
+    if fcntl is None:
+        yield
+        return
+    path = run_dir / WORKERS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+
+
+def fence(run_dir: Path, timeout: float) -> None:
+    """Wait until no worker of an earlier run on this run directory is alive, before a resume rewrites the files
+    they append to (metrics.jsonl); after `timeout` seconds, a one-line `ConfigError` naming them."""
+    path = run_dir / WORKERS_LOCK
+    if fcntl is None or not path.exists():
+        return
+    deadline = time.monotonic() + timeout
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # the orphans stop at their next step boundary; nothing else tells us when
+    raise ConfigError(
+        f"{path}: worker processes of an earlier run of this search still run after {timeout:g} s; stop them "
+        f"(their pids are in {run_dir / LEASES}) or wait, then resume."
     )

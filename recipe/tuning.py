@@ -5,8 +5,8 @@ With the default sampler every trial's configuration is drawn up front from one 
 for every worker) and queued in the study, so workers simply take the next queued configuration and the budget is
 exact. A trial stopped by Ctrl-C or SIGTERM is failed and its configuration queued again, so a resume runs it. Local
 workers stop with the process that started them: it passes a signal on, and a worker whose parent died (even by
-SIGKILL) stops at its next step boundary; a resume waits for such workers (`fence`) before it rewrites the files they
-append to.
+SIGKILL) stops at its next step boundary; a resume waits for such workers (`study_storage.fence`) before it rewrites
+the files they append to.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,16 @@ import torch
 
 from recipe import checkpoint, stopping
 from recipe.config import TrainSettings
-from recipe.errors import ConfigError, NonFiniteError, Terminated
+from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
 from recipe.fit import fit
 from recipe.recipe import model_factory
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, sobol_configs
 from recipe.study_storage import (
     LEASES,
-    STUDY,
     TRIALS,
     Lease,
+    holding_workers_lock,
     interrupted,
     open_study,
     requeue,
@@ -48,13 +47,7 @@ from recipe.study_storage import (
 )
 from recipe.task import Task
 
-try:
-    import fcntl
-except ImportError:  # Windows: no fencing of a dead run's workers
-    fcntl = None  # type: ignore[assignment]
-
 SAMPLERS = ("sobol", "random", "tpe", "grid")
-WORKERS_LOCK = f"{STUDY}/workers.lock"  # held (shared) by every live worker process: see `fence`
 STOP_SECONDS = 10.0  # how long a stopped run waits for its workers to reach a step boundary before killing them
 
 
@@ -149,7 +142,10 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
 
     def run_one(trial: Any) -> float:
         current[:] = [trial]
-        return objective(trial, search, task, params, log, worker)
+        try:
+            return objective(trial, search, task, params, log, worker)
+        except KeyboardInterrupt as exc:  # past Optuna, which would log it as a failed trial with a traceback
+            raise _CtrlC from exc
 
     while True:
         states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -169,12 +165,18 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
                 catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
                 gc_after_trial=False,
             )
-        except (KeyboardInterrupt, Terminated):
+        except (KeyboardInterrupt, _CtrlC, Terminated) as exc:
             if current:
                 interrupted(study, current[0])
+            if isinstance(exc, _CtrlC):
+                raise KeyboardInterrupt from None
             raise
         ran += 1
     return ran
+
+
+class _CtrlC(BaseException):
+    """A Ctrl-C during a trial, carried out of `study.optimize` without Optuna's traceback."""
 
 
 def objective(
@@ -336,7 +338,7 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
     source = spec["source"]
     rundir = RunDir(search.run_dir)
     try:
-        with stopping.handling_sigterm(), _holding_workers_lock(Path(search.run_dir)):
+        with stopping.handling_sigterm(), holding_workers_lock(Path(search.run_dir)):
             if parent_pipe is not None:
                 _watch_parent(parent_pipe)
             task = load_task(source["task"], source.get("task_args") or {}, spec_path)
@@ -359,43 +361,3 @@ def _watch_parent(pipe: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True).start()
-
-
-# ---- fencing a dead run's workers --------------------------------------------------------------------------------
-
-
-@contextmanager
-def _holding_workers_lock(run_dir: Path) -> Iterator[None]:
-    """Hold a shared lock on study/workers.lock while this worker runs (the kernel drops it when the process ends,
-    however it ends): `fence` waits on it."""
-    if fcntl is None:
-        yield
-        return
-    path = run_dir / WORKERS_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        yield
-
-
-def fence(run_dir: Path, timeout: float) -> None:
-    """Wait until no worker of an earlier run on this run directory is alive, before a resume rewrites the files
-    they append to (metrics.jsonl); after `timeout` seconds, a one-line `ConfigError` naming them."""
-    path = run_dir / WORKERS_LOCK
-    if fcntl is None or not path.exists():
-        return
-    deadline = time.monotonic() + timeout
-    with open(path, "a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)  # the orphans stop at their next step boundary; nothing else tells us when
-    raise ConfigError(
-        f"{path}: worker processes of an earlier run of this search still run after {timeout:g} s; stop them "
-        f"(their pids are in {run_dir / LEASES}) or wait, then resume."
-    )

@@ -38,8 +38,8 @@ from recipe.recipe import Context
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
-from recipe.study_storage import LEASES, STUDY, TRIALS, sweep_stale
-from recipe.tuning import SAMPLERS, Search, Workers, configure, fence, prepare, work
+from recipe.study_storage import LEASES, STUDY, TRIALS, fence, sweep_stale
+from recipe.tuning import SAMPLERS, Search, Workers, configure, prepare, work
 
 STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databases Optuna's RDBStorage reaches
 

@@ -847,6 +847,7 @@ def signal_tune(folder: Path, sig: signal.Signals) -> Outcome:
     retries = [t for t in at_stop if t.state.name == "WAITING" and "retry_of" in t.user_attrs]
     facts: dict[str, Any] = {
         "exit": rc,
+        "stderr": child.err.strip().splitlines(),  # one line: the interruption, no trial's traceback
         "states_at_stop": dict(collections.Counter(t.state.name for t in at_stop)),
         "requeued_same_params": len(failed) == 1
         and [t.system_attrs.get("fixed_params") for t in retries] == [failed[0].params],
@@ -855,7 +856,7 @@ def signal_tune(folder: Path, sig: signal.Signals) -> Outcome:
     out = judge_search(name, run_dir, f"exit {rc}, at the stop {facts['states_at_stop']}", facts)
     expected = {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
     out.survived = out.survived and rc == expected and facts["requeued_same_params"]
-    out.survived = out.survived and "RUNNING" not in facts["states_at_stop"]
+    out.survived = out.survived and "RUNNING" not in facts["states_at_stop"] and len(facts["stderr"]) == 1
     return out
 
 
@@ -879,6 +880,7 @@ def signal_tune_workers(folder: Path, sig: signal.Signals) -> Outcome:
     at_stop = collections.Counter(t.state.name for t in study_trials(run_dir))
     facts: dict[str, Any] = {
         "exit": rc,
+        "stderr": child.err.strip().splitlines(),  # the worker's too: one line, no trial's traceback
         "seconds": round(seconds, 2),
         "worker_seconds": round(worker_seconds, 2),
         "workers": workers,
@@ -891,7 +893,7 @@ def signal_tune_workers(folder: Path, sig: signal.Signals) -> Outcome:
     out = judge_search(name, run_dir, detail, facts)
     expected = {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
     ok = rc == expected and len(workers) == 1 and facts["workers_ended"] and "RUNNING" not in at_stop
-    ok = ok and facts["completed_after_signal"] == 0
+    ok = ok and facts["completed_after_signal"] == 0 and len(facts["stderr"]) == 1
     out.survived = out.survived and ok and seconds < 10
     return out
 

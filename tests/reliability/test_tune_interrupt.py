@@ -15,8 +15,7 @@ import optuna
 import pytest
 
 from recipe.errors import ConfigError
-from recipe.study_storage import interrupted, repair_journal, requeue
-from recipe.tuning import WORKERS_LOCK, fence
+from recipe.study_storage import WORKERS_LOCK, fence, interrupted, repair_journal, requeue
 from tests.reliability import scenarios as sc
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
@@ -35,6 +34,7 @@ def test_a_signal_mid_trial_requeues_the_trial_and_resume_completes_the_study(tm
     out = sc.signal_tune(tmp_path, sig)
     assert_survived(out)
     assert out.facts["states_at_stop"]["FAIL"] == 1 and out.facts["requeued_same_params"]
+    assert out.facts["stderr"][0].startswith("recipe: ") and len(out.facts["stderr"]) == 1, out.facts["stderr"]
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
@@ -43,6 +43,7 @@ def test_a_signal_to_the_main_process_reaches_its_workers_and_it_returns_quickly
     assert_survived(out)
     assert out.facts["workers_ended"] and out.facts["seconds"] < 10, out.facts
     assert out.facts["completed_after_signal"] == 0  # the worker stopped mid-trial instead of finishing the study
+    assert len(out.facts["stderr"]) == 1, out.facts["stderr"]  # no trial's traceback, from the run or its worker
 
 
 def test_after_a_kill_9_of_the_main_process_its_orphaned_worker_stops_and_resume_loses_nothing(tmp_path):
