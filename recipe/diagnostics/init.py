@@ -123,7 +123,7 @@ def output_module(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.M
 
     def hook(name: str):
         def record(module: nn.Module, args: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
+            if isinstance(out, torch.Tensor) and not out.is_nested:  # a nested tensor is never the returned output
                 calls.append((name, module, out, out._version))
 
         return record

@@ -44,7 +44,8 @@ def _record(model: nn.Module, task: Task, batch: Any) -> dict[str, _Layer]:
 
     def hook(name: str) -> Any:
         def keep(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.requires_grad and name not in seen:
+            plain = isinstance(output, torch.Tensor) and not output.is_nested  # nested: no (rows, units) view
+            if plain and output.requires_grad and name not in seen:
                 output.retain_grad()
                 seen[name] = (module, output)
 
