@@ -33,6 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import zoo_tabular as tab
 from benchmarks import zoo_tasks as zoo
 from benchmarks.zoo_planted import (
     BatchSoftmaxMLP,
@@ -209,7 +210,7 @@ BUGS = [
     # images of one patient on both sides of the split: https://github.com/UCSD-AI4H/COVID-CT/issues/11
     Case(
         "same patient in both splits",
-        lambda: zoo.patients("random"),
+        lambda: tab.patients("random"),
         "fail",
         ("group_leak",),
         "group",
@@ -219,7 +220,7 @@ BUGS = [
     # target encoding with each row's own label: https://github.com/scikit-learn-contrib/category_encoders/issues/167
     Case(
         "target encoding with each row's own label",
-        lambda: zoo.target_encoded("in_sample"),
+        lambda: tab.target_encoded("in_sample"),
         "fail",
         ("target_derived_features",),
         "feature 30.*own label",
@@ -295,7 +296,7 @@ BUGS = [
     # (B, 1) output against (B,) targets in a custom MSE: https://github.com/deepset-ai/FARM/issues/229
     Case(
         "custom MSE broadcasting (B, 1) against (B,)",
-        lambda: zoo.diabetes_custom_mse(broadcast=True),
+        lambda: tab.diabetes_custom_mse(broadcast=True),
         "fail",
         ("overfit_batch", "loss_decreases", "loss_at_init"),
         "broadcast|shape",
@@ -317,7 +318,7 @@ BUGS = [
     # a Sigmoid before BCEWithLogitsLoss: https://github.com/Turoad/lanedet/issues/32
     Case(
         "sigmoid before BCE-with-logits",
-        lambda: zoo.breast_cancer_bce(sigmoid=True),
+        lambda: tab.breast_cancer_bce(sigmoid=True),
         "fail",
         ("output_kind",),
         "sigmoid",
@@ -340,7 +341,7 @@ CLEAN = [
     Case("clean TransformerEncoder, padding mask", lambda: zoo.padded(zoo.MaskedTransformer), "clean", stages=ALL),
     Case("clean token tagger", zoo.tagging, "clean", stages=ALL),
     Case("clean BatchNorm ResNet", zoo.resnet, "clean", stages=ALL),
-    Case("clean group-split tabular", zoo.patients, "clean", stages=ALL),
+    Case("clean group-split tabular", tab.patients, "clean", stages=ALL),
     Case("clean digits Dataset, train-only augmentation", zoo.digits_dataset, "clean", stages=ALL),
     Case("clean forecasting windows, split by time", zoo.forecast, "clean", stages=ALL),
 ]
@@ -350,11 +351,11 @@ TWINS = [  # fixed twins that are not clean tasks above
     Case("causal char ConvLM", lambda: charlm_task(charlm.ConvLM, "charlm-conv", chars=60_000), "clean"),
     Case("1:10 imbalance, output bias at the log prior", _imbalanced_fixed, "clean"),
     Case("digits MLP, dropout 0.1", lambda: digits_task(lambda: digits.MLP(dropout=0.1)), "clean"),
-    Case("out-of-fold target encoding", zoo.target_encoded, "clean", stages=("inspect",)),
+    Case("out-of-fold target encoding", tab.target_encoded, "clean", stages=("inspect",)),
     Case("wave GRU, batch_first=True", lambda: zoo.waves(zoo.WaveGRU), "clean"),
     Case("Transformer LM, causal mask", zoo.language_model, "clean"),
-    Case("custom MSE, matching shapes", zoo.diabetes_custom_mse, "clean"),
-    Case("cancer BCE on logits", zoo.breast_cancer_bce, "clean"),
+    Case("custom MSE, matching shapes", tab.diabetes_custom_mse, "clean"),
+    Case("cancer BCE on logits", tab.breast_cancer_bce, "clean"),
     Case("colour digits, permute", zoo.colour_digits, "clean"),
 ]
 CASES = BUGS + CLEAN + TWINS
