@@ -5,9 +5,9 @@ recipe trains (digits' MLP takes well under a millisecond a step) handing work t
 saves, and on a machine shared with other work the threads spin waiting for each other: the bundled digits run took
 37 s on one thread and a median of 606 s on two, on two cores shared with other processes. So with `threads="auto"`
 `fit` times one training step of its model (forward and backward on a copy, the RNG state restored, so training is
-unchanged) on one thread and on every core, interleaved, and trains with the faster; one thread wins unless every
-core is clearly faster (it leaves the other cores to the rest of the machine). The choice and its reason are in
-`FitResult.setup["threads"]`.
+unchanged): a step under `SMALL_STEP` trains on one thread; a larger one is timed on one thread and on every core, in
+alternating windows, and trains on every core only when that is clearly faster (one thread leaves the other cores
+to the rest of the machine). The choice and its reason are in `FitResult.setup["threads"]`.
 
 The user's choice wins over the measurement: `OMP_NUM_THREADS` or `MKL_NUM_THREADS` in the environment, a
 `torch.set_num_threads` call (a count other than the one recipe found at import or last set itself), or an explicit
@@ -35,13 +35,19 @@ if TYPE_CHECKING:
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 """The cores this process may run on."""
 
+SMALL_STEP = 0.01
+"""A step that takes less than this on one thread trains on one thread, unmeasured: splitting so little work gains a
+millisecond at best, while on a machine shared with other processes threads that wait for each other lose far more
+(the digits MLP: 1.1 s on one thread, 30 s on two beside one busy process, though a few timed steps said two were
+faster: short timings miss the waits that the scheduler's time slices cause)."""
+
 FASTER = 0.85
 """Every core is used only when its step takes at most this fraction of the one-thread step: a gain smaller than
 timing noise is not worth occupying the whole machine."""
 
-ROUNDS, BIG_STEP = 3, 0.25
-"""Timed rounds of each count (after one warm-up each); a one-thread step slower than BIG_STEP seconds is timed once:
-the work is large and the first round decides."""
+ROUNDS, WINDOW = 3, 0.2
+"""Larger steps are timed in alternating windows of at least WINDOW seconds (several of the scheduler's time slices)
+per thread count, ROUNDS of each."""
 
 _AT_IMPORT = torch.get_num_threads()
 _ours: list[int] = []  # the counts recipe has set and not yet restored (innermost last)
@@ -94,28 +100,39 @@ def choose(
         return 1, "1 (one core)"
     if key and key in _decided:
         return _decided[key]
-    one, every = _measure(make_step())
-    count = CORES if every <= FASTER * one else 1
-    decided = count, f"auto: {count} ({one * 1e3:.2f} ms a step on 1 thread, {every * 1e3:.2f} ms on {CORES})"
+    step = make_step()
+    step()  # warm-up: allocations, first-call dispatch
+    one = _per_step(step, 1, 0.0)
+    if one < SMALL_STEP:
+        decided = 1, f"auto: 1 ({one * 1e3:.2f} ms a step: too little work to share between threads)"
+    else:
+        one, every = _measure(step)
+        count = CORES if every <= FASTER * one else 1
+        decided = count, f"auto: {count} ({one * 1e3:.1f} ms a step on 1 thread, {every * 1e3:.1f} ms on {CORES})"
     if key:
         _decided[key] = decided
     return decided
 
 
+def _per_step(step: Callable[[], Any], count: int, window: float) -> float:
+    """Seconds per call of `step` on `count` threads, over at least `window` seconds (one call at least)."""
+    with using(count):
+        calls, start = 0, time.perf_counter()
+        while True:
+            step()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= window:
+                return elapsed / calls
+
+
 def _measure(step: Callable[[], Any]) -> tuple[float, float]:
-    """Median seconds of `step` on one thread and on every core, timed alternately (a machine's load changes from
-    moment to moment) after one warm-up call of each; a large step is timed once."""
+    """Median seconds per step on one thread and on every core, timed in alternating windows (a machine's load
+    changes from moment to moment)."""
     times: dict[int, list[float]] = {1: [], CORES: []}
-    for round_ in range(ROUNDS + 1):
-        for count in (1, CORES):
-            with using(count):
-                start = time.perf_counter()
-                step()
-                elapsed = time.perf_counter() - start
-            if round_ or elapsed > BIG_STEP:
-                times[count].append(elapsed)
-        if min(len(times[1]), len(times[CORES])) and max(times[1]) > BIG_STEP:
-            break
+    for _ in range(ROUNDS):
+        for count in times:
+            times[count].append(_per_step(step, count, WINDOW))
     return statistics.median(times[1]), statistics.median(times[CORES])
 
 

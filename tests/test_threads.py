@@ -32,19 +32,27 @@ def never_called():
 @pytest.mark.parametrize(
     ("one", "every", "chosen"),
     [
-        (1.0, 2.0, 1),  # slower on every core (a busy machine, a tiny model)
+        (1.0, 2.0, 1),  # slower on every core (a busy machine)
         (1.0, 0.9, 1),  # faster, but within timing noise: one thread, the cores stay free
         (1.0, 0.5, 4),  # clearly faster
     ],
 )
 def test_auto_takes_every_core_only_when_clearly_faster(monkeypatch, one, every, chosen):
+    monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 1.0)  # a large step
     monkeypatch.setattr(threads, "_measure", lambda step: (one, every))
     count, reason = threads.choose("auto", CPU, lambda: lambda: None, ("work",))
     assert count == chosen and reason.startswith(f"auto: {chosen} ")
 
 
+def test_a_small_step_trains_on_one_thread_unmeasured(monkeypatch):
+    monkeypatch.setattr(threads, "_measure", lambda step: never_called())
+    count, reason = threads.choose("auto", CPU, lambda: lambda: None, ("tiny",))
+    assert count == 1 and "too little work" in reason
+
+
 def test_a_decision_is_measured_once_per_work(monkeypatch):
     calls = []
+    monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 1.0)
     monkeypatch.setattr(threads, "_measure", lambda step: calls.append(1) or (1.0, 0.1))
     for _ in range(3):
         threads.choose("auto", CPU, lambda: lambda: None, ("same work",))
@@ -53,8 +61,9 @@ def test_a_decision_is_measured_once_per_work(monkeypatch):
 
 def test_measure_times_the_step_on_one_thread_and_on_every_core_alternately(monkeypatch):
     seen = []
+    monkeypatch.setattr(threads, "WINDOW", 0.0)
     one, every = threads._measure(lambda: seen.append(torch.get_num_threads()))
-    assert seen == [1, 4] * (threads.ROUNDS + 1) and one >= 0 and every >= 0
+    assert seen == [1, 4] * threads.ROUNDS and one >= 0 and every >= 0
     assert torch.get_num_threads() == threads._AT_IMPORT  # restored
 
 
@@ -72,6 +81,7 @@ def test_the_users_choice_wins(monkeypatch):
 
 
 def test_a_count_recipe_set_itself_is_not_mistaken_for_the_users(monkeypatch):
+    monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 1.0)
     monkeypatch.setattr(threads, "_measure", lambda step: (1.0, 2.0))
     with threads.using(1 if threads._AT_IMPORT != 1 else 2):
         _, reason = threads.choose("auto", CPU, lambda: lambda: None, ("inner",))
