@@ -269,29 +269,24 @@ class Recipe:
         if "batch_size" in (self.config.get("train") or {}):  # a batch size left at its default is clamped instead
             check_batch_fits(self.task, self.train.batch_size)
         self.task.validate(self.device)  # bad input fails here, before anything is written
+        for stage in self.stages:
+            stage.validate(self.task)  # settings this task cannot take
         n_threads, threads_reason = threads.for_training(
             self.train.threads, self.task, self.task.make_model().to(self.device), self.train.batch_size, self.seed,
             self.device,
         )  # fmt: skip
-        for stage in self.stages:
-            stage.validate(self.task)  # settings this task cannot take
         planned = [s.name for s in self.stages]
         manifest = self._manifest(threads_reason)
         done = resuming.earlier(RunDir(self.run_dir), manifest, self.resume, self.force)
         rundir = RunDir(self.run_dir, done.order)
         todo = [name for name in planned if name not in done.finished]
-        rundir.create(replace=todo)  # only what recipe wrote for the stages that run now is replaced
-        resuming.keep_metrics(rundir, done.kept)
-        loggers = make_loggers(self.loggers, rundir.path)
-        fit_checkpoints = resuming.FitCheckpoints(rundir.path / "checkpoints", () if self.resume else planned)
         ctx = Context(
             self.task, self.device, self.seed, rundir, done.train or self.train, progress=self.progress,
             learned=done.learned, fits=done.fits, source=self.source,
-            checkpoints=fit_checkpoints,
         )  # fmt: skip
         console = Console(self.quiet)
         console.header(self.task, self.device, self.seed, rundir.path)
-        self._restore_earlier(ctx, done, console)
+        self._restore_earlier(ctx, done, console)  # before any write: a kept stage's settings may be refused
         checks, statuses, timings, train_after = done.checks, done.statuses, done.seconds, done.train_after
         files = rundir.written = done.files
         status = "interrupted"  # until the loop ends on its own
@@ -301,7 +296,15 @@ class Recipe:
             runs=[*done.runs, {"start": manifest["start"], "stages": planned, "resume": self.resume}],
         )
         manifest.update(status="running", stages=statuses, seconds=timings, learned=ctx.learned, files=files)
-        rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable from the start
+        rundir.create(replace=todo)  # only what recipe wrote for the stages that run now is replaced
+        try:
+            resuming.keep_metrics(rundir, done.rows)
+            loggers = make_loggers(self.loggers, rundir.path)
+            ctx.checkpoints = resuming.FitCheckpoints(rundir.path / "checkpoints", () if self.resume else planned)
+            rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable from here
+        except BaseException:
+            rundir.close()  # the lock goes with the run that could not start
+            raise
         try:
             with stopping.handling_sigterm(), threads.using(n_threads):  # SIGTERM: fits checkpoint, the run ends
                 for stage in self.stages:
@@ -325,7 +328,7 @@ class Recipe:
                         status="running", stages=statuses, seconds=timings, learned=ctx.learned, files=files
                     )
                     rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable now
-                    fit_checkpoints.finish(stage.name)
+                    ctx.checkpoints.finish(stage.name)
                     if statuses[stage.name] == "fail" and not self.keep_going:
                         break
             status = "complete"

@@ -44,6 +44,7 @@ class Resumed:
     order: list[str] = field(default_factory=list)  # every stage the run directory has folders for, in order
     config: dict[str, Any] = field(default_factory=dict)  # the kept stages' settings
     runs: list[dict[str, Any]] = field(default_factory=list)  # earlier invocations on this directory
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the kept stages' metrics rows
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -88,6 +89,7 @@ def earlier(rundir: RunDir, planned: dict[str, Any], resume: bool, force: bool) 
     out.order = list(dict.fromkeys([*order, *names]))
     out.config = {k: v for k, v in previous.get("config", {}).items() if k in kept}
     out.runs = list(previous.get("runs", []))
+    out.rows = [r for r in rundir.read_metrics() if r.get("stage") in kept]  # read (and checked) before any write
     todo = [s for s in names if s not in finished]
     before = [s for s in kept if _position(s) < _position(todo[0])] if todo else kept
     if before:
@@ -121,9 +123,8 @@ def _check_resumable(rundir: RunDir, previous: dict[str, Any], planned: dict[str
         )
 
 
-def keep_metrics(rundir: RunDir, stages: list[str]) -> None:
-    """Drop the metrics rows of every stage but `stages`: the others write theirs again."""
-    rows = [r for r in rundir.read_metrics() if r.get("stage") in stages]
+def keep_metrics(rundir: RunDir, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl with the kept stages' rows only: the stages that run now write theirs again."""
     rundir.record(METRICS)
     write_atomic(rundir.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
@@ -159,9 +160,9 @@ class FitCheckpoints:
         fingerprint = _fingerprint(settings)
         if (folder / self.DONE).exists():
             try:
-                done = checkpoint.load(folder / self.DONE)
+                done = checkpoint.load_keys(folder / self.DONE, DONE_KEYS)
             except checkpoint.CheckpointError:
-                done = {}
+                done = {}  # unreadable or incomplete: this fit runs again
             if done.get("fingerprint") == fingerprint:
                 return _replay(done, task, settings)
         if _read_fingerprint(folder) != fingerprint:
@@ -210,6 +211,10 @@ class FitCheckpoints:
         names = (self.DONE, "settings.json", "last.pt", "last.1.pt", "best.pt")
         ours = [p for p in folder.rglob("*") if p.name.removesuffix(".sha256") in names or TEMPORARY.match(p.name)]
         remove_files(self.root.parent, ours)
+
+
+DONE_KEYS = ("fingerprint", "model", "history", "step_losses", "steps", "seconds", "setup", "rows", "rng")
+"""What a `done.pt` must hold to be replayed (`log_values` is optional: older ones lack it)."""
 
 
 def _fingerprint(settings: dict[str, Any]) -> str:

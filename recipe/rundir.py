@@ -159,14 +159,18 @@ class RunDir:
                 f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir."
             ) from exc
         self._lock()
-        ledger = self.ledger()
-        for partial in self.path.iterdir():  # atomic writes a killed run left before their rename
-            if TEMPORARY.match(partial.name) and partial.is_file() and not partial.is_symlink():
-                partial.unlink(missing_ok=True)
-        folders = {stage_folder(s, self._stages) + "/" for s in replace}
-        stale = sorted(p for p in ledger if any(p.startswith(f) for f in folders))
-        remove_files(self.path, (self.path / p for p in stale))
-        self._write_ledger(sorted(p for p in ledger if (self.path / p).exists() or p in _RUN_FILES))
+        try:
+            ledger = self.ledger()
+            for partial in self.path.iterdir():  # atomic writes a killed run left before their rename
+                if TEMPORARY.match(partial.name) and partial.is_file() and not partial.is_symlink():
+                    partial.unlink(missing_ok=True)
+            folders = {stage_folder(s, self._stages) + "/" for s in replace}
+            stale = sorted(p for p in ledger if any(p.startswith(f) for f in folders))
+            remove_files(self.path, (self.path / p for p in stale))
+            self._write_ledger(sorted(p for p in ledger if (self.path / p).exists() or p in _RUN_FILES))
+        except BaseException:
+            self.close()  # the lock goes with the run that could not start
+            raise
 
     def ledger(self) -> set[str]:
         """The run-relative paths recipe wrote in this directory (read once; a torn last line is ignored)."""
