@@ -8,9 +8,11 @@ test_faults.py): a fault survived means the run resumed to the weights, history 
 run, or the bad file was refused with a one-line error. A bad input has a clear error when `recipe run` exits with
 status 2, prints one line on stderr and leaves no run directory behind. The last line reads
 
-    faults survived N/M, bad inputs with a clear error N/M, rows lost R, trials lost T, hostile files executed H
+    faults survived N/M, bad inputs with a clear error N/M, rows lost R, trials lost T, user files lost U,
+    hostile files executed H
 
-where R counts metrics rows missing from a resumed run, T trials lost, counted twice or left RUNNING, and H the
+where R counts metrics rows missing from a resumed run, T trials lost, counted twice or left RUNNING, U files of the
+user's (or of an earlier run's other stages) lost or changed in a run directory, and H the
 hostile files (a pickled checkpoint, a YAML tag) whose code ran.
 """
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipe import Task
 from tests import tiny
+from tests.reliability import fit_boundaries as fb
 from tests.reliability import scenarios as sc
 
 # ---- the fault scenarios -------------------------------------------------------------------------------------------
@@ -46,12 +49,19 @@ class References:
         self.folder = folder
         self._fit: sc.FitRun | None = None
         self._rows: list[str] | None = None
+        self._boundaries: dict[str, Any] | None = None
 
     @property
     def fit(self) -> sc.FitRun:
         if self._fit is None:
             self._fit = sc.reference_fit(self.folder / "reference_fit")
         return self._fit
+
+    @property
+    def boundaries(self) -> dict[str, Any]:
+        if self._boundaries is None:
+            self._boundaries = fb.reference(self.folder / "reference_boundaries")
+        return self._boundaries
 
     @property
     def rows(self) -> list[str]:
@@ -92,6 +102,10 @@ def fault_scenarios(ref: References) -> dict[str, Callable[[Path], sc.Outcome]]:
     table["last_pt_lacks_keys"] = sc.checkpoint_lacking_keys
     table["hostile_report"] = sc.hostile_report  # item 7: every value in report.html escaped
     table["yaml_bomb"] = sc.yaml_bomb
+    table["user_files_run_dir"] = fb.user_files  # issue 15, item 1: a run directory is recipe's only where it wrote
+    table["other_stages_keep_results"] = fb.other_stages
+    for n in range(1, 17):  # item 2: killed at every fit boundary of every stage, resumed to the uninterrupted run
+        table[f"kill_at_fit_{n}"] = lambda d, n=n: fb.kill_at_fit(d, n, ref.boundaries)
     return table
 
 
@@ -261,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfaults survived {sum(o.survived for o in outcomes)}/{len(outcomes)}, "
         f"bad inputs with a clear error {sum(r['clear'] for r in bad)}/{len(bad)}, "
         f"rows lost {sum(o.rows_lost for o in outcomes)}, trials lost {sum(o.trials_lost for o in outcomes)}, "
+        f"user files lost {sum(o.user_files_lost for o in outcomes)}, "
         f"hostile files executed {sum(o.hostile_executed for o in outcomes)}"
     )
     return 0 if all(o.survived for o in outcomes) and all(r["clear"] for r in bad) else 1

@@ -107,7 +107,7 @@ def user_files(folder: Path) -> Outcome:
     extra = sorted(p.name for p in after if p not in before)
     ok = refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and not lost and not extra
     detail = f"exit {refused.returncode}, {lost} of {len(before)} user files lost or changed, {len(extra)} written"
-    return Outcome("user_files_run_dir", "fault", ok, detail, facts={"user_files_lost": lost})
+    return Outcome("user_files_run_dir", "fault", ok, detail, user_files_lost=lost)
 
 
 def other_stages(folder: Path) -> Outcome:
@@ -124,4 +124,4 @@ def other_stages(folder: Path) -> Outcome:
     stages = {c[0] for c in outcome(run_dir)["checks"]} if second.returncode in (0, 1) else set()
     ok = bool(kept) and not lost and stages == {"inspect", "overfit"}
     detail = f"{len(kept)} inspect files, {lost} lost after --stages overfit; checks.json holds {sorted(stages)}"
-    return Outcome("other_stages_keep_results", "fault", ok, detail, facts={"user_files_lost": lost})
+    return Outcome("other_stages_keep_results", "fault", ok, detail, user_files_lost=lost)

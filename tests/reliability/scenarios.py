@@ -80,6 +80,7 @@ class Outcome:
     rows_duplicated: int = 0
     trials_lost: int = 0
     hostile_executed: int = 0
+    user_files_lost: int = 0
     facts: dict[str, Any] = field(default_factory=dict)
 
 
