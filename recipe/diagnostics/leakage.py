@@ -71,14 +71,46 @@ def _informative(rows: torch.Tensor, pad: int | None, min_real: int) -> torch.Te
     return informative & ((rows != pad).sum(1) >= min_real) if pad is not None else informative
 
 
+class _Chance:
+    """A bigram model of the training rows, to tell an overlap that chance repetition explains (a periodic or
+    low-entropy stream repeats itself) from one too improbable to recur by chance. Fitted on one transition per row,
+    the middle one, so windows that overlap within the training split do not count one stretch many times."""
+
+    def __init__(self, train: torch.Tensor, alpha: float = 0.5):
+        middle = train.shape[1] // 2
+        first, second = train[:, middle - 1], train[:, middle]
+        self.alphabet = max(int(torch.unique(train[: max(1, 200_000 // train.shape[1])]).numel()), 2)
+        self.singles, self.single_counts = torch.unique(first, return_counts=True)
+        self.pairs, self.pair_counts = torch.unique(_pair_keys(first, second), return_counts=True)
+        self.alpha = alpha
+
+    def bits(self, rows: torch.Tensor) -> torch.Tensor:
+        """-log2 P(row) under the model, per row (the first value uniform over the alphabet)."""
+        pair = _count(self.pairs, self.pair_counts, _pair_keys(rows[:, :-1], rows[:, 1:]))
+        single = _count(self.singles, self.single_counts, rows[:, :-1])
+        p = (pair + self.alpha) / (single + self.alpha * self.alphabet)
+        return -torch.log2(p).sum(1) + math.log2(self.alphabet)
+
+
+def _pair_keys(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a * 1_000_003 + b  # wraps in int64: a hash of the pair
+
+
+def _count(keys: torch.Tensor, counts: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    at = torch.searchsorted(keys, query.contiguous()).clamp_max(len(keys) - 1)
+    return torch.where(keys[at] == query, counts[at], 0).double()
+
+
 def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: int | None = None) -> torch.Tensor:
     """Per validation row, whether it equals a training row shifted by k (1 <= k <= min(length / 2, MAX_SHIFT)) on
-    their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]), an overlap `_informative` enough to be
-    evidence."""
+    their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]), an overlap `_informative` enough, and too
+    improbable under the training rows' bigram model to recur by chance among all the rows and shifts compared."""
     length = train.shape[1]
     hashed_train, hashed_val = _RollingHash(train, seed), _RollingHash(val, seed)
     found = torch.zeros(len(val), dtype=torch.bool)
-    for k in range(1, min(length // 2, MAX_SHIFT) + 1):
+    chance, shifts = _Chance(train), min(length // 2, MAX_SHIFT)
+    trials_bits = math.log2(len(train) * 2 * shifts) + 10  # expected chance matches per row below 2^-10
+    for k in range(1, shifts + 1):
         pairs = (
             (hashed_val.suffix(k), hashed_train.prefix(length - k), val[:, k:], train[:, :-k]),  # val starts later
             (hashed_val.prefix(length - k), hashed_train.suffix(k), val[:, :-k], train[:, k:]),  # val starts earlier
@@ -89,7 +121,7 @@ def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: i
             rows = ((table[at] == keys) & ~found).nonzero().flatten()
             overlap = later[rows]
             same = (overlap == earlier[order[at[rows]]]).all(1)  # confirm: a hash match is not proof
-            same &= _informative(overlap, pad, length // 2)
+            same &= _informative(overlap, pad, length // 2) & (chance.bits(overlap) >= trials_bits)
             found[rows[same]] = True
     return found
 
