@@ -104,7 +104,7 @@ def fault_scenarios(ref: References) -> dict[str, Callable[[Path], sc.Outcome]]:
     table["yaml_bomb"] = sc.yaml_bomb
     table["user_files_run_dir"] = fb.user_files  # issue 15, item 1: a run directory is recipe's only where it wrote
     table["other_stages_keep_results"] = fb.other_stages
-    for n in range(1, 17):  # item 2: killed at every fit boundary of every stage, resumed to the uninterrupted run
+    for n in range(1, fb.FITS + 1):  # item 2: killed at every fit boundary of every stage, then resumed
         table[f"kill_at_fit_{n}"] = lambda d, n=n: fb.kill_at_fit(d, n, ref.boundaries)
     return table
 

@@ -129,6 +129,19 @@ class DatasetSplit:
         return default_collate([self.dataset[int(i)] for i in indices])
 
 
+class HeldSamples(Dataset):
+    """Samples read once from a Dataset and kept as read: a random transform in its `__getitem__` was drawn once."""
+
+    def __init__(self, samples: list[Any]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.samples[index]
+
+
 Split = TensorSplit | DatasetSplit
 
 

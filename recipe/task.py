@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from recipe.data import Batch, DatasetSplit, Split, TensorSplit, as_split, fixed_indices, to_device
+from recipe.data import Batch, DatasetSplit, HeldSamples, Split, TensorSplit, as_split, fixed_indices, to_device
 from recipe.errors import TaskError
 
 Kind = Literal["classification", "regression", "sequence"]
@@ -276,12 +276,15 @@ class Task:
             setattr(new, key, value)
         return new
 
-    def subset(self, split: str, indices: list[int]) -> Task:
-        """A variant whose `split` ("train" or "val") holds only the samples `indices`."""
+    def subset(self, split: str, indices: list[int], held: bool = False) -> Task:
+        """A variant whose `split` ("train" or "val") holds only the samples `indices`; with `held`, a Dataset's
+        samples are read once and kept as read (its random transforms drawn once: a fixed batch stays fixed)."""
         data = self.train if split == "train" else self.val
         if isinstance(data, TensorSplit):
             idx = torch.as_tensor(indices, dtype=torch.long)
             part: Any = TensorSplit(data.x[idx.to(data.x.device)], data.y[idx.to(data.y.device)], split)
+        elif held:
+            part = DatasetSplit(HeldSamples([data.dataset[int(i)] for i in indices]), split)
         else:
             part = DatasetSplit(Subset(data.dataset, list(indices)), split)
         return self.replace(**{split: part})

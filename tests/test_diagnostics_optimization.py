@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, softmax_floor, suggest_lr
+from recipe.diagnostics.optimization import (
+    exponential_ramp,
+    lr_range,
+    overfits_batch,
+    softmax_floor,
+    still_falling,
+    suggest_lr,
+)
 from tests import tiny
 
 
@@ -23,6 +30,7 @@ def test_softmax_floor_matches_the_catalog():
         ([1.4] + [1.1] * 299, 0.6, "fail", "plateaued"),
         ([1.4] + [1.39] * 299, 0.3, "fail", "hardly moved"),
         ([1.4 + 0.1 * i for i in range(300)], 0.0, "fail", "rose"),
+        ([1.4 * 0.995**i for i in range(300)], 1.0, "warn", "still falling"),  # a budget too small is not a bug
     ],
 )
 def test_overfits_batch(losses, metric, status, words):
@@ -80,3 +88,17 @@ def test_suggest_lr_with_divergence_from_the_start():
 def test_exponential_ramp_spans_the_range():
     ramp = exponential_ramp(1e-6, 1.0, 50)
     assert ramp(0) == pytest.approx(1e-6) and ramp(49) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("losses", "falling"),
+    [
+        ([1.4 * 0.995**i for i in range(300)], True),
+        ([1.4] + [0.6] * 299, False),  # a floor
+        ([1.4 * 0.97**i for i in range(100)] + [0.07] * 200, False),  # fell, then flat
+        ([1.4 + 0.1 * i for i in range(300)], False),  # rising
+        ([1.0, 0.5, 0.2], False),  # too short to tell
+    ],
+)
+def test_still_falling(losses, falling):
+    assert still_falling(losses) is falling

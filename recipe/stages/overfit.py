@@ -19,7 +19,7 @@ from recipe.check import Check
 from recipe.config import require
 from recipe.data import fixed_indices
 from recipe.diagnostics.numerics import non_finite
-from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, suggest_lr
+from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, still_falling, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.models import disable_dropout
 from recipe.recipe import REGULARISATION_OFF, Context
@@ -74,31 +74,37 @@ class OverfitOneBatch(Stage):
     def _overfit_batch(self, ctx: Context) -> Check:
         s, task = self.settings, ctx.task
         indices = fixed_indices(len(task.train), s.batch_size, ctx.seed)
-        one_batch = task.subset("train", indices)
-        model = disable_dropout(task.make_model())
-        result = ctx.fit(
-            "overfit_batch",
-            **REGULARISATION_OFF,
-            task=one_batch,
-            model=model,
-            batch_size=len(indices),
-            max_steps=s.steps,
-            epochs=None,
-            lr=s.lr,
-            evaluate_every_epoch=False,
-            log_every=25,
-        )
-        batch = task.batch("train", indices, ctx.device)
+        one_batch = task.subset("train", indices, held=True)  # read once: a Dataset's random transforms stay put
+        batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
+        reference = constant_loss(task, task.split_batch(batch)[1])
+        model, steps, losses, seconds = disable_dropout(task.make_model()), s.steps, list[float](), 0.0
+        for run in ("overfit_batch", "overfit_batch_longer"):  # a loss still falling gets twice the budget more
+            result = ctx.fit(
+                run,
+                **REGULARISATION_OFF,
+                task=one_batch,
+                model=model,
+                batch_size=len(indices),
+                max_steps=steps,
+                epochs=None,
+                lr=s.lr,
+                evaluate_every_epoch=False,
+                log_every=25,
+            )
+            model, losses, seconds = result.model, losses + result.step_losses, seconds + result.seconds
+            if min(losses[-5:]) <= s.tolerance * reference or not still_falling(losses):
+                break
+            steps *= 2
         with torch.no_grad():
-            output, target = task.outputs(result.model, batch)
+            output, target = task.outputs(model, batch)
             metric = float(task.metric_per_sample(output.float(), target).mean())
-        check = overfits_batch(result.step_losses, metric, constant_loss(task, target), task, len(indices), s.tolerance)
-        check = check.replace(seconds=result.seconds)
+        check = overfits_batch(losses, metric, reference, task, len(indices), s.tolerance)
+        check = check.replace(seconds=seconds)
         fig = plots.loss_curves(
-            {"one batch": result.step_losses},
+            {"one batch": losses},
             f"Overfitting one batch of {len(indices)} samples",
             logy=True,
-            hlines={"constant prediction": constant_loss(task, target)},
+            hlines={"constant prediction": reference},
         )
         return check.replace(artifacts=(ctx.save_figure("overfit_batch.png", fig),))
 

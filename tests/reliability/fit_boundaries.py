@@ -33,6 +33,9 @@ regularize: {{epochs: 2}}
 """
 
 
+FITS = 17  # training runs in CONFIG's run: baseline 5, overfit 3 (a longer one-batch run), complexify 2, regularize 7
+
+
 def recipe(config: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RECIPE_FAULT"} | {"OMP_NUM_THREADS": "1"}
     if fault:
@@ -70,8 +73,10 @@ def reference(folder: Path) -> dict[str, Any]:
 
 def kill_at_fit(folder: Path, n: int, ref: dict[str, Any]) -> Outcome:
     """SIGKILL as training run `n` (1-based) starts; resume; the run must end as the uninterrupted one."""
-    stage, run = ref["fits"][n - 1]
     name = f"kill_at_fit_{n}"
+    if n > len(ref["fits"]):
+        return Outcome(name, "fault", False, f"the reference run has {len(ref['fits'])} training runs, not {n}")
+    stage, run = ref["fits"][n - 1]
     config, run_dir = config_in(folder)
     killed = recipe(config, fault=f"kill_before_rename:{n}:settings.json")
     if killed.returncode != -signal.SIGKILL:

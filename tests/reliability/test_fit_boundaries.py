@@ -1,7 +1,7 @@
 """A run killed at a fit boundary resumes to exactly the uninterrupted run (issue 15, item 2), and a run directory
 never loses the user's files (item 1). The boundaries here are a spread over the stages that train: just after the
 fit whose callback draws baseline's prediction dynamics, and the last of overfit, complexify and regularize;
-`python benchmarks/faults.py` kills at every one of the 16 (its kill_at_fit_<n> rows)."""
+`python benchmarks/faults.py` kills at every one of them (its kill_at_fit_<n> rows)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ BOUNDARIES = (
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     ref = fb.reference(tmp_path_factory.mktemp("reference"))
-    assert len(ref["fits"]) == 16, ref["fits"]
+    assert len(ref["fits"]) == fb.FITS, ref["fits"]
     return ref
 
 
