@@ -147,7 +147,7 @@ def time_leakage(
     value = {"shifted_copies": count, "val_rows_compared": len(x_val), "share": share}
     seen = (
         f"{count} of {len(x_val)} validation samples ({share:.0%}) are training samples shifted by a few positions: "
-        "overlapping windows cut from one series were split at random, so validation scores stretches the model "
+        "overlapping windows cut from one series were split at random, so the model is scored on stretches it "
         "trained on. Split the series by time first (train = the earlier part, validation = the later part), then "
         "cut windows within each part."
     )
