@@ -69,7 +69,7 @@ def trivial_baselines(task: Task) -> tuple[Check, dict[str, Any]]:
     ytr, yva = task.targets("train"), task.targets("val")
     out: dict[str, Any] = {}
     if task.loss in ("cross_entropy",) and task.kind in ("classification", "sequence"):
-        train_valid = ytr[ytr != IGNORE_INDEX] if task.kind == "sequence" else ytr
+        train_valid = ytr[ytr != IGNORE_INDEX]  # cross-entropy leaves these positions (padding) unscored
         counts = torch.bincount(train_valid.long().reshape(-1), minlength=task.num_classes or 0).float() + 1.0
         log_prior = (counts / counts.sum()).log()
         val = yva.reshape(len(yva), -1).long()

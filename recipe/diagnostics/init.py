@@ -256,7 +256,7 @@ def bias_values(task: Task, target: torch.Tensor) -> torch.Tensor | None:
     """Karpathy's "init well": log class priors (cross-entropy), log-odds (BCE), target mean (MSE) or median (L1)."""
     t = target.detach().cpu()
     if task.loss == "cross_entropy":
-        valid = t[t != IGNORE_INDEX] if task.kind == "sequence" else t.reshape(-1)
+        valid = t[t != IGNORE_INDEX]  # cross-entropy leaves these positions (padding) unscored
         counts = torch.bincount(valid.long(), minlength=task.num_classes or 0).float() + 1.0  # add-one smoothing
         log_prior = counts.log() - counts.sum().log()
         return log_prior - log_prior.mean()

@@ -82,7 +82,14 @@ def is_class_task(task: Task) -> bool:
 
 
 def class_counts(sample: SplitSample, classes: int) -> torch.Tensor:
-    return torch.bincount(sample.targets.reshape(-1).long().clamp(0, classes - 1), minlength=classes)
+    y = scored(sample.targets)
+    return torch.bincount(y.long().clamp(0, classes - 1), minlength=classes)
+
+
+def scored(targets: torch.Tensor) -> torch.Tensor:
+    """The class ids cross-entropy scores, flattened: positions holding IGNORE_INDEX (padding) are left out."""
+    y = targets.reshape(-1)
+    return y[y != IGNORE_INDEX]
 
 
 def summary(train: SplitSample, val: SplitSample, task: Task) -> Check:
@@ -185,7 +192,9 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
         )
     classes = task.num_classes or 1
     for part in (train, val):
-        y = part.targets
+        y = scored(part.targets)
+        if not len(y):
+            continue
         if y.is_floating_point() and not bool((y == y.round()).all()):
             return failed("target_range", f"{part.name} labels are not whole numbers; class ids must be integers.")
         if int(y.min()) < 0 or int(y.max()) >= classes:
