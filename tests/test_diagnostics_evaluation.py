@@ -139,3 +139,15 @@ def test_human_baseline_is_reported_when_given():
     assert human_baseline(None, ev, task).status == "skip"
     check = human_baseline(0.97, ev, task)
     assert check.status == "pass" and check.value["human"] == 0.97
+
+
+def test_input_independent_skips_when_the_short_run_did_not_train_at_all():
+    from recipe.diagnostics.evaluation import input_independent, trained_at_all
+
+    flat = [1.386 + 0.001 * ((i * 7) % 5) for i in range(300)]  # a rate far too low: no fall beyond noise
+    memorised = [1.386 * 0.997**i for i in range(300)]  # shuffled labels still get memorised
+    assert not trained_at_all(flat) and trained_at_all(memorised)
+    same = Evaluation(loss=1.386, loss_se=0.01, metric=0.25, metric_se=0.02, n=128)
+    task = tiny.classification()
+    assert input_independent(same, same, task, flat).status == "skip"
+    assert input_independent(same, same, task, memorised).status == "fail"

@@ -134,13 +134,29 @@ def evaluate_exchanged(task: Task, model: nn.Module, device: torch.device, seed:
     return result
 
 
-def input_independent(real: Evaluation, exchanged: Evaluation, task: Task) -> Check:
+def trained_at_all(step_losses: list[float], fraction: float = 0.1) -> bool:
+    """Whether a short run's training loss fell: the mean of its last `fraction` of steps lies more than three
+    standard errors of its first `fraction` below them. Memorising misaligned labels still lowers it; a learning
+    rate far too low, or gradients that never reach the weights, do not."""
+    n = max(2, int(len(step_losses) * fraction))
+    if len(step_losses) < 2 * n:
+        return True  # too short to tell: judge on the validation comparison alone
+    first, last = torch.tensor(step_losses[:n]), torch.tensor(step_losses[-n:])
+    se = float(first.std() / math.sqrt(n)) + float(last.std() / math.sqrt(n))
+    return bool(torch.isfinite(last).all()) and float(first.mean() - last.mean()) > 3 * se
+
+
+def input_independent(
+    real: Evaluation, exchanged: Evaluation, task: Task, train_losses: list[float] | None = None
+) -> Check:
     """Catches a model that does not use its inputs: labels misaligned or shuffled against the inputs, a forward
     that ignores x. The same model trained for the same budget on inputs exchanged between samples (each sees
     another sample's input: `exchanged_inputs`) must do clearly worse.
 
     Why: recipe step 2, "input-independent baseline"; catalog D1, M12 (overfit-one-batch passes with shuffled
-    labels). The comparison is paired per validation sample, so its standard error is honest.
+    labels). The comparison is paired per validation sample, so its standard error is honest. A verdict needs the
+    short run to have trained at all (`train_losses` fell beyond noise: memorising shuffled labels does that);
+    otherwise the check cannot judge and skips.
     """
     value: dict[str, Any] = {
         "val_loss_real": real.loss,
@@ -155,6 +171,17 @@ def input_independent(real: Evaluation, exchanged: Evaluation, task: Task) -> Ch
     value.update(gain=gain, gain_se=se)
     if not (math.isfinite(real.loss) and math.isfinite(exchanged.loss)):
         return skipped("input_independent", "a validation loss was not finite; see the non-finite check.")
+    if (
+        gain <= max(2 * se, 0.02 * abs(exchanged.loss))
+        and train_losses is not None
+        and not trained_at_all(train_losses)
+    ):
+        return skipped(
+            "input_independent",
+            f"the short run did not train (training loss {train_losses[0]:.4g} -> {train_losses[-1]:.4g}, no fall "
+            "beyond its noise), so comparing it with exchanged inputs cannot tell whether the model uses them; see "
+            "loss_decreases (learning rate, gradients).",
+        )
     if gain <= max(2 * se, 0.02 * abs(exchanged.loss)):  # one-sided, about 98% confidence
         worse = "higher than" if gain < 0 else "no better than"
         return failed(

@@ -159,7 +159,8 @@ class Baseline(Stage):
             exchanged_task = exchanged_inputs(task)
             exchanged_run, _ = self._short_run(ctx, "input_independent", exchanged_task, fresh())
             exchanged = evaluate_exchanged(exchanged_task, exchanged_run.model, device, ctx.seed)
-            checks.append(input_independent(real, exchanged, task).replace(seconds=exchanged_run.seconds))
+            judged = input_independent(real, exchanged, task, trained.step_losses)
+            checks.append(judged.replace(seconds=exchanged_run.seconds))
             curves["exchanged inputs"] = exchanged_run.step_losses
             bars["exchanged inputs"] = (exchanged.loss, exchanged.loss_se)
             figures["exchanged_inputs"] = vars(exchanged) | {"per_sample_loss": None}
