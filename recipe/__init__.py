@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from recipe.check import Check
 from recipe.config import TrainSettings
+from recipe.context import Context
 from recipe.errors import (
     CheckpointError,
     ConfigError,
@@ -16,7 +17,7 @@ from recipe.errors import (
 )
 from recipe.evaluation import Evaluation, evaluate
 from recipe.fit import FitResult, fit
-from recipe.recipe import Context, Recipe, RecipeResult
+from recipe.recipe import Recipe, RecipeResult
 from recipe.stage import Stage
 from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch, Regularize, Tune
 from recipe.task import Task

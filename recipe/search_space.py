@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from recipe.config import TrainSettings
+from recipe.context import accepts, model_factory
 from recipe.errors import ConfigError
-from recipe.recipe import accepts, model_factory
 from recipe.task import Task
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSettings)}

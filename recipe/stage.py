@@ -17,7 +17,7 @@ from recipe.check import Check
 from recipe.config import settings_from_dict
 
 if TYPE_CHECKING:
-    from recipe.recipe import Context
+    from recipe.context import Context
     from recipe.task import Task
 
 

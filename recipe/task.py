@@ -380,28 +380,6 @@ def next_token_share(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((y[:, :-1] == x[:, 1:]) & scored).sum() / scored.sum())
 
 
-def constant_loss(task: Task, target: torch.Tensor) -> float:
-    """Loss of the best constant prediction for these targets: the floor a model that ignores its input reaches.
-
-    Cross-entropy: entropy of the label frequencies; MSE: variance; L1: mean absolute deviation from the median;
-    BCE: entropy of the positive rate. For a callable loss, the loss of an all-zero output.
-    """
-    t = target.detach()
-    if task.loss == "cross_entropy":
-        valid = t[t != IGNORE_INDEX]  # positions cross-entropy ignores (padding) are not part of the floor
-        p = torch.bincount(valid.long().cpu()).float()
-        p = p[p > 0] / p.sum()
-        return float(-(p * p.log()).sum())
-    if task.loss == "mse":
-        return float(t.float().var(0, unbiased=False).mean())
-    if task.loss == "l1":
-        return float((t.float() - t.float().median(0).values).abs().mean())
-    if task.loss == "bce_with_logits":
-        p = t.float().mean(0).clamp(1e-6, 1 - 1e-6)
-        return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
-    return math.nan
-
-
 def _groups(groups: Any) -> tuple[list[Any], list[Any]] | None:
     """`Task(groups=(train_groups, val_groups))` as two plain lists of hashable group ids (lengths are checked
     against the splits by `validate`)."""

@@ -20,7 +20,7 @@ from recipe.batch_size import (
     is_out_of_memory,
     search_batch_size,
 )
-from recipe.recipe import Context
+from recipe.context import Context
 from recipe.rundir import RunDir
 from recipe.stages import Baseline
 from tests import tiny

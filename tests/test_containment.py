@@ -11,8 +11,9 @@ import torch
 from recipe import Recipe, Stage
 from recipe.check import Check, errored, passed
 from recipe.console import Console
+from recipe.context import Context
 from recipe.errors import ConfigError, NonFiniteError, StorageError, TaskError
-from recipe.recipe import Context, RecipeResult, _worst
+from recipe.recipe import RecipeResult, _worst
 from recipe.report import build_report
 from recipe.reproducibility import resolve_device
 from recipe.rundir import RunDir

@@ -19,7 +19,8 @@ from recipe.diagnostics.integrity import (
     target_range,
 )
 from recipe.diagnostics.outliers import outliers, robust_z
-from recipe.diagnostics.splits import auc, domain_auc, duplicates, split_shift
+from recipe.diagnostics.shift import auc, domain_auc, split_shift
+from recipe.diagnostics.splits import duplicates
 from tests import tiny
 
 

@@ -11,7 +11,7 @@ import torch
 from recipe import Task
 from recipe.diagnostics.groups import group_leak
 from recipe.diagnostics.integrity import read_split
-from recipe.diagnostics.splits import affine_residual, neighbour_auc, split_shift
+from recipe.diagnostics.shift import affine_residual, neighbour_auc, split_shift
 from tests import tiny
 
 

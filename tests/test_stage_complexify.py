@@ -86,7 +86,7 @@ def test_a_ladder_from_the_config_calls_the_factory_with_each_size(tmp_path):
 
 
 def test_later_stages_train_the_chosen_rung(tmp_path):
-    from recipe.recipe import model_factory
+    from recipe.context import model_factory
 
     task = ladder_task()
     rung = model_factory(task, "big", dropout=0.3)

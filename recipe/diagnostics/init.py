@@ -15,6 +15,7 @@ from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import Batch
+from recipe.evaluation import constant_loss
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -315,8 +316,6 @@ def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device
     value = {"layer": found[0], "loss_before": before, "loss_after": after}
     if task.loss in ("cross_entropy", "bce_with_logits"):
         uniform = math.log(task.num_classes or 2) if task.loss == "cross_entropy" else math.log(2)
-        from recipe.task import constant_loss
-
         gap = uniform - constant_loss(task, target)
         value["prior_gap_nats"] = gap
         needed = gap > 0.1 and task.kind != "sequence"

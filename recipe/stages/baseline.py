@@ -21,6 +21,7 @@ from recipe import plots
 from recipe.batch_size import batch_size_check, find_batch_size, no_batch_fits
 from recipe.check import Check, skipped
 from recipe.config import require
+from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.data import input_batch, target_leak
 from recipe.diagnostics.dependencies import batch_independence, causal
@@ -44,7 +45,6 @@ from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.fit import FitResult
 from recipe.models import disable_dropout, simple_model_factory
-from recipe.recipe import REGULARISATION_OFF, Context
 from recipe.stage import Stage
 from recipe.task import IGNORE_INDEX, Task
 

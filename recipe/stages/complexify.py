@@ -25,6 +25,7 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
+from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.curves import (
     Rung,
     capacity,
@@ -37,12 +38,11 @@ from recipe.diagnostics.curves import (
 )
 from recipe.diagnostics.optimization import exponential_ramp, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
-from recipe.evaluation import evaluate
+from recipe.evaluation import constant_loss, evaluate
 from recipe.fit import FitResult
 from recipe.models import disable_dropout
-from recipe.recipe import REGULARISATION_OFF, Context
 from recipe.stage import Stage
-from recipe.task import Task, constant_loss
+from recipe.task import Task
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 from recipe import plots
 from recipe.check import Check, passed, skipped
 from recipe.config import require
+from recipe.context import Context
 from recipe.diagnostics.data import input_stats
 from recipe.diagnostics.groups import group_leak
 from recipe.diagnostics.integrity import (
@@ -39,9 +40,9 @@ from recipe.diagnostics.label_noise import find_label_issues, label_noise
 from recipe.diagnostics.leakage import target_derived_features, time_leakage
 from recipe.diagnostics.outliers import outliers
 from recipe.diagnostics.reading import eval_data_deterministic
-from recipe.diagnostics.splits import duplicates, split_shift
+from recipe.diagnostics.shift import split_shift
+from recipe.diagnostics.splits import duplicates
 from recipe.errors import ConfigError
-from recipe.recipe import Context
 from recipe.stage import Stage
 
 

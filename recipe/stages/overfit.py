@@ -17,14 +17,14 @@ import torch
 from recipe import plots
 from recipe.check import Check
 from recipe.config import require
+from recipe.context import REGULARISATION_OFF, Context
 from recipe.data import fixed_indices
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, still_falling, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
+from recipe.evaluation import constant_loss
 from recipe.models import disable_dropout
-from recipe.recipe import REGULARISATION_OFF, Context
 from recipe.stage import Stage
-from recipe.task import constant_loss
 
 
 @dataclass(frozen=True)

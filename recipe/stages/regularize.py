@@ -23,6 +23,7 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped, to_jsonable
 from recipe.config import require
+from recipe.context import REGULARISATION_OFF, Context, accepts, model_factory
 from recipe.data import fixed_indices, tree_map
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.regularization import (
@@ -39,11 +40,10 @@ from recipe.diagnostics.regularization import (
     regularizer,
 )
 from recipe.errors import NonFiniteError
-from recipe.evaluation import evaluate
+from recipe.evaluation import constant_loss, evaluate
 from recipe.models import disable_dropout
-from recipe.recipe import REGULARISATION_OFF, Context, accepts, model_factory
 from recipe.stage import Stage
-from recipe.task import Task, constant_loss
+from recipe.task import Task
 
 REGULARIZERS = ("weight_decay", "dropout", "augmentation", "early_stopping", "smaller_model")
 

@@ -30,11 +30,11 @@ import yaml
 from recipe import checkpoint, plots
 from recipe.check import Check, passed, skipped
 from recipe.config import require
+from recipe.context import Context
 from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
-from recipe.recipe import Context
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage

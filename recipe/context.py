@@ -1,0 +1,141 @@
+"""`Context`: everything a stage may read, and the one place stages hand results on to later stages; the model a
+training-settings record names (`model_factory`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+
+from recipe import resume as resuming
+from recipe.check import Check, containing
+from recipe.config import TrainSettings, suggest
+from recipe.errors import ConfigError
+from recipe.fit import FitResult, fit
+from recipe.rundir import RunDir
+from recipe.task import Task
+
+REGULARISATION_OFF: dict[str, Any] = {"weight_decay": 0.0, "augment": False, "early_stopping": None}
+"""`fit` overrides for the stages that must see the model unregularised (`baseline`, `overfit`)."""
+
+
+@dataclass
+class Context:
+    """Everything a stage may read, and the one place stages hand results to later stages.
+
+    Attributes:
+        task: the user's task.
+        device: the resolved training device.
+        seed: the run's seed.
+        rundir: the run directory (write through `save_json` / `save_figure` / `save_text`).
+        train: the current training settings; earlier stages refine them with `learn` (lr found, batch size).
+        learned: what each stage learned, by stage name: recorded in manifest.json.
+        objects: non-serialisable hand-overs between stages (for example a trained model), by name.
+        stage: the name of the stage now running.
+        progress: whether training runs show progress bars.
+        source: where the task came from when the run was started from a config (`task`, `task_args`), so a
+            stage can write a config the command line can run again.
+        checkpoints: where `fit` runs keep their checkpoints, so a resumed run continues the interrupted stage.
+    """
+
+    task: Task
+    device: torch.device
+    seed: int
+    rundir: RunDir
+    train: TrainSettings = field(default_factory=TrainSettings)
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objects: dict[str, Any] = field(default_factory=dict)
+    stage: str = ""
+    progress: bool = True
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+    checkpoints: resuming.FitCheckpoints | None = None
+
+    def learn(self, **values: Any) -> None:
+        """Record what the running stage learned; keys naming a training setting also update `train`."""
+        known = {f.name for f in dataclasses.fields(TrainSettings)}
+        updates = {k: v for k, v in values.items() if k in known}
+        if updates:
+            self.train = dataclasses.replace(self.train, **updates)
+        self.learned.setdefault(self.stage, {}).update(values)
+
+    def training_task(self, task: Task | None = None, **changes: Any) -> Task:
+        """The task with the model the training settings name: the ladder rung `model` and its `dropout`."""
+        s = dataclasses.replace(self.train, **changes) if changes else self.train
+        task = task or self.task
+        factory = model_factory(task, s.model, s.dropout)
+        return task if factory is task.model else task.replace(model=factory)
+
+    def fit(self, run: str, task: Task | None = None, **overrides: Any) -> FitResult:
+        """`fit` with the current training settings, this run's device and seed, logging to metrics.jsonl.
+
+        `task` defaults to the context's task with the rung and dropout the settings name (`training_task`).
+        """
+        s = self.train
+        task = task or self.training_task()
+        settings: dict[str, Any] = {
+            **s.fit_kwargs(),
+            "batch_size": min(s.batch_size, len(task.train)),
+            "device": self.device,
+            "seed": self.seed,
+            "progress": self.progress,
+            "log": self.rundir.metrics_log(self.stage, run),
+        }
+        settings.update(overrides)
+        if self.checkpoints is not None:  # resumable: continued or replayed when the run is resumed
+            result = self.checkpoints.fit(self.stage, run, task, settings)
+        else:
+            result = fit(task, **settings)
+        self.fits.append({"stage": self.stage, "run": run, "seconds": round(result.seconds, 3), **result.setup})
+        return result
+
+    def check(self, fn: Callable[..., Check], *args: Any, name: str | None = None, **kwargs: Any) -> Check:
+        """Call a check function and record how long it took; if it raises, an `error` check named `name` (default:
+        the function's name without its leading underscore) takes its place and the stage goes on (`containing`)."""
+        start, out = time.perf_counter(), list[Check]()
+        name = name or getattr(fn, "__name__", type(fn).__name__).lstrip("_")
+        with containing(name, out, (inspect.getdoc(fn) or "").split("\n")[0]):
+            out.append(fn(*args, **kwargs))
+        return out[0].replace(seconds=time.perf_counter() - start)
+
+    def contained(self, name: str, checks: list[Check], probing: str = "") -> AbstractContextManager[None]:
+        """A block that computes check `name` (or what later checks need): if it raises, an `error` check named
+        `name` is appended to `checks` and the stage goes on after the block (`recipe.check.containing`)."""
+        return containing(name, checks, probing)
+
+    def save_json(self, name: str, obj: Any) -> str:
+        return self.rundir.save_json(self.stage, name, obj)
+
+    def save_text(self, name: str, text: str) -> str:
+        return self.rundir.save_text(self.stage, name, text)
+
+    def save_figure(self, name: str, fig: Any) -> str:
+        return self.rundir.save_figure(self.stage, name, fig)
+
+
+def model_factory(task: Task, rung: str | None = None, dropout: float | None = None) -> Callable[[], Any]:
+    """The factory for ladder rung `rung` (None: the task's model), with `dropout=` bound when it takes one."""
+    if rung is not None and rung not in task.models:
+        raise ConfigError(f"train.model={rung!r} is not a rung of the task's ladder{suggest(rung, task.models)}")
+    factory = cast(Callable[..., Any], task.model if rung is None else task.models[rung])
+    if dropout is None:
+        return factory
+    if not accepts(factory, "dropout"):
+        raise ConfigError(f"train.dropout={dropout} but the model factory takes no `dropout` argument.")
+    return functools.partial(factory, dropout=dropout)
+
+
+def accepts(factory: Callable[..., Any], argument: str) -> bool:
+    """Whether `factory` (a class or function) takes a keyword `argument`."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
