@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -114,6 +115,10 @@ user's hooks included (raised mid-check it may come from a variant a probe built
 user's setup), becomes that check's `error`, and the stage's other checks still run. `KeyboardInterrupt`,
 `SystemExit` and `Terminated` are not `Exception`s and always end the run."""
 
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""An `OSError` with one of these (a full disk, a quota, a read-only file system) is let through like a
+`StorageError`: the run directory refuses writes, which `recipe run` reports in one line naming the path."""
+
 
 @contextlib.contextmanager
 def containing(name: str, checks: list[Check], probing: str = "") -> Iterator[None]:
@@ -123,10 +128,15 @@ def containing(name: str, checks: list[Check], probing: str = "") -> Iterator[No
     start = time.perf_counter()
     try:
         yield
-    except PROPAGATED:
-        raise
     except Exception as exc:
+        if ends_the_run(exc):
+            raise
         checks.append(errored(name, exc, probing).replace(seconds=time.perf_counter() - start))
+
+
+def ends_the_run(exc: BaseException) -> bool:
+    """Whether containment lets `exc` through: a `PROPAGATED` error, or a disk that refuses writes."""
+    return isinstance(exc, PROPAGATED) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
 
 
 def errored(name: str, exc: BaseException, probing: str = "", subject: str = "the check itself") -> Check:

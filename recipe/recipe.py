@@ -18,12 +18,12 @@ import torch
 
 from recipe import resume as resuming
 from recipe import stopping, threads
-from recipe.check import SEVERITY, STATUSES, Check, errored
+from recipe.check import SEVERITY, STATUSES, Check, ends_the_run, errored
 from recipe.config import TrainSettings, check_run_dir, check_seed, run_name, settings_from_dict, suggest
 from recipe.console import Console
 from recipe.context import Context
 from recipe.diagnostics.numerics import non_finite
-from recipe.errors import ConfigError, NonFiniteError, StorageError
+from recipe.errors import ConfigError, NonFiniteError
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.rundir import RunDir, check_owned
 from recipe.stage import Stage
@@ -290,9 +290,9 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
         checks = list(stage.run(ctx))
     except NonFiniteError as exc:
         checks = [non_finite(exc)]
-    except (ConfigError, StorageError):
-        raise
     except Exception as exc:
+        if ends_the_run(exc):
+            raise
         checks = [errored(stage.name, exc, "the whole stage, whose checks are lost", f"stage {stage.name!r}")]
     skip = set(getattr(stage.settings, "skip", ()))
     out = []

@@ -158,6 +158,8 @@ class RunDir:
             raise ConfigError(
                 f"run_dir {self.path} is not writable ({exc.strerror}); choose another --run-dir."
             ) from exc
+        if not (self.path / LEDGER).exists():  # marked as recipe's before anything else is written in it
+            self._write_ledger([])
         self._lock()
         try:
             ledger = self.ledger()

@@ -3,6 +3,7 @@ on; the exceptions that are verdicts or about the run itself still propagate."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -54,6 +55,7 @@ def test_a_raising_check_becomes_an_error_named_after_it_with_the_exception_and_
         NonFiniteError("loss is NaN at step 3", step=3),  # a verdict: the stage records it as non_finite
         ConfigError("train.model='big' is not a rung"),  # the run's settings: nothing can run until fixed
         StorageError("could not write checks.json: the disk is full"),
+        OSError(errno.ENOSPC, "No space left on device"),  # a figure the full disk refused: the run, not the check
         KeyboardInterrupt(),
     ],
     ids=lambda e: type(e).__name__,
@@ -174,3 +176,12 @@ def test_console_and_report_render_an_error_apart_from_a_fail(tmp_path, capsys):
     rundir.write_checks([error, failure])
     page = build_report(rundir.path).read_text()
     assert page.index("a real bug") < page.index("bad shape")  # "needs attention": the fail, then the error
+
+
+def test_an_os_error_that_is_not_the_disk_is_contained(tmp_path):
+    ctx = _context(tmp_path)
+
+    def boom() -> Check:
+        raise FileNotFoundError(errno.ENOENT, "No such file", "the_users_data.csv")
+
+    assert ctx.check(boom).status == "error"

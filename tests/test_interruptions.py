@@ -33,6 +33,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     import socket
 
+    RunDir(tmp_path).create()  # a run directory whose run died holding its lock
     (tmp_path / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     run = RunDir(tmp_path)
     run.create()
