@@ -120,23 +120,8 @@ AFFINE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding)
 def output_module(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Module] | None:
     """The innermost module whose output the model returns unchanged (the same tensor, not modified in place);
     None when a functional operation (F.relu, torch.softmax) or the task's forward makes the output."""
-    calls: list[tuple[str, nn.Module, torch.Tensor, int]] = []
-
-    def hook(name: str):
-        def record(module: nn.Module, args: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and not out.is_nested:  # a nested tensor is never the returned output
-                calls.append((name, module, out, out._version))
-
-        return record
-
     leaves = [(n, m) for n, m in model.named_modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
-    try:
-        with torch.no_grad():
-            output, _ = task.outputs(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    output, calls = _recorded_forward(model, task, batch, leaves)
     for name, module, out, version in reversed(calls):  # the last one called: nn.ReLU(inplace=True) after Linear
         if out is output:
             return (name, module) if out._version == version else None
@@ -229,28 +214,38 @@ def output_kind_at_init(make_model: Callable[[], nn.Module], task: Task, batch: 
 
 def final_layer(model: nn.Module, task: Task, batch: Batch) -> tuple[str, nn.Module] | None:
     """The module with a bias that produces the model's output: identical tensor first, else same shape, last called."""
-    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "bias", None), nn.Parameter)]
+    output, calls = _recorded_forward(model, task, batch, candidates)
+    for test in (lambda o: o is output, lambda o: o.shape == output.shape, lambda o: o.numel() == output.numel()):
+        for name, module, out, _ in reversed(calls):
+            if test(out):
+                return name, module
+    return None
 
-    def hook(name: str):
+
+def _recorded_forward(
+    model: nn.Module, task: Task, batch: Batch, modules: list[tuple[str, nn.Module]]
+) -> tuple[torch.Tensor, list[tuple[str, nn.Module, torch.Tensor, int]]]:
+    """The model's output on `batch` (no gradients), and each of `modules`' tensor outputs in call order with its
+    version counter then (an in-place operation after it bumps the counter). A nested tensor (a transformer's fast
+    path with a padding mask) has no shape to compare and is never the returned output: it is left out."""
+    calls: list[tuple[str, nn.Module, torch.Tensor, int]] = []
+
+    def hook(name: str) -> Any:
         def record(module: nn.Module, args: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and not out.is_nested:  # a nested tensor has no shape to compare
-                calls.append((name, module, out))
+            if isinstance(out, torch.Tensor) and not out.is_nested:
+                calls.append((name, module, out, out._version))
 
         return record
 
-    candidates = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "bias", None), nn.Parameter)]
-    handles = [m.register_forward_hook(hook(n)) for n, m in candidates]
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules]
     try:
         with torch.no_grad():
             output, _ = task.outputs(model, batch)
     finally:
         for h in handles:
             h.remove()
-    for test in (lambda o: o is output, lambda o: o.shape == output.shape, lambda o: o.numel() == output.numel()):
-        for name, module, out in reversed(calls):
-            if test(out):
-                return name, module
-    return None
+    return output, calls
 
 
 def bias_values(task: Task, target: torch.Tensor) -> torch.Tensor | None:
