@@ -17,6 +17,7 @@ KNOWN_MISS = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using a target size")  # PyTorch's warning about the planted broadcast
 @pytest.mark.parametrize("case", KNOWN_MISS, ids=[c.name for c in BUGS])
 def test_bug_is_flagged_with_its_cause(case):
     out = run_case(case)
