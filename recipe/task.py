@@ -262,12 +262,15 @@ class Task:
         return model
 
     def replace(self, **changes: Any) -> Task:
-        """A shallow copy with some attributes changed (model, train, val, input_transform); hooks are kept."""
+        """A shallow copy with some attributes changed (model, train, val, input_transform); hooks are kept. New
+        `train` or `val` data drops the task's `groups` unless new ones are given."""
         new = copy.copy(self)
         if changes.keys() & {"model", "train", "val"}:
             new._validated = set()  # a new model or new data must be validated again
         if changes.keys() & {"train", "val"}:
             new._targets = {}
+            if "groups" not in changes:
+                new.groups = None  # the group ids named the old samples; a subset passes its own (`subset`)
         for key, value in changes.items():
             if key in ("train", "val"):
                 value = as_split(value, key)
@@ -287,7 +290,11 @@ class Task:
             part = DatasetSplit(HeldSamples([data.dataset[int(i)] for i in indices]), split)
         else:
             part = DatasetSplit(Subset(data.dataset, list(indices)), split)
-        return self.replace(**{split: part})
+        groups = self.groups
+        if groups is not None:
+            kept = [groups[split == "val"][int(i)] for i in indices]
+            groups = (kept, groups[1]) if split == "train" else (groups[0], kept)
+        return self.replace(**{split: part, "groups": groups})
 
     def batch(self, split: str, indices: list[int], device: torch.device | str = "cpu") -> Batch:
         """The samples `indices` of split "train" or "val", collated, on `device`."""

@@ -433,3 +433,14 @@ def test_targets_are_read_once_per_split_and_reread_for_new_data():
     new = task.replace(train=Counting(x[:20], y[:20]))
     probe = 1  # building a split reads its last sample once: a __len__ that overstates the data is refused there
     assert len(new.targets("train")) == 20 and Counting.reads == before + probe + 20
+
+
+def test_subset_keeps_the_groups_of_the_samples_it_keeps_and_new_data_drops_them():
+    x, y = gaussian_points(40)
+    groups = ([i // 4 for i in range(40)], [100 + i for i in range(40)])
+    task = Task((x, y), (x, y), TinyMLP, num_classes=3, groups=groups)
+    part = task.subset("train", [0, 5, 39])
+    assert part.groups == ([0, 1, 9], groups[1])
+    part.validate()  # the group ids match the subset's samples
+    assert task.replace(train=(x[:10], y[:10])).groups is None
+    assert task.replace(model=TinyMLP).groups == groups

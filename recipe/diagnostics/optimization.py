@@ -58,11 +58,17 @@ def overfits_batch(
         f"batch_{task.metric_name}": batch_metric,
     }
     perfect = batch_metric >= 0.99 if accuracy_task else True  # sequences: allow 1 token in 100
-    if final <= tolerance * reference and perfect:
+    if final <= tolerance * reference:  # memorised by the loss: a few near-ties are no evidence of a bug
+        ties = (
+            ""
+            if perfect
+            else f" A few targets are predicted with near-ties ({task.metric_name} {batch_metric:.3f}): samples that "
+            "look alike with different labels, or, for a sequence model, positions whose context it cannot tell apart."
+        )
         return passed(
             "overfit_batch",
             f"one batch memorised: loss {first:.4g} -> {final:.4g} (constant-prediction "
-            f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.",
+            f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.{ties}",
             value,
         )
     expected = f"loss below {tolerance * reference:.3g}" + (", accuracy >= 0.99" if accuracy_task else "")
@@ -87,11 +93,6 @@ def overfits_batch(
             f"the loss is stuck at {final:.3f} with {task.metric_name} 1.0, the floor of probabilities fed as "
             f"logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.3f}): remove the softmax before "
             "the loss"
-        )
-    elif final <= tolerance * reference:
-        cause = (
-            f"the loss is near zero but {task.metric_name} is {batch_metric:.3f}: a few targets are predicted "
-            "with near-ties; train longer or check for conflicting duplicate samples"
         )
     elif accuracy_task and perfect:
         cause = (
