@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from recipe.errors import ConfigError
+from recipe.reproducibility import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from recipe.task import Task
@@ -140,16 +141,17 @@ def for_training(
     threads: int | str, task: Task, model: nn.Module, batch_size: int, seed: int, device: torch.device
 ) -> tuple[int, str]:
     """`choose` for training `model` on `task` with batches of `batch_size`: the step timed is one forward and
-    backward on a copy of the model and a fixed training batch; the model, its gradients and every random generator
-    are left as they were (dropout and a Dataset's random transforms draw from the CPU generator)."""
+    backward on a copy of the model and a fixed training batch; the model, its gradients and every global random
+    generator (python, numpy, torch: dropout and a Dataset's random transforms draw from them) are left as they were,
+    so a run that measured and one that remembered the decision train alike."""
 
     def step() -> Callable[[], None]:
         twin = copy.deepcopy(model).train()
-        with torch.random.fork_rng(devices=[]):
+        with _random_state_kept():
             batch = task.sample_batch("train", min(batch_size, len(task.train)), seed, device)
 
         def run() -> None:
-            with torch.random.fork_rng(devices=[]):
+            with _random_state_kept():
                 task.compute_loss(*task.outputs(twin, batch)).backward()
             twin.zero_grad(set_to_none=True)
 
@@ -157,3 +159,12 @@ def for_training(
 
     key = (task.name, type(model).__qualname__, sum(p.numel() for p in model.parameters()), batch_size, str(device))
     return choose(threads, device, step, key)
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

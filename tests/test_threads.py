@@ -104,3 +104,26 @@ def test_fit_trains_the_same_and_leaves_threads_and_random_state_as_they_were():
         assert "threads" in out.setup
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1])  # the timed probe drew nothing from the generator
+
+
+class NumpyJitter(torch.utils.data.Dataset):
+    """Training samples with noise drawn from numpy's global generator on every read."""
+
+    def __init__(self):
+        self.x, self.y = tiny.blobs(128, 0)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        import numpy as np
+
+        return self.x[i] + torch.from_numpy(np.random.normal(0, 0.1, self.x.shape[1]).astype("float32")), self.y[i]
+
+
+def test_a_run_that_measured_and_one_that_remembered_train_alike():
+    """The probe reads a batch through the Dataset; its random draws must not shift training's (the seed check
+    compares two runs of which only the first measures)."""
+    task = tiny.classification().replace(train=NumpyJitter())
+    runs = [fit(task, epochs=1, batch_size=32, device="cpu", progress=False).step_losses for _ in range(2)]
+    assert runs[0] == runs[1]
