@@ -139,6 +139,21 @@ def test_init_output_bias_sets_the_head_bias():
     assert float(model.head.bias.detach()) == pytest.approx(float(task.targets("train").mean()), rel=1e-5)
 
 
+def _at_prior(task):
+    """The task's model with its head's bias initialised from the training targets (log priors / mean)."""
+    from recipe.diagnostics.init import bias_values
+
+    values = bias_values(task, task.targets("train"))
+
+    def model():
+        net = task.model()
+        with torch.no_grad():
+            net.head.bias.copy_(values)
+        return net
+
+    return task.replace(model=model)
+
+
 def _imbalanced():
     x, y = tiny.blobs(600, 0)
     keep = torch.cat([torch.nonzero(y == 0).flatten()[:30], torch.nonzero(y != 0).flatten()])
@@ -154,6 +169,8 @@ def _imbalanced():
         (lambda: tiny.regression(), "pass"),
         (lambda: tiny.regression(offset=1000.0), "warn"),
         (lambda: tiny.sequence(), "pass"),  # token frequencies are always skewed: applied, not a warning
+        (lambda: _at_prior(_imbalanced()), "pass"),  # the fixed twin: the model's init already sets the prior
+        (lambda: _at_prior(tiny.regression(offset=1000.0)), "pass"),
     ],
 )
 def test_init_bias(make_task, status):

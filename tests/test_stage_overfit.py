@@ -38,7 +38,7 @@ def test_a_dataset_that_augments_every_read_is_memorised_as_read(tmp_path):
 
 def test_a_loss_still_falling_gets_more_steps_instead_of_a_fail(tmp_path):
     check = overfit(tiny.classification(), tmp_path, steps=40)  # far too few steps
-    assert check.status in ("pass", "warn"), check.message
+    assert check.status in ("pass", "skip"), check.message
     assert check.value["steps"] > 60  # it was given more
 
 

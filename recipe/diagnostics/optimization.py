@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from recipe.check import Check, failed, passed, warned
+from recipe.check import Check, failed, passed, skipped, warned
 from recipe.task import Task
 
 
@@ -73,14 +73,12 @@ def overfits_batch(
         )
     expected = f"loss below {tolerance * reference:.3g}" + (", accuracy >= 0.99" if accuracy_task else "")
     if still_falling(step_losses):  # no plateau, so no evidence of a bug: the budget ran out first
-        return warned(
+        return skipped(
             "overfit_batch",
-            f"one batch of {batch_size} samples not memorised yet in {len(step_losses)} steps, but its loss is still "
-            f"falling ({first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}): not a bug by itself; raise "
-            "overfit.steps or overfit.lr to see it reach ~0.",
-            value,
-            expected,
-        )
+            f"cannot judge yet: one batch of {batch_size} samples is not memorised in {len(step_losses)} steps, but "
+            f"its loss is still falling ({first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}), which is "
+            "no sign of a bug; raise overfit.steps or overfit.lr to see it reach ~0.",
+        ).replace(value=value, expected=expected)
     if final > first:
         cause = "the loss rose: its sign is flipped, or the learning rate is far too high"
     elif first - final < 0.1 * abs(first):
