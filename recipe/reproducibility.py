@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -72,3 +74,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif resolved.type not in ("cpu", "mps"):
         raise ConfigError(f"device={str(device)!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
     return resolved
+
+
+@contextlib.contextmanager
+def rng_state_kept() -> Iterator[None]:
+    """Run a block without moving any global generator (python, numpy, torch, CUDA): for reads recipe makes on
+    its own account (a Dataset's random transforms draw from them), so training draws what it would have anyway."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

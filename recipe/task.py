@@ -20,6 +20,7 @@ from torch.utils.data import Subset
 
 from recipe.data import Batch, DatasetSplit, HeldSamples, Split, TensorSplit, as_split, fixed_indices, to_device
 from recipe.errors import TaskError
+from recipe.reproducibility import rng_state_kept
 
 Kind = Literal["classification", "regression", "sequence"]
 KINDS: tuple[str, ...] = ("classification", "regression", "sequence")
@@ -315,7 +316,8 @@ class Task:
             if isinstance(data, TensorSplit):
                 self._targets[key] = self.split_batch((data.x[:n], data.y[:n]))[1].cpu()
             else:
-                parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
+                with rng_state_kept():  # a Dataset's random transforms must not shift what training draws later
+                    parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
                 self._targets[key] = torch.cat(parts).cpu()
         return self._targets[key]
 

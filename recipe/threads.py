@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from recipe.errors import ConfigError
-from recipe.reproducibility import rng_state, set_rng_state
+from recipe.reproducibility import rng_state_kept
 
 if TYPE_CHECKING:
     from recipe.task import Task
@@ -147,11 +147,11 @@ def for_training(
 
     def step() -> Callable[[], None]:
         twin = copy.deepcopy(model).train()
-        with _random_state_kept():
+        with rng_state_kept():
             batch = task.sample_batch("train", min(batch_size, len(task.train)), seed, device)
 
         def run() -> None:
-            with _random_state_kept():
+            with rng_state_kept():
                 task.compute_loss(*task.outputs(twin, batch)).backward()
             twin.zero_grad(set_to_none=True)
 
@@ -159,12 +159,3 @@ def for_training(
 
     key = (task.name, type(model).__qualname__, sum(p.numel() for p in model.parameters()), batch_size, str(device))
     return choose(threads, device, step, key)
-
-
-@contextlib.contextmanager
-def _random_state_kept() -> Iterator[None]:
-    state = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)

@@ -444,3 +444,24 @@ def test_subset_keeps_the_groups_of_the_samples_it_keeps_and_new_data_drops_them
     part.validate()  # the group ids match the subset's samples
     assert task.replace(train=(x[:10], y[:10])).groups is None
     assert task.replace(model=TinyMLP).groups == groups
+
+
+def test_reading_targets_moves_no_random_generator():
+    """A Dataset that augments on every read: recipe's own pass over its targets must not shift training's draws."""
+
+    class Noisy(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i] + torch.randn_like(self.x[i]), self.y[i]
+
+    x, y = gaussian_points(40)
+    task = Task(Noisy(x, y), (x, y), TinyMLP, num_classes=3)
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    task.targets("train", limit=30)
+    assert torch.equal(torch.random.get_rng_state(), before)
