@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from recipe.check import Check, failed, passed, skipped, warned
+from recipe.check import Check, failed, passed, skipped
 from recipe.task import Task
 
 
@@ -165,13 +165,11 @@ def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, dive
 def lr_range(lrs: list[float], losses: list[float], suggestion: dict[str, Any], current_lr: float) -> Check:
     """Reports the learning rate suggested by the range test, or says plainly that there is no reliable one."""
     value = {k: v for k, v in suggestion.items() if k != "smoothed"}
-    if suggestion["lr"] is None:
-        return warned(
+    if suggestion["lr"] is None:  # a curve that says nothing is no evidence of a bug (loss_decreases judges that)
+        return skipped(
             "lr_range_test",
             f"no reliable learning-rate suggestion: {suggestion['reason']}. Keeping lr={current_lr:g}.",
-            value,
-            "a clear descent before divergence",
-        )
+        ).replace(value=value, expected="a clear descent before divergence")
     note = f" ({suggestion['note']})" if "note" in suggestion else ""
     return passed(
         "lr_range_test",
