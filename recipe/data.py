@@ -286,3 +286,24 @@ def fixed_indices(n: int, k: int, seed: int) -> list[int]:
     """`k` distinct indices out of `n`, the same for the same seed: the diagnostics' fixed batches."""
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[: min(k, n)].tolist()
+
+
+def as_groups(groups: Any) -> tuple[list[Any], list[Any]] | None:
+    """`Task(groups=(train_groups, val_groups))` as two plain lists of hashable group ids (lengths are checked
+    against the splits by `validate`)."""
+    if groups is None:
+        return None
+    if not isinstance(groups, tuple | list) or len(groups) != 2:
+        raise TaskError(
+            "groups must be a pair (train_groups, val_groups): one group id per sample of each split, "
+            f"got {type(groups).__name__}."
+        )
+    out = []
+    for split, ids in zip(("train", "val"), groups, strict=True):
+        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        try:
+            {hash(v) for v in values}
+        except TypeError:
+            raise TaskError(f"groups[{split}]: group ids must be hashable (ints or strings).") from None
+        out.append(values)
+    return out[0], out[1]

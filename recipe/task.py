@@ -18,7 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from recipe.data import Batch, DatasetSplit, HeldSamples, Split, TensorSplit, as_split, fixed_indices, to_device
+from recipe.data import (
+    Batch,
+    DatasetSplit,
+    HeldSamples,
+    Split,
+    TensorSplit,
+    as_groups,
+    as_split,
+    fixed_indices,
+    to_device,
+)
 from recipe.errors import TaskError
 from recipe.reproducibility import rng_state_kept
 
@@ -137,7 +147,7 @@ class Task:
         if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0):
             raise TaskError(f"pad_id must be a non-negative int token id, got {pad_id!r}.")
         self.pad_id = pad_id
-        self.groups = _groups(groups)
+        self.groups = as_groups(groups)
         # set on a variant by a probe that changes what the model sees (the input-independent baseline exchanges
         # inputs between samples); the user's task has none
         self.input_transform: Callable[[Any], Any] | None = None
@@ -387,24 +397,3 @@ def next_token_share(x: torch.Tensor, y: torch.Tensor) -> float:
     if not bool(scored.any()):
         return 1.0
     return float(((y[:, :-1] == x[:, 1:]) & scored).sum() / scored.sum())
-
-
-def _groups(groups: Any) -> tuple[list[Any], list[Any]] | None:
-    """`Task(groups=(train_groups, val_groups))` as two plain lists of hashable group ids (lengths are checked
-    against the splits by `validate`)."""
-    if groups is None:
-        return None
-    if not isinstance(groups, tuple | list) or len(groups) != 2:
-        raise TaskError(
-            "groups must be a pair (train_groups, val_groups): one group id per sample of each split, "
-            f"got {type(groups).__name__}."
-        )
-    out = []
-    for split, ids in zip(("train", "val"), groups, strict=True):
-        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        try:
-            {hash(v) for v in values}
-        except TypeError:
-            raise TaskError(f"groups[{split}]: group ids must be hashable (ints or strings).") from None
-        out.append(values)
-    return out[0], out[1]
