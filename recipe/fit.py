@@ -31,6 +31,7 @@ from recipe.evaluation import evaluate
 from recipe.loss_log import LossLog, MetricsLog
 from recipe.optim import build_optimizer, build_schedule, check_settings, kernel_name
 from recipe.reproducibility import resolve_device, seed_everything
+from recipe.rundir import TEMPORARY
 from recipe.task import Task
 from recipe.validation import target_guard
 
@@ -258,7 +259,8 @@ def fit(
     every = math.ceil(checkpoint_every / log_every) * log_every if checkpoint_every and ckpt_dir else 0
     if resume and ckpt_dir is not None:
         for partial in ckpt_dir.glob(".*.tmp"):  # a write killed before its rename: never a checkpoint
-            partial.unlink(missing_ok=True)
+            if TEMPORARY.match(partial.name) and partial.is_file() and not partial.is_symlink():
+                partial.unlink(missing_ok=True)  # only recipe's own temporaries, in a folder that may be the user's
     if resume and ckpt_dir is not None and any(ckpt_dir.glob("last*.pt")):
         (start_epoch, skip, extra), used = checkpoint.restore_newest(
             ckpt_dir / "last.pt", model, opt, sched, generator, result, progress_state

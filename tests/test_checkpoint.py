@@ -121,3 +121,18 @@ def test_seed_everything_makes_draws_repeatable(seed):
     first = _draws()
     seed_everything(seed)
     assert _draws() == first
+
+
+def test_resume_removes_only_recipes_own_temporaries_from_a_checkpoint_folder(tmp_path):
+    """The checkpoint folder is the user's choice: a resume clears the temporaries of killed writes (recipe's names,
+    `.<file>.<8 hex>.tmp`) and nothing else."""
+    from recipe import fit
+    from tests import tiny
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / ".notes.tmp").write_text("mine")
+    (folder / ".last.pt.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    fit(tiny.classification(), epochs=1, device="cpu", progress=False, checkpoint_dir=folder, resume=True)
+    assert (folder / ".notes.tmp").read_text() == "mine"
+    assert not (folder / ".last.pt.0123abcd.tmp").exists()
