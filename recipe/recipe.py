@@ -151,7 +151,7 @@ class Recipe:
         for stage in self.stages:
             stage.validate(self.task)  # settings this task cannot take
         n_threads, threads_reason = threads.for_training(
-            self.train.threads, self.task, self.task.make_model().to(self.device), self.train.batch_size, self.seed,
+            self.train.threads, self.task, self.task.make_model, self.train.batch_size, self.seed,
             self.device,
         )  # fmt: skip
         planned = [s.name for s in self.stages]

@@ -87,18 +87,9 @@ def choose(
 ) -> tuple[int, str]:
     """(thread count, reason) for training on `device`; `make_step()` builds a function running one training
     step's work (only when measuring). `key` identifies the work: it is measured once per key and process."""
-    if threads != "auto":
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads={threads!r}: use 'auto' or a positive number of intra-op CPU threads.")
-        return threads, f"{threads} (set by threads={threads})"
-    now = torch.get_num_threads()
-    why = users_choice()
-    if why is not None:
-        return now, f"{now} (yours: {why})"
-    if device.type != "cpu":
-        return now, f"{now} (torch's default: the {device.type} device does the work)"
-    if CORES == 1:
-        return 1, "1 (one core)"
+    unmeasured = _without_measuring(threads, device)
+    if unmeasured is not None:
+        return unmeasured
     if key and key in _decided:
         return _decided[key]
     step = make_step()
@@ -113,6 +104,23 @@ def choose(
     if key:
         _decided[key] = decided
     return decided
+
+
+def _without_measuring(threads: int | str, device: torch.device) -> tuple[int, str] | None:
+    """The decision when nothing needs timing (a count given, the user's choice, a GPU, one core), else None."""
+    if threads != "auto":
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads={threads!r}: use 'auto' or a positive number of intra-op CPU threads.")
+        return threads, f"{threads} (set by threads={threads})"
+    now = torch.get_num_threads()
+    why = users_choice()
+    if why is not None:
+        return now, f"{now} (yours: {why})"
+    if device.type != "cpu":
+        return now, f"{now} (torch's default: the {device.type} device does the work)"
+    if CORES == 1:
+        return 1, "1 (one core)"
+    return None
 
 
 def _per_step(step: Callable[[], Any], count: int, window: float) -> float:
@@ -138,12 +146,23 @@ def _measure(step: Callable[[], Any]) -> tuple[float, float]:
 
 
 def for_training(
-    threads: int | str, task: Task, model: nn.Module, batch_size: int, seed: int, device: torch.device
+    threads: int | str,
+    task: Task,
+    model: nn.Module | Callable[[], nn.Module],
+    batch_size: int,
+    seed: int,
+    device: torch.device,
 ) -> tuple[int, str]:
     """`choose` for training `model` on `task` with batches of `batch_size`: the step timed is one forward and
     backward on a copy of the model and a fixed training batch; the model, its gradients and every global random
     generator (python, numpy, torch: dropout and a Dataset's random transforms draw from them) are left as they were,
-    so a run that measured and one that remembered the decision train alike."""
+    so a run that measured and one that remembered the decision train alike. `model` may be a factory: it is
+    called only when the decision needs timing (a run on a GPU, or with the user's count, builds nothing)."""
+    unmeasured = _without_measuring(threads, device)
+    if unmeasured is not None:
+        return unmeasured
+    if not isinstance(model, nn.Module):
+        model = model().to(device)
 
     def step() -> Callable[[], None]:
         twin = copy.deepcopy(model).train()

@@ -54,17 +54,22 @@ class PackedGRU(nn.Module):
         return self.head(h[-1])
 
 
-def padded_gru() -> Task:
-    x_train, x_val = padded_tokens(384, 0), padded_tokens(160, 1)
+def _count_task(model: type[nn.Module], seed: int, name: str) -> Task:
+    """Padded token rows labelled by `_count_label`, classified by `model`."""
+    x_train, x_val = padded_tokens(384, seed), padded_tokens(160, seed + 1)
     return Task(
         train=(x_train, _count_label(x_train)),
         val=(x_val, _count_label(x_val)),
-        model=PackedGRU,
+        model=model,
         kind="classification",
         num_classes=2,
         pad_id=PAD,
-        name="padded-gru",
+        name=name,
     )
+
+
+def padded_gru() -> Task:
+    return _count_task(PackedGRU, 0, "padded-gru")
 
 
 def _tags(ids: torch.Tensor) -> torch.Tensor:
@@ -118,16 +123,7 @@ class PaddedTransformer(nn.Module):
 
 
 def transformer_classifier() -> Task:
-    x_train, x_val = padded_tokens(384, 4), padded_tokens(160, 5)
-    return Task(
-        train=(x_train, _count_label(x_train)),
-        val=(x_val, _count_label(x_val)),
-        model=PaddedTransformer,
-        kind="classification",
-        num_classes=2,
-        pad_id=PAD,
-        name="padded-transformer",
-    )
+    return _count_task(PaddedTransformer, 4, "padded-transformer")
 
 
 NEW_KINDS = {"padded_gru": padded_gru, "token_tagging": token_tagging, "transformer_classifier": transformer_classifier}
