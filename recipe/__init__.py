@@ -16,8 +16,8 @@ from recipe.errors import (
     Terminated,
 )
 from recipe.evaluation import Evaluation, evaluate
-from recipe.fit import FitResult, fit
-from recipe.recipe import Recipe, RecipeResult
+from recipe.loop import FitResult, fit
+from recipe.runner import Recipe, RecipeResult
 from recipe.stage import Stage
 from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch, Regularize, Tune
 from recipe.task import Task

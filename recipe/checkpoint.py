@@ -16,7 +16,7 @@ from recipe.reproducibility import rng_state, set_rng_state
 from recipe.rundir import temporary_beside, write_atomic
 
 if TYPE_CHECKING:
-    from recipe.fit import FitResult
+    from recipe.loop import FitResult
 
 from recipe.errors import CheckpointError, StorageError
 

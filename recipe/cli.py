@@ -68,7 +68,7 @@ def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recipe.recipe import Recipe
+    from recipe.runner import Recipe
     from recipe.stages import STAGES
 
     data = load_yaml(args.config)

@@ -12,7 +12,7 @@ import torch
 
 if TYPE_CHECKING:
     from recipe.check import Check
-    from recipe.recipe import RecipeResult
+    from recipe.runner import RecipeResult
     from recipe.task import Task
 
 

@@ -18,7 +18,7 @@ from recipe import resume as resuming
 from recipe.check import Check, containing
 from recipe.config import TrainSettings, suggest
 from recipe.errors import ConfigError
-from recipe.fit import FitResult, fit
+from recipe.loop import FitResult, fit
 from recipe.rundir import RunDir
 from recipe.task import Task
 

@@ -21,7 +21,7 @@ from recipe.errors import NonFiniteError
 from recipe.task import Task
 
 if TYPE_CHECKING:
-    from recipe.fit import FitResult
+    from recipe.loop import FitResult
 
 MetricsLog = Callable[[dict[str, Any]], None]
 

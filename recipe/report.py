@@ -17,7 +17,7 @@ from recipe.check import Check
 from recipe.rundir import REPORT, RunDir, stage_folder
 
 if TYPE_CHECKING:
-    from recipe.recipe import RecipeResult
+    from recipe.runner import RecipeResult
 
 COLORS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781", "error": "#8250df"}
 CSS = """

@@ -19,8 +19,8 @@ from recipe import checkpoint
 from recipe.check import Check, to_jsonable
 from recipe.config import TrainSettings
 from recipe.errors import ConfigError
-from recipe.fit import FitResult
-from recipe.fit import fit as run_fit
+from recipe.loop import FitResult
+from recipe.loop import fit as run_fit
 from recipe.reproducibility import resolve_device, rng_state, set_rng_state
 from recipe.rundir import LEDGER, METRICS, STAGE_ORDER, TEMPORARY, RunDir, remove_files, write_atomic
 from recipe.task import Task

@@ -33,7 +33,7 @@ from recipe.config import TrainSettings
 from recipe.context import model_factory
 from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
-from recipe.fit import fit
+from recipe.loop import fit
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, sobol_configs
 from recipe.study_storage import (
     LEASES,

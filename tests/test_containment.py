@@ -14,10 +14,10 @@ from recipe.check import Check, errored, passed
 from recipe.console import Console
 from recipe.context import Context
 from recipe.errors import ConfigError, NonFiniteError, StorageError, TaskError
-from recipe.recipe import RecipeResult, _worst
 from recipe.report import build_report
 from recipe.reproducibility import resolve_device
 from recipe.rundir import RunDir
+from recipe.runner import RecipeResult, _worst
 from tests import tiny
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recipe import Task
-from recipe.diagnostics.data import input_stats
+from recipe.diagnostics.inputs import input_stats
 from recipe.diagnostics.integrity import (
     class_balance,
     finite_rows,

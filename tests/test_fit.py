@@ -16,7 +16,7 @@ from recipe.checkpoint import load
 from tests.conftest import TinyMLP, gaussian_points
 
 CPU = torch.device("cpu")
-fit_module = importlib.import_module("recipe.fit")  # `recipe.fit` the attribute is the function
+fit_module = importlib.import_module("recipe.loop")  # the module that defines `recipe.fit`
 
 
 def quick(task, **settings):

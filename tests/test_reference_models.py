@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from recipe import Recipe, Task, fit
-from recipe.diagnostics.evaluation import simple_model
+from recipe.diagnostics.baselines import simple_model
 from recipe.errors import TaskError
 from recipe.evaluation import Evaluation
 from recipe.models import simple_model_factory

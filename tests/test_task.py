@@ -307,7 +307,7 @@ class TwoInputNet(nn.Module):
 
 
 def test_subclass_overriding_forward_validates_and_exchanges_nested_inputs_together():
-    from recipe.diagnostics.evaluation import exchanged_inputs
+    from recipe.diagnostics.baselines import exchanged_inputs
 
     x, y = gaussian_points(40)
     task = TwoInputTask((x, y), (x, y), TwoInputNet)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.diagnostics.data import token_distance
+from recipe.diagnostics.inputs import token_distance
 from recipe.task import Task
 
 # A gradient this small relative to the largest one is numerical noise, not a dependency.

@@ -15,7 +15,7 @@ import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import TensorSplit, fixed_indices
-from recipe.diagnostics.data import token_distance
+from recipe.diagnostics.inputs import token_distance
 from recipe.task import IGNORE_INDEX, Task
 
 

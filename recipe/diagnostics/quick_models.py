@@ -57,7 +57,7 @@ def majority_share(labels: torch.Tensor) -> float:
 
 
 def fit_model(task: Task, rows: list[int], seed: int, fit_kwargs: dict[str, Any]) -> torch.nn.Module:
-    from recipe.fit import fit  # fit imports the diagnostics package
+    from recipe.loop import fit  # fit imports the diagnostics package
 
     out = fit(
         task.subset("train", rows), **{**fit_kwargs, "batch_size": min(fit_kwargs["batch_size"], len(rows))}, seed=seed

@@ -23,10 +23,7 @@ from recipe.check import Check, skipped
 from recipe.config import require
 from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.activations import activation_stats, activations
-from recipe.diagnostics.data import input_batch, target_leak
-from recipe.diagnostics.dependencies import batch_independence, causal
-from recipe.diagnostics.dropout import dropout_rates
-from recipe.diagnostics.evaluation import (
+from recipe.diagnostics.baselines import (
     eval_deterministic,
     evaluate_exchanged,
     exchanged_inputs,
@@ -35,7 +32,10 @@ from recipe.diagnostics.evaluation import (
     simple_model,
     trivial_baselines,
 )
+from recipe.diagnostics.dependencies import batch_independence, causal
+from recipe.diagnostics.dropout import dropout_rates
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
+from recipe.diagnostics.inputs import input_batch, target_leak
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.padding import padding_invariance
 from recipe.diagnostics.parameters import params_update
@@ -43,7 +43,7 @@ from recipe.diagnostics.symmetry import init_symmetry
 from recipe.diagnostics.training import loss_decreases, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import evaluate
-from recipe.fit import FitResult
+from recipe.loop import FitResult
 from recipe.models import disable_dropout, simple_model_factory
 from recipe.stage import Stage
 from recipe.task import IGNORE_INDEX, Task

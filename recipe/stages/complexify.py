@@ -39,7 +39,7 @@ from recipe.diagnostics.curves import (
 from recipe.diagnostics.optimization import exponential_ramp, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
-from recipe.fit import FitResult
+from recipe.loop import FitResult
 from recipe.models import disable_dropout
 from recipe.stage import Stage
 from recipe.task import Task

@@ -21,8 +21,8 @@ from recipe import plots
 from recipe.check import Check, passed, skipped
 from recipe.config import require
 from recipe.context import Context
-from recipe.diagnostics.data import input_stats
 from recipe.diagnostics.groups import group_leak
+from recipe.diagnostics.inputs import input_stats
 from recipe.diagnostics.integrity import (
     SplitSample,
     class_balance,

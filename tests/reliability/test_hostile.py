@@ -16,8 +16,8 @@ import pytest
 from recipe import ConfigError, cli
 from recipe.check import Check
 from recipe.config import MAX_ALIASES, load_yaml
-from recipe.recipe import RecipeResult
 from recipe.report import build_report, checks_table_html, result_html
+from recipe.runner import RecipeResult
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 MARK = "pwned-by-report"  # only ever inside the payloads: seeing it unescaped means markup went through

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe.diagnostics.data import alignment_profile, feature_stats, input_batch, single_feature_scores, target_leak
+from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, single_feature_scores, target_leak
 from tests import tiny
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe import fit
-from recipe.diagnostics.evaluation import (
+from recipe.diagnostics.baselines import (
     eval_deterministic,
     evaluate_exchanged,
     exchanged_inputs,
@@ -142,7 +142,7 @@ def test_human_baseline_is_reported_when_given():
 
 
 def test_input_independent_skips_when_the_short_run_did_not_train_at_all():
-    from recipe.diagnostics.evaluation import input_independent, trained_at_all
+    from recipe.diagnostics.baselines import input_independent, trained_at_all
 
     flat = [1.386 + 0.001 * ((i * 7) % 5) for i in range(300)]  # a rate far too low: no fall beyond noise
     memorised = [1.386 * 0.997**i for i in range(300)]  # shuffled labels still get memorised
