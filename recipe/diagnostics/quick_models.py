@@ -22,27 +22,41 @@ LINEAR_FEATURES = 4096  # widest flattened input the linear probe takes (a 64x64
 L2_GRID = (1e-3, 1e-2, 1e-1)  # the probe's weight decay, chosen by out-of-fold log-loss
 
 
-def linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> torch.Tensor:
-    """Multinomial logistic regression (weights with a bias row) fitted by L-BFGS on standardised inputs."""
-    w = torch.zeros(x.shape[1] + 1, num_classes, device=x.device, requires_grad=True)
+def linear_probes(
+    x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, l2: torch.Tensor, classes: int, x_other: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every row of `x` and `x_other` from K multinomial logistic regressions solved by one L-BFGS run.
+
+    Problem k trains on the rows where `train[k]` is True, on inputs standardised with those rows' statistics,
+    with weight decay `l2[k]` on the standardised weights. The problems share no parameter, so the sum of their
+    objectives has each one's optimum as its optimum: one solve replaces K (every fold and every weight decay of
+    the grid at once), with one matrix product per step instead of K small ones. Returns (K, n, classes) for `x`
+    and (K, len(x_other), classes) for `x_other`.
+    """
+    mask = train.float()
+    counts = mask.sum(1, keepdim=True).clamp_min(1)
+    mean = mask @ x / counts  # (K, d): each problem's training rows only
+    std = (mask @ x.square() / counts - mean.square()).clamp_min(0).sqrt() * (counts / (counts - 1).clamp_min(1)).sqrt()
+    std = std.clamp_min(1e-2 * std.mean(1, keepdim=True) + 1e-12)  # constant features must not explode elsewhere
+    w = torch.zeros(len(train), x.shape[1] + 1, classes, device=x.device, requires_grad=True)
+    targets = y.to(x.device).expand(len(train), -1)
     opt = torch.optim.LBFGS([w], max_iter=100, history_size=10, line_search_fn="strong_wolfe")
+
+    def logits(rows: torch.Tensor) -> torch.Tensor:
+        scaled = w[:, :-1] / std[:, :, None]  # (x - mean) / std @ w  ==  x @ (w / std) - (mean / std) @ w
+        bias = w[:, -1] - torch.einsum("kd,kdc->kc", mean, scaled)
+        return torch.einsum("nd,kdc->knc", rows, scaled) + bias[:, None]
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x @ w[:-1] + w[-1], y) + 0.5 * l2 * (w[:-1] ** 2).sum()
+        losses = F.cross_entropy(logits(x).transpose(1, 2), targets, reduction="none")  # (K, n)
+        loss = ((losses * mask).sum(1) / counts[:, 0] + 0.5 * l2 * w[:, :-1].square().sum((1, 2))).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return w.detach()
-
-
-def linear_logits(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, classes: int, l2: float):
-    """Logits for `x_test` from a probe fitted on standardised `x_train` (statistics of the training rows only)."""
-    mean, std = x_train.mean(0), x_train.std(0)
-    std = std.clamp_min(1e-2 * float(std.mean()) + 1e-12)  # constant features must not explode on other rows
-    w = linear_probe((x_train - mean) / std, y_train.to(x_train.device), classes, l2)
-    return (x_test - mean) / std @ w[:-1] + w[-1]
+    with torch.no_grad():
+        return logits(x), logits(x_other)
 
 
 def learns(accuracy: float, chance: float, n: int) -> bool:
@@ -124,10 +138,12 @@ class QuickModels:
         outs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for member in self.members:
             best: tuple[float, float, torch.Tensor, torch.Tensor] | None = None
-            for l2 in L2_GRID if member == "linear" and choose else (self.l2,):
-                out, out_val = torch.zeros(len(fold), self.classes), torch.zeros(len(val_fold), self.classes)
-                for k in range(int(fold.max()) + 1):
-                    out[fold == k], out_val[val_fold == k] = self._fold(member, k, fold, val_fold, exclude, l2)
+            l2s = L2_GRID if member == "linear" and choose else (self.l2,)
+            if member == "linear":
+                held_out = self._linear(fold, val_fold, exclude, l2s)
+            else:
+                held_out = [self._model(fold, val_fold, exclude)]
+            for l2, (out, out_val) in zip(l2s, held_out, strict=True):
                 loss = float(F.cross_entropy(out, self.labels))
                 if best is None or loss < best[0]:
                     best = (loss, l2, out, out_val)
@@ -147,23 +163,50 @@ class QuickModels:
         probs = torch.stack([outs[m][0].softmax(1) for m in self.members]).mean(0)
         return probs, torch.stack([outs[m][1].softmax(1) for m in self.members]).mean(0)
 
-    def _fold(
-        self, member: str, k: int, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor, l2: float
+    def _linear(
+        self, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor, l2s: tuple[float, ...]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Held-out logits of the linear probe for each weight decay in `l2s`: fold k's training and validation rows
+        scored by the probe trained on the other folds' kept rows; every (weight decay, fold) pair in one solve."""
+        assert self.x is not None and self.x_val is not None
+        folds = int(fold.max()) + 1
+        train = torch.stack([(fold != k) & ~exclude for k in range(folds)]).repeat(len(l2s), 1)
+        decay = torch.tensor(l2s, dtype=self.x.dtype).repeat_interleave(folds)
+        device = self.x.device
+        logits, logits_val = linear_probes(
+            self.x, self.labels, train.to(device), decay.to(device), self.classes, self.x_val
+        )
+        logits, logits_val = logits.cpu(), logits_val.cpu()
+        held_out = []
+        for i in range(len(l2s)):
+            out, out_val = torch.zeros(len(fold), self.classes), torch.zeros(len(val_fold), self.classes)
+            for k in range(folds):
+                out[fold == k], out_val[val_fold == k] = (
+                    logits[i * folds + k][fold == k],
+                    logits_val[i * folds + k][val_fold == k],
+                )
+            held_out.append((out, out_val))
+        return held_out
+
+    def _model(
+        self, fold: torch.Tensor, val_fold: torch.Tensor, exclude: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of fold k's training and validation rows from `member` trained on the other folds' kept rows."""
-        train, test, val = (fold != k) & ~exclude, fold == k, val_fold == k
-        if member == "linear":
-            assert self.x is not None and self.x_val is not None
-            x_test = torch.cat([self.x[test.to(self.x.device)], self.x_val[val.to(self.x.device)]])
-            logits = linear_logits(self.x[train.to(self.x.device)], self.labels[train], x_test, self.classes, l2)
-            return logits[: int(test.sum())].cpu(), logits[int(test.sum()) :].cpu()
-        rows = [self.positions[i] for i in train.nonzero().flatten().tolist()]
-        model = fit_model(self.task, rows, k, self.fit_kwargs)
-        test_rows = [self.positions[i] for i in test.nonzero().flatten().tolist()]
-        val_rows = [self.val_rows[i] for i in val.nonzero().flatten().tolist()]
+        """Held-out logits of the task's model: fold k's training and validation rows scored by the model trained on
+        the other folds' kept rows."""
+        out, out_val = torch.zeros(len(fold), self.classes), torch.zeros(len(val_fold), self.classes)
         device = self.fit_kwargs["device"]
-        test_logits = model_logits(self.task, model, "train", test_rows, device)
-        return test_logits, model_logits(self.task, model, "val", val_rows, device)
+        for k in range(int(fold.max()) + 1):
+            train, test, val = (fold != k) & ~exclude, fold == k, val_fold == k
+            model = fit_model(
+                self.task, [self.positions[i] for i in train.nonzero().flatten().tolist()], k, self.fit_kwargs
+            )
+            out[test] = model_logits(
+                self.task, model, "train", [self.positions[i] for i in test.nonzero().flatten().tolist()], device
+            )
+            out_val[val] = model_logits(
+                self.task, model, "val", [self.val_rows[i] for i in val.nonzero().flatten().tolist()], device
+            )
+        return out, out_val
 
 
 def flat_inputs(task: Task, split: str, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
