@@ -160,7 +160,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     try:
         import cleanlab.filter  # noqa: F401  (imported here: its import time is not its pipeline's)
-        import sklearn.linear_model  # noqa: F401
+        import sklearn.linear_model
         import sklearn.model_selection  # noqa: F401
 
         have_cleanlab = True
