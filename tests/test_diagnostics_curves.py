@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from recipe.diagnostics.curves import (
@@ -115,10 +116,31 @@ def history(val: list[float], train: list[float] | None = None, se: float = 0.00
     return [{"val_loss": v, "val_loss_se": se, "train_loss": t} for v, t in zip(val, train, strict=True)]
 
 
-def test_still_improving_warns_when_validation_still_falls_fast():
-    assert still_improving(history([1.0, 0.8, 0.7, 0.65, 0.64, 0.64, 0.64])).status == "pass"
-    check = still_improving(history([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]))
-    assert check.status == "warn" and "train.epochs" in check.message
+def noisy(values: list[float], scale: float, seed: int = 0) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    return [v + scale * float(e) for v, e in zip(values, torch.randn(len(values), generator=g), strict=True)]
+
+
+SLOW = [2.2 - 0.036 * i for i in range(10)]  # measured: lr 5e-5 on digits, still falling 0.036 per epoch
+
+
+@pytest.mark.parametrize(
+    ("val", "se", "status"),
+    [
+        ([1.0, 0.8, 0.7, 0.65, 0.64, 0.64, 0.64], 0.005, "pass"),  # settled
+        ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 0.005, "warn"),  # falling fast
+        (noisy(SLOW, 0.01), 0.01, "warn"),  # the slow rate the former 10%-of-the-loss rule passed
+        (noisy([2.2 - 0.036 * min(i, 5) for i in range(10)], 0.01), 0.01, "pass"),  # its twin, settled halfway
+        (noisy([0.5] * 10, 0.02, seed=3), 0.01, "pass"),  # flat and noisy: no slope beyond its SE
+        ([0.2 - 0.004 * i for i in range(10)], 0.03, "pass"),  # a steady fall too small for validation to resolve
+        ([1.0, 0.5, 0.4], 0.01, "skip"),
+    ],
+)
+def test_still_improving_judges_the_slope_against_its_standard_error(val, se, status):
+    check = still_improving(history(val, se=se))
+    assert check.status == status, check.message
+    if status == "warn":
+        assert "train.epochs" in check.message and check.value["slope_per_epoch"] < -3 * check.value["slope_se"]
 
 
 def test_overfitting_onset_names_the_epoch():

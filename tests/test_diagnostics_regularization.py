@@ -182,6 +182,19 @@ def test_first_layer_passes_trained_weights_and_warns_on_noise(digits_task):
     _, untrained = first_layer_filters(digits.MLP(), digits_task, inputs)
     check = first_layer(untrained, layer)
     assert check.status == "warn" and "looks like noise" in check.message
+    # noise around a per-filter offset: neighbours correlate 0.9, as they do once shuffled (the former null passed it)
+    offset = untrained + 3 * untrained.std() * torch.randn(len(untrained), 1, 1, 1, generator=torch.Generator())
+    check = first_layer(offset, layer)
+    assert check.status == "warn" and check.value["neighbour_correlation"] > 0.5
+    # the clean twin: the same offsets on trained filters keep their structure
+    assert first_layer(filters + 3 * filters.std() * torch.randn(len(filters), 1, 1, 1), layer).status == "pass"
+
+
+def test_first_layer_skips_filters_too_small_to_judge():
+    torch.manual_seed(0)
+    filters = digits.CNN().features[0].weight.detach()  # 16 filters of 3x3: the shuffled null spreads ±0.06
+    check = first_layer(filters, "features.0")
+    assert check.status == "skip" and "too few weights" in check.message
 
 
 def test_first_layer_filters_of_a_convnet_and_none_for_tabular_models(digits_task):
