@@ -1,5 +1,6 @@
 """report.html in a real browser: a short run's page opens in headless Chromium with no console error, shows one
-section per stage that ran, and renders to a screenshot.
+section per stage that ran, renders to a screenshot, and a real click on a plot shows it large in the page's viewer
+(Esc or a click closes it), with no navigation to a `data:` URL, which Chromium blocks.
 
 Needs selenium (the `dev` extra) and Debian's chromium and chromium-driver (`.ci/run` installs them as root);
 skipped with the reason when any is missing. Selenium's own driver download cannot work offline, so the driver is
@@ -19,6 +20,7 @@ from tests import tiny
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 By = pytest.importorskip("selenium.webdriver.common.by").By
+Keys = pytest.importorskip("selenium.webdriver.common.keys").Keys
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -91,3 +93,35 @@ def test_report_screenshot(run_dir, browser, tmp_path):
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
     assert width >= 800 and height >= 800, (width, height)
     assert len(data) > 20_000  # a blank page compresses to a few kilobytes
+
+
+def _shown(browser, element) -> bool:
+    return element.is_displayed() and browser.execute_script("return arguments[0].closest('dialog').open", element)
+
+
+def test_a_click_on_a_plot_shows_it_large_and_esc_or_a_click_closes_it(run_dir, browser):
+    browser.get((run_dir / "report.html").as_uri())
+    thumbnail = browser.find_elements(By.CSS_SELECTOR, ".plots img")[0]
+    viewer = browser.find_element(By.CSS_SELECTOR, "dialog.viewer img")
+    assert not viewer.is_displayed()
+    browser.execute_script("arguments[0].scrollIntoView()", thumbnail)
+    thumbnail.click()
+    assert _shown(browser, viewer)
+    assert browser.current_url == (run_dir / "report.html").as_uri()  # no navigation, to data: or elsewhere
+    natural = browser.execute_script("return arguments[0].naturalWidth", viewer)
+    assert natural > thumbnail.size["width"] and viewer.size["width"] > thumbnail.size["width"], (
+        natural,
+        viewer.size,
+        thumbnail.size,
+    )
+    assert viewer.get_attribute("src") == thumbnail.get_attribute("src")
+    caption = browser.find_element(By.CSS_SELECTOR, "dialog.viewer p").text
+    assert caption == thumbnail.get_attribute("alt") and caption.endswith(".png")
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    assert not viewer.is_displayed()
+    thumbnail.click()  # open again, then close with a click on the picture
+    assert _shown(browser, viewer)
+    viewer.click()
+    assert not viewer.is_displayed()
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, json.dumps(errors, indent=1)
