@@ -85,11 +85,6 @@ class Check:
             artifacts=tuple(record.get("artifacts", ())),
         )
 
-    def _repr_html_(self) -> str:
-        from recipe.report import checks_table_html
-
-        return checks_table_html([self])
-
 
 def passed(name: str, message: str, value: Any = None, expected: Any = None) -> Check:
     return Check(name, "pass", value, expected, message)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
-import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,42 +30,8 @@ DISK_ERRORS = {  # errno -> (how the path was refused, what to do), for a file o
 }
 
 
-def load_task(spec: str, kwargs: dict[str, Any], where: str) -> Any:
-    """Import `module.path:function` (from the current directory too) and call it with `kwargs`."""
-    from recipe.task import Task
-
-    if not spec:
-        raise ConfigError(
-            f"{where}: no `task:` given; add `task: module.path:function` naming a function that returns a recipe.Task."
-        )
-    if ":" not in spec:
-        raise ConfigError(f"{where}: `task:` must name a function as module.path:function, got {spec!r}.")
-    module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"{where}: cannot import {module_name!r} for `task:` ({exc}); run from the folder that "
-            "holds it or install it."
-        ) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"{where}: {module_name} has no function {attr!r} for `task:`.")
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as exc:  # a misspelt or missing task_args key is a config error, not a crash in user code
-        raise ConfigError(f"{where}: task_args do not fit {spec}{inspect.signature(factory)}: {exc}.") from exc
-    except ValueError:
-        pass  # no inspectable signature (some builtins): let the call decide
-    task = factory(**kwargs)
-    if not isinstance(task, Task):
-        raise ConfigError(f"{where}: {spec} returned {type(task).__name__}; it must return a recipe.Task.")
-    return task
-
-
 def run(args: argparse.Namespace) -> int:
+    from recipe.loading import load_task
     from recipe.runner import Recipe
     from recipe.stages import STAGES
 

@@ -74,7 +74,7 @@ class TrainSettings:
 
     def check(self) -> None:
         """Raise a `ConfigError` naming `train.<key>` for a value out of range (types were checked when read)."""
-        from recipe.optim import check_settings
+        from recipe.optim import check_settings  # optim imports torch, which `recipe --help` must not wait for
 
         try:
             check_settings(self.optimizer, self.schedule, self.precision, self.batch_size, self.lr, self.epochs, None)

@@ -15,7 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
+from recipe.distributed import shard
 from recipe.errors import TaskError
+
+IGNORE_INDEX = -100  # F.cross_entropy's default: targets equal to it are not scored
+SCAN_LIMIT = 20_000  # samples read from a Dataset split to infer kind and classes
 
 Batch = Any  # whatever the split yields: a tuple (x, y) for in-memory splits, the collated samples otherwise
 
@@ -206,8 +210,6 @@ def train_batches(
     through a DataLoader (pinned memory and non-blocking copies on CUDA). Under data parallelism (`world` > 1) each
     rank takes its shard of the same permutation (every rank seeds `generator` alike).
     """
-    from recipe.distributed import shard
-
     if isinstance(split, TensorSplit):
         x, y, n = split.x, split.y, len(split)
 
@@ -258,8 +260,6 @@ class _ShardSampler(torch.utils.data.Sampler[int]):
         self.n, self.generator, self.rank, self.world = n, generator, rank, world
 
     def __iter__(self) -> Iterator[int]:
-        from recipe.distributed import shard
-
         return iter(shard(torch.randperm(self.n, generator=self.generator), self.rank, self.world).tolist())
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ import typing
 from typing import Any
 
 from recipe.config import RunConfig, TrainSettings
+from recipe.stages import STAGES
 
 
 def _descriptions(cls: type) -> dict[str, str]:
@@ -54,8 +55,6 @@ def section(title: str, key: str, cls: type) -> str:
 
 
 def reference() -> str:
-    from recipe.stages import STAGES
-
     parts = [
         "# Config reference",
         "",

@@ -16,17 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from recipe import __version__, stopping, threads
 from recipe import resume as resuming
-from recipe import stopping, threads
 from recipe.check import SEVERITY, STATUSES, Check, ends_the_run, errored
+from recipe.checkpoint import digest
 from recipe.config import TrainSettings, check_run_dir, check_seed, run_name, settings_from_dict, suggest
 from recipe.console import Console
 from recipe.context import Context
 from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError
+from recipe.loggers import LOGGERS, make_loggers
+from recipe.report import build_report, result_html
 from recipe.reproducibility import resolve_device, seed_everything
 from recipe.rundir import RunDir, check_owned
 from recipe.stage import Stage
+from recipe.stages import STAGES
 from recipe.task import Task
 from recipe.validation import check_batch_fits
 
@@ -61,8 +65,6 @@ class RecipeResult:
         return f"RecipeResult(ok={self.ok}, {counts}, run_dir='{self.run_dir}')"
 
     def _repr_html_(self) -> str:
-        from recipe.report import result_html
-
         return result_html(self)
 
 
@@ -102,9 +104,6 @@ class Recipe:
         resume: bool = False,
         force: bool = False,
     ):
-        from recipe.loggers import LOGGERS
-        from recipe.stages import STAGES
-
         if not isinstance(task, Task):
             raise ConfigError(f"Recipe needs a recipe.Task, got {type(task).__name__}.")
         config = dict(config or {})
@@ -140,9 +139,6 @@ class Recipe:
 
     def run(self) -> RecipeResult:
         """Run the stages in order; write the run directory; return the result."""
-        from recipe.loggers import make_loggers
-        from recipe.report import build_report
-
         check_run_dir(self.run_dir)  # before any compute; creates nothing
         check_owned(self.run_dir)  # a folder recipe did not create is refused before anything is read or written
         if "batch_size" in (self.config.get("train") or {}):  # a batch size left at its default is clamped instead
@@ -237,8 +233,6 @@ class Recipe:
     def _restore_earlier(self, ctx: Context, done: resuming.Resumed, console: Console) -> None:
         """Kept stages of earlier runs that come before this run's first stage hand on what they set up: their
         training settings (already in `done.train`) and whatever `Stage.restore` re-applies (complexify's ladder)."""
-        from recipe.stages import STAGES
-
         if done.train is not None and done.train_from not in done.finished:
             console.note(f"training settings from the run's earlier {done.train_from!r} stage: lr={done.train.lr:g}")
         for name in done.kept:
@@ -247,8 +241,6 @@ class Recipe:
                 STAGES[name](self.config.get(name)).restore(ctx)
 
     def _manifest(self, threads_reason: str = "") -> dict[str, Any]:
-        from recipe import __version__
-
         return {
             "task": {
                 "name": self.task.name,
@@ -307,8 +299,6 @@ def _run_stage(stage: Stage, ctx: Context) -> list[Check]:
 def _checkpoints(path: Path) -> dict[str, Any]:
     """Size and sha256 of every checkpoint in the run directory (each also has a `.sha256` file that loading
     verifies)."""
-    from recipe.checkpoint import digest
-
     return {p.relative_to(path).as_posix(): digest(p) for p in sorted(path.rglob("*.pt"))}
 
 

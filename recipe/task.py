@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from recipe.data import (
+    IGNORE_INDEX,
+    SCAN_LIMIT,
     Batch,
     DatasetSplit,
     HeldSamples,
@@ -31,6 +33,7 @@ from recipe.data import (
 )
 from recipe.errors import TaskError
 from recipe.reproducibility import rng_state_kept
+from recipe.validation import check_model_output, check_targets
 
 Kind = Literal["classification", "regression", "sequence"]
 KINDS: tuple[str, ...] = ("classification", "regression", "sequence")
@@ -41,9 +44,6 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # on (B, C, H
     "rot90": lambda x: x.rot90(1, (-2, -1)),
     "rot180": lambda x: x.rot90(2, (-2, -1)),
 }
-IGNORE_INDEX = -100  # F.cross_entropy's default: targets equal to it are not scored
-
-SCAN_LIMIT = 20_000  # samples read from a Dataset split to infer kind and classes
 
 
 class Task:
@@ -338,8 +338,6 @@ class Task:
         device = torch.device(device)
         if str(device) in self._validated:
             return
-        from recipe.validation import check_model_output, check_targets
-
         check_targets(self)
         if self.groups is not None:
             for split, ids in zip(("train", "val"), self.groups, strict=True):

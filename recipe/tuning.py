@@ -12,6 +12,7 @@ the files they append to.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -33,7 +34,9 @@ from recipe.config import TrainSettings
 from recipe.context import model_factory
 from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
+from recipe.loading import load_task
 from recipe.loop import fit
+from recipe.rundir import RunDir
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, sobol_configs
 from recipe.study_storage import (
     LEASES,
@@ -256,8 +259,6 @@ def configure(base: TrainSettings, task: Task, values: dict[str, Any]) -> tuple[
     factory = model_factory(task, settings.model, settings.dropout)
     extra = {k: v for k, v in values.items() if k not in TRAIN_KEYS}
     if extra:
-        import functools
-
         factory = functools.partial(factory, **extra)
     return settings, task.replace(model=factory)
 
@@ -329,9 +330,6 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
     """A worker process: rebuild the task from the config's `task:`, then run trials of the shared study. SIGTERM
     (or the parent's death) stops it at its next step boundary, SIGINT at once; its trial is queued again either
     way. Returns 0, or 143 / 130 when stopped."""
-    from recipe.cli import load_task
-    from recipe.rundir import RunDir
-
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     search = Search(**spec["search"])

@@ -4,14 +4,16 @@ problem is a `TaskError` that names the field and the fix."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from recipe.data import TensorSplit
+from recipe.data import IGNORE_INDEX, SCAN_LIMIT, TensorSplit
 from recipe.errors import ConfigError, TaskError
-from recipe.task import IGNORE_INDEX, SCAN_LIMIT, Task
+
+if TYPE_CHECKING:  # for annotations only: `Task.validate` calls these checks, so this module sits below task.py
+    from recipe.task import Task
 
 
 def check_targets(task: Task) -> None:

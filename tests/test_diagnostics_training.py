@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe.diagnostics.activations import activation_stats, activations
-from recipe.diagnostics.numerics import first_non_finite_module, first_non_finite_parameter
 from recipe.diagnostics.training import loss_decreases, seed_reproducible
+from recipe.loss_log import first_non_finite_module, first_non_finite_parameter
 from tests import tiny
 
 

@@ -10,8 +10,8 @@ import torch
 
 from examples import charlm, custom_stage, digits, regression, tabular
 from recipe import Recipe, fit
-from recipe.cli import load_task
 from recipe.config import load_yaml, split_config
+from recipe.loading import load_task
 from recipe.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from recipe.loop import fit
 from recipe.task import Task
 
 LINEAR_FEATURES = 4096  # widest flattened input the linear probe takes (a 64x64 RGB image is 12,288)
@@ -71,8 +72,6 @@ def majority_share(labels: torch.Tensor) -> float:
 
 
 def fit_model(task: Task, rows: list[int], seed: int, fit_kwargs: dict[str, Any]) -> torch.nn.Module:
-    from recipe.loop import fit  # fit imports the diagnostics package
-
     out = fit(
         task.subset("train", rows), **{**fit_kwargs, "batch_size": min(fit_kwargs["batch_size"], len(rows))}, seed=seed
     )

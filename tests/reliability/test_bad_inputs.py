@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import recipe
-from recipe import ConfigError, Recipe, RecipeError, Task, TaskError, cli, fit
+from recipe import ConfigError, Recipe, RecipeError, Task, TaskError, cli, fit, loading
 from recipe.config import load_yaml, split_config
 from recipe.errors import StorageError
 from recipe.stages import STAGES
@@ -500,7 +500,7 @@ def test_python_api_raises_config_error_for_a_bad_yaml(project, edit, argv, patt
     project.write_text(edit(CONFIG))
     with pytest.raises(ConfigError) as info:
         run, _ = split_config(load_yaml(project), STAGES, str(project))
-        cli.load_task(run.task, run.task_args, str(project))
+        loading.load_task(run.task, run.task_args, str(project))
     assert all(re.search(p, str(info.value)) for p in patterns), info.value
 
 
