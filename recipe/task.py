@@ -72,6 +72,9 @@ class Task:
         groups: optional (train_groups, val_groups): a group id per sample of each split (a patient, a subject,
             a recording). Samples of one group belong in one split: a group in both splits is a leak, and a split
             by groups is declared rather than mistaken for a shift.
+        input_ladder: optional smaller versions of the input, smallest first, {name: shrink(batch inputs) -> inputs}
+            (a feature subset, a smaller image, a shorter sequence) that the model accepts; `complexify` reports
+            the smallest one the model does as well on (check `input_ladder`).
 
     Subclasses override `split_batch`, `forward`, `compute_loss`, `loss_per_sample`, `metric_per_sample` or
     `decode` for other data formats, and keep these constructor arguments.
@@ -93,6 +96,7 @@ class Task:
         invariances: dict[str, bool] | None = None,
         pad_id: int | None = None,
         groups: tuple[Any, Any] | None = None,
+        input_ladder: dict[str, Callable[[Any], Any]] | None = None,
     ):
         models = dict(models or {})
         for rung, factory in models.items():
@@ -148,6 +152,9 @@ class Task:
             raise TaskError(f"pad_id must be a non-negative int token id, got {pad_id!r}.")
         self.pad_id = pad_id
         self.groups = as_groups(groups)
+        self.input_ladder = dict(input_ladder or {})
+        if not all(callable(shrink) for shrink in self.input_ladder.values()):
+            raise TaskError("input_ladder must map level names to callables(inputs) -> smaller inputs, smallest first.")
         # set on a variant by a probe that changes what the model sees (the input-independent baseline exchanges
         # inputs between samples); the user's task has none
         self.input_transform: Callable[[Any], Any] | None = None
