@@ -106,8 +106,13 @@ def make_task(
     )
 
 
-if __name__ == "__main__":
-    config = {"inspect": {"folds": 3}, "complexify": {"epochs": 30}, "regularize": {"max_steps": 150}}
-    stages = ["inspect", "baseline", "overfit", "complexify", "regularize"]
-    result = Recipe(make_task(), run_dir="runs/transfer", stages=stages, config=config).run()
+if __name__ == "__main__":  # as `recipe run configs/transfer.yaml`
+    config = {
+        "inspect": {"folds": 3},
+        "train": {"batch_size": 50},
+        "complexify": {"epochs": 100},
+        "regularize": {"max_steps": 300},
+        "tune": {"trials": 8, "seeds": 2},
+    }
+    result = Recipe(make_task(), run_dir="runs/transfer", config=config).run()
     raise SystemExit(0 if result.ok else 1)
