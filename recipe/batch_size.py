@@ -27,12 +27,11 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from recipe import fast_paths
 from recipe.check import Check, failed, passed
 from recipe.data import fixed_indices, place, to_device
 from recipe.errors import ConfigError, NoBatchFitsError
-from recipe.optim import build_optimizer
 from recipe.reproducibility import resolve_device
+from recipe.step import StepSettings, build_step
 from recipe.task import Task
 
 SCALING = 1.6
@@ -190,6 +189,8 @@ def find_batch_size(
     optimizer: str = "adamw",
     lr: float = 3e-4,
     precision: str = "auto",
+    grad_clip: float | None = None,
+    channels_last: bool | None = None,
     eval_batch_size: int = 1024,
     max_batch_size: int | None = None,
     steps: int = 5,
@@ -200,9 +201,10 @@ def find_batch_size(
     """The largest batch whose training and evaluation steps fit on a CUDA device, stopped at the throughput knee.
 
     Every size is tried on a fresh model from the task's factory (the user's models are never touched) with the real
-    optimizer (its state allocated), in the precision `fit` would use, with the training split resident where `fit`
-    would keep it; a training step is forward, loss, backward and optimizer step, an evaluation step is a forward
-    pass at `eval_batch_size` as `fit` evaluates. `warmup` steps, then `steps` timed ones give examples/s.
+    optimizer (its state allocated), with the training split resident where `fit` would keep it; a training step is
+    `fit`'s own (`recipe.step.build_step`: precision, channels_last, clipping, optimizer step), an evaluation step is
+    a forward pass at `eval_batch_size` as `fit` evaluates. `warmup` steps, then `steps` timed ones give examples/s.
+    The model is not compiled: a compiled step would recompile for every size.
 
     Args:
         task: the problem; its training split bounds the batch.
@@ -210,6 +212,8 @@ def find_batch_size(
         optimizer: "adamw", "adam" or "sgd", as `fit` will train.
         lr: the optimizer's learning rate (irrelevant to memory, used only to build it).
         precision: "auto" (bf16 autocast where supported), "fp32" or "bf16", as `fit` will train.
+        grad_clip: the gradient-norm clip `fit` will apply (clipping reads every gradient), or None.
+        channels_last: as `fit`'s: None picks channels_last for conv nets on CUDA.
         eval_batch_size: the batch size of `fit`'s evaluation passes.
         max_batch_size: never try above this; default len(train) // `MIN_STEPS_PER_EPOCH`, as a power of two.
         steps: timed training steps per size.
@@ -237,7 +241,8 @@ def find_batch_size(
         )
     task.validate(dev)
     limit, reason = _cap(len(task.train), max_batch_size)
-    trial = _trial(task, dev, optimizer, lr, precision, min(eval_batch_size, len(task.val)), steps, warmup, seed)
+    settings = StepSettings(optimizer, lr, precision=precision, grad_clip=grad_clip, channels_last=channels_last)
+    trial = _trial(task, dev, settings, min(eval_batch_size, len(task.val)), steps, warmup, seed)
     with torch.random.fork_rng(devices=[dev.index if dev.index is not None else torch.cuda.current_device()]):
         return search_batch_size(trial, limit, reason, progress)
 
@@ -274,42 +279,31 @@ def _cap(n_train: int, max_batch_size: int | None) -> tuple[int, str]:
 def _trial(
     task: Task,
     dev: torch.device,
-    optimizer: str,
-    lr: float,
-    precision: str,
+    settings: StepSettings,
     eval_size: int,
     steps: int,
     warmup: int,
     seed: int,
 ) -> Callable[[int], float]:
-    """`try_batch` for the task: fresh model and optimizer, `warmup` + `steps` training steps, one evaluation step."""
-    autocast = fast_paths.autocast_context(fast_paths.bf16_autocast(precision, dev), dev)
+    """`try_batch` for the task: fresh model and optimizer, `warmup` + `steps` of `fit`'s training step, one
+    evaluation step."""
     train, _ = place(task.train, dev)  # resident on the GPU when fit would keep it there: that memory is taken
     eval_batch = to_device(task.val.batch(range(eval_size)), dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    fast_paths.allow_tf32(dev)  # as fit sets them
 
     def try_batch(batch_size: int) -> float:
         torch.manual_seed(seed)
         model = task.make_model().to(dev).train()
-        opt = build_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, 0.0, 0.9)
+        train_step = build_step(task, model, dev, settings, batch_size=batch_size, total_steps=warmup + steps)
         batch = to_device(train.batch(fixed_indices(len(train), batch_size, seed)), dev)
-
-        def train_step() -> None:
-            with autocast():
-                loss = task.compute_loss(*task.outputs(model, batch))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
         try:
             for _ in range(warmup):
-                train_step()
+                train_step(batch)
         except torch.OutOfMemoryError as exc:
             raise torch.OutOfMemoryError(f"training step at batch {batch_size}: {exc}") from None
         model.eval()
         try:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), train_step.autocast():
                 output, target = task.outputs(model, eval_batch)
                 task.loss_per_sample(output.float(), target)
         except torch.OutOfMemoryError as exc:
@@ -318,7 +312,7 @@ def _trial(
         sync()
         start = time.perf_counter()
         for _ in range(steps):
-            train_step()
+            train_step(batch)
         sync()
         return batch_size * steps / max(time.perf_counter() - start, 1e-9)
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from recipe import faults, stopping
+from recipe import stopping
 from recipe.reproducibility import rng_state, set_rng_state
-from recipe.rundir import temporary_beside, write_atomic
+from recipe.rundir import rename_into_place, temporary_beside, write_atomic
 
 if TYPE_CHECKING:
     from recipe.loop import FitResult
@@ -52,8 +52,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             new = digest(tmp)
             old = _recorded(path) if path.exists() else []
             write_atomic(sidecar(path), json.dumps([new, *old]).encode())
-            faults.before_replace(path)
-            os.replace(tmp, path)
+            rename_into_place(tmp, path)
             write_atomic(sidecar(path), json.dumps([new]).encode())
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -53,6 +53,8 @@ class TrainSettings:
         dropout: passed to the model factory as `dropout=` when it takes that argument; None leaves its default.
         augment: train on the task's augmented batches (`Task(augment=...)`).
         early_stopping: stop after this many epochs without a better validation loss and keep the best weights.
+        checkpoint_seconds: a training run writes its resumable checkpoint at most this often (and when it ends);
+            0 writes one at every epoch end and log point. `recipe run --resume` continues from the last one.
     """
 
     batch_size: int = 64
@@ -71,6 +73,7 @@ class TrainSettings:
     dropout: float | None = None
     augment: bool = False
     early_stopping: int | None = None
+    checkpoint_seconds: float = 60.0
 
     def check(self) -> None:
         """Raise a `ConfigError` naming `train.<key>` for a value out of range (types were checked when read)."""
@@ -80,15 +83,17 @@ class TrainSettings:
             check_settings(self.optimizer, self.schedule, self.precision, self.batch_size, self.lr, self.epochs, None)
         except ConfigError as exc:
             raise ConfigError(f"train.{exc}") from None
-        for name in ("weight_decay", "warmup_steps"):
+        for name in ("weight_decay", "warmup_steps", "checkpoint_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0.")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip={self.grad_clip} must be positive, or null for no clipping.")
 
     def fit_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `fit` these settings fill (the rung and dropout go into the model factory)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "dropout")}
+        """The keyword arguments of `fit` these settings fill (the rung and dropout go into the model factory; the
+        checkpoint interval goes to the run's `FitCheckpoints`)."""
+        skip = ("model", "dropout", "checkpoint_seconds")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,23 @@ def split_config(data: dict[str, Any], stage_names: typing.Iterable[str], where:
     run = settings_from_dict(RunConfig, run_values, where)
     settings_from_dict(TrainSettings, run.train, f"{where}: train")
     return run, sections
+
+
+def effective_config(run: RunConfig, sections: dict[str, Any], stage_settings: dict[str, type], where: str) -> dict:
+    """The config a run uses, every default filled: the top-level keys, `train`, and one section per stage in
+    `stage_settings` (name -> settings dataclass). Plain YAML types; `recipe run` reads it back unchanged."""
+
+    def plain(value: Any) -> Any:  # tuples (a stage's `skip`) as lists: YAML's safe dumper knows no tuple
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+    out = dataclasses.asdict(run)
+    out["stages"] = list(run.stages) if run.stages is not None else list(stage_settings)
+    out["train"] = dataclasses.asdict(settings_from_dict(TrainSettings, run.train, f"{where}: train"))
+    for name, cls in stage_settings.items():
+        out[name] = dataclasses.asdict(settings_from_dict(cls, sections.get(name), f"{where}: {name}"))
+    return plain(out)
 
 
 MAX_SEED = 2**32 - 1  # a run's seed: numpy's range (torch's and python's take these too)

@@ -9,7 +9,6 @@ with a different config is refused, naming the keys that changed, unless forced.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,16 +138,14 @@ class FitCheckpoints:
     (the same model and rows, no training), and the one that was interrupted continues from its last checkpoint.
     A stage's folder is removed when the stage ends; a run started afresh removes them all.
 
-    A fit writes its training state at most every `CHECKPOINT_SECONDS` (the environment variable
-    `RECIPE_CHECKPOINT_SECONDS` overrides it) and when it ends: the overfit stage's one-batch epochs would otherwise
-    write a checkpoint per step.
+    A fit writes its training state at most every `checkpoint_seconds` (the config's `train.checkpoint_seconds`)
+    and when it ends: the overfit stage's one-batch epochs would otherwise write a checkpoint per step.
     """
 
     DONE = "done.pt"
-    CHECKPOINT_SECONDS = float(os.environ.get("RECIPE_CHECKPOINT_SECONDS", 60.0))
 
-    def __init__(self, root: Path, replace: Iterable[str] = ()):
-        self.root = root
+    def __init__(self, root: Path, replace: Iterable[str] = (), checkpoint_seconds: float = 60.0):
+        self.root, self.checkpoint_seconds = root, checkpoint_seconds
         self.counts: dict[tuple[str, str], int] = {}
         for stage in replace:  # stages that run afresh: an interrupted fit of theirs is not continued
             self._remove(root / stage)
@@ -177,7 +174,7 @@ class FitCheckpoints:
             if log is not None:
                 log(row)
 
-        resumable = {"checkpoint_dir": folder, "resume": True, "checkpoint_seconds": self.CHECKPOINT_SECONDS}
+        resumable = {"checkpoint_dir": folder, "resume": True, "checkpoint_seconds": self.checkpoint_seconds}
         result = run_fit(task, **{**settings, "log": keep, **resumable})
         checkpoint.save_atomic(
             {

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipe import faults
 from recipe.check import Check, to_jsonable
 from recipe.errors import ConfigError, StorageError
 
@@ -24,6 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 STAGE_ORDER = ("inspect", "baseline", "overfit", "complexify", "regularize", "tune")
+"""The six stages in recipe order, named only here: their folders are numbered by it (01_inspect ... 06_tune), and
+`recipe.stages.STAGES` pairs these names with their classes in this order."""
 CHECKS, MANIFEST, METRICS, REPORT = "checks.json", "manifest.json", "metrics.jsonl", "report.html"
 LOCK = ".lock"  # held by the run using the directory: {"pid", "host", "started"}
 LEDGER = ".recipe"  # marks a run directory; one line per file recipe wrote in it (a run-relative path)
@@ -42,14 +43,26 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+before_replace: Callable[[Path], None] | None = None
+"""A test seam, None in production: every atomic write (`write_atomic`, `checkpoint.save_atomic`) calls it with its
+target once the temporary file is complete, just before the rename. tests/reliability/faults.py sets it to make a
+write fail for lack of space or kill the process there, faults a signal cannot aim at."""
+
+
+def rename_into_place(tmp: str, path: Path) -> None:
+    """The last step of an atomic write: `os.replace(tmp, path)`, after the `before_replace` seam."""
+    if before_replace is not None:
+        before_replace(path)
+    os.replace(tmp, path)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over `path`: readers never see half a file."""
     fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        faults.before_replace(path)
-        os.replace(tmp, path)
+        rename_into_place(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -21,7 +21,7 @@ from recipe import resume as resuming
 from recipe.check import SEVERITY, STATUSES, Check, ends_the_run, errored
 from recipe.checkpoint import digest
 from recipe.config import TrainSettings, check_run_dir, check_seed, run_name, settings_from_dict, suggest
-from recipe.console import Console
+from recipe.console import Console, doing, progress_line
 from recipe.context import Context
 from recipe.diagnostics.numerics import non_finite
 from recipe.errors import ConfigError, NonFiniteError
@@ -79,7 +79,8 @@ class Recipe:
         seed: seeds python, numpy and torch for every training run.
         keep_going: run later stages even after a failed check.
         config: per-stage settings by stage name (as in a YAML config), plus `train` for the training settings.
-        progress: show progress bars (only on a terminal).
+        progress: show progress: on a terminal a run line (stage i/n, what trains, time left) above fit's bars;
+            elsewhere (CI logs, notebooks) a printed line when a stage or a loop starts, others at most every 10 s.
         quiet: print only the final summary.
         source: where the task came from, when started from a config ({"task": "module:function", "task_args":
             {...}}); stages use it to write configs the command line can run again.
@@ -175,14 +176,21 @@ class Recipe:
         try:
             resuming.keep_metrics(rundir, done.rows)
             loggers = make_loggers(self.loggers, rundir.path)
-            ctx.checkpoints = resuming.FitCheckpoints(rundir.path / "checkpoints", () if self.resume else planned)
+            replace = () if self.resume else planned
+            ctx.checkpoints = resuming.FitCheckpoints(
+                rundir.path / "checkpoints", replace, ctx.train.checkpoint_seconds
+            )
             rundir.write_manifest(manifest | {"train_after": train_after, "fits": ctx.fits})  # resumable from here
         except BaseException:
             rundir.close()  # the lock goes with the run that could not start
             raise
         try:
-            with stopping.handling_sigterm(), threads.using(n_threads):  # SIGTERM: fits checkpoint, the run ends
-                for stage in self.stages:
+            with (
+                stopping.handling_sigterm(),  # SIGTERM: fits checkpoint, the run ends
+                threads.using(n_threads),
+                progress_line(self.progress and not self.quiet),  # stage i/n, what runs, time left
+            ):
+                for i, stage in enumerate(self.stages, 1):
                     ctx.stage = stage.name
                     if stage.name in done.finished:
                         stage.restore(ctx)
@@ -190,7 +198,8 @@ class Recipe:
                         continue
                     start = time.perf_counter()
                     seed_everything(self.seed)  # each stage starts alike, resumed or not, whatever ran before it
-                    stage_checks = _run_stage(stage, ctx)
+                    with doing(stage.name, i, len(self.stages)):
+                        stage_checks = _run_stage(stage, ctx)
                     timings[stage.name] = round(time.perf_counter() - start, 3)
                     checks = _in_order([*checks, *stage_checks], done.order)
                     statuses[stage.name] = _worst(stage_checks)

@@ -23,6 +23,7 @@ from recipe.batch_size import (
 from recipe.context import Context
 from recipe.rundir import RunDir
 from recipe.stages import Baseline
+from recipe.step import StepSettings, build_step
 from tests import tiny
 
 
@@ -160,7 +161,7 @@ class GreedyMLP(tiny.MLP):
 
 @pytest.mark.parametrize("task", [tiny.classification(), tiny.sequence()], ids=["classification", "sequence"])
 def test_real_trial_measures_examples_per_second(task):
-    trial = _trial(task, torch.device("cpu"), "adamw", 3e-4, "auto", eval_size=32, steps=2, warmup=1, seed=0)
+    trial = _trial(task, torch.device("cpu"), StepSettings(precision="auto"), eval_size=32, steps=2, warmup=1, seed=0)
     assert trial(4) > 0
     result = search_batch_size(trial, *_cap(len(task.train), None))
     assert 1 <= result.batch_size <= result.cap and set(result.curve) >= {1, 2}
@@ -168,16 +169,30 @@ def test_real_trial_measures_examples_per_second(task):
 
 def test_real_trial_recovers_from_out_of_memory():
     task = tiny.classification(model=GreedyMLP)
-    trial = _trial(task, torch.device("cpu"), "adamw", 3e-4, "fp32", eval_size=8, steps=1, warmup=1, seed=0)
+    trial = _trial(task, torch.device("cpu"), StepSettings(precision="fp32"), eval_size=8, steps=1, warmup=1, seed=0)
     result = search_batch_size(trial, cap=32)
     assert result.out_of_memory[0] == 16 and all(b > 8 for b in result.out_of_memory)
     assert result.largest_fit == 8 and set(result.curve) == {1, 2, 4, 8, *([7] if result.batch_size == 7 else [])}
     assert result.batch_size == 7 if result.limited_by == "memory" else result.batch_size <= 4  # CPU timings vary
 
 
+def test_the_trial_trains_with_fits_own_step(monkeypatch):
+    built = []
+
+    def spy(task, model, device, settings, **kwargs):
+        built.append((settings, kwargs))
+        return build_step(task, model, device, settings, **kwargs)
+
+    monkeypatch.setattr("recipe.batch_size.build_step", spy)
+    settings = StepSettings("sgd", precision="fp32", grad_clip=0.5, channels_last=False)
+    trial = _trial(tiny.classification(), torch.device("cpu"), settings, eval_size=8, steps=2, warmup=1, seed=0)
+    assert trial(4) > 0
+    assert built == [(settings, {"batch_size": 4, "total_steps": 3})]  # a fresh step (model, optimizer) per size
+
+
 def test_eval_step_that_runs_out_of_memory_fails_even_batch_one():
     task = tiny.classification(model=GreedyMLP)  # evaluation at 32 samples never fits
-    trial = _trial(task, torch.device("cpu"), "adamw", 3e-4, "fp32", eval_size=32, steps=1, warmup=1, seed=0)
+    trial = _trial(task, torch.device("cpu"), StepSettings(precision="fp32"), eval_size=32, steps=1, warmup=1, seed=0)
     with pytest.raises(NoBatchFitsError, match=r"GPU memory \(evaluation step at batch 32: CUDA out of memory"):
         search_batch_size(trial, cap=32)
 

@@ -46,7 +46,7 @@ def test_settings_from_dict_builds_the_dataclass(data, expected):
         ({"batchsize": 32}, r"train: unknown key 'batchsize'; did you mean 'batch_size'\?"),
         ({"epoch": 3}, r"unknown key 'epoch'; did you mean 'epochs'\?"),
         ({"warmup": 10}, r"unknown key 'warmup'; did you mean 'warmup_steps'\?"),
-        ({"zzz": 1}, r"unknown key 'zzz'; valid keys: augment, batch_size, compile, .*weight_decay\."),
+        ({"zzz": 1}, r"unknown key 'zzz'; valid keys: augment, batch_size, checkpoint_seconds, .*weight_decay\."),
         ({"epochs": "ten"}, r"train\.epochs must be an integer, got 'ten'"),
         ({"epochs": 10.0}, r"train\.epochs must be an integer, got 10\.0"),
         ({"epochs": True}, r"train\.epochs must be an integer, got True"),

@@ -16,7 +16,7 @@ from recipe.checkpoint import load
 from tests.conftest import TinyMLP, gaussian_points
 
 CPU = torch.device("cpu")
-fit_module = importlib.import_module("recipe.loop")  # the module that defines `recipe.fit`
+step_module = importlib.import_module("recipe.step")  # builds the training step `fit` runs
 
 
 def quick(task, **settings):
@@ -229,14 +229,14 @@ def _cosine(i, total, warmup=0):
 )
 def test_schedule_sets_the_lr_of_every_step(classification_task, monkeypatch, schedule, warmup_steps, factor):
     lrs = []
-    make_optimizer = fit_module.build_optimizer
+    make_optimizer = step_module.build_optimizer
 
     def recording_optimizer(*args, **kwargs):
         opt = make_optimizer(*args, **kwargs)
         opt.register_step_pre_hook(lambda o, a, k: lrs.append(o.param_groups[0]["lr"]))
         return opt
 
-    monkeypatch.setattr(fit_module, "build_optimizer", recording_optimizer)
+    monkeypatch.setattr(step_module, "build_optimizer", recording_optimizer)
     out = quick(classification_task, epochs=2, lr=0.1, schedule=schedule, warmup_steps=warmup_steps)
     assert len(lrs) == out.steps == 10
     assert lrs == pytest.approx([0.1 * factor(i, 10) for i in range(10)])

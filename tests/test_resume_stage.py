@@ -18,17 +18,16 @@ CONFIG = """
 task: tests.tiny:classification
 run_dir: {run_dir}
 stages: [overfit, complexify]
+train: {{checkpoint_seconds: 0}}  # a checkpoint at every epoch end and log point
 overfit: {{lr_steps: 30}}
 complexify: {{epochs: 4, lr_steps: 20}}
 """
 
 
 def recipe(config: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECIPE_CHECKPOINT_SECONDS": "0"}  # every epoch, every log point
-    env.pop("RECIPE_FAULT", None)
-    if fault:
-        env["RECIPE_FAULT"] = fault
-    command = [sys.executable, "-m", "recipe.cli", "run", str(config), "--quiet", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ["tests.reliability.faulty", fault, "--"] if fault else []  # arms the fault in the child
+    command = [sys.executable, "-m", *launch, "recipe.cli", "run", str(config), "--quiet", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -3,8 +3,9 @@ run directory's ownership (issue 15, items 1 and 2). Shared by tests/reliability
 benchmarks/faults.py.
 
 A fit boundary is the start of a stage's k-th training run: every `Context.fit` first writes its `settings.json`
-under run_dir/checkpoints/, so `RECIPE_FAULT=kill_before_rename:<n>:settings.json` kills the process (SIGKILL, no
-handler runs) as the n-th training run of the whole run begins, when the n-1 before it have ended. The resumed stage
+under run_dir/checkpoints/, so the fault `kill_before_rename:<n>:settings.json` (tests/reliability/faults.py) kills
+the process (SIGKILL, no handler runs) as the n-th training run of the whole run begins, when the n-1 before it have
+ended. The resumed stage
 replays those from their `done.pt`, and must end with the checks, learned values and metrics rows, byte for byte, of
 a run never interrupted: whatever a callback or a plot needs from a replayed fit comes back with it.
 """
@@ -37,10 +38,9 @@ FITS = 17  # training runs in CONFIG's run: baseline 5, overfit 3 (a longer one-
 
 
 def recipe(config: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RECIPE_FAULT"} | {"OMP_NUM_THREADS": "1"}
-    if fault:
-        env["RECIPE_FAULT"] = fault
-    command = [sys.executable, "-m", "recipe.cli", "run", str(config), "--quiet", *args]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "tests.reliability.faulty", fault or "", "--", "recipe.cli", "run", str(config)]
+    command += ["--quiet", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 

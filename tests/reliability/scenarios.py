@@ -2,9 +2,9 @@
 
 Each scenario injects one fault into real work and returns an `Outcome`: whether the run survived (resumed to what
 an uninterrupted run gives, or refused with a one-line error), with the rows and trials lost and the hostile files
-that ran. Faults come from real signals sent to a child process (`os.kill`), or from the `RECIPE_FAULT` hook
-(`recipe.faults`) for what a signal cannot reach: a write that fails for lack of space, a kill between a temporary
-file and its rename.
+that ran. Faults come from real signals sent to a child process (`os.kill`), or from `tests.reliability.faults`
+(armed in a child through `tests.reliability.faulty`) for what a signal cannot reach: a write that fails for lack of
+space, a kill between a temporary file and its rename.
 
 A child is killed at a precise point without sleeping: its training prints `MARKER` on stdout and then blocks reading
 stdin; the parent waits for that line, then signals it. In a `fit` child the point is chosen by a callback (`on_log`,
@@ -173,7 +173,7 @@ class Child:
     """A child process whose stdout is read line by line (to wait for `MARKER`) and whose stdin can release it."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT):
-        base = {k: v for k, v in os.environ.items() if k not in ("RECIPE_FAULT", BLOCK_ENV)}
+        base = {k: v for k, v in os.environ.items() if k != BLOCK_ENV}
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             argv,
@@ -241,8 +241,8 @@ class Child:
 
 def fit_process(folder: Path, point: str, rows: str, fault: str | None = None) -> Child:
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "tests.reliability.scenarios", "fit", str(folder), point, rows]
-    return Child(argv, {"RECIPE_FAULT": fault} if fault else None)
+    launch = ["tests.reliability.faulty", fault, "--"] if fault else []  # arms the fault in the child
+    return Child([sys.executable, "-m", *launch, "tests.reliability.scenarios", "fit", str(folder), point, rows])
 
 
 def recipe_process(*args: str, env: dict[str, str] | None = None) -> Child:
@@ -363,10 +363,10 @@ def last_checkpoint(folder: Path) -> dict[str, Any]:
 
 
 def kill_in_write(folder: Path, target: str, nth: int, ref: FitRun) -> Outcome:
-    """`RECIPE_FAULT=kill_before_rename:<nth>:<target>`: a `fit` child dies at its nth write of `target`, once the
-    temporary file is written and before its rename (`save_atomic` writes last.pt.sha256 twice per checkpoint:
-    before last.pt's rename and after it). The checkpoint left must verify and load, and a resume must end where an
-    uninterrupted run ends."""
+    """`kill_before_rename:<nth>:<target>` (tests/reliability/faults.py): a `fit` child dies at its nth write of
+    `target`, once the temporary file is written and before its rename (`save_atomic` writes last.pt.sha256 twice
+    per checkpoint: before last.pt's rename and after it). The checkpoint left must verify and load, and a resume must
+    end where an uninterrupted run ends."""
     name = f"kill -9 before renaming {target} (write {nth})"
     child = fit_process(folder, "none", "rows_before.jsonl", f"kill_before_rename:{nth}:{target}")
     rc = child.finish()
@@ -386,7 +386,7 @@ def enospc_fit(folder: Path, ref: FitRun) -> Outcome:
     loads, no temporary file stays, and a resume ends where an uninterrupted run ends."""
     import errno
 
-    from recipe import faults
+    from tests.reliability import faults
 
     name = "ENOSPC writing last.pt"
     faults.inject("enospc:3:last.pt")
@@ -670,7 +670,7 @@ def enospc_run(folder: Path) -> Outcome:
     exit 2, a manifest marked interrupted; `--resume` completes."""
     name = "ENOSPC during recipe run"
     config, run_dir = write_config(folder)
-    from recipe import faults
+    from tests.reliability import faults
 
     faults.inject("enospc:*.png")
     try:
