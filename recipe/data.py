@@ -71,6 +71,8 @@ def _as_tensor(array: Any, field: str) -> torch.Tensor:
 class TensorSplit:
     """A split held as two tensors `x` (inputs) and `y` (targets), indexed directly."""
 
+    in_memory = True
+
     def __init__(self, x: torch.Tensor, y: torch.Tensor, field: str):
         for part, t in (("inputs", x), ("targets", y)):
             if t.dim() == 0:
@@ -107,6 +109,8 @@ class TensorSplit:
 
 class DatasetSplit:
     """A split held as a map-style `Dataset`; batches are collated with `default_collate`."""
+
+    in_memory = False
 
     def __init__(self, dataset: Dataset, field: str):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):

@@ -30,6 +30,12 @@ STYLE: Any = {
 }
 
 
+def _figure(**kwargs: Any) -> tuple[Figure, Any]:
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(**kwargs)
+    return fig, ax
+
+
 def loss_curves(
     series: Mapping[str, Sequence[float]],
     title: str,

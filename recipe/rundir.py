@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 STAGE_ORDER = ("inspect", "baseline", "overfit", "complexify", "regularize", "tune")
 """The six stages in recipe order, named only here: their folders are numbered by it (01_inspect ... 06_tune), and
 `recipe.stages.STAGES` pairs these names with their classes in this order."""
-"""The six stages in recipe order, named only here: their folders are numbered by it (01_inspect ... 06_tune), and
-`recipe.stages.STAGES` pairs these names with their classes in this order."""
 CHECKS, MANIFEST, METRICS, REPORT = "checks.json", "manifest.json", "metrics.jsonl", "report.html"
 LOCK = ".lock"  # held by the run using the directory: {"pid", "host", "started"}
 LEDGER = ".recipe"  # marks a run directory; one line per file recipe wrote in it (a run-relative path)

@@ -3,8 +3,12 @@ smallest that does as well as the full input (check `input_ladder`, in recipe/di
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from recipe import Recipe, Task
 from recipe.diagnostics.input_size import input_ladder
@@ -58,6 +62,43 @@ def test_a_label_from_every_feature_keeps_the_full_input(tmp_path):
     assert increase["2 features"] > 2 * se["2 features"] and increase["8 features"] > 2 * se["8 features"]
 
 
+# ---- another modality: image size ---------------------------------------------------------------------------------
+
+
+def image_task(label: str, model) -> Task:
+    """8x8 images; the label is coarse (top half brighter than the bottom) or fine (the signed contrast inside the
+    top-left 2x2 block, which averaging each 2x2 block erases)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 1, 8, 8, generator=g)
+    if label == "coarse":
+        y = x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))
+        shrink = partial(F.avg_pool2d, kernel_size=2)  # a 4x4 image: the model pools adaptively
+    else:
+        y = x[:, 0, 0, 0] - x[:, 0, 0, 1] - x[:, 0, 1, 0] + x[:, 0, 1, 1] > 0
+        shrink = lambda x: F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0)  # 4x4, shown at 8x8
+    return Task(
+        train=(x[:600], y[:600].long()), val=(x[600:], y[600:].long()), model=model, input_ladder={"4x4": shrink}
+    )
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 2)
+    )
+
+
+def flat_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), MLP(out=2, features=64))
+
+
+def test_an_image_label_seen_at_half_size_is_learned_as_well_at_half_size(tmp_path):
+    assert run_complexify(image_task("coarse", cnn), tmp_path)["smallest"] == "4x4"
+
+
+def test_an_image_label_in_fine_detail_keeps_the_full_size(tmp_path):
+    assert run_complexify(image_task("fine", flat_mlp), tmp_path)["smallest"] == "full"
+
+
 def _evaluation(losses: list[float]) -> Evaluation:
     per_sample = torch.tensor(losses)
     se = float(per_sample.std() / len(losses) ** 0.5)
@@ -88,10 +129,13 @@ def test_input_ladder_reports_the_smallest_level_within_noise(levels, smallest):
     assert check.status == "pass" and check.value["smallest"] == smallest, check.message
 
 
-def test_input_ladder_skips_without_a_ladder_or_a_full_run():
+def test_input_ladder_skips_without_a_ladder_a_full_run_or_anything_learned():
     full = _evaluation([1.0, 2.0, 3.0])
     assert input_ladder(full, {}).status == "skip"
     assert input_ladder(None, {"small": full}).status == "skip"
+    check = input_ladder(full, {"small": _evaluation([2.0, 2.0, 3.0])}, constant=2.0)  # no better than a constant
+    assert check.status == "skip" and "constant" in check.message
+    assert input_ladder(full, {"small": full}, constant=4.0).status == "pass"
 
 
 def test_input_ladder_levels_must_be_callables():

@@ -12,11 +12,12 @@ from recipe.diagnostics.regularization import paired_gain
 from recipe.evaluation import Evaluation
 
 
-def input_ladder(full: Evaluation | None, levels: dict[str, Evaluation | None]) -> Check:
+def input_ladder(full: Evaluation | None, levels: dict[str, Evaluation | None], constant: float | None = None) -> Check:
     """Reports the smallest level of the task's input ladder whose validation loss is within noise of the full input.
 
     `levels` are the task's `input_ladder` levels, smallest first, each trained like the full input (same rung, rate
-    and budget). Not a bug detector: it passes with the finding.
+    and budget); `constant` is the loss of the best constant prediction. Not a bug detector: it passes with the
+    finding, and skips when the full input's run learned nothing (no better than the constant) to lose.
 
     Why: a smaller input that loses nothing beyond twice the paired per-sample standard error of the validation
     loss (one-sided, ~98%) trains faster and overfits less; one that loses more dropped what the labels depend on.
@@ -25,6 +26,12 @@ def input_ladder(full: Evaluation | None, levels: dict[str, Evaluation | None]) 
         return skipped("input_ladder", "the task declares no input ladder (Task(input_ladder={name: shrink})).")
     if full is None:
         return skipped("input_ladder", "the run on the full input diverged; nothing to compare the levels with.")
+    if constant is not None and full.loss > constant - 2 * (full.loss_se or 0.0):
+        return skipped(
+            "input_ladder",
+            f"the run on the full input does not beat the constant prediction (validation loss {full.loss:.4g} "
+            f"against {constant:.4g}): it learned nothing a smaller input could lose; compare once it learns.",
+        )
     costs: dict[str, tuple[float, float] | None] = {}
     for name, level in levels.items():  # the loss the level adds to the full input's, with its paired SE
         gain, se = paired_gain(full, level) if level is not None else (0.0, 0.0)

@@ -48,7 +48,7 @@ from recipe.errors import NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.models import disable_dropout
-from recipe.stage import Stage, StageSettings
+from recipe.stage import Stage
 from recipe.task import Task
 from recipe.transfer import Pretrained, fine_tune
 
@@ -56,7 +56,7 @@ REGULARIZERS = ("weight_decay", "dropout", "augmentation", "early_stopping", "sm
 
 
 @dataclass(frozen=True)
-class RegularizeSettings(StageSettings):
+class RegularizeSettings:
     """Settings of the `regularize` stage.
 
     Args:
@@ -73,6 +73,7 @@ class RegularizeSettings(StageSettings):
         overfit_steps: optimizer steps for it.
         overfit_lr: learning rate for it.
         max_features: at most this many tabular features are ablated one by one (more: the check is skipped).
+        skip: checks to report as "skip" (they still run).
     """
 
     epochs: int | None = None
@@ -88,6 +89,7 @@ class RegularizeSettings(StageSettings):
     overfit_steps: int = 300
     overfit_lr: float = 1e-3
     max_features: int = 100
+    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         counts = ["epochs", "max_steps", "train_eval_size", "patience", "augmentation_samples", "overfit_batch_size"]
@@ -128,7 +130,7 @@ class Regularize(Stage):
             trials += tried
             best = best_trial(current, tried, seed_noise)
             if best is not None:
-                ctx.learn(train=best.changes)
+                ctx.learn(**best.changes)
                 current = best
                 kept.append(best)
         with ctx.contained("pretrained", checks, "pretrained rungs fine-tuned against the model trained from scratch"):
@@ -136,7 +138,7 @@ class Regularize(Stage):
             checks, trials = checks + found, trials + tried
             best = best_trial(current, tried, seed_noise)
             if best is not None:
-                ctx.learn(train=best.changes)
+                ctx.learn(**best.changes)
                 current = best
                 kept.append(best)
         assert current.model is not None
