@@ -9,6 +9,7 @@ from recipe.errors import (
     CheckpointError,
     ConfigError,
     NoBatchFitsError,
+    NoModelError,
     NonFiniteError,
     RecipeError,
     StorageError,
@@ -17,6 +18,7 @@ from recipe.errors import (
 )
 from recipe.evaluation import Evaluation, evaluate
 from recipe.loop import FitResult, fit
+from recipe.model_io import fit_arguments, load_model
 from recipe.runner import Recipe, RecipeResult
 from recipe.stage import Stage
 from recipe.stages import STAGES, Baseline, Complexify, InspectData, OverfitOneBatch, Regularize, Tune
@@ -34,6 +36,7 @@ __all__ = [
     "FitResult",
     "InspectData",
     "NoBatchFitsError",
+    "NoModelError",
     "NonFiniteError",
     "OverfitOneBatch",
     "Recipe",
@@ -50,4 +53,6 @@ __all__ = [
     "__version__",
     "evaluate",
     "fit",
+    "fit_arguments",
+    "load_model",
 ]

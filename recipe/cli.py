@@ -2,6 +2,7 @@
 
     recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
                            [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
+    recipe train CONFIG.yaml [--run-dir DIR] [--epochs N] [--device DEV] [--seed N] [--quiet]
     recipe report RUN_DIR
 
 Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task, or a disk that refuses a write
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recipe.config import check_run_dir, load_yaml, split_config
+from recipe.config import check_run_dir, load_yaml, run_name, split_config
 from recipe.errors import ConfigError, RecipeError, StorageError, Terminated
 from recipe.rundir import check_owned
 
@@ -32,6 +33,7 @@ DISK_ERRORS = {  # errno -> (how the path was refused, what to do), for a file o
 
 def run(args: argparse.Namespace) -> int:
     from recipe.loading import load_task
+    from recipe.model_io import with_ladder
     from recipe.runner import Recipe
     from recipe.stages import STAGES
 
@@ -47,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if chosen:
         check_owned(chosen)  # a folder recipe did not create: refused before the task's data is even loaded
     task = load_task(config.task, config.task_args, str(args.config))
+    task = with_ladder(task, _ladder(sections))  # `train.model` may name a rung of it, whichever stages run
     try:
-        recipe = _recipe(Recipe, task, config, sections, stages, args)
+        recipe = _recipe(Recipe, task, config, sections, stages, args, data)
     except ConfigError as exc:
         raise ConfigError(f"{args.config}: {exc}") from None
     try:
@@ -61,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
         raise StorageError(f"{problem} {how} {exc.filename or recipe.run_dir}; {fix}.") from exc
 
 
-def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: Any, args: argparse.Namespace) -> Any:
-    """CLI flags over the YAML's values over the defaults."""
+def _recipe(
+    cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: Any, args: argparse.Namespace, data: Any = None
+) -> Any:
+    """CLI flags over the YAML's values over the defaults; `data`, the YAML itself, goes with the source, so stages
+    write configs that keep every section of it."""
     return cls(
         task,
         run_dir=getattr(args, "resume", None) or args.run_dir or config.run_dir,
@@ -71,7 +77,7 @@ def _recipe(cls: Any, task: Any, config: Any, sections: dict[str, Any], stages: 
         seed=args.seed if args.seed is not None else config.seed,
         keep_going=args.keep_going or config.keep_going,
         config={"train": config.train, **sections, **_tune_flags(sections, args)},
-        source={"task": config.task, "task_args": config.task_args},
+        source={"task": config.task, "task_args": config.task_args, **({"config": data} if data else {})},
         loggers=config.loggers,
         resume=bool(getattr(args, "resume", None)),
         force=getattr(args, "force", False),
@@ -85,6 +91,36 @@ def _tune_flags(sections: dict[str, Any], args: argparse.Namespace) -> dict[str,
     flags = {k: getattr(args, k, None) for k in ("workers", "storage", "study")}
     flags = {k: v for k, v in flags.items() if v is not None}
     return {"tune": {**(sections.get("tune") or {}), **flags}} if flags else {}
+
+
+def _ladder(sections: dict[str, Any]) -> Any:
+    """The config's `complexify.ladder` (checked with the rest of the section when the stage is built)."""
+    section = sections.get("complexify")
+    return section.get("ladder") if isinstance(section, dict) else None
+
+
+def train(args: argparse.Namespace) -> int:
+    """`recipe train CONFIG`: the final training run of the config's settings; `load_model(RUN_DIR)` returns it."""
+    from recipe.loading import load_task
+    from recipe.model_io import train_model  # torch loads here, as for `run`
+    from recipe.stages import STAGES
+
+    data = load_yaml(args.config)
+    config, _ = split_config(data, STAGES, str(args.config))
+    chosen: str | None = args.run_dir or config.run_dir
+    if chosen:
+        check_run_dir(chosen)
+        check_owned(chosen)  # before the task's data is loaded
+    task = load_task(config.task, config.task_args, str(args.config))
+    run_dir = chosen or str(Path("runs") / run_name(task.name))
+    flags = {"epochs": args.epochs, "device": args.device, "seed": args.seed}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    path, val = train_model(data, task, run_dir, progress=not args.quiet, **overrides)
+    print(
+        f"validation loss {val.loss:.4g}, {task.metric_name} {val.metric:.4g}; model written to {path} "
+        f"(recipe.load_model({str(run_dir)!r}) returns it)"
+    )
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:
@@ -120,6 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     # SUPPRESS: the subcommand's default must not overwrite `recipe --debug run ...`
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(handler=run)
+    p = commands.add_parser("train", help="train a config's settings (best_config.yaml) into RUN_DIR/final/model.pt")
+    p.add_argument("config", type=Path)
+    p.add_argument("--run-dir", help="where model.pt goes (default: the config's run_dir, else runs/<task name>)")
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the config's train.epochs)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    p.set_defaults(handler=train)
     p = commands.add_parser("report", help="rebuild report.html from a run directory")
     p.add_argument("run_dir")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")

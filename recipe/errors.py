@@ -22,6 +22,10 @@ class CheckpointError(RecipeError):
     """A checkpoint could not be read: truncated, corrupted, or carrying a pickled payload."""
 
 
+class NoModelError(RecipeError):
+    """A run directory holds no trained model for `load_model` (no stage that trains one ran there)."""
+
+
 class NoBatchFitsError(RecipeError, MemoryError):
     """Even a batch of one sample does not fit in memory for a training step and an evaluation step."""
 

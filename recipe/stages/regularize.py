@@ -7,16 +7,12 @@
 
 From the setup the earlier stages chose, each regulariser is trained on top of what was kept so far, and kept only
 when it lowers the validation loss by more than twice the noise: the paired per-sample standard error and the
-difference between two seeds of the same setup. A pretrained rung on the task's ladder ("pretrain: it rarely ever
-hurts") goes last, by the same rule: its inputs checked against the normalisation recorded with its weights, then
-fine-tuned frozen-then-unfrozen (`recipe.transfer`) against the setup trained from scratch. The result goes to
-`tune` through the context and as config.yaml.
+difference between two seeds of the same setup. The result goes to `tune` through the context and as config.yaml.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +21,11 @@ import yaml
 from torch import nn
 
 from recipe import plots
-from recipe.check import Check, skipped, to_jsonable
+from recipe.check import Check, skipped
 from recipe.config import require
 from recipe.context import REGULARISATION_OFF, Context, accepts, model_factory
 from recipe.data import fixed_indices, tree_map
 from recipe.diagnostics.numerics import non_finite
-from recipe.diagnostics.pretrained import pretrained_inputs
 from recipe.diagnostics.regularization import (
     Trial,
     augmentation_invariances,
@@ -46,11 +41,10 @@ from recipe.diagnostics.regularization import (
 )
 from recipe.errors import NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
-from recipe.loop import FitResult
+from recipe.model_io import runnable_config, save_model
 from recipe.models import disable_dropout
 from recipe.stage import Stage
 from recipe.task import Task
-from recipe.transfer import Pretrained, fine_tune
 
 REGULARIZERS = ("weight_decay", "dropout", "augmentation", "early_stopping", "smaller_model")
 
@@ -133,14 +127,6 @@ class Regularize(Stage):
                 ctx.learn(**best.changes)
                 current = best
                 kept.append(best)
-        with ctx.contained("pretrained", checks, "pretrained rungs fine-tuned against the model trained from scratch"):
-            found, tried = self._pretrained(ctx, current, seed_noise)
-            checks, trials = checks + found, trials + tried
-            best = best_trial(current, tried, seed_noise)
-            if best is not None:
-                ctx.learn(**best.changes)
-                current = best
-                kept.append(best)
         assert current.model is not None
         checks.append(ctx.check(self._feature_ablation, ctx, current.model))
         checks.append(ctx.check(self._first_layer, ctx, current.model))
@@ -200,46 +186,12 @@ class Regularize(Stage):
             if epochs <= s.patience:
                 return f"each trial runs {epochs} epoch(s), too few for a patience of {s.patience} to stop anything."
             return [{"early_stopping": s.patience}]
-        rungs = [r for r, factory in task.models.items() if not isinstance(factory, Pretrained)]
+        rungs = list(task.models)
         if not s.smaller_model or train.model not in rungs or rungs.index(train.model) == 0:
             return "no smaller rung below the chosen model on the task's ladder (Task(models=...))."
         smaller = rungs[rungs.index(train.model) - 1]
         keeps_dropout = train.dropout is None or accepts(model_factory(task, smaller), "dropout")
         return [{"model": smaller} if keeps_dropout else {"model": smaller, "dropout": None}]
-
-    def _pretrained(self, ctx: Context, current: Trial, seed_noise: float) -> tuple[list[Check], list[Trial]]:
-        """Each pretrained rung on the ladder: its inputs against the normalisation recorded with its weights, then
-        fine-tuned (`recipe.transfer.fine_tune`) with the current setup's budget and regularisers against `current`."""
-        task, s = ctx.task, ctx.train
-        rungs = {name: f for name, f in task.models.items() if isinstance(f, Pretrained)}
-        if not rungs or isinstance(model_factory(task, s.model), Pretrained):
-            return [skipped("pretrained", "no pretrained rung to compare with training from scratch.")], []
-        inputs, _ = task.split_batch(task.sample_batch("train", 1024, ctx.seed))
-        checks, tried = [], []
-        for name, rung in rungs.items():
-            checks.append(ctx.check(pretrained_inputs, inputs, rung, name))
-            if checks[-1].status == "fail":
-                continue  # fine-tuning on inputs the weights never saw would only measure the bug
-            changes = {"model": name, "lr": s.lr * rung.lr_factor}
-            if not accepts(rung, "dropout"):
-                changes["dropout"] = None
-            fit = functools.partial(self._fine_tune_phase, ctx, name)
-            settings = {"task": task.replace(model=rung), "weight_decay": s.weight_decay, "augment": s.augment}
-            try:
-                head, run = fine_tune(fit, rung, s.lr, current.steps, early_stopping=s.early_stopping, **settings)
-            except NonFiniteError:
-                tried.append(Trial(f"model={name}, fine-tuned", changes))
-                continue
-            probe = task.subset("train", fixed_indices(len(task.train), self.settings.train_eval_size, ctx.seed))
-            val, train = (evaluate(task, run.model, split, ctx.device) for split in (task.val, probe.train))
-            steps, epochs = head.steps + run.steps, len(head.history) + len(run.history)
-            label, seconds = f"model={name}, fine-tuned", head.seconds + run.seconds
-            tried.append(Trial(label, changes, val, train.loss, steps, epochs, seconds, run.model))
-        check = regularizer("pretrained", current, tried, seed_noise)
-        return [*checks, check.replace(seconds=sum(t.seconds for t in tried))], tried
-
-    def _fine_tune_phase(self, ctx: Context, name: str, phase: str, **settings: Any) -> FitResult:
-        return ctx.fit(f"pretrained_{name}_{phase}", **settings)
 
     def _more_data(self, ctx: Context, full: Trial, seed_noise: float) -> Check:
         """The learning curve: the same setup and step budget on nested fractions of the training split."""
@@ -354,15 +306,16 @@ class Regularize(Stage):
         rows = [_row(t, t in kept) for t in trials]
         columns = ["trial", "steps", "epochs", "train loss", "val loss", "gap", f"val {metric}", "kept"]
         gaps = [(t.label, t.train_loss, t.val.loss, t in kept) for t in trials if t.val and t.train_loss is not None]
-        config: dict[str, Any] = {k: ctx.source[k] for k in ("task", "task_args") if ctx.source.get(k)}
-        config.update(train=to_jsonable(dataclasses.asdict(ctx.train)), stages=["tune"])
+        config = runnable_config(ctx.source, ctx.train, run_dir=str(ctx.rundir.path), seed=ctx.seed, stages=["tune"])
         header = "" if "task" in config else "# add `task: module:function` to run this with `recipe run`\n"
         artifacts = (
             ctx.save_json("trials.table.json", {"columns": columns, "rows": rows}),
             ctx.save_figure("train_val_gap.png", plots.train_val_gap(gaps, "Train/validation gap per trial")),
             ctx.save_text("config.yaml", header + yaml.safe_dump(config, sort_keys=False)),
         )
-        assert final.val is not None
+        assert final.val is not None and final.model is not None
+        model_pt = f"{ctx.rundir.stage_dir(self.name).name}/model.pt"  # recipe.load_model(run_dir) before tune runs
+        save_model(ctx.rundir, model_pt, final.model, ctx.task, ctx.train, final.val, ctx.source)
         ctx.learn(kept=[t.label for t in kept], val_loss=final.val.loss, **{f"val_{metric}": final.val.metric})
         return check.replace(artifacts=artifacts)
 

@@ -35,6 +35,7 @@ from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
+from recipe.model_io import runnable_config, save_model
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage
@@ -306,14 +307,18 @@ class Tune(Stage):
         settings, _ = configure(search.settings(), ctx.task, best.params)
         ctx.learn(**{k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number)
         extra = {k: v for k, v in best.params.items() if k not in TRAIN_KEYS}
-        config: dict[str, Any] = {**ctx.source, "train": dataclasses.asdict(settings)}
+        config = runnable_config(ctx.source, settings, run_dir=str(ctx.rundir.path), seed=ctx.seed)
         header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
         if extra:  # not training settings: the model factory's own arguments, for the task's author to pass on
             header += f"# searched model-factory arguments: {json.dumps(extra)}\n"
+        if "task" not in config:
+            header += "# add `task: module:function` to run this with `recipe run` or `recipe train`\n"
         ctx.save_text("best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
         source = Path(search.run_dir) / TRIALS / f"trial_{best.number}.pt"
-        if source.exists():
-            checkpoint.save_atomic(checkpoint.load(source), ctx.rundir.stage_dir("tune") / "best.pt")
+        if source.exists():  # the trial's weights with what rebuilds its model: recipe.load_model(run_dir)
+            scored = {"loss": best.value, "metric": best.user_attrs.get("val_metric")}
+            best_pt = f"{ctx.rundir.stage_dir('tune').name}/best.pt"
+            save_model(ctx.rundir, best_pt, checkpoint.load(source), ctx.task, settings, scored, ctx.source, extra)
 
 
 def _finished(study: Any) -> list[Any]:
