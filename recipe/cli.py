@@ -2,8 +2,10 @@
 
     recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
                            [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
+    recipe run CONFIG.yaml --print-config     print the resolved config as YAML (every default filled) and exit
     recipe train CONFIG.yaml [--run-dir DIR] [--epochs N] [--device DEV] [--seed N] [--quiet]
     recipe report RUN_DIR
+    recipe --version
 
 Exit status: 0 when no check failed, 1 when a check failed, 2 for a bad config or task, or a disk that refuses a write
 mid-run (one line naming the field or the path; --debug for the traceback), 130 after Ctrl-C and 143 after SIGTERM (the
@@ -13,12 +15,16 @@ run directory then holds a report marked interrupted).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import sys
 from pathlib import Path
 from typing import Any
 
-from recipe.config import check_run_dir, load_yaml, run_name, split_config
+import yaml
+
+from recipe import __version__
+from recipe.config import check_run_dir, effective_config, load_yaml, run_name, split_config
 from recipe.errors import ConfigError, RecipeError, StorageError, Terminated
 from recipe.rundir import check_owned
 
@@ -32,6 +38,7 @@ DISK_ERRORS = {  # errno -> (how the path was refused, what to do), for a file o
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch loads here, for the commands that need it, not at start-up: `recipe --help` stays well under a second
     from recipe.loading import load_task
     from recipe.model_io import with_ladder
     from recipe.runner import Recipe
@@ -44,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         stages = [name.strip() for name in args.stages.split(",") if name.strip()]
         if not stages:
             raise ConfigError(f"--stages {args.stages!r} names no stage; give a,b,c or leave the flag out.")
+    if args.print_config:  # the resolved config, flags over YAML over defaults; nothing is loaded or trained
+        print(yaml.safe_dump(_resolved(config, sections, stages, args, STAGES), sort_keys=False), end="")
+        return 0
     chosen = getattr(args, "resume", None) or args.run_dir or config.run_dir
     check_run_dir(chosen or "runs")  # before loading data
     if chosen:
@@ -84,6 +94,20 @@ def _recipe(
         progress=not args.quiet,
         quiet=args.quiet,
     )
+
+
+def _resolved(config: Any, sections: dict[str, Any], stages: Any, args: argparse.Namespace, registry: Any) -> dict:
+    """`effective_config` of the config with the command line's flags applied (CLI > YAML > defaults)."""
+    config = dataclasses.replace(
+        config,
+        run_dir=args.run_dir or config.run_dir,
+        device=args.device or config.device,
+        seed=args.seed if args.seed is not None else config.seed,
+        stages=stages,
+        keep_going=args.keep_going or config.keep_going,
+    )
+    sections = {**sections, **_tune_flags(sections, args)}
+    return effective_config(config, sections, {n: s.settings_cls for n, s in registry.items()}, str(args.config))
 
 
 def _tune_flags(sections: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Karpathy's recipe for training neural networks, as staged checks that make silent bugs loud.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--version", action="version", version=f"recipe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("run", help="run the recipe from a YAML config")
     p.add_argument("config", type=Path)
@@ -153,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="tune: local worker processes (overrides tune.workers)")
     p.add_argument("--storage", help="tune: an Optuna storage URL shared by workers on many machines")
     p.add_argument("--study", help="tune: the study name to create or join")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (flags over YAML over defaults) as YAML and exit without training",
+    )
     # SUPPRESS: the subcommand's default must not overwrite `recipe --debug run ...`
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(handler=run)

@@ -2,7 +2,9 @@
 
 A split given as tensors, numpy arrays or a `TensorDataset` becomes a `TensorSplit`: batches are drawn by indexing
 tensors that live on the training device, with no DataLoader in the hot path. Any other `Dataset` becomes a
-`DatasetSplit` served by a DataLoader.
+`DatasetSplit` served by a DataLoader. A `DataLoader` given as a split is read for its dataset and, where they
+change what a batch holds or how it is loaded, its `collate_fn`, `num_workers` and `worker_init_fn`; the order and the
+batch size are the recipe's (seeded shuffling; `train.batch_size`, which `baseline` may search).
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+    default_collate,
+)
 
 from recipe.distributed import shard
 from recipe.errors import TaskError
@@ -71,8 +82,6 @@ def _as_tensor(array: Any, field: str) -> torch.Tensor:
 class TensorSplit:
     """A split held as two tensors `x` (inputs) and `y` (targets), indexed directly."""
 
-    in_memory = True
-
     def __init__(self, x: torch.Tensor, y: torch.Tensor, field: str):
         for part, t in (("inputs", x), ("targets", y)):
             if t.dim() == 0:
@@ -108,11 +117,19 @@ class TensorSplit:
 
 
 class DatasetSplit:
-    """A split held as a map-style `Dataset`; batches are collated with `default_collate`."""
+    """A split held as a map-style `Dataset`; batches are collated with `collate_fn` (default: `default_collate`) and
+    loaded by `num_workers` processes (None: `default_num_workers`) started with `worker_init_fn`."""
 
-    in_memory = False
-
-    def __init__(self, dataset: Dataset, field: str):
+    def __init__(
+        self,
+        dataset: Dataset,
+        field: str,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int | None = None,
+        worker_init_fn: Callable[[int], None] | None = None,
+    ):
+        self.collate_fn = collate_fn or default_collate
+        self.num_workers, self.worker_init_fn = num_workers, worker_init_fn
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TaskError(f"{field} must be a map-style Dataset (with __len__ and __getitem__) or a tuple (X, y).")
         self.dataset = dataset
@@ -130,7 +147,11 @@ class DatasetSplit:
         return len(self.dataset)
 
     def batch(self, indices: Sequence[int] | torch.Tensor) -> Batch:
-        return default_collate([self.dataset[int(i)] for i in indices])
+        return self.collate_fn([self.dataset[int(i)] for i in indices])
+
+    def holding(self, dataset: Dataset, field: str) -> DatasetSplit:
+        """A split over another dataset (a subset of this one) collated and loaded as this one is."""
+        return DatasetSplit(dataset, field, self.collate_fn, self.num_workers, self.worker_init_fn)
 
 
 class HeldSamples(Dataset):
@@ -160,6 +181,8 @@ def as_split(data: Any, field: str) -> Split:
         raise TaskError(f"{field} is missing: pass a Dataset yielding (input, target) or a tuple (X, y).")
     if isinstance(data, TensorSplit | DatasetSplit):
         split = data
+    elif isinstance(data, DataLoader):
+        split = _from_loader(data, field)
     elif isinstance(data, TensorDataset) and len(data.tensors) == 2:
         split = TensorSplit(data.tensors[0], data.tensors[1], field)
     elif isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list | dict):
@@ -174,6 +197,27 @@ def as_split(data: Any, field: str) -> Split:
     if len(split) == 0:
         raise TaskError(f"{field} is empty (0 samples): every split needs at least one sample; check what built it.")
     return split
+
+
+def _from_loader(loader: DataLoader, field: str) -> Split:
+    """A DataLoader's dataset as a split, keeping its collate_fn, num_workers and worker_init_fn; refused, with the
+    one-line alternative, when the recipe cannot index its dataset or would silently drop its sampler."""
+    if isinstance(loader.dataset, IterableDataset):
+        raise TaskError(
+            f"{field} is a DataLoader over an IterableDataset, which cannot be indexed (the recipe draws fixed, "
+            f"seeded batches by index); read it once into a list of samples: `{field}=list(loader.dataset)`."
+        )
+    sampler = loader.batch_sampler.sampler if isinstance(loader.batch_sampler, BatchSampler) else loader.sampler
+    if type(sampler) not in (SequentialSampler, RandomSampler):
+        raise TaskError(
+            f"{field}: the DataLoader draws its samples with a {type(sampler).__name__}, which the recipe would drop "
+            f"(it shuffles by its own seeded order); pass the dataset, `{field}=loader.dataset`, and for imbalanced "
+            "classes use Task(class_weights='balanced')."
+        )
+    custom = loader.collate_fn if loader.batch_size is not None and loader.collate_fn is not default_collate else None
+    if custom is None and loader.num_workers == 0 and loader.worker_init_fn is None:
+        return as_split(loader.dataset, field)  # a TensorDataset keeps the in-memory fast path
+    return DatasetSplit(loader.dataset, field, custom, loader.num_workers, loader.worker_init_fn)
 
 
 def default_num_workers() -> int:
@@ -231,7 +275,8 @@ def train_batches(
 
         return epoch
 
-    workers = default_num_workers() if num_workers is None else num_workers
+    workers = num_workers if num_workers is not None else split.num_workers
+    workers = default_num_workers() if workers is None else workers
     sampler = _ShardSampler(len(split), generator, rank, world)
     loader = DataLoader(
         split.dataset,
@@ -239,6 +284,8 @@ def train_batches(
         sampler=sampler,
         generator=generator,  # its workers' base seed comes from here too, not the global RNG (resume replays it)
         num_workers=workers,
+        collate_fn=split.collate_fn,
+        worker_init_fn=split.worker_init_fn,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
@@ -275,7 +322,7 @@ def eval_batches(
         for i in range(0, n, batch_size):
             yield to_device((split.x[i : i + batch_size], split.y[i : i + batch_size]), device)
         return
-    loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=split.collate_fn)
     for batch in loader:
         if guard is not None:
             guard(batch)
@@ -307,3 +354,46 @@ def as_groups(groups: Any) -> tuple[list[Any], list[Any]] | None:
             raise TaskError(f"groups[{split}]: group ids must be hashable (ints or strings).") from None
         out.append(values)
     return out[0], out[1]
+
+
+def as_class_weights(
+    weights: Any, loss: Any, num_classes: int | None, train_targets: Callable[[], torch.Tensor]
+) -> torch.Tensor | None:
+    """`Task(class_weights=...)` as a float tensor of one weight per class: given (a list, an array, a tensor), or
+    "balanced", N / (C * n_c) over the scored training labels (a class absent from them counts as seen once)."""
+    if weights is None:
+        return None
+    if loss != "cross_entropy" or not num_classes:
+        raise TaskError(
+            f"class_weights weight cross-entropy's classes, but the loss is {loss!r}; use loss='cross_entropy', or "
+            "weight the samples inside your own loss function."
+        )
+    if isinstance(weights, str):
+        if weights != "balanced":
+            raise TaskError(f"class_weights={weights!r}: give one weight per class, or 'balanced'.")
+        y = train_targets()
+        counts = torch.bincount(y[y != -100].long().reshape(-1), minlength=num_classes).float().clamp_min(1)
+        return counts.sum() / (num_classes * counts)
+    w = torch.as_tensor(np.asarray(weights.tolist() if hasattr(weights, "tolist") else weights, dtype=np.float32))
+    if w.shape != (num_classes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool(w.sum() > 0):
+        raise TaskError(
+            f"class_weights must be {num_classes} finite, non-negative weights (one per class, in class-id order, not "
+            f"all zero), got shape {tuple(w.shape)} with values {w.tolist()[:8]}; or pass 'balanced'."
+        )
+    return w
+
+
+def as_metrics(metrics: Any) -> dict[str, Callable[[torch.Tensor, torch.Tensor], float]]:
+    """`Task(metrics={name: fn})` checked: names that can label a column (not 'loss'), callables for values."""
+    out = dict(metrics or {})
+    for name, fn in out.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in ("loss", "step", "epoch", "accuracy", "mae"):
+            raise TaskError(
+                f"metrics: {name!r} cannot name an extra metric (loss, step, epoch and the primary accuracy/mae are "
+                "taken); use a short identifier such as 'f1'."
+            )
+        if not callable(fn):
+            raise TaskError(
+                f"metrics[{name!r}] must be a callable(outputs, targets) -> float, got {type(fn).__name__}."
+            )
+    return out

@@ -1,4 +1,8 @@
-"""Evaluation over a whole split, in eval mode: mean loss and metric, each with its standard error.
+"""Evaluation over a whole split, in eval mode: mean loss and metric, each with its standard error, and the task's
+extra metrics.
+
+With class weights the split's loss is the weighted mean the batch loss takes, sum(w_y * nll) / sum(w_y), over the
+whole split; its per-sample losses are scaled so that their mean is that loss.
 
 Why: recipe step 2, "add significant digits to your eval": the whole validation split, never a sample of it.
 """
@@ -8,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +25,8 @@ from recipe.validation import target_guard
 
 @dataclass
 class Evaluation:
-    """Loss and metric over a whole split, each with its standard error (None when not computable)."""
+    """Loss and metric over a whole split, each with its standard error (None when not computable), and the task's
+    extra metrics by name."""
 
     loss: float
     loss_se: float | None
@@ -29,6 +34,18 @@ class Evaluation:
     metric_se: float | None
     n: int
     per_sample_loss: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def record(self, metric_name: str, prefix: str = "val") -> dict[str, Any]:
+        """The figures as one metrics.jsonl record: {prefix}_loss, {prefix}_loss_se, {prefix}_<metric>, ..._se, and
+        {prefix}_<name> for each extra metric."""
+        return {
+            f"{prefix}_loss": self.loss,
+            f"{prefix}_loss_se": self.loss_se,
+            f"{prefix}_{metric_name}": self.metric,
+            f"{prefix}_{metric_name}_se": self.metric_se,
+            **{f"{prefix}_{name}": value for name, value in self.metrics.items()},
+        }
 
 
 def evaluate(
@@ -39,11 +56,14 @@ def evaluate(
     batch_size: int = 1024,
     autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> Evaluation:
-    """Loss and metric over the whole split, in eval mode, with standard errors over samples."""
+    """Loss and metric over the whole split, in eval mode, with standard errors over samples; each of the task's
+    extra metrics over the split's outputs and targets, concatenated on the CPU."""
     was_training = model.training
     model.eval()
     losses: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = []
     metrics: list[torch.Tensor] = []
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # outputs and targets, only when extra metrics need them
     batch_losses: list[tuple[float, int]] = []
     with torch.inference_mode(), autocast():
         guard = target_guard(task, split, "val" if split is task.val else "train" if split is task.train else "split")
@@ -55,13 +75,20 @@ def evaluate(
                 batch_losses.append((float(task.compute_loss(output, target)), batch_size_of(target)))
             else:
                 losses.append(per_sample.float())
+                if (sample_weights := task.sample_weights(target)) is not None:
+                    weights.append(sample_weights.float())
             metrics.append(task.metric_per_sample(output, target).float())
+            if task.metrics:
+                kept.append((output.cpu(), target.cpu()))
     model.train(was_training)
     metric = torch.cat(metrics)
     n = len(metric)
     metric_se = float(metric.std() / math.sqrt(n)) if n > 1 else None
+    extra = _extra_metrics(task, kept)
     if losses:
         loss = torch.cat(losses)
+        if weights and float(torch.cat(weights).sum()) > 0:
+            loss = loss / torch.cat(weights).mean()  # mean(loss) = sum(w * nll) / sum(w), the batch loss's form
         return Evaluation(
             float(loss.mean()),
             float(loss.std() / math.sqrt(n)) if n > 1 else None,
@@ -69,21 +96,35 @@ def evaluate(
             metric_se,
             n,
             loss.cpu(),
+            extra,
         )
     total = sum(b for _, b in batch_losses)
-    return Evaluation(sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n)
+    return Evaluation(
+        sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n, None, extra
+    )
+
+
+def _extra_metrics(task: Task, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Each of `task.metrics` over the split's concatenated outputs and targets."""
+    if not kept:
+        return {}
+    outputs, targets = torch.cat([o for o, _ in kept]), torch.cat([t for _, t in kept])
+    return {name: float(fn(outputs, targets)) for name, fn in task.metrics.items()}
 
 
 def constant_loss(task: Task, target: torch.Tensor) -> float:
     """Loss of the best constant prediction for these targets: the floor a model that ignores its input reaches.
 
-    Cross-entropy: entropy of the label frequencies; MSE: variance; L1: mean absolute deviation from the median;
-    BCE: entropy of the positive rate. For a callable loss, the loss of an all-zero output.
+    Cross-entropy: entropy of the label frequencies (with class weights, of the frequencies times the weights: the
+    constant minimising the weighted mean); MSE: variance; L1: mean absolute deviation from the median; BCE: entropy of
+    the positive rate. For a callable loss, the loss of an all-zero output.
     """
     t = target.detach()
     if task.loss == "cross_entropy":
         valid = t[t != IGNORE_INDEX]  # positions cross-entropy ignores (padding) are not part of the floor
-        p = torch.bincount(valid.long().cpu()).float()
+        p = torch.bincount(valid.long().cpu(), minlength=task.num_classes or 0).float()
+        if task.class_weights is not None:
+            p = p * task.class_weights[: len(p)]
         p = p[p > 0] / p.sum()
         return float(-(p * p.log()).sum())
     if task.loss == "mse":

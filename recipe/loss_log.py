@@ -87,10 +87,14 @@ class LossLog:
         self._emit(
             {"step": step, "epoch": epoch, "split": "train", "metric": "epoch_loss", "value": record["train_loss"]}
         )
-        for metric in ("loss", self.task.metric_name):
+        shown = {}
+        for metric in ("loss", self.task.metric_name, *self.task.metrics):  # the task's extra metrics too
             if record.get(f"val_{metric}") is not None:
                 value = record[f"val_{metric}"]
                 self._emit({"step": step, "epoch": epoch, "split": "val", "metric": metric, "value": value})
+                shown[f"val_{metric}"] = f"{value:.4g}"
+        if shown:  # the console: the bar shows the epoch's validation figures until the next training loss
+            self.bar.set_postfix(refresh=False, **shown)
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the log (call after `read`: nothing may be pending)."""

@@ -51,11 +51,15 @@ def recorded_forward(
 
 
 def bias_values(task: Task, target: torch.Tensor) -> torch.Tensor | None:
-    """Karpathy's "init well": log class priors (cross-entropy), log-odds (BCE), target mean (MSE) or median (L1)."""
+    """Karpathy's "init well": log class priors (cross-entropy; with class weights, of the counts times the weights,
+    the constant the weighted loss prefers), log-odds (BCE), target mean (MSE) or median (L1)."""
     t = target.detach().cpu()
     if task.loss == "cross_entropy":
         valid = t[t != IGNORE_INDEX]  # cross-entropy leaves these positions (padding) unscored
         counts = torch.bincount(valid.long(), minlength=task.num_classes or 0).float() + 1.0  # add-one smoothing
+        if task.class_weights is not None:
+            counts = counts * task.class_weights[: len(counts)]
+            counts = counts.clamp_min(1e-6 * float(counts.max()))  # a weight-0 class: a low bias, not -inf
         log_prior = counts.log() - counts.sum().log()
         return log_prior - log_prior.mean()
     if task.loss == "bce_with_logits":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,12 @@ from recipe.data import (
     IGNORE_INDEX,
     SCAN_LIMIT,
     Batch,
-    DatasetSplit,
     HeldSamples,
     Split,
     TensorSplit,
+    as_class_weights,
     as_groups,
+    as_metrics,
     as_split,
     fixed_indices,
     to_device,
@@ -72,6 +73,11 @@ class Task:
         groups: optional (train_groups, val_groups): a group id per sample of each split (a patient, a subject,
             a recording). Samples of one group belong in one split: a group in both splits is a leak, and a split
             by groups is declared rather than mistaken for a shift.
+        class_weights: cross-entropy's per-class weights, one per class in class-id order (a list or tensor), or
+            "balanced" (N / (C * n_c) from the training labels). The loss stays a (weighted) cross-entropy, so the
+            checks still know its expected values; the reported metric stays unweighted.
+        metrics: extra metrics reported beside the loss, {name: fn(outputs, targets) -> float}, each computed over
+            a whole split's outputs and targets (e.g. a macro F1); the primary metric (`metric_name`) is unchanged.
         input_ladder: optional smaller versions of the input, smallest first, {name: shrink(batch inputs) -> inputs}
             (a feature subset, a smaller image, a shorter sequence) that the model accepts; `complexify` reports
             the smallest one the model does as well on (check `input_ladder`).
@@ -96,6 +102,8 @@ class Task:
         invariances: dict[str, bool] | None = None,
         pad_id: int | None = None,
         groups: tuple[Any, Any] | None = None,
+        class_weights: Any = None,
+        metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
         input_ladder: dict[str, Callable[[Any], Any]] | None = None,
     ):
         models = dict(models or {})
@@ -163,6 +171,8 @@ class Task:
         self.num_classes: int | None = num_classes
         if self.num_classes is None and self.kind != "regression":
             self.num_classes = self._infer_num_classes()
+        self.class_weights = as_class_weights(class_weights, self.loss, self.num_classes, lambda: self.targets("train"))
+        self.metrics = as_metrics(metrics)
         self._validated: set[str] = set()
 
     # ---- hooks a subclass overrides -------------------------------------------------------------------------
@@ -184,8 +194,8 @@ class Task:
             return loss_fn(output, target)
         if self.loss == "cross_entropy":
             if self.kind == "sequence":
-                return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
-            return F.cross_entropy(output, target)
+                output, target = output.reshape(-1, output.shape[-1]), target.reshape(-1)
+            return F.cross_entropy(output, target, weight=self._weight(output))
         if self.loss == "mse":
             return F.mse_loss(output, target)
         if self.loss == "l1":
@@ -197,12 +207,15 @@ class Task:
         if callable(self.loss):
             return None
         if self.loss == "cross_entropy":
+            weight = self._weight(output)
             if self.kind == "sequence" or target.dim() > 1:  # one class per position: mean over scored positions
                 logits = output.transpose(1, -1) if self.kind == "sequence" else output
-                per_token = F.cross_entropy(logits, target, reduction="none").reshape(len(target), -1)
+                per_token = F.cross_entropy(logits, target, weight, reduction="none").reshape(len(target), -1)
                 valid = (target != IGNORE_INDEX).reshape(len(target), -1).float()
-                return (per_token * valid).sum(1) / valid.sum(1).clamp_min(1)
-            return F.cross_entropy(output, target, reduction="none")
+                if weight is not None:  # a weighted mean, as the batch loss takes it
+                    valid = valid * weight[target.clamp_min(0)].reshape(len(target), -1)
+                return per_token.sum(1) / valid.sum(1).clamp_min(1e-12)
+            return F.cross_entropy(output, target, weight, reduction="none")  # weight[y] * nll: see `sample_weights`
         if self.loss == "mse":
             per_element = F.mse_loss(output, target, reduction="none")
         elif self.loss == "l1":
@@ -210,6 +223,18 @@ class Task:
         else:
             per_element = F.binary_cross_entropy_with_logits(output, target, reduction="none")
         return per_element.reshape(len(per_element), -1).mean(1)
+
+    def sample_weights(self, target: torch.Tensor) -> torch.Tensor | None:
+        """The weight of each sample in the batch loss, shape (B,): `class_weights[y]` for one class per sample;
+        None when every sample counts alike (no class weights, or one class per position: `loss_per_sample` is then
+        a weighted mean already). The loss over a split is sum(loss_per_sample) / sum(sample_weights)."""
+        if self.class_weights is None or self.loss != "cross_entropy" or target.dim() != 1:
+            return None
+        return self.class_weights.to(target.device)[target.clamp_min(0)] * (target != IGNORE_INDEX)
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor | None:
+        weights = self.class_weights
+        return None if weights is None else weights.to(like.device, like.dtype)
 
     @property
     def metric_name(self) -> str:
@@ -260,12 +285,11 @@ class Task:
     # ---- used by fit and the diagnostics ----------------------------------------------------------------------
 
     def outputs(self, model: nn.Module, batch: Batch, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model output, target) for a batch: split, optionally augment, apply a probe's `input_transform`, forward."""
+        """(model output, target) for a batch: split, optionally augment, forward (through a probe's
+        `input_transform` in a variant that `replace` made)."""
         inputs, target = self.split_batch(batch)
         if augment:
             inputs = self.augment(inputs)
-        if self.input_transform is not None:
-            inputs = self.input_transform(inputs)
         return self.forward(model, inputs), target
 
     @property
@@ -295,6 +319,9 @@ class Task:
             elif not hasattr(self, key):
                 raise TypeError(f"Task has no attribute {key!r}")
             setattr(new, key, value)
+        if "input_transform" in changes:  # the variant's class applies it: a plain task never tests for one per step
+            plain: type[Task] = getattr(type(self), "plain_class", type(self))
+            new.__class__ = plain if new.input_transform is None else _with_input_transform(plain)
         return new
 
     def subset(self, split: str, indices: list[int], held: bool = False) -> Task:
@@ -305,9 +332,9 @@ class Task:
             idx = torch.as_tensor(indices, dtype=torch.long)
             part: Any = TensorSplit(data.x[idx.to(data.x.device)], data.y[idx.to(data.y.device)], split)
         elif held:
-            part = DatasetSplit(HeldSamples([data.dataset[int(i)] for i in indices]), split)
+            part = data.holding(HeldSamples([data.dataset[int(i)] for i in indices]), split)
         else:
-            part = DatasetSplit(Subset(data.dataset, list(indices)), split)
+            part = data.holding(Subset(data.dataset, list(indices)), split)
         groups = self.groups
         if groups is not None:
             kept = [groups[split == "val"][int(i)] for i in indices]
@@ -393,6 +420,16 @@ class Task:
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
                 top = max(top, int(x.max()))
         return top + 1
+
+
+def _with_input_transform(cls: type[Task]) -> type[Task]:
+    """`cls` whose `forward` passes the inputs through `input_transform` first (the user's `forward` still runs)."""
+
+    def forward(self: Task, model: nn.Module, inputs: Any) -> torch.Tensor:
+        transform = cast(Callable[[Any], Any], self.input_transform)  # set with this class by `replace`
+        return cls.forward(self, model, transform(inputs))
+
+    return type(cls.__name__, (cls,), {"forward": forward, "plain_class": cls, "__module__": cls.__module__})
 
 
 def next_token_share(x: torch.Tensor, y: torch.Tensor) -> float:

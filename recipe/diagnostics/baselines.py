@@ -64,18 +64,25 @@ def trivial_baselines(task: Task) -> tuple[Check, dict[str, Any]]:
     """The dumb baselines on the whole validation split: majority class and label prior (classification), the
     training mean (regression), a unigram model (sequences).
 
-    Why: recipe step 2, "get dumb baselines"; catalog E4. Every figure carries its standard error.
+    Why: recipe step 2, "get dumb baselines"; catalog E4. Every figure carries its standard error. With class
+    weights the prior is the counts times the weights and its loss the weighted mean, as the model's loss is taken.
     """
     ytr, yva = task.targets("train"), task.targets("val")
     out: dict[str, Any] = {}
     if task.loss in ("cross_entropy",) and task.kind in ("classification", "sequence"):
         train_valid = ytr[ytr != IGNORE_INDEX]  # cross-entropy leaves these positions (padding) unscored
         counts = torch.bincount(train_valid.long().reshape(-1), minlength=task.num_classes or 0).float() + 1.0
-        log_prior = (counts / counts.sum()).log()
+        weights = task.class_weights if task.class_weights is not None else torch.ones(len(counts))
+        weighted = (counts * weights).clamp_min(1e-6)
+        log_prior = (weighted / weighted.sum()).log()
         val = yva.reshape(len(yva), -1).long()
         mask = (val != IGNORE_INDEX).float()
         safe = val.clamp_min(0)
-        per_sample_loss = -(log_prior[safe] * mask).sum(1) / mask.sum(1).clamp_min(1)
+        scored = mask * weights[safe]  # each position's weight in the loss
+        per_sample_loss = -(log_prior[safe] * scored).sum(1) / scored.sum(1).clamp_min(1e-12)
+        sample_weights = task.sample_weights(yva)
+        if sample_weights is not None:  # one class per sample: the weighted mean over the split, as `evaluate`'s
+            per_sample_loss = per_sample_loss * sample_weights / sample_weights.mean()
         per_sample_acc = ((safe == counts.argmax()).float() * mask).sum(1) / mask.sum(1).clamp_min(1)
         name = "unigram" if task.kind == "sequence" else "prior"
         out[f"{name}_loss"], out[f"{name}_loss_se"] = _mean_se(per_sample_loss)

@@ -213,6 +213,24 @@ def output_kind_at_init(make_model: Callable[[], nn.Module], task: Task, batch: 
     return output_kind(*outputs_at_init(make_model, task, batch, draws), task, final)
 
 
+def class_weights_amplify(task: Task, target: torch.Tensor, value: dict[str, Any]) -> Check | None:
+    """A warn when the task's class weights make the weighted class prior further from uniform than the labels are:
+    they weight frequent classes up, the mirror of what class weights are for (weights in the wrong class order)."""
+    weights = task.class_weights if task.class_weights is not None else torch.ones(task.num_classes or 2)
+    labels_gap = math.log(task.num_classes or 2) - constant_loss(task.replace(class_weights=None), target)
+    value.update(label_prior_gap_nats=labels_gap, class_weights=[round(float(w), 4) for w in weights[:16]])
+    if labels_gap <= 0.1 or value["prior_gap_nats"] <= labels_gap + 0.1:  # balanced labels, or weights that even out
+        return None
+    return warned(
+        "init_bias",
+        f"the class weights push the weighted class prior further from uniform ({value['prior_gap_nats']:.2f} nats) "
+        f"than the labels are ({labels_gap:.2f}): frequent classes weigh more, the reverse of balancing. Weights are "
+        "read in class-id order (weight[c] for class c); check the order, or use class_weights='balanced'.",
+        value,
+        "class weights that even out the class prior",
+    )
+
+
 def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device) -> Check:
     """Catches imbalanced classes or targets far from zero left to the default init (a "hockey stick" loss curve).
 
@@ -245,10 +263,16 @@ def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device
         uniform = math.log(task.num_classes or 2) if task.loss == "cross_entropy" else math.log(2)
         gap = uniform - constant_loss(task, target)
         value["prior_gap_nats"] = gap
+        if task.class_weights is not None and task.kind != "sequence":
+            amplified = class_weights_amplify(task, target, value)
+            if amplified:
+                return amplified
         needed = gap > 0.1 and task.kind != "sequence"
         expected_saving = gap
         fix = f"set {found[0]}.bias to the log class priors (log p_c) in your model's init"
         why = f"the labels are imbalanced: the class prior saves {gap:.2f} nats over uniform at init"
+        if task.class_weights is not None:
+            why = f"under the class weights the weighted class prior saves {gap:.2f} nats over uniform at init"
     else:
         mean, std = float(target.float().mean()), float(target.float().std())
         value.update(target_mean=mean, target_std=std)
