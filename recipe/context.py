@@ -17,6 +17,7 @@ import torch
 from recipe import resume as resuming
 from recipe.check import Check, containing
 from recipe.config import TrainSettings, suggest
+from recipe.console import doing
 from recipe.errors import ConfigError
 from recipe.loop import FitResult, fit
 from recipe.rundir import RunDir
@@ -89,10 +90,11 @@ class Context:
             "log": self.rundir.metrics_log(self.stage, run),
         }
         settings.update(overrides)
-        if self.checkpoints is not None:  # resumable: continued or replayed when the run is resumed
-            result = self.checkpoints.fit(self.stage, run, task, settings)
-        else:
-            result = fit(task, **settings)
+        with doing(run):  # the bar says which run of the stage trains
+            if self.checkpoints is not None:  # resumable: continued or replayed when the run is resumed
+                result = self.checkpoints.fit(self.stage, run, task, settings)
+            else:
+                result = fit(task, **settings)
         self.fits.append({"stage": self.stage, "run": run, "seconds": round(result.seconds, 3), **result.setup})
         return result
 
@@ -101,7 +103,7 @@ class Context:
         the function's name without its leading underscore) takes its place and the stage goes on (`containing`)."""
         start, out = time.perf_counter(), list[Check]()
         name = name or getattr(fn, "__name__", type(fn).__name__).lstrip("_")
-        with containing(name, out, (inspect.getdoc(fn) or "").split("\n")[0]):
+        with containing(name, out, (inspect.getdoc(fn) or "").split("\n")[0]), doing(name):
             out.append(fn(*args, **kwargs))
         return out[0].replace(seconds=time.perf_counter() - start)
 

@@ -10,7 +10,6 @@ is also when non-finite losses are caught.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from recipe import distributed
+from recipe import console, distributed
 from recipe import threads as threads_module
 from recipe.checkpointer import Checkpointer
 from recipe.config import check_seed
@@ -106,7 +104,8 @@ def fit(
         lr: peak learning rate.
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N" or a torch.device.
         seed: seeds python, numpy, torch and CUDA before the model is built.
-        progress: show a tqdm bar (only when stderr is a terminal).
+        progress: show progress, named after what trains (`recipe.console.bar`): a tqdm bar on a terminal, else a
+            line with the step count at most every 10 s.
         max_steps: stop after this many optimizer steps (with `epochs`, whichever comes first).
         optimizer: "adamw" (default), "adam" or "sgd" (with `momentum`).
         weight_decay: decoupled weight decay; off by default.
@@ -166,7 +165,7 @@ def fit(
         log, progress = None, False
     setup = _setup(task, settings, step, dev, data_path, batch_size, total, steps_per_epoch, seed, world, why_threads)
     result = FitResult(model=model, setup=setup)
-    bar = _progress_bar(total, progress, task.name)
+    bar = console.bar(total, progress, f"fit {task.name}")
     ckpt = Checkpointer(
         Path(checkpoint_dir) if checkpoint_dir is not None and rank == 0 else None, resume=resume,
         every_steps=checkpoint_every, every_seconds=checkpoint_seconds, log_every=log_every,
@@ -233,12 +232,6 @@ def _check_batch_size(batch_size: int, train_size: int) -> None:
             f"batch_size={batch_size} is larger than the training split ({train_size} samples); "
             f"use batch_size <= {train_size}."
         )
-
-
-def _progress_bar(total: int, progress: bool, name: str) -> Any:
-    """A tqdm bar over the steps, drawn only on a terminal."""
-    disable = not progress or not sys.stderr.isatty()
-    return tqdm(total=total, disable=disable, leave=False, desc=f"fit {name}", unit="step", dynamic_ncols=True)
 
 
 def _setup(

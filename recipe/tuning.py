@@ -31,6 +31,7 @@ import torch
 
 from recipe import checkpoint, stopping
 from recipe.config import TrainSettings
+from recipe.console import doing
 from recipe.context import model_factory
 from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
@@ -162,12 +163,13 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
             break
         current.clear()
         try:
-            study.optimize(
-                run_one,
-                n_trials=1,
-                catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
-                gc_after_trial=False,
-            )
+            with doing("trial", min(finished + 1, search.trials), search.trials):
+                study.optimize(
+                    run_one,
+                    n_trials=1,
+                    catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
+                    gc_after_trial=False,
+                )
         except (KeyboardInterrupt, _CtrlC, Terminated) as exc:
             if current:
                 interrupted(study, current[0])
@@ -219,7 +221,7 @@ def objective(
         result = fit(
             trial_task,
             **{**settings.fit_kwargs(), **run, "batch_size": min(settings.batch_size, len(trial_task.train))},
-            progress=False,
+            progress=worker == 0,  # worker processes draw no bars over the run's
             log=logged,
             on_epoch=report,
         )

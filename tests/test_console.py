@@ -8,7 +8,8 @@ import io
 
 import pytest
 
-from recipe import console
+from recipe import Recipe, console, fit
+from tests import tiny
 
 
 class Clock:
@@ -125,3 +126,36 @@ def test_a_fit_on_its_own_off_a_terminal_is_quiet_until_the_interval(capsys):
 @pytest.mark.parametrize(("seconds", "shown"), [(0.4, "0s"), (59.6, "1m00s"), (3725, "1h02m")])
 def test_durations_read_at_a_glance(seconds, shown):
     assert console._duration(seconds) == shown
+
+
+def test_a_run_off_a_terminal_prints_its_stages_and_loops_and_a_quiet_one_nothing(tmp_path, capsys):
+    config = {
+        "overfit": {"steps": 60, "lr_steps": 30},
+        "complexify": {"epochs": 2, "lr_steps": 30, "ladder": {"small": {}, "large": {}}},
+    }
+    stages = ["overfit", "complexify"]
+    Recipe(tiny.classification(), run_dir=tmp_path / "a", stages=stages, device="cpu", config=config).run()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("[1/2] overfit · ") and "\r" not in "".join(lines)
+    assert any(line.startswith("[2/2] complexify · ") for line in lines)
+    assert any(line.startswith("[2/2] complexify: rung small (1/2) · ") for line in lines), lines
+    for quiet, progress in ((True, True), (False, False)):
+        run_dir = tmp_path / f"quiet_{quiet}"
+        Recipe(
+            tiny.classification(), run_dir=run_dir, stages=["overfit"], config=config, quiet=quiet, progress=progress
+        ).run()
+        assert "[1/1]" not in capsys.readouterr().err
+
+
+def test_fit_names_its_bar_after_what_trains():
+    train = {"epochs": 2, "batch_size": 64, "lr": 1e-2, "device": "cpu", "log_every": 1}
+    terminal = Terminal()
+    with console.progress_line(stream=terminal), console.doing("overfit", 3, 6), console.doing("one batch"):
+        fit(tiny.classification(), progress=True, **train)
+    assert "overfit: one batch:" in terminal.getvalue() and "fit tiny" not in terminal.getvalue()
+    log = io.StringIO()
+    with console.progress_line(stream=log, interval=0.0), console.doing("tune", 6, 6), console.doing("trial", 3, 8):
+        fit(tiny.classification(), progress=True, **train)
+        fit(tiny.classification(), progress=False, **train)  # asked for no bar: no step lines
+    steps = [line for line in log.getvalue().splitlines() if " step " in line]
+    assert steps[-1].startswith("[6/6] tune: trial 3/8 · step 8/8, loss ") and len(steps) == 8, steps

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from recipe.console import doing
 from recipe.loop import fit
 from recipe.task import Task
 
@@ -194,11 +195,13 @@ class QuickModels:
         the other folds' kept rows."""
         out, out_val = torch.zeros(len(fold), self.classes), torch.zeros(len(val_fold), self.classes)
         device = self.fit_kwargs["device"]
-        for k in range(int(fold.max()) + 1):
+        folds = int(fold.max()) + 1
+        for k in range(folds):
             train, test, val = (fold != k) & ~exclude, fold == k, val_fold == k
-            model = fit_model(
-                self.task, [self.positions[i] for i in train.nonzero().flatten().tolist()], k, self.fit_kwargs
-            )
+            with doing("fold", k + 1, folds):
+                model = fit_model(
+                    self.task, [self.positions[i] for i in train.nonzero().flatten().tolist()], k, self.fit_kwargs
+                )
             out[test] = model_logits(
                 self.task, model, "train", [self.positions[i] for i in test.nonzero().flatten().tolist()], device
             )

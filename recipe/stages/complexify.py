@@ -24,6 +24,7 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
+from recipe.console import doing
 from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.curves import (
     Rung,
@@ -94,8 +95,9 @@ class Complexify(Stage):
         ctx.task = ctx.task.replace(models=ladder)  # later stages and `train.model` name these rungs
         rungs: list[Rung] = []
         checks: list[Check] = []
-        for name, factory in ladder.items():  # a rung that raises is left out of the comparison, and says why
-            with ctx.contained("train_rung", checks, f"training rung {name!r}; the other rungs are compared"):
+        for k, (name, factory) in enumerate(ladder.items(), 1):  # a rung that raises is left out, and says why
+            probing = f"training rung {name!r}; the other rungs are compared"
+            with ctx.contained("train_rung", checks, probing), doing(f"rung {name}", k, len(ladder)):
                 rungs.append(self._train_rung(ctx, name, factory))
         if not rungs:
             return checks
