@@ -225,7 +225,8 @@ def class_weights_amplify(task: Task, target: torch.Tensor, value: dict[str, Any
         "init_bias",
         f"the class weights push the weighted class prior further from uniform ({value['prior_gap_nats']:.2f} nats) "
         f"than the labels are ({labels_gap:.2f}): frequent classes weigh more, the reverse of balancing. Weights are "
-        "read in class-id order (weight[c] for class c); check the order, or use class_weights='balanced'.",
+        "read in class-id order (weight[c] for class c): check the order, or use class_weights='balanced' (if frequent "
+        "classes are meant to weigh more, list init_bias in baseline.skip).",
         value,
         "class weights that even out the class prior",
     )
