@@ -8,7 +8,9 @@
 Train each rung of the task's model ladder (smallest first) for the same budget, its learning rate re-checked by
 a short range test, regularisation off; keep the smallest rung that fits the training set about as well as any;
 then compare a warm-up + cosine schedule with the constant rate and keep it only if it helps. The chosen rung,
-rate and schedule go to `regularize` through the context.
+rate and schedule go to `regularize` through the context. When the task declares an input ladder, the chosen rung
+also trains on each smaller input, and the smallest that does as well as the full one is reported. Pretrained
+rungs (`recipe.transfer.Pretrained`) are a starting point, not a size: they are left to `regularize`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
-from recipe.console import doing
 from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.curves import (
     Rung,
@@ -36,14 +37,16 @@ from recipe.diagnostics.curves import (
     step_noise,
     still_improving,
 )
+from recipe.diagnostics.input_size import input_ladder
 from recipe.diagnostics.optimization import exponential_ramp, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
-from recipe.evaluation import constant_loss, evaluate
+from recipe.evaluation import Evaluation, constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.model_io import with_ladder
 from recipe.models import disable_dropout
 from recipe.stage import Stage
 from recipe.task import Task
+from recipe.transfer import Pretrained
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,9 @@ class Complexify(Stage):
         ctx.task = ctx.task.replace(models=ladder)  # later stages and `train.model` name these rungs
         rungs: list[Rung] = []
         checks: list[Check] = []
-        for k, (name, factory) in enumerate(ladder.items(), 1):  # a rung that raises is left out, and says why
-            probing = f"training rung {name!r}; the other rungs are compared"
-            with ctx.contained("train_rung", checks, probing), doing(f"rung {name}", k, len(ladder)):
+        scratch = {n: f for n, f in ladder.items() if not isinstance(f, Pretrained)}
+        for name, factory in (scratch or ladder).items():  # a rung that raises is left out, and says why
+            with ctx.contained("train_rung", checks, f"training rung {name!r}; the other rungs are compared"):
                 rungs.append(self._train_rung(ctx, name, factory))
         if not rungs:
             return checks
@@ -127,6 +130,7 @@ class Complexify(Stage):
                 {"training loss (per step)": final.step_losses}, f"Chosen setup: {chosen.name}, lr {chosen.lr:.2g}"
             )
             checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
+        checks.append(ctx.check(self._input_ladder, ctx, chosen, name="input_ladder"))
         return checks
 
     def validate(self, task: Task) -> None:
@@ -240,6 +244,19 @@ class Complexify(Stage):
                 "rungs_val.png", plots.loss_curves(epochs, "Validation loss per rung", "validation loss", "epoch")
             ),
         )
+
+    def _input_ladder(self, ctx: Context, chosen: Rung) -> Check:
+        """The chosen rung at its rate and budget on each smaller input the task declares, against the full input."""
+        levels: dict[str, Evaluation | None] = {}
+        for level, shrink in ctx.task.input_ladder.items():
+            task = ctx.task.replace(model=ctx.task.models[chosen.name], input_transform=shrink)
+            try:
+                run = self._fit(ctx, f"input_{level}", task, chosen.lr)
+            except NonFiniteError:
+                levels[level] = None
+                continue
+            levels[level] = evaluate(task, run.model, task.val, ctx.device)
+        return input_ladder(chosen.val, levels, constant_loss(ctx.task, ctx.task.targets("train")))
 
     # ---- the schedule ---------------------------------------------------------------------------------------------
 

@@ -7,12 +7,16 @@
 
 From the setup the earlier stages chose, each regulariser is trained on top of what was kept so far, and kept only
 when it lowers the validation loss by more than twice the noise: the paired per-sample standard error and the
-difference between two seeds of the same setup. The result goes to `tune` through the context and as config.yaml.
+difference between two seeds of the same setup. A pretrained rung on the task's ladder ("pretrain: it rarely ever
+hurts") goes last, by the same rule: its inputs checked against the normalisation recorded with its weights, then
+fine-tuned frozen-then-unfrozen (`recipe.transfer`) against the setup trained from scratch. The result goes to
+`tune` through the context and as config.yaml.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +27,10 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
-from recipe.console import doing
 from recipe.context import REGULARISATION_OFF, Context, accepts, model_factory
 from recipe.data import fixed_indices, tree_map
 from recipe.diagnostics.numerics import non_finite
+from recipe.diagnostics.pretrained import pretrained_inputs
 from recipe.diagnostics.regularization import (
     Trial,
     augmentation_invariances,
@@ -42,10 +46,12 @@ from recipe.diagnostics.regularization import (
 )
 from recipe.errors import NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
+from recipe.loop import FitResult
 from recipe.model_io import runnable_config, save_model
 from recipe.models import disable_dropout
 from recipe.stage import Stage
 from recipe.task import Task
+from recipe.transfer import Pretrained, fine_tune
 
 REGULARIZERS = ("weight_decay", "dropout", "augmentation", "early_stopping", "smaller_model")
 
@@ -110,20 +116,27 @@ class Regularize(Stage):
             checks += self._augmentation(ctx)
         augmentation_ok = all(c.status != "fail" for c in checks)
         current, trials, kept = start, [start], []
-        for k, name in enumerate(REGULARIZERS, 1):
+        for name in REGULARIZERS:
             candidates = self._candidates(ctx, name, augmentation_ok, start.epochs)
             if isinstance(candidates, str):
                 checks.append(skipped(name, candidates))
                 continue
             tried: list[Trial] = []
-            probing = f"regulariser {name}, kept only if validation improves beyond noise"
-            with ctx.contained(name, checks, probing), doing(f"regulariser {name}", k, len(REGULARIZERS)):
+            with ctx.contained(name, checks, f"regulariser {name}, kept only if validation improves beyond noise"):
                 tried = [self._trial(ctx, _label(changes), changes, diverge_ok=True) for changes in candidates]
                 check = regularizer(name, current, tried, seed_noise)
                 checks.append(check.replace(seconds=sum(t.seconds for t in tried)))
             if checks[-1].status == "error":
                 continue  # this regulariser could not be judged: keep the current setup
             trials += tried
+            best = best_trial(current, tried, seed_noise)
+            if best is not None:
+                ctx.learn(**best.changes)
+                current = best
+                kept.append(best)
+        with ctx.contained("pretrained", checks, "pretrained rungs fine-tuned against the model trained from scratch"):
+            found, tried = self._pretrained(ctx, current, seed_noise)
+            checks, trials = checks + found, trials + tried
             best = best_trial(current, tried, seed_noise)
             if best is not None:
                 ctx.learn(**best.changes)
@@ -188,12 +201,46 @@ class Regularize(Stage):
             if epochs <= s.patience:
                 return f"each trial runs {epochs} epoch(s), too few for a patience of {s.patience} to stop anything."
             return [{"early_stopping": s.patience}]
-        rungs = list(task.models)
+        rungs = [r for r, factory in task.models.items() if not isinstance(factory, Pretrained)]
         if not s.smaller_model or train.model not in rungs or rungs.index(train.model) == 0:
             return "no smaller rung below the chosen model on the task's ladder (Task(models=...))."
         smaller = rungs[rungs.index(train.model) - 1]
         keeps_dropout = train.dropout is None or accepts(model_factory(task, smaller), "dropout")
         return [{"model": smaller} if keeps_dropout else {"model": smaller, "dropout": None}]
+
+    def _pretrained(self, ctx: Context, current: Trial, seed_noise: float) -> tuple[list[Check], list[Trial]]:
+        """Each pretrained rung on the ladder: its inputs against the normalisation recorded with its weights, then
+        fine-tuned (`recipe.transfer.fine_tune`) with the current setup's budget and regularisers against `current`."""
+        task, s = ctx.task, ctx.train
+        rungs = {name: f for name, f in task.models.items() if isinstance(f, Pretrained)}
+        if not rungs or isinstance(model_factory(task, s.model), Pretrained):
+            return [skipped("pretrained", "no pretrained rung to compare with training from scratch.")], []
+        inputs, _ = task.split_batch(task.sample_batch("train", 1024, ctx.seed))
+        checks, tried = [], []
+        for name, rung in rungs.items():
+            checks.append(ctx.check(pretrained_inputs, inputs, rung, name))
+            if checks[-1].status == "fail":
+                continue  # fine-tuning on inputs the weights never saw would only measure the bug
+            changes = {"model": name, "lr": s.lr * rung.lr_factor}
+            if not accepts(rung, "dropout"):
+                changes["dropout"] = None
+            fit = functools.partial(self._fine_tune_phase, ctx, name)
+            settings = {"task": task.replace(model=rung), "weight_decay": s.weight_decay, "augment": s.augment}
+            try:
+                head, run = fine_tune(fit, rung, s.lr, current.steps, early_stopping=s.early_stopping, **settings)
+            except NonFiniteError:
+                tried.append(Trial(f"model={name}, fine-tuned", changes))
+                continue
+            probe = task.subset("train", fixed_indices(len(task.train), self.settings.train_eval_size, ctx.seed))
+            val, train = (evaluate(task, run.model, split, ctx.device) for split in (task.val, probe.train))
+            steps, epochs = head.steps + run.steps, len(head.history) + len(run.history)
+            label, seconds = f"model={name}, fine-tuned", head.seconds + run.seconds
+            tried.append(Trial(label, changes, val, train.loss, steps, epochs, seconds, run.model))
+        check = regularizer("pretrained", current, tried, seed_noise)
+        return [*checks, check.replace(seconds=sum(t.seconds for t in tried))], tried
+
+    def _fine_tune_phase(self, ctx: Context, name: str, phase: str, **settings: Any) -> FitResult:
+        return ctx.fit(f"pretrained_{name}_{phase}", **settings)
 
     def _more_data(self, ctx: Context, full: Trial, seed_noise: float) -> Check:
         """The learning curve: the same setup and step budget on nested fractions of the training split."""
