@@ -343,6 +343,22 @@ def test_replace_input_transform_applies_it_and_leaves_the_original(classificati
     assert classification_task.input_transform is None and torch.equal(normal, model(batch[0]))
 
 
+def test_an_input_transform_lives_in_the_variant_class_and_keeps_the_users_forward(classification_task):
+    class Scaled(Task):  # a user's hook: forward runs on the transformed inputs
+        def forward(self, model, inputs):
+            return model(inputs * 2)
+
+    task = Scaled(classification_task.train, classification_task.val, classification_task.model, num_classes=3)
+    model, batch = task.make_model(), task.batch("val", [0, 1, 2])
+    shifted = task.replace(input_transform=lambda x: x + 1)
+    assert isinstance(shifted, Scaled) and type(task) is Scaled  # the plain task's class tests for no transform
+    assert torch.equal(shifted.outputs(model, batch)[0], model((batch[0] + 1) * 2))
+    again = shifted.replace(input_transform=lambda x: x - 1)  # replaced, not stacked
+    assert torch.equal(again.outputs(model, batch)[0], model((batch[0] - 1) * 2))
+    plain = again.replace(input_transform=None)
+    assert type(plain) is Scaled and torch.equal(plain.outputs(model, batch)[0], model(batch[0] * 2))
+
+
 def test_replace_converts_splits_and_rejects_unknown_attributes(classification_task):
     x, y = gaussian_points(10)
     variant = classification_task.replace(train=(x.numpy(), y.numpy()))
