@@ -38,7 +38,6 @@ class Context:
         rundir: the run directory (write through `save_json` / `save_figure` / `save_text`).
         train: the current training settings; earlier stages refine them with `learn` (lr found, batch size).
         learned: what each stage learned, by stage name: recorded in manifest.json.
-        objects: non-serialisable hand-overs between stages (for example a trained model), by name.
         stage: the name of the stage now running.
         progress: whether training runs show progress bars.
         source: where the task came from when the run was started from a config (`task`, `task_args`), so a
@@ -52,20 +51,26 @@ class Context:
     rundir: RunDir
     train: TrainSettings = field(default_factory=TrainSettings)
     learned: dict[str, dict[str, Any]] = field(default_factory=dict)
-    objects: dict[str, Any] = field(default_factory=dict)
     stage: str = ""
     progress: bool = True
     fits: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     checkpoints: resuming.FitCheckpoints | None = None
 
-    def learn(self, **values: Any) -> None:
-        """Record what the running stage learned; keys naming a training setting also update `train`."""
+    def learn(self, train: dict[str, Any] | None = None, **found: Any) -> None:
+        """Record what the running stage learned (manifest.json's `learned`): `train` holds the training settings it
+        hands on to the stages after it, by their `TrainSettings` names (`train={"lr": 3e-3}`); the keywords hold
+        what it found besides (`lr_rule="range test"`), which changes no setting."""
         known = {f.name for f in dataclasses.fields(TrainSettings)}
-        updates = {k: v for k, v in values.items() if k in known}
-        if updates:
-            self.train = dataclasses.replace(self.train, **updates)
-        self.learned.setdefault(self.stage, {}).update(values)
+        named = sorted(set(found) & known)
+        if named:  # a finding is never routed into the settings by its name: the stage says which are settings
+            raise TypeError(f"ctx.learn({named[0]}=...) is a training setting: pass train={{{named[0]!r}: ...}}")
+        unknown = sorted(set(train or {}) - known)
+        if unknown:
+            raise TypeError(f"ctx.learn(train=...): {unknown[0]!r} is no training setting{suggest(unknown[0], known)}")
+        if train:
+            self.train = dataclasses.replace(self.train, **train)
+        self.learned.setdefault(self.stage, {}).update({**(train or {}), **found})
 
     def training_task(self, task: Task | None = None, **changes: Any) -> Task:
         """The task with the model the training settings name: the ladder rung `model` and its `dropout`."""

@@ -31,11 +31,6 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def is_main() -> bool:
-    """Rank 0, or the only process."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def shard(permutation: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """This rank's part of an epoch's permutation: equal lengths on every rank (the last n % world samples of the
     permutation are left out this epoch), so every rank takes the same number of steps."""

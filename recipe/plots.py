@@ -30,12 +30,6 @@ STYLE: Any = {
 }
 
 
-def _figure(**kwargs: Any) -> tuple[Figure, Any]:
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(**kwargs)
-    return fig, ax
-
-
 def loss_curves(
     series: Mapping[str, Sequence[float]],
     title: str,

@@ -15,8 +15,16 @@ from recipe.stages import STAGES
 
 
 def _descriptions(cls: type) -> dict[str, str]:
-    """Argument descriptions from a Google-style "Args:" block, continuation lines joined."""
-    doc = inspect.getdoc(cls) or ""
+    """Argument descriptions from the Google-style "Args:" blocks of `cls` and its bases (a field a base declares,
+    such as a stage's `skip`, is described there), continuation lines joined."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(_own_descriptions(klass))
+    return out
+
+
+def _own_descriptions(cls: type) -> dict[str, str]:
+    doc = inspect.cleandoc(cls.__doc__ or "")
     block = doc.split("Args:", 1)[1] if "Args:" in doc else ""
     out: dict[str, str] = {}
     name = None
@@ -41,7 +49,9 @@ def section(title: str, key: str, cls: type) -> str:
     hints = typing.get_type_hints(cls)
     notes = _descriptions(cls)
     rows = [f"## `{key}`: {title}", "", "| key | default | type | meaning |", "| --- | --- | --- | --- |"]
-    for field in dataclasses.fields(cls):
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    fields = dataclasses.fields(cls)
+    for field in [*(f for f in fields if f.name not in inherited), *(f for f in fields if f.name in inherited)]:
         if field.default is not dataclasses.MISSING:
             default: Any = field.default
         elif field.default_factory is not dataclasses.MISSING:

@@ -75,15 +75,6 @@ class Param:
             return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
         return (value - self.low) / (self.high - self.low)
 
-    def distribution(self) -> Any:
-        import optuna
-
-        if self.choices:
-            return optuna.distributions.CategoricalDistribution(list(self.choices))
-        if self.integer:
-            return optuna.distributions.IntDistribution(int(self.low or 0), int(self.high or 0), log=self.log)
-        return optuna.distributions.FloatDistribution(self.low or 0.0, self.high or 0.0, log=self.log)
-
     def grid(self, points: int) -> list[Any]:
         if self.choices:
             return list(self.choices)

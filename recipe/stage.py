@@ -10,7 +10,8 @@ A user customises a stage by subclassing it and extending `run`::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from recipe.check import Check
@@ -23,14 +24,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StageSettings:
-    """Settings every stage has.
+    """Settings every stage has; each stage's settings dataclass extends it (`class OverfitSettings(StageSettings)`).
+
+    A check named in `skip` still runs and is recorded, but as "skip", so it cannot stop the recipe: for a deliberate
+    design, e.g. a model that couples samples on purpose.
 
     Args:
-        skip: names of this stage's checks to report as "skip" (for deliberate designs, e.g. a model that couples
-            samples on purpose); they still run, but cannot stop the recipe.
+        skip: checks to report as "skip" (they still run).
     """
 
-    skip: tuple[str, ...] = ()
+    skip: tuple[str, ...] = field(default=(), kw_only=True)  # keyword-only: the stage's own fields keep their places
 
 
 class Stage:
@@ -43,8 +46,6 @@ class Stage:
         if settings is None or isinstance(settings, dict):
             settings = settings_from_dict(self.settings_cls, {**(settings or {}), **overrides}, self.name)
         elif overrides:
-            import dataclasses
-
             settings = dataclasses.replace(settings, **overrides)
         self.settings = settings
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from recipe import checkpoint, stopping
-from recipe.config import TrainSettings
+from recipe.config import TrainSettings, settings_from_dict
 from recipe.console import doing
 from recipe.context import model_factory
 from recipe.errors import NonFiniteError, Terminated
@@ -115,7 +115,8 @@ class Search:
         return self.seed if self.sampler_seed is None else self.sampler_seed
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(**self.base)
+        """`base` read back as a config's `train:` section is (`dataclasses.asdict` wrote it)."""
+        return settings_from_dict(TrainSettings, self.base, "the tune worker spec: base")
 
 
 def prepare(search: Search, task: Task) -> tuple[Any, list[Param], str]:

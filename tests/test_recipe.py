@@ -102,8 +102,15 @@ def test_context_learn_updates_training_settings(tmp_path):
     from recipe.rundir import RunDir
 
     ctx = Context(tiny.classification(), torch.device("cpu"), 0, RunDir(tmp_path), stage="overfit")
-    ctx.learn(lr=1e-2, note="x")
+    ctx.learn(train={"lr": 1e-2}, note="x")
     assert ctx.train.lr == 1e-2 and ctx.learned == {"overfit": {"lr": 1e-2, "note": "x"}}
+    ctx.learn(lr_rule="found")  # a finding changes no setting
+    assert ctx.train.lr == 1e-2 and ctx.learned["overfit"]["lr_rule"] == "found"
+    with pytest.raises(TypeError, match=r"pass train=\{'lr'"):
+        ctx.learn(lr=1e-3)  # a setting handed on by name is refused, never routed by matching names
+    with pytest.raises(TypeError, match=r"'lrr' is no training setting.*'lr'"):
+        ctx.learn(train={"lrr": 1e-3})
+    assert ctx.train.lr == 1e-2
 
 
 def test_result_renders_in_a_notebook(tmp_path):

@@ -45,12 +45,12 @@ from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.loop import FitResult
 from recipe.models import disable_dropout, simple_model_factory
-from recipe.stage import Stage
+from recipe.stage import Stage, StageSettings
 from recipe.task import IGNORE_INDEX, Task
 
 
 @dataclass(frozen=True)
-class BaselineSettings:
+class BaselineSettings(StageSettings):
     """Settings of the `baseline` stage.
 
     Args:
@@ -62,7 +62,6 @@ class BaselineSettings:
         human_baseline: a human's validation metric (accuracy or MAE), reported beside the model's.
         find_batch_size: on CUDA, replace train.batch_size with the largest batch that fits in memory, stopped where
             throughput stops scaling (the `batch_size` check); false keeps train.batch_size.
-        skip: checks to report as "skip" (they still run).
     """
 
     steps: int = 300
@@ -71,7 +70,6 @@ class BaselineSettings:
     simple_model_lr: float = 1e-2
     human_baseline: float | None = None
     find_batch_size: bool = True
-    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(self, "baseline", counts=["steps", "seed_steps", "probe_size"], positive=["simple_model_lr"])
@@ -232,7 +230,7 @@ class Baseline(Stage):
                 "batch_size.png", plots.batch_size_throughput(result.curve, result.batch_size, result.out_of_memory)
             ),
         )
-        ctx.learn(batch_size=result.batch_size, batch_size_rule=result.rule)
+        ctx.learn(train={"batch_size": result.batch_size}, batch_size_rule=result.rule)
         return batch_size_check(result, current).replace(artifacts=artifacts)
 
     def _val_outputs(self, ctx: Context, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,13 +44,13 @@ from recipe.evaluation import Evaluation, constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.model_io import with_ladder
 from recipe.models import disable_dropout
-from recipe.stage import Stage
+from recipe.stage import Stage, StageSettings
 from recipe.task import Task
 from recipe.transfer import Pretrained
 
 
 @dataclass(frozen=True)
-class ComplexifySettings:
+class ComplexifySettings(StageSettings):
     """Settings of the `complexify` stage.
 
     Args:
@@ -64,7 +64,6 @@ class ComplexifySettings:
         schedule: the decay compared with the constant rate: "cosine" or "linear" (after warm-up).
         warmup_fraction: warm-up as a fraction of the run's steps.
         margin: a rung "fits as well" when its training loss is within this fraction of the best rung's.
-        skip: checks to report as "skip" (they still run).
     """
 
     epochs: int | None = None
@@ -76,7 +75,6 @@ class ComplexifySettings:
     schedule: str = "cosine"
     warmup_fraction: float = 0.05
     margin: float = 0.1
-    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(self, "complexify", counts=["epochs", "max_steps", "lr_steps"], positive=["lr"])
@@ -115,7 +113,7 @@ class Complexify(Stage):
             return [*checks, loss_spikes((chosen or rungs[0]).step_losses)]
         assert chosen is not None
         budget = {"epochs": s.epochs} if s.epochs else {}  # later stages train with the same budget
-        ctx.learn(model=chosen.name, lr=chosen.lr, schedule="constant", warmup_steps=0, **budget)
+        ctx.learn(train={"model": chosen.name, "lr": chosen.lr, "schedule": "constant", "warmup_steps": 0, **budget})
         final = chosen
         with ctx.contained("lr_schedule", checks, "warm-up + decay against the constant rate"):
             final = self._schedule(ctx, chosen, checks)
@@ -281,6 +279,6 @@ class Complexify(Stage):
         checks.append(check.replace(artifacts=(figure,), seconds=run.seconds))
         if not keep:
             return chosen
-        ctx.learn(schedule=s.schedule, warmup_steps=warmup)
+        ctx.learn(train={"schedule": s.schedule, "warmup_steps": warmup})
         train = evaluate(task, run.model, task.train, ctx.device)
         return Rung(chosen.name, chosen.params, chosen.lr, train, scheduled, run.step_losses, run.history)

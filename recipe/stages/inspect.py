@@ -43,11 +43,11 @@ from recipe.diagnostics.reading import eval_data_deterministic
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
 from recipe.errors import ConfigError
-from recipe.stage import Stage
+from recipe.stage import Stage, StageSettings
 
 
 @dataclass(frozen=True)
-class InspectSettings:
+class InspectSettings(StageSettings):
     """Settings of the `inspect` stage.
 
     Args:
@@ -58,7 +58,6 @@ class InspectSettings:
         shift_fail_auc: domain-classifier AUC at which the train/validation shift fails.
         pad_id: the padding token id of a sequence task, if it pads.
         samples_per_class: pictures per class in samples.png.
-        skip: checks to report as "skip" (they still run).
     """
 
     max_samples: int = 20_000
@@ -68,7 +67,6 @@ class InspectSettings:
     shift_fail_auc: float = 0.9
     pad_id: int | None = None
     samples_per_class: int = 8
-    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(self, "inspect", counts=["max_samples", "samples_per_class"], positive=["outlier_z"])
@@ -194,7 +192,6 @@ class InspectData(Stage):
         if issues is None:
             return check
         ctx.learn(label_noise_rate=round(issues.estimated_noise_rate, 4), suspect_labels=len(issues.indices))
-        ctx.objects["label_issues"] = issues.indices
         record = {
             "estimated_noise_rate": issues.estimated_noise_rate,
             "indices": issues.indices,

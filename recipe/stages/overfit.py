@@ -24,11 +24,11 @@ from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import constant_loss
 from recipe.models import disable_dropout
-from recipe.stage import Stage
+from recipe.stage import Stage, StageSettings
 
 
 @dataclass(frozen=True)
-class OverfitSettings:
+class OverfitSettings(StageSettings):
     """Settings of the `overfit` stage.
 
     Args:
@@ -39,7 +39,6 @@ class OverfitSettings:
         lr_min: start of the range test's exponential sweep.
         lr_max: end of the sweep.
         lr_steps: steps of the sweep (one training batch each).
-        skip: checks to report as "skip" (they still run).
     """
 
     batch_size: int = 16
@@ -49,7 +48,6 @@ class OverfitSettings:
     lr_min: float = 1e-7
     lr_max: float = 10.0
     lr_steps: int = 100
-    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(self, "overfit", counts=["batch_size", "steps", "lr_steps"], positive=["lr", "tolerance", "lr_min"])
@@ -134,5 +132,5 @@ class OverfitOneBatch(Stage):
             ctx.save_json("lr_range_test.json", {"lr": lrs[: len(losses)], "loss": losses, **suggestion}),
         )
         if suggestion["lr"] is not None:
-            ctx.learn(lr=suggestion["lr"], lr_rule="range test, minimum/10")
+            ctx.learn(train={"lr": suggestion["lr"]}, lr_rule="range test, minimum/10")
         return check.replace(artifacts=artifacts)

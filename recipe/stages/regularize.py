@@ -49,7 +49,7 @@ from recipe.evaluation import constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.model_io import runnable_config, save_model
 from recipe.models import disable_dropout
-from recipe.stage import Stage
+from recipe.stage import Stage, StageSettings
 from recipe.task import Task
 from recipe.transfer import Pretrained, fine_tune
 
@@ -57,7 +57,7 @@ REGULARIZERS = ("weight_decay", "dropout", "augmentation", "early_stopping", "sm
 
 
 @dataclass(frozen=True)
-class RegularizeSettings:
+class RegularizeSettings(StageSettings):
     """Settings of the `regularize` stage.
 
     Args:
@@ -74,7 +74,6 @@ class RegularizeSettings:
         overfit_steps: optimizer steps for it.
         overfit_lr: learning rate for it.
         max_features: at most this many tabular features are ablated one by one (more: the check is skipped).
-        skip: checks to report as "skip" (they still run).
     """
 
     epochs: int | None = None
@@ -90,7 +89,6 @@ class RegularizeSettings:
     overfit_steps: int = 300
     overfit_lr: float = 1e-3
     max_features: int = 100
-    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         counts = ["epochs", "max_steps", "train_eval_size", "patience", "augmentation_samples", "overfit_batch_size"]
@@ -131,7 +129,7 @@ class Regularize(Stage):
             trials += tried
             best = best_trial(current, tried, seed_noise)
             if best is not None:
-                ctx.learn(**best.changes)
+                ctx.learn(train=best.changes)
                 current = best
                 kept.append(best)
         with ctx.contained("pretrained", checks, "pretrained rungs fine-tuned against the model trained from scratch"):
@@ -139,7 +137,7 @@ class Regularize(Stage):
             checks, trials = checks + found, trials + tried
             best = best_trial(current, tried, seed_noise)
             if best is not None:
-                ctx.learn(**best.changes)
+                ctx.learn(train=best.changes)
                 current = best
                 kept.append(best)
         assert current.model is not None

@@ -38,7 +38,7 @@ from recipe.evaluation import evaluate
 from recipe.model_io import runnable_config, save_model
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
-from recipe.stage import Stage
+from recipe.stage import Stage, StageSettings
 from recipe.study_storage import LEASES, STUDY, TRIALS, fence, sweep_stale
 from recipe.tuning import SAMPLERS, Search, Workers, configure, prepare, work
 
@@ -46,7 +46,7 @@ STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databa
 
 
 @dataclass(frozen=True)
-class TuneSettings:
+class TuneSettings(StageSettings):
     """Settings of the `tune` stage.
 
     Args:
@@ -69,7 +69,6 @@ class TuneSettings:
         lease_timeout: seconds without a sign of life after which another worker takes over a running trial.
         seeds: re-trainings of the best configuration with other seeds (`seed_variance`).
         ensemble: top trials averaged into an ensemble.
-        skip: checks to report as "skip" (they still run).
     """
 
     trials: int = 16
@@ -86,7 +85,6 @@ class TuneSettings:
     lease_timeout: float = 30.0
     seeds: int = 3
     ensemble: int = 3
-    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(self, "tune", counts=["trials", "workers", "epochs", "max_steps"], positive=["timeout"])
@@ -305,7 +303,7 @@ class Tune(Stage):
 
     def _hand_over(self, ctx: Context, search: Search, best: Any) -> None:
         settings, _ = configure(search.settings(), ctx.task, best.params)
-        ctx.learn(**{k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number)
+        ctx.learn(train={k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number)
         extra = {k: v for k, v in best.params.items() if k not in TRAIN_KEYS}
         config = runnable_config(ctx.source, settings, run_dir=str(ctx.rundir.path), seed=ctx.seed)
         header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
