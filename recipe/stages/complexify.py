@@ -26,6 +26,7 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
+from recipe.console import doing
 from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.curves import (
     Rung,
@@ -97,8 +98,10 @@ class Complexify(Stage):
         rungs: list[Rung] = []
         checks: list[Check] = []
         scratch = {n: f for n, f in ladder.items() if not isinstance(f, Pretrained)}
-        for name, factory in (scratch or ladder).items():  # a rung that raises is left out, and says why
-            with ctx.contained("train_rung", checks, f"training rung {name!r}; the other rungs are compared"):
+        trained = scratch or ladder
+        for k, (name, factory) in enumerate(trained.items(), 1):  # a rung that raises is left out, and says why
+            probing = f"training rung {name!r}; the other rungs are compared"
+            with ctx.contained("train_rung", checks, probing), doing(f"rung {name}", k, len(trained)):
                 rungs.append(self._train_rung(ctx, name, factory))
         if not rungs:
             return checks

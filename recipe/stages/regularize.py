@@ -27,6 +27,7 @@ from torch import nn
 from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
+from recipe.console import doing
 from recipe.context import REGULARISATION_OFF, Context, accepts, model_factory
 from recipe.data import fixed_indices, tree_map
 from recipe.diagnostics.numerics import non_finite
@@ -114,13 +115,14 @@ class Regularize(Stage):
             checks += self._augmentation(ctx)
         augmentation_ok = all(c.status != "fail" for c in checks)
         current, trials, kept = start, [start], []
-        for name in REGULARIZERS:
+        for k, name in enumerate(REGULARIZERS, 1):
             candidates = self._candidates(ctx, name, augmentation_ok, start.epochs)
             if isinstance(candidates, str):
                 checks.append(skipped(name, candidates))
                 continue
             tried: list[Trial] = []
-            with ctx.contained(name, checks, f"regulariser {name}, kept only if validation improves beyond noise"):
+            probing = f"regulariser {name}, kept only if validation improves beyond noise"
+            with ctx.contained(name, checks, probing), doing(f"regulariser {name}", k, len(REGULARIZERS)):
                 tried = [self._trial(ctx, _label(changes), changes, diverge_ok=True) for changes in candidates]
                 check = regularizer(name, current, tried, seed_noise)
                 checks.append(check.replace(seconds=sum(t.seconds for t in tried)))
