@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.evaluation import Evaluation
@@ -31,6 +32,8 @@ class Rung:
         step_losses: the training loss of every step.
         history: per-epoch records from `fit`.
         diverged_at: the step where the loss became non-finite, if it did.
+        seconds: wall time of the run.
+        model: the trained module (not serialised), for looking at its mistakes.
     """
 
     name: str
@@ -42,6 +45,7 @@ class Rung:
     history: list[dict[str, Any]] = field(default_factory=list)
     diverged_at: int | None = None
     seconds: float = 0.0
+    model: nn.Module | None = None
 
 
 def paired_difference(a: Evaluation, b: Evaluation) -> tuple[float, float]:

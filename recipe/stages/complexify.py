@@ -46,6 +46,7 @@ from recipe.loop import FitResult
 from recipe.model_io import with_ladder
 from recipe.models import disable_dropout
 from recipe.stage import Stage, StageSettings
+from recipe.stages.mistakes import look_at_mistakes
 from recipe.task import Task
 from recipe.transfer import Pretrained
 
@@ -132,6 +133,8 @@ class Complexify(Stage):
             )
             checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
         checks.append(ctx.check(self._input_ladder, ctx, chosen, name="input_ladder"))
+        if final.model is not None:
+            checks.append(ctx.check(look_at_mistakes, ctx, final.model, f"{chosen.name}", name="prediction_errors"))
         return checks
 
     def validate(self, task: Task) -> None:
@@ -181,7 +184,7 @@ class Complexify(Stage):
             return Rung(name, params, lr, None, None, [*exc.losses, math.nan], [], exc.step)
         train = evaluate(task, run.model, task.train, ctx.device)
         val = evaluate(task, run.model, task.val, ctx.device)
-        return Rung(name, params, lr, train, val, run.step_losses, run.history, None, run.seconds)
+        return Rung(name, params, lr, train, val, run.step_losses, run.history, None, run.seconds, run.model)
 
     def _range_test(self, ctx: Context, task: Task, name: str) -> float | None:
         s = self.settings
@@ -284,4 +287,6 @@ class Complexify(Stage):
             return chosen
         ctx.learn(train={"schedule": s.schedule, "warmup_steps": warmup})
         train = evaluate(task, run.model, task.train, ctx.device)
-        return Rung(chosen.name, chosen.params, chosen.lr, train, scheduled, run.step_losses, run.history)
+        return Rung(
+            chosen.name, chosen.params, chosen.lr, train, scheduled, run.step_losses, run.history, model=run.model
+        )

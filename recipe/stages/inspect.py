@@ -192,6 +192,7 @@ class InspectData(Stage):
         if issues is None:
             return check
         ctx.learn(label_noise_rate=round(issues.estimated_noise_rate, 4), suspect_labels=len(issues.indices))
+        ctx.learn(label_issues={"indices": issues.indices, "predicted": issues.predicted})  # regularize tries them
         record = {
             "estimated_noise_rate": issues.estimated_noise_rate,
             "indices": issues.indices,

@@ -45,6 +45,7 @@ from recipe.diagnostics.regularization import (
     paired_gain,
     regularizer,
 )
+from recipe.diagnostics.suspect_labels import apply_label_fix, label_fixes, suspect_labels
 from recipe.errors import NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
 from recipe.loop import FitResult
@@ -142,6 +143,8 @@ class Regularize(Stage):
                 ctx.learn(train=best.changes)
                 current = best
                 kept.append(best)
+        with ctx.contained("suspect_labels", checks, "training without inspect's suspect labels, or relabelled"):
+            current = self._suspect_labels(ctx, current, seed_noise, checks, trials, kept)
         assert current.model is not None
         checks.append(ctx.check(self._feature_ablation, ctx, current.model))
         checks.append(ctx.check(self._first_layer, ctx, current.model))
@@ -241,6 +244,39 @@ class Regularize(Stage):
 
     def _fine_tune_phase(self, ctx: Context, name: str, phase: str, **settings: Any) -> FitResult:
         return ctx.fit(f"pretrained_{name}_{phase}", **settings)
+
+    def restore(self, ctx: Context) -> None:
+        fix = ctx.learned.get("regularize", {}).get("label_fix")
+        if fix:  # the kept fix of the suspect labels: later stages train on the changed split
+            ctx.task = apply_label_fix(ctx.task, fix)
+
+    def _suspect_labels(
+        self,
+        ctx: Context,
+        current: Trial,
+        seed_noise: float,
+        checks: list[Check],
+        trials: list[Trial],
+        kept: list[Trial],
+    ) -> Trial:
+        """Inspect's suspect labels dropped, or relabelled to the confident prediction, against the current setup; a
+        fix that improves validation beyond noise is kept, and the later stages train on the changed split."""
+        found = ctx.learned.get("inspect", {}).get("label_issues")
+        if not found or not found.get("indices"):
+            checks.append(skipped("suspect_labels", "inspect found no suspect labels (or did not run)."))
+            return current
+        fixes = label_fixes(ctx.task, found)
+        tried = [self._trial(ctx, label, {}, ctx.training_task(t), diverge_ok=True) for label, t in fixes.items()]
+        check = suspect_labels(current, tried, seed_noise, ctx.task.metric_name)
+        checks.append(check.replace(seconds=sum(t.seconds for t in tried)))
+        trials += tried
+        best = best_trial(current, tried, seed_noise)
+        if best is None:
+            return current
+        ctx.task = fixes[best.label]
+        ctx.learn(label_fix={"action": best.label.split()[0], **found})
+        kept.append(best)
+        return best
 
     def _more_data(self, ctx: Context, full: Trial, seed_noise: float) -> Check:
         """The learning curve: the same setup and step budget on nested fractions of the training split."""

@@ -1,0 +1,194 @@
+"""Looking at the mistakes: which classes the model gets wrong, which validation samples cost it most, and where a
+regression's residuals are largest.
+
+Why: Karpathy's recipe, "if your network gives you predictions that are not consistent with what you have seen in
+the data, something is off" (step 1) and "visualize prediction dynamics" (step 2); fastai's `plot_top_losses` and
+the confusion matrix. This is looking, not gating: the check warns at most.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipe.check import Check, passed, skipped, warned
+from recipe.data import eval_batches
+from recipe.task import Task
+
+BELOW = 3.0  # a class is named when its recall lies this many standard errors under the overall accuracy
+MAX_FEATURES = 50  # tabular features binned for a regression's residuals, at most
+BINS = 5  # quantile bins per feature
+
+
+@dataclass
+class Predictions:
+    """The model's outputs on the whole validation split, on the CPU.
+
+    Attributes:
+        output: the model's outputs, in sample order.
+        target: the targets.
+        loss: each sample's loss (N,).
+        features: the inputs when they are a float matrix (N, F) of tabular features, else None.
+    """
+
+    output: torch.Tensor
+    target: torch.Tensor
+    loss: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+def validation_predictions(task: Task, model: nn.Module, device: torch.device, batch_size: int = 512) -> Predictions:
+    """Outputs, targets and per-sample losses over the whole validation split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs, targets, losses = [], [], []
+    features: list[torch.Tensor | None] = []
+    with torch.inference_mode():
+        for batch in eval_batches(task.val, batch_size, device):
+            output, target = task.outputs(model, batch)
+            per_sample = task.loss_per_sample(output.float(), target)
+            if per_sample is None:  # a user's loss gives one number per batch: score each sample alone
+                per_sample = torch.stack(
+                    [task.compute_loss(o[None].float(), t[None]) for o, t in zip(output, target, strict=True)]
+                )
+            inputs, _ = task.split_batch(batch)
+            flat = isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dim() == 2
+            outputs.append(output.float().cpu())
+            targets.append(target.cpu())
+            losses.append(per_sample.float().cpu())
+            features.append(inputs.float().cpu() if flat and task.images(inputs) is None else None)
+    model.train(was_training)
+    matrix = [f for f in features if f is not None]
+    tabular = len(matrix) == len(features)
+    return Predictions(
+        torch.cat(outputs), torch.cat(targets), torch.cat(losses), torch.cat(matrix) if tabular else None
+    )
+
+
+def worst_samples(predictions: Predictions, k: int = 16) -> list[int]:
+    """Indices (into the validation split) of the `k` samples with the highest loss, worst first."""
+    finite = torch.nan_to_num(predictions.loss, nan=math.inf)
+    return finite.topk(min(k, len(finite))).indices.tolist()
+
+
+def confusion(predictions: Predictions, num_classes: int) -> torch.Tensor:
+    """Counts (given class, predicted class) over the validation split, shape (K, K)."""
+    given, predicted = predictions.target.long(), predictions.output.argmax(1)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    return matrix.index_put_((given, predicted), torch.ones_like(given), accumulate=True)
+
+
+def prediction_errors(predictions: Predictions, task: Task) -> Check:
+    """Names the classes the model gets wrong far more often than the others (a class learned badly: labels of one
+    class scrambled or mixed with another, too few examples, a class the inputs cannot tell apart), and for a
+    regression the target and feature ranges where its errors are largest.
+
+    Why: the recipe's "look at the mistakes". Each class's recall is compared with the overall accuracy; its
+    standard error is the binomial one at the overall rate over the class's validation samples, and a class more
+    than 3 of them below is named (warn: it deserves a look, it is not a verdict). Regressions pass and name the
+    bins whose mean loss lies more than 3 standard errors above the overall mean.
+    """
+    output, target = predictions.output, predictions.target
+    if task.kind == "regression":
+        return _regression(predictions)
+    if task.kind != "classification" or target.dim() != 1 or output.dim() != 2 or task.loss == "bce_with_logits":
+        return skipped("prediction_errors", "per-class errors apply to one class label per sample.")
+    matrix = confusion(predictions, output.shape[1])
+    n, correct = matrix.sum(1), matrix.diagonal()
+    accuracy = float(correct.sum() / n.sum())
+    rows: list[dict[str, Any]] = []
+    for c in (int(c) for c in torch.nonzero(n).flatten()):
+        recall, count = float(correct[c] / n[c]), int(n[c])
+        off = matrix[c].clone()
+        off[c] = 0
+        null_se = math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / count)
+        rows.append(
+            {
+                "class": c,
+                "n": count,
+                "recall": recall,
+                "se": math.sqrt(recall * (1 - recall) / count),
+                "z": (recall - accuracy) / null_se,
+                "mostly_predicted_as": int(off.argmax()) if int(off.sum()) else None,
+            }
+        )
+    below = sorted((r for r in rows if r["z"] < -BELOW), key=lambda r: r["z"])
+    worst = worst_samples(predictions)
+    value = {"accuracy": accuracy, "classes": rows, "below": [r["class"] for r in below], "worst": worst}
+    if not below:
+        weakest = min(rows, key=lambda r: r["recall"])
+        return passed(
+            "prediction_errors",
+            f"no class lies more than {BELOW:g} SE under the accuracy {accuracy:.3f}; the weakest, class "
+            f"{weakest['class']}, has recall {weakest['recall']:.3f} over {weakest['n']}. See the confusion matrix "
+            "and the highest-loss samples.",
+            value,
+        )
+    named = "; ".join(_describe(r) for r in below[:5]) + (f"; and {len(below) - 5} more" if len(below) > 5 else "")
+    return warned(
+        "prediction_errors",
+        f"{len(below)} class(es) are recognised far less often than the accuracy {accuracy:.3f}: {named}. Look at "
+        "their training labels and samples (mislabelled, or mixed with the class they are taken for?) and at the "
+        "highest-loss samples; a class that is only harder is learned last, and a longer run narrows its gap.",
+        value,
+        f"every class's recall within {BELOW:g} SE of the accuracy",
+    )
+
+
+def _describe(row: dict[str, Any]) -> str:
+    mistaken = "" if row["mostly_predicted_as"] is None else f", mostly taken for class {row['mostly_predicted_as']}"
+    right = round(row["recall"] * row["n"])
+    return f"class {row['class']} recall {row['recall']:.3f} ± {row['se']:.3f} ({right} of {row['n']}{mistaken})"
+
+
+def binned_losses(values: torch.Tensor, loss: torch.Tensor, bins: int = BINS) -> list[dict[str, Any]]:
+    """Mean loss and its standard error in quantile bins of `values` (ties kept in one bin)."""
+    edges = torch.quantile(values.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)).unique()
+    which = torch.bucketize(values.double(), edges[1:-1], right=True)
+    out = []
+    for b in range(len(edges) - 1):
+        part = loss[which == b].double()
+        if len(part) > 1:
+            se = float(part.std() / math.sqrt(len(part)))
+            low, high = float(edges[b]), float(edges[b + 1])
+            out.append({"low": low, "high": high, "n": len(part), "loss": float(part.mean()), "se": se})
+    return out
+
+
+def _regression(predictions: Predictions) -> Check:
+    loss, n = predictions.loss.double(), len(predictions.loss)
+    overall = float(loss.mean())
+    columns: dict[str, torch.Tensor] = {"target": predictions.target.reshape(n, -1).float().mean(1)}
+    if predictions.features is not None:
+        for j in range(min(predictions.features.shape[1], MAX_FEATURES)):
+            columns[f"feature {j}"] = predictions.features[:, j]
+    bins: list[dict[str, Any]] = []
+    for name, values in columns.items():
+        for b in binned_losses(values, loss):
+            z = (b["loss"] - overall) / b["se"] if b["se"] > 0 else 0.0
+            bins.append({"by": name, **b, "z": z})
+    worst = sorted((b for b in bins if b["z"] > BELOW), key=lambda b: -b["z"])
+    residual = (predictions.output.float() - predictions.target.float()).reshape(n, -1).mean(1)
+    value = {"loss": overall, "mean_residual": float(residual.mean()), "worst_bins": worst[:10]}
+    value["worst"] = worst_samples(predictions)
+    if not worst:
+        return passed(
+            "prediction_errors",
+            f"no target or feature range has a loss more than {BELOW:g} SE above the mean {overall:.4g}; see the "
+            "residuals and the highest-loss samples.",
+            value,
+        )
+    named = "; ".join(
+        f"{b['by']} in [{b['low']:.3g}, {b['high']:.3g}]: loss {b['loss']:.4g} ± {b['se']:.2g} (n={b['n']})"
+        for b in worst[:3]
+    )
+    return passed(
+        "prediction_errors",
+        f"errors are largest where {named}, against {overall:.4g} overall: look there first (a missing feature, "
+        "too few samples, a noisier range).",
+        value,
+    )
