@@ -34,7 +34,7 @@ table{border-collapse:collapse;width:100%;background:#fff;margin:8px 0}
 th,td{border:1px solid #d0d7de;padding:6px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa} td.name{font-family:ui-monospace,monospace;white-space:nowrap}
 td{font-variant-numeric:tabular-nums} td.value{font-family:ui-monospace,monospace;font-size:12px}
-td.value .kv{white-space:nowrap} td.stage{white-space:nowrap}
+td.value .kv{white-space:nowrap} td.stage{white-space:nowrap} td.message{min-width:22em}
 td.value pre{margin:4px 0 0;padding:4px;font-size:11px;max-height:240px;max-width:480px} summary{cursor:pointer}
 .summary{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;min-width:120px}
@@ -74,8 +74,8 @@ def _short(value: Any, limit: int = 300) -> str:
 
 
 def _kv(text: str) -> str:
-    """A number or a `key=value` pair, never broken across lines."""
-    return f"<span class=kv>{html.escape(text)}</span>"
+    """A number or a `key=value` pair without spaces, never broken across lines (text with spaces wraps)."""
+    return html.escape(text) if " " in text else f"<span class=kv>{html.escape(text)}</span>"
 
 
 def _pair(key: Any, value: Any) -> str:
@@ -88,8 +88,7 @@ def _value_html(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, dict):
-        text = _short(value, 120)
-        return _kv(text) if len(text) <= 40 else html.escape(text)
+        return _kv(_short(value, 120))
     scalars = [(k, v) for k, v in value.items() if isinstance(v, int | float | str | bool) and len(str(v)) < 40]
     summary = "<br>".join(_pair(k, v) for k, v in scalars[:3]) or "details"
     full = html.escape(json.dumps(value, indent=1)[:4000])
@@ -102,7 +101,7 @@ def checks_table_html(checks: list[Check], stage: bool = False) -> str:
     rows = "".join(
         f"<tr><td>{_badge(c.status)}</td>{f'<td class=stage>{_esc(c.stage)}</td>' if stage else ''}"
         f"<td class=name>{_esc(c.name)}</td>"
-        f"<td>{_esc(c.message)}</td><td class=value>{_value_html(c.value)}</td>"
+        f"<td class=message>{_esc(c.message)}</td><td class=value>{_value_html(c.value)}</td>"
         f"<td class=value>{_value_html(c.expected)}</td>"
         f"<td>{_seconds(c.seconds, 2)}</td></tr>"
         for c in checks

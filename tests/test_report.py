@@ -81,6 +81,8 @@ def test_numbers_and_pairs_never_break_and_long_text_wraps(tmp_path):
     assert "<span class=kv>loss=0.001234</span><br><span class=kv>reference=2.303</span>" in page
     assert "<span class=kv>0.973125</span>" in page  # a bare number too
     assert "<span class=kv>the lead is inside" not in page and "the lead is inside the noise" in page
+    assert "lr_rule=range test, minimum/10" in page and "<span class=kv>lr_rule" not in page  # words wrap
+    assert "<td class=message>memorised.</td>" in page and "td.message{min-width:22em}" in CSS
 
 
 def test_the_notebook_view_has_a_stage_column_and_the_stage_table_none(tmp_path):
