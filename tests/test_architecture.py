@@ -34,7 +34,7 @@ FLOORS: list[tuple[str, list[str]]] = [  # bottom to top; a module may import fr
                "recipe.tuning", "recipe.playbook"]),
     ("stages", ["recipe.stages", "recipe.stages.*"]),
     ("run", ["recipe.loggers", "recipe.report", "recipe.runner", "recipe.reference"]),
-    ("command", ["recipe.cli", "recipe.__main__"]),
+    ("command", ["recipe.cli"]),
 ]  # fmt: skip
 
 Edge = tuple[str, str, int]  # importer, imported, line
