@@ -204,10 +204,11 @@ class ProgressLine:
         or `interval` has passed since the last line."""
         if not self.enabled:
             return
+        now = self.clock()
         if self.status is not None:
+            self.last = now
             self.status.set_description_str(self.text(extra))
             return
-        now = self.clock()
         if news or now - self.last >= self.interval:
             self.last = now
             print(self.text(extra), file=self.stream, flush=True)
@@ -252,6 +253,18 @@ class _Steps:
         pass
 
 
+class _Bar(tqdm):
+    """fit's bar on a terminal; as it moves, the run's line above it keeps its elapsed time and time left current."""
+
+    run_line: ProgressLine | None = None
+
+    def update(self, n: float | None = 1) -> bool | None:
+        shown = super().update(n)
+        if self.run_line is not None and self.run_line.clock() - self.run_line.last >= 1.0:
+            self.run_line.show()  # redrawn at most once a second
+        return shown
+
+
 def bar(total: int, enabled: bool, default: str) -> Any:
     """fit's progress bar (`update`, `set_postfix`, `close`), named after what runs now (`describe(default)`): a tqdm
     bar on a terminal, else a step count on the run's progress line at its rate (a fit called on its own prints one
@@ -261,7 +274,9 @@ def bar(total: int, enabled: bool, default: str) -> Any:
     if not enabled or (line is not None and not line.enabled):
         return tqdm(disable=True)
     if _isatty(stream):
-        return tqdm(total=total, desc=describe(default), unit="step", leave=False, dynamic_ncols=True, file=stream)
+        steps = _Bar(total=total, desc=describe(default), unit="step", leave=False, dynamic_ncols=True, file=stream)
+        steps.run_line = line
+        return steps
     if line is None:
         line = ProgressLine(stream=stream)
         line.name, line.last = default, line.start  # on its own: a line only once the fit has run `interval` s

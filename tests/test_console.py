@@ -103,15 +103,18 @@ def test_a_disabled_line_prints_nothing_and_fit_draws_no_bar():
 
 
 def test_on_a_terminal_the_line_is_redrawn_and_the_bar_carries_the_name():
-    out = Terminal()
+    out, clock = Terminal(), Clock()
     with (
-        console.progress_line(stream=out) as line,
+        console.progress_line(stream=out, clock=clock) as line,
         console.doing("regularize", 5, 6),
         console.doing("regulariser dropout", 2, 4),
     ):
         steps = console.bar(total=10, enabled=True, default="fit tiny")
         assert steps.desc.startswith("regularize: regulariser dropout (2/4)")
-        assert "[5/6] regularize: regulariser dropout (2/4)" in line.status.desc
+        assert line.status.desc == "[5/6] regularize: regulariser dropout (2/4) · 0s elapsed"
+        clock.now += 75
+        steps.update(1)  # a long fit keeps the line above it current
+        assert line.status.desc == "[5/6] regularize: regulariser dropout (2/4) · 1m15s elapsed"
         steps.close()
     assert "\r" in out.getvalue()  # a terminal gets the line redrawn in place
 
