@@ -51,6 +51,7 @@ class Console:
 
     def _print(self, text: str = "") -> None:
         tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()  # piped to a file or a CI log, a stage's table shows when the stage ends, not at exit
 
     def header(self, task: Task, device: torch.device, seed: int, path: Path) -> None:
         if not self.quiet:

@@ -9,6 +9,7 @@ import io
 import pytest
 
 from recipe import Recipe, console, fit
+from recipe.check import Check
 from tests import tiny
 
 
@@ -162,3 +163,18 @@ def test_fit_names_its_bar_after_what_trains():
         fit(tiny.classification(), progress=False, **train)  # asked for no bar: no step lines
     steps = [line for line in log.getvalue().splitlines() if " step " in line]
     assert steps[-1].startswith("[6/6] tune: trial 3/8 · step 8/8, loss ") and len(steps) == 8, steps
+
+
+def test_a_stage_table_is_flushed_when_the_stage_ends(monkeypatch):
+    class Piped(io.StringIO):  # a pipe or a file: written only when flushed
+        def __init__(self) -> None:
+            super().__init__()
+            self.flushed = ""
+
+        def flush(self) -> None:
+            self.flushed = self.getvalue()
+
+    out = Piped()
+    monkeypatch.setattr("sys.stdout", out)
+    console.Console(quiet=False).stage("overfit", [Check("overfit_batch", "pass", message="memorised.")], 1.0)
+    assert "overfit_batch" in out.flushed
