@@ -57,10 +57,12 @@ class Context:
     source: dict[str, Any] = field(default_factory=dict)
     checkpoints: resuming.FitCheckpoints | None = None
 
-    def learn(self, train: dict[str, Any] | None = None, **found: Any) -> None:
+    def learn(self, train: Any = None, **found: Any) -> None:
         """Record what the running stage learned (manifest.json's `learned`): `train` holds the training settings it
-        hands on to the stages after it, by their `TrainSettings` names (`train={"lr": 3e-3}`); the keywords hold
-        what it found besides (`lr_rule="range test"`), which changes no setting."""
+        hands on to the stages after it, a dict by their `TrainSettings` names (`train={"lr": 3e-3}`); the keywords
+        hold what it found besides (`lr_rule="range test"`), which changes no setting. (`train` is typed `Any` so that
+        a stage may spread a dict of findings, `**{f"val_{metric}": ...}`, without the type checker fearing its keys.)
+        """
         known = {f.name for f in dataclasses.fields(TrainSettings)}
         named = sorted(set(found) & known)
         if named:  # a finding is never routed into the settings by its name: the stage says which are settings
