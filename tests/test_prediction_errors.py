@@ -106,3 +106,13 @@ def test_complexify_shows_the_mistakes_of_the_chosen_rung(tmp_path, digits_task)
     folder = result.run_dir / "04_complexify"
     for name in ("confusion.png", "class_recall.png", "highest_losses.png"):
         assert (folder / name).exists() and f"04_complexify/{name}" in check.artifacts, name
+
+
+def test_a_custom_loss_is_scored_sample_by_sample():
+    smoothed = lambda output, target: torch.nn.functional.cross_entropy(output, target, label_smoothing=0.1)
+    task = tiny.classification(loss=smoothed, kind="classification")
+    model = fit(task, epochs=30, batch_size=64, lr=3e-3, device="cpu", progress=False).model  # 10: rare class 2 lags
+    predictions = validation_predictions(task, model, CPU)
+    one = float(smoothed(predictions.output[:1], predictions.target[:1]))
+    assert len(predictions.loss) == len(task.val) and abs(float(predictions.loss[0]) - one) < 1e-5
+    assert prediction_errors(predictions, task).status == "pass"

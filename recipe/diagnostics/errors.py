@@ -110,6 +110,7 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
             {
                 "class": c,
                 "n": count,
+                "share": count / float(n.sum()),
                 "recall": recall,
                 "se": math.sqrt(recall * (1 - recall) / count),
                 "z": (recall - accuracy) / null_se,
@@ -133,7 +134,8 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
         "prediction_errors",
         f"{len(below)} class(es) are recognised far less often than the accuracy {accuracy:.3f}: {named}. Look at "
         "their training labels and samples (mislabelled, or mixed with the class they are taken for?) and at the "
-        "highest-loss samples; a class that is only harder is learned last, and a longer run narrows its gap.",
+        "highest-loss samples. A class that is only harder or rarer is learned last: a longer run narrows its gap, and "
+        "class weights or more of its samples help a rare one.",
         value,
         f"every class's recall within {BELOW:g} SE of the accuracy",
     )
@@ -142,7 +144,8 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
 def _describe(row: dict[str, Any]) -> str:
     mistaken = "" if row["mostly_predicted_as"] is None else f", mostly taken for class {row['mostly_predicted_as']}"
     right = round(row["recall"] * row["n"])
-    return f"class {row['class']} recall {row['recall']:.3f} ± {row['se']:.3f} ({right} of {row['n']}{mistaken})"
+    share = f", {row['share']:.0%} of the samples"
+    return f"class {row['class']} recall {row['recall']:.3f} ± {row['se']:.3f} ({right} of {row['n']}{share}{mistaken})"
 
 
 def binned_losses(values: torch.Tensor, loss: torch.Tensor, bins: int = BINS) -> list[dict[str, Any]]:
