@@ -58,6 +58,8 @@ class TensorBoard:
     def _trials(self, path: Path) -> None:
         with path.open() as f:
             for row in csv.DictReader(f):
+                if not row["trial"].isdigit():
+                    continue  # the last row holds each parameter's importance, not a trial
                 metrics = {f"hparam/{k}": float(row.pop(k)) for k in list(row) if k.startswith("val_") and row[k]}
                 number = row.pop("trial")
                 params = {k: _number(v) for k, v in row.items()}

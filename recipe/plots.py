@@ -325,16 +325,31 @@ def best_so_far(values: Sequence[float]) -> Figure:
     return fig
 
 
-def isolation(name: str, best: Mapping[Any, float]) -> Figure:
-    """The playbook's isolation plot: for each value of one hyperparameter, the best validation loss any trial
-    with that value reached (the other hyperparameters optimised away)."""
-    labels = [str(k) for k in best]
+def isolation(panels: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """The playbook's isolation plots, one panel per hyperparameter: at each value (a choice, a studied level or a
+    bin of the range) the best validation loss any trial there reached (the other hyperparameters optimised away),
+    with that trial's standard error as an error bar. A panel holds `values`, `best`, `se`, `log` (numeric on a log
+    axis) and `categorical`."""
+    names = list(panels)
+    columns = min(3, max(1, len(names)))
+    rows = math.ceil(max(1, len(names)) / columns)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.4))
-        ax.bar(labels, list(best.values()), color=COLORS[0], alpha=0.85)
-        for i, v in enumerate(best.values()):
-            ax.text(i, v, f"{v:.4g}", ha="center", va="bottom", fontsize=8)
-        ax.set(title=f"Best validation loss per {name}", xlabel=name, ylabel="best validation loss")
+        fig, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+        for ax, name in zip(grid.flat, names, strict=False):
+            panel = panels[name]
+            xs = [str(v) for v in panel["values"]] if panel["categorical"] else list(panel["values"])
+            ax.errorbar(xs, panel["best"], yerr=panel["se"], marker="o", markersize=4, capsize=3, color=COLORS[0],
+                        linestyle="none" if panel["categorical"] else "-")  # fmt: skip
+            if panel["categorical"]:
+                ax.margins(x=0.25)
+            if panel.get("log"):
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())  # a short range would label its minor ticks
+            ax.set(xlabel=name + (" (under study)" if panel.get("studied") else ""), ylabel="best validation loss")
+        for ax in list(grid.flat)[len(names) :]:
+            ax.axis("off")
+        fig.suptitle("Isolation: best validation loss per value (± standard error)", fontsize=10, fontweight="bold")
+        fig.tight_layout()
     return fig
 
 

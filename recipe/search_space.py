@@ -113,3 +113,28 @@ def sobol_configs(params: list[Param], n: int, seed: int) -> list[dict[str, Any]
     engine = torch.quasirandom.SobolEngine(len(params), scramble=True, seed=seed)
     points = engine.draw(n).tolist()
     return [{p.name: p.from_unit(u) for p, u in zip(params, row, strict=True)} for row in points]
+
+
+def scientific_values(param: Param, levels: int) -> list[Any]:
+    """The values a scientific parameter is studied at: its choices, or `levels` points spread over its range."""
+    return param.grid(levels)
+
+
+def queued_configs(
+    params: list[Param], n: int, seed: int, scientific: str | None = None, levels: int = 4
+) -> list[dict[str, Any]]:
+    """The first `n` configurations of the quasi-random queue (a prefix of a longer queue: replacements continue it).
+
+    Without a scientific parameter, one scrambled Sobol sequence over every parameter. With one (the playbook's
+    parameter under study), its values take turns and the other (nuisance) parameters follow one Sobol sequence of
+    their own, each nuisance point tried at every scientific value: an inner search per value, compared fairly.
+    """
+    if scientific is None:
+        return sobol_configs(params, n, seed)
+    (studied,) = [p for p in params if p.name == scientific]
+    values = scientific_values(studied, levels)
+    nuisance = [p for p in params if p.name != scientific]
+    if not nuisance:  # nothing to optimise per value: each value once
+        return [{scientific: v} for v in values[:n]]
+    points = sobol_configs(nuisance, math.ceil(n / len(values)), seed)
+    return [{**points[i // len(values)], scientific: values[i % len(values)]} for i in range(n)]

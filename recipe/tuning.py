@@ -3,10 +3,11 @@ leases are in `recipe.study_storage`, the search space in `recipe.search_space`)
 
 With the default sampler every trial's configuration is drawn up front from one scrambled Sobol sequence (one seed
 for every worker) and queued in the study, so workers simply take the next queued configuration and the budget is
-exact. A trial stopped by Ctrl-C or SIGTERM is failed and its configuration queued again, so a resume runs it. Local
-workers stop with the process that started them: it passes a signal on, and a worker whose parent died (even by
-SIGKILL) stops at its next step boundary; a resume waits for such workers (`study_storage.fence`) before it rewrites
-the files they append to.
+exact. `trials` counts finished trials: a pruned or diverged one is replaced by the next configuration of the same
+sequence, up to `MAX_DRAWS` times the budget, so a study that prunes everything still ends. A trial stopped by
+Ctrl-C or SIGTERM is failed and its configuration queued again, so a resume runs it. Local workers stop with the
+process that started them: it passes a signal on, and a worker whose parent died (even by SIGKILL) stops at its next
+step boundary; a resume waits for such workers (`study_storage.fence`) before it rewrites the files they append to.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from recipe.evaluation import evaluate
 from recipe.loading import load_task
 from recipe.loop import fit
 from recipe.rundir import RunDir
-from recipe.search_space import TRAIN_KEYS, Param, parse_space, sobol_configs
+from recipe.search_space import TRAIN_KEYS, Param, parse_space, queued_configs
 from recipe.study_storage import (
     LEASES,
     TRIALS,
@@ -53,10 +54,16 @@ from recipe.task import Task
 
 SAMPLERS = ("sobol", "random", "tpe", "grid")
 STOP_SECONDS = 10.0  # how long a stopped run waits for its workers to reach a step boundary before killing them
+MAX_DRAWS = 2  # trials drawn at most, per trial of the budget: pruned and diverged trials are replaced up to this
 
 
 def study_name(
-    params: list[Param], base: TrainSettings, sampler: str, seeds: tuple[int, int], task: Task | None = None
+    params: list[Param],
+    base: TrainSettings,
+    sampler: str,
+    seeds: tuple[int, int],
+    task: Task | None = None,
+    scientific: tuple[str, int] | None = None,
 ) -> str:
     """One study per search space, starting setup, sampler, seeds (sampler, training) and task: re-running the
     same search resumes it. The task counts by name, split sizes and the parameter shapes of the model the setup
@@ -67,6 +74,8 @@ def study_name(
         shapes = [list(p.shape) for p in model.parameters()]
         fingerprint = [task.name, len(task.train), len(task.val), shapes]
     key = [[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seeds, fingerprint]
+    if scientific is not None:  # another queue order: another study
+        key.append(list(scientific))
     return "tune-" + hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
 
 
@@ -80,7 +89,7 @@ class Search:
     Attributes:
         base: the training settings the earlier stages chose; each trial overrides the searched ones.
         space: the raw search-space mapping (see `Param.parse`).
-        trials: trials to complete (pruned ones count).
+        trials: trials to finish (pruned and diverged ones are replaced, up to `MAX_DRAWS` times this in all).
         sampler: "sobol", "random", "tpe" or "grid".
         epochs: epochs per trial.
         max_steps: optional cap on the steps per trial.
@@ -92,6 +101,9 @@ class Search:
         device: the training device.
         timeout: stop starting new trials after this many seconds.
         lease_timeout: seconds without a lease refresh after which a running trial counts as dead.
+        scientific: the parameter under study (the playbook's scientific parameter), or None; the others are
+            nuisance parameters, searched at each of its values (`queued_configs`).
+        levels: the values a numeric scientific parameter is studied at.
     """
 
     base: dict[str, Any]
@@ -109,6 +121,8 @@ class Search:
     timeout: float | None = None
     lease_timeout: float = 30.0
     sampler_seed: int | None = None
+    scientific: str | None = None
+    levels: int = 4
 
     @property
     def draw_seed(self) -> int:
@@ -123,25 +137,41 @@ def prepare(search: Search, task: Task) -> tuple[Any, list[Param], str]:
     """Open the study (queueing the Sobol configurations the first time) and sweep trials of dead workers."""
     params = parse_space(search.space, task, search.settings())
     seeds = (search.draw_seed, search.seed)
-    name = search.study or study_name(params, search.settings(), search.sampler, seeds, task)
+    studied = None if search.scientific is None else (search.scientific, search.levels)
+    name = search.study or study_name(params, search.settings(), search.sampler, seeds, task, studied)
     run_dir = Path(search.run_dir)
     study = open_study(search, name, params)
     if search.sampler == "sobol" and "sobol_queued" not in study.user_attrs:
-        study.set_user_attr("sobol_queued", search.trials)
-        for config in sobol_configs(params, search.trials, search.draw_seed):  # the same on every machine: dedup
-            study.enqueue_trial(config, skip_if_exists=True)
+        _queue(study, params, search, search.trials)
     if search.storage is None:  # relational storages have Optuna's heartbeat; leases live in this run directory
         sweep_stale(study, run_dir / LEASES, search.lease_timeout)
     return study, params, name
 
 
+def _queue(study: Any, params: list[Param], search: Search, upto: int) -> None:
+    """Queue the Sobol configurations up to number `upto` (the same on every machine: duplicates are skipped)."""
+    queued = study.user_attrs.get("sobol_queued", 0)
+    configs = queued_configs(params, upto, search.draw_seed, search.scientific, search.levels)
+    study.set_user_attr("sobol_queued", max(upto, queued))
+    for config in configs[queued:]:
+        study.enqueue_trial(config, skip_if_exists=True)
+
+
+def drawn(trials: list[Any]) -> int:
+    """Trials that used up a draw of the budget: finished, pruned, or failed and not queued again."""
+    from optuna.trial import TrialState
+
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(t.state in ended and t.number not in retried for t in trials)
+
+
 def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | None = None, worker: int = 0) -> int:
-    """Run trials until the study holds `trials` finished ones (or the queue is empty, or time runs out); returns
-    how many this worker ran."""
+    """Run trials until the study holds `trials` finished ones (pruned and diverged trials replaced, up to
+    `MAX_DRAWS` times the budget in all), or the queue is empty, or time runs out; returns how many this worker ran."""
     from optuna.trial import TrialState
 
     study, params, _ = prepare(search, task)
-    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
     started, ran = time.time(), 0
     current: list[Any] = []  # the trial this process runs, for `interrupted`
 
@@ -153,15 +183,19 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
             raise _CtrlC from exc
 
     while True:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        finished = sum(s in done_states for s in states)
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        finished = sum(s == TrialState.COMPLETE for s in states)
+        running = sum(s == TrialState.RUNNING for s in states)
         waiting = sum(s == TrialState.WAITING for s in states)
         if finished >= search.trials or (search.timeout and time.time() - started > search.timeout):
             break
-        if search.sampler == "sobol" and waiting == 0:
-            break  # every queued configuration is taken; the workers holding them finish the budget
-        if search.sampler != "sobol" and finished + sum(s == TrialState.RUNNING for s in states) >= search.trials:
-            break
+        if finished + running >= search.trials or drawn(trials) + running >= MAX_DRAWS * search.trials:
+            break  # the trials running finish the budget, or the cap on draws is reached
+        if search.sampler == "sobol" and waiting == 0:  # replace pruned and diverged trials: continue the sequence
+            _queue(study, params, search, study.user_attrs.get("sobol_queued", 0) + search.trials - finished - running)
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                break  # the queue has nothing new (a scientific parameter alone): never a draw off the sequence
         current.clear()
         try:
             with doing("trial", min(finished + 1, search.trials), search.trials):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from recipe.config import TrainSettings
-from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
+from recipe.diagnostics.search import (
+    enough_trials,
+    rerun_verdict,
+    search_space_boundary,
+    seed_variance,
+    training_length,
+)
 from recipe.errors import ConfigError
 from recipe.search_space import Param, default_space, parse_space, sobol_configs
 from tests import tiny
@@ -80,10 +86,44 @@ def test_enough_trials_warns_while_the_best_still_improves():
     assert enough_trials(improving, noise=0.01).status == "warn"
 
 
-def test_seed_variance_warns_when_the_lead_is_inside_the_noise():
-    assert seed_variance([0.95, 0.96, 0.94], best=0.955, runner_up=0.90, metric="accuracy").status == "pass"
-    noisy = seed_variance([0.90, 0.96, 0.93], best=0.955, runner_up=0.95, metric="accuracy")
-    assert noisy.status == "warn" and "significant digits" in noisy.message
+def attempt(trial, losses, runner_up, ceiling=None, se=0.001):
+    verdict = rerun_verdict(losses, runner_up, se, ceiling)
+    metrics = [1 - v for v in losses]
+    return {"trial": trial, "trial_loss": 0.1, "losses": losses, "metrics": metrics, "runner_up": runner_up} | {
+        "verdict": verdict
+    }
+
+
+def test_rerun_verdict_names_divergence_and_the_lucky_draw():
+    assert rerun_verdict([0.30, 0.31, 0.29], runner_up=0.32, runner_up_se=0.01, ceiling=1.4) is None
+    assert "diverged on 1 of 3" in rerun_verdict([0.30, float("nan"), 0.29], 0.32, 0.01, 1.4)
+    assert "diverged on 1 of 3" in rerun_verdict([0.30, 2.1, 0.29], 0.32, 0.01, 1.4)  # worse than a constant
+    lucky = rerun_verdict([0.46, 0.47, 0.45], runner_up=0.32, runner_up_se=0.01, ceiling=1.4)
+    assert "outside the runner-up's range" in lucky and "lucky draw" in lucky
+    assert rerun_verdict([0.30, 0.60, 0.29], 0.32, 0.01, 1.4) is None  # a wide spread is not evidence of luck
+
+
+def test_seed_variance_hands_on_the_first_trial_that_holds_up():
+    clean = seed_variance([attempt(3, [0.30, 0.31, 0.29], 0.32)], "accuracy")
+    assert clean.status == "pass" and clean.value["handed_on"] == 3 and clean.value["loss_mean"] == pytest.approx(0.3)
+    diverged = seed_variance([attempt(3, [0.3, float("nan")], 0.32, 1.4), attempt(5, [0.33, 0.32], 0.5)], "accuracy")
+    assert diverged.status == "warn" and diverged.value["handed_on"] == 5
+    assert "diverged" in diverged.message and "significant digits" not in diverged.message
+    lucky = seed_variance([attempt(3, [0.46, 0.47], 0.32), attempt(5, [0.33, 0.32], 0.5)], "accuracy")
+    assert lucky.status == "pass" and lucky.value["handed_on"] == 5 and "lucky draw" in lucky.message
+
+
+def test_seed_variance_fails_when_no_top_trial_trains_stably():
+    attempts = [attempt(n, [0.3, float("nan")], 0.32, 1.4) for n in (3, 5, 7)]
+    check = seed_variance(attempts, "accuracy")
+    assert check.status == "fail" and "lower the learning-rate range" in check.message
+    assert seed_variance([], "accuracy").status == "skip"
+
+
+def test_seed_variance_warns_when_every_lead_was_luck():
+    attempts = [attempt(3, [0.46, 0.47], 0.32), attempt(5, [0.40, 0.41], 0.30)]
+    check = seed_variance(attempts, "accuracy")
+    assert check.status == "warn" and check.value["handed_on"] == 5  # the best re-run mean
 
 
 def test_training_length_reads_where_the_best_epochs_fall():

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import Any
 
-from recipe.check import Check, passed, skipped, warned
+from recipe.check import Check, failed, passed, skipped, warned
 
 
 def search_space_boundary(
@@ -74,27 +74,108 @@ def enough_trials(values: list[float], noise: float | None) -> Check:
     )
 
 
-def seed_variance(metrics: list[float], best: float, runner_up: float | None, metric: str) -> Check:
-    """Catches a winner whose lead over the runner-up is inside the seed-to-seed noise of the metric itself.
+def rerun_verdict(
+    losses: list[float], runner_up: float | None, runner_up_se: float | None, ceiling: float | None
+) -> str | None:
+    """Why a trial's seed re-runs do not hold up (None when they do): a re-run diverged, or they fall outside the
+    runner-up's range.
 
-    Why: the playbook on trial-to-trial variance; the best configuration re-trained with other seeds gives the
-    standard deviation a difference between configurations must clear to mean anything.
+    Why: the playbook on trial-to-trial variance and the winner's curse: the best of many noisy trials is partly a
+    lucky draw. A re-run diverged when its validation loss is not finite or no better than the best constant
+    prediction (`ceiling`); the re-runs fall outside the runner-up's range when their mean validation loss is worse
+    than the runner-up's by more than twice the noise of that difference (the seed spread of one draw and of the
+    mean, and the runner-up's standard error over validation samples).
     """
-    if len(metrics) < 2:
-        return skipped("seed_variance", "fewer than two seeds trained.")
-    mean, std = statistics.fmean(metrics), statistics.stdev(metrics)
-    value = {"metrics": metrics, "mean": mean, "std": std, "best_trial": best, "runner_up": runner_up}
-    lead = None if runner_up is None else abs(best - runner_up)
-    if lead is not None and lead < std:
+    bad = [k for k, v in enumerate(losses) if not math.isfinite(v) or (ceiling is not None and v >= ceiling)]
+    if bad:
+        seen = ", ".join(f"{losses[k]:.4g}" for k in bad)
+        floor = "" if ceiling is None else f"; a constant prediction scores {ceiling:.4g}"
+        return f"diverged on {len(bad)} of {len(losses)} seed re-runs (validation loss {seen}{floor})"
+    if runner_up is None or len(losses) < 2:
+        return None
+    mean, std = statistics.fmean(losses), statistics.stdev(losses)
+    noise = math.hypot(std * math.sqrt(1 + 1 / len(losses)), runner_up_se or 0.0)
+    if mean - runner_up > 2 * noise:
+        return (
+            f"its seed re-runs average validation loss {mean:.4g} ± {std:.2g}, outside the runner-up's range "
+            f"({runner_up:.4g} + {2 * noise:.2g}): its own value was a lucky draw"
+        )
+    return None
+
+
+def seed_variance(attempts: list[dict[str, Any]], metric: str) -> Check:
+    """Catches a best trial that does not hold up when trained again: it diverges on other seeds, or its lead was a
+    lucky draw. The trial handed on is the first of `attempts` (best first) whose re-runs hold up.
+
+    Why: the playbook on trial-to-trial variance: the lead is measured on the re-run trial itself, and the re-runs'
+    mean, not the trial's own draw, is what the search reports. Each attempt holds `trial`, `trial_loss`, `losses`
+    and `metrics` (one per seed re-run), `runner_up` and `verdict` (`rerun_verdict`).
+    """
+    if not attempts:
+        return skipped("seed_variance", "no seed re-runs (tune.seeds < 2).")
+    kept = next((a for a in attempts if a["verdict"] is None), None)
+    stable = [a for a in attempts if not a["verdict"] or not a["verdict"].startswith("diverged")]
+    refused = [f"#{a['trial']} {a['verdict']}" for a in attempts if a is not kept and a["verdict"]]
+    if kept is None and not stable:
+        return failed(
+            "seed_variance",
+            f"no top trial trains stably: {'; '.join(refused)}. The search's best settings diverge on other seeds: "
+            "lower the learning-rate range, add warm-up (train.warmup_steps) or gradient clipping (train.grad_clip).",
+            {"attempts": attempts},
+            "seed re-runs that train",
+        )
+    chosen = kept or min(stable, key=lambda a: statistics.fmean(a["losses"]))
+    losses, metrics = chosen["losses"], chosen["metrics"]
+    value = {
+        "handed_on": chosen["trial"],
+        "attempts": attempts,
+        "loss_mean": statistics.fmean(losses),
+        "loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+        "mean": statistics.fmean(metrics),
+        "std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
+    }
+    said = (
+        f"trial #{chosen['trial']} over {len(losses)} seeds: validation loss {value['loss_mean']:.4g} ± "
+        f"{value['loss_std']:.2g} (its own draw {chosen['trial_loss']:.4g}), {metric} {value['mean']:.4g} ± "
+        f"{value['std']:.2g}; this mean is what is handed on."
+    )
+    if kept is None:
         return warned(
             "seed_variance",
-            f"the best configuration gives {metric} {mean:.4g} ± {std:.2g} over {len(metrics)} seeds, and its lead "
-            f"over the runner-up ({lead:.2g}) is inside that noise: the ranking is not meaningful. Evaluate on more "
-            "data (add significant digits to your eval) or average seeds.",
+            f"no top trial's lead holds up ({'; '.join(refused)}): the ranking is inside the seed noise; handing on "
+            f"the best re-run mean, {said} Average seeds per trial or evaluate on more data.",
             value,
+            "a best trial whose re-runs hold up",
         )
+    if refused and any(a["verdict"].startswith("diverged") for a in attempts if a is not kept):
+        return warned(
+            "seed_variance",
+            f"not handed on: {'; '.join(refused)}: training near the best setting is unstable (lower the learning "
+            f"rate, add warm-up or clipping). Handed on {said}",
+            value,
+            "a best trial whose re-runs train",
+        )
+    why = f"not handed on: {'; '.join(refused)}. Handed on " if refused else ""
+    return passed("seed_variance", f"{why}{said}", value)
+
+
+def distillation(gain: float, noise: float, student: dict[str, float], single: dict[str, float], metric: str) -> Check:
+    """Reports whether a student trained on the ensemble's soft targets beats the best single model beyond noise.
+
+    Why: Hinton et al. 2015, "Distilling the knowledge in a neural network", and the recipe's tune step ("model
+    ensembles [...] distill your ensemble into a network"). `gain` is the single model's validation loss minus the
+    student's; kept only beyond twice `noise` (seed spread and paired per-sample standard error). Never a fail:
+    distillation not helping is no bug.
+    """
+    kept = gain > 2 * noise
+    value = {"kept": kept, "gain": gain, "noise": noise, "student": student, "single": single}
+    verdict = "kept" if kept else "not kept (within noise or worse)"
     return passed(
-        "seed_variance", f"best configuration over {len(metrics)} seeds: {metric} {mean:.4g} ± {std:.2g}.", value
+        "distillation",
+        f"the ensemble distilled into the best trial's architecture: validation loss {student['val_loss']:.4g} "
+        f"against {single['val_loss']:.4g} for the best single model ({metric} {student['val_metric']:.4g} against "
+        f"{single['val_metric']:.4g}); gain {gain:.3g}, noise {noise:.2g}: {verdict}.",
+        value,
     )
 
 

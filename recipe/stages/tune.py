@@ -27,20 +27,21 @@ from typing import Any
 import torch
 import yaml
 
-from recipe import checkpoint, plots
+from recipe import checkpoint, playbook, plots
 from recipe.check import Check, passed, skipped
 from recipe.config import require
 from recipe.context import Context
 from recipe.diagnostics.curves import loss_spikes
-from recipe.diagnostics.search import enough_trials, search_space_boundary, seed_variance, training_length
+from recipe.diagnostics.search import enough_trials, search_space_boundary, training_length
 from recipe.errors import ConfigError
-from recipe.evaluation import evaluate
 from recipe.model_io import runnable_config, save_model
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage, StageSettings
+from recipe.stages import top_trials
+from recipe.stages.mistakes import look_at_mistakes
 from recipe.study_storage import LEASES, STUDY, TRIALS, fence, sweep_stale
-from recipe.tuning import SAMPLERS, Search, Workers, configure, prepare, work
+from recipe.tuning import SAMPLERS, Search, Workers, configure, drawn, prepare, work
 
 STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databases Optuna's RDBStorage reaches
 
@@ -50,7 +51,8 @@ class TuneSettings(StageSettings):
     """Settings of the `tune` stage.
 
     Args:
-        trials: trials to finish (a power of two suits the quasi-random sampler).
+        trials: trials to finish (a power of two suits the quasi-random sampler); a pruned or diverged trial is
+            replaced by another, up to twice this many trials drawn in all.
         sampler: "sobol" (scrambled quasi-random, the default), "random", "tpe" or "grid".
         sampler_seed: the sampler's seed, shared by every worker; None uses the run's seed (which every trial
             trains with).
@@ -67,8 +69,14 @@ class TuneSettings(StageSettings):
             (kept when the run directory is reused, so running the search again resumes it).
         study: the study name; None derives it from the space, setup, sampler and seed.
         lease_timeout: seconds without a sign of life after which another worker takes over a running trial.
-        seeds: re-trainings of the best configuration with other seeds (`seed_variance`).
+        seeds: re-trainings of the best configuration with other seeds (`seed_variance`); a best trial whose
+            re-runs diverge or fall outside the runner-up's range is not handed on (the next of the top 3 is tried).
         ensemble: top trials averaged into an ensemble.
+        scientific: the hyperparameter under study (the playbook's scientific parameter, a name in the space); the
+            others are nuisance parameters, searched anew at each of its values. Needs the sobol sampler.
+        levels: values a numeric scientific parameter is studied at (spread over its range).
+        distill: distil the ensemble into the best trial's architecture (`distillation`).
+        temperature: the distillation temperature (soft targets at T; Hinton et al. use 2 to 20).
     """
 
     trials: int = 16
@@ -85,10 +93,21 @@ class TuneSettings(StageSettings):
     lease_timeout: float = 30.0
     seeds: int = 3
     ensemble: int = 3
+    scientific: str | None = None
+    levels: int = 4
+    distill: bool = True
+    temperature: float = 2.0
 
     def __post_init__(self) -> None:
         require(self, "tune", counts=["trials", "workers", "epochs", "max_steps"], positive=["timeout"])
-        require(self, "tune", positive=["lease_timeout"])
+        require(self, "tune", positive=["lease_timeout", "temperature"])
+        if self.levels < 2:
+            raise ConfigError(f"tune.levels={self.levels}: a scientific parameter needs at least 2 values to compare.")
+        if self.scientific is not None and self.sampler != "sobol":
+            raise ConfigError(
+                f"tune.scientific needs sampler sobol (it queues each nuisance configuration at every value of "
+                f"{self.scientific!r}); got sampler {self.sampler!r}."
+            )
         require(self, "tune", non_negative=["sampler_seed", "seeds", "ensemble"])
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"tune.sampler={self.sampler!r}: use one of {', '.join(SAMPLERS)}.")
@@ -116,37 +135,53 @@ class Tune(Stage):
         finished = sorted(_finished(study), key=lambda t: t.value)
         if not finished:
             return [skipped("search", "no trial finished; see metrics.jsonl for the trials' runs.")]
-        best = finished[0]
         units = {p.name: [p.to_unit(t.params[p.name]) for t in finished] for p in params if not p.choices}
         checks = [
             ctx.check(self._summary, ctx, study, finished, name, name="search"),
             ctx.check(search_space_boundary, [t.params for t in finished], units),
         ]
-        seeds = ctx.check(self._seed_variance, ctx, search, best, finished)
-        noise = seeds.value["std"] if seeds.status not in ("skip", "error") and seeds.value else None
+        seeds = ctx.check(top_trials.seed_reruns, ctx, search, finished, self.settings.seeds, name="seed_variance")
+        held = seeds.value if seeds.status in ("pass", "warn") and seeds.value else {}
+        best = next((t for t in finished if t.number == held.get("handed_on")), finished[0])
         in_order = sorted(finished, key=lambda t: t.number)
+        temperature = self.settings.temperature if self.settings.distill else None
+        members: list[torch.nn.Module] = []  # the ensemble's, for distillation
         checks += [
             ctx.check(
-                lambda: enough_trials([t.value for t in in_order], _loss_noise(best, noise)), name="enough_trials"
+                lambda: enough_trials([t.value for t in in_order], _loss_noise(best, held.get("loss_std"))),
+                name="enough_trials",
             ),
             seeds,
             ctx.check(self._training_length, finished),
-            ctx.check(self._ensemble, ctx, search, finished),
+            ctx.check(top_trials.ensemble, ctx, search, finished, self.settings.ensemble, members),
+            ctx.check(top_trials.distil, ctx, search, best, members, held, temperature, name="distillation"),
+            ctx.check(self._mistakes, ctx, search, best, name="prediction_errors"),
         ]
         with ctx.contained("search_figures", checks, "the trials table and axis plots"):
-            checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, finished, in_order, params))
-        with ctx.contained("best_config", checks, "handing the best trial's setup on, best_config.yaml"):
-            self._hand_over(ctx, search, best)
+            checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, study, finished, in_order, params))
+        if seeds.status != "fail":
+            with ctx.contained("best_config", checks, "handing the best trial's setup on, best_config.yaml"):
+                self._hand_over(ctx, search, best, held)
         return checks
+
+    def _mistakes(self, ctx: Context, search: Search, best: Any) -> Check:
+        """The best trial's mistakes: per-class recall or residuals, and its highest-loss validation samples."""
+        return look_at_mistakes(ctx, top_trials.trained(ctx, search, best), f"trial {best.number}")
 
     # ---- the search ---------------------------------------------------------------------------------------------
 
     def _search(self, ctx: Context) -> Search:
         s = self.settings
         pruning = s.pruning == "on" or (s.pruning == "auto" and ctx.train.schedule == "constant")
+        space = s.space or default_space(ctx.task, ctx.train)
+        if s.scientific is not None and s.scientific not in space:
+            raise ConfigError(
+                f"tune.scientific={s.scientific!r} is not searched; name one of the space's parameters "
+                f"({', '.join(space)})."
+            )
         return Search(
             base=dataclasses.asdict(ctx.train),
-            space=s.space or default_space(ctx.task, ctx.train),
+            space=space,
             trials=s.trials,
             sampler=s.sampler,
             epochs=s.epochs or ctx.train.epochs,
@@ -160,6 +195,8 @@ class Tune(Stage):
             device=str(ctx.device),
             timeout=s.timeout,
             lease_timeout=s.lease_timeout,
+            scientific=s.scientific,
+            levels=s.levels,
         )
 
     def _run_workers(self, ctx: Context, search: Search) -> None:
@@ -209,30 +246,15 @@ class Tune(Stage):
             "best_params": best.params,
         }
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        trials = study.get_trials(deepcopy=False)
+        value["failed"] = drawn(trials) - len(finished) - states.get("pruned", 0)  # diverged, not interrupted
         return passed(
             "search",
-            f"{len(finished)} trials finished ({self.settings.sampler}); best #{best.number}: validation loss "
+            f"{len(finished)} trials finished, {states.get('pruned', 0)} pruned, {value['failed']} failed "
+            f"({self.settings.sampler}); best #{best.number}: validation loss "
             f"{best.value:.4g}, {metric} {best.user_attrs.get('val_metric', float('nan')):.4g} with {shown}.",
             value,
         )
-
-    def _seed_variance(self, ctx: Context, search: Search, best: Any, finished: list[Any]) -> Check:
-        if self.settings.seeds < 2:
-            return skipped("seed_variance", "tune.seeds < 2.")
-        settings, task = configure(search.settings(), ctx.task, best.params)
-        metrics = []
-        for k in range(self.settings.seeds):
-            run = ctx.fit(
-                f"best_seed_{k}",
-                task=task,
-                **{**settings.fit_kwargs(), "epochs": search.epochs, "max_steps": search.max_steps},
-                seed=ctx.seed + 1 + k,
-            )
-            metrics.append(evaluate(task, run.model, task.val, ctx.device).metric)
-        sign = 1 if ctx.task.higher_is_better else -1
-        ranked = sorted(finished, key=lambda t: -sign * t.user_attrs.get("val_metric", 0.0))
-        runner = ranked[1].user_attrs.get("val_metric") if len(ranked) > 1 else None
-        return seed_variance(metrics, ranked[0].user_attrs.get("val_metric", 0.0), runner, ctx.task.metric_name)
 
     def _training_length(self, finished: list[Any]) -> Check:
         """Where the best epochs fall, plus complexify's curve checks over every trial's training curve."""
@@ -246,67 +268,60 @@ class Tune(Stage):
         )
         return check.replace(message=check.message + note, value={**(check.value or {}), "unstable_trials": unstable})
 
-    def _ensemble(self, ctx: Context, search: Search, finished: list[Any]) -> Check:
-        """Average the top trials' predictions on validation; report the gain over the best single model."""
-        top = finished[: self.settings.ensemble]
-        if len(top) < 2:
-            return skipped("ensemble", "fewer than two finished trials to ensemble.")
-        outputs, target = [], None
-        for t in top:
-            _, task = configure(search.settings(), ctx.task, t.params)
-            model = task.make_model().to(ctx.device)
-            model.load_state_dict(checkpoint.load(Path(search.run_dir) / TRIALS / f"trial_{t.number}.pt"))
-            model.eval()
-            with torch.no_grad():
-                batch = task.batch("val", list(range(len(task.val))), ctx.device)
-                output, target = task.outputs(model, batch)
-            outputs.append(output.float())
-        mean = _average(outputs, ctx.task.loss, ctx.task.class_dim)
-        assert target is not None
-        loss = float(ctx.task.compute_loss(mean, target))
-        metric = float(ctx.task.metric_per_sample(mean, target).mean())
-        best_metric = top[0].user_attrs.get("val_metric", float("nan"))
-        value = {"members": [t.number for t in top], "val_loss": loss, f"val_{ctx.task.metric_name}": metric}
-        return passed(
-            "ensemble",
-            f"the top {len(top)} trials averaged: validation loss {loss:.4g} against {top[0].value:.4g} for the best "
-            f"alone; {ctx.task.metric_name} {metric:.4g} against {best_metric:.4g}.",
-            value,
-        )
-
     # ---- what a person looks at, and the hand-over --------------------------------------------------------------
 
-    def _artifacts(self, ctx: Context, finished: list[Any], in_order: list[Any], params: list[Any]) -> tuple[str, ...]:
+    def _artifacts(
+        self, ctx: Context, study: Any, finished: list[Any], in_order: list[Any], params: list[Any]
+    ) -> tuple[str, ...]:
+        """The trials table (its last row: each parameter's importance), axis, best-so-far and isolation plots."""
         metric = ctx.task.metric_name
         names = [p.name for p in params]
         rows = [
             [t.number, t.value, t.user_attrs.get("val_metric"), *(t.params.get(n) for n in names)] for t in in_order
         ]
+        weights = playbook.importances(study, finished, names)
         buffer = io.StringIO()
-        csv.writer(buffer).writerows([["trial", "val_loss", f"val_{metric}", *names], *rows])
+        header = ["trial", "val_loss", f"val_{metric}", *names]
+        csv.writer(buffer).writerows([header, *rows, ["importance", "", "", *(weights.get(n, "") for n in names)]])
         shown = [[r[0], _fmt(r[1]), _fmt(r[2]), *(_fmt(v) for v in r[3:])] for r in sorted(rows, key=lambda r: r[1])]
         table = {"columns": ["trial", "val loss", f"val {metric}", *names], "rows": shown[:20]}
+        if weights:
+            table["rows"].append(["importance", "", "", *(_fmt(weights.get(n, "")) for n in names)])
         axes = {p.name: ([t.params[p.name] for t in finished], bool(p.log)) for p in params if not p.choices}
-        isolations = []
-        for p in (p for p in params if p.choices):
-            best = {
-                c: min((t.value for t in finished if t.params[p.name] == c), default=float("nan")) for c in p.choices
-            }
-            isolations.append(ctx.save_figure(f"isolation_{p.name}.png", plots.isolation(p.name, best)))
+        studied = self.settings.scientific
+        panels = {
+            p.name: playbook.isolation(finished, p, p.name == studied, self.settings.levels)
+            | {"log": p.log, "categorical": bool(p.choices), "studied": p.name == studied}
+            for p in params
+        }
         return (
             ctx.save_text("trials.csv", buffer.getvalue()),
             ctx.save_json("trials.table.json", table),
             *([ctx.save_figure("axes.png", plots.search_axes(axes, [t.value for t in finished]))] if axes else []),
             ctx.save_figure("best_so_far.png", plots.best_so_far([t.value for t in in_order])),
-            *isolations,
+            ctx.save_figure("isolation.png", plots.isolation(panels)),
+            *([ctx.save_json("importances.json", weights)] if weights else []),
         )
 
-    def _hand_over(self, ctx: Context, search: Search, best: Any) -> None:
+    def _hand_over(self, ctx: Context, search: Search, best: Any, held: dict[str, Any]) -> None:
+        """The trial that held up, as training settings for later stages and best_config.yaml; its re-runs' mean
+        (when there are re-runs) is the validation figure it is handed on with."""
         settings, _ = configure(search.settings(), ctx.task, best.params)
-        ctx.learn(train={k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number)
+        measured = (
+            {"val_loss": held["loss_mean"], f"val_{ctx.task.metric_name}": held["mean"]}
+            if "loss_mean" in held
+            else {"val_loss": best.value}
+        )
+        ctx.learn(train={k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number, **measured)
         extra = {k: v for k, v in best.params.items() if k not in TRAIN_KEYS}
         config = runnable_config(ctx.source, settings, run_dir=str(ctx.rundir.path), seed=ctx.seed)
         header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
+        if "loss_mean" in held:
+            header = (
+                f"# trial #{best.number} of the tune stage: validation loss {held['loss_mean']:.6g} ± "
+                f"{held['loss_std']:.2g} over {len(held['attempts'][-1]['losses'])} seed re-runs (its own run: "
+                f"{best.value:.6g})\n"
+            )
         if extra:  # not training settings: the model factory's own arguments, for the task's author to pass on
             header += f"# searched model-factory arguments: {json.dumps(extra)}\n"
         if "task" not in config:
@@ -328,17 +343,6 @@ def _finished(study: Any) -> list[Any]:
 def _loss_noise(best: Any, metric_std: float | None) -> float | None:
     se = best.user_attrs.get("val_loss_se")
     return float(se) if se is not None else metric_std
-
-
-def _average(outputs: list[torch.Tensor], loss: Any, class_dim: int) -> torch.Tensor:
-    """Average probabilities (returned as log-probabilities, so cross-entropy reads them as logits) or outputs."""
-    if loss == "cross_entropy":
-        probs = torch.stack([o.softmax(class_dim) for o in outputs]).mean(0)
-        return probs.clamp_min(1e-12).log()
-    if loss == "bce_with_logits":
-        p = torch.stack([o.sigmoid() for o in outputs]).mean(0).clamp(1e-6, 1 - 1e-6)
-        return (p / (1 - p)).log()
-    return torch.stack(outputs).mean(0)
 
 
 def _fmt(value: Any) -> str:

@@ -819,7 +819,8 @@ def judge_search(name: str, run_dir: Path, detail: str, facts: dict[str, Any]) -
     usual = collections.Counter(per_trial[n] for n in complete).most_common(1)[0][0] if complete else 0
     rows_lost = sum(max(0, usual - per_trial[n]) for n in complete) + usual * sum(not per_trial[n] for n in complete)
     table = run_dir / "06_tune" / "trials.csv"
-    listed = sorted(int(r["trial"]) for r in csv.DictReader(table.open())) if table.exists() else []
+    table_rows = list(csv.DictReader(table.open())) if table.exists() else []
+    listed = sorted(int(r["trial"]) for r in table_rows if r["trial"].isdigit())  # the last row: parameter importances
     facts.update(states_after=dict(states), lost=lost, counted_twice=twice, left_running=states["RUNNING"],
                  rows_per_trial=usual, rows_lost=rows_lost, trials_csv=listed, complete=complete)  # fmt: skip
     ok = (
