@@ -150,17 +150,15 @@ def _duration(seconds: float) -> str:
 
 
 def _time_left(stack: tuple[_Doing, ...], now: float) -> str:
-    """The time the innermost counted loop's remaining items should take, at the pace of its items done so far."""
+    """The time the innermost counted loop with an item done should take for the rest, at the pace so far."""
     for parent, child in reversed(list(itertools.pairwise(stack))):
-        if parent.loop is None or child.k is None or child.n is None:
-            continue
+        if parent.loop is None or child.k is None or child.n is None or child.k <= parent.loop[1]:
+            continue  # not a counted item, or the first of its loop: no pace yet, ask the loop around it
         start, first, _, _ = parent.loop
-        if child.k > first:
-            pace = (child.start - start) / (child.k - first)
-            left = max(pace * (child.n - child.k + 1) - (now - child.start), pace * (child.n - child.k))
-            noun = child.label.split()[0]
-            return f" · {noun}{'' if noun.endswith('s') else 's'} done in ~{_duration(left)}" if left >= 1 else ""
-        return ""
+        pace = (child.start - start) / (child.k - first)
+        left = max(pace * (child.n - child.k + 1) - (now - child.start), pace * (child.n - child.k))
+        noun = child.label.split()[0]
+        return f" · {noun}{'' if noun.endswith('s') else 's'} done in ~{_duration(left)}" if left >= 1 else ""
     return ""
 
 

@@ -76,9 +76,14 @@ def test_a_trial_run_again_keeps_the_loop_timed_and_a_new_loop_starts_afresh():
                 clock.now += 10
         with console.doing("trial", 4, 4):
             assert line.text().endswith("trials done in ~13s")  # 40 s for 3 trials done (one ran twice)
+            with console.doing("seed", 1, 3):
+                assert line.text().endswith("trials done in ~13s")  # the seeds have no pace yet: the trials' time
+                clock.now += 2
+            with console.doing("seed", 2, 3):
+                assert line.text().endswith("seeds done in ~4s")
         with console.doing("seed", 1, 3):
             assert "done in" not in line.text()  # a new loop: no pace yet
-    assert out.getvalue().count("\n") == 3  # the stage, the trials' loop, the seeds' loop (no 60 s passed)
+    assert out.getvalue().count("\n") == 4  # the stage and three loops starting (no 60 s passed between)
 
 
 def test_time_left_counts_down_within_an_item():
