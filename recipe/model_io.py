@@ -36,9 +36,9 @@ from recipe.rundir import RunDir
 from recipe.task import Task
 
 FORMAT = "recipe.model/1"
-MODEL_FILES = ("final/model.pt", "06_tune/best.pt", "05_regularize/model.pt")
+MODEL_FILES = ("final/model.pt", "06_tune/best.pt", "05_regularize/model.pt", "04_complexify/model.pt")
 """Where a run directory keeps its models, the one `load_model` returns first: `recipe train`'s, tune's best
-trial, regularize's chosen setup."""
+trial, regularize's chosen setup, complexify's chosen rung (trained without regularisation)."""
 
 
 def with_ladder(task: Task, ladder: Mapping[str, Any] | None) -> Task:
@@ -163,7 +163,8 @@ def model_record(path: str | Path) -> dict[str, Any]:
 
 
 def find_model(run_dir: str | Path) -> Path:
-    """The model `load_model` returns: `recipe train`'s, else tune's best trial, else regularize's choice."""
+    """The model `load_model` returns: `recipe train`'s, else tune's best trial, else regularize's, else
+    complexify's."""
     run_dir = Path(run_dir)
     if run_dir.is_file():
         return run_dir
@@ -172,7 +173,7 @@ def find_model(run_dir: str | Path) -> Path:
             return run_dir / name
     where = "does not exist" if not run_dir.exists() else f"holds no trained model (none of {', '.join(MODEL_FILES)})"
     raise NoModelError(
-        f"{run_dir} {where}: run the recipe through `regularize` or `tune` there, or `recipe train CONFIG "
+        f"{run_dir} {where}: run the recipe through `complexify` or later there, or `recipe train CONFIG "
         f"--run-dir {run_dir}`."
     )
 
@@ -183,7 +184,7 @@ def load_model(run_dir: str | Path, task: Task | None = None, device: str | torc
 
     Args:
         run_dir: the run directory (or one model file in it); `recipe train`'s model first, else tune's best trial,
-            else regularize's choice.
+            else regularize's choice, else complexify's.
         task: the task, for a run started from Python; None rebuilds it from the `task:` of the config that ran.
 
     Raises:

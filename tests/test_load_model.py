@@ -150,6 +150,9 @@ def test_python_recipe_run_model_in_one_call(tmp_path):
     assert to_jsonable(val.metric) == reported(run)
     with pytest.raises(ConfigError, match="pass its task"):
         load_model(run)  # nothing recorded to rebuild an in-memory task from
+    for earlier in ("04_complexify", "05_regularize"):  # each training stage keeps its choice
+        path = run / earlier / "model.pt"
+        assert evaluate(task, load_model(path, task=task), task.val, CPU).metric == model_record(path)["val"]["metric"]
 
 
 # ---- a ladder written in the config ----------------------------------------------------------------------------

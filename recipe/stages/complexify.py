@@ -43,7 +43,7 @@ from recipe.diagnostics.optimization import exponential_ramp, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import Evaluation, constant_loss, evaluate
 from recipe.loop import FitResult
-from recipe.model_io import with_ladder
+from recipe.model_io import save_model, with_ladder
 from recipe.models import disable_dropout
 from recipe.stage import Stage, StageSettings
 from recipe.stages.mistakes import look_at_mistakes
@@ -135,6 +135,9 @@ class Complexify(Stage):
         checks.append(ctx.check(self._input_ladder, ctx, chosen, name="input_ladder"))
         if final.model is not None:
             checks.append(ctx.check(look_at_mistakes, ctx, final.model, f"{chosen.name}", name="prediction_errors"))
+        if final.model is not None and final.val is not None:  # recipe.load_model(run_dir) before regularize runs
+            model_pt = f"{ctx.rundir.stage_dir(self.name).name}/model.pt"
+            save_model(ctx.rundir, model_pt, final.model, ctx.task, ctx.train, final.val, ctx.source)
         return checks
 
     def validate(self, task: Task) -> None:
