@@ -17,6 +17,7 @@ from torch import nn
 
 from recipe import checkpoint
 from recipe.check import Check, passed, skipped
+from recipe.console import doing
 from recipe.context import Context
 from recipe.diagnostics.search import distillation, rerun_verdict, seed_variance
 from recipe.distillation import compare, distillable, with_soft_targets
@@ -61,12 +62,13 @@ def rerun(ctx: Context, search: Search, trial: Any, seeds: int) -> tuple[list[fl
     losses, metrics = [], []
     for k in range(seeds):
         try:
-            run = ctx.fit(
-                f"trial_{trial.number}_seed_{k}",
-                task=task,
-                **{**settings.fit_kwargs(), "epochs": search.epochs, "max_steps": search.max_steps},
-                seed=ctx.seed + 1 + k,
-            )
+            with doing("seed", k + 1, seeds):
+                run = ctx.fit(
+                    f"trial_{trial.number}_seed_{k}",
+                    task=task,
+                    **{**settings.fit_kwargs(), "epochs": search.epochs, "max_steps": search.max_steps},
+                    seed=ctx.seed + 1 + k,
+                )
         except NonFiniteError:
             losses.append(math.nan)
             metrics.append(math.nan)
