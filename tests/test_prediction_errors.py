@@ -3,13 +3,18 @@ ranges; a class whose training labels are scrambled is named, its clean twin pas
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from examples import digits
 from recipe import Complexify, Recipe, Task, fit
+from recipe.context import Context
 from recipe.diagnostics.errors import prediction_errors, validation_predictions
+from recipe.rundir import RunDir
+from recipe.stages.mistakes import look_at_mistakes
 from tests import tiny
 
 CPU = torch.device("cpu")
@@ -91,10 +96,13 @@ def test_regression_names_the_worst_ranges_and_never_warns(noisy_range):
         assert not [b for b in worst if b["by"].startswith("feature")], worst
 
 
-def test_token_sequences_are_skipped():
+def test_token_sequences_show_their_highest_losses(tmp_path):
     task = tiny.sequence()
-    check = prediction_errors(validation_predictions(task, task.make_model(), CPU), task)
-    assert check.status == "skip"
+    predictions = validation_predictions(task, task.make_model(), CPU)
+    assert predictions.output.shape == predictions.target.shape  # token ids, not logits over the vocabulary
+    check = prediction_errors(predictions, task)
+    assert check.status == "pass" and "classes" not in check.value
+    assert float(predictions.loss[check.value["worst"][0]]) == float(predictions.loss.max())
 
 
 def test_complexify_shows_the_mistakes_of_the_chosen_rung(tmp_path, digits_task):
@@ -116,3 +124,12 @@ def test_a_custom_loss_is_scored_sample_by_sample():
     one = float(smoothed(predictions.output[:1], predictions.target[:1]))
     assert len(predictions.loss) == len(task.val) and abs(float(predictions.loss[0]) - one) < 1e-5
     assert prediction_errors(predictions, task).status == "pass"
+
+
+def test_a_sequence_models_highest_losses_are_listed(tmp_path):
+    task = tiny.sequence()
+    ctx = Context(task, CPU, 0, RunDir(tmp_path, ["complexify"]), stage="complexify", progress=False)
+    check = look_at_mistakes(ctx, task.make_model(), "untrained")
+    assert check.status == "pass" and check.artifacts == ("04_complexify/highest_losses.table.json",)
+    table = json.loads((tmp_path / "04_complexify" / "highest_losses.table.json").read_text())
+    assert len(table["rows"]) == 16 and table["columns"][-3:] == ["given", "predicted", "loss"]

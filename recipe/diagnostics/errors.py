@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipe.check import Check, passed, skipped, warned
+from recipe.check import Check, passed, warned
 from recipe.data import eval_batches
 from recipe.task import Task
 
@@ -29,7 +29,8 @@ class Predictions:
     """The model's outputs on the whole validation split, on the CPU.
 
     Attributes:
-        output: the model's outputs, in sample order.
+        output: the model's outputs, in sample order; for a sequence task, the predicted token ids (B, T) (the logits
+            over a vocabulary would not fit).
         target: the targets.
         loss: each sample's loss (N,).
         features: the inputs when they are a float matrix (N, F) of tabular features, else None.
@@ -57,7 +58,7 @@ def validation_predictions(task: Task, model: nn.Module, device: torch.device, b
                 )
             inputs, _ = task.split_batch(batch)
             flat = isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dim() == 2
-            outputs.append(output.float().cpu())
+            outputs.append(output.argmax(-1).cpu() if task.kind == "sequence" else output.float().cpu())
             targets.append(target.cpu())
             losses.append(per_sample.float().cpu())
             features.append(inputs.float().cpu() if flat and task.images(inputs) is None else None)
@@ -96,7 +97,14 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
     if task.kind == "regression":
         return _regression(predictions)
     if task.kind != "classification" or target.dim() != 1 or output.dim() != 2 or task.loss == "bce_with_logits":
-        return skipped("prediction_errors", "per-class errors apply to one class label per sample.")
+        worst = worst_samples(predictions)
+        loss = float(predictions.loss.mean())
+        return passed(
+            "prediction_errors",
+            f"per-class recall applies to one class label per sample; the highest-loss validation samples cost "
+            f"{float(predictions.loss[worst[0]]):.4g} against {loss:.4g} on average: look at them.",
+            {"loss": loss, "worst": worst},
+        )
     matrix = confusion(predictions, output.shape[1])
     n, correct = matrix.sum(1), matrix.diagonal()
     accuracy = float(correct.sum() / n.sum())

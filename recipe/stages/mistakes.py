@@ -28,7 +28,7 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
     if check.status == "skip":
         return check
     artifacts: list[str] = []
-    if ctx.task.kind == "classification":
+    if "classes" in check.value:
         classes = check.value["classes"]
         fig = plots.confusion_matrix(confusion(predictions, predictions.output.shape[1]), f"Confusion: {whose}")
         recalls = {f"class {r['class']}": (r["recall"], r["se"]) for r in classes}
@@ -36,7 +36,7 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
             ctx.save_figure("confusion.png", fig),
             ctx.save_figure("class_recall.png", plots.baselines(recalls, f"Recall per class: {whose}", "recall ± SE")),
         ]
-    else:
+    elif ctx.task.kind == "regression":
         n = len(predictions.target)
         target = predictions.target.reshape(n, -1).float().mean(1)
         residual = (predictions.output.float() - predictions.target.float()).reshape(n, -1).mean(1)
@@ -55,8 +55,9 @@ def _highest_losses(ctx: Context, predictions: Predictions, worst: list[int], wh
     decode them, a table of their first features otherwise."""
     task = ctx.task
     inputs, _ = task.split_batch(task.batch("val", worst))
-    given, loss = predictions.target[worst], predictions.loss[worst]
-    predicted = _predicted(predictions.output[worst], task.kind)
+    loss = predictions.loss[worst]
+    given: list[Any] = list(predictions.target[worst])
+    predicted: list[Any] = list(_predicted(predictions.output[worst], task.kind))
     images = task.images(inputs)
     if images is not None:
         labels = [f"#{i} {_short(g)}→{_short(p)}" for i, g, p in zip(worst, given, predicted, strict=True)]
@@ -65,6 +66,9 @@ def _highest_losses(ctx: Context, predictions: Predictions, worst: list[int], wh
     if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point() and task.decoder is not None:
         shown: list[Any] = [task.decode(row.reshape(-1).tolist()) for row in inputs.cpu()]
         columns = ["sample", "input (decoded)"]
+        if task.kind == "sequence":  # next tokens: the targets and predictions read as text too
+            given = [task.decode(row.reshape(-1).tolist()) for row in given]
+            predicted = [task.decode(row.reshape(-1).tolist()) for row in predicted]
     elif isinstance(inputs, torch.Tensor):
         flat = inputs.reshape(len(inputs), -1).cpu()
         more = " ..." if flat.shape[1] > 8 else ""
@@ -84,7 +88,9 @@ def _predicted(output: torch.Tensor, kind: str) -> torch.Tensor:
     return output.argmax(1) if kind == "classification" and output.dim() == 2 else output
 
 
-def _short(t: torch.Tensor) -> str:
+def _short(t: Any) -> str:
+    if isinstance(t, str):
+        return t
     values = t.reshape(-1).tolist()
     text = ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values[:4])
     return text + (" ..." if len(values) > 4 else "")
