@@ -41,6 +41,8 @@ def test_a_scientific_study_writes_isolation_plots_and_importances(tmp_path):
     assert weights[0] == "importance"
     assert sum(float(v) for v in weights[3:]) == pytest.approx(1.0)
     assert (folder / "isolation.png").exists() and (folder / "importances.json").exists()
+    summary = result.checks[0]
+    assert "lr under study: best at" in summary.message and len(summary.value["scientific"]["best"]) == 3
 
 
 def test_scientific_must_be_searched_and_needs_the_quasi_random_queue(tmp_path):

@@ -137,7 +137,7 @@ class Tune(Stage):
             return [skipped("search", "no trial finished; see metrics.jsonl for the trials' runs.")]
         units = {p.name: [p.to_unit(t.params[p.name]) for t in finished] for p in params if not p.choices}
         checks = [
-            ctx.check(self._summary, ctx, study, finished, name, name="search"),
+            ctx.check(self._summary, ctx, study, finished, name, params, name="search"),
             ctx.check(search_space_boundary, [t.params for t in finished], units),
         ]
         seeds = ctx.check(top_trials.seed_reruns, ctx, search, finished, self.settings.seeds, name="seed_variance")
@@ -231,7 +231,7 @@ class Tune(Stage):
 
     # ---- reading the study --------------------------------------------------------------------------------------
 
-    def _summary(self, ctx: Context, study: Any, finished: list[Any], name: str) -> Check:
+    def _summary(self, ctx: Context, study: Any, finished: list[Any], name: str, params: list[Any]) -> Check:
         best = finished[0]
         states: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False):
@@ -248,11 +248,19 @@ class Tune(Stage):
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
         trials = study.get_trials(deepcopy=False)
         value["failed"] = drawn(trials) - len(finished) - states.get("pruned", 0)  # diverged, not interrupted
+        studied = ""
+        for p in (p for p in params if p.name == self.settings.scientific):
+            iso = value["scientific"] = playbook.isolation(finished, p, True, self.settings.levels)
+            k = min(range(len(iso["best"])), key=iso["best"].__getitem__)
+            studied = (
+                f" {p.name} under study: best at {_fmt(iso['values'][k])} (validation loss {iso['best'][k]:.4g} ± "
+                f"{iso['se'][k]:.2g}, nuisance parameters optimised over {iso['trials'][k]} trials; see isolation.png)."
+            )
         return passed(
             "search",
             f"{len(finished)} trials finished, {states.get('pruned', 0)} pruned, {value['failed']} failed "
             f"({self.settings.sampler}); best #{best.number}: validation loss "
-            f"{best.value:.4g}, {metric} {best.user_attrs.get('val_metric', float('nan')):.4g} with {shown}.",
+            f"{best.value:.4g}, {metric} {best.user_attrs.get('val_metric', float('nan')):.4g} with {shown}.{studied}",
             value,
         )
 
