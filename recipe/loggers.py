@@ -40,7 +40,7 @@ class TensorBoard:
         self.writer = SummaryWriter(str(self.path))
 
     def stage(self, rundir: RunDir, stage: str, stages: list[str]) -> None:
-        import matplotlib.image
+        import matplotlib.image  # only the tensorboard logger reads the PNGs back: matplotlib is loaded for it
 
         for r in rundir.read_metrics():
             value = r.get("value")

@@ -52,15 +52,13 @@ def open_study(search: Search, name: str, params: list[Param]) -> Any:
     each run's epochs: early epochs rank learning rates unfairly (a low rate starts slower and may end better).
     """
     storage, run_dir, sampler, seed = search.storage, Path(search.run_dir), search.sampler, search.draw_seed
-    import optuna
+    import optuna  # optuna (~0.4 s to import) is needed by tune alone: imported where used, here and below
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:
         (run_dir / STUDY).mkdir(parents=True, exist_ok=True)
         store: Any = open_journal(run_dir / STUDY_FILE)
     elif storage.startswith(("postgresql", "mysql", "sqlite")):
-        import warnings
-
         from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
         with warnings.catch_warnings():  # Optuna marks its heartbeat "experimental" since v2.8

@@ -343,6 +343,7 @@ class Tune(Stage):
 
 
 def _finished(study: Any) -> list[Any]:
+    # optuna (~0.4 s to import) is needed by tune alone: imported where used, here and below
     from optuna.trial import TrialState
 
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
