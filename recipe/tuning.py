@@ -34,6 +34,7 @@ from recipe import checkpoint, stopping
 from recipe.config import TrainSettings, settings_from_dict
 from recipe.console import doing
 from recipe.context import model_factory
+from recipe.diagnostics.suspect_labels import apply_label_fix
 from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
 from recipe.loading import load_task
@@ -371,13 +372,12 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     search = Search(**spec["search"])
-    source = spec["source"]
     rundir = RunDir(search.run_dir)
     try:
         with stopping.handling_sigterm(), holding_workers_lock(Path(search.run_dir)):
             if parent_pipe is not None:
                 _watch_parent(parent_pipe)
-            task = load_task(source["task"], source.get("task_args") or {}, spec_path)
+            task = worker_task(spec, spec_path)
             work(search, task, rundir.metrics_log("tune", f"worker_{worker}"), worker)
     except Terminated:
         return 143
@@ -386,6 +386,14 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
     finally:
         rundir.close()
     return 0
+
+
+def worker_task(spec: dict[str, Any], spec_path: str) -> Task:
+    """The task a worker process trains: rebuilt from the config's `task:`, with the label fix regularize kept (the
+    suspect labels dropped or relabelled) so every worker trains on the same split as the first."""
+    source = spec["source"]
+    task = load_task(source["task"], source.get("task_args") or {}, spec_path)
+    return apply_label_fix(task, spec["label_fix"]) if spec.get("label_fix") else task
 
 
 def _watch_parent(pipe: int) -> None:

@@ -15,6 +15,7 @@ from recipe.context import Context
 from recipe.diagnostics.suspect_labels import apply_label_fix, label_fixes
 from recipe.rundir import RunDir
 from recipe.stages.regularize import Regularize
+from recipe.tuning import worker_task
 from tests import tiny
 
 QUICK = {"max_steps": 150, "weight_decays": (), "dropouts": (), "data_fractions": (), "patience": None}
@@ -105,3 +106,9 @@ def test_label_fixes_drop_or_relabel_and_a_kept_fix_is_restored(tmp_path):
     Regularize().restore(ctx)  # a resumed run trains the later stages on the same changed split
     assert torch.equal(ctx.task.train.y, apply_label_fix(tensors, {"action": "relabel", **suspects}).train.y)
     assert ctx.task.train.y[[3, 0, 7]].tolist() == [1, 2, 3]
+
+
+def test_tune_workers_train_on_the_split_regularize_kept(tmp_path):
+    spec = {"source": {"task": "tests.tiny:classification"}, "label_fix": {"action": "drop", "indices": [0, 5, 9]}}
+    assert len(worker_task(spec, str(tmp_path / "spec.json")).train) == len(tiny.classification().train) - 3
+    assert len(worker_task({**spec, "label_fix": None}, "spec.json").train) == len(tiny.classification().train)

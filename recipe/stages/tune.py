@@ -212,7 +212,8 @@ class Tune(Stage):
         _write_finished_rows(ctx, study)
         spec = Path(search.run_dir) / STUDY / "worker.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
-        worker = {"search": dataclasses.asdict(search), "source": ctx.source}
+        label_fix = ctx.learned.get("regularize", {}).get("label_fix")  # the split regularize kept
+        worker = {"search": dataclasses.asdict(search), "source": ctx.source, "label_fix": label_fix}
         write_atomic(spec, json.dumps(worker, default=str).encode())
         workers = Workers(spec, extra)
         threads = torch.get_num_threads()
