@@ -282,12 +282,5 @@ def _end_of_epoch(
     record: dict[str, Any] = {"epoch": epoch, "step": result.steps, "train_loss": sum(recent) / max(1, len(recent))}
     if evaluate_now:
         ev = evaluate(task, model, task.val, device, eval_batch_size, step.autocast)
-        record.update(
-            {
-                "val_loss": ev.loss,
-                "val_loss_se": ev.loss_se,
-                f"val_{task.metric_name}": ev.metric,
-                f"val_{task.metric_name}_se": ev.metric_se,
-            }
-        )
+        record.update(ev.record(task.metric_name))
     return record

@@ -279,6 +279,15 @@ def test_extra_metrics_reach_the_metrics_rows_the_progress_bar_and_the_report_ta
     assert validation_table(plain, "tune") == ""  # loss and the one metric: the checks already show them
 
 
+def test_fit_history_and_metrics_rows_carry_the_extra_metrics():
+    task = weighted_task(metrics={"f1": macro_f1})
+    rows: list[dict] = []
+    result = fit(task, epochs=2, batch_size=16, progress=False, device="cpu", log=rows.append)
+    final = result.history[-1]
+    assert final["val_f1"] == pytest.approx(evaluate(task, result.model, task.val, CPU).metrics["f1"])
+    assert [r["value"] for r in rows if r["split"] == "val" and r["metric"] == "f1"][-1] == final["val_f1"]
+
+
 # ---- the command line ------------------------------------------------------------------------------------------------
 
 
