@@ -49,13 +49,17 @@ from benchmarks.zoo_planted import (
     offset_regression,
     planted_data,
 )
-from examples import charlm, digits, regression
+from examples import charlm, digits, regression, transfer
 from recipe import Recipe, Task
 from recipe.check import Check
 from recipe.errors import RecipeError
 
 ALL = ("inspect", "baseline", "overfit")
 MODEL = ("baseline", "overfit")
+PRETRAINED_ONLY = {  # regularize's reference runs and the pretrained rung only (examples/transfer.py's batch size)
+    "train": {"batch_size": 50},
+    "regularize": {"weight_decays": [], "dropouts": [], "patience": None, "smaller_model": False, "data_fractions": []},
+}
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,27 @@ BUGS = [
         known_miss="no check is built for it: a fixed permutation of each sample's pixels leaves every dependency "
         "and statistic intact, and the CNN still learns (95% against 99%)",
     ),
+    # the recipe's step 1: "initialized your weights from a pretrained checkpoint but didn't use the original mean"
+    Case(
+        "pretrained weights fed pixels 0-16 where they saw 0-1",
+        lambda: transfer.make_task(pixel_scale=16),
+        "fail",
+        ("pretrained_inputs",),
+        "not normalised as in pretraining",
+        "pretrained weights fed pixels 0-1, as in pretraining",
+        PRETRAINED_ONLY,
+        stages=("regularize",),
+    ),
+    # one class's labels scrambled in training (the recipe's "look at the mistakes"; cleanlab's per-class noise)
+    Case(
+        "70% of class 3's training labels scrambled",
+        lambda: planted_data("scrambled_class"),
+        "warn",
+        ("prediction_errors",),
+        "class 3 recall.*mislabelled",
+        "digits MLP through complexify",
+        stages=("complexify",),
+    ),
     # a Sigmoid before BCEWithLogitsLoss: https://github.com/Turoad/lanedet/issues/32
     Case(
         "sigmoid before BCE-with-logits",
@@ -385,6 +410,14 @@ TWINS = [  # fixed twins that are not clean tasks above
     Case("custom MSE, matching shapes", tab.diabetes_custom_mse, "clean"),
     Case("cancer BCE on logits", tab.breast_cancer_bce, "clean"),
     Case("colour digits, permute", zoo.colour_digits, "clean"),
+    Case(
+        "pretrained weights fed pixels 0-1, as in pretraining",
+        transfer.make_task,
+        "clean",
+        config=PRETRAINED_ONLY,
+        stages=("regularize",),
+    ),
+    Case("digits MLP through complexify", lambda: planted_data("clean"), "clean", stages=("complexify",)),
 ]
 CASES = BUGS + CLEAN + TWINS
 

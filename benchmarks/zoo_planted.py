@@ -152,7 +152,7 @@ def _raw_digits(scale: float = 255 / 16) -> tuple[np.ndarray, ...]:
 
 
 def planted_data(bug: str) -> Task:
-    """Data bugs for `inspect`, each a mutation of the clean, standardised digits split."""
+    """Data bugs, each a mutation of the clean, standardised digits split (an unknown `bug` leaves it clean)."""
     x_train, x_val, y_train, y_val = digits.load_digits_split()
     rng = np.random.default_rng(0)
     if bug == "nan":  # a missing-value marker that became NaN in 1% of training rows
@@ -171,6 +171,10 @@ def planted_data(bug: str) -> Task:
     elif bug == "missing_class":  # class 3 never reaches the training split
         keep = y_train != 3
         x_train, y_train = x_train[keep], y_train[keep]
+    elif bug == "scrambled_class":  # 70% of class 3's training labels replaced by random other classes
+        rows = rng.permutation(np.flatnonzero(y_train == 3))[: int(0.7 * (y_train == 3).sum())]
+        y_train = y_train.copy()
+        y_train[rows] = (3 + rng.integers(1, 10, len(rows))) % 10
     elif bug == "outliers":  # five samples in different units (x100)
         rows = rng.choice(len(x_train), 5, replace=False)
         x_train[rows] *= 100
