@@ -7,8 +7,8 @@ import dataclasses
 import functools
 import inspect
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -114,10 +114,18 @@ class Context:
             out.append(fn(*args, **kwargs))
         return out[0].replace(seconds=time.perf_counter() - start)
 
-    def contained(self, name: str, checks: list[Check], probing: str = "") -> AbstractContextManager[None]:
+    @contextmanager
+    def contained(self, name: str, checks: list[Check], probing: str = "") -> Iterator[None]:
         """A block that computes check `name` (or what later checks need): if it raises, an `error` check named
-        `name` is appended to `checks` and the stage goes on after the block (`recipe.check.containing`)."""
-        return containing(name, checks, probing)
+        `name` is appended to `checks` and the stage goes on after the block (`recipe.check.containing`). The block's
+        time goes to the checks it appended: the first without `seconds` gets what the others do not carry."""
+        start, before = time.perf_counter(), len(checks)
+        with containing(name, checks, probing):
+            yield
+        left = time.perf_counter() - start - sum(c.seconds or 0.0 for c in checks[before:])
+        for i in range(before, len(checks)):
+            if checks[i].seconds is None:
+                checks[i], left = checks[i].replace(seconds=max(left, 0.0)), 0.0
 
     def save_json(self, name: str, obj: Any) -> str:
         return self.rundir.save_json(self.stage, name, obj)

@@ -94,6 +94,20 @@ def test_a_contained_block_appends_its_error_and_the_stage_goes_on(tmp_path):
     assert "RuntimeError" in checks[1].message and "dead units" in checks[1].message
 
 
+def test_a_contained_block_gives_its_time_to_the_checks_it_made(tmp_path):
+    ctx, checks = _context(tmp_path), [passed("before", "ok")]
+    with ctx.contained("trivial", checks):
+        torch.manual_seed(0)
+        torch.linalg.inv(torch.randn(200, 200) + 200 * torch.eye(200))  # some measurable work
+        checks += [passed("trivial", "ok"), passed("second", "ok"), passed("timed", "ok").replace(seconds=1e-6)]
+    with ctx.contained("broken", checks):
+        raise ValueError("no")
+    before, trivial, second, timed, broken = checks
+    assert before.seconds is None  # not made in a block
+    assert trivial.seconds > 0 and second.seconds == 0.0 and timed.seconds == 1e-6  # the block's time counted once
+    assert broken.status == "error" and broken.seconds >= 0
+
+
 @pytest.mark.parametrize(
     ("statuses", "stage"),
     [
