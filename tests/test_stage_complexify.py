@@ -57,6 +57,8 @@ def test_a_healthy_ladder_passes_and_hands_the_choice_over(tmp_path):
     learned = manifest["learned"]["complexify"]
     assert learned["model"] == by_name["capacity"].value["chosen"]
     assert manifest["train_final"]["model"] == learned["model"] and manifest["train_final"]["lr"] == learned["lr"]
+    rungs = [f["seconds"] for f in manifest["fits"] if f["run"].startswith(("rung_", "lr_range_"))]
+    assert len(rungs) >= 2 and by_name["capacity"].seconds >= sum(rungs)  # the ladder's training is what it judged
     folder = result.run_dir / "04_complexify"
     for name in ("rungs.table.json", "rungs_train.png", "rungs_val.png", "chosen_run.png"):
         assert (folder / name).exists(), name

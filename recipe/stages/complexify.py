@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,7 @@ class Complexify(Stage):
         checks: list[Check] = []
         scratch = {n: f for n, f in ladder.items() if not isinstance(f, Pretrained)}
         trained = scratch or ladder
+        start = time.perf_counter()  # capacity judges the whole ladder: its seconds are the rungs' training
         for k, (name, factory) in enumerate(trained.items(), 1):  # a rung that raises is left out, and says why
             probing = f"training rung {name!r}; the other rungs are compared"
             with ctx.contained("train_rung", checks, probing), doing(f"rung {name}", k, len(trained)):
@@ -112,7 +114,7 @@ class Complexify(Stage):
             lambda: capacity(rungs, chosen, constant).replace(artifacts=self._rung_artifacts(ctx, rungs)),
             name="capacity",
         )
-        checks.insert(0, capacity_check)
+        checks.insert(0, capacity_check.replace(seconds=time.perf_counter() - start))
         if checks[0].status == "fail":  # nothing trained: say how the curve went, skip the rest
             return [*checks, loss_spikes((chosen or rungs[0]).step_losses)]
         assert chosen is not None
