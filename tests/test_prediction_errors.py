@@ -7,14 +7,16 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from examples import digits
 from recipe import Complexify, Recipe, Task, fit
 from recipe.context import Context
-from recipe.diagnostics.errors import prediction_errors, validation_predictions
+from recipe.diagnostics.errors import Predictions, prediction_errors, validation_predictions
 from recipe.rundir import RunDir
 from recipe.stages.mistakes import look_at_mistakes
+from recipe.task import IGNORE_INDEX
 from tests import tiny
 
 CPU = torch.device("cpu")
@@ -133,3 +135,37 @@ def test_a_sequence_models_highest_losses_are_listed(tmp_path):
     assert check.status == "pass" and check.artifacts == ("04_complexify/highest_losses.table.json",)
     table = json.loads((tmp_path / "04_complexify" / "highest_losses.table.json").read_text())
     assert len(table["rows"]) == 16 and table["columns"][-3:] == ["given", "predicted", "loss"]
+
+
+TEN = Task(train=(torch.randn(10, 3), torch.arange(10)), val=(torch.randn(10, 3), torch.arange(10)), model=tiny.MLP)
+
+
+def synthetic(wrong: dict[int, int], classes: int = 10, per_class: int = 36) -> Predictions:
+    """Validation predictions, right except `wrong[c]` samples of class c taken for the next class."""
+    target = torch.arange(classes).repeat_interleave(per_class)
+    predicted = target.clone()
+    for c, k in wrong.items():
+        predicted[c * per_class : c * per_class + k] = (c + 1) % classes
+    return Predictions(F.one_hot(predicted, classes).float(), target, (predicted != target).float())
+
+
+@pytest.mark.parametrize(
+    ("wrong", "below"),
+    [
+        ({}, []),
+        ({4: 2}, []),  # a near-perfect model's two errors in one class: 3 normal-approximation SEs, chance exactly
+        ({4: 2, 7: 1}, []),
+        ({4: 12}, [4]),
+        ({4: 12, 2: 1, 8: 2}, [4]),
+    ],
+)
+def test_a_class_is_named_when_its_errors_are_beyond_chance_at_the_overall_rate(wrong, below):
+    check = prediction_errors(synthetic(wrong), TEN)
+    assert check.value["below"] == below and check.status == ("warn" if below else "pass"), check.message
+
+
+def test_unscored_positions_are_no_class():
+    predictions = synthetic({4: 12})
+    predictions.target[:5] = IGNORE_INDEX
+    check = prediction_errors(predictions, TEN)
+    assert check.value["below"] == [4] and sum(r["n"] for r in check.value["classes"]) == 360 - 5
