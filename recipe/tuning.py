@@ -271,6 +271,7 @@ def objective(
         trial.set_user_attr("val_metric", val.metric)
         trial.set_user_attr("val_loss_se", val.loss_se)
         trial.set_user_attr("seconds", result.seconds)
+        trial.set_user_attr("setup", json.loads(json.dumps(result.setup, default=str)))  # manifest.json's fits
         folder = Path(search.run_dir) / TRIALS
         folder.mkdir(parents=True, exist_ok=True)
         checkpoint.save_atomic(result.model.state_dict(), folder / f"trial_{trial.number}.pt")

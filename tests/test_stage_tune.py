@@ -70,6 +70,11 @@ def test_a_search_runs_writes_its_artifacts_and_hands_over_the_best(tmp_path):
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["train_final"]["lr"] == pytest.approx(best["lr"], rel=1e-5)  # JSON keeps 6 digits
     assert len([r for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines() if '"trial"' in r]) > 0
+    trials = [f for f in manifest["fits"] if f["stage"] == "tune" and "state" in f]  # the study's, not re-runs
+    ended = [t for t in trials_of(result.run_dir) if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+    assert len(trials) == len(ended) > 0 and all(f["seconds"] > 0 for f in trials)
+    assert all("steps_per_epoch" in f for f in trials if f["state"] == "complete")  # each trial's fit setup
+    assert result.checks[0].seconds >= sum(f["seconds"] for f in trials)  # the search check carries the study's time
 
 
 def test_running_the_search_again_resumes_the_study(tmp_path):

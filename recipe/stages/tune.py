@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,15 +130,19 @@ class Tune(Stage):
     settings: TuneSettings
 
     def run(self, ctx: Context) -> list[Check]:
-        search = self._search(ctx)
+        search, start = self._search(ctx), time.perf_counter()
         self._run_workers(ctx, search)
         study, params, name = prepare(search, ctx.task)
+        searched = time.perf_counter() - start  # the search check judges the study: its seconds are the trials'
+        ctx.fits += _trial_fits(study)
         finished = sorted(_finished(study), key=lambda t: t.value)
         if not finished:
-            return [skipped("search", "no trial finished; see metrics.jsonl for the trials' runs.")]
+            nothing = skipped("search", "no trial finished; see metrics.jsonl for the trials' runs.")
+            return [nothing.replace(seconds=searched)]
         units = {p.name: [p.to_unit(t.params[p.name]) for t in finished] for p in params if not p.choices}
+        summary = ctx.check(self._summary, ctx, study, finished, name, params, name="search")
         checks = [
-            ctx.check(self._summary, ctx, study, finished, name, params, name="search"),
+            summary.replace(seconds=(summary.seconds or 0.0) + searched),
             ctx.check(search_space_boundary, [t.params for t in finished], units),
         ]
         seeds = ctx.check(top_trials.seed_reruns, ctx, search, finished, self.settings.seeds, name="seed_variance")
@@ -341,6 +346,21 @@ class Tune(Stage):
             scored = {"loss": best.value, "metric": best.user_attrs.get("val_metric")}
             best_pt = f"{ctx.rundir.stage_dir('tune').name}/best.pt"
             save_model(ctx.rundir, best_pt, checkpoint.load(source), ctx.task, settings, scored, ctx.source, extra)
+
+
+def _trial_fits(study: Any) -> list[dict[str, Any]]:
+    """One manifest.json `fits` entry per trial that ended (pruned and failed ones too): its wall time and setup."""
+    return [
+        {
+            "stage": "tune",
+            "run": f"trial_{t.number}",
+            "state": t.state.name.lower(),
+            "seconds": round(t.user_attrs.get("seconds") or (t.duration.total_seconds() if t.duration else 0.0), 3),
+            **t.user_attrs.get("setup", {}),
+        }
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+    ]
 
 
 def _finished(study: Any) -> list[Any]:
