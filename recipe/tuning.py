@@ -39,6 +39,7 @@ from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
 from recipe.loading import load_task
 from recipe.loop import fit
+from recipe.model_io import with_ladder
 from recipe.rundir import RunDir
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, queued_configs
 from recipe.study_storage import (
@@ -390,10 +391,13 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
 
 
 def worker_task(spec: dict[str, Any], spec_path: str) -> Task:
-    """The task a worker process trains: rebuilt from the config's `task:`, with the label fix regularize kept (the
-    suspect labels dropped or relabelled) so every worker trains on the same split as the first."""
+    """The task a worker process trains: rebuilt from the config's `task:` and its ladder, with the label fix
+    regularize kept (the suspect labels dropped or relabelled) so every worker trains on the same split as the
+    first."""
     source = spec["source"]
     task = load_task(source["task"], source.get("task_args") or {}, spec_path)
+    ladder = ((source.get("config") or {}).get("complexify") or {}).get("ladder")
+    task = with_ladder(task, ladder)  # the rungs a config's ladder names, as the first process has them
     return apply_label_fix(task, spec["label_fix"]) if spec.get("label_fix") else task
 
 

@@ -30,8 +30,10 @@ from recipe import (
 from recipe.check import to_jsonable
 from recipe.cli import main
 from recipe.config import TrainSettings
+from recipe.context import model_factory
 from recipe.model_io import model_record, save_model, with_ladder
 from recipe.rundir import RunDir
+from recipe.tuning import worker_task
 from tests.tiny import CLASSES, FEATURES, MLP, classification
 
 CPU = torch.device("cpu")
@@ -240,3 +242,10 @@ def test_a_record_rebuilds_searched_model_arguments_and_refuses_bare_weights(tmp
     checkpoint.save_atomic(model.state_dict(), tmp_path / "run" / "06_tune" / "best.pt")
     with pytest.raises(CheckpointError, match="without the record that rebuilds the model"):
         load_model(tmp_path / "run", task=task)
+
+
+def test_a_tune_worker_rebuilds_the_ladder_the_config_wrote(ladder_project):
+    config = yaml.safe_load((ladder_project / "config.yaml").read_text())
+    spec = {"source": {"task": config["task"], "task_args": {}, "config": config}, "label_fix": None}
+    task = worker_task(spec, str(ladder_project / "worker.json"))
+    assert set(task.models) == {"w4", "w16"} and model_factory(task, "w16")().net[0].out_features == 16
