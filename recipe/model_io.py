@@ -36,9 +36,16 @@ from recipe.rundir import RunDir
 from recipe.task import Task
 
 FORMAT = "recipe.model/1"
-MODEL_FILES = ("final/model.pt", "06_tune/best.pt", "05_regularize/model.pt", "04_complexify/model.pt")
-"""Where a run directory keeps its models, the one `load_model` returns first: `recipe train`'s, tune's best
-trial, regularize's chosen setup, complexify's chosen rung (trained without regularisation)."""
+MODEL_FILES = (
+    "final/model.pt",
+    "06_tune/distilled.pt",
+    "06_tune/best.pt",
+    "05_regularize/model.pt",
+    "04_complexify/model.pt",
+)
+"""Where a run directory keeps its models, the one `load_model` returns first: `recipe train`'s, tune's distilled
+model (written only when it beat the handed-on setup beyond seed noise), tune's best trial (written only when it beat
+the setup tune started from), regularize's chosen setup, complexify's chosen rung (trained without regularisation)."""
 
 
 def with_ladder(task: Task, ladder: Mapping[str, Any] | None) -> Task:
@@ -46,18 +53,32 @@ def with_ladder(task: Task, ladder: Mapping[str, Any] | None) -> Task:
     with those keyword arguments. A task that brings a ladder of its own, or no ladder given, is returned as is."""
     if not ladder or len(task.models) > 1:
         return task
-    if not isinstance(ladder, Mapping) or not all(isinstance(v, Mapping) for v in ladder.values()):
-        raise ConfigError(f"complexify.ladder must map rung names to model arguments, got {ladder!r}.")
-    for rung, kwargs in ladder.items():  # refused before any training, naming the rung
-        try:
-            inspect.signature(task.model).bind(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(
-                f"complexify.ladder.{rung}: the model factory does not take {dict(kwargs)} ({exc})."
-            ) from None
-        except ValueError:
-            pass  # no inspectable signature: the rung's first build will tell
+    check_ladder(task, ladder)
     return task.replace(models={name: functools.partial(task.model, **kwargs) for name, kwargs in ladder.items()})
+
+
+def check_ladder(task: Task, ladder: Any) -> None:
+    """Each rung of a config's `complexify.ladder` must give arguments the task's model factory takes: refused
+    before any training, naming the rung, the arguments the factory does not take and those it does."""
+    if not isinstance(ladder, Mapping):
+        raise ConfigError(f"complexify.ladder must map rung names to model arguments, got {ladder!r}.")
+    for rung, kwargs in ladder.items():
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"complexify.ladder.{rung} must map model arguments to values, got {kwargs!r}.")
+    try:
+        signature = inspect.signature(task.model)
+    except (TypeError, ValueError):
+        return  # no inspectable signature: the rung's first build will tell
+    for rung, kwargs in ladder.items():
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            names = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+            unknown = [k for k in kwargs if k not in signature.parameters] or sorted(kwargs)
+            raise ConfigError(
+                f"complexify.ladder.{rung}: the model factory {getattr(task.model, '__name__', 'model')}"
+                f"{signature} does not take {unknown} ({exc}); use its arguments ({', '.join(names)})."
+            ) from None
 
 
 def fit_arguments(config: str | Path | Mapping[str, Any] | TrainSettings, task: Task | None = None, **overrides: Any):
@@ -163,8 +184,7 @@ def model_record(path: str | Path) -> dict[str, Any]:
 
 
 def find_model(run_dir: str | Path) -> Path:
-    """The model `load_model` returns: `recipe train`'s, else tune's best trial, else regularize's, else
-    complexify's."""
+    """The model `load_model` returns: the first of `MODEL_FILES` the run directory holds."""
     run_dir = Path(run_dir)
     if run_dir.is_file():
         return run_dir
@@ -183,8 +203,8 @@ def load_model(run_dir: str | Path, task: Task | None = None, device: str | torc
     best weights loaded, in eval mode, on `device`.
 
     Args:
-        run_dir: the run directory (or one model file in it); `recipe train`'s model first, else tune's best trial,
-            else regularize's choice, else complexify's.
+        run_dir: the run directory (or one model file in it); `recipe train`'s model first, else tune's distilled
+            model, else tune's best trial, else regularize's choice, else complexify's (`MODEL_FILES`).
         task: the task, for a run started from Python; None rebuilds it from the `task:` of the config that ran.
 
     Raises:

@@ -15,7 +15,6 @@ rungs (`recipe.transfer.Pretrained`) are a starting point, not a size: they are 
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from recipe.diagnostics.optimization import exponential_ramp, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import Evaluation, constant_loss, evaluate
 from recipe.loop import FitResult
-from recipe.model_io import save_model, with_ladder
+from recipe.model_io import check_ladder, save_model, with_ladder
 from recipe.models import disable_dropout
 from recipe.stage import Stage, StageSettings
 from recipe.stages.mistakes import look_at_mistakes
@@ -144,24 +143,8 @@ class Complexify(Stage):
 
     def validate(self, task: Task) -> None:
         """Each `ladder` rung's arguments must be ones the task's model factory takes (checked before any training)."""
-        if not self.settings.ladder or len(task.models) > 1:
-            return
-        try:
-            signature = inspect.signature(task.model)
-        except (TypeError, ValueError):
-            return  # no inspectable signature: the first rung's call will tell
-        for rung, kwargs in self.settings.ladder.items():
-            if not isinstance(kwargs, dict):
-                raise ConfigError(f"complexify.ladder.{rung} must map model arguments to values, got {kwargs!r}.")
-            try:
-                signature.bind(**kwargs)
-            except TypeError as exc:
-                names = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
-                unknown = [k for k in kwargs if k not in signature.parameters] or sorted(kwargs)
-                raise ConfigError(
-                    f"complexify.ladder.{rung}: the model factory {getattr(task.model, '__name__', 'model')}"
-                    f"{signature} does not take {unknown} ({exc}); use its arguments ({', '.join(names)})."
-                ) from None
+        if self.settings.ladder and len(task.models) == 1:
+            check_ladder(task, self.settings.ladder)
 
     def restore(self, ctx: Context) -> None:
         ctx.task = ctx.task.replace(models=self._ladder(ctx))  # the rung names train.model refers to
