@@ -314,10 +314,11 @@ class Task:
             if "groups" not in changes:
                 new.groups = None  # the group ids named the old samples; a subset passes its own (`subset`)
         for key, value in changes.items():
+            key = "augmentation" if key == "augment" else key  # Task(augment=f) keeps f as `augmentation`
             if key in ("train", "val"):
                 value = as_split(value, key)
-            elif not hasattr(self, key):
-                raise TypeError(f"Task has no attribute {key!r}")
+            elif not hasattr(self, key) or callable(getattr(type(self), key, None)):  # a hook is not data
+                raise TypeError(f"Task has no attribute {key!r} to replace")
             setattr(new, key, value)
         if "input_transform" in changes:  # the variant's class applies it: a plain task never tests for one per step
             plain: type[Task] = getattr(type(self), "plain_class", type(self))

@@ -366,6 +366,15 @@ def test_replace_converts_splits_and_rejects_unknown_attributes(classification_t
     assert len(classification_task.train) == 150
     with pytest.raises(TypeError, match="no attribute 'modle'"):
         classification_task.replace(modle=TinyMLP)
+    with pytest.raises(TypeError, match="no attribute 'forward'"):  # a hook, not data
+        classification_task.replace(forward=None)
+
+
+def test_replace_augment_sets_the_augmentation_and_keeps_the_hook(classification_task):
+    flipped = classification_task.replace(augment=lambda x: -x)
+    x = torch.ones(2, 2)
+    assert torch.equal(flipped.augment(x), -x) and torch.equal(classification_task.augment(x), x)
+    assert torch.equal(flipped.replace(augment=None).augment(x), x)  # None: no augmentation, the hook still runs
 
 
 def test_sample_batch_is_fixed_by_the_seed(classification_task):
