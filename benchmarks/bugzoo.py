@@ -19,6 +19,8 @@ F, E and W count checks over the N clean tasks and twins. The same cases are tes
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import sys
 import tempfile
@@ -463,7 +465,7 @@ class Outcome:
 def run_case(case: Case, stages: tuple[str, ...] | None = None, run_dir: Path | None = None) -> Outcome:
     """Run one case with keep_going. A task the recipe refuses before training (a `RecipeError`) becomes one fail
     named `task_validation`; anything else escaping the run becomes one `error` named `run`."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the table is the output
         start = time.perf_counter()
         try:
             result = Recipe(

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from recipe import Task
-from recipe.diagnostics.reading import eval_data_deterministic
+from recipe.diagnostics.reading import eval_data_deterministic, training_reads_vary
 from tests import tiny
 
 
@@ -64,3 +64,14 @@ def test_training_randomness_is_reported_not_judged():
 def test_in_memory_validation_passes_without_reading():
     check = eval_data_deterministic(tiny.classification())
     assert check.status == "pass" and "in-memory" in check.message
+
+
+@pytest.mark.parametrize(
+    ("mode", "varies"), [("random", True), ("in_place", True), ("seeded", False), ("clean", False)]
+)
+def test_training_reads_vary_moves_no_generator(mode, varies):
+    task = Task(train=Samples(64, 0, mode), val=Samples(32, 1), model=tiny.MLP, num_classes=tiny.CLASSES)
+    before = torch.random.get_rng_state()
+    assert training_reads_vary(task) is varies
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert not training_reads_vary(tiny.classification())  # in-memory tensors read the same every time

@@ -16,6 +16,7 @@ import torch
 
 from recipe.check import Check, failed, passed
 from recipe.data import DatasetSplit, fixed_indices
+from recipe.reproducibility import rng_state_kept
 from recipe.task import Task
 
 
@@ -39,6 +40,15 @@ def _changing(split: DatasetSplit, indices: list[int]) -> list[int]:
     """The indices whose second read differs from the first (first reads copied, so in-place edits show)."""
     first = [copy.deepcopy(split.dataset[i]) for i in indices]
     return [i for i, sample in zip(indices, first, strict=True) if not _same(sample, split.dataset[i])]
+
+
+def training_reads_vary(task: Task, samples: int = 8, seed: int = 0) -> bool:
+    """Whether a training Dataset returns other values on a second read of the same samples (it augments on read),
+    read without moving any global random generator."""
+    if not isinstance(task.train, DatasetSplit):
+        return False
+    with rng_state_kept():
+        return bool(_changing(task.train, fixed_indices(len(task.train), samples, seed)))
 
 
 def eval_data_deterministic(task: Task, samples: int = 8, seed: int = 0) -> Check:

@@ -39,7 +39,7 @@ from recipe.diagnostics.integrity import (
 from recipe.diagnostics.label_noise import find_label_issues, label_noise
 from recipe.diagnostics.leakage import target_derived_features, time_leakage
 from recipe.diagnostics.outliers import outliers
-from recipe.diagnostics.reading import eval_data_deterministic
+from recipe.diagnostics.reading import eval_data_deterministic, training_reads_vary
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
 from recipe.errors import ConfigError
@@ -96,7 +96,18 @@ class InspectData(Stage):
         checks.append(ctx.check(self._class_balance, ctx, train, val))
         checks.append(ctx.check(self._input_stats, ctx, train))
         checks.append(ctx.check(group_leak, task))
-        checks.append(ctx.check(split_shift, train, val, fail_auc=s.shift_fail_auc, seed=ctx.seed, groups=task.groups))
+        augmented = training_reads_vary(task, seed=ctx.seed)  # a Dataset augmenting on read differs by design
+        checks.append(
+            ctx.check(
+                split_shift,
+                train,
+                val,
+                fail_auc=s.shift_fail_auc,
+                seed=ctx.seed,
+                groups=task.groups,
+                train_augmented=augmented,
+            )
+        )
         checks.append(ctx.check(self._duplicates, ctx, train, val))
         checks.append(ctx.check(time_leakage, train, val, pad_id=s.pad_id if task.pad_id is None else task.pad_id))
         checks.append(ctx.check(target_derived_features, train, val, task))
