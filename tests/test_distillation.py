@@ -3,13 +3,18 @@ noise; planted (noisy labels, a strong ensemble) and clean (a teacher no better 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 
-from recipe import Recipe, Tune
+from recipe import NoModelError, Recipe, Tune, evaluate, load_model
+from recipe.config import TrainSettings
+from recipe.context import Context
 from recipe.diagnostics.search import distillation
 from recipe.distillation import compare, distillable, with_soft_targets
 from recipe.loop import fit
+from recipe.rundir import RunDir
+from recipe.stages import top_trials
 from tests import tiny
 
 CPU = torch.device("cpu")
@@ -88,3 +93,33 @@ def test_distillation_skips_where_soft_targets_do_not_apply(tmp_path):
     ).run()  # fmt: skip
     check = next(c for c in result.checks if c.name == "distillation")
     assert check.status == "skip" and "classification" in check.message
+
+
+def distilled_in_a_run(tmp_path, task, members):
+    """`top_trials.distil` in a tune stage of its own run directory, the handed-on setup being the incoming one."""
+    rundir = RunDir(tmp_path)
+    rundir.create()
+    ctx = Context(task, CPU, 0, rundir, TrainSettings(batch_size=32, lr=3e-3), stage="tune", progress=False)
+    search = Tune(epochs=40)._search(ctx)
+    single = fit(task, seed=0, **SETTINGS).model
+    try:
+        return top_trials.distil(ctx, search, {}, single, None, members, 2.0)
+    finally:
+        rundir.close()
+
+
+def test_a_kept_distilled_model_is_what_load_model_returns(tmp_path):
+    task = noisy_labels(0.4)
+    check = distilled_in_a_run(tmp_path, task, [oracle(), oracle()])
+    assert check.value["kept"], check.message
+    model = load_model(tmp_path, task=task)  # 06_tune/distilled.pt, a model record like best.pt
+    assert evaluate(task, model, task.val, CPU).loss == pytest.approx(check.value["student"]["val_loss"], rel=1e-6)
+
+
+def test_a_distilled_model_not_kept_is_not_written(tmp_path):
+    task = tiny.classification(n_train=128)
+    weak = {**SETTINGS, "epochs": 1, "lr": 1e-4}
+    check = distilled_in_a_run(tmp_path, task, [fit(task, seed=s, **weak).model for s in (1, 2)])
+    assert not check.value["kept"] and not (tmp_path / "06_tune" / "distilled.pt").exists()
+    with pytest.raises(NoModelError):
+        load_model(tmp_path, task=task)

@@ -54,11 +54,12 @@ def test_a_search_runs_writes_its_artifacts_and_hands_over_the_best(tmp_path):
         "search_space_boundary",
         "enough_trials",
         "seed_variance",
+        "beats_incoming",
         "training_length",
         "ensemble",
         "distillation",
     ]
-    assert result.ok
+    assert result.ok and result.checks[4].value["handed_on"] == "tuned"  # 3e-4 over 36 steps: the search beats it
     folder = result.run_dir / "06_tune"
     for name in ("trials.csv", "trials.table.json", "axes.png", "best_so_far.png", "best.pt", "best_config.yaml"):
         assert (folder / name).exists(), name

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import json
 
 import torch
 
@@ -100,3 +101,36 @@ def test_a_custom_loss_task_is_judged_by_its_reruns_and_skips_distillation(tmp_p
     checks = by_name(result)
     assert checks["seed_variance"].status == "pass" and checks["seed_variance"].value["handed_on"] is not None
     assert checks["distillation"].status == "skip" and "cross-entropy" in checks["distillation"].message
+
+
+def incoming_run(tmp_path, lr, space):
+    """Tune alone, started from `train.lr = lr`, searching `space`."""
+    return Recipe(
+        tiny.classification(), run_dir=tmp_path / "run", stages=[Tune(trials=3, epochs=4, seeds=2, space=space)],
+        device="cpu", progress=False, quiet=True, source=SOURCE, config={"train": {"lr": lr}},
+    ).run()  # fmt: skip
+
+
+def test_a_search_whose_trials_are_all_worse_than_where_it_started_keeps_the_incoming_setup(tmp_path):
+    space = {"lr": {"low": 0.5, "high": 1.0, "log": True}}  # far too high for Adam: every trial trains worse
+    result = incoming_run(tmp_path, 1e-2, space)
+    check = by_name(result)["beats_incoming"]
+    assert check.status == "pass" and check.value["handed_on"] == "incoming", check.message
+    assert check.value["gain"] < 0 and "found nothing better than the setup it started from" in check.message
+    text = (result.run_dir / "06_tune" / "best_config.yaml").read_text()
+    assert "lr: 0.01\n" in text and "nothing better" in text and "train.epochs = 4" in text
+    assert not (result.run_dir / "06_tune" / "best.pt").exists()  # load_model returns the incoming setup's model
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["train_final"]["lr"] == 0.01 and manifest["learned"]["tune"]["kept_incoming"]
+
+
+def test_a_search_that_beats_where_it_started_hands_the_tuned_setting_on(tmp_path):
+    space = {"lr": {"low": 1e-2, "high": 2e-2, "log": True}}
+    result = incoming_run(tmp_path, 1e-5, space)  # the incoming lr barely moves the weights in 4 epochs
+    checks = by_name(result)
+    check, handed = checks["beats_incoming"], checks["seed_variance"].value["handed_on"]
+    assert check.status == "pass" and check.value["handed_on"] == "tuned", check.message
+    assert check.value["gain"] > 2 * check.value["noise"] and check.value["tuned"]["trial"] == handed
+    text = (result.run_dir / "06_tune" / "best_config.yaml").read_text()
+    assert f"trial #{handed}" in text and "lr: 1e-05" not in text and "epochs: 4\n" in text
+    assert (result.run_dir / "06_tune" / "best.pt").exists()

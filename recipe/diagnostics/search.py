@@ -160,7 +160,7 @@ def seed_variance(attempts: list[dict[str, Any]], metric: str) -> Check:
 
 
 def distillation(gain: float, noise: float, student: dict[str, float], single: dict[str, float], metric: str) -> Check:
-    """Reports whether a student trained on the ensemble's soft targets beats the best single model beyond noise.
+    """Reports whether a student trained on the ensemble's soft targets beats the handed-on single model beyond noise.
 
     Why: Hinton et al. 2015, "Distilling the knowledge in a neural network", and the recipe's tune step ("model
     ensembles [...] distill your ensemble into a network"). `gain` is the single model's validation loss minus the
@@ -172,10 +172,57 @@ def distillation(gain: float, noise: float, student: dict[str, float], single: d
     verdict = "kept" if kept else "not kept (within noise or worse)"
     return passed(
         "distillation",
-        f"the ensemble distilled into the best trial's architecture: validation loss {student['val_loss']:.4g} "
-        f"against {single['val_loss']:.4g} for the best single model ({metric} {student['val_metric']:.4g} against "
+        f"the ensemble distilled into the handed-on setup's architecture: validation loss {student['val_loss']:.4g} "
+        f"against {single['val_loss']:.4g} for that setup alone ({metric} {student['val_metric']:.4g} against "
         f"{single['val_metric']:.4g}); gain {gain:.3g}, noise {noise:.2g}: {verdict}.",
         value,
+    )
+
+
+def beats_incoming(tuned: dict[str, Any], incoming: dict[str, Any], paired_se: float, metric: str) -> Check:
+    """Catches a search that hands on a setting no better than the setup it started from (what regularize chose).
+
+    Why: a comparison at equal footing. The incoming setup is trained again with the seeds and epochs of the tuned
+    trial's re-runs; the tuned setting replaces it only when its mean validation loss is lower by more than twice
+    the noise of that difference (both means' seed spread and the paired per-sample standard error over validation),
+    as `rerun_verdict` judges a lead. `tuned` and `incoming` hold `losses` and `metrics`, one per re-run (NaN:
+    diverged); `tuned` also its `trial`. Never a fail: keeping the incoming setup is the right outcome, not a bug.
+    """
+    mine, theirs = tuned["losses"], incoming["losses"]
+    diverged = sum(not math.isfinite(v) for v in theirs)
+    mean_t, mean_i = statistics.fmean(mine), statistics.fmean(theirs) if not diverged else math.inf
+    spread = [statistics.variance(v) / len(v) if len(v) > 1 else 0.0 for v in (mine, theirs)]
+    noise = math.hypot(math.sqrt(spread[0]), math.sqrt(spread[1]) if not diverged else 0.0, paired_se)
+    gain = mean_i - mean_t
+    kept = "tuned" if gain > 2 * noise else "incoming"
+    finite = [v for v in incoming["metrics"] if math.isfinite(v)]
+    value = {
+        "handed_on": kept,
+        "gain": gain,
+        "noise": noise,
+        "tuned": {**tuned, "loss_mean": mean_t, "mean": statistics.fmean(tuned["metrics"])},
+        "incoming": {
+            **incoming,
+            "loss_mean": None if diverged else mean_i,
+            "mean": statistics.fmean(finite) if finite else None,
+        },
+    }
+    start = (
+        f"the setup tune started from diverged on {diverged} of {len(theirs)} re-runs"
+        if diverged
+        else f"the setup tune started from: validation loss {mean_i:.4g}"
+    )
+    said = (
+        f"trial #{tuned['trial']}: validation loss {mean_t:.4g} over {len(mine)} seeds against {start} with the same "
+        f"seeds and epochs; gain {gain:.3g}, noise {noise:.2g}"
+    )
+    if kept == "tuned":
+        return passed("beats_incoming", f"{said}: the tuned setting is handed on.", value, "a gain > 2 × noise")
+    return passed(
+        "beats_incoming",
+        f"the search found nothing better than the setup it started from ({said}): that setup is kept and handed on.",
+        value,
+        "a gain > 2 × noise",
     )
 
 

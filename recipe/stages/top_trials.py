@@ -8,7 +8,10 @@ the top trials into an ensemble, and distil that ensemble into the handed-on tri
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +22,68 @@ from recipe import checkpoint
 from recipe.check import Check, passed, skipped
 from recipe.console import doing
 from recipe.context import Context
-from recipe.diagnostics.search import distillation, rerun_verdict, seed_variance
+from recipe.diagnostics.search import beats_incoming, distillation, rerun_verdict, seed_variance
 from recipe.distillation import compare, distillable, with_soft_targets
 from recipe.errors import NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
+from recipe.model_io import save_model
+from recipe.search_space import TRAIN_KEYS
 from recipe.study_storage import TRIALS
 from recipe.tuning import Search, configure
 
 ATTEMPTS = 3  # top trials re-run with other seeds, at most, to find one that holds up (`seed_variance`)
+INCOMING = -1  # the key of the re-runs of the setup tune started from, among the trials' (`against_incoming`)
 
 
-def seed_reruns(ctx: Context, search: Search, finished: list[Any], seeds: int) -> Check:
-    """Re-run the best trials with other seeds, best first, until one holds up (`rerun_verdict`)."""
+@dataclass
+class Reruns:
+    """One configuration trained again with other seeds: validation losses and metrics, one per seed (NaN:
+    diverged), the per-sample validation losses averaged over the re-runs that trained, and the first one's model."""
+
+    losses: list[float]
+    metrics: list[float]
+    per_sample: torch.Tensor | None = None
+    model: nn.Module | None = None
+
+
+def seed_reruns(ctx: Context, search: Search, finished: list[Any], seeds: int, reruns: dict[int, Reruns]) -> Check:
+    """Re-run the best trials with other seeds, best first, until one holds up (`rerun_verdict`); each trial's
+    re-runs are left in `reruns` by trial number."""
     if seeds < 2:
         return skipped("seed_variance", "tune.seeds < 2.")
     floor = constant_loss(ctx.task, ctx.task.targets("val"))
     attempts = []
     for i, trial in enumerate(finished[:ATTEMPTS]):
-        losses, metrics = rerun(ctx, search, trial, seeds)
+        again = reruns[trial.number] = rerun(ctx, search, trial.params, f"trial_{trial.number}", seeds)
         runner = finished[i + 1] if i + 1 < len(finished) else None
         ru, ru_se = (runner.value, runner.user_attrs.get("val_loss_se")) if runner else (None, None)
-        verdict = rerun_verdict(losses, ru, ru_se, _ceiling(trial, floor))
+        verdict = rerun_verdict(again.losses, ru, ru_se, _ceiling(trial, floor))
         attempts.append(
-            {"trial": trial.number, "trial_loss": trial.value, "losses": losses, "metrics": metrics}
+            {"trial": trial.number, "trial_loss": trial.value, "losses": again.losses, "metrics": again.metrics}
             | {"runner_up": ru, "verdict": verdict}
         )
         if verdict is None:
             break
     return seed_variance(attempts, ctx.task.metric_name)
+
+
+def against_incoming(ctx: Context, search: Search, handed_on: int | None, reruns: dict[int, Reruns]) -> Check:
+    """Train the setup tune started from with the handed-on trial's seeds and epochs (left in `reruns` under
+    `INCOMING`), and judge whether the tuned setting beats it (`beats_incoming`)."""
+    tuned = reruns.get(handed_on) if handed_on is not None else None
+    if tuned is None:
+        why = "no seed re-runs of a handed-on trial (tune.seeds < 2)" if handed_on is None else "no re-runs"
+        return skipped("beats_incoming", f"{why}: nothing to compare at equal footing; the best trial is handed on.")
+    start = reruns[INCOMING] = rerun(ctx, search, {}, "incoming", len(tuned.losses))
+    paired = 0.0
+    if tuned.per_sample is not None and start.per_sample is not None and len(tuned.per_sample) > 1:
+        paired = float((start.per_sample - tuned.per_sample).std()) / math.sqrt(len(tuned.per_sample))
+    return beats_incoming(
+        {"trial": handed_on, "losses": tuned.losses, "metrics": tuned.metrics},
+        {"losses": start.losses, "metrics": start.metrics},
+        paired,
+        ctx.task.metric_name,
+    )
 
 
 def _ceiling(trial: Any, floor: float) -> float | None:
@@ -56,27 +93,34 @@ def _ceiling(trial: Any, floor: float) -> float | None:
     return floor if math.isfinite(floor) and trial.value + 2 * se < floor else None
 
 
-def rerun(ctx: Context, search: Search, trial: Any, seeds: int) -> tuple[list[float], list[float]]:
-    """Validation loss and metric of the trial's configuration trained with `seeds` other seeds (NaN: diverged)."""
-    settings, task = configure(search.settings(), ctx.task, trial.params)
-    losses, metrics = [], []
+def rerun(ctx: Context, search: Search, params: dict[str, Any], run: str, seeds: int) -> Reruns:
+    """The configuration `params` (a trial's; {} for the setup tune started from) trained with `seeds` other seeds,
+    for the trials' epochs, each evaluated on validation."""
+    settings, task = configure(search.settings(), ctx.task, params)
+    out = Reruns([], [])
+    samples = []
     for k in range(seeds):
         try:
             with doing("seed", k + 1, seeds):
-                run = ctx.fit(
-                    f"trial_{trial.number}_seed_{k}",
+                trained = ctx.fit(
+                    f"{run}_seed_{k}",
                     task=task,
                     **{**settings.fit_kwargs(), "epochs": search.epochs, "max_steps": search.max_steps},
                     seed=ctx.seed + 1 + k,
                 )
         except NonFiniteError:
-            losses.append(math.nan)
-            metrics.append(math.nan)
+            out.losses.append(math.nan)
+            out.metrics.append(math.nan)
             continue
-        ev = evaluate(task, run.model, task.val, ctx.device)
-        losses.append(ev.loss)
-        metrics.append(ev.metric)
-    return losses, metrics
+        ev = evaluate(task, trained.model, task.val, ctx.device)
+        out.losses.append(ev.loss)
+        out.metrics.append(ev.metric)
+        out.model = out.model or trained.model.eval()
+        if ev.per_sample_loss is not None:
+            samples.append(ev.per_sample_loss.float().cpu())
+    if samples and all(s.shape == samples[0].shape for s in samples):
+        out.per_sample = torch.stack(samples).mean(0)
+    return out
 
 
 def ensemble(ctx: Context, search: Search, finished: list[Any], size: int, members: list[nn.Module]) -> Check:
@@ -108,35 +152,45 @@ def ensemble(ctx: Context, search: Search, finished: list[Any], size: int, membe
 
 
 def distil(
-    ctx: Context, search: Search, best: Any, members: list[nn.Module], held: dict[str, Any], temperature: float | None
+    ctx: Context,
+    search: Search,
+    chosen: dict[str, Any],
+    single: nn.Module,
+    reference: Reruns | None,
+    members: list[nn.Module],
+    temperature: float | None,
 ) -> Check:
-    """Train the handed-on trial's architecture on the ensemble's soft targets; kept only beyond noise."""
+    """Train the handed-on setup's architecture (`chosen`: its parameters) on the ensemble's soft targets; kept,
+    as `06_tune/distilled.pt` (the model `load_model` returns), only when it beats the handed-on setup beyond noise:
+    its seed re-runs' mean (`reference`) when there are re-runs, else `single`, the model it is compared with."""
     why = distillable(ctx.task) if temperature is not None else "tune.distill is off"
     if why is None and len(members) < 2:
         why = "no ensemble of two or more trials to distil"
     if why is not None or temperature is None:
         return skipped("distillation", f"{why}.")
-    settings, task = configure(search.settings(), ctx.task, best.params)
+    settings, task = configure(search.settings(), ctx.task, chosen)
     student_task = with_soft_targets(task, members, ctx.device, temperature)
     run = ctx.fit(
         "distilled",
         task=student_task,
         **{**settings.fit_kwargs(), "epochs": search.epochs, "max_steps": search.max_steps},
     )
-    seed_losses = next((a["losses"] for a in held.get("attempts", []) if a["trial"] == best.number), None)
-    gain, noise, mine, theirs = compare(task, run.model, trained(ctx, search, best), ctx.device, seed_losses)
-    single_loss = theirs.loss if not seed_losses else gain + mine.loss
+    seed_losses = reference.losses if reference is not None else None
+    gain, noise, mine, theirs = compare(task, run.model, single, ctx.device, seed_losses)
+    metric = statistics.fmean(reference.metrics) if reference is not None else theirs.metric
     check = distillation(
         gain,
         noise,
         {"val_loss": mine.loss, "val_metric": mine.metric},
-        {"val_loss": single_loss, "val_metric": held.get("mean", theirs.metric)},
+        {"val_loss": theirs.loss if not seed_losses else gain + mine.loss, "val_metric": metric},
         ctx.task.metric_name,
     )
     if check.value and check.value["kept"]:
         ctx.learn(distilled=True)
-        path = ctx.rundir.stage_dir("tune") / "distilled.pt"
-        checkpoint.save_atomic(run.model.state_dict(), path)  # the same architecture as best.pt
+        settings = dataclasses.replace(settings, epochs=search.epochs)
+        extra = {k: v for k, v in chosen.items() if k not in TRAIN_KEYS}
+        relative = f"{ctx.rundir.stage_dir('tune').name}/distilled.pt"
+        save_model(ctx.rundir, relative, run.model, ctx.task, settings, mine, ctx.source, extra)
     return check
 
 

@@ -72,11 +72,14 @@ class TuneSettings(StageSettings):
         lease_timeout: seconds without a sign of life after which another worker takes over a running trial.
         seeds: re-trainings of the best configuration with other seeds (`seed_variance`); a best trial whose
             re-runs diverge or fall outside the runner-up's range is not handed on (the next of the top 3 is tried).
+            The setup tune started from is re-trained with the same seeds, and the tuned setting is handed on only
+            when it beats that setup beyond noise (`beats_incoming`).
         ensemble: top trials averaged into an ensemble.
         scientific: the hyperparameter under study (the playbook's scientific parameter, a name in the space); the
             others are nuisance parameters, searched anew at each of its values. Needs the sobol sampler.
         levels: values a numeric scientific parameter is studied at (spread over its range).
-        distill: distil the ensemble into the best trial's architecture (`distillation`).
+        distill: distil the ensemble into the handed-on setup's architecture (`distillation`); kept, as
+            06_tune/distilled.pt (the model `load_model` returns), only when it beats that setup beyond seed noise.
         temperature: the distillation temperature (soft targets at T; Hinton et al. use 2 to 20).
     """
 
@@ -145,9 +148,15 @@ class Tune(Stage):
             summary.replace(seconds=(summary.seconds or 0.0) + searched),
             ctx.check(search_space_boundary, [t.params for t in finished], units),
         ]
-        seeds = ctx.check(top_trials.seed_reruns, ctx, search, finished, self.settings.seeds, name="seed_variance")
+        reruns: dict[int, top_trials.Reruns] = {}
+        seeds = ctx.check(
+            top_trials.seed_reruns, ctx, search, finished, self.settings.seeds, reruns, name="seed_variance"
+        )
         held = seeds.value if seeds.status in ("pass", "warn") and seeds.value else {}
         best = next((t for t in finished if t.number == held.get("handed_on")), finished[0])
+        incoming = ctx.check(top_trials.against_incoming, ctx, search, held.get("handed_on"), reruns)
+        kept = (incoming.value or {}).get("handed_on") == "incoming"  # the search found nothing better
+        chosen, label = ({}, "the setup tune started from") if kept else (best.params, f"trial {best.number}")
         in_order = sorted(finished, key=lambda t: t.number)
         temperature = self.settings.temperature if self.settings.distill else None
         members: list[torch.nn.Module] = []  # the ensemble's, for distillation
@@ -157,21 +166,29 @@ class Tune(Stage):
                 name="enough_trials",
             ),
             seeds,
+            incoming,
             ctx.check(self._training_length, finished),
             ctx.check(top_trials.ensemble, ctx, search, finished, self.settings.ensemble, members),
-            ctx.check(top_trials.distil, ctx, search, best, members, held, temperature, name="distillation"),
-            ctx.check(self._mistakes, ctx, search, best, name="prediction_errors"),
+        ]
+        reference = reruns.get(top_trials.INCOMING if kept else best.number)
+
+        def single() -> torch.nn.Module:  # the handed-on setup's model: a re-run of the incoming one, or the trial's
+            model = reference.model if kept and reference is not None else None
+            return model or top_trials.trained(ctx, search, best)
+
+        checks += [
+            ctx.check(
+                lambda: top_trials.distil(ctx, search, chosen, single(), reference, members, temperature),
+                name="distillation",
+            ),
+            ctx.check(lambda: look_at_mistakes(ctx, single(), label), name="prediction_errors"),
         ]
         with ctx.contained("search_figures", checks, "the trials table and axis plots"):
             checks[0] = checks[0].replace(artifacts=self._artifacts(ctx, study, finished, in_order, params))
         if seeds.status != "fail":
             with ctx.contained("best_config", checks, "handing the best trial's setup on, best_config.yaml"):
-                self._hand_over(ctx, search, best, held)
+                self._hand_over(ctx, search, best, held, incoming.value if kept else None)
         return checks
-
-    def _mistakes(self, ctx: Context, search: Search, best: Any) -> Check:
-        """The best trial's mistakes: per-class recall or residuals, and its highest-loss validation samples."""
-        return look_at_mistakes(ctx, top_trials.trained(ctx, search, best), f"trial {best.number}")
 
     # ---- the search ---------------------------------------------------------------------------------------------
 
@@ -317,35 +334,54 @@ class Tune(Stage):
             *([ctx.save_json("importances.json", weights)] if weights else []),
         )
 
-    def _hand_over(self, ctx: Context, search: Search, best: Any, held: dict[str, Any]) -> None:
-        """The trial that held up, as training settings for later stages and best_config.yaml; its re-runs' mean
-        (when there are re-runs) is the validation figure it is handed on with."""
-        settings, _ = configure(search.settings(), ctx.task, best.params)
-        measured = (
-            {"val_loss": held["loss_mean"], f"val_{ctx.task.metric_name}": held["mean"]}
-            if "loss_mean" in held
-            else {"val_loss": best.value}
-        )
-        ctx.learn(train={k: v for k, v in best.params.items() if k in TRAIN_KEYS}, best_trial=best.number, **measured)
-        extra = {k: v for k, v in best.params.items() if k not in TRAIN_KEYS}
-        config = runnable_config(ctx.source, settings, run_dir=str(ctx.rundir.path), seed=ctx.seed)
-        header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
-        if "loss_mean" in held:
+    def _hand_over(
+        self, ctx: Context, search: Search, best: Any, held: dict[str, Any], incoming: dict[str, Any] | None
+    ) -> None:
+        """The setup that held up, as training settings for later stages and best_config.yaml (with the epochs its
+        figures were measured at): the best trial's, with its re-runs' mean as its validation figure; or, when the
+        search found nothing better (`incoming`, the `beats_incoming` value), the setup tune started from."""
+        metric = ctx.task.metric_name
+        params = {} if incoming else best.params
+        settings, _ = configure(search.settings(), ctx.task, params)
+        settings = dataclasses.replace(settings, epochs=search.epochs)
+        if incoming:
+            ran = incoming["incoming"]
+            ctx.learn(kept_incoming=True, val_loss=ran["loss_mean"], **{f"val_{metric}": ran["mean"]})
+            header = (
+                f"# the search found nothing better than the setup it started from: validation loss "
+                f"{ran['loss_mean']:.6g} over {len(ran['losses'])} seed re-runs against "
+                f"{incoming['tuned']['loss_mean']:.6g} for trial #{best.number} (noise {incoming['noise']:.2g}); "
+                "that setup is kept\n"
+            )
+        elif "loss_mean" in held:
+            ctx.learn(train=_train_keys(best.params), best_trial=best.number, val_loss=held["loss_mean"])
+            ctx.learn(**{f"val_{metric}": held["mean"]})
             header = (
                 f"# trial #{best.number} of the tune stage: validation loss {held['loss_mean']:.6g} ± "
                 f"{held['loss_std']:.2g} over {len(held['attempts'][-1]['losses'])} seed re-runs (its own run: "
                 f"{best.value:.6g})\n"
             )
+        else:
+            ctx.learn(train=_train_keys(best.params), best_trial=best.number, val_loss=best.value)
+            header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
+        steps = f", at most {search.max_steps} steps (tune.max_steps)" if search.max_steps else ""
+        header += f"# measured with train.epochs = {search.epochs}{steps}, the epochs each trial trained for\n"
+        extra = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
         if extra:  # not training settings: the model factory's own arguments, for the task's author to pass on
             header += f"# searched model-factory arguments: {json.dumps(extra)}\n"
+        config = runnable_config(ctx.source, settings, run_dir=str(ctx.rundir.path), seed=ctx.seed)
         if "task" not in config:
             header += "# add `task: module:function` to run this with `recipe run` or `recipe train`\n"
         ctx.save_text("best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
         source = Path(search.run_dir) / TRIALS / f"trial_{best.number}.pt"
-        if source.exists():  # the trial's weights with what rebuilds its model: recipe.load_model(run_dir)
+        if not incoming and source.exists():  # the trial's weights with what rebuilds its model: recipe.load_model
             scored = {"loss": best.value, "metric": best.user_attrs.get("val_metric")}
             best_pt = f"{ctx.rundir.stage_dir('tune').name}/best.pt"
             save_model(ctx.rundir, best_pt, checkpoint.load(source), ctx.task, settings, scored, ctx.source, extra)
+
+
+def _train_keys(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k in TRAIN_KEYS}
 
 
 def _trial_fits(study: Any) -> list[dict[str, Any]]:
