@@ -40,7 +40,7 @@ from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.padding import padding_invariance
 from recipe.diagnostics.parameters import params_update
 from recipe.diagnostics.symmetry import init_symmetry
-from recipe.diagnostics.training import loss_decreases, seed_reproducible
+from recipe.diagnostics.training import loss_decreases, parameter_change, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import evaluate
 from recipe.loop import FitResult
@@ -128,11 +128,12 @@ class Baseline(Stage):
         initial = fresh()  # its activations are read beside the trained model's
         trained: FitResult | None = None
         with ctx.contained("loss_decreases", checks, "a loss that rises, spikes or stays flat over a short run"):
-            trained, dynamics = self._short_run(ctx, "loss_decreases", task, fresh())
+            model = fresh()
+            before = [p.detach().clone() for p in model.parameters()]  # a flat loss with none changed is a bug
+            trained, dynamics = self._short_run(ctx, "loss_decreases", task, model)
             curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
-            checks.append(
-                loss_decreases(trained.step_losses, ctx.train.lr).replace(seconds=trained.seconds, artifacts=(curve,))
-            )
+            judged = loss_decreases(trained.step_losses, ctx.train.lr, parameter_change(before, trained.model))
+            checks.append(judged.replace(seconds=trained.seconds, artifacts=(curve,)))
         if trained is None:
             return  # everything below compares with the trained model; the error says why there is none
         with ctx.contained("activations", checks, "dead ReLU units, saturated units, scale across depth"):
