@@ -3,7 +3,7 @@
     recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
                            [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
     recipe run CONFIG.yaml --print-config     print the resolved config as YAML (every default filled) and exit
-    recipe train CONFIG.yaml [--run-dir DIR] [--epochs N] [--device DEV] [--seed N] [--quiet]
+    recipe train CONFIG.yaml [--run-dir DIR] [--epochs N] [--device DEV] [--seed N] [--quiet] [--train-on-val]
     recipe report RUN_DIR
     recipe --version
 
@@ -139,9 +139,15 @@ def train(args: argparse.Namespace) -> int:
     run_dir = chosen or str(Path("runs") / run_name(task.name))
     flags = {"epochs": args.epochs, "device": args.device, "seed": args.seed}
     overrides = {k: v for k, v in flags.items() if v is not None}
-    path, val = train_model(data, task, run_dir, progress=not args.quiet, **overrides)
+    path, val = train_model(data, task, run_dir, args.train_on_val, progress=not args.quiet, **overrides)
+    held = (
+        " (not held out: the model trained on train+val, so this figure is no estimate of new data; quote the "
+        "tune stage's)"
+        if args.train_on_val
+        else ""
+    )
     print(
-        f"validation loss {val.loss:.4g}, {task.metric_name} {val.metric:.4g}; model written to {path} "
+        f"validation loss {val.loss:.4g}, {task.metric_name} {val.metric:.4g}{held}; model written to {path} "
         f"(recipe.load_model({str(run_dir)!r}) returns it)"
     )
     return 0
@@ -193,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--train-on-val",
+        action="store_true",
+        help="train on train+val (the final model, once the settings are chosen): the validation figure is not held "
+        "out, and early stopping is off",
+    )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     p.set_defaults(handler=train)
     p = commands.add_parser("report", help="rebuild report.html from a run directory")

@@ -23,15 +23,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset, TensorDataset
 
 from recipe import checkpoint
 from recipe.check import to_jsonable
 from recipe.config import RunConfig, TrainSettings, load_yaml, settings_from_dict
 from recipe.context import model_factory
+from recipe.data import DatasetSplit, TensorSplit
 from recipe.errors import CheckpointError, ConfigError, NoModelError
 from recipe.evaluation import Evaluation, evaluate
 from recipe.loading import load_task
-from recipe.loop import fit
+from recipe.loop import FitResult, fit
 from recipe.rundir import RunDir
 from recipe.task import Task
 
@@ -246,26 +248,71 @@ def build_model(task: Task, record: Mapping[str, Any]) -> nn.Module:
 
 
 def train_model(
-    config: str | Path | Mapping[str, Any], task: Task, run_dir: str | Path, **overrides: Any
+    config: str | Path | Mapping[str, Any],
+    task: Task,
+    run_dir: str | Path,
+    train_on_val: bool = False,
+    **overrides: Any,
 ) -> tuple[Path, Evaluation]:
-    """Train the config's settings on the training split (`overrides`: epochs, device, seed, progress), evaluate on
-    validation and write `run_dir/final/model.pt`, which `load_model(run_dir)` returns from then on."""
+    """Train the config's settings (`overrides`: epochs, device, seed, progress), evaluate on validation and write
+    `run_dir/final/model.pt`, which `load_model(run_dir)` returns from then on; the run's rows go to metrics.jsonl
+    (stage `final`) and its entry to manifest.json (`final`, and one in `fits`).
+
+    With `train_on_val`, the training split is the training and validation samples together (the usual last step,
+    once the settings are chosen): the validation figures returned are then not held out, and early stopping, which
+    would judge on samples it trains on, is off."""
     data, settings, run = _read(config)
+    if train_on_val:
+        overrides = {"early_stopping": None, **overrides}
     arguments = fit_arguments(config, task, **overrides)
+    trained = arguments["task"]
+    if train_on_val:
+        arguments["task"] = with_val_in_train(trained)
     rundir = RunDir(run_dir)
     rundir.create()
     try:
-        result = fit(**arguments)
-        trained = arguments["task"]
+        result = fit(**arguments, log=rundir.metrics_log("final", "train"))
         device = next(result.model.parameters()).device
         val = evaluate(trained, result.model, trained.val, device)
-        settings = dataclasses.replace(settings, epochs=arguments["epochs"])
+        settings = dataclasses.replace(settings, epochs=arguments["epochs"], early_stopping=arguments["early_stopping"])
         source = {"task": run.task, "task_args": run.task_args} if run is not None else {}
         laddered = with_ladder(task, _ladder(data))  # rung_args recorded: the model rebuilds from the record alone
         path = save_model(rundir, "final/model.pt", result.model, laddered, settings, val, source)
+        _record_final(rundir, result, val, task.metric_name, settings, train_on_val)
     finally:
         rundir.close()
     return path, val
+
+
+def _record_final(
+    rundir: RunDir, result: FitResult, val: Evaluation, metric: str, settings: TrainSettings, train_on_val: bool
+) -> None:
+    """manifest.json's `final` entry (what trained on what, and whether its validation figure is held out) and its
+    `fits` entry, replacing an earlier final run's."""
+    final = {
+        "model": "final/model.pt",
+        "trained_on": "train+val" if train_on_val else "train",
+        "val_held_out": not train_on_val,
+        "val_loss": val.loss,
+        f"val_{metric}": val.metric,
+        "train": dataclasses.asdict(settings),
+    }
+    manifest = rundir.read_manifest()
+    fits = [f for f in manifest.get("fits", []) if f.get("stage") != "final"]
+    fits.append({"stage": "final", "run": "train", "seconds": round(result.seconds, 3), **result.setup})
+    rundir.write_manifest({**manifest, "final": final, "fits": fits})
+
+
+def with_val_in_train(task: Task) -> Task:
+    """The task whose training split holds its training and validation samples together (validation unchanged)."""
+    a, b = task.train, task.val
+    if isinstance(a, TensorSplit) and isinstance(b, TensorSplit):
+        return task.replace(train=(torch.cat([a.x, b.x.to(a.x.device)]), torch.cat([a.y, b.y.to(a.y.device)])))
+    parts = [s.dataset if isinstance(s, DatasetSplit) else TensorDataset(s.x, s.y) for s in (a, b)]
+    like = a if isinstance(a, DatasetSplit) else b
+    assert isinstance(like, DatasetSplit)
+    joined = DatasetSplit(ConcatDataset(parts), "train", like.collate_fn, like.num_workers, like.worker_init_fn)
+    return task.replace(train=joined)
 
 
 def _ladder(data: Mapping[str, Any]) -> Any:

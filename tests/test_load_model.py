@@ -31,9 +31,10 @@ from recipe.check import to_jsonable
 from recipe.cli import main
 from recipe.config import TrainSettings
 from recipe.context import model_factory
-from recipe.model_io import model_record, save_model, with_ladder
+from recipe.model_io import model_record, save_model, with_ladder, with_val_in_train
 from recipe.rundir import RunDir
 from recipe.tuning import worker_task
+from tests.test_distillation import Pairs
 from tests.tiny import CLASSES, FEATURES, MLP, classification
 
 CPU = torch.device("cpu")
@@ -89,6 +90,37 @@ def test_recipe_train_writes_the_model_load_model_returns(tabular_run, tmp_path,
     model = load_model(run)  # the final model now comes first
     assert evaluate(task, model, task.val, CPU).metric == record["val"]["metric"]
     assert record["train"]["model"] == yaml.safe_load(best_config.read_text())["train"]["model"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["final"]["val_held_out"] and manifest["stages"]  # the run's own entries are kept
+    assert [f["run"] for f in manifest["fits"] if f["stage"] == "final"] == ["train"]
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["stage"] == "final" for r in rows)
+
+
+def test_recipe_train_on_val_trains_on_both_splits_and_says_the_figure_is_not_held_out(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"task": "tests.tiny:classification", "train": {"epochs": 40, "lr": 1e-2}}))
+    for flag, run in (([], "held"), (["--train-on-val"], "all")):
+        assert main(["train", str(config), "--run-dir", str(tmp_path / run), "--quiet", "--device", "cpu", *flag]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "not held out" not in printed[0] and "not held out: the model trained on train+val" in printed[1]
+    held, everything = (model_record(tmp_path / run / "final" / "model.pt")["val"] for run in ("held", "all"))
+    assert everything["loss"] < held["loss"]  # it saw the validation samples
+    manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
+    assert manifest["final"]["trained_on"] == "train+val" and not manifest["final"]["val_held_out"]
+    steps = {
+        run: json.loads((tmp_path / run / "manifest.json").read_text())["fits"][0]["steps_per_epoch"]
+        for run in ("held", "all")
+    }
+    assert steps["all"] > steps["held"]  # 256 + 128 samples a epoch, not 256
+
+
+def test_train_and_val_join_for_datasets_too():
+    task = classification()
+    joined = with_val_in_train(task.replace(train=Pairs(task.train.x, task.train.y)))  # a Dataset, val tensors
+    assert len(joined.train) == len(task.train) + len(task.val) and len(joined.val) == len(task.val)
+    x, y = joined.train.dataset[len(task.train)]
+    assert torch.equal(x, task.val.x[0]) and int(y) == int(task.val.y[0])
 
 
 @pytest.mark.slow
