@@ -2,8 +2,9 @@
 
 Everything the recipe knows about a problem goes through a Task: how a batch splits into model input and target
 (`split_batch`), how the model is called (`forward`), how output and target are compared (`compute_loss`,
-`loss_per_sample`) and which metric is reported (`metric_per_sample`). Bad input is rejected by `validate` before
-any training starts, with an error that names the field and the fix.
+`loss_per_sample`) and which metric is reported (`metric_per_sample`). Bad input is rejected with an error that
+names the field and the fix: a malformed argument as the Task is built (`task_arguments.py`, which also infers a
+kind or class count left out), bad data or a model that does not fit it by `validate`, before any training starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,6 @@ from torch.utils.data import Subset
 
 from recipe.data import (
     IGNORE_INDEX,
-    SCAN_LIMIT,
     Batch,
     HeldSamples,
     Split,
@@ -32,19 +32,15 @@ from recipe.data import (
     fixed_indices,
     to_device,
 )
+from recipe.data import SCAN_LIMIT as SCAN_LIMIT  # imported from here by models.py
 from recipe.errors import TaskError
 from recipe.reproducibility import rng_state_kept
+from recipe.task_arguments import KINDS as KINDS  # the public import paths of the moved names
+from recipe.task_arguments import LOSSES as LOSSES
+from recipe.task_arguments import TRANSFORMS as TRANSFORMS
+from recipe.task_arguments import Kind, check_arguments, infer_kind, infer_num_classes
+from recipe.task_arguments import next_token_share as next_token_share
 from recipe.validation import check_model_output, check_targets
-
-Kind = Literal["classification", "regression", "sequence"]
-KINDS: tuple[str, ...] = ("classification", "regression", "sequence")
-LOSSES: tuple[str, ...] = ("cross_entropy", "mse", "l1", "bce_with_logits")
-TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # on (B, C, H, W) images
-    "hflip": lambda x: x.flip(-1),
-    "vflip": lambda x: x.flip(-2),
-    "rot90": lambda x: x.rot90(1, (-2, -1)),
-    "rot180": lambda x: x.rot90(2, (-2, -1)),
-}
 
 
 class Task:
@@ -106,46 +102,7 @@ class Task:
         metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
         input_ladder: dict[str, Callable[[Any], Any]] | None = None,
     ):
-        models = dict(models or {})
-        for rung, factory in models.items():
-            if isinstance(factory, nn.Module) or not callable(factory):
-                raise TaskError(
-                    f"models[{rung!r}] must be a factory building a fresh nn.Module (a class or a function), "
-                    f"got {type(factory).__name__}."
-                )
-        if model is None:
-            if not models:
-                raise TaskError(
-                    "give model= (a factory returning a fresh nn.Module), or a ladder models={name: factory}."
-                )
-            model = next(iter(models.values()))  # the smallest rung: "start simple"
-        if augment is not None and not callable(augment):
-            raise TaskError(f"augment must be a callable(inputs) -> inputs, got {type(augment).__name__}.")
-        unknown = set(invariances or {}) - set(TRANSFORMS)
-        if unknown:
-            raise TaskError(
-                f"invariances: unknown transform(s) {sorted(unknown)}; declare any of {', '.join(TRANSFORMS)} as "
-                "True (preserves the label) or False (changes it)."
-            )
-        if isinstance(model, nn.Module):
-            raise TaskError(
-                f"model must be a factory that builds a fresh nn.Module on every call, got an instance of "
-                f"{type(model).__name__}; pass the class or a function (e.g. `model=lambda: Net()`)."
-            )
-        if not callable(model):
-            raise TaskError(
-                f"model must be a zero-argument callable returning a fresh nn.Module, got {type(model).__name__}."
-            )
-        if isinstance(loss, str) and loss not in LOSSES:
-            raise TaskError(
-                f"loss={loss!r} is not known; use one of {', '.join(LOSSES)} or a callable(output, target)."
-            )
-        if not isinstance(loss, str) and not callable(loss):
-            raise TaskError(f"loss must be a name or a callable(output, target) -> scalar, got {type(loss).__name__}.")
-        if kind is not None and kind not in KINDS:
-            raise TaskError(f"kind={kind!r} is not known; use one of {', '.join(KINDS)} or leave it out to infer it.")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise TaskError(f"num_classes must be a positive int, got {num_classes!r}.")
+        model = check_arguments(model, models, loss, kind, num_classes, augment, invariances, pad_id, input_ladder)
         self.train: Split = as_split(train, "train")
         self.val: Split = as_split(val, "val")
         self.model = model
@@ -153,24 +110,20 @@ class Task:
         self.name = name or "task"
         self.decoder = decoder
         self.image_shape = tuple(image_shape) if image_shape is not None else None
-        self.models = models or {"model": model}
+        self.models = dict(models or {}) or {"model": model}
         self.augmentation = augment
         self.invariances = dict(invariances or {})
-        if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0):
-            raise TaskError(f"pad_id must be a non-negative int token id, got {pad_id!r}.")
         self.pad_id = pad_id
         self.groups = as_groups(groups)
         self.input_ladder = dict(input_ladder or {})
-        if not all(callable(shrink) for shrink in self.input_ladder.values()):
-            raise TaskError("input_ladder must map level names to callables(inputs) -> smaller inputs, smallest first.")
         # set on a variant by a probe that changes what the model sees (the input-independent baseline exchanges
         # inputs between samples); the user's task has none
         self.input_transform: Callable[[Any], Any] | None = None
         self._targets: dict[tuple[str, int | None], torch.Tensor] = {}  # read once: a Dataset pass can be slow
-        self.kind: Kind = kind or self._infer_kind()
+        self.kind: Kind = kind or infer_kind(self)
         self.num_classes: int | None = num_classes
         if self.num_classes is None and self.kind != "regression":
-            self.num_classes = self._infer_num_classes()
+            self.num_classes = infer_num_classes(self)
         self.class_weights = as_class_weights(class_weights, self.loss, self.num_classes, lambda: self.targets("train"))
         self.metrics = as_metrics(metrics)
         self._validated: set[str] = set()
@@ -391,37 +344,6 @@ class Task:
         check_model_output(self, first.to(device), device)
         self._validated.add(str(device))
 
-    def _infer_kind(self) -> Kind:
-        """From the loss where it decides (MSE/L1: regression; BCE: classification), else from the targets.
-
-        (B, T) integer targets beside (B, T) token inputs are "sequence" (next-token prediction, with its causal
-        checks) only when they are the inputs shifted by one at most positions; otherwise they are one class per
-        token (a tagger, which may see the whole sequence): "classification".
-        """
-        if self.loss in ("mse", "l1"):
-            return "regression"
-        if self.loss == "bce_with_logits":
-            return "classification"
-        y = self.targets("train", limit=SCAN_LIMIT)
-        x, _ = self.split_batch(self.train.batch(range(min(len(self.train), 256))))
-        tokens = isinstance(x, torch.Tensor) and not x.is_floating_point()
-        if tokens and y.dim() == 2 and not y.is_floating_point() and tuple(x.shape[1:]) == tuple(y.shape[1:]):
-            return "sequence" if next_token_share(x, y[: len(x)]) >= 0.5 else "classification"
-        if y.is_floating_point() and self.loss != "cross_entropy":
-            return "regression"
-        return "classification"
-
-    def _infer_num_classes(self) -> int:
-        if self.loss == "bce_with_logits":  # one label per output: binary (B,) or (B, 1), else (B, labels)
-            y = self.targets("train", limit=SCAN_LIMIT)
-            return 2 if y.dim() == 1 or y[0].numel() == 1 else int(y[0].numel())
-        top = max(int(self.targets(s, limit=SCAN_LIMIT).max()) for s in ("train", "val"))
-        if self.kind == "sequence":
-            x, _ = self.split_batch(self.train.batch(range(min(len(self.train), 256))))
-            if isinstance(x, torch.Tensor) and not x.is_floating_point():
-                top = max(top, int(x.max()))
-        return top + 1
-
 
 def _with_input_transform(cls: type[Task]) -> type[Task]:
     """`cls` whose `forward` passes the inputs through `input_transform` first (the user's `forward` still runs)."""
@@ -431,12 +353,3 @@ def _with_input_transform(cls: type[Task]) -> type[Task]:
         return cls.forward(self, model, transform(inputs))
 
     return type(cls.__name__, (cls,), {"forward": forward, "plain_class": cls, "__module__": cls.__module__})
-
-
-def next_token_share(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The share of scored positions where the target is the next input token, y[:, t] == x[:, t + 1]; 1.0 when
-    no position can be compared (length 1)."""
-    scored = y[:, :-1] != IGNORE_INDEX
-    if not bool(scored.any()):
-        return 1.0
-    return float(((y[:, :-1] == x[:, 1:]) & scored).sum() / scored.sum())
