@@ -28,14 +28,11 @@ from recipe import plots
 from recipe.check import Check, skipped
 from recipe.config import require
 from recipe.console import doing
-from recipe.context import REGULARISATION_OFF, Context, accepts, model_factory
-from recipe.data import fixed_indices, tree_map
-from recipe.diagnostics.numerics import non_finite
+from recipe.context import Context, accepts, model_factory
+from recipe.data import fixed_indices
 from recipe.diagnostics.pretrained import pretrained_inputs
 from recipe.diagnostics.regularization import (
     Trial,
-    augmentation_invariances,
-    augmentation_overfit,
     best_trial,
     chosen_regularization,
     feature_ablation,
@@ -47,11 +44,11 @@ from recipe.diagnostics.regularization import (
 )
 from recipe.diagnostics.suspect_labels import apply_label_fix, label_fixes, suspect_labels
 from recipe.errors import NonFiniteError
-from recipe.evaluation import constant_loss, evaluate
+from recipe.evaluation import evaluate
 from recipe.loop import FitResult
 from recipe.model_io import runnable_config, save_model
-from recipe.models import disable_dropout
 from recipe.stage import Stage, StageSettings
+from recipe.stages.augmentation import augmentation_checks
 from recipe.task import Task
 from recipe.transfer import Pretrained, fine_tune
 
@@ -113,7 +110,10 @@ class Regularize(Stage):
         seed_noise = abs(paired_gain(start.val, second.val)[0])
         checks = [ctx.check(self._more_data, ctx, start, seed_noise)]
         with ctx.contained("augmentation_invariances", checks, "the augmentation against the declared invariances"):
-            checks += self._augmentation(ctx)
+            s = self.settings
+            checks += augmentation_checks(
+                ctx, s.augmentation_samples, s.overfit_batch_size, s.overfit_steps, s.overfit_lr
+            )
         augmentation_ok = all(c.status != "fail" for c in checks)
         current, trials, kept = start, [start], []
         for k, name in enumerate(REGULARIZERS, 1):
@@ -304,53 +304,6 @@ class Regularize(Stage):
         seconds = sum(t.seconds for _, t in curve[:-1])
         return check.replace(artifacts=(ctx.save_figure("learning_curve.png", fig),), seconds=seconds)
 
-    def _augmentation(self, ctx: Context) -> list[Check]:
-        """The same samples before and after the task's augmentation, its declared invariances, and one batch
-        overfit with it on."""
-        task = ctx.task
-        if task.augmentation is None:
-            reason = "the task has no training-time augmentation (Task(augment=...))."
-            return [skipped("augmentation_invariances", reason), skipped("augmentation_overfit", reason)]
-        batch = task.sample_batch("train", self.settings.augmentation_samples, ctx.seed, ctx.device)
-        inputs, target = task.split_batch(batch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)
-            augmented = task.augment(tree_map(torch.clone, inputs))
-        check = ctx.check(augmentation_invariances, task, inputs, augmented)
-        before, after = task.images(inputs), task.images(augmented)
-        if before is not None and after is not None and before.shape == after.shape:
-            grid, labels, columns = _interleave(before[:32].cpu(), after[:32].cpu(), target[:32].cpu())
-            fig = plots.image_grid(grid, labels, "Each row as stored, the row below it after task.augment", columns)
-            check = check.replace(artifacts=(ctx.save_figure("augmentation.png", fig),))
-        elif isinstance(inputs, torch.Tensor) and isinstance(augmented, torch.Tensor):
-            shown: dict[str, Any] = {"before": inputs[:8].cpu(), "after": augmented[:8].cpu()}
-            if task.decoder is not None and not inputs.is_floating_point():
-                shown = {k: [task.decode(row.tolist()) for row in v] for k, v in shown.items()}
-            check = check.replace(artifacts=(ctx.save_json("augmentation.json", shown),))
-        return [check, self._augmentation_overfit(ctx)]
-
-    def _augmentation_overfit(self, ctx: Context) -> Check:
-        s, task = self.settings, ctx.training_task()
-        indices = fixed_indices(len(task.train), s.overfit_batch_size, ctx.seed)
-        try:
-            result = ctx.fit(
-                "augmentation_overfit",
-                **{**REGULARISATION_OFF, "augment": True},
-                task=task.subset("train", indices),
-                model=disable_dropout(task.make_model()),
-                batch_size=len(indices),
-                max_steps=s.overfit_steps,
-                epochs=None,
-                lr=s.overfit_lr,
-                evaluate_every_epoch=False,
-                log_every=25,
-            )
-        except NonFiniteError as exc:
-            return non_finite(exc)
-        _, target = task.split_batch(task.batch("train", indices))
-        check = augmentation_overfit(result.step_losses, constant_loss(task, target), len(indices))
-        return check.replace(seconds=result.seconds)
-
     def _feature_ablation(self, ctx: Context, model: nn.Module) -> Check:
         task = ctx.task
         inputs, target = task.split_batch(task.sample_batch("val", 4096, ctx.seed, ctx.device))
@@ -415,15 +368,3 @@ def _row(t: Trial, kept: bool) -> list[Any]:
 
     val, metric = (t.val.loss, t.val.metric) if t.val is not None else (None, None)
     return [t.label, t.steps, t.epochs, fmt(t.train_loss), fmt(val), fmt(t.gap), fmt(metric), "yes" if kept else ""]
-
-
-def _interleave(before: torch.Tensor, after: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, list[str], int]:
-    """Rows of up to 8 samples as stored, each followed by the same samples augmented, with their labels."""
-    columns = min(8, len(before))
-    n = len(before) - len(before) % columns
-    grid = torch.stack([before[:n].unflatten(0, (-1, columns)), after[:n].unflatten(0, (-1, columns))], 1)
-    names = [str(int(t)) if t.numel() == 1 else "" for t in target[:n]]
-    labels: list[str] = []
-    for r in range(0, n, columns):
-        labels += names[r : r + columns] + [f"aug {x}" for x in names[r : r + columns]]
-    return grid.reshape(-1, *before.shape[1:]), labels, columns
