@@ -25,9 +25,6 @@ from recipe.data import (
     HeldSamples,
     Split,
     TensorSplit,
-    as_class_weights,
-    as_groups,
-    as_metrics,
     as_split,
     fixed_indices,
     to_device,
@@ -38,7 +35,15 @@ from recipe.reproducibility import rng_state_kept
 from recipe.task_arguments import KINDS as KINDS  # the public import paths of the moved names
 from recipe.task_arguments import LOSSES as LOSSES
 from recipe.task_arguments import TRANSFORMS as TRANSFORMS
-from recipe.task_arguments import Kind, check_arguments, infer_kind, infer_num_classes
+from recipe.task_arguments import (
+    Kind,
+    as_class_weights,
+    as_groups,
+    as_metrics,
+    check_arguments,
+    infer_kind,
+    infer_num_classes,
+)
 from recipe.task_arguments import next_token_share as next_token_share
 from recipe.validation import check_model_output, check_targets
 

@@ -1,5 +1,7 @@
 """What `Task` checks and infers from its constructor arguments: each malformed argument is a `TaskError` naming
-the field and the fix, raised as the Task is built; a `kind` or `num_classes` left out is inferred from the data.
+the field and the fix, raised as the Task is built; class weights, groups and extra metrics are put in the form the
+Task keeps (`as_class_weights`, `as_groups`, `as_metrics`); a `kind` or `num_classes` left out is inferred from the
+data.
 What needs the data and the model together (targets in range, the model's output) is `validation.py`'s, run by
 `Task.validate` before training.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,6 +86,70 @@ def check_arguments(
     if not all(callable(shrink) for shrink in dict(input_ladder or {}).values()):
         raise TaskError("input_ladder must map level names to callables(inputs) -> smaller inputs, smallest first.")
     return model
+
+
+def as_groups(groups: Any) -> tuple[list[Any], list[Any]] | None:
+    """`Task(groups=(train_groups, val_groups))` as two plain lists of hashable group ids (lengths are checked
+    against the splits by `validate`)."""
+    if groups is None:
+        return None
+    if not isinstance(groups, tuple | list) or len(groups) != 2:
+        raise TaskError(
+            "groups must be a pair (train_groups, val_groups): one group id per sample of each split, "
+            f"got {type(groups).__name__}."
+        )
+    out = []
+    for split, ids in zip(("train", "val"), groups, strict=True):
+        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        try:
+            {hash(v) for v in values}
+        except TypeError:
+            raise TaskError(f"groups[{split}]: group ids must be hashable (ints or strings).") from None
+        out.append(values)
+    return out[0], out[1]
+
+
+def as_class_weights(
+    weights: Any, loss: Any, num_classes: int | None, train_targets: Callable[[], torch.Tensor]
+) -> torch.Tensor | None:
+    """`Task(class_weights=...)` as a float tensor of one weight per class: given (a list, an array, a tensor), or
+    "balanced", N / (C * n_c) over the scored training labels (a class absent from them counts as seen once)."""
+    if weights is None:
+        return None
+    if loss != "cross_entropy" or not num_classes:
+        raise TaskError(
+            f"class_weights weight cross-entropy's classes, but the loss is {loss!r}; use loss='cross_entropy', or "
+            "weight the samples inside your own loss function."
+        )
+    if isinstance(weights, str):
+        if weights != "balanced":
+            raise TaskError(f"class_weights={weights!r}: give one weight per class, or 'balanced'.")
+        y = train_targets()
+        counts = torch.bincount(y[y != -100].long().reshape(-1), minlength=num_classes).float().clamp_min(1)
+        return counts.sum() / (num_classes * counts)
+    w = torch.as_tensor(np.asarray(weights.tolist() if hasattr(weights, "tolist") else weights, dtype=np.float32))
+    if w.shape != (num_classes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool(w.sum() > 0):
+        raise TaskError(
+            f"class_weights must be {num_classes} finite, non-negative weights (one per class, in class-id order, not "
+            f"all zero), got shape {tuple(w.shape)} with values {w.tolist()[:8]}; or pass 'balanced'."
+        )
+    return w
+
+
+def as_metrics(metrics: Any) -> dict[str, Callable[[torch.Tensor, torch.Tensor], float]]:
+    """`Task(metrics={name: fn})` checked: names that can label a column (not 'loss'), callables for values."""
+    out = dict(metrics or {})
+    for name, fn in out.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in ("loss", "step", "epoch", "accuracy", "mae"):
+            raise TaskError(
+                f"metrics: {name!r} cannot name an extra metric (loss, step, epoch and the primary accuracy/mae are "
+                "taken); use a short identifier such as 'f1'."
+            )
+        if not callable(fn):
+            raise TaskError(
+                f"metrics[{name!r}] must be a callable(outputs, targets) -> float, got {type(fn).__name__}."
+            )
+    return out
 
 
 def infer_kind(task: Task) -> Kind:
