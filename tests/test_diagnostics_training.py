@@ -50,7 +50,7 @@ def _numpy_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _short_run(task, lr: float = 3e-4, steps: int = 300):
     model = task.make_model()
-    before = [p.detach().clone() for p in model.parameters()]
+    before = [p.detach().to("cpu", copy=True) for p in model.parameters()]
     out = fit(task, model=model, epochs=None, max_steps=steps, batch_size=64, lr=lr, progress=False, device="cpu")
     return loss_decreases(out.step_losses, lr, moved=parameter_change(before, out.model))
 

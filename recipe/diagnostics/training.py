@@ -15,12 +15,13 @@ from recipe.check import Check, failed, passed, skipped, warned
 
 def parameter_change(before: list[torch.Tensor], model: nn.Module) -> float | None:
     """How far a run moved the parameters: ||theta - theta_0|| / ||theta_0|| over all of them (0.0 exactly when no
-    element changed). `before` is `[p.detach().clone() for p in model.parameters()]` taken before training; None when
-    the trained model's parameters do not line up with it."""
+    element changed). `before` is `[p.detach().to("cpu", copy=True) for p in model.parameters()]` taken before
+    training (on the CPU: no second copy of the weights on the accelerator); None when the trained model's parameters
+    do not line up with it."""
     after = [p.detach() for p in model.parameters()]
     if len(after) != len(before) or any(a.shape != b.shape for a, b in zip(after, before, strict=True)):
         return None
-    moved = sum(float((a.double() - b.double().to(a.device)).pow(2).sum()) for a, b in zip(after, before, strict=True))
+    moved = sum(float((a.to(b.device).double() - b.double()).pow(2).sum()) for a, b in zip(after, before, strict=True))
     size = sum(float(b.double().pow(2).sum()) for b in before)
     return math.sqrt(moved / size) if size else (0.0 if moved == 0 else math.inf)
 

@@ -129,7 +129,7 @@ class Baseline(Stage):
         trained: FitResult | None = None
         with ctx.contained("loss_decreases", checks, "a loss that rises, spikes or stays flat over a short run"):
             model = fresh()
-            before = [p.detach().clone() for p in model.parameters()]  # a flat loss with none changed is a bug
+            before = [p.detach().to("cpu", copy=True) for p in model.parameters()]  # none changed: a bug
             trained, dynamics = self._short_run(ctx, "loss_decreases", task, model)
             curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
             judged = loss_decreases(trained.step_losses, ctx.train.lr, parameter_change(before, trained.model))
