@@ -810,7 +810,9 @@ def judge_search(name: str, run_dir: Path, detail: str, facts: dict[str, Any]) -
 
     trials = study_trials(run_dir)
     states = collections.Counter(t.state.name for t in trials)
-    key = [json.dumps(t.params, sort_keys=True) for t in trials]
+    # a configuration is what was queued (fixed_params) and what was drawn: a trial stopped before its objective
+    # suggested every value has partial `params`, and requeue() queues the fixed ones again
+    key = [json.dumps({**t.system_attrs.get("fixed_params", {}), **t.params}, sort_keys=True) for t in trials]
     done = collections.Counter(k for k, t in zip(key, trials, strict=True) if t.state.name == "COMPLETE")
     lost, twice = len(set(key) - set(done)), sum(n - 1 for n in done.values())
     complete = sorted(t.number for t in trials if t.state.name == "COMPLETE")
@@ -821,8 +823,10 @@ def judge_search(name: str, run_dir: Path, detail: str, facts: dict[str, Any]) -
     table = run_dir / "06_tune" / "trials.csv"
     table_rows = list(csv.DictReader(table.open())) if table.exists() else []
     listed = sorted(int(r["trial"]) for r in table_rows if r["trial"].isdigit())  # the last row: parameter importances
+    failed = [(t.number, key[i]) for i, t in enumerate(trials) if t.state.name == "FAIL"]  # said when one is lost
     facts.update(states_after=dict(states), lost=lost, counted_twice=twice, left_running=states["RUNNING"],
                  rows_per_trial=usual, rows_lost=rows_lost, trials_csv=listed, complete=complete)  # fmt: skip
+    facts["failed"] = failed
     ok = (
         len(done) == TUNE_TRIALS
         and not (lost or twice or states["RUNNING"] or rows_lost)
