@@ -51,6 +51,8 @@ class TrainSettings:
         epochs: epochs for full training runs in later stages.
         model: the rung of the task's model ladder to train (`Task(models=...)`); None for `Task(model=...)`.
         dropout: passed to the model factory as `dropout=` when it takes that argument; None leaves its default.
+        model_args: further keyword arguments for the model factory (what `tune` searched that is not a training
+            setting, `{width: 128}`); each must be an argument the factory takes.
         augment: train on the task's augmented batches (`Task(augment=...)`).
         early_stopping: stop after this many epochs without a better validation loss and keep the best weights.
         checkpoint_seconds: a training run writes its resumable checkpoint at most this often (and when it ends);
@@ -71,6 +73,7 @@ class TrainSettings:
     epochs: int = 10
     model: str | None = None
     dropout: float | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
     augment: bool = False
     early_stopping: int | None = None
     checkpoint_seconds: float = 60.0
@@ -90,9 +93,9 @@ class TrainSettings:
             raise ConfigError(f"train.grad_clip={self.grad_clip} must be positive, or null for no clipping.")
 
     def fit_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `fit` these settings fill (the rung and dropout go into the model factory; the
-        checkpoint interval goes to the run's `FitCheckpoints`)."""
-        skip = ("model", "dropout", "checkpoint_seconds")
+        """The keyword arguments of `fit` these settings fill (the rung, dropout and model arguments go into the model
+        factory; the checkpoint interval goes to the run's `FitCheckpoints`)."""
+        skip = ("model", "dropout", "model_args", "checkpoint_seconds")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 

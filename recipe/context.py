@@ -75,10 +75,11 @@ class Context:
         self.learned.setdefault(self.stage, {}).update({**(train or {}), **found})
 
     def training_task(self, task: Task | None = None, **changes: Any) -> Task:
-        """The task with the model the training settings name: the ladder rung `model` and its `dropout`."""
+        """The task with the model the training settings name: the ladder rung `model`, its `dropout` and
+        `model_args`."""
         s = dataclasses.replace(self.train, **changes) if changes else self.train
         task = task or self.task
-        factory = model_factory(task, s.model, s.dropout)
+        factory = model_factory(task, s.model, s.dropout, s.model_args)
         return task if factory is task.model else task.replace(model=factory)
 
     def fit(self, run: str, task: Task | None = None, **overrides: Any) -> FitResult:
@@ -137,16 +138,21 @@ class Context:
         return self.rundir.save_figure(self.stage, name, fig)
 
 
-def model_factory(task: Task, rung: str | None = None, dropout: float | None = None) -> Callable[[], Any]:
-    """The factory for ladder rung `rung` (None: the task's model), with `dropout=` bound when it takes one."""
+def model_factory(
+    task: Task, rung: str | None = None, dropout: float | None = None, model_args: dict[str, Any] | None = None
+) -> Callable[[], Any]:
+    """The factory for ladder rung `rung` (None: the task's model), with `dropout=` (when not None) and `model_args`
+    bound; an argument the factory does not take is a `ConfigError` naming it."""
     if rung is not None and rung not in task.models:
         raise ConfigError(f"train.model={rung!r} is not a rung of the task's ladder{suggest(rung, task.models)}")
     factory = cast(Callable[..., Any], task.model if rung is None else task.models[rung])
-    if dropout is None:
-        return factory
-    if not accepts(factory, "dropout"):
+    if dropout is not None and not accepts(factory, "dropout"):
         raise ConfigError(f"train.dropout={dropout} but the model factory takes no `dropout` argument.")
-    return functools.partial(factory, dropout=dropout)
+    for name in model_args or {}:
+        if not accepts(factory, name):
+            raise ConfigError(f"train.model_args.{name}: the model factory takes no {name!r} argument.")
+    bound = {**({"dropout": dropout} if dropout is not None else {}), **(model_args or {})}
+    return functools.partial(factory, **bound) if bound else factory
 
 
 def accepts(factory: Callable[..., Any], argument: str) -> bool:

@@ -87,9 +87,9 @@ def fit_arguments(config: str | Path | Mapping[str, Any] | TrainSettings, task: 
     """`fit`'s keyword arguments, `task` among them, for a config's training settings.
 
     `fit(**fit_arguments("runs/digits/06_tune/best_config.yaml", epochs=50))` trains what the config names. The rung
-    (`train.model`: a rung of `Task(models=...)` or of the config's `complexify.ladder`) and `train.dropout` become
-    the task's model factory, as in every stage; the other training settings are `fit` arguments of the same name;
-    a whole config also gives its `seed` and `device`.
+    (`train.model`: a rung of `Task(models=...)` or of the config's `complexify.ladder`), `train.dropout` and
+    `train.model_args` (tune's searched model arguments) become the task's model factory, as in every stage; the
+    other training settings are `fit` arguments of the same name; a whole config also gives its `seed` and `device`.
 
     Args:
         config: a YAML config (its path or mapping), its `train` mapping alone, or a `TrainSettings`.
@@ -102,7 +102,7 @@ def fit_arguments(config: str | Path | Mapping[str, Any] | TrainSettings, task: 
             raise ConfigError("fit_arguments: pass task=, or a whole config whose `task:` names the task function.")
         task = load_task(run.task, run.task_args, str(config))
     task = with_ladder(task, _ladder(data))
-    task = task.replace(model=model_factory(task, settings.model, settings.dropout))
+    task = task.replace(model=model_factory(task, settings.model, settings.dropout, settings.model_args))
     placed = {"seed": run.seed, "device": run.device} if run is not None else {}
     size = min(settings.batch_size, len(task.train))
     return {**settings.fit_kwargs(), **placed, "batch_size": size, "task": task, **overrides}
@@ -238,7 +238,7 @@ def build_model(task: Task, record: Mapping[str, Any]) -> nn.Module:
     train = settings_from_dict(TrainSettings, dict(record["train"]), "model record: train")
     if train.model is not None and train.model not in task.models and record.get("rung_args") is not None:
         task = task.replace(models={**task.models, train.model: functools.partial(task.model, **record["rung_args"])})
-    factory = model_factory(task, train.model, train.dropout)
+    factory = model_factory(task, train.model, train.dropout, train.model_args)
     if record.get("model_args"):
         factory = functools.partial(factory, **record["model_args"])
     return task.replace(model=factory).make_model()

@@ -72,7 +72,7 @@ def study_name(
     trains, so a changed dataset or architecture starts a new study instead of resuming stale trials."""
     fingerprint = None
     if task is not None:
-        model = model_factory(task, base.model, base.dropout)()
+        model = model_factory(task, base.model, base.dropout, base.model_args)()
         shapes = [list(p.shape) for p in model.parameters()]
         fingerprint = [task.name, len(task.train), len(task.val), shapes]
     key = [[dataclasses.asdict(p) for p in params], dataclasses.asdict(base), sampler, seeds, fingerprint]
@@ -297,7 +297,7 @@ def _suggest(trial: Any, p: Param) -> Any:
 def configure(base: TrainSettings, task: Task, values: dict[str, Any]) -> tuple[TrainSettings, Task]:
     """The training settings and task (model factory with any searched arguments) for one configuration."""
     settings = dataclasses.replace(base, **{k: v for k, v in values.items() if k in TRAIN_KEYS})
-    factory = model_factory(task, settings.model, settings.dropout)
+    factory = model_factory(task, settings.model, settings.dropout, settings.model_args)
     extra = {k: v for k, v in values.items() if k not in TRAIN_KEYS}
     if extra:
         factory = functools.partial(factory, **extra)

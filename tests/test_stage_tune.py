@@ -163,8 +163,9 @@ def test_a_model_argument_is_searched_and_gets_isolation_plots(tmp_path):
     assert result.checks[0].value["best_params"]["out"] == tiny.CLASSES
     assert (result.run_dir / "06_tune" / "isolation.png").exists()
     text = (result.run_dir / "06_tune" / "best_config.yaml").read_text()
-    assert f'# searched model-factory arguments: {{"out": {tiny.CLASSES}}}' in text
-    split_config(yaml.safe_load(text), STAGES, "best_config.yaml")  # still a config `recipe run` takes
+    assert f'# searched model-factory arguments, in train.model_args: {{"out": {tiny.CLASSES}}}' in text
+    run_config, _ = split_config(yaml.safe_load(text), STAGES, "best_config.yaml")  # a config `recipe run` takes
+    assert run_config.train["model_args"] == {"out": tiny.CLASSES}
 
 
 def test_a_diverging_trial_is_marked_failed_and_the_search_goes_on(tmp_path):

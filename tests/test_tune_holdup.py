@@ -6,9 +6,12 @@ from __future__ import annotations
 import collections
 import json
 
+import pytest
 import torch
+import yaml
 
-from recipe import Recipe, Tune
+from recipe import ConfigError, Recipe, Tune, fit_arguments, load_model
+from recipe.cli import main
 from tests import tiny
 from tests.test_stage_tune import SOURCE, trials_of
 
@@ -134,3 +137,25 @@ def test_a_search_that_beats_where_it_started_hands_the_tuned_setting_on(tmp_pat
     text = (result.run_dir / "06_tune" / "best_config.yaml").read_text()
     assert f"trial #{handed}" in text and "lr: 1e-05" not in text and "epochs: 4\n" in text
     assert (result.run_dir / "06_tune" / "best.pt").exists()
+
+
+def fragile_task():
+    return tiny.classification(model=Fragile)
+
+
+def test_searched_model_arguments_are_handed_on_as_train_model_args_and_trained_again(tmp_path, capsys):
+    space = {"width": {"choices": [16, 8]}, "lr": {"low": 0.01, "high": 0.011}}
+    result = Recipe(
+        fragile_task(), run_dir=tmp_path / "run", stages=[Tune(trials=2, epochs=4, seeds=2, space=space)],
+        device="cpu", progress=False, quiet=True, source={"task": "tests.test_tune_holdup:fragile_task"},
+    ).run()  # fmt: skip
+    checks = by_name(result)
+    assert checks["beats_incoming"].value["handed_on"] == "tuned"  # width 32, the incoming model, diverges
+    width = {t.number: t.params["width"] for t in trials_of(result.run_dir)}[checks["seed_variance"].value["handed_on"]]
+    best_config = result.run_dir / "06_tune" / "best_config.yaml"
+    assert yaml.safe_load(best_config.read_text())["train"]["model_args"] == {"width": width}
+    assert fit_arguments(best_config)["task"].make_model().head.in_features == width
+    assert main(["train", str(best_config), "--run-dir", str(tmp_path / "final"), "--epochs", "1", "--quiet"]) == 0
+    assert load_model(tmp_path / "final").head.in_features == width
+    with pytest.raises(ConfigError, match=r"train\.model_args\.depth: the model factory takes no 'depth'"):
+        fit_arguments({"task": "tests.test_tune_holdup:fragile_task", "train": {"model_args": {"depth": 2}}})

@@ -187,8 +187,8 @@ def distil(
     )
     if check.value and check.value["kept"]:
         ctx.learn(distilled=True)
-        settings = dataclasses.replace(settings, epochs=search.epochs)
         extra = {k: v for k, v in chosen.items() if k not in TRAIN_KEYS}
+        settings = dataclasses.replace(settings, epochs=search.epochs, model_args={**settings.model_args, **extra})
         relative = f"{ctx.rundir.stage_dir('tune').name}/distilled.pt"
         save_model(ctx.rundir, relative, run.model, ctx.task, settings, mine, ctx.source, extra)
     return check

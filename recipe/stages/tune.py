@@ -30,7 +30,7 @@ import yaml
 
 from recipe import checkpoint, playbook, plots
 from recipe.check import Check, passed, skipped
-from recipe.config import require
+from recipe.config import TrainSettings, require
 from recipe.context import Context
 from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, training_length
@@ -343,7 +343,8 @@ class Tune(Stage):
         metric = ctx.task.metric_name
         params = {} if incoming else best.params
         settings, _ = configure(search.settings(), ctx.task, params)
-        settings = dataclasses.replace(settings, epochs=search.epochs)
+        extra = {k: v for k, v in params.items() if k not in TRAIN_KEYS}  # searched model-factory arguments
+        settings = dataclasses.replace(settings, epochs=search.epochs, model_args={**settings.model_args, **extra})
         if incoming:
             ran = incoming["incoming"]
             ctx.learn(kept_incoming=True, val_loss=ran["loss_mean"], **{f"val_{metric}": ran["mean"]})
@@ -354,7 +355,7 @@ class Tune(Stage):
                 "that setup is kept\n"
             )
         elif "loss_mean" in held:
-            ctx.learn(train=_train_keys(best.params), best_trial=best.number, val_loss=held["loss_mean"])
+            ctx.learn(train=_train_keys(settings, best.params), best_trial=best.number, val_loss=held["loss_mean"])
             ctx.learn(**{f"val_{metric}": held["mean"]})
             header = (
                 f"# trial #{best.number} of the tune stage: validation loss {held['loss_mean']:.6g} ± "
@@ -362,13 +363,12 @@ class Tune(Stage):
                 f"{best.value:.6g})\n"
             )
         else:
-            ctx.learn(train=_train_keys(best.params), best_trial=best.number, val_loss=best.value)
+            ctx.learn(train=_train_keys(settings, best.params), best_trial=best.number, val_loss=best.value)
             header = f"# best trial #{best.number} of the tune stage: validation loss {best.value:.6g}\n"
         steps = f", at most {search.max_steps} steps (tune.max_steps)" if search.max_steps else ""
         header += f"# measured with train.epochs = {search.epochs}{steps}, the epochs each trial trained for\n"
-        extra = {k: v for k, v in params.items() if k not in TRAIN_KEYS}
-        if extra:  # not training settings: the model factory's own arguments, for the task's author to pass on
-            header += f"# searched model-factory arguments: {json.dumps(extra)}\n"
+        if extra:
+            header += f"# searched model-factory arguments, in train.model_args: {json.dumps(extra)}\n"
         config = runnable_config(ctx.source, settings, run_dir=str(ctx.rundir.path), seed=ctx.seed)
         if "task" not in config:
             header += "# add `task: module:function` to run this with `recipe run` or `recipe train`\n"
@@ -380,8 +380,10 @@ class Tune(Stage):
             save_model(ctx.rundir, best_pt, checkpoint.load(source), ctx.task, settings, scored, ctx.source, extra)
 
 
-def _train_keys(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k in TRAIN_KEYS}
+def _train_keys(settings: TrainSettings, params: dict[str, Any]) -> dict[str, Any]:
+    """The training settings a trial's parameters change: its searched settings, and the model arguments."""
+    changed = {k: v for k, v in params.items() if k in TRAIN_KEYS}
+    return changed | ({"model_args": settings.model_args} if any(k not in TRAIN_KEYS for k in params) else {})
 
 
 def _trial_fits(study: Any) -> list[dict[str, Any]]:
