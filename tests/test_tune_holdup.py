@@ -12,6 +12,7 @@ import yaml
 
 from recipe import ConfigError, Recipe, Tune, fit_arguments, load_model
 from recipe.cli import main
+from recipe.diagnostics.search import beats_incoming
 from tests import tiny
 from tests.test_stage_tune import SOURCE, trials_of
 
@@ -159,3 +160,20 @@ def test_searched_model_arguments_are_handed_on_as_train_model_args_and_trained_
     assert load_model(tmp_path / "final").head.in_features == width
     with pytest.raises(ConfigError, match=r"train\.model_args\.depth: the model factory takes no 'depth'"):
         fit_arguments({"task": "tests.test_tune_holdup:fragile_task", "train": {"model_args": {"depth": 2}}})
+
+
+@pytest.mark.parametrize(
+    ("tuned", "incoming", "paired", "kept"),
+    [
+        ([0.30, 0.31, 0.29], [0.50, 0.52, 0.49], 0.01, "tuned"),  # a clear lead
+        ([0.30, 0.31, 0.29], [0.31, 0.30, 0.32], 0.01, "incoming"),  # inside the seed and sample noise
+        ([0.30, 0.31, 0.29], [0.40, 0.41, 0.39], 0.06, "incoming"),  # clear over seeds, not over validation samples
+        ([0.30, 0.31, 0.29], [0.31, float("nan"), 0.30], 0.01, "tuned"),  # where tune started diverges on a seed
+    ],
+)
+def test_beats_incoming_hands_on_the_tuned_setting_only_beyond_noise(tuned, incoming, paired, kept):
+    check = beats_incoming(
+        {"trial": 3, "losses": tuned, "metrics": [0.9] * 3}, {"losses": incoming, "metrics": [0.8] * 3}, paired, "acc"
+    )
+    assert check.status == "pass" and check.value["handed_on"] == kept, check.message
+    assert ("found nothing better" in check.message) == (kept == "incoming")

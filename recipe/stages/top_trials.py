@@ -71,9 +71,12 @@ def against_incoming(ctx: Context, search: Search, handed_on: int | None, reruns
     """Train the setup tune started from with the handed-on trial's seeds and epochs (left in `reruns` under
     `INCOMING`), and judge whether the tuned setting beats it (`beats_incoming`)."""
     tuned = reruns.get(handed_on) if handed_on is not None else None
-    if tuned is None:
-        why = "no seed re-runs of a handed-on trial (tune.seeds < 2)" if handed_on is None else "no re-runs"
-        return skipped("beats_incoming", f"{why}: nothing to compare at equal footing; the best trial is handed on.")
+    if tuned is None:  # tune.seeds < 2, or seed_variance handed no trial on (it says why)
+        return skipped(
+            "beats_incoming",
+            "no seed re-runs of a handed-on trial (tune.seeds < 2, or none trains stably: see seed_variance), so "
+            "nothing to compare with the setup tune started from at equal footing.",
+        )
     start = reruns[INCOMING] = rerun(ctx, search, {}, "incoming", len(tuned.losses))
     paired = 0.0
     if tuned.per_sample is not None and start.per_sample is not None and len(tuned.per_sample) > 1:
