@@ -22,7 +22,7 @@ from recipe.stages import STAGES
 PACKAGE = Path(__file__).resolve().parents[1] / "recipe"
 
 FLOORS: list[tuple[str, list[str]]] = [  # bottom to top; a module may import from its own floor and those below
-    ("foundation", ["recipe", "recipe.errors", "recipe.faults", "recipe.stopping", "recipe.reproducibility",
+    ("foundation", ["recipe", "recipe.errors", "recipe.stopping", "recipe.reproducibility",
                     "recipe.optim", "recipe.distributed", "recipe.plots", "recipe.console"]),
     ("records", ["recipe.check", "recipe.config", "recipe.data", "recipe.rundir"]),
     ("task", ["recipe.task", "recipe.task_arguments", "recipe.validation", "recipe.evaluation", "recipe.models",
@@ -31,7 +31,7 @@ FLOORS: list[tuple[str, list[str]]] = [  # bottom to top; a module may import fr
              "recipe.batch_size", "recipe.resume", "recipe.transfer", "recipe.distillation"]),
     ("diagnostics", ["recipe.diagnostics", "recipe.diagnostics.*"]),
     ("stage", ["recipe.context", "recipe.stage", "recipe.model_io", "recipe.search_space", "recipe.study_storage",
-               "recipe.tuning", "recipe.playbook"]),
+               "recipe.tuning", "recipe.tune_workers", "recipe.playbook"]),
     ("stages", ["recipe.stages", "recipe.stages.*"]),
     ("run", ["recipe.loggers", "recipe.report", "recipe.runner", "recipe.reference"]),
     ("command", ["recipe.cli"]),
