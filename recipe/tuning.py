@@ -1,5 +1,6 @@
-"""The trial loop every worker process runs, and the worker processes of a local search (the study's storage and
-leases are in `recipe.study_storage`, the search space in `recipe.search_space`).
+"""The trial loop every worker process runs (the worker processes of a local search are started and stopped by
+`recipe.tune_workers`, the study's storage and leases are in `recipe.study_storage`, the search space in
+`recipe.search_space`).
 
 With the default sampler every trial's configuration is drawn up front from one scrambled Sobol sequence (one seed
 for every worker) and queued in the study, so workers simply take the next queued configuration and the budget is
@@ -17,11 +18,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +30,9 @@ from recipe import checkpoint, stopping
 from recipe.config import TrainSettings, settings_from_dict
 from recipe.console import doing
 from recipe.context import model_factory
-from recipe.diagnostics.suspect_labels import apply_label_fix
 from recipe.errors import NonFiniteError, Terminated
 from recipe.evaluation import evaluate
-from recipe.loading import load_task
 from recipe.loop import fit
-from recipe.model_io import with_ladder
 from recipe.rundir import RunDir
 from recipe.search_space import TRAIN_KEYS, Param, parse_space, queued_configs
 from recipe.study_storage import (
@@ -53,9 +46,12 @@ from recipe.study_storage import (
     sweep_stale,
 )
 from recipe.task import Task
+from recipe.tune_workers import STOP_SECONDS as STOP_SECONDS  # the public import paths of the moved names
+from recipe.tune_workers import Workers as Workers
+from recipe.tune_workers import spawn_worker as spawn_worker
+from recipe.tune_workers import watch_parent, worker_task
 
 SAMPLERS = ("sobol", "random", "tpe", "grid")
-STOP_SECONDS = 10.0  # how long a stopped run waits for its workers to reach a step boundary before killing them
 MAX_DRAWS = 2  # trials drawn at most, per trial of the budget: pruned and diverged trials are replaced up to this
 
 
@@ -304,69 +300,6 @@ def configure(base: TrainSettings, task: Task, values: dict[str, Any]) -> tuple[
     return settings, task.replace(model=factory)
 
 
-class Workers:
-    """`count` worker processes on the study described in `spec_path`, started, waited for and stopped together.
-
-    Each runs in its own session, so a Ctrl-C at the terminal reaches this process only, which passes it on once
-    (`stop`). Each also holds the read end of a pipe whose write end only this process has: when this process dies,
-    even by SIGKILL, the pipe closes and the workers stop at their next step boundary instead of running on as
-    orphans that append to files a resume rewrites.
-    """
-
-    def __init__(self, spec_path: Path, count: int):
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._pipe: int | None = None
-        if count > 0 and os.name != "posix":  # no passing a pipe on: the workers run until the study is done
-            self.procs = [spawn_worker(spec_path, k + 1) for k in range(count)]
-        elif count > 0:
-            read, self._pipe = os.pipe()
-            try:
-                self.procs = [spawn_worker(spec_path, k + 1, read) for k in range(count)]
-            finally:
-                os.close(read)
-
-    def wait(self) -> None:
-        for proc in self.procs:
-            proc.wait()
-        self._close()
-
-    def stop(self, sig: int, grace: float = STOP_SECONDS) -> None:
-        """Pass `sig` on; a worker still running after `grace` seconds, or after a second interrupt, is killed (its
-        trial is then swept: `sweep_stale`)."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(sig)
-        deadline = time.monotonic() + grace
-        try:
-            for proc in self.procs:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except (subprocess.TimeoutExpired, KeyboardInterrupt, Terminated):
-            for proc in self.procs:
-                if proc.poll() is None:
-                    proc.kill()
-            for proc in self.procs:
-                proc.wait()
-        self._close()
-
-    def _close(self) -> None:
-        if self._pipe is not None:
-            os.close(self._pipe)
-            self._pipe = None
-
-
-def spawn_worker(spec_path: Path, worker: int, parent_pipe: int | None = None) -> subprocess.Popen[bytes]:
-    """Start worker process number `worker` on the study described in `spec_path` (one torch thread); given the read
-    end of a pipe (`parent_pipe`), the worker stops when the pipe closes."""
-    code = (
-        "import sys; from recipe.tuning import worker_main; "
-        "sys.exit(worker_main(sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])))"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    fds = () if parent_pipe is None else (parent_pipe,)
-    argv = [sys.executable, "-c", code, str(spec_path), str(worker), *map(str, fds)]
-    return subprocess.Popen(argv, env=env, pass_fds=fds, start_new_session=parent_pipe is not None)
-
-
 def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> int:
     """A worker process: rebuild the task from the config's `task:`, then run trials of the shared study. SIGTERM
     (or the parent's death) stops it at its next step boundary, SIGINT at once; its trial is queued again either
@@ -378,7 +311,7 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
     try:
         with stopping.handling_sigterm(), holding_workers_lock(Path(search.run_dir)):
             if parent_pipe is not None:
-                _watch_parent(parent_pipe)
+                watch_parent(parent_pipe)
             task = worker_task(spec, spec_path)
             work(search, task, rundir.metrics_log("tune", f"worker_{worker}"), worker)
     except Terminated:
@@ -388,25 +321,3 @@ def worker_main(spec_path: str, worker: int, parent_pipe: int | None = None) -> 
     finally:
         rundir.close()
     return 0
-
-
-def worker_task(spec: dict[str, Any], spec_path: str) -> Task:
-    """The task a worker process trains: rebuilt from the config's `task:` and its ladder, with the label fix
-    regularize kept (the suspect labels dropped or relabelled) so every worker trains on the same split as the
-    first."""
-    source = spec["source"]
-    task = load_task(source["task"], source.get("task_args") or {}, spec_path)
-    ladder = ((source.get("config") or {}).get("complexify") or {}).get("ladder")
-    task = with_ladder(task, ladder)  # the rungs a config's ladder names, as the first process has them
-    return apply_label_fix(task, spec["label_fix"]) if spec.get("label_fix") else task
-
-
-def _watch_parent(pipe: int) -> None:
-    """SIGTERM this process when `pipe` closes: the process that started it died or gave up on it."""
-
-    def watch() -> None:
-        while os.read(pipe, 1):
-            pass
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, daemon=True).start()
