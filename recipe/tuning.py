@@ -155,6 +155,43 @@ def _queue(study: Any, params: list[Param], search: Search, upto: int) -> None:
         study.enqueue_trial(config, skip_if_exists=True)
 
 
+def trial_fits(study: Any) -> list[dict[str, Any]]:
+    """One manifest.json `fits` entry per trial that ended (pruned and failed ones too): its wall time and setup."""
+    return [
+        {
+            "stage": "tune",
+            "run": f"trial_{t.number}",
+            "state": t.state.name.lower(),
+            "seconds": round(t.user_attrs.get("seconds") or (t.duration.total_seconds() if t.duration else 0.0), 3),
+            **t.user_attrs.get("setup", {}),
+        }
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+    ]
+
+
+def finished_trials(study: Any) -> list[Any]:
+    """The study's completed trials that scored a value."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+
+
+def write_finished_rows(rundir: RunDir, study: Any) -> None:
+    """The metrics rows of trials that ended before this stage started (a resumed run, or a study run again): the
+    run directory was cleared of them, and those trials do not run again."""
+    from optuna.trial import TrialState
+
+    logs: dict[str, Any] = {}
+    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    for trial in sorted(ended, key=lambda t: t.number):
+        worker = trial.user_attrs.get("worker", 0)
+        run = "trials" if worker == 0 else f"worker_{worker}"
+        log = logs.setdefault(run, rundir.metrics_log("tune", run))
+        for row in trial.user_attrs.get("rows", []):
+            log(row)
+
+
 def drawn(trials: list[Any]) -> int:
     """Trials that used up a draw of the budget: finished, pruned, or failed and not queued again."""
     # optuna (~0.4 s to import) is needed by tune alone: imported where used, here and below

@@ -7,6 +7,7 @@ import torch
 
 from examples import digits
 from recipe import Task, fit
+from recipe.diagnostics.filters import first_layer, first_layer_filters
 from recipe.diagnostics.regularization import (
     Trial,
     augmentation_invariances,
@@ -14,8 +15,6 @@ from recipe.diagnostics.regularization import (
     best_trial,
     chosen_regularization,
     feature_ablation,
-    first_layer,
-    first_layer_filters,
     improves,
     more_data,
     paired_gain,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipe import plots
+from recipe import error_plots, plots
 from recipe.check import Check
 from recipe.context import Context
 from recipe.diagnostics.errors import Predictions, confusion, prediction_errors, validation_predictions
@@ -30,7 +30,7 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
     artifacts: list[str] = []
     if "classes" in check.value:
         classes = check.value["classes"]
-        fig = plots.confusion_matrix(confusion(predictions, predictions.output.shape[1]), f"Confusion: {whose}")
+        fig = error_plots.confusion_matrix(confusion(predictions, predictions.output.shape[1]), f"Confusion: {whose}")
         recalls = {f"class {r['class']}": (r["recall"], r["se"]) for r in classes}
         artifacts += [
             ctx.save_figure("confusion.png", fig),
@@ -40,7 +40,9 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
         n = len(predictions.target)
         target = predictions.target.reshape(n, -1).float().mean(1)
         residual = (predictions.output.float() - predictions.target.float()).reshape(n, -1).mean(1)
-        artifacts.append(ctx.save_figure("residuals.png", plots.residuals(target, residual, f"Residuals: {whose}")))
+        artifacts.append(
+            ctx.save_figure("residuals.png", error_plots.residuals(target, residual, f"Residuals: {whose}"))
+        )
         if check.value["worst_bins"]:
             rows = [[b["by"], f"{b['low']:.4g}..{b['high']:.4g}", b["n"], f"{b['loss']:.4g}", f"{b['se']:.2g}"]
                     for b in check.value["worst_bins"]]  # fmt: skip

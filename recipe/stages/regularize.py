@@ -30,14 +30,13 @@ from recipe.config import require
 from recipe.console import doing
 from recipe.context import Context, accepts, model_factory
 from recipe.data import fixed_indices
+from recipe.diagnostics.filters import first_layer, first_layer_filters
 from recipe.diagnostics.pretrained import pretrained_inputs
 from recipe.diagnostics.regularization import (
     Trial,
     best_trial,
     chosen_regularization,
     feature_ablation,
-    first_layer,
-    first_layer_filters,
     more_data,
     paired_gain,
     regularizer,

@@ -13,9 +13,7 @@ write the best configuration as a config the command line runs.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import re
@@ -41,8 +39,20 @@ from recipe.search_space import TRAIN_KEYS, default_space
 from recipe.stage import Stage, StageSettings
 from recipe.stages import top_trials
 from recipe.stages.mistakes import look_at_mistakes
+from recipe.stages.trials_table import fmt, trials_table
 from recipe.study_storage import LEASES, STUDY, TRIALS, fence, sweep_stale
-from recipe.tuning import SAMPLERS, Search, Workers, configure, drawn, prepare, work
+from recipe.tuning import (
+    SAMPLERS,
+    Search,
+    Workers,
+    configure,
+    drawn,
+    finished_trials,
+    prepare,
+    trial_fits,
+    work,
+    write_finished_rows,
+)
 
 STORAGE_URL = r"(postgresql|mysql|sqlite|oracle|mssql)(\+\w+)?://"  # the databases Optuna's RDBStorage reaches
 
@@ -137,8 +147,8 @@ class Tune(Stage):
         self._run_workers(ctx, search)
         study, params, name = prepare(search, ctx.task)
         searched = time.perf_counter() - start  # the search check judges the study: its seconds are the trials'
-        ctx.fits += _trial_fits(study)
-        finished = sorted(_finished(study), key=lambda t: t.value)
+        ctx.fits += trial_fits(study)
+        finished = sorted(finished_trials(study), key=lambda t: t.value)
         if not finished:
             nothing = skipped("search", "no trial finished; see metrics.jsonl for the trials' runs.")
             return [nothing.replace(seconds=searched)]
@@ -231,7 +241,7 @@ class Tune(Stage):
             )
         fence(Path(search.run_dir), search.lease_timeout)  # a killed run's workers stop before their rows are rewritten
         study, _, _ = prepare(search, ctx.task)  # queue the configurations once, before any worker starts
-        _write_finished_rows(ctx, study)
+        write_finished_rows(ctx.rundir, study)
         spec = Path(search.run_dir) / STUDY / "worker.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
         label_fix = ctx.learned.get("regularize", {}).get("label_fix")  # the split regularize kept
@@ -268,7 +278,7 @@ class Tune(Stage):
             f"best_val_{metric}": best.user_attrs.get("val_metric"),
             "best_params": best.params,
         }
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        shown = ", ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
         trials = study.get_trials(deepcopy=False)
         value["failed"] = drawn(trials) - len(finished) - states.get("pruned", 0)  # diverged, not interrupted
         studied = ""
@@ -276,7 +286,7 @@ class Tune(Stage):
             iso = value["scientific"] = playbook.isolation(finished, p, True, self.settings.levels)
             k = min(range(len(iso["best"])), key=iso["best"].__getitem__)
             studied = (
-                f" {p.name} under study: best at {_fmt(iso['values'][k])} (validation loss {iso['best'][k]:.4g} ± "
+                f" {p.name} under study: best at {fmt(iso['values'][k])} (validation loss {iso['best'][k]:.4g} ± "
                 f"{iso['se'][k]:.2g}, nuisance parameters optimised over {iso['trials'][k]} trials; see isolation.png)."
             )
         return passed(
@@ -305,19 +315,7 @@ class Tune(Stage):
         self, ctx: Context, study: Any, finished: list[Any], in_order: list[Any], params: list[Any]
     ) -> tuple[str, ...]:
         """The trials table (its last row: each parameter's importance), axis, best-so-far and isolation plots."""
-        metric = ctx.task.metric_name
-        names = [p.name for p in params]
-        rows = [
-            [t.number, t.value, t.user_attrs.get("val_metric"), *(t.params.get(n) for n in names)] for t in in_order
-        ]
-        weights = playbook.importances(study, finished, names)
-        buffer = io.StringIO()
-        header = ["trial", "val_loss", f"val_{metric}", *names]
-        csv.writer(buffer).writerows([header, *rows, ["importance", "", "", *(weights.get(n, "") for n in names)]])
-        shown = [[r[0], _fmt(r[1]), _fmt(r[2]), *(_fmt(v) for v in r[3:])] for r in sorted(rows, key=lambda r: r[1])]
-        table = {"columns": ["trial", "val loss", f"val {metric}", *names], "rows": shown[:20]}
-        if weights:
-            table["rows"].append(["importance", "", "", *(_fmt(weights.get(n, "")) for n in names)])
+        tables = trials_table(ctx, study, finished, in_order, [p.name for p in params])
         axes = {p.name: ([t.params[p.name] for t in finished], bool(p.log)) for p in params if not p.choices}
         studied = self.settings.scientific
         panels = {
@@ -326,12 +324,10 @@ class Tune(Stage):
             for p in params
         }
         return (
-            ctx.save_text("trials.csv", buffer.getvalue()),
-            ctx.save_json("trials.table.json", table),
+            *tables,
             *([ctx.save_figure("axes.png", plots.search_axes(axes, [t.value for t in finished]))] if axes else []),
             ctx.save_figure("best_so_far.png", plots.best_so_far([t.value for t in in_order])),
             ctx.save_figure("isolation.png", plots.isolation(panels)),
-            *([ctx.save_json("importances.json", weights)] if weights else []),
         )
 
     def _hand_over(
@@ -386,47 +382,6 @@ def _train_keys(settings: TrainSettings, params: dict[str, Any]) -> dict[str, An
     return changed | ({"model_args": settings.model_args} if any(k not in TRAIN_KEYS for k in params) else {})
 
 
-def _trial_fits(study: Any) -> list[dict[str, Any]]:
-    """One manifest.json `fits` entry per trial that ended (pruned and failed ones too): its wall time and setup."""
-    return [
-        {
-            "stage": "tune",
-            "run": f"trial_{t.number}",
-            "state": t.state.name.lower(),
-            "seconds": round(t.user_attrs.get("seconds") or (t.duration.total_seconds() if t.duration else 0.0), 3),
-            **t.user_attrs.get("setup", {}),
-        }
-        for t in study.get_trials(deepcopy=False)
-        if t.state.name in ("COMPLETE", "PRUNED", "FAIL")
-    ]
-
-
-def _finished(study: Any) -> list[Any]:
-    # optuna (~0.4 s to import) is needed by tune alone: imported where used, here and below
-    from optuna.trial import TrialState
-
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-
-
 def _loss_noise(best: Any, metric_std: float | None) -> float | None:
     se = best.user_attrs.get("val_loss_se")
     return float(se) if se is not None else metric_std
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _write_finished_rows(ctx: Context, study: Any) -> None:
-    """The metrics rows of trials that ended before this stage started (a resumed run, or a study run again): the
-    run directory was cleared of them, and those trials do not run again."""
-    from optuna.trial import TrialState
-
-    logs: dict[str, Any] = {}
-    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    for trial in sorted(ended, key=lambda t: t.number):
-        worker = trial.user_attrs.get("worker", 0)
-        run = "trials" if worker == 0 else f"worker_{worker}"
-        log = logs.setdefault(run, ctx.rundir.metrics_log("tune", run))
-        for row in trial.user_attrs.get("rows", []):
-            log(row)
