@@ -45,8 +45,8 @@ class TrainSettings:
         grad_clip: global gradient-norm clip, or None.
         precision: "auto", "fp32" or "bf16".
         compile: torch.compile the model: true, false, or "auto" (on CUDA when the run is long enough to repay it).
-        threads: intra-op CPU threads: "auto" (measured per model: one thread for small models, every core when
-            that is clearly faster; OMP_NUM_THREADS or torch.set_num_threads win) or a count.
+        threads: intra-op CPU threads: "auto" (measured per model: one thread for small models or a busy machine, the
+            free cores when that is clearly faster; OMP_NUM_THREADS or torch.set_num_threads win) or a count.
         init_bias: set the final layer's bias to the log class priors / target mean ("init well").
         epochs: epochs for full training runs in later stages.
         model: the rung of the task's model ladder to train (`Task(models=...)`); None for `Task(model=...)`.

@@ -1,13 +1,20 @@
 """Intra-op threads chosen for the work, the way `compile="auto"` chooses compiling: by measurement.
 
 PyTorch runs each CPU op on `torch.get_num_threads()` threads, one per core by default. For the small models a
-recipe trains (digits' MLP takes well under a millisecond a step) handing work to other threads costs more than it
-saves, and on a machine shared with other work the threads spin waiting for each other: the bundled digits run took
-37 s on one thread and a median of 606 s on two, on two cores shared with other processes. So with `threads="auto"`
-`fit` times one training step of its model (forward and backward on a copy, the RNG state restored, so training is
-unchanged): a step under `SMALL_STEP` trains on one thread; a larger one is timed on one thread and on every core, in
-alternating windows, and trains on every core only when that is clearly faster (one thread leaves the other cores
-to the rest of the machine). The choice and its reason are in `FitResult.setup["threads"]`.
+recipe trains handing work to other threads costs more than it saves, and on a machine shared with other work the
+threads spin waiting for each other: the bundled digits run took 37 s on one thread and a median of 606 s on two, on
+two cores shared with other processes. Yet a wider model gains from the cores when they are free (digits' 512-wide
+MLP: 1.6 ms a step on one thread, 1.2 ms on two). So with `threads="auto"` `fit` times one training step of its model
+(forward and backward on a copy, the RNG state restored, so training is unchanged):
+
+- a step under `TINY_STEP` trains on one thread;
+- a larger one trains on one thread while other processes keep the other cores busy (the kernel's count of runnable
+  threads, read at each decision, so a machine that became busy is seen);
+- otherwise it is timed on one thread and on the free cores, in alternating windows, and trains on the free cores
+  only when that is clearly faster (`FASTER`).
+
+A work's timing is kept for the process (`key`), the load is read again at every fit. The choice and its reason are
+in `FitResult.setup["threads"]`.
 
 The user's choice wins over the measurement: `OMP_NUM_THREADS` or `MKL_NUM_THREADS` in the environment, a
 `torch.set_num_threads` call (a count other than the one recipe found at import or last set itself), or an explicit
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import statistics
 import time
@@ -36,23 +44,49 @@ if TYPE_CHECKING:
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 """The cores this process may run on."""
 
+TINY_STEP = 0.0005
+"""A step under half a millisecond trains on one thread, unmeasured: there is too little work in it to share."""
+
 SMALL_STEP = 0.01
-"""A step that takes less than this on one thread trains on one thread, unmeasured: splitting so little work gains a
-millisecond at best, while on a machine shared with other processes threads that wait for each other lose far more
-(the digits MLP: 1.1 s on one thread, 30 s on two beside one busy process, though a few timed steps said two were
-faster: short timings miss the waits that the scheduler's time slices cause)."""
+"""Where the machine's load cannot be read (no Linux /proc), a step under this trains on one thread, unmeasured: on a
+machine shared with other processes, threads that wait for each other lose far more than splitting so little work
+gains (the digits MLP: 1.1 s on one thread, 30 s on two beside one busy process)."""
 
 FASTER = 0.85
-"""Every core is used only when its step takes at most this fraction of the one-thread step: a gain smaller than
-timing noise is not worth occupying the whole machine."""
+"""More threads are used only when their step takes at most this fraction of the one-thread step: a gain smaller than
+timing noise is not worth occupying the cores."""
 
-ROUNDS, WINDOW = 3, 0.2
-"""Larger steps are timed in alternating windows of at least WINDOW seconds (several of the scheduler's time slices)
-per thread count, ROUNDS of each."""
+ROUNDS = 3
+"""Steps are timed in alternating windows per thread count, ROUNDS of each."""
+
+WINDOW = (0.01, 0.2)
+"""A timing window lasts ten steps, but at least 10 ms and at most 0.2 s (a few of the scheduler's time slices)."""
+
+LOAD_SAMPLES, LOAD_SPACING = 5, 0.001
+"""The load is read LOAD_SAMPLES times, LOAD_SPACING seconds apart (a few milliseconds at each decision)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Timing:
+    """A work's step timed on one thread and, when that is worth measuring, on `count` threads."""
+
+    one: float
+    many: float | None = None
+    count: int = 1
+
+    @property
+    def helps(self) -> bool:
+        return self.many is not None and self.many <= FASTER * self.one
+
+    def describe(self) -> str:
+        if self.many is None:
+            return f"{self.one * 1e3:.2f} ms a step"
+        return f"{self.one * 1e3:.2f} ms a step on 1 thread, {self.many * 1e3:.2f} ms on {self.count}"
+
 
 _AT_IMPORT = torch.get_num_threads()
 _ours: list[int] = []  # the counts recipe has set and not yet restored (innermost last)
-_decided: dict[tuple[Any, ...], tuple[int, str]] = {}
+_timed: dict[tuple[Any, ...], _Timing] = {}
 
 
 def users_choice() -> str | None:
@@ -86,24 +120,86 @@ def choose(
     threads: int | str, device: torch.device, make_step: Callable[[], Callable[[], Any]], key: tuple[Any, ...] = ()
 ) -> tuple[int, str]:
     """(thread count, reason) for training on `device`; `make_step()` builds a function running one training
-    step's work (only when measuring). `key` identifies the work: it is measured once per key and process."""
+    step's work (only when measuring). `key` identifies the work: its step is timed once per key and process, while
+    the machine's load is read again at every decision that could use more than one thread."""
     unmeasured = _without_measuring(threads, device)
     if unmeasured is not None:
         return unmeasured
-    if key and key in _decided:
-        return _decided[key]
-    step = make_step()
-    step()  # warm-up: allocations, first-call dispatch
-    one = _per_step(step, 1, 0.0)
-    if one < SMALL_STEP:
-        decided = 1, f"auto: 1 ({one * 1e3:.2f} ms a step: too little work to share between threads)"
-    else:
-        one, every = _measure(step)
-        count = CORES if every <= FASTER * one else 1
-        decided = count, f"auto: {count} ({one * 1e3:.1f} ms a step on 1 thread, {every * 1e3:.1f} ms on {CORES})"
+    timing = _timed.get(key) if key else None
+    if timing is None:
+        step = make_step()
+        step()  # warm-up: allocations, first-call dispatch
+        timing = _Timing(_per_step(step, 1, 0.0))
+        if timing.one < TINY_STEP:
+            return _remember(key, timing), f"auto: 1 ({timing.describe()}: too little work to share between threads)"
+        free = _free_cores(timing.one)
+        if free < 2:  # not remembered: the step is timed again once the cores are free
+            return 1, f"auto: 1 ({timing.describe()}; {_busy()})"
+        timing = _Timing(*_measure(step, free, timing.one), count=free)
+        _remember(key, timing)
+    elif timing.helps:
+        free = _free_cores(timing.one)
+        if free < 2:
+            return 1, f"auto: 1 ({timing.describe()}, but {_busy()})"
+    if not timing.helps:
+        return 1, f"auto: 1 ({timing.describe()}: not clearly faster)"
+    count = min(timing.count, free)
+    return count, f"auto: {count} ({timing.describe()})"
+
+
+def _remember(key: tuple[Any, ...], timing: _Timing) -> int:
     if key:
-        _decided[key] = decided
-    return decided
+        _timed[key] = timing
+    return 1
+
+
+_last_load: list[float] = []  # the last reading of other processes' runnable threads, for the reason
+
+
+def _free_cores(step_seconds: float) -> int:
+    """The cores this run may use without taking them from other processes: every core less those other processes'
+    runnable threads keep busy. Where the load cannot be read, every core for a large step and one for a small step
+    (see SMALL_STEP)."""
+    others = others_running()
+    _last_load[:] = [] if others is None else [others]
+    if others is None:
+        return CORES if step_seconds >= SMALL_STEP else 1
+    return max(1, min(CORES, int(CORES - others + 0.25)))
+
+
+def _busy() -> str:
+    if not _last_load:
+        return "the machine's load cannot be read, and a step this small is not worth sharing"
+    return f"other processes keep {_last_load[0]:.1f} of the {CORES} cores busy"
+
+
+def others_running(samples: int = LOAD_SAMPLES, spacing: float = LOAD_SPACING) -> float | None:
+    """How many threads of other processes are running or waiting for a core, on average over `samples` readings
+    `spacing` seconds apart: the kernel's count of runnable threads (Linux `/proc/stat`) less this process's own.
+    None where the kernel does not say."""
+    readings = []
+    try:
+        for i in range(samples):
+            if i:
+                time.sleep(spacing)
+            with open("/proc/stat", "rb") as stat:
+                running = int(stat.read().split(b"procs_running ", 1)[1].split(None, 1)[0])
+            readings.append(running - _own_running())
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0.0, statistics.fmean(readings))
+
+
+def _own_running() -> int:
+    """This process's threads that are running now (state R in /proc/self/task/*/stat)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as stat:
+                count += stat.read().rsplit(b")", 1)[1].split(None, 1)[0] == b"R"
+        except OSError:  # the thread ended meanwhile
+            pass
+    return count
 
 
 def _without_measuring(threads: int | str, device: torch.device) -> tuple[int, str] | None:
@@ -135,14 +231,15 @@ def _per_step(step: Callable[[], Any], count: int, window: float) -> float:
                 return elapsed / calls
 
 
-def _measure(step: Callable[[], Any]) -> tuple[float, float]:
-    """Median seconds per step on one thread and on every core, timed in alternating windows (a machine's load
-    changes from moment to moment)."""
-    times: dict[int, list[float]] = {1: [], CORES: []}
+def _measure(step: Callable[[], Any], count: int, one: float) -> tuple[float, float]:
+    """Median seconds per step on one thread and on `count` threads, timed in alternating windows (a machine's load
+    changes from moment to moment) of about ten steps (`one`: a first timing of one step on one thread)."""
+    window = min(max(10 * one, WINDOW[0]), WINDOW[1])
+    times: dict[int, list[float]] = {1: [], count: []}
     for _ in range(ROUNDS):
-        for count in times:
-            times[count].append(_per_step(step, count, WINDOW))
-    return statistics.median(times[1]), statistics.median(times[CORES])
+        for n in times:
+            times[n].append(_per_step(step, n, window))
+    return statistics.median(times[1]), statistics.median(times[count])
 
 
 def for_training(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +14,7 @@ from recipe.errors import ConfigError
 from tests import tiny
 
 CPU = torch.device("cpu")
+OTHERS_RUNNING = threads.others_running  # the real reading (the fixture stubs it)
 
 
 @pytest.fixture(autouse=True)
@@ -17,8 +22,9 @@ def default_threads(monkeypatch):
     """Each test starts from torch's default count, no environment override, and no remembered decision."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(threads, "_decided", {})
+    monkeypatch.setattr(threads, "_timed", {})
     monkeypatch.setattr(threads, "CORES", 4)
+    monkeypatch.setattr(threads, "others_running", lambda: 0.0)  # a quiet machine unless a test says otherwise
     before = torch.get_num_threads()
     torch.set_num_threads(threads._AT_IMPORT)
     yield
@@ -32,39 +38,92 @@ def never_called():
 @pytest.mark.parametrize(
     ("one", "every", "chosen"),
     [
-        (1.0, 2.0, 1),  # slower on every core (a busy machine)
+        (1.0, 2.0, 1),  # slower on every core
         (1.0, 0.9, 1),  # faster, but within timing noise: one thread, the cores stay free
         (1.0, 0.5, 4),  # clearly faster
     ],
 )
-def test_auto_takes_every_core_only_when_clearly_faster(monkeypatch, one, every, chosen):
+def test_auto_takes_the_free_cores_only_when_clearly_faster(monkeypatch, one, every, chosen):
     monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 1.0)  # a large step
-    monkeypatch.setattr(threads, "_measure", lambda step: (one, every))
+    monkeypatch.setattr(threads, "_measure", lambda step, count, first: (one, every))
     count, reason = threads.choose("auto", CPU, lambda: lambda: None, ("work",))
     assert count == chosen and reason.startswith(f"auto: {chosen} ")
 
 
-def test_a_small_step_trains_on_one_thread_unmeasured(monkeypatch):
-    monkeypatch.setattr(threads, "_measure", lambda step: never_called())
+def test_a_tiny_step_trains_on_one_thread_unmeasured(monkeypatch):
+    monkeypatch.setattr(threads, "_measure", lambda *args: never_called())
+    monkeypatch.setattr(threads, "others_running", never_called)
     count, reason = threads.choose("auto", CPU, lambda: lambda: None, ("tiny",))
     assert count == 1 and "too little work" in reason
+
+
+def test_a_busy_machine_keeps_one_thread_and_the_step_is_timed_again_once_it_is_free(monkeypatch):
+    """Other processes' runnable threads take cores: timing steps then would mislead (threads waiting for each other
+    lose far more than they gain), so nothing is remembered until the cores are free."""
+    monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 0.002)  # a 2 ms step
+    monkeypatch.setattr(threads, "others_running", lambda: 3.0)  # three busy threads elsewhere on the four cores
+    monkeypatch.setattr(threads, "_measure", lambda *args: never_called())
+    count, reason = threads.choose("auto", CPU, lambda: lambda: None, ("work",))
+    assert count == 1 and "other processes keep 3.0 of the 4 cores busy" in reason
+    measured = []
+    monkeypatch.setattr(threads, "others_running", lambda: 1.0)  # three cores free now
+    monkeypatch.setattr(threads, "_measure", lambda step, count, first: measured.append(count) or (0.002, 0.001))
+    assert threads.choose("auto", CPU, lambda: lambda: None, ("work",))[0] == 3
+    assert measured == [3]
+
+
+def test_a_remembered_gain_is_not_taken_while_the_machine_is_busy(monkeypatch):
+    monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 0.002)
+    monkeypatch.setattr(threads, "_measure", lambda step, count, first: (0.002, 0.001))
+    assert threads.choose("auto", CPU, lambda: lambda: None, ("work",))[0] == 4
+    monkeypatch.setattr(threads, "others_running", lambda: 2.9)  # another run started meanwhile
+    count, reason = threads.choose("auto", CPU, never_called, ("work",))
+    assert count == 1 and "but other processes keep 2.9 of the 4 cores busy" in reason
+    monkeypatch.setattr(threads, "others_running", lambda: 1.0)
+    assert threads.choose("auto", CPU, never_called, ("work",))[0] == 3  # the free cores, timing not repeated
+
+
+@pytest.mark.parametrize(("step", "measured"), [(0.002, False), (0.05, True)])
+def test_without_a_readable_load_small_steps_stay_on_one_thread(monkeypatch, step, measured):
+    """Off Linux the load cannot be read: a step under SMALL_STEP is not worth the risk; a large one is measured."""
+    monkeypatch.setattr(threads, "others_running", lambda: None)
+    monkeypatch.setattr(threads, "_per_step", lambda fn, count, window: step)
+    calls = []
+    monkeypatch.setattr(threads, "_measure", lambda fn, count, first: calls.append(count) or (step, step / 2))
+    count, reason = threads.choose("auto", CPU, lambda: lambda: None, ("work",))
+    assert (count, calls) == ((4, [4]) if measured else (1, []))
+    assert measured or "load cannot be read" in reason
 
 
 def test_a_decision_is_measured_once_per_work(monkeypatch):
     calls = []
     monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 1.0)
-    monkeypatch.setattr(threads, "_measure", lambda step: calls.append(1) or (1.0, 0.1))
+    monkeypatch.setattr(threads, "_measure", lambda step, count, first: calls.append(1) or (1.0, 0.1))
     for _ in range(3):
         threads.choose("auto", CPU, lambda: lambda: None, ("same work",))
     assert len(calls) == 1
 
 
-def test_measure_times_the_step_on_one_thread_and_on_every_core_alternately(monkeypatch):
+def test_measure_times_the_step_on_one_thread_and_on_the_free_cores_alternately(monkeypatch):
     seen = []
-    monkeypatch.setattr(threads, "WINDOW", 0.0)
-    one, every = threads._measure(lambda: seen.append(torch.get_num_threads()))
-    assert seen == [1, 4] * threads.ROUNDS and one >= 0 and every >= 0
+    monkeypatch.setattr(threads, "WINDOW", (0.0, 0.0))
+    one, many = threads._measure(lambda: seen.append(torch.get_num_threads()), 3, 0.0)
+    assert seen == [1, 3] * threads.ROUNDS and one >= 0 and many >= 0
     assert torch.get_num_threads() == threads._AT_IMPORT  # restored
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the load is read from Linux's /proc/stat")
+def test_others_running_sees_a_busy_process():
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert busy.stdout.readline() == "spinning\n"  # its loop has started
+        seen = OTHERS_RUNNING(samples=20)
+        assert seen is not None and seen >= 0.5
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_the_users_choice_wins(monkeypatch):
@@ -82,7 +141,7 @@ def test_the_users_choice_wins(monkeypatch):
 
 def test_a_count_recipe_set_itself_is_not_mistaken_for_the_users(monkeypatch):
     monkeypatch.setattr(threads, "_per_step", lambda step, count, window: 1.0)
-    monkeypatch.setattr(threads, "_measure", lambda step: (1.0, 2.0))
+    monkeypatch.setattr(threads, "_measure", lambda step, count, first: (1.0, 2.0))
     with threads.using(1 if threads._AT_IMPORT != 1 else 2):
         _, reason = threads.choose("auto", CPU, lambda: lambda: None, ("inner",))
     assert reason.startswith("auto:")
