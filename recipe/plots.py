@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from cycler import cycler
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#7f7f7f"]
@@ -28,6 +31,30 @@ STYLE: Any = {
     "figure.dpi": 110,
     "savefig.bbox": "tight",
 }
+
+
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+class PlainLogFormatter(ticker.LogFormatterSciNotation):
+    """matplotlib's log-axis tick labels (10^-3, 2x10^-1) in plain text with Unicode superscripts (10⁻³): its own
+    are mathtext, whose parser is rebuilt for every saved figure, a quarter of a log-axis figure's cost."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        label = super().__call__(x, pos)
+        inner = re.fullmatch(r"\$\\mathdefault\{(.*)\}\$", label)
+        if inner is None:
+            return label
+        text = re.sub(r"\^\{(-?\d+)\}", lambda m: m.group(1).translate(_SUPERSCRIPT), inner.group(1))
+        return text.replace("\\times", "\u00d7").replace("-", "\u2212")
+
+
+def log_scale(ax: Axes, which: str, base: float = 10) -> None:
+    """Put `ax`'s "x" or "y" axis on a log scale labelled by `PlainLogFormatter`."""
+    getattr(ax, f"set_{which}scale")("log", base=base)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(PlainLogFormatter(base))
+    axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
 
 
 def loss_curves(
@@ -47,7 +74,7 @@ def loss_curves(
             if y is not None and math.isfinite(y):
                 ax.axhline(y, linestyle="--", linewidth=1, color=COLORS[(i + 3) % len(COLORS)], label=name)
         if logy and all(v > 0 for vs in series.values() for v in vs if math.isfinite(v)):
-            ax.set_yscale("log")
+            log_scale(ax, "y")
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.legend(frameon=False)
     return fig
@@ -73,7 +100,7 @@ def lr_range(
         if finite:
             top = max(smoothed[burn] if burn < n else finite[0], min(finite)) * 1.5
             ax.set_ylim(min(finite) - 0.05 * abs(top - min(finite)), top)
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.set(title="Learning-rate range test", xlabel="learning rate", ylabel="training loss")
         ax.legend(frameon=False, fontsize=8)
     return fig
@@ -145,14 +172,8 @@ def baselines(entries: dict[str, tuple[float, float | None]], title: str, xlabel
     errors = [entries[k][1] or 0.0 for k in names]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(names) + 1.2))
-        ax.barh(
-            names,
-            values,
-            xerr=errors,
-            color=[COLORS[i % len(COLORS)] for i in range(len(names))],
-            alpha=0.85,
-            capsize=3,
-        )
+        colors = [COLORS[i % len(COLORS)] for i in range(len(names))]
+        ax.barh(names, values, xerr=errors, color=colors, alpha=0.85, capsize=3)
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.4g}", va="center", fontsize=8)
         ax.invert_yaxis()
@@ -171,7 +192,7 @@ def activations(stats_init: list[dict[str, Any]], stats_trained: list[dict[str, 
             top.plot(x, [max(r["std"], 1e-12) for r in stats], marker="o", markersize=3, label=label, color=color)
             bad = [max(r.get("dead", 0.0), r.get("dead_inputs", 0.0), r.get("saturated", 0.0)) for r in stats]
             bottom.bar(x + (0.2 if label == "after training" else -0.2), bad, width=0.4, label=label, color=color)
-        top.set_yscale("log")
+        log_scale(top, "y")
         top.set(title="Activations by layer", ylabel="output std")
         top.legend(frameon=False)
         bottom.set(ylabel="dead / saturated units", ylim=(0, 1))
@@ -231,8 +252,8 @@ def feature_histograms(
         fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns + 0.6, 1.8 * rows + 0.6), squeeze=False)
         for ax, (name, a, b) in zip(axes.flat, panels, strict=False):
             bins = np.histogram_bin_edges(np.concatenate([a, b]), bins=30)
-            ax.hist(a, bins=bins, density=True, alpha=0.55, label="train")
-            ax.hist(b, bins=bins, density=True, alpha=0.55, label="val")
+            ax.hist(a, bins=bins, density=True, alpha=0.55, label="train", histtype="stepfilled")
+            ax.hist(b, bins=bins, density=True, alpha=0.55, label="val", histtype="stepfilled")
             ax.set_title(name, fontsize=8, fontweight="normal")
             ax.tick_params(labelsize=6)
         for ax in list(axes.flat)[len(panels) :]:
@@ -247,11 +268,11 @@ def histogram(values: Any, title: str, xlabel: str, marks: Mapping[str, float] |
     """A histogram of one per-sample statistic, with labelled vertical marks (thresholds, medians)."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
-        ax.hist(np.asarray(values, dtype=np.float64), bins=60, color=COLORS[0], alpha=0.8)
+        ax.hist(np.asarray(values, dtype=np.float64), bins=60, color=COLORS[0], alpha=0.8, histtype="stepfilled")
         for i, (name, x) in enumerate((marks or {}).items()):
             ax.axvline(x, linestyle="--", linewidth=1, color=COLORS[(i + 1) % len(COLORS)], label=name)
         ax.set(title=title, xlabel=xlabel, ylabel="samples")
-        ax.set_yscale("log")
+        log_scale(ax, "y")
         if marks:
             ax.legend(frameon=False)
     return fig
@@ -282,7 +303,7 @@ def learning_curve(
         fig, ax = plt.subplots()
         ax.plot(sizes, train, marker="o", markersize=4, label="train (eval mode)")
         ax.errorbar(sizes, val, yerr=val_se, marker="o", markersize=4, capsize=3, label="validation ± SE")
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.minorticks_off()
         ax.set_xticks(list(sizes), [str(n) for n in sizes])
         ax.set(title=title, xlabel="training samples", ylabel="loss")
@@ -304,7 +325,7 @@ def search_axes(axes: Mapping[str, tuple[Sequence[float], bool]], values: Sequen
             ax.scatter(xs, values, s=14, alpha=0.8, color=COLORS[0])
             ax.scatter([xs[best]], [values[best]], s=40, marker="*", color=COLORS[1], label="best")
             if log:
-                ax.set_xscale("log")
+                log_scale(ax, "x")
             ax.set(xlabel=name, ylabel="validation loss")
         for ax in list(grid.flat)[len(names) :]:
             ax.axis("off")
@@ -343,7 +364,7 @@ def isolation(panels: Mapping[str, Mapping[str, Any]]) -> Figure:
             if panel["categorical"]:
                 ax.margins(x=0.25)
             if panel.get("log"):
-                ax.set_xscale("log")
+                log_scale(ax, "x")
                 ax.xaxis.set_minor_formatter(plt.NullFormatter())  # a short range would label its minor ticks
             ax.set(xlabel=name + (" (under study)" if panel.get("studied") else ""), ylabel="best validation loss")
         for ax in list(grid.flat)[len(names) :]:
@@ -368,8 +389,8 @@ def batch_size_throughput(curve: Mapping[int, float], chosen: int, out_of_memory
         ax.axvline(chosen, color=COLORS[2], linewidth=1.5, label=f"chosen {chosen}")
         for i, b in enumerate(sorted(set(out_of_memory))):
             ax.axvline(b, color=COLORS[1], linestyle=":", linewidth=1.2, label="out of memory" if i == 0 else None)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        log_scale(ax, "x", base=2)
+        log_scale(ax, "y")
         ax.set_ylim(min(values) / 1.5, max(values) * 1.5)
         ax.set(title="Throughput per batch size", xlabel="batch size", ylabel="training examples / s")
         ax.legend(frameon=False, fontsize=8)

@@ -1,0 +1,34 @@
+"""plots: log axes are labelled in plain text (no mathtext), with the values matplotlib's own labels name."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import pytest
+
+from recipe import plots
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [(1e-3, "10\u207b\u00b3"), (1.0, "10\u2070"), (100.0, "10\u00b2"), (0.2, "2\u00d710\u207b\u00b9")],
+)
+def test_log_labels_are_plain_text_with_superscripts(value, label):
+    formatter = plots.PlainLogFormatter(10, labelOnlyBase=False)
+    assert formatter(value) == label
+
+
+def test_a_log_axis_figure_draws_without_mathtext(monkeypatch):
+    """matplotlib's mathtext parser is rebuilt for every saved figure: a log axis must not need it."""
+    from matplotlib import mathtext
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("mathtext parsed a tick label")
+
+    monkeypatch.setattr(mathtext.MathTextParser, "parse", refuse)
+    fig = plots.lr_range([1e-6, 1e-4, 1e-2, 1.0], [2.3, 2.2, 1.0, 9.0], [2.3, 2.2, 1.0, 9.0], {"lr": 1e-3})
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+    assert any("\u207b" in text for text in labels)  # the decades are labelled, in superscripts
