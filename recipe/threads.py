@@ -175,20 +175,23 @@ def _busy() -> str:
 
 
 def others_running(samples: int = LOAD_SAMPLES, spacing: float = LOAD_SPACING) -> float | None:
-    """How many threads of other processes are running or waiting for a core, on average over `samples` readings
-    `spacing` seconds apart: the kernel's count of runnable threads (Linux `/proc/stat`) less this process's own.
+    """How many threads of other processes are running or waiting for a core: the median of `samples` readings
+    `spacing` seconds apart of the kernel's count of runnable threads (Linux `/proc/stat`) less this process's own.
     None where the kernel does not say."""
     readings = []
     try:
         for i in range(samples):
             if i:
                 time.sleep(spacing)
+            before = _own_running()
             with open("/proc/stat", "rb") as stat:
                 running = int(stat.read().split(b"procs_running ", 1)[1].split(None, 1)[0])
-            readings.append(running - _own_running())
+            # this process's idle pool threads only fall asleep meanwhile (none starts work while this thread reads):
+            # one running at either reading may have been counted
+            readings.append(running - max(before, _own_running()))
     except (OSError, IndexError, ValueError):
         return None
-    return max(0.0, statistics.fmean(readings))
+    return max(0.0, float(statistics.median(readings)))  # the median: a reading caught mid-change is outvoted
 
 
 def _own_running() -> int:
