@@ -142,6 +142,8 @@ def choose(
         free = _free_cores(timing.one)
         if free < 2:
             return 1, f"auto: 1 ({timing.describe()}, but {_busy()})"
+    if timing.many is None:  # remembered from a first timing under TINY_STEP
+        return 1, f"auto: 1 ({timing.describe()}: too little work to share between threads)"
     if not timing.helps:
         return 1, f"auto: 1 ({timing.describe()}: not clearly faster)"
     count = min(timing.count, free)
