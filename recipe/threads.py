@@ -131,49 +131,35 @@ def choose(
         step = make_step()
         step()  # warm-up: allocations, first-call dispatch
         timing = _Timing(min(_per_step(step, 1, 0.0) for _ in range(3)))  # the least of three: no outlier
-        if timing.one < TINY_STEP:
-            return _remember(key, timing), f"auto: 1 ({timing.describe()}: too little work to share between threads)"
-        free = _free_cores(timing.one)
-        if free < 2:  # not remembered: the step is timed again once the cores are free
-            return 1, f"auto: 1 ({timing.describe()}; {_busy()})"
-        timing = _Timing(*_measure(step, free, timing.one), count=free)
-        _remember(key, timing)
-    elif timing.helps:
-        free = _free_cores(timing.one)
-        if free < 2:
-            return 1, f"auto: 1 ({timing.describe()}, but {_busy()})"
-    if timing.many is None:  # remembered from a first timing under TINY_STEP
+        if timing.one >= TINY_STEP:
+            free, busy = _free_cores(timing.one)
+            if free < 2:  # not remembered: the step is timed again once the cores are free
+                return 1, f"auto: 1 ({timing.describe()}; {busy})"
+            timing = _Timing(*_measure(step, free, timing.one), count=free)
+        if key:
+            _timed[key] = timing
+    if timing.many is None:
         return 1, f"auto: 1 ({timing.describe()}: too little work to share between threads)"
     if not timing.helps:
         return 1, f"auto: 1 ({timing.describe()}: not clearly faster)"
+    free, busy = _free_cores(timing.one)  # read at every decision: the machine may have become busy
+    if free < 2:
+        return 1, f"auto: 1 ({timing.describe()}, but {busy})"
     count = min(timing.count, free)
     return count, f"auto: {count} ({timing.describe()})"
 
 
-def _remember(key: tuple[Any, ...], timing: _Timing) -> int:
-    if key:
-        _timed[key] = timing
-    return 1
-
-
-_last_load: list[float] = []  # the last reading of other processes' runnable threads, for the reason
-
-
-def _free_cores(step_seconds: float) -> int:
-    """The cores this run may use without taking them from other processes: every core less those other processes'
-    runnable threads keep busy. Where the load cannot be read, every core for a large step and one for a small step
-    (see SMALL_STEP)."""
+def _free_cores(step_seconds: float) -> tuple[int, str]:
+    """(the cores this run may use without taking them from other processes, what keeps the others busy): every core
+    less those other processes' runnable threads keep busy. Where the load cannot be read, every core for a large
+    step and one for a small step (see SMALL_STEP)."""
     others = others_running()
-    _last_load[:] = [] if others is None else [others]
     if others is None:
-        return CORES if step_seconds >= SMALL_STEP else 1
-    return max(1, min(CORES, int(CORES - others + 0.25)))
-
-
-def _busy() -> str:
-    if not _last_load:
-        return "the machine's load cannot be read, and a step this small is not worth sharing"
-    return f"other processes keep {_last_load[0]:.1f} of the {CORES} cores busy"
+        why = "the machine's load cannot be read, and a step this small is not worth sharing"
+        return (CORES if step_seconds >= SMALL_STEP else 1), why
+    return max(
+        1, min(CORES, int(CORES - others + 0.25))
+    ), f"other processes keep {others:.1f} of the {CORES} cores busy"
 
 
 def others_running(samples: int = LOAD_SAMPLES, spacing: float = LOAD_SPACING) -> float | None:
