@@ -43,6 +43,7 @@ except ImportError:  # Windows: no fencing of a dead run's workers
 STUDY = "study"
 STUDY_FILE, LEASES, TRIALS = f"{STUDY}/journal.log", f"{STUDY}/leases", f"{STUDY}/trials"
 WORKERS_LOCK = f"{STUDY}/workers.lock"  # held (shared) by every live worker process: see `fence`
+START_LOCK = f"{STUDY}/start.lock"  # held (exclusive) from a look at the study until the next trial runs: `TrialStart`
 
 
 def open_study(search: Search, name: str, params: list[Param]) -> Any:
@@ -246,3 +247,33 @@ def fence(run_dir: Path, timeout: float) -> None:
         f"{path}: worker processes of an earlier run of this search still run after {timeout:g} s; stop them "
         f"(their pids are in {run_dir / LEASES}) or wait, then resume."
     )
+
+
+# ---- starting trials one process at a time -------------------------------------------------------------------------
+
+
+class TrialStart:
+    """An exclusive lock on study/start.lock, held from a process's look at the study (how many trials are finished
+    and running) until its next trial is RUNNING: two processes that both saw one trial left would otherwise both
+    start one, a ninth trial of eight. `with` takes it; `release` may end it early (the trial has started) and is
+    idempotent. Without `run_dir` (a remote storage, whose workers may run on other machines) or `fcntl` it does
+    nothing."""
+
+    def __init__(self, run_dir: Path | None):
+        self.path = None if run_dir is None or fcntl is None else run_dir / START_LOCK
+        self.handle: Any = None
+
+    def __enter__(self) -> TrialStart:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a")  # closed by release
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file drops the lock
+            self.handle = None

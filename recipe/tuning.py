@@ -39,6 +39,7 @@ from recipe.study_storage import (
     LEASES,
     TRIALS,
     Lease,
+    TrialStart,
     holding_workers_lock,
     interrupted,
     open_study,
@@ -211,7 +212,10 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
     started, ran = time.time(), 0
     current: list[Any] = []  # the trial this process runs, for `interrupted`
 
+    starting = TrialStart(Path(search.run_dir) if search.storage is None else None)
+
     def run_one(trial: Any) -> float:
+        starting.release()  # the trial is RUNNING: the other processes count it from here
         current[:] = [trial]
         try:
             return objective(trial, search, task, params, log, worker)
@@ -219,34 +223,37 @@ def work(search: Search, task: Task, log: Callable[[dict[str, Any]], None] | Non
             raise _CtrlC from exc
 
     while True:
-        trials = study.get_trials(deepcopy=False)
-        states = [t.state for t in trials]
-        finished = sum(s == TrialState.COMPLETE for s in states)
-        running = sum(s == TrialState.RUNNING for s in states)
-        waiting = sum(s == TrialState.WAITING for s in states)
-        if finished >= search.trials or (search.timeout and time.time() - started > search.timeout):
-            break
-        if finished + running >= search.trials or drawn(trials) + running >= MAX_DRAWS * search.trials:
-            break  # the trials running finish the budget, or the cap on draws is reached
-        if search.sampler == "sobol" and waiting == 0:  # replace pruned and diverged trials: continue the sequence
-            _queue(study, params, search, study.user_attrs.get("sobol_queued", 0) + search.trials - finished - running)
-            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                break  # the queue has nothing new (a scientific parameter alone): never a draw off the sequence
-        current.clear()
-        try:
-            with doing("trial", min(finished + 1, search.trials), search.trials):
-                study.optimize(
-                    run_one,
-                    n_trials=1,
-                    catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
-                    gc_after_trial=False,
+        with starting:  # until the trial runs: no other process starts one on the same count
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state for t in trials]
+            finished = sum(s == TrialState.COMPLETE for s in states)
+            running = sum(s == TrialState.RUNNING for s in states)
+            waiting = sum(s == TrialState.WAITING for s in states)
+            if finished >= search.trials or (search.timeout and time.time() - started > search.timeout):
+                break
+            if finished + running >= search.trials or drawn(trials) + running >= MAX_DRAWS * search.trials:
+                break  # the trials running finish the budget, or the cap on draws is reached
+            if search.sampler == "sobol" and waiting == 0:  # replace pruned and diverged trials: continue the sequence
+                _queue(
+                    study, params, search, study.user_attrs.get("sobol_queued", 0) + search.trials - finished - running
                 )
-        except (KeyboardInterrupt, _CtrlC, Terminated) as exc:
-            if current:
-                interrupted(study, current[0])
-            if isinstance(exc, _CtrlC):
-                raise KeyboardInterrupt from None
-            raise
+                if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    break  # the queue has nothing new (a scientific parameter alone): never a draw off the sequence
+            current.clear()
+            try:
+                with doing("trial", min(finished + 1, search.trials), search.trials):
+                    study.optimize(
+                        run_one,
+                        n_trials=1,
+                        catch=(NonFiniteError,),  # a diverged trial is marked failed; the search goes on
+                        gc_after_trial=False,
+                    )
+            except (KeyboardInterrupt, _CtrlC, Terminated) as exc:
+                if current:
+                    interrupted(study, current[0])
+                if isinstance(exc, _CtrlC):
+                    raise KeyboardInterrupt from None
+                raise
         ran += 1
     return ran
 

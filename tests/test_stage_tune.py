@@ -190,3 +190,48 @@ def test_a_changed_architecture_starts_a_new_study(tmp_path):
     assert study_name(params, TrainSettings(), "sobol", (0, 0), wider) == same[0]  # same shapes: same study
     other = tiny.classification().replace(model=lambda: torch.nn.Linear(tiny.FEATURES, tiny.CLASSES))
     assert study_name(params, TrainSettings(), "sobol", (0, 0), other) != same[0]
+
+
+def held(path: Path) -> bool:
+    """Whether some open file holds an exclusive or shared flock on `path` (probed without waiting)."""
+    import fcntl
+
+    with open(path, "a") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return False
+
+
+def test_trial_start_is_exclusive_until_released(tmp_path):
+    from recipe.study_storage import START_LOCK, TrialStart
+
+    with TrialStart(tmp_path) as starting:
+        assert held(tmp_path / START_LOCK)
+        starting.release()
+        assert not held(tmp_path / START_LOCK)
+        starting.release()  # idempotent
+    assert not held(tmp_path / START_LOCK)
+    with TrialStart(None):  # a remote storage: nothing to lock here
+        assert not (tmp_path / "study" / "other.lock").exists()
+
+
+def test_a_process_looks_at_the_study_and_starts_its_trial_under_one_lock(tmp_path, monkeypatch):
+    """Two processes that both see one trial left must not both start one (a ninth trial of eight, seen in CI): the
+    look at the study (finished, running, draws) and the trial turning RUNNING happen under study/start.lock, which
+    the trial lets go as it starts."""
+    from recipe import tuning
+    from recipe.study_storage import START_LOCK
+
+    lock, seen = tmp_path / "run" / START_LOCK, []
+    counting, objective = tuning.drawn, tuning.objective
+    monkeypatch.setattr(tuning, "drawn", lambda trials: seen.append(("look", held(lock))) or counting(trials))
+    monkeypatch.setattr(
+        tuning, "objective", lambda trial, *args: seen.append(("trial", held(lock))) or objective(trial, *args)
+    )
+    run(tmp_path, trials=3, seeds=0)
+    assert ("look", True) in seen and ("trial", False) in seen
+    assert all(held_now for step, held_now in seen if step == "look")
+    assert not any(held_now for step, held_now in seen if step == "trial")
