@@ -87,6 +87,18 @@ def test_planted_flips_warn_and_the_suspects_are_the_flipped_labels():
     assert all(p != y for p, y in zip(issues.predicted, issues.given, strict=True))
 
 
+def test_the_second_round_runs_only_when_training_labels_look_worse_than_held_out_ones():
+    """Retraining without the suspects sharpens the estimate when there is noise to expose; on clean labels the
+    first round already says "no more than held-out data", and a second one would only double the cost."""
+    clean, _ = _digits_task()
+    issues = find_label_issues(clean, probe="linear")
+    assert issues is not None and issues.probe == "linear probe, 5-fold, 1 round"
+    assert issues.estimated_noise_rate <= issues.baseline_rate + 0.01
+    noisy, _ = _digits_task(flip=0.05)
+    issues = find_label_issues(noisy, probe="linear")
+    assert issues is not None and issues.probe == "linear probe, 5-fold, 2 rounds"
+
+
 def test_clean_digits_cnn_passes():
     task, _ = _digits_task("cnn")
     issues = find_label_issues(task)  # (B, 1, 8, 8) inputs: flattened for the linear probe

@@ -5,7 +5,8 @@ task's own model through `fit`), temperature-calibrates each on its held-out fol
 confident learning: per-class thresholds (the mean probability a class gets on the samples labelled with it), the
 confident joint of given and likely-true labels calibrated to the label counts, and from it the number of wrong
 labels. That many samples, lowest probability of their given label first, are the suspects. A second round
-retrains without the first round's suspects, so the probabilities no longer imitate the noise they must expose.
+retrains without the first round's suspects, so the probabilities no longer imitate the noise they must expose; it
+runs only when the first round finds the training labels worse than held-out ones by more than a point.
 The fold models also score the validation split, each its share, and confident learning runs there too: what the
 same quick models show on held-out data of this difficulty. `label_noise` turns the two rates into a verdict, and
 only when the quick models learn: a probe at chance (a linear probe on waveforms) is no evidence about the labels.
@@ -32,6 +33,7 @@ from recipe.reproducibility import resolve_device
 from recipe.task import Task
 
 PROBES = ("auto", "linear", "model", "both")
+MIN_EXCESS = 0.01  # the smallest excess of training over validation noise the check reports
 
 
 @dataclass
@@ -174,7 +176,9 @@ def find_label_issues(
             features (then the task's model). Under "auto", a linear probe that does not learn (`learns`) hands
             the budget to the task's model for one round, when one round fits in it. A member that does not learn
             while another does is left out of the average.
-        rounds: 2 retrains without the first round's suspects; 1 keeps the first round.
+        rounds: 2 retrains without the first round's suspects when the first round's training estimate exceeds
+            the validation one by more than `MIN_EXCESS` (on clean labels the suspects are hard samples, and
+            retraining without them changes nothing but the cost); 1 keeps the first round.
         epochs, min_steps, max_steps, lr, batch_size: the task model's quick training: `epochs` passes, clamped to
             [min_steps, max_steps] optimizer steps, AdamW at `lr`.
         model_gflop: the training compute the task's model may take under "auto", all fits together, counted on one
@@ -226,14 +230,17 @@ def find_label_issues(
             note = f"one round of the task model's quick training costs {cost / 1e9:.3g} GFLOP, over {gflop:g}"
     agreement = _accuracy(probs, labels)
     found, rate = confident_learning(probs, labels, classes)
+    _, baseline = confident_learning(val_probs, val_labels, classes)
     done = 1
     learned = learns(agreement, chance, len(labels))
-    while learned and done < rounds and rate < 0.5:  # past half, the rest is no cleaner: retraining learns the noise
+    # again only while the training labels look worse than held-out ones by more than a point (the check's smallest
+    # effect): below that, the suspects are what hard samples look like, and past half the rest is no cleaner
+    while learned and done < rounds and baseline + MIN_EXCESS < rate < 0.5:
         suspects[found] = True
         probs, val_probs = models.out_of_fold(fold, val_fold, suspects, choose=False)
         found, rate = confident_learning(probs, labels, classes)
+        _, baseline = confident_learning(val_probs, val_labels, classes)
         done += 1
-    _, baseline = confident_learning(val_probs, val_labels, classes)
     val_agreement = None
     if not learned:  # a probe at chance names no suspects: its doubts are about itself, not the labels
         found = found[:0]
@@ -310,7 +317,7 @@ def label_noise(issues: LabelIssues | None, task: Task) -> Check:
             value,
             expected,
         )
-    if excess > max(3 * se, 0.01):
+    if excess > max(3 * se, MIN_EXCESS):
         return warned(
             "label_noise",
             f"{seen}: about {excess:.1%} of the training labels look wrong. Look at the suspects in "
@@ -318,7 +325,7 @@ def label_noise(issues: LabelIssues | None, task: Task) -> Check:
             value,
             expected,
         )
-    note = f"; {excess:.1%} more is within sampling error of {m} validation samples" if excess > 0.01 else ""
+    note = f"; {excess:.1%} more is within sampling error of {m} validation samples" if excess > MIN_EXCESS else ""
     return passed("label_noise", f"{seen}: no more than held-out data of this difficulty{note}.", value, expected)
 
 
