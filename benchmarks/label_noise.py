@@ -136,8 +136,8 @@ def run_cleanlab(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[list[int], fl
 def cells(mean: np.ndarray, rate: float, width: int) -> str:
     """Mean precision, recall, F1 and seconds; on clean labels, the number of suspects instead."""
     if not rate:
-        return f"{mean[4]:>{width}.1f} {'suspects':>11s} {mean[3]:5.1f}"
-    return f"{mean[0]:{width}.2f} {mean[1]:5.2f} {mean[2]:5.3f} {mean[3]:5.1f}"
+        return f"{mean[4]:>{width}.1f} {'suspects':>11s} {mean[3]:5.2f}"
+    return f"{mean[0]:{width}.2f} {mean[1]:5.2f} {mean[2]:5.3f} {mean[3]:5.2f}"
 
 
 def main() -> None:
@@ -149,11 +149,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    # scikit-learn's BLAS (OpenBLAS) busy-waits on every core unless told: pin it to the same count, or the
-    # cleanlab contender's seconds measure thread contention, not its work (130x on a shared 2-core machine)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(args.threads)
     # one-time costs outside both timings: torch.optim imports torch._dynamo on a first optimizer (~1 s), which
     # every training process pays once whatever trains first
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -167,6 +162,13 @@ def main() -> None:
     except ImportError:
         have_cleanlab = False
         print("cleanlab is not installed: its columns are left out (pip install cleanlab).")
+    # scikit-learn's BLAS (OpenBLAS) and OpenMP pools use every core unless told: pin them to the same count, or the
+    # cleanlab contender's seconds measure thread contention, not its work (130x on a shared 2-core machine). After
+    # the imports: threadpoolctl limits only the pools already loaded (before, scikit-learn's ran on 2 threads).
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(args.threads)
+    assert all(pool["num_threads"] == args.threads for pool in threadpool_info()), threadpool_info()
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{args.pattern} flips, mean over seeds {seeds}; P/R/F1 of the suspects against the flipped indices\n")
     head = f"{'dataset':14s}{'noise':>6s}{'flipped':>8s} | {'ours P':>6s} {'R':>5s} {'F1':>5s} {'s':>5s}  verdicts"
