@@ -1,4 +1,5 @@
-"""plots: log axes are labelled in plain text (no mathtext), with the values matplotlib's own labels name."""
+"""plots: log axes are labelled in plain text (no mathtext), with the values matplotlib's own labels name, and carry
+minor ticks only where they are the labels."""
 
 from __future__ import annotations
 
@@ -32,3 +33,21 @@ def test_a_log_axis_figure_draws_without_mathtext(monkeypatch):
     fig.savefig(io.BytesIO(), format="png")
     plt.close(fig)
     assert any("\u207b" in text for text in labels)  # the decades are labelled, in superscripts
+
+
+def test_minor_ticks_only_on_log_axes_narrower_than_two_decades():
+    """Across many decades the labelled powers suffice and minor ticks cost a third of the figure; across less than
+    two, the minor ticks carry the only labels between the powers."""
+    locator = plots.NarrowLogMinorLocator()
+    assert len(locator.tick_values(0.15, 3.0)) > 0
+    assert len(locator.tick_values(1e-7, 10.0)) == 0
+    wide = plots.lr_range([1e-7, 1e-4, 1e-2, 10.0], [2.3, 2.2, 1.0, 9.0], [2.3, 2.2, 1.0, 9.0], {"lr": 1e-3})
+    narrow, ax = plt.subplots()
+    ax.plot([0, 1], [0.2, 3.0])
+    plots.log_scale(ax, "y")
+    for fig in (wide, narrow):
+        fig.savefig(io.BytesIO(), format="png")
+    assert wide.axes[0].xaxis.get_minorticklocs().size == 0
+    assert narrow.axes[0].yaxis.get_minorticklocs().size > 0
+    plt.close(wide)
+    plt.close(narrow)
