@@ -56,10 +56,11 @@ class NarrowLogMinorLocator(ticker.LogLocator):
 
     def __init__(self, base: float = 10):
         super().__init__(base, subs="auto")
+        self.decade = float(base)
 
     def tick_values(self, vmin: float, vmax: float) -> Any:
         low, high = sorted((vmin, vmax))
-        if low > 0 and high / low >= self._base**2:
+        if low > 0 and high / low >= self.decade**2:
             return np.array([])
         return super().tick_values(vmin, vmax)
 
