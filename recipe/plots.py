@@ -141,7 +141,8 @@ def _tile(x: np.ndarray, columns: int, band: int) -> np.ndarray:
 
 
 def image_grid(images: Any, labels: Sequence[str], title: str, columns: int = 8) -> Figure:
-    """A grid of images (N, C, H, W) or (N, H, W), each labelled; per-image min-max scaling.
+    """A grid of images (N, C, H, W) or (N, H, W), each labelled; per-image min-max scaling. When every row's
+    images share one label (a row per class), it is written once, left of the row.
 
     Drawn as one picture on one axes: a subplot per image takes seconds to lay out for a few dozen images.
     """
@@ -158,9 +159,15 @@ def image_grid(images: Any, labels: Sequence[str], title: str, columns: int = 8)
         fig, ax = plt.subplots(figsize=(width, width * canvas.shape[0] / canvas.shape[1] + 0.5))
         ax.imshow(canvas if canvas.shape[2] == 3 else canvas[:, :, 0], cmap="gray", interpolation="nearest")
         ax.axis("off")
-        for i, label in enumerate(labels[:n]):
-            r, k = divmod(i, columns)
-            ax.text(1 + k * (w + 1) + w / 2, r * (h + band) + band - 0.4, label, ha="center", va="bottom", fontsize=6.5)
+        rows = [list(labels[i : min(i + columns, n)]) for i in range(0, min(len(labels), n), columns)]
+        if len(rows) > 1 and all(len(set(row)) == 1 for row in rows):
+            for r, row in enumerate(rows):
+                ax.text(-1, r * (h + band) + band + h / 2, row[0], ha="right", va="center", fontsize=8)
+        else:
+            for i, label in enumerate(labels[:n]):
+                r, k = divmod(i, columns)
+                x_mid, y_top = 1 + k * (w + 1) + w / 2, r * (h + band) + band - 0.4
+                ax.text(x_mid, y_top, label, ha="center", va="bottom", fontsize=6.5)
         ax.set_title(title)
     return fig
 
@@ -274,11 +281,21 @@ def feature_histograms(
             ax.hist(b, bins=bins, density=True, alpha=0.55, label="val", histtype="stepfilled")
             ax.set_title(name, fontsize=8, fontweight="normal")
             ax.tick_params(labelsize=6)
+            ax.set_yticks([])  # a density's scale says nothing here: the two shapes are what to compare
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
         for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         axes.flat[0].legend(frameon=False, fontsize=7)
         fig.suptitle(title, fontsize=10, fontweight="bold")
-        fig.tight_layout()
+        # fixed spacing for the fixed fonts above: a layout engine would lay every tick label out once more
+        fig.subplots_adjust(
+            left=0.03,
+            right=0.97,
+            bottom=0.6 / fig.get_figheight(),
+            top=1 - 0.55 / fig.get_figheight(),
+            wspace=0.08,
+            hspace=0.6,
+        )
     return fig
 
 

@@ -7,6 +7,7 @@ import io
 
 import matplotlib.pyplot as plt
 import pytest
+import torch
 
 from recipe import plots
 
@@ -51,3 +52,13 @@ def test_minor_ticks_only_on_log_axes_narrower_than_two_decades():
     assert narrow.axes[0].yaxis.get_minorticklocs().size > 0
     plt.close(wide)
     plt.close(narrow)
+
+
+def test_an_image_grid_with_one_label_per_row_writes_it_once():
+    images = torch.rand(12, 1, 8, 8)
+    per_row = plots.image_grid(images, [f"class {i // 4}" for i in range(12)], "rows", columns=4)
+    mixed = plots.image_grid(images, [str(i % 3) for i in range(12)], "mixed", columns=4)
+    assert [t.get_text() for t in per_row.axes[0].texts] == ["class 0", "class 1", "class 2"]
+    assert len(mixed.axes[0].texts) == 12
+    plt.close(per_row)
+    plt.close(mixed)

@@ -272,7 +272,9 @@ class Baseline(Stage):
         ):
             _, target = ctx.task.split_batch(batch)
             labels = [str(int(t)) if t.numel() == 1 else "" for t in target[:32].cpu()]
-            fig = plots.image_grid(inputs[:32].cpu(), labels, "Training batch as the model receives it (label above)")
+            fig = plots.image_grid(
+                inputs[:32].cpu(), labels, "Training batch as the model receives it, with its labels"
+            )
             artifacts.append(ctx.save_figure("input_batch.png", fig))
         if "decoded_first_sample" in info:
             artifacts.append(ctx.save_text("input_batch.txt", info["decoded_first_sample"]))

@@ -268,7 +268,7 @@ class InspectData(Stage):
             rows = torch.randperm(len(images), generator=g)[:32].tolist()
             labels = [_target_label(train.targets[i]) for i in rows]
             columns = 8
-        fig = plots.image_grid(images[rows], labels, "Random training samples (label above)", columns=columns)
+        fig = plots.image_grid(images[rows], labels, "Random training samples and their labels", columns=columns)
         path = ctx.save_figure("samples.png", fig)
         return passed("samples", f"{len(rows)} random training images, by class, in samples.png.").replace(
             artifacts=(path,)
