@@ -269,3 +269,33 @@ def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path):
         os.umask(umask)
     for name in ("checks.json", "last.pt", "last.pt.sha256"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize(("layout", "dpi"), [(None, 100), (None, 200), ("constrained", 100)])
+def test_a_saved_figure_is_cropped_exactly_as_matplotlibs_tight_box(rundir, layout, dpi):
+    """save_figure measures the tight box instead of drawing the figure an extra time: the PNG must not change, with
+    the artists that place themselves late (a legend at "best", a colorbar, a suptitle, rotated labels, a title
+    above a top axis) and with a layout engine, which keeps matplotlib's own way."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def figure() -> Figure:
+        fig = Figure(figsize=(5, 3), layout=layout, dpi=dpi)  # saved at 110 dpi whatever it was made at
+        left, right = fig.subplots(1, 2)
+        left.plot(np.arange(50), np.sin(np.arange(50) / 5), label="a long legend entry")
+        left.legend(loc="best")
+        left.set_xticks(range(0, 50, 10), [f"label {i}" for i in range(5)], rotation=60)
+        image = right.imshow(np.random.default_rng(0).random((8, 8)))
+        fig.colorbar(image, ax=right, label="value")
+        right.xaxis.tick_top()
+        right.set_title("title above ticks")
+        fig.suptitle("a suptitle")
+        return fig
+
+    saved = rundir.path / rundir.save_figure("inspect", "figure.png", figure())
+    reference = io.BytesIO()
+    figure().savefig(reference, format="png", dpi=110, bbox_inches="tight")
+    ours, theirs = (np.asarray(Image.open(f).convert("RGB")) for f in (saved, reference))
+    assert ours.shape == theirs.shape and (ours == theirs).all()
