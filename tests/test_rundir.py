@@ -271,15 +271,26 @@ def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's 0600
 
 
+def assert_cropped_as_matplotlib_would(rundir, figure) -> None:
+    """`figure()` saved by `save_figure` and by matplotlib's bbox_inches="tight" at the same dpi: the same pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    saved = rundir.path / rundir.save_figure("inspect", "figure.png", figure())
+    reference = io.BytesIO()
+    figure().savefig(reference, format="png", dpi=110, bbox_inches="tight")
+    ours, theirs = (np.asarray(Image.open(f).convert("RGB")) for f in (saved, reference))
+    assert ours.shape == theirs.shape and (ours == theirs).all()
+
+
 @pytest.mark.parametrize(("layout", "dpi"), [(None, 100), (None, 200), ("constrained", 100)])
 def test_a_saved_figure_is_cropped_exactly_as_matplotlibs_tight_box(rundir, layout, dpi):
     """save_figure measures the tight box instead of drawing the figure an extra time: the PNG must not change, with
     the artists that place themselves late (a legend at "best", a colorbar, a suptitle, rotated labels, a title
     above a top axis) and with a layout engine, which keeps matplotlib's own way."""
-    import io
-
     import numpy as np
-    from PIL import Image
 
     def figure() -> Figure:
         fig = Figure(figsize=(5, 3), layout=layout, dpi=dpi)  # saved at 110 dpi whatever it was made at
@@ -294,8 +305,28 @@ def test_a_saved_figure_is_cropped_exactly_as_matplotlibs_tight_box(rundir, layo
         fig.suptitle("a suptitle")
         return fig
 
-    saved = rundir.path / rundir.save_figure("inspect", "figure.png", figure())
-    reference = io.BytesIO()
-    figure().savefig(reference, format="png", dpi=110, bbox_inches="tight")
-    ours, theirs = (np.asarray(Image.open(f).convert("RGB")) for f in (saved, reference))
-    assert ours.shape == theirs.shape and (ours == theirs).all()
+    assert_cropped_as_matplotlib_would(rundir, figure)
+
+
+@pytest.mark.parametrize("kind", ["inset", "3d", "polar", "twin_and_outside_legend"])
+def test_a_users_figure_is_cropped_exactly_as_matplotlibs_tight_box(rundir, kind):
+    """A stage of the user's may save any figure: kinds recipe never draws crop the same as matplotlib's own way."""
+    import numpy as np
+
+    def figure() -> Figure:
+        fig, points = Figure(figsize=(4, 3)), np.random.default_rng(0).random((3, 20))
+        if kind == "inset":
+            ax = fig.subplots()
+            ax.plot(points[0])
+            ax.inset_axes([0.6, 0.6, 0.5, 0.5]).plot(points[1])
+        elif kind in ("3d", "polar"):
+            ax = fig.add_subplot(projection=kind)
+            ax.plot(*points[: 3 if kind == "3d" else 2])
+        else:
+            ax = fig.subplots()
+            ax.plot(points[0], label="left")
+            ax.twinx().set_ylabel("right axis")
+            ax.legend(loc="center left", bbox_to_anchor=(1.1, 0.5))
+        return fig
+
+    assert_cropped_as_matplotlib_would(rundir, figure)
