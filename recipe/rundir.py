@@ -30,8 +30,6 @@ CHECKS, MANIFEST, METRICS, REPORT = "checks.json", "manifest.json", "metrics.jso
 LOCK = ".lock"  # held by the run using the directory: {"pid", "host", "started"}
 LEDGER = ".recipe"  # marks a run directory; one line per file recipe wrote in it (a run-relative path)
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # `temporary_beside`'s names: an atomic write not yet renamed
-
-
 DPI = 110  # every saved figure's resolution
 
 
