@@ -1,5 +1,5 @@
 """The figures of a model's mistakes (`prediction_errors`): a confusion matrix, residuals against the target. Drawn
-in `recipe.plots`' style."""
+in `recipe.plot_style`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from recipe.plots import COLORS, STYLE  # recipe.plots selects the Agg backend
+from recipe.plot_style import COLORS, STYLE  # recipe.plot_style selects the Agg backend
 
 
 def confusion_matrix(counts: Any, title: str) -> Figure:

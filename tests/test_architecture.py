@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recipe"
 
 FLOORS: list[tuple[str, list[str]]] = [  # bottom to top; a module may import from its own floor and those below
     ("foundation", ["recipe", "recipe.errors", "recipe.stopping", "recipe.reproducibility",
-                    "recipe.optim", "recipe.distributed", "recipe.plots", "recipe.error_plots", "recipe.console"]),
+                    "recipe.optim", "recipe.distributed", "recipe.plot_style", "recipe.plots", "recipe.error_plots",
+                    "recipe.console"]),
     ("records", ["recipe.check", "recipe.config", "recipe.data", "recipe.rundir"]),
     ("task", ["recipe.task", "recipe.task_arguments", "recipe.validation", "recipe.evaluation", "recipe.models",
               "recipe.output_bias", "recipe.threads", "recipe.fast_paths", "recipe.loading"]),

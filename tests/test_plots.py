@@ -1,5 +1,5 @@
-"""plots: log axes are labelled in plain text (no mathtext), with the values matplotlib's own labels name, and carry
-minor ticks only where they are the labels."""
+"""plot_style and plots: log axes are labelled in plain text (no mathtext), with the values matplotlib's own labels
+name, and carry minor ticks only where they are the labels; an image grid writes a row's shared label once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from recipe import plots
+from recipe import plot_style, plots
 
 
 @pytest.mark.parametrize(
@@ -17,7 +17,7 @@ from recipe import plots
     [(1e-3, "10\u207b\u00b3"), (1.0, "10\u2070"), (100.0, "10\u00b2"), (0.2, "2\u00d710\u207b\u00b9")],
 )
 def test_log_labels_are_plain_text_with_superscripts(value, label):
-    formatter = plots.PlainLogFormatter(10, labelOnlyBase=False)
+    formatter = plot_style.PlainLogFormatter(10, labelOnlyBase=False)
     assert formatter(value) == label
 
 
@@ -39,13 +39,13 @@ def test_a_log_axis_figure_draws_without_mathtext(monkeypatch):
 def test_minor_ticks_only_on_log_axes_narrower_than_two_decades():
     """Across many decades the labelled powers suffice and minor ticks cost a third of the figure; across less than
     two, the minor ticks carry the only labels between the powers."""
-    locator = plots.NarrowLogMinorLocator()
+    locator = plot_style.NarrowLogMinorLocator()
     assert len(locator.tick_values(0.15, 3.0)) > 0
     assert len(locator.tick_values(1e-7, 10.0)) == 0
     wide = plots.lr_range([1e-7, 1e-4, 1e-2, 10.0], [2.3, 2.2, 1.0, 9.0], [2.3, 2.2, 1.0, 9.0], {"lr": 1e-3})
     narrow, ax = plt.subplots()
     ax.plot([0, 1], [0.2, 3.0])
-    plots.log_scale(ax, "y")
+    plot_style.log_scale(ax, "y")
     for fig in (wide, narrow):
         fig.savefig(io.BytesIO(), format="png")
     assert wide.axes[0].xaxis.get_minorticklocs().size == 0
