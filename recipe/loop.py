@@ -79,6 +79,7 @@ def fit(
     compile: bool | str = "auto",
     channels_last: bool | None = None,
     early_stopping: int | None = None,
+    stop_below: float | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
@@ -116,6 +117,8 @@ def fit(
         compile: `torch.compile` the model: True, False, or "auto" (on CUDA when timing says it repays: fast_paths).
         channels_last: train conv nets in channels_last layout; None: on CUDA for models with Conv2d layers.
         early_stopping: stop after this many epochs without a better validation loss, and restore the best weights.
+        stop_below: end training after the first epoch whose mean training loss is at or below this value (the
+            overfit stage stops once its one batch is memorised); None trains for the whole budget.
         checkpoint_dir: write `last.pt` (model, optimizer, schedule, RNG and data-order state) after every epoch and
             `best.pt` (weights) at the best validation loss; SIGTERM then writes `last.pt` after the step in progress
             and raises `Terminated` (see `recipe.checkpointer`).
@@ -141,7 +144,7 @@ def fit(
         TaskError: the task is malformed (checked before training).
         NonFiniteError: the training loss became NaN/Inf; names the step, the parameter and the module.
     """
-    _check_arguments(optimizer, schedule, precision, batch_size, lr, epochs, max_steps, seed, compile)
+    _check_arguments(optimizer, schedule, precision, batch_size, lr, epochs, max_steps, seed, compile, stop_below)
     rank, world, dev = distributed.setup(resolve_device(device))
     task.validate(dev)
     _check_batch_size(batch_size, len(task.train))
@@ -199,7 +202,8 @@ def fit(
                 losses.log_epoch(record)
                 if on_epoch is not None:
                     on_epoch(record)
-                if ckpt.end_of_epoch(record, out_of_steps=result.steps >= total):
+                low = stop_below is not None and record["train_loss"] <= stop_below
+                if ckpt.end_of_epoch(record, out_of_steps=result.steps >= total or low):
                     break
     finally:
         bar.close()
@@ -219,11 +223,14 @@ def _check_arguments(
     max_steps: int | None,
     seed: int,
     compile: bool | str,
+    stop_below: float | None,
 ) -> None:
     check_settings(optimizer, schedule, precision, batch_size, lr, epochs, max_steps)
     check_seed(seed, high=2**64 - 1)
     if compile not in (True, False, "auto"):
         raise ConfigError(f"compile={compile!r} is not known; use True, False or 'auto'.")
+    if stop_below is not None and not (isinstance(stop_below, int | float) and math.isfinite(stop_below)):
+        raise ConfigError(f"stop_below must be a finite number or None, got {stop_below!r}.")
 
 
 def _check_batch_size(batch_size: int, train_size: int) -> None:

@@ -262,6 +262,18 @@ def test_early_stopping_stops_and_restores_the_best_weights(noise_task):
     assert evaluate(noise_task, out.model, noise_task.val, CPU).loss == pytest.approx(val[best], abs=1e-6)
 
 
+def test_stop_below_ends_after_the_first_epoch_whose_mean_loss_reaches_it(classification_task):
+    full = quick(classification_task, epochs=12, evaluate_every_epoch=False)
+    losses = [r["train_loss"] for r in full.history]
+    target = losses[5]  # reached at the end of the sixth epoch, and not before
+    assert min(losses[:5]) > target
+    out = quick(classification_task, epochs=12, evaluate_every_epoch=False, stop_below=target)
+    assert [r["train_loss"] for r in out.history] == losses[:6]  # the same epochs, then no more
+    assert out.steps == 6 * 5 < full.steps
+    never = quick(classification_task, epochs=3, evaluate_every_epoch=False, stop_below=-1.0)
+    assert never.steps == 3 * 5  # a value the loss never reaches: the whole budget
+
+
 def test_checkpoint_dir_holds_last_and_best(noise_task, tmp_path):
     out = quick(noise_task, epochs=4, batch_size=20, checkpoint_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -376,6 +388,8 @@ def test_grad_clip_bounds_the_update(classification_task):
         ({"epochs": None, "max_steps": None}, r"give epochs or max_steps"),
         ({"epochs": 0}, r"epochs must be a positive int"),
         ({"epochs": None, "max_steps": 2.5}, r"max_steps must be a positive int"),
+        ({"stop_below": float("nan")}, r"stop_below must be a finite number or None"),
+        ({"stop_below": "0.1"}, r"stop_below must be a finite number or None"),
         ({"device": "tpu"}, r"device='tpu'"),
         pytest.param(
             {"device": "cuda"},

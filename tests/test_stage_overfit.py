@@ -1,11 +1,18 @@
-"""The overfit stage memorises one batch as it was read, and gives a loss still falling more steps before judging."""
+"""The overfit stage memorises one batch as it was read, stops once it is memorised, and gives a loss still falling
+more steps before judging."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from recipe import Recipe
+from recipe.stages.overfit import memorised_below
+from recipe.task import IGNORE_INDEX
 from tests import tiny
 
 
@@ -49,3 +56,40 @@ def test_a_softmax_floor_still_fails(tmp_path):
 
     check = overfit(tiny.classification(model=Softmaxed), tmp_path)
     assert check.status == "fail", check.message
+    assert check.value["steps"] >= 300  # never memorised: the whole budget, and more while the loss still fell
+
+
+def test_a_clean_setup_stops_once_the_batch_is_memorised(tmp_path):
+    check = overfit(tiny.classification(), tmp_path, steps=300)
+    assert check.status == "pass", check.message
+    assert check.value["steps"] < 300
+    assert check.value["batch_accuracy"] == 1.0
+    assert check.value["final"] <= memorised_below(tiny.classification(), torch.arange(16) % tiny.CLASSES, 1.0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_cross_entropy_under_the_bound_has_every_target_right(weighted):
+    """Whatever the logits: a mean loss under `memorised_below` leaves no wrong target (each costs >= ln 2)."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (8,), generator=g)
+    weight = torch.tensor([1.0, 3.0, 0.5, 2.0]) if weighted else None
+    task = tiny.classification(class_weights=weight) if weighted else tiny.classification()
+    bound = memorised_below(task, target, 10.0)
+    logits = torch.randn(20_000, 8, 4, generator=g) * 6 + 9 * F.one_hot(target, 4)
+    losses = torch.stack([F.cross_entropy(z, target, weight=weight) for z in logits])
+    below = losses <= bound
+    assert below.sum() > 100  # the bound is reachable
+    right = (logits.argmax(2) == target).all(1)
+    assert right[below].all()
+    assert not right[losses > 2 * bound].all()  # above it, wrong targets do occur
+
+
+def test_memorised_below_by_loss():
+    target = torch.tensor([0, 1, 2, IGNORE_INDEX, IGNORE_INDEX])  # padding is not a target
+    assert memorised_below(tiny.classification(), target, 10.0) == pytest.approx(math.log(2) / 3)
+    assert memorised_below(tiny.classification(), target, 0.01) == 0.01  # the tolerance binds
+    assert memorised_below(tiny.regression(), torch.zeros(4, 1), 0.2) == 0.2  # regression: the loss alone
+    bce = tiny.classification().replace(loss="bce_with_logits")
+    assert memorised_below(bce, torch.zeros(4, 5), 10.0) == pytest.approx(math.log(2) / 20)
+    custom = tiny.classification().replace(loss=lambda output, target: F.cross_entropy(output, target))
+    assert memorised_below(custom, target, 10.0) is None  # its reduction is unknown: the whole budget

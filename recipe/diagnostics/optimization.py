@@ -67,7 +67,7 @@ def overfits_batch(
         )
         return passed(
             "overfit_batch",
-            f"one batch memorised: loss {first:.4g} -> {final:.4g} (constant-prediction "
+            f"one batch memorised in {len(step_losses)} steps: loss {first:.4g} -> {final:.4g} (constant-prediction "
             f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.{ties}",
             value,
         )

@@ -10,6 +10,7 @@ learning-rate range test that follows hands its suggestion to later stages throu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import constant_loss
 from recipe.models import disable_dropout
 from recipe.stage import Stage, StageSettings
+from recipe.task import IGNORE_INDEX, Task
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class OverfitSettings(StageSettings):
 
     Args:
         batch_size: samples in the one batch to memorise ("a handful of examples is enough").
-        steps: optimizer steps allowed to memorise it.
+        steps: optimizer steps allowed to memorise it; training ends sooner once it is memorised
+            (`memorised_below`).
         lr: learning rate for memorising it.
         tolerance: "near zero" means below this fraction of the best constant prediction's loss on the batch.
         lr_min: start of the range test's exponential sweep.
@@ -74,7 +77,9 @@ class OverfitOneBatch(Stage):
         indices = fixed_indices(len(task.train), s.batch_size, ctx.seed)
         one_batch = task.subset("train", indices, held=True)  # read once: a Dataset's random transforms stay put
         batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
-        reference = constant_loss(task, task.split_batch(batch)[1])
+        target = task.split_batch(batch)[1]
+        reference = constant_loss(task, target)
+        memorised = memorised_below(task, target, s.tolerance * reference)
         model, steps, losses, seconds = disable_dropout(task.make_model()), s.steps, list[float](), 0.0
         for run in ("overfit_batch", "overfit_batch_longer"):  # a loss still falling gets twice the budget more
             result = ctx.fit(
@@ -88,6 +93,7 @@ class OverfitOneBatch(Stage):
                 lr=s.lr,
                 evaluate_every_epoch=False,
                 log_every=25,
+                stop_below=memorised,
             )
             model, losses, seconds = result.model, losses + result.step_losses, seconds + result.seconds
             if min(losses[-5:]) <= s.tolerance * reference or not still_falling(losses):
@@ -102,7 +108,10 @@ class OverfitOneBatch(Stage):
             {"one batch": losses},
             f"Overfitting one batch of {len(indices)} samples",
             logy=True,
-            hlines={"constant prediction": reference},
+            hlines={
+                "constant prediction": reference,
+                f"memorised ({s.tolerance:.0%} of constant)": s.tolerance * reference,
+            },
         )
         return check.replace(artifacts=(ctx.save_figure("overfit_batch.png", fig),))
 
@@ -134,3 +143,24 @@ class OverfitOneBatch(Stage):
         if suggestion["lr"] is not None:
             ctx.learn(train={"lr": suggestion["lr"]}, lr_rule="range test, minimum/10")
         return check.replace(artifacts=artifacts)
+
+
+def memorised_below(task: Task, target: torch.Tensor, tolerance_loss: float) -> float | None:
+    """The loss below which the batch is memorised by both of `overfits_batch`'s measures, so training can stop:
+    under `tolerance_loss`, and, for cross-entropy, under the least loss one wrong target adds to the mean.
+
+    A wrong target has p(true) <= 1/2, so it adds at least ln 2 times its weight over the total weight: a mean
+    below that has every target right. Regression has only the loss to reach. None (train the whole budget) for a
+    callable loss, whose reduction is unknown.
+    """
+    if not isinstance(task.loss, str) or not math.isfinite(tolerance_loss):
+        return None
+    if task.loss in ("mse", "l1"):
+        return tolerance_loss
+    if task.loss == "bce_with_logits":
+        return min(tolerance_loss, math.log(2) / max(target.numel(), 1))
+    scored = target[target != IGNORE_INDEX].long()
+    weights = torch.ones(len(scored)) if task.class_weights is None else task.class_weights.cpu()[scored.cpu()]
+    if not len(weights) or float(weights.sum()) <= 0:
+        return None
+    return min(tolerance_loss, math.log(2) * float(weights.min()) / float(weights.sum()))
