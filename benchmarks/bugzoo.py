@@ -335,8 +335,6 @@ BUGS = [
         ("overfit_batch", "loss_decreases", "loss_at_init"),
         "broadcast|shape",
         "custom MSE, matching shapes",
-        known_miss="the checks that fire (loss_decreases, input_independent, overfit_batch) name symptoms; none "
-        "probes whether a custom loss couples samples",
     ),
     # HWC images turned to CHW with view instead of permute: https://openillumi.com/?p=83529
     Case(

@@ -112,12 +112,13 @@ def _extra_metrics(task: Task, kept: list[tuple[torch.Tensor, torch.Tensor]]) ->
     return {name: float(fn(outputs, targets)) for name, fn in task.metrics.items()}
 
 
-def constant_loss(task: Task, target: torch.Tensor) -> float:
+def constant_loss(task: Task, target: torch.Tensor, output: torch.Tensor | None = None) -> float:
     """Loss of the best constant prediction for these targets: the floor a model that ignores its input reaches.
 
     Cross-entropy: entropy of the label frequencies (with class weights, of the frequencies times the weights: the
     constant minimising the weighted mean); MSE: variance; L1: mean absolute deviation from the median; BCE: entropy of
-    the positive rate. For a callable loss, the loss of an all-zero output.
+    the positive rate. For a callable loss, the loss minimised over one output shared by every sample, from the mean
+    of `output` (an output of the batch, for its shape); nan without one.
     """
     t = target.detach()
     if task.loss == "cross_entropy":
@@ -134,4 +135,54 @@ def constant_loss(task: Task, target: torch.Tensor) -> float:
     if task.loss == "bce_with_logits":
         p = t.float().mean(0).clamp(1e-6, 1 - 1e-6)
         return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
-    return math.nan
+    return _minimised(task.compute_loss, output, t, constant=True)
+
+
+def loss_floor(task: Task, output: torch.Tensor | None, target: torch.Tensor) -> float:
+    """The lowest loss any output reaches on these targets: what memorising them means under this loss.
+
+    Zero for the built-in losses on hard targets; for BCE on soft targets, their mean binary entropy. For a callable
+    loss, found by minimising it over the output tensor itself (no model), from `output`: a loss with label
+    smoothing, soft targets or a penalty term has a floor above zero that no model can go below. nan when there is
+    no output to start from or the minimisation does not settle (a loss without a lower bound).
+    """
+    if isinstance(task.loss, str):
+        if task.loss != "bce_with_logits":
+            return 0.0
+        p = target.detach().float().clamp(0, 1)
+        return float(-(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)).mean())
+    return _minimised(task.compute_loss, output, target.detach(), constant=False)
+
+
+def _minimised(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], start: Any, target: torch.Tensor, constant: bool
+) -> float:
+    """min of loss(output, target) over every value of the output (or, `constant`, over one sample's output shared
+    by the whole batch), by L-BFGS from `start`. nan when there is no float output to start from, the loss fails or
+    is not finite on the way (one defined on probabilities only), or it has not settled after `MAX_ITER` steps."""
+    if not (isinstance(start, torch.Tensor) and start.is_floating_point() and start.dim() > 0 and len(start)):
+        return math.nan
+    x = (start.detach().mean(0, keepdim=True) if constant else start.detach()).float().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], max_iter=MAX_ITER, line_search_fn="strong_wolfe")
+
+    def value() -> torch.Tensor:
+        return loss(x.expand_as(start) if constant else x, target)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        out = value()
+        out.backward()
+        return out
+
+    try:
+        with torch.enable_grad():
+            opt.step(closure)
+        with torch.no_grad():
+            lowest = float(value())
+    except Exception:  # any user loss: one that rejects outputs off its domain has no floor to find
+        return math.nan
+    settled = opt.state[x].get("n_iter", MAX_ITER) < MAX_ITER
+    return lowest if settled and math.isfinite(lowest) else math.nan
+
+
+MAX_ITER = 500  # L-BFGS steps `_minimised` allows before it calls a loss unbounded below

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch.nn.functional as F
 
 from recipe.diagnostics.optimization import (
     exponential_ramp,
@@ -37,6 +38,37 @@ def test_softmax_floor_matches_the_catalog():
 def test_overfits_batch(losses, metric, status, words):
     check = overfits_batch(losses, metric, reference=1.38, task=tiny.classification(), batch_size=16)
     assert check.status == status and words in check.message, check.message
+
+
+def with_loss(task):
+    """The task with a callable loss: `overfits_batch` then takes the floor it is given, not zero."""
+    return task.replace(loss=lambda output, target: F.cross_entropy(output, target, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize(
+    ("losses", "metric", "floor", "status", "words"),
+    [
+        # label smoothing: the loss settles at its floor, 0.5 above zero, and that is memorised
+        ([1.4 * 0.97**i + 0.5 for i in range(300)], 1.0, 0.5, "pass", "lowest possible 0.5"),
+        ([1.4] + [1.0] * 299, 1.0, 0.5, "fail", "bounded"),  # well above the floor: outputs that cannot reach it
+        # no output does better than the constant: a loss that does not pair outputs with their targets
+        ([1.4] + [1.38] * 299, 0.5, 1.379, "fail", "broadcast"),
+        # the floor is cross-entropy's on probabilities: a softmax inside the loss
+        ([2.3] + [softmax_floor(tiny.CLASSES)] * 299, 1.0, softmax_floor(tiny.CLASSES), "fail", "softmax"),
+        ([1.4] + [0.6] * 299, 1.0, math.nan, "pass", "by accuracy"),  # floor unknown: accuracy judges
+        ([1.4] + [1.1] * 299, 0.6, math.nan, "fail", "plateaued"),
+    ],
+)
+def test_overfits_batch_measures_from_the_loss_floor(losses, metric, floor, status, words):
+    task = with_loss(tiny.classification())
+    check = overfits_batch(losses, metric, reference=1.38, task=task, batch_size=16, floor=floor)
+    assert check.status == status and words in check.message, check.message
+
+
+def test_a_regression_plateau_of_a_loss_without_a_known_floor_is_not_judged():
+    task = tiny.regression().replace(loss=lambda output, target: F.mse_loss(output, target))
+    check = overfits_batch([0.5] + [-3.0] * 299, 0.1, 0.4, task, 16, floor=math.nan)
+    assert check.status == "skip" and "cannot judge" in check.message, check.message
 
 
 def _curve(lrs, valley_at=1e-2, diverge_at=1.0):
@@ -103,3 +135,12 @@ def test_exponential_ramp_spans_the_range():
 )
 def test_still_falling(losses, falling):
     assert still_falling(losses) is falling
+
+
+def test_still_falling_reads_a_negative_loss_and_ignores_a_final_spike():
+    nll = [0.5 - 0.02 * i for i in range(300)]  # a likelihood with a learned variance goes below zero
+    assert still_falling(nll)
+    assert still_falling([*nll[:-3], 12.0, -2.0, 5.0])  # a spike at the end is no plateau
+    assert not still_falling([0.5] + [-3.0] * 299)
+    assert still_falling([1.4 * 0.97**i + 0.5 for i in range(60)], floor=0.5)  # falling towards its floor
+    assert not still_falling([1.9] + [0.5] * 299, floor=0.5)  # arrived

@@ -64,7 +64,7 @@ def test_a_clean_setup_stops_once_the_batch_is_memorised(tmp_path):
     assert check.status == "pass", check.message
     assert check.value["steps"] < 300
     assert check.value["batch_accuracy"] == 1.0
-    assert check.value["final"] <= memorised_below(tiny.classification(), torch.arange(16) % tiny.CLASSES, 1.0)
+    assert check.value["final"] <= memorised_below(tiny.classification(), torch.arange(16) % tiny.CLASSES, 0.0, 1.0)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -74,7 +74,7 @@ def test_a_cross_entropy_under_the_bound_has_every_target_right(weighted):
     target = torch.randint(0, 4, (8,), generator=g)
     weight = torch.tensor([1.0, 3.0, 0.5, 2.0]) if weighted else None
     task = tiny.classification(class_weights=weight) if weighted else tiny.classification()
-    bound = memorised_below(task, target, 10.0)
+    bound = memorised_below(task, target, 0.0, 10.0)
     logits = torch.randn(20_000, 8, 4, generator=g) * 6 + 9 * F.one_hot(target, 4)
     losses = torch.stack([F.cross_entropy(z, target, weight=weight) for z in logits])
     below = losses <= bound
@@ -86,10 +86,23 @@ def test_a_cross_entropy_under_the_bound_has_every_target_right(weighted):
 
 def test_memorised_below_by_loss():
     target = torch.tensor([0, 1, 2, IGNORE_INDEX, IGNORE_INDEX])  # padding is not a target
-    assert memorised_below(tiny.classification(), target, 10.0) == pytest.approx(math.log(2) / 3)
-    assert memorised_below(tiny.classification(), target, 0.01) == 0.01  # the tolerance binds
-    assert memorised_below(tiny.regression(), torch.zeros(4, 1), 0.2) == 0.2  # regression: the loss alone
+    assert memorised_below(tiny.classification(), target, 0.0, 10.0) == pytest.approx(math.log(2) / 3)
+    assert memorised_below(tiny.classification(), target, 0.0, 0.01) == 0.01  # the tolerance binds
+    assert memorised_below(tiny.regression(), torch.zeros(4, 1), 0.0, 0.2) == 0.2  # regression: the loss alone
     bce = tiny.classification().replace(loss="bce_with_logits")
-    assert memorised_below(bce, torch.zeros(4, 5), 10.0) == pytest.approx(math.log(2) / 20)
+    assert memorised_below(bce, torch.zeros(4, 5), 0.0, 10.0) == pytest.approx(math.log(2) / 20)
     custom = tiny.classification().replace(loss=lambda output, target: F.cross_entropy(output, target))
-    assert memorised_below(custom, target, 10.0) is None  # its reduction is unknown: the whole budget
+    assert memorised_below(custom, target, 0.0, 10.0) is None  # its reduction is unknown: the whole budget
+    assert memorised_below(bce, torch.full((4, 5), 0.3), 0.61, 10.0) is None  # soft targets: a floor above zero
+
+
+def test_label_smoothing_is_memorised_at_its_floor_and_a_softmax_inside_the_loss_is_named(tmp_path):
+    smoothed = tiny.classification().replace(
+        loss=lambda output, target: F.cross_entropy(output, target, label_smoothing=0.1)
+    )
+    check = overfit(smoothed, tmp_path / "smoothed")
+    assert check.status == "pass", check.message
+    assert check.value["floor"] > 0.1  # its lowest value is above zero, and the check measured from there
+    softmaxed = tiny.classification().replace(loss=lambda output, target: F.cross_entropy(output.softmax(1), target))
+    check = overfit(softmaxed, tmp_path / "softmaxed")
+    assert check.status == "fail" and "softmax before its cross-entropy" in check.message, check.message

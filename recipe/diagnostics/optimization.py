@@ -8,6 +8,7 @@ exponentially and reads a rate off the smoothed loss curve, and says so when the
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -20,16 +21,23 @@ def softmax_floor(num_classes: int) -> float:
     return -math.log(math.e / (math.e + num_classes - 1))
 
 
-def still_falling(step_losses: list[float], fraction: float = 0.1, drop: float = 0.02) -> bool:
-    """Whether a loss curve is still going down at its end: its last `fraction` of steps averages at least `drop`
-    (relatively) below the `fraction` before it. A curve still falling has not plateaued, so it is no evidence that
-    the loss cannot go lower."""
+def _is_softmax_floor(floor: float, num_classes: int) -> bool:
+    """Whether a loss's lowest value is cross-entropy's on probabilities, to three significant figures."""
+    return abs(floor - softmax_floor(num_classes)) < 1e-3 * softmax_floor(num_classes)
+
+
+def still_falling(step_losses: list[float], fraction: float = 0.1, drop: float = 0.02, floor: float = 0.0) -> bool:
+    """Whether a loss curve is still going down at its end: the median of its last `fraction` of steps is at least
+    `drop` of its height above `floor` (the lowest loss possible; zero when unknown) below the median of the
+    `fraction` before it. A curve still falling has not plateaued, so it is no evidence that the loss cannot go lower.
+    Medians, so a spike in the last steps (a likelihood whose learned variance collapses) is not read as a plateau;
+    a loss that goes negative is measured by its distance from zero."""
     n = max(1, int(len(step_losses) * fraction))
     if len(step_losses) < 4 * n:
         return False
-    last, before = step_losses[-n:], step_losses[-2 * n : -n]
-    mean_last, mean_before = sum(last) / n, sum(before) / n
-    return math.isfinite(mean_last) and mean_before > 0 and mean_last < (1 - drop) * mean_before
+    last, before = statistics.median(step_losses[-n:]), statistics.median(step_losses[-2 * n : -n])
+    height = abs(before - (floor if math.isfinite(floor) else 0.0))
+    return math.isfinite(last) and height > 0 and last < before - drop * height
 
 
 def overfits_batch(
@@ -39,13 +47,18 @@ def overfits_batch(
     task: Task,
     batch_size: int,
     tolerance: float = 0.05,
+    floor: float = 0.0,
 ) -> Check:
     """Catches a setup that cannot memorise a handful of examples: probabilities fed to a logits loss (a floor at
-    -log(e/(e+C-1)) with 100% accuracy), a ReLU on the logits, a flipped sign, a clipped loss, a broken output.
+    -log(e/(e+C-1)) with 100% accuracy), a ReLU on the logits, a flipped sign, a clipped loss, a broken output, and a
+    loss under which no output beats a constant (one that does not pair each output with its own target).
 
-    Why: recipe step 2. Reference is the loss of the best constant prediction on this batch; "near zero" means
-    below `tolerance` of it. Blind spots (catalog 2.2): shuffled labels and a mid-network `.detach()` still pass;
-    `input_independent` and `params_update` catch those.
+    Why: recipe step 2, "verify that we can reach the lowest achievable loss". The scale runs from `floor`, the
+    lowest loss any output reaches on this batch (`recipe.evaluation.loss_floor`: zero for the built-in losses on
+    hard targets, found by minimising a callable loss over the outputs themselves), to `reference`, the best constant
+    prediction's; "memorised" means within `tolerance` of that range from the floor. A callable loss whose floor
+    could not be found (nan) is judged by accuracy alone. Blind spots (catalog 2.2): shuffled labels and a
+    mid-network `.detach()` still pass; `input_independent` and `params_update` catch those.
     """
     first, final = step_losses[0], min(step_losses[-5:])
     accuracy_task = task.kind != "regression"
@@ -53,12 +66,35 @@ def overfits_batch(
         "first": first,
         "final": final,
         "reference": reference,
+        "floor": floor,
         "steps": len(step_losses),
         "batch_size": batch_size,
         f"batch_{task.metric_name}": batch_metric,
     }
     perfect = batch_metric >= 0.99 if accuracy_task else True  # sequences: allow 1 token in 100
-    if final <= tolerance * reference:  # memorised by the loss: a few near-ties are no evidence of a bug
+    known = math.isfinite(reference) and math.isfinite(floor)
+    target = floor + tolerance * (reference - floor)
+    shown = f"constant-prediction loss {reference:.4g}" + (f", lowest possible {floor:.4g}" if floor > 0 else "")
+    if known and reference > 0 and reference - floor < 0.01 * reference:
+        return failed(
+            "overfit_batch",
+            f"no output reaches a lower loss on this batch than the best constant prediction ({reference:.4g}; the "
+            f"lowest any output reaches is {floor:.4g}): the loss does not compare each output with its own target. "
+            "Look for a broadcast between shapes (an output of (B, 1) against targets of (B,) makes a (B, B) loss) "
+            "or a reduction over the wrong axis.",
+            value,
+            "a loss that rewards each output for matching its own target",
+        )
+    if known and callable(task.loss) and accuracy_task and _is_softmax_floor(floor, task.num_classes or 2):
+        return failed(
+            "overfit_batch",
+            f"the loss cannot go below {floor:.4g} on this batch whatever the outputs, the floor of probabilities fed "
+            f"to cross-entropy as logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.4g}): the loss "
+            "applies a softmax before its cross-entropy. Pass the logits to F.cross_entropy as they are.",
+            value,
+            "a loss whose lowest value on hard labels is zero",
+        )
+    if known and final <= target:  # memorised by the loss: a few near-ties are no evidence of a bug
         ties = (
             ""
             if perfect
@@ -67,35 +103,50 @@ def overfits_batch(
         )
         return passed(
             "overfit_batch",
-            f"one batch memorised in {len(step_losses)} steps: loss {first:.4g} -> {final:.4g} (constant-prediction "
-            f"loss {reference:.4g}), {task.metric_name} {batch_metric:.3f}.{ties}",
+            f"one batch memorised in {len(step_losses)} steps: loss {first:.4g} -> {final:.4g} ({shown}), "
+            f"{task.metric_name} {batch_metric:.3f}.{ties}",
             value,
         )
-    expected = f"loss below {tolerance * reference:.3g}" + (", accuracy >= 0.99" if accuracy_task else "")
-    if still_falling(step_losses):  # no plateau, so no evidence of a bug: the budget ran out first
+    if not known and accuracy_task and perfect:
+        return passed(
+            "overfit_batch",
+            f"one batch memorised by {task.metric_name} ({batch_metric:.3f}) in {len(step_losses)} steps: loss "
+            f"{first:.4g} -> {final:.4g}. The loss's lowest value on this batch could not be found (a callable "
+            "without a lower bound, or defined on part of the outputs only), so the loss itself is not judged.",
+            value,
+        )
+    expected = f"loss below {target:.3g}" if known else "a loss that stops falling only near its lowest value"
+    expected += ", accuracy >= 0.99" if accuracy_task else ""
+    if still_falling(step_losses, floor=floor):  # no plateau, so no evidence of a bug: the budget ran out first
         return skipped(
             "overfit_batch",
             f"cannot judge yet: one batch of {batch_size} samples is not memorised in {len(step_losses)} steps, but "
             f"its loss is still falling ({first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}), which is "
             "no sign of a bug; raise overfit.steps or overfit.lr to see it reach ~0.",
         ).replace(value=value, expected=expected)
+    classes = task.num_classes or 2
     if final > first:
         cause = "the loss rose: its sign is flipped, or the learning rate is far too high"
-    elif first - final < 0.1 * abs(first):
+    elif not known and not accuracy_task:
+        return skipped(
+            "overfit_batch",
+            f"cannot judge: the loss settled at {final:.4g} (from {first:.4g}), and the lowest value this callable "
+            "loss reaches on the batch could not be found, so a plateau is no evidence of a bug.",
+        ).replace(value=value, expected=expected)
+    elif known and first - final < 0.1 * (first - floor):
         cause = (
             "the loss hardly moved: gradients do not reach the parameters, the loss is clipped, or the learning "
             "rate is far too low"
         )
-    elif task.loss == "cross_entropy" and perfect and abs(final - softmax_floor(task.num_classes or 2)) < 0.1:
+    elif task.loss == "cross_entropy" and perfect and abs(final - softmax_floor(classes)) < 0.1:
         cause = (
             f"the loss is stuck at {final:.3f} with {task.metric_name} 1.0, the floor of probabilities fed as "
-            f"logits (-log(e/(e+C-1)) = {softmax_floor(task.num_classes or 2):.3f}): remove the softmax before "
-            "the loss"
+            f"logits (-log(e/(e+C-1)) = {softmax_floor(classes):.3f}): remove the softmax before the loss"
         )
     elif accuracy_task and perfect:
         cause = (
-            "accuracy is perfect but the loss has a floor well above zero: the outputs are bounded (a softmax, "
-            "sigmoid or tanh on the logits) or the loss adds a constant (label smoothing)"
+            f"accuracy is perfect but the loss stays well above the lowest any output reaches on this batch "
+            f"({floor:.3g}): the outputs are bounded (a softmax, sigmoid or tanh on the logits)"
         )
     else:
         cause = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from recipe.data import fixed_indices
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, still_falling, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
-from recipe.evaluation import constant_loss
+from recipe.evaluation import constant_loss, loss_floor
 from recipe.models import disable_dropout
 from recipe.stage import Stage, StageSettings
 from recipe.task import IGNORE_INDEX, Task
@@ -38,7 +39,8 @@ class OverfitSettings(StageSettings):
         steps: optimizer steps allowed to memorise it; training ends sooner once it is memorised
             (`memorised_below`).
         lr: learning rate for memorising it.
-        tolerance: "near zero" means below this fraction of the best constant prediction's loss on the batch.
+        tolerance: "near zero" means within this fraction of the way from the lowest loss any output reaches on the
+            batch (zero for the built-in losses) up to the best constant prediction's.
         lr_min: start of the range test's exponential sweep.
         lr_max: end of the sweep.
         lr_steps: steps of the sweep (one training batch each).
@@ -77,10 +79,10 @@ class OverfitOneBatch(Stage):
         indices = fixed_indices(len(task.train), s.batch_size, ctx.seed)
         one_batch = task.subset("train", indices, held=True)  # read once: a Dataset's random transforms stay put
         batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
-        target = task.split_batch(batch)[1]
-        reference = constant_loss(task, target)
-        memorised = memorised_below(task, target, s.tolerance * reference)
-        model, steps, losses, seconds = disable_dropout(task.make_model()), s.steps, list[float](), 0.0
+        model, steps, losses, seconds = disable_dropout(task.make_model()).to(ctx.device), s.steps, list[float](), 0.0
+        reference, floor = _loss_range(task, model, batch)
+        enough = floor + s.tolerance * (reference - floor)  # "near zero", from the lowest possible loss up
+        memorised = memorised_below(task, task.split_batch(batch)[1], floor, enough)
         for run in ("overfit_batch", "overfit_batch_longer"):  # a loss still falling gets twice the budget more
             result = ctx.fit(
                 run,
@@ -96,13 +98,13 @@ class OverfitOneBatch(Stage):
                 stop_below=memorised,
             )
             model, losses, seconds = result.model, losses + result.step_losses, seconds + result.seconds
-            if min(losses[-5:]) <= s.tolerance * reference or not still_falling(losses):
+            if min(losses[-5:]) <= enough or not still_falling(losses, floor=floor):
                 break
             steps *= 2
         with torch.no_grad():
             output, target = task.outputs(model, batch)
             metric = float(task.metric_per_sample(output.float(), target).mean())
-        check = overfits_batch(losses, metric, reference, task, len(indices), s.tolerance)
+        check = overfits_batch(losses, metric, reference, task, len(indices), s.tolerance, floor)
         check = check.replace(seconds=seconds)
         fig = plots.loss_curves(
             {"one batch": losses},
@@ -110,7 +112,8 @@ class OverfitOneBatch(Stage):
             logy=True,
             hlines={
                 "constant prediction": reference,
-                f"memorised ({s.tolerance:.0%} of constant)": s.tolerance * reference,
+                "memorised below": enough,
+                **({"lowest possible": floor} if floor > 0 else {}),
             },
         )
         return check.replace(artifacts=(ctx.save_figure("overfit_batch.png", fig),))
@@ -145,15 +148,33 @@ class OverfitOneBatch(Stage):
         return check.replace(artifacts=artifacts)
 
 
-def memorised_below(task: Task, target: torch.Tensor, tolerance_loss: float) -> float | None:
+def _loss_range(task: Task, model: torch.nn.Module, batch: Any) -> tuple[float, float]:
+    """(the best constant prediction's loss, the lowest loss any output reaches) on this batch. A callable loss is
+    minimised from the untrained model's outputs (`recipe.evaluation.loss_floor`); a batch of one target has no
+    floor apart from the constant's, so for a callable loss it is not sought (nan)."""
+    target = task.split_batch(batch)[1]
+    output = None
+    if callable(task.loss):
+        model.eval()
+        with torch.no_grad():
+            output = task.outputs(model, batch)[0]
+        model.train()
+    reference = constant_loss(task, target, output)
+    rows = target.reshape(len(target), -1) if isinstance(target, torch.Tensor) and target.dim() else None
+    if callable(task.loss) and (rows is None or len(torch.unique(rows, dim=0)) < 2):
+        return reference, math.nan
+    return reference, loss_floor(task, output, target)
+
+
+def memorised_below(task: Task, target: torch.Tensor, floor: float, tolerance_loss: float) -> float | None:
     """The loss below which the batch is memorised by both of `overfits_batch`'s measures, so training can stop:
     under `tolerance_loss`, and, for cross-entropy, under the least loss one wrong target adds to the mean.
 
     A wrong target has p(true) <= 1/2, so it adds at least ln 2 times its weight over the total weight: a mean
     below that has every target right. Regression has only the loss to reach. None (train the whole budget) for a
-    callable loss, whose reduction is unknown.
+    callable loss, whose reduction is unknown, and for a loss whose floor is above zero (soft targets).
     """
-    if not isinstance(task.loss, str) or not math.isfinite(tolerance_loss):
+    if not isinstance(task.loss, str) or not math.isfinite(tolerance_loss) or floor != 0:
         return None
     if task.loss in ("mse", "l1"):
         return tolerance_loss
