@@ -33,6 +33,9 @@ def test_softmax_floor_matches_the_catalog():
         ([1.4 + 0.1 * i for i in range(300)], 0.0, "fail", "rose"),
         ([1.4 * 0.995**i for i in range(300)], 1.0, "skip", "still falling"),  # a budget too small is not a bug
         ([1.4 * 0.97**i for i in range(100)] + [0.05] * 200, 0.9375, "pass", "near-ties"),  # one tie in 16: no bug
+        # learned the batch, then lost it in a spike: unstable at this learning rate, no evidence about the setup
+        ([1.4 - 0.0055 * i for i in range(200)] + [0.3] * 40 + [3.0] + [0.3] * 59, 0.9, "skip", "unstable"),
+        ([1.4 - 0.0055 * i for i in range(200)] + [0.3] * 100, 0.9, "fail", "plateaued"),  # the same, no spike
     ],
 )
 def test_overfits_batch(losses, metric, status, words):

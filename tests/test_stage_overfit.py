@@ -106,3 +106,26 @@ def test_label_smoothing_is_memorised_at_its_floor_and_a_softmax_inside_the_loss
     softmaxed = tiny.classification().replace(loss=lambda output, target: F.cross_entropy(output.softmax(1), target))
     check = overfit(softmaxed, tmp_path / "softmaxed")
     assert check.status == "fail" and "softmax before its cross-entropy" in check.message, check.message
+
+
+def test_a_gaussian_likelihood_with_a_learned_variance_is_not_failed(tmp_path):
+    """F.gaussian_nll_loss goes below zero and spikes as its variance nears the clamp: neither is a broken setup."""
+
+    class MeanAndVariance(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(tiny.FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+
+        def forward(self, x):
+            return self.net(x)
+
+    def nll(output, target):
+        return F.gaussian_nll_loss(output[:, :1], target, F.softplus(output[:, 1:]) + 1e-6)
+
+    config = {"overfit": {"lr_steps": 20}}
+    result = Recipe(tiny.regression().replace(model=MeanAndVariance, loss=nll), run_dir=tmp_path / "run",
+                    stages=["overfit"], device="cpu", config=config, progress=False, quiet=True,
+                    keep_going=True).run()  # fmt: skip
+    check = next(c for c in result.checks if c.name == "overfit_batch")
+    assert check.status in ("pass", "skip"), check.message
+    assert check.value["final"] < 0 < check.value["reference"]  # it learned the batch far past a constant

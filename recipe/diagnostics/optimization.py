@@ -26,6 +26,15 @@ def _is_softmax_floor(floor: float, num_classes: int) -> bool:
     return abs(floor - softmax_floor(num_classes)) < 1e-3 * softmax_floor(num_classes)
 
 
+def _relapse(step_losses: list[float], reference: float, floor: float) -> tuple[int, float] | None:
+    """(step, loss) of the highest loss of the last fifth of the run when it is above the constant prediction's
+    loss although the run had come at least halfway down from there to the floor; else None."""
+    tail = max(1, len(step_losses) // 5)
+    learned = min(step_losses) < reference - 0.5 * (reference - floor)
+    i = max(range(len(step_losses) - tail, len(step_losses)), key=step_losses.__getitem__)
+    return (i + 1, step_losses[i]) if learned and step_losses[i] > reference else None
+
+
 def still_falling(step_losses: list[float], fraction: float = 0.1, drop: float = 0.02, floor: float = 0.0) -> bool:
     """Whether a loss curve is still going down at its end: the median of its last `fraction` of steps is at least
     `drop` of its height above `floor` (the lowest loss possible; zero when unknown) below the median of the
@@ -123,6 +132,15 @@ def overfits_batch(
             f"cannot judge yet: one batch of {batch_size} samples is not memorised in {len(step_losses)} steps, but "
             f"its loss is still falling ({first:.4g} -> {final:.4g}, {task.metric_name} {batch_metric:.3f}), which is "
             "no sign of a bug; raise overfit.steps or overfit.lr to see it reach ~0.",
+        ).replace(value=value, expected=expected)
+    spike = _relapse(step_losses, reference, floor) if known else None
+    if spike is not None:  # it learned the batch, then lost it: unstable training, not a setup that cannot learn
+        step, height = spike
+        return skipped(
+            "overfit_batch",
+            f"cannot judge: the loss fell to {min(step_losses):.4g}, then jumped back to {height:.4g} at step {step}, "
+            f"above the constant prediction's {reference:.4g}: training on this batch is unstable near its lowest "
+            "loss at this learning rate, which says nothing about the setup; lower overfit.lr to see it settle.",
         ).replace(value=value, expected=expected)
     classes = task.num_classes or 2
     if final > first:
