@@ -159,11 +159,14 @@ def _minimised(
 ) -> float:
     """min of loss(output, target) over every value of the output (or, `constant`, over one sample's output shared
     by the whole batch), by L-BFGS from `start`. nan when there is no float output to start from, the loss fails or
-    is not finite on the way (one defined on probabilities only), or it has not settled after `MAX_ITER` steps."""
+    is not finite on the way (one defined on probabilities only), it has not settled after `MAX_ITER` steps, or the
+    output is larger than `MAX_ELEMENTS` (a language model's vocabulary over a long context: the search's memory)."""
     if not (isinstance(start, torch.Tensor) and start.is_floating_point() and start.dim() > 0 and len(start)):
         return math.nan
+    if start.numel() > MAX_ELEMENTS:
+        return math.nan
     x = (start.detach().mean(0, keepdim=True) if constant else start.detach()).float().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([x], max_iter=MAX_ITER, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([x], max_iter=MAX_ITER, history_size=10, line_search_fn="strong_wolfe")
 
     def value() -> torch.Tensor:
         return loss(x.expand_as(start) if constant else x, target)
@@ -186,3 +189,4 @@ def _minimised(
 
 
 MAX_ITER = 500  # L-BFGS steps `_minimised` allows before it calls a loss unbounded below
+MAX_ELEMENTS = 2**20  # the largest output `_minimised` searches over (16 x 128 positions x 512 classes)

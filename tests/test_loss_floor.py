@@ -75,3 +75,9 @@ def test_built_in_losses_have_closed_form_floors():
 )
 def test_a_floor_that_cannot_be_found_is_nan(loss, output):
     assert math.isnan(loss_floor(regression(loss), output, Y))
+
+
+def test_an_output_too_large_to_search_is_not_searched():
+    task = classification(lambda output, target: F.cross_entropy(output.flatten(0, 1), target.flatten()))
+    huge = torch.zeros(16, 2**16 + 1, 16)  # over MAX_ELEMENTS: its floor is left unknown rather than searched
+    assert math.isnan(loss_floor(task, huge, torch.zeros(16, 2**16 + 1, dtype=torch.long)))
