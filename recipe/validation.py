@@ -25,9 +25,10 @@ def check_targets(task: Task) -> None:
             raise TaskError(f"{split} targets contain NaN or Inf (first rows {bad}); remove or impute them.")
         if task.kind in ("classification", "sequence") and task.loss != "bce_with_logits":
             if y.is_floating_point():
+                loss = "cross-entropy" if task.loss == "cross_entropy" else "a custom loss (its accuracy is argmax)"
                 raise TaskError(
-                    f"{split} targets are {y.dtype} but a {task.kind} task with cross-entropy needs integer "
-                    "class ids; convert them (y.long()) or pass kind='regression'."
+                    f"{split} targets are {y.dtype} but a {task.kind} task with {loss} needs integer class ids; "
+                    "convert them (y.long()), or for soft targets (distillation, mixup) pass kind='regression'."
                 )
             _check_class_ids(task, y, f"{split} targets span")
 

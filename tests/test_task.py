@@ -171,6 +171,17 @@ BAD_TASKS = [
         r"train targets are torch\.float32 .*integer class ids",
     ),
     case(
+        "soft-labels-custom-loss",
+        lambda x, y: Task(
+            (x, y.float()),
+            (x, y.float()),
+            TinyMLP,
+            kind="classification",
+            loss=lambda o, t: (o[:, 0] - t).square().mean(),
+        ),
+        r"with a custom loss \(its accuracy is argmax\) needs integer class ids.*soft targets.*kind='regression'",
+    ),
+    case(
         "float-labels-cross-entropy-kind-omitted",
         lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP),
         r"integer class ids",
