@@ -17,6 +17,7 @@ lives, so a resume can wait until the workers of a killed run are gone (`fence`)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipe.errors import ConfigError, StorageError
+from recipe.errors import ConfigError, NonFiniteError, StorageError
 from recipe.rundir import process_alive, write_atomic
 from recipe.search_space import Param
 
@@ -46,6 +47,18 @@ WORKERS_LOCK = f"{STUDY}/workers.lock"  # held (shared) by every live worker pro
 START_LOCK = f"{STUDY}/start.lock"  # held (exclusive) from a look at the study until the next trial runs: `TrialStart`
 
 
+class DivergedTrialLog(logging.Filter):
+    """A trial whose loss went non-finite is marked failed and the search goes on: an expected outcome of searching
+    learning rates. Optuna reports it with the error's traceback and a second line ("failed with value None");
+    the error's own message, which names the step, the parameter and the learning rate, is kept as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], NonFiniteError):
+            record.exc_info, record.exc_text = None, None
+            return True
+        return not record.getMessage().endswith("failed with value None.")
+
+
 def open_study(search: Search, name: str, params: list[Param]) -> Any:
     """Create or load the study; the default storage is a journal file in the run directory.
 
@@ -56,6 +69,9 @@ def open_study(search: Search, name: str, params: list[Param]) -> Any:
     import optuna  # optuna (~0.4 s to import) is needed by tune alone: imported where used, here and below
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial_log = logging.getLogger("optuna.study._optimize")  # where Optuna reports a trial its `catch` marked failed
+    if not any(isinstance(f, DivergedTrialLog) for f in trial_log.filters):
+        trial_log.addFilter(DivergedTrialLog())
     if storage is None:
         (run_dir / STUDY).mkdir(parents=True, exist_ok=True)
         store: Any = open_journal(run_dir / STUDY_FILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import signal
 import time
@@ -170,10 +171,20 @@ def test_a_model_argument_is_searched_and_gets_isolation_plots(tmp_path):
 
 def test_a_diverging_trial_is_marked_failed_and_the_search_goes_on(tmp_path):
     space = {"lr": {"low": 1e-3, "high": 1e9, "log": True}, "optimizer": {"choices": ["sgd"]}}
-    result = run(tmp_path, trials=8, seeds=0, space=space, pruning="off")
+    records: list[logging.LogRecord] = []
+    seen = logging.Handler()
+    seen.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("optuna").addHandler(seen)  # Optuna's loggers do not propagate to the root logger
+    try:
+        result = run(tmp_path, trials=8, seeds=0, space=space, pruning="off")
+    finally:
+        logging.getLogger("optuna").removeHandler(seen)
     states = collections.Counter(t.state.name for t in trials_of(tmp_path / "run"))
     assert states["FAIL"] >= 1 and states["COMPLETE"] >= 1, states
     assert result.checks[0].status == "pass"
+    failed = [r for r in records if "failed" in r.getMessage()]  # one line each: the error's message
+    assert len(failed) == states["FAIL"] and all("NonFiniteError" in r.getMessage() for r in failed)
+    assert not any(r.exc_info for r in failed)  # no traceback for an expected outcome of the search
 
 
 def test_a_changed_architecture_starts_a_new_study(tmp_path):
