@@ -79,6 +79,11 @@ def check_arguments(
         raise TaskError(f"loss must be a name or a callable(output, target) -> scalar, got {type(loss).__name__}.")
     if kind is not None and kind not in KINDS:
         raise TaskError(f"kind={kind!r} is not known; use one of {', '.join(KINDS)} or leave it out to infer it.")
+    if kind == "regression" and loss == "cross_entropy":
+        raise TaskError(
+            "kind='regression' with loss='cross_entropy' (the default loss): cross-entropy compares class scores "
+            "with class ids. Pass loss='mse' (or 'l1', or a callable) for a regression task."
+        )
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise TaskError(f"num_classes must be a positive int, got {num_classes!r}.")
     if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0):

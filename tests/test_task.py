@@ -171,6 +171,11 @@ BAD_TASKS = [
         r"train targets are torch\.float32 .*integer class ids",
     ),
     case(
+        "regression-with-the-default-loss",
+        lambda x, y: Task((x, x), (x, x), TinyMLP, kind="regression"),
+        r"kind='regression' with loss='cross_entropy' \(the default loss\).*loss='mse'",
+    ),
+    case(
         "soft-labels-custom-loss",
         lambda x, y: Task(
             (x, y.float()),
