@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from recipe import Recipe
+from recipe.data import fixed_indices
 from recipe.stages.overfit import memorised_below
 from recipe.task import IGNORE_INDEX
 from tests import tiny
@@ -129,3 +130,20 @@ def test_a_gaussian_likelihood_with_a_learned_variance_is_not_failed(tmp_path):
     check = next(c for c in result.checks if c.name == "overfit_batch")
     assert check.status in ("pass", "skip"), check.message
     assert check.value["final"] < 0 < check.value["reference"]  # it learned the batch far past a constant
+
+
+def test_a_batch_of_one_class_gets_samples_of_the_others(tmp_path):
+    """With 3 positives in 600, the batch of 16 drawn is all negatives: memorised by the bias alone, against a
+    constant prediction whose loss is zero. Half the batch is dealt from the other class, and memorising it can be
+    told."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, tiny.FEATURES, generator=g)
+    y = (torch.arange(600) % 200 == 100).long()
+    assert y[fixed_indices(600, 16, 0)].sum() == 0  # the batch the stage draws (seed 0) holds no positive
+    x[y == 1] += 2.0
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(tiny.FEATURES, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    task = tiny.classification().replace(train=(x, y), val=(x[:100], y[:100]), model=model, num_classes=2)
+    check = overfit(task, tmp_path)
+    assert check.status == "pass", check.message
+    p = 3 / 16  # all three positives dealt in: 13 and 3
+    assert check.value["reference"] == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)), rel=1e-5)

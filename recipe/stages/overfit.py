@@ -20,7 +20,7 @@ from recipe import plots
 from recipe.check import Check
 from recipe.config import require
 from recipe.context import REGULARISATION_OFF, Context
-from recipe.data import fixed_indices
+from recipe.data import SCAN_LIMIT, TensorSplit, fixed_indices
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, still_falling, suggest_lr
 from recipe.errors import ConfigError, NonFiniteError
@@ -79,6 +79,10 @@ class OverfitOneBatch(Stage):
         indices = fixed_indices(len(task.train), s.batch_size, ctx.seed)
         one_batch = task.subset("train", indices, held=True)  # read once: a Dataset's random transforms stay put
         batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
+        varied = _varied(task, indices, task.split_batch(batch)[1], ctx.seed)
+        if varied != indices:
+            indices, one_batch = varied, task.subset("train", varied, held=True)
+            batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
         model, steps, losses, seconds = disable_dropout(task.make_model()).to(ctx.device), s.steps, list[float](), 0.0
         reference, floor = _loss_range(task, model, batch)
         enough = floor + s.tolerance * (reference - floor)  # "near zero", from the lowest possible loss up
@@ -146,6 +150,19 @@ class OverfitOneBatch(Stage):
         if suggestion["lr"] is not None:
             ctx.learn(train={"lr": suggestion["lr"]}, lr_rule="range test, minimum/10")
         return check.replace(artifacts=artifacts)
+
+
+def _varied(task: Task, indices: list[int], target: torch.Tensor, seed: int) -> list[int]:
+    """`indices`, with its second half dealt from samples of other targets when every target of the batch is the
+    same while the split holds others (a batch drawn from data with a rare class): one target is memorised by a bias
+    alone, and the constant prediction's loss on it is zero, so memorising could not be told apart."""
+    rows = target.reshape(len(target), -1).cpu()
+    if len(rows) < 2 or not (rows == rows[0]).all():
+        return indices
+    scanned = task.targets("train", None if isinstance(task.train, TensorSplit) else SCAN_LIMIT)
+    others = (scanned.reshape(len(scanned), -1) != rows[0]).any(1).nonzero().flatten()
+    dealt = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))][: len(indices) // 2]
+    return indices[: len(indices) - len(dealt)] + dealt.tolist()
 
 
 def _loss_range(task: Task, model: torch.nn.Module, batch: Any) -> tuple[float, float]:
