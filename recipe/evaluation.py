@@ -171,13 +171,16 @@ def _minimised(
     def value() -> torch.Tensor:
         return loss(x.expand_as(start) if constant else x, target)
 
-    def closure() -> torch.Tensor:
+    def closure() -> torch.Tensor:  # the loss in units of its starting value: L-BFGS's tolerances are absolute
         opt.zero_grad()
-        out = value()
+        out = value() / scale
         out.backward()
         return out
 
     try:
+        with torch.no_grad():
+            first = abs(float(value()))
+        scale = first if math.isfinite(first) and first > 0 else 1.0
         with torch.enable_grad():
             opt.step(closure)
         with torch.no_grad():

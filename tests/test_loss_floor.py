@@ -81,3 +81,14 @@ def test_an_output_too_large_to_search_is_not_searched():
     task = classification(lambda output, target: F.cross_entropy(output.flatten(0, 1), target.flatten()))
     huge = torch.zeros(16, 2**16 + 1, 16)  # over MAX_ELEMENTS: its floor is left unknown rather than searched
     assert math.isnan(loss_floor(task, huge, torch.zeros(16, 2**16 + 1, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-6])
+def test_the_search_does_not_depend_on_the_loss_scale(scale):
+    """Returns of a few basis points, or a loss multiplied down: L-BFGS's tolerances are absolute, so the search
+    runs in units of the loss's starting value."""
+    smoothed = classification(lambda output, target: scale * F.cross_entropy(output, target, label_smoothing=0.1))
+    assert loss_floor(smoothed, LOGITS, LABELS) / scale == pytest.approx(smoothed_floor(0.1, tiny.CLASSES), abs=1e-3)
+    small = Y * 1e-4 if scale < 1 else Y  # returns of about a basis point
+    mse = regression(lambda output, target: F.mse_loss(output, target))
+    assert constant_loss(mse, small, torch.zeros(16, 1)) == pytest.approx(float(small.var(unbiased=False)), rel=1e-4)
