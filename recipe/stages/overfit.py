@@ -83,10 +83,11 @@ class OverfitOneBatch(Stage):
         if varied != indices:
             indices, one_batch = varied, task.subset("train", varied, held=True)
             batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
+        target = task.split_batch(batch)[1]
         model, steps, losses, seconds = disable_dropout(task.make_model()).to(ctx.device), s.steps, list[float](), 0.0
-        reference, floor = _loss_range(task, model, batch)
+        reference, floor = _loss_range(task, model, batch, target)
         enough = floor + s.tolerance * (reference - floor)  # "near zero", from the lowest possible loss up
-        memorised = memorised_below(task, task.split_batch(batch)[1], floor, enough)
+        memorised = memorised_below(task, target, floor, enough)
         for run in ("overfit_batch", "overfit_batch_longer"):  # a loss still falling gets twice the budget more
             result = ctx.fit(
                 run,
@@ -165,11 +166,10 @@ def _varied(task: Task, indices: list[int], target: torch.Tensor, seed: int) -> 
     return indices[: len(indices) - len(dealt)] + dealt.tolist()
 
 
-def _loss_range(task: Task, model: torch.nn.Module, batch: Any) -> tuple[float, float]:
+def _loss_range(task: Task, model: torch.nn.Module, batch: Any, target: torch.Tensor) -> tuple[float, float]:
     """(the best constant prediction's loss, the lowest loss any output reaches) on this batch. A callable loss is
     minimised from the untrained model's outputs (`recipe.evaluation.loss_floor`); a batch of one target has no
     floor apart from the constant's, so for a callable loss it is not sought (nan)."""
-    target = task.split_batch(batch)[1]
     output = None
     if callable(task.loss):
         model.eval()
