@@ -91,13 +91,14 @@ class Context:
         task = task or self.training_task()
         settings: dict[str, Any] = {
             **s.fit_kwargs(),
-            "batch_size": min(s.batch_size, len(task.train)),
+            "batch_size": s.batch_size,
             "device": self.device,
             "seed": self.seed,
             "progress": self.progress,
             "log": self.rundir.metrics_log(self.stage, run),
         }
         settings.update(overrides)
+        settings["batch_size"] = min(settings["batch_size"], len(task.train))  # a trial may ask for more
         with doing(run):  # the bar says which run of the stage trains
             if self.checkpoints is not None:  # resumable: continued or replayed when the run is resumed
                 result = self.checkpoints.fit(self.stage, run, task, settings)

@@ -203,7 +203,9 @@ class Task:
         return self.kind != "regression"
 
     def metric_per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The reported metric for each sample, shape (B,): accuracy (classification, sequence) or mean |error|."""
+        """The reported metric for each sample, shape (B,): accuracy (classification, sequence) or mean |error|,
+        which is nan when output and target hold different numbers of values per sample (a callable loss's
+        quantiles or variance: name a metric that reads them with `Task(metrics=...)`)."""
         if self.kind == "sequence":
             valid = (target != IGNORE_INDEX).float()
             hit = (output.argmax(-1) == target).float() * valid
@@ -217,8 +219,10 @@ class Task:
                 valid = (target != IGNORE_INDEX).reshape(len(target), -1).float()
                 return (hit.reshape(len(hit), -1) * valid).sum(1) / valid.sum(1).clamp_min(1)
             return hit
-        err = (output.float() - target.float()).abs()
-        return err.reshape(len(err), -1).mean(1)
+        output, target = output.reshape(len(output), -1), target.reshape(len(target), -1)
+        if output.shape != target.shape:  # a callable loss's other outputs (quantiles, a variance): no error to take
+            return torch.full((len(output),), math.nan, device=output.device)
+        return (output.float() - target.float()).abs().mean(1)
 
     def augment(self, inputs: Any) -> Any:
         """Training-time augmentation of a batch's inputs (identity when the task has none)."""

@@ -153,8 +153,19 @@ def trained_at_all(step_losses: list[float], fraction: float = 0.1) -> bool:
     return bool(torch.isfinite(last).all()) and float(first.mean() - last.mean()) > 3 * se
 
 
+def _ending(step_losses: list[float] | None) -> float:
+    """The median of a run's last tenth of training losses (nan when there are none or one is not finite)."""
+    tail = torch.tensor((step_losses or [math.nan])[-max(2, len(step_losses or ()) // 10) :])
+    return float(tail.median()) if bool(torch.isfinite(tail).all()) else math.nan
+
+
 def input_independent(
-    real: Evaluation, exchanged: Evaluation, task: Task, train_losses: list[float] | None = None
+    real: Evaluation,
+    exchanged: Evaluation,
+    task: Task,
+    train_losses: list[float] | None = None,
+    exchanged_losses: list[float] | None = None,
+    constant: float | None = None,
 ) -> Check:
     """Catches a model that does not use its inputs: labels misaligned or shuffled against the inputs, a forward
     that ignores x. The same model trained for the same budget on inputs exchanged between samples (each sees
@@ -162,8 +173,11 @@ def input_independent(
 
     Why: recipe step 2, "input-independent baseline"; catalog D1, M12 (overfit-one-batch passes with shuffled
     labels). The comparison is paired per validation sample, so its standard error is honest. A verdict needs the
-    short run to have trained at all (`train_losses` fell beyond noise: memorising shuffled labels does that);
-    otherwise the check cannot judge and skips.
+    short run to have trained at all (`train_losses` fell beyond noise: memorising shuffled labels does that),
+    and a failing one needs the budget to have sufficed for the input-free run to learn what a model without
+    inputs can (`exchanged_losses` ended near `constant`, the best constant prediction's loss on the training
+    targets): until then the two runs differ by how far each has come, not by what the inputs tell (a slow start
+    on unscaled inputs). Otherwise the check cannot judge and skips.
     """
     value: dict[str, Any] = {
         "val_loss_real": real.loss,
@@ -189,7 +203,20 @@ def input_independent(
             "beyond its noise), so comparing it with exchanged inputs cannot tell whether the model uses them; see "
             "loss_decreases (learning rate, gradients).",
         )
-    if gain <= max(2 * se, 0.02 * abs(exchanged.loss)):  # one-sided, about 98% confidence
+    margin = max(2 * se, 0.02 * abs(exchanged.loss))  # one-sided, about 98% confidence
+    ending = _ending(exchanged_losses)
+    if gain <= margin and constant is not None and ending - constant > margin:  # False for nan
+        assert exchanged_losses is not None
+        return skipped(
+            "input_independent",
+            f"the short run was too short to judge: with inputs exchanged the training loss went from "
+            f"{exchanged_losses[0]:.4g} to {ending:.4g} (median of the last tenth of steps), still "
+            f"{ending - constant:.3g} above the best constant prediction's {constant:.4g}. The two runs (validation "
+            f"loss {real.loss:.4g} with real inputs, {exchanged.loss:.4g} exchanged) differ by how far each got, not "
+            "by what the inputs tell. Raise baseline.steps or the learning rate, or standardise the inputs "
+            "(input_stats).",
+        ).replace(value=value)
+    if gain <= margin:
         worse = "higher than" if gain < 0 else "no better than"
         return failed(
             "input_independent",

@@ -197,6 +197,14 @@ def binned_losses(values: torch.Tensor, loss: torch.Tensor, bins: int = BINS) ->
     return out
 
 
+def residuals(predictions: Predictions) -> torch.Tensor | None:
+    """Each sample's mean (prediction - target); None when the output holds other values than one prediction per
+    target (a callable loss's quantiles or variance), which have no residual."""
+    n = len(predictions.target)
+    output, target = predictions.output.float().reshape(n, -1), predictions.target.float().reshape(n, -1)
+    return (output - target).mean(1) if output.shape == target.shape else None
+
+
 def _regression(predictions: Predictions) -> Check:
     loss, n = predictions.loss.double(), len(predictions.loss)
     overall = float(loss.mean())
@@ -210,8 +218,9 @@ def _regression(predictions: Predictions) -> Check:
             z = (b["loss"] - overall) / b["se"] if b["se"] > 0 else 0.0
             bins.append({"by": name, **b, "z": z})
     worst = sorted((b for b in bins if b["z"] > BELOW), key=lambda b: -b["z"])
-    residual = (predictions.output.float() - predictions.target.float()).reshape(n, -1).mean(1)
-    value = {"loss": overall, "mean_residual": float(residual.mean()), "worst_bins": worst[:10]}
+    residual = residuals(predictions)
+    mean_residual = None if residual is None else float(residual.mean())
+    value = {"loss": overall, "mean_residual": mean_residual, "worst_bins": worst[:10]}
     value["worst"] = worst_samples(predictions)
     if not worst:
         return passed(

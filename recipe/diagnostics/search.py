@@ -103,6 +103,14 @@ def rerun_verdict(
     return None
 
 
+def _spread(values: list[float]) -> float:
+    """The sample standard deviation: 0 for one value, nan when a value is nan (a metric the task cannot take:
+    `statistics.stdev` raises on one)."""
+    if len(values) < 2:
+        return 0.0
+    return statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
+
+
 def seed_variance(attempts: list[dict[str, Any]], metric: str) -> Check:
     """Catches a best trial that does not hold up when trained again: it diverges on other seeds, or its lead was a
     lucky draw. The trial handed on is the first of `attempts` (best first) whose re-runs hold up.
@@ -130,14 +138,14 @@ def seed_variance(attempts: list[dict[str, Any]], metric: str) -> Check:
         "handed_on": chosen["trial"],
         "attempts": attempts,
         "loss_mean": statistics.fmean(losses),
-        "loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+        "loss_std": _spread(losses),
         "mean": statistics.fmean(metrics),
-        "std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
+        "std": _spread(metrics),
     }
+    measured = f", {metric} {value['mean']:.4g} ± {value['std']:.2g}" if math.isfinite(value["mean"]) else ""
     said = (
         f"trial #{chosen['trial']} over {len(losses)} seeds: validation loss {value['loss_mean']:.4g} ± "
-        f"{value['loss_std']:.2g} (its own draw {chosen['trial_loss']:.4g}), {metric} {value['mean']:.4g} ± "
-        f"{value['std']:.2g}; this mean is what is handed on."
+        f"{value['loss_std']:.2g} (its own draw {chosen['trial_loss']:.4g}){measured}; this mean is what is handed on."
     )
     if kept is None:
         return warned(

@@ -42,7 +42,7 @@ from recipe.diagnostics.parameters import params_update
 from recipe.diagnostics.symmetry import init_symmetry
 from recipe.diagnostics.training import loss_decreases, parameter_change, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
-from recipe.evaluation import evaluate
+from recipe.evaluation import constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.models import disable_dropout, simple_model_factory
 from recipe.stage import Stage, StageSettings
@@ -158,7 +158,8 @@ class Baseline(Stage):
             exchanged_task = exchanged_inputs(task)
             exchanged_run, _ = self._short_run(ctx, "input_independent", exchanged_task, fresh())
             exchanged = evaluate_exchanged(exchanged_task, exchanged_run.model, device, ctx.seed)
-            judged = input_independent(real, exchanged, task, trained.step_losses)
+            constant = _training_constant(task, exchanged_run.model, ctx.seed, device)
+            judged = input_independent(real, exchanged, task, trained.step_losses, exchanged_run.step_losses, constant)
             checks.append(judged.replace(seconds=exchanged_run.seconds))
             curves["exchanged inputs"] = exchanged_run.step_losses
             bars["exchanged inputs"] = (exchanged.loss, exchanged.loss_se)
@@ -310,6 +311,18 @@ class Baseline(Stage):
         return result, (steps, rows, "Prediction dynamics on 16 fixed validation samples", what)
 
 
+def _training_constant(task: Task, model: nn.Module, seed: int, device: torch.device) -> float:
+    """The best constant prediction's loss on the training targets: all of them for the built-in losses, a sample
+    of 1,024 scored through `model`'s output shape for a callable one (its search needs an output to start from)."""
+    if isinstance(task.loss, str):
+        return constant_loss(task, task.targets("train"))
+    model.eval()
+    with torch.no_grad():
+        output, target = task.outputs(model, task.sample_batch("train", min(len(task.train), 1024), seed, device))
+    model.train()
+    return constant_loss(task, target, output.float())
+
+
 def _prediction_quality(task: Task, output: torch.Tensor, target: torch.Tensor) -> list[float]:
     """Per sample: the probability given to the correct class / token, or the prediction itself (regression)."""
     if task.kind == "regression":
@@ -320,6 +333,7 @@ def _prediction_quality(task: Task, output: torch.Tensor, target: torch.Tensor) 
     probs = output.float().softmax(task.class_dim)
     valid = target != IGNORE_INDEX
     picked = probs.gather(task.class_dim, target.clamp_min(0).unsqueeze(task.class_dim)).squeeze(task.class_dim)
-    if picked.dim() > 1:
+    if picked.dim() > 1:  # one class per position (tokens, pixels): the mean over the scored positions
+        picked, valid = picked.reshape(len(picked), -1), valid.reshape(len(valid), -1)
         return ((picked * valid).sum(1) / valid.sum(1).clamp_min(1)).tolist()
     return picked.tolist()

@@ -16,7 +16,13 @@ from torch import nn
 from recipe import error_plots, plots
 from recipe.check import Check
 from recipe.context import Context
-from recipe.diagnostics.errors import Predictions, confusion, prediction_errors, validation_predictions
+from recipe.diagnostics.errors import (
+    Predictions,
+    confusion,
+    prediction_errors,
+    residuals,
+    validation_predictions,
+)
 
 SHOWN = 16  # highest-loss validation samples shown
 
@@ -39,10 +45,10 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
     elif ctx.task.kind == "regression":
         n = len(predictions.target)
         target = predictions.target.reshape(n, -1).float().mean(1)
-        residual = (predictions.output.float() - predictions.target.float()).reshape(n, -1).mean(1)
-        artifacts.append(
-            ctx.save_figure("residuals.png", error_plots.residuals(target, residual, f"Residuals: {whose}"))
-        )
+        residual = residuals(predictions)
+        if residual is not None:
+            figure = error_plots.residuals(target, residual, f"Residuals: {whose}")
+            artifacts.append(ctx.save_figure("residuals.png", figure))
         if check.value["worst_bins"]:
             rows = [[b["by"], f"{b['low']:.4g}..{b['high']:.4g}", b["n"], f"{b['loss']:.4g}", f"{b['se']:.2g}"]
                     for b in check.value["worst_bins"]]  # fmt: skip
