@@ -155,3 +155,43 @@ def test_the_mean_absolute_error_is_nan_only_when_output_and_target_differ_in_sh
     assert torch.isnan(task.metric_per_sample(torch.zeros(4, 3), torch.ones(4))).all()
     assert torch.equal(task.metric_per_sample(torch.zeros(4, 1), torch.ones(4)), torch.ones(4))  # (B, 1) and (B,)
     assert torch.equal(task.metric_per_sample(torch.zeros(4, 2), torch.ones(4, 2)), torch.ones(4))
+
+
+def wide_sparse_task() -> Task:
+    """A bag of 5,000 binary words (2% present), the label a noisy vote of 500 of them: a linear model and an MLP
+    learn it (about 67% against 50%), and an MLP memorises its 1,600 training rows within the 300-step short run."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2000, 5000, generator=g) < 0.02).float()
+    w = torch.zeros(5000)
+    w[:500] = torch.randn(500, generator=g)
+    y = (x @ w + 0.1 * torch.randn(2000, generator=g) > 0).long()
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(5000, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    return Task((x[:1600], y[:1600]), (x[1600:], y[1600:]), net)
+
+
+def test_a_model_that_memorised_wide_data_uses_its_inputs_by_its_accuracy(tmp_path):
+    """Its confident mistakes put its validation loss above the input-free model's (0.710 against 0.692), which
+    failed the check with "does not use its inputs"; its accuracy, 0.67 against 0.53, says it does."""
+    result = run(wide_sparse_task(), tmp_path, ["baseline"])
+    check = next(c for c in result.checks if c.name == "input_independent")
+    assert check.status == "pass" and "on accuracy" in check.message
+    assert check.value["gain"] < 0 < check.value["accuracy_gain"] - 3 * check.value["accuracy_gain_se"]
+
+
+def test_input_independent_reads_the_metric_only_when_it_shows_a_clear_gain():
+    from examples.digits import make_task
+
+    task, regression = make_task("mlp"), quantile_task(standardise=True)
+    learning = [2.31 * 0.999**i for i in range(300)]
+
+    def ev(loss: float, metric: float, se: float | None = 0.02) -> Evaluation:
+        return Evaluation(loss=loss, loss_se=0.01, metric=metric, metric_se=se, n=400)
+
+    assert input_independent(ev(0.71, 0.67), ev(0.69, 0.53), task, learning).status == "pass"
+    assert input_independent(ev(0.71, 0.56), ev(0.69, 0.53), task, learning).status == "fail"  # within 3 SE
+    assert input_independent(ev(0.71, 0.67, None), ev(0.69, 0.53, None), task, learning).status == "fail"
+    assert input_independent(ev(0.71, 0.40), ev(0.69, 0.53), regression, learning).status == "pass"  # lower mae
+    assert input_independent(ev(0.71, math.nan), ev(0.69, math.nan), regression, learning).status == "fail"

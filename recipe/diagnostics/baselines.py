@@ -153,6 +153,15 @@ def trained_at_all(step_losses: list[float], fraction: float = 0.1) -> bool:
     return bool(torch.isfinite(last).all()) and float(first.mean() - last.mean()) > 3 * se
 
 
+def _metric_gain(real: Evaluation, exchanged: Evaluation, task: Task) -> tuple[float, float]:
+    """How much better the metric is with real inputs than with exchanged ones (higher is better for either
+    direction of metric), and the standard error of that difference (unpaired: conservative); nan, 0 unknown."""
+    if real.metric_se is None or exchanged.metric_se is None or not math.isfinite(real.metric - exchanged.metric):
+        return math.nan, 0.0
+    sign = 1.0 if task.higher_is_better else -1.0
+    return sign * (real.metric - exchanged.metric), math.hypot(real.metric_se, exchanged.metric_se)
+
+
 def _ending(step_losses: list[float] | None) -> float:
     """The median of a run's last tenth of training losses (nan when there are none or one is not finite)."""
     tail = torch.tensor((step_losses or [math.nan])[-max(2, len(step_losses or ()) // 10) :])
@@ -177,7 +186,9 @@ def input_independent(
     and a failing one needs the budget to have sufficed for the input-free run to learn what a model without
     inputs can (`exchanged_losses` ended near `constant`, the best constant prediction's loss on the training
     targets): until then the two runs differ by how far each has come, not by what the inputs tell (a slow start
-    on unscaled inputs). Otherwise the check cannot judge and skips.
+    on unscaled inputs). Otherwise the check cannot judge and skips. A model whose loss is no better but whose
+    metric is, by three standard errors, uses its inputs: on wide data it memorises its training set within the
+    short run, and its confident mistakes raise the validation loss above an input-free model's.
     """
     value: dict[str, Any] = {
         "val_loss_real": real.loss,
@@ -204,6 +215,17 @@ def input_independent(
             "loss_decreases (learning rate, gradients).",
         )
     margin = max(2 * se, 0.02 * abs(exchanged.loss))  # one-sided, about 98% confidence
+    better, better_se = _metric_gain(real, exchanged, task)
+    value.update({f"{task.metric_name}_gain": better, f"{task.metric_name}_gain_se": better_se})
+    if gain <= margin and better > 3 * better_se > 0:
+        return passed(
+            "input_independent",
+            f"real inputs beat inputs exchanged between samples on {task.metric_name}: {real.metric:.4g} vs "
+            f"{exchanged.metric:.4g} ({better:+.3g} ± {better_se:.2g}), though not on the validation loss "
+            f"({real.loss:.4g} vs {exchanged.loss:.4g}): the model uses its inputs and is overconfident where it is "
+            "wrong, as a model that has begun to memorise its training set is (regularisation is off here).",
+            value,
+        )
     ending = _ending(exchanged_losses)
     if gain <= margin and constant is not None and ending - constant > margin:  # False for nan
         assert exchanged_losses is not None
