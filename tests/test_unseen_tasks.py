@@ -195,3 +195,36 @@ def test_input_independent_reads_the_metric_only_when_it_shows_a_clear_gain():
     assert input_independent(ev(0.71, 0.67, None), ev(0.69, 0.53, None), task, learning).status == "fail"
     assert input_independent(ev(0.71, 0.40), ev(0.69, 0.53), regression, learning).status == "pass"  # lower mae
     assert input_independent(ev(0.71, math.nan), ev(0.69, math.nan), regression, learning).status == "fail"
+
+
+def categorical_task() -> Task:
+    """Six binary risk factors (64 possible rows) and an outcome drawn from a logistic model of them: every row
+    repeats, identical rows carry different outcomes, and the all-zero row is one of the 64, held by about 30."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (2500, 6), generator=g).float()
+    p = torch.sigmoid(x @ torch.tensor([1.5, -1.0, 2.0, 0.5, -1.5, 1.0]) - 1.2)
+    y = (torch.rand(2500, generator=g) < p).long()
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    return Task((x[:2000], y[:2000]), (x[2000:], y[2000:]), net)
+
+
+def test_binary_features_repeat_and_conflict_by_necessity(tmp_path):
+    """Both warned: 50 groups of identical inputs with different labels ('check those labels') and 24 all-zero
+    rows at z = -32 ('a blank sample')."""
+    result = run(categorical_task(), tmp_path, ["inspect"])
+    checks = {c.name: c for c in result.checks}
+    assert checks["duplicates"].status == "pass" and checks["duplicates"].value["possible_inputs"] == 64
+    assert checks["outliers"].status == "skip" and "7 distinct values" in checks["outliers"].message
+    assert not [c for c in result.checks if c.status in ("warn", "fail", "error")]
+
+
+def test_a_conflicting_duplicate_among_continuous_inputs_still_warns(tmp_path):
+    x, y = torch.randn(400, 6, generator=torch.Generator().manual_seed(0)), torch.arange(400) % 2
+    x[1], y[1] = x[0], 1 - y[0]
+    task = Task((x[:300], y[:300]), (x[300:], y[300:]), lambda: nn.Linear(6, 2))
+    result = run(task, tmp_path, ["inspect"])
+    check = next(c for c in result.checks if c.name == "duplicates")
+    assert check.status == "warn" and "carry different labels" in check.message

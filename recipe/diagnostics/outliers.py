@@ -14,6 +14,8 @@ from recipe.check import Check, passed, skipped, warned
 from recipe.diagnostics.integrity import SplitSample
 from recipe.task import IGNORE_INDEX
 
+DISCRETE = 20  # a statistic with fewer distinct values than this is a handful of levels, not a continuum
+
 
 def sample_statistic(part: SplitSample) -> tuple[torch.Tensor, str] | None:
     """One number per sample: the log of its input's L2 norm (float inputs), or its scored length (sequences)."""
@@ -42,7 +44,9 @@ def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Che
     """Catches samples whose size is far outside the rest (a stray scale factor, a sentinel value, a blank input).
 
     Why: a robust z-score of 8 is beyond any sample of a Gaussian of any practical size (p < 1e-15) and beyond the
-    heavy tails of the clean bundled datasets; samples past it are worth a look, not proof of a bug (warn).
+    heavy tails of the clean bundled datasets; samples past it are worth a look, not proof of a bug (warn). The
+    z-score reads a statistic with a continuum of values; one with fewer than `DISCRETE` levels (six binary
+    features have seven norms, and an all-zero row is one of them) says nothing it can read, and the check skips.
     """
     stat = sample_statistic(part)
     if stat is None:
@@ -56,6 +60,14 @@ def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Che
     ]
     info = {"statistic": what, "values": values, "z": z, "top": order, "table": table}
     value = {"statistic": what, "beyond_threshold": flagged, "max_abs_z": float(z.abs().max()), "top": table[:5]}
+    levels = len(values.unique())
+    if flagged and levels < DISCRETE:
+        return skipped(
+            "outliers",
+            f"the {what} takes only {levels} distinct values over {part.scope} samples (binary or categorical "
+            f"features): a z-score cannot single out a sample among so few levels (the farthest, index "
+            f"{table[0]['index']}, shares its value with {int((values == values[order[0]]).sum()) - 1} others).",
+        ).replace(value=value), info
     if flagged:
         first = table[0]
         return warned(

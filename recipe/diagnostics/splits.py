@@ -91,6 +91,8 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
     validation rows found in training must stay near the fraction of training rows that repeat within training
     (what independent draws of this data would share) plus `leak_fraction`, beyond three binomial standard
     deviations, so one chance twin in a small tabular split (iris holds one duplicated row) is not called a leak.
+    Inputs of a few binary or categorical features, whose combinations are fewer than the rows, repeat by
+    necessity, and their conflicting labels are the noise of an outcome given its inputs: no warning for either.
     """
     if train.inputs is None or val.inputs is None:
         return skipped("duplicates", "inputs are not a single tensor; override in a subclass.")
@@ -144,6 +146,17 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
             "near-duplicates (augmented, resized or re-encoded copies) leak across the split.",
             value,
         )
+    possible = _possible_inputs(train.inputs, len(k_train)) if conflicts or within > 0.05 else None
+    if possible is not None:
+        value["possible_inputs"] = possible
+        return passed(
+            "duplicates",
+            f"{shared:.1%} of validation samples occur in training; {within:.1%} of training rows repeat, and "
+            f"{len(conflicts)} group(s) of identical inputs carry different labels, as they must: the inputs take "
+            f"at most {possible} distinct values (each feature's values seen, combined) among {len(k_train)} rows, "
+            "so a label is a draw given its inputs, not a mistake to fix.",
+            value,
+        )
     if conflicts:
         return warned(
             "duplicates",
@@ -163,6 +176,18 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
         f"{shared:.1%} of validation samples occur in training; {within:.1%} of training rows repeat.",
         value,
     )
+
+
+def _possible_inputs(inputs: torch.Tensor, limit: int) -> int | None:
+    """How many distinct inputs the features' observed values allow when combined, when that is at most `limit`
+    (else None): a handful of binary or categorical columns allow fewer than a split holds rows, and then repeats
+    are the data, not a bug. Stops at the first columns whose values exceed `limit` (one, for continuous data)."""
+    total = 1
+    for column in inputs.reshape(len(inputs), -1).T:
+        total *= len(torch.unique(column))
+        if total > limit:
+            return None
+    return total
 
 
 def _conflicts(keys: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, n_train: int) -> list[dict[str, Any]]:
