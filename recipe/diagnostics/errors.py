@@ -220,7 +220,7 @@ def _regression(predictions: Predictions) -> Check:
     worst = sorted((b for b in bins if b["z"] > BELOW), key=lambda b: -b["z"])
     residual = residuals(predictions)
     mean_residual = None if residual is None else float(residual.mean())
-    value = {"loss": overall, "mean_residual": mean_residual, "worst_bins": worst[:10]}
+    value: dict[str, Any] = {"loss": overall, "mean_residual": mean_residual, "worst_bins": worst[:10]}
     value["worst"] = worst_samples(predictions)
     if not worst:
         return passed(
