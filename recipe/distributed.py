@@ -2,12 +2,14 @@
 each process reading its own shard of every epoch's permutation.
 
 `fit` calls `setup()`: launched by torchrun (WORLD_SIZE > 1 in the environment) it joins the process group itself
-(NCCL on CUDA, gloo on CPU); otherwise nothing changes. Every rank seeds the same way, so the models start equal
-and the shards of one permutation are disjoint; rank 0 alone logs and writes files.
+(NCCL on CUDA, gloo on CPU) and leaves it when the process exits; otherwise nothing changes. Every rank seeds the
+same way, so the models start equal and the shards of one permutation are disjoint; rank 0 alone logs and writes
+files.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -28,7 +30,16 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)  # the group recipe joined, recipe leaves; one the user joined is theirs to leave
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _leave() -> None:
+    """Destroy the process group before the interpreter tears down: gloo's worker threads still hold work whose
+    tensors reference Python objects, and destroying those during finalisation aborts the process ("terminate
+    called without an active exception", SIGABRT), which torchrun reports as a failed rank after training ended."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(permutation: torch.Tensor, rank: int, world: int) -> torch.Tensor:
