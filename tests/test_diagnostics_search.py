@@ -135,3 +135,17 @@ def test_training_length_reads_where_the_best_epochs_fall():
     early = [history([1.0, 0.5, 0.6, 0.7, 0.8])] * 4
     check = training_length(early)
     assert check.status == "pass" and "shorter runs" in check.message
+
+
+def test_search_space_boundary_passes_an_optimum_bracketed_near_the_edge():
+    """The Poisson regression's study: the best of 16 trials sat at 0.93 of the lr range, and the one at 0.97 did
+    worse by 0.03 (the loss turns back up), yet the warning asked to widen the range toward larger values."""
+    trials, units = ranked([0.93, 0.90, 0.75, 0.97, 0.80, 0.50, 0.40, 0.20])
+    bracketed = [-7.4638, -7.4627, -7.4548, -7.4338, -7.4540, -7.4521, -7.4430, -7.0221]
+    check = search_space_boundary(trials, units, bracketed, noise=0.005)
+    assert check.status == "pass" and check.value["bracketed"]["lr"]["worse_beyond"] == (0.97, -7.4338)
+    assert "turns back up" in check.message
+    within_noise = [*bracketed[:3], -7.4630, *bracketed[4:]]  # the trial beyond is worse by less than the noise
+    assert search_space_boundary(trials, units, within_noise, noise=0.005).status == "warn"
+    assert search_space_boundary(trials, units, bracketed, noise=0.05).status == "warn"
+    assert search_space_boundary(trials, units, bracketed, noise=None).status == "warn"  # 1% of 7.46: too coarse

@@ -16,25 +16,43 @@ from recipe.check import Check, failed, passed, skipped, warned
 
 
 def search_space_boundary(
-    trials: list[dict[str, Any]], units: dict[str, list[float]], top: float = 0.25, edge: float = 0.15
+    trials: list[dict[str, Any]],
+    units: dict[str, list[float]],
+    values: list[float] | None = None,
+    noise: float | None = None,
+    top: float = 0.25,
+    edge: float = 0.15,
 ) -> Check:
     """Catches a search space whose best trials crowd one edge of a range: the optimum lies outside it.
 
     Why: the playbook's "boundary" check. `trials` are sorted best first; `units` holds each numeric range's
-    trial positions in [0, 1] in the same order. A range is flagged when the best trial lies within `edge` of an
-    end and the best `top` share of trials (three at least) lean the same way on average (beyond 0.6 of the way).
+    trial positions in [0, 1] in the same order, and `values` their validation losses. A range is flagged when the
+    best trial lies within `edge` of an end and the best `top` share of trials (three at least) lean the same way on
+    average (beyond 0.6 of the way), unless the optimum is bracketed: a trial between the best one and that end
+    did worse by more than the noise of comparing two trials (2.8 times `noise`, one trial's standard error or the
+    seed spread; 1% of the loss when unknown). Then the loss turns back up before the end, and the optimum lies
+    inside the range, near its edge.
     """
     k = max(3, math.ceil(top * len(trials)))
     if len(trials) < 4:
         return skipped("search_space_boundary", f"only {len(trials)} finished trials.")
-    crowded = {}
+    margin = 2 * math.sqrt(2) * (noise if noise is not None else 0.01 * abs(values[0])) if values else math.inf
+    crowded, bracketed = {}, {}
     for name, positions in units.items():
         best, lean = positions[0], sum(positions[:k]) / len(positions[:k])
-        if best >= 1 - edge and lean > 0.6:
-            crowded[name] = "upper"
-        elif best <= edge and lean < 0.4:
-            crowded[name] = "lower"
-    value = {"crowded": crowded, "top_trials": k}
+        side = "upper" if best >= 1 - edge and lean > 0.6 else "lower" if best <= edge and lean < 0.4 else None
+        if side is None:
+            continue
+        beyond = [
+            (u, v)
+            for u, v in zip(positions[1:], (values or [])[1:], strict=False)
+            if (u > best if side == "upper" else u < best) and v - (values or [0.0])[0] > margin
+        ]
+        if beyond:
+            bracketed[name] = {"side": side, "best_at": best, "worse_beyond": beyond[0], "noise": margin}
+        else:
+            crowded[name] = side
+    value = {"crowded": crowded, "bracketed": bracketed, "top_trials": k}
     if crowded:
         advice = "; ".join(
             f"{name}: widen toward {'smaller' if side == 'lower' else 'larger'} values"
@@ -45,6 +63,18 @@ def search_space_boundary(
             f"the best trials crowd the edge of the range: {advice}. The optimum probably lies outside the space.",
             value,
             "best trials inside the ranges",
+        )
+    if bracketed:
+        said = "; ".join(
+            f"{name}: the best trial at {v['best_at']:.2f} of the range, one at {v['worse_beyond'][0]:.2f} did worse "
+            f"by {v['worse_beyond'][1] - (values or [0.0])[0]:.3g} (noise {v['noise']:.2g})"
+            for name, v in bracketed.items()
+        )
+        return passed(
+            "search_space_boundary",
+            f"the best trials lean toward an edge, but the loss turns back up before it ({said}): the optimum lies "
+            "inside the range.",
+            value,
         )
     return passed("search_space_boundary", f"the best {k} trials lie inside every range.", value)
 

@@ -154,16 +154,18 @@ class Tune(Stage):
             return [nothing.replace(seconds=searched)]
         units = {p.name: [p.to_unit(t.params[p.name]) for t in finished] for p in params if not p.choices}
         summary = ctx.check(self._summary, ctx, study, finished, name, params, name="search")
-        checks = [
-            summary.replace(seconds=(summary.seconds or 0.0) + searched),
-            ctx.check(search_space_boundary, [t.params for t in finished], units),
-        ]
         reruns: dict[int, top_trials.Reruns] = {}
         seeds = ctx.check(
             top_trials.seed_reruns, ctx, search, finished, self.settings.seeds, reruns, name="seed_variance"
         )
         held = seeds.value if seeds.status in ("pass", "warn") and seeds.value else {}
         best = next((t for t in finished if t.number == held.get("handed_on")), finished[0])
+        noise = _loss_noise(finished[0], held.get("loss_std"))
+        values = [t.value for t in finished]
+        checks = [
+            summary.replace(seconds=(summary.seconds or 0.0) + searched),
+            ctx.check(search_space_boundary, [t.params for t in finished], units, values, noise),
+        ]
         incoming = ctx.check(top_trials.against_incoming, ctx, search, held.get("handed_on"), reruns)
         kept = (incoming.value or {}).get("handed_on") == "incoming"  # the search found nothing better
         chosen, label = ({}, "the setup tune started from") if kept else (best.params, f"trial {best.number}")
