@@ -37,7 +37,8 @@ def search_space_boundary(
     if len(trials) < 4:
         return skipped("search_space_boundary", f"only {len(trials)} finished trials.")
     margin = 2 * math.sqrt(2) * (noise if noise is not None else 0.01 * abs(values[0])) if values else math.inf
-    crowded, bracketed = {}, {}
+    crowded: dict[str, str] = {}
+    bracketed: dict[str, dict[str, Any]] = {}
     for name, positions in units.items():
         best, lean = positions[0], sum(positions[:k]) / len(positions[:k])
         side = "upper" if best >= 1 - edge and lean > 0.6 else "lower" if best <= edge and lean < 0.4 else None
