@@ -20,6 +20,7 @@ def search_space_boundary(
     units: dict[str, list[float]],
     values: list[float] | None = None,
     noise: float | None = None,
+    constant: float | None = None,
     top: float = 0.25,
     edge: float = 0.15,
 ) -> Check:
@@ -28,32 +29,32 @@ def search_space_boundary(
     Why: the playbook's "boundary" check. `trials` are sorted best first; `units` holds each numeric range's
     trial positions in [0, 1] in the same order, and `values` their validation losses. A range is flagged when the
     best trial lies within `edge` of an end and the best `top` share of trials (three at least) lean the same way on
-    average (beyond 0.6 of the way), unless the optimum is bracketed: a trial between the best one and that end
-    did worse by more than the noise of comparing two trials (2.8 times `noise`, one trial's standard error or the
-    seed spread; 1% of the loss when unknown). Then the loss turns back up before the end, and the optimum lies
-    inside the range, near its edge.
+    average (beyond 0.6 of the way), unless the trials show the optimum inside. "Worse" and "within" are measured
+    against the noise of comparing two trials: 2.8 times `noise` (one trial's standard error, or the seed spread;
+    1% of the loss when unknown). The optimum is inside when it is bracketed (a trial between the best one and that
+    end did worse: the loss turns back up before the end), or when the loss is flat toward the end on a plateau
+    the runs reached by learning (the best trial away from the outer `2 * edge` is within the noise of the best,
+    and the best lies below `constant`, the constant prediction's loss, by a tenth of it and the noise at least):
+    widening the range there buys nothing measurable. Runs that all stay near the constant (a learning-rate range
+    far too low) learned nothing, and a flat trend among them still warns.
     """
     k = max(3, math.ceil(top * len(trials)))
     if len(trials) < 4:
         return skipped("search_space_boundary", f"only {len(trials)} finished trials.")
     margin = 2 * math.sqrt(2) * (noise if noise is not None else 0.01 * abs(values[0])) if values else math.inf
     crowded: dict[str, str] = {}
-    bracketed: dict[str, dict[str, Any]] = {}
+    inside: dict[str, str] = {}
     for name, positions in units.items():
         best, lean = positions[0], sum(positions[:k]) / len(positions[:k])
         side = "upper" if best >= 1 - edge and lean > 0.6 else "lower" if best <= edge and lean < 0.4 else None
         if side is None:
             continue
-        beyond = [
-            (u, v)
-            for u, v in zip(positions[1:], (values or [])[1:], strict=False)
-            if (u > best if side == "upper" else u < best) and v - (values or [0.0])[0] > margin
-        ]
-        if beyond:
-            bracketed[name] = {"side": side, "best_at": best, "worse_beyond": beyond[0], "noise": margin}
-        else:
+        why = _optimum_inside(positions, values or [], side, margin, constant, 2 * edge)
+        if why is None:
             crowded[name] = side
-    value = {"crowded": crowded, "bracketed": bracketed, "top_trials": k}
+        else:
+            inside[name] = why
+    value = {"crowded": crowded, "inside": inside, "top_trials": k, "noise": margin}
     if crowded:
         advice = "; ".join(
             f"{name}: widen toward {'smaller' if side == 'lower' else 'larger'} values"
@@ -65,19 +66,38 @@ def search_space_boundary(
             value,
             "best trials inside the ranges",
         )
-    if bracketed:
-        said = "; ".join(
-            f"{name}: the best trial at {v['best_at']:.2f} of the range, one at {v['worse_beyond'][0]:.2f} did worse "
-            f"by {v['worse_beyond'][1] - (values or [0.0])[0]:.3g} (noise {v['noise']:.2g})"
-            for name, v in bracketed.items()
-        )
+    if inside:
+        said = "; ".join(f"{name}: {why}" for name, why in inside.items())
         return passed(
             "search_space_boundary",
-            f"the best trials lean toward an edge, but the loss turns back up before it ({said}): the optimum lies "
-            "inside the range.",
+            f"the best trials lean toward an edge, but the optimum lies inside the range ({said}; noise {margin:.2g}).",
             value,
         )
     return passed("search_space_boundary", f"the best {k} trials lie inside every range.", value)
+
+
+def _optimum_inside(
+    positions: list[float], values: list[float], side: str, margin: float, constant: float | None, width: float
+) -> str | None:
+    """Why the trials put the optimum of a range crowded at `side` inside it (see `search_space_boundary`), or
+    None when they do not."""
+    if len(values) != len(positions) or not math.isfinite(values[0]):
+        return None
+    best, toward = positions[0], (lambda u: u > positions[0]) if side == "upper" else (lambda u: u < positions[0])
+    beyond = [(u, v) for u, v in zip(positions, values, strict=True) if toward(u) and v - values[0] > margin]
+    if beyond:
+        u, v = beyond[0]
+        return f"the best trial at {best:.2f} of the range, one at {u:.2f} did worse by {v - values[0]:.3g}"
+    away = [(u, v) for u, v in zip(positions, values, strict=True) if (u < 1 - width if side == "upper" else u > width)]
+    learned = constant is not None and math.isfinite(constant) and values[0] < constant - max(margin, 0.1 * constant)
+    if away and learned:
+        u, v = min(away, key=lambda pair: pair[1])
+        if v - values[0] <= margin:
+            return (
+                f"flat toward the {side} end: the best trial away from it, at {u:.2f}, is {v - values[0]:.3g} behind, "
+                f"on a plateau far below the constant prediction's {constant:.4g}"
+            )
+    return None
 
 
 def enough_trials(values: list[float], noise: float | None) -> Check:

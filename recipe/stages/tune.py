@@ -33,6 +33,7 @@ from recipe.context import Context
 from recipe.diagnostics.curves import loss_spikes
 from recipe.diagnostics.search import enough_trials, search_space_boundary, training_length
 from recipe.errors import ConfigError
+from recipe.evaluation import constant_loss
 from recipe.model_io import runnable_config, save_model
 from recipe.rundir import write_atomic
 from recipe.search_space import TRAIN_KEYS, default_space
@@ -161,10 +162,10 @@ class Tune(Stage):
         held = seeds.value if seeds.status in ("pass", "warn") and seeds.value else {}
         best = next((t for t in finished if t.number == held.get("handed_on")), finished[0])
         noise = _loss_noise(finished[0], held.get("loss_std"))
-        values = [t.value for t in finished]
+        values, constant = [t.value for t in finished], constant_loss(ctx.task, ctx.task.targets("val"))
         checks = [
             summary.replace(seconds=(summary.seconds or 0.0) + searched),
-            ctx.check(search_space_boundary, [t.params for t in finished], units, values, noise),
+            ctx.check(search_space_boundary, [t.params for t in finished], units, values, noise, constant),
         ]
         incoming = ctx.check(top_trials.against_incoming, ctx, search, held.get("handed_on"), reruns)
         kept = (incoming.value or {}).get("handed_on") == "incoming"  # the search found nothing better
