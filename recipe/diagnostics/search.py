@@ -83,8 +83,12 @@ def _optimum_inside(
     None when they do not."""
     if len(values) != len(positions) or not math.isfinite(values[0]):
         return None
-    best, toward = positions[0], (lambda u: u > positions[0]) if side == "upper" else (lambda u: u < positions[0])
-    beyond = [(u, v) for u, v in zip(positions, values, strict=True) if toward(u) and v - values[0] > margin]
+    best = positions[0]
+    beyond = [
+        (u, v)
+        for u, v in zip(positions, values, strict=True)
+        if (u > best if side == "upper" else u < best) and v - values[0] > margin
+    ]
     if beyond:
         u, v = beyond[0]
         return f"the best trial at {best:.2f} of the range, one at {u:.2f} did worse by {v - values[0]:.3g}"
