@@ -34,7 +34,7 @@ def search_space_boundary(
     1% of the loss when unknown). The optimum is inside when it is bracketed (a trial between the best one and that
     end did worse: the loss turns back up before the end), or when the loss is flat toward the end on a plateau
     the runs reached by learning (the best trial away from the outer `2 * edge` is within the noise of the best,
-    and the best lies below `constant`, the constant prediction's loss, by a tenth of it and the noise at least):
+    and the best lies below `constant`, the constant prediction's loss, by more than the noise):
     widening the range there buys nothing measurable. Runs that all stay near the constant (a learning-rate range
     far too low) learned nothing, and a flat trend among them still warns.
     """
@@ -93,13 +93,13 @@ def _optimum_inside(
         u, v = beyond[0]
         return f"the best trial at {best:.2f} of the range, one at {u:.2f} did worse by {v - values[0]:.3g}"
     away = [(u, v) for u, v in zip(positions, values, strict=True) if (u < 1 - width if side == "upper" else u > width)]
-    learned = constant is not None and math.isfinite(constant) and values[0] < constant - max(margin, 0.1 * constant)
+    learned = constant is not None and math.isfinite(constant) and values[0] < constant - margin
     if away and learned:
         u, v = min(away, key=lambda pair: pair[1])
         if v - values[0] <= margin:
             return (
                 f"flat toward the {side} end: the best trial away from it, at {u:.2f}, is {v - values[0]:.3g} behind, "
-                f"on a plateau far below the constant prediction's {constant:.4g}"
+                f"on a plateau the runs learned their way onto (the constant prediction scores {constant:.4g})"
             )
     return None
 
