@@ -137,6 +137,31 @@ def test_target_range_regression_warns_with_the_standardisation():
     assert check.status == "warn" and "Standardise" in check.message and "(y - 50" in check.message
 
 
+def regression_targets(y: torch.Tensor) -> Task:
+    x = torch.randn(len(y), tiny.FEATURES, generator=torch.Generator().manual_seed(0))
+    return Task(train=(x[:300], y[:300]), val=(x[300:], y[300:]), model=tiny.MLP, loss="mse", kind="regression")
+
+
+def test_target_range_passes_an_autoencoders_near_constant_background_columns():
+    """Reconstruction targets: most pixels vary, a few (the background) barely do. Standardising those would magnify
+    their noise; the targets' pooled scale is fine. Their twin, targets that are all that small, still warns."""
+    g = torch.Generator().manual_seed(1)
+    varying, background = torch.randn(400, 56, generator=g), 0.01 * torch.randn(400, 8, generator=g) - 0.8
+    task = regression_targets(torch.cat([varying, background], 1))
+    assert target_range(*splits(task), task).status == "pass"
+    tiny_scale = regression_targets(0.01 * torch.randn(400, 3, generator=g))
+    check = target_range(*splits(tiny_scale), tiny_scale)
+    assert check.status == "warn" and "scale" in check.message
+
+
+def test_target_range_names_the_column_that_is_off():
+    g = torch.Generator().manual_seed(2)
+    y = torch.cat([2 * torch.randn(400, 1, generator=g), torch.randn(400, 1, generator=g) + 40], 1)
+    task = regression_targets(y)
+    check = target_range(*splits(task), task)
+    assert check.status == "warn" and "(column 1 of 2)" in check.message and "offset" in check.message
+
+
 # ---- class_balance -------------------------------------------------------------------------------------------------
 
 

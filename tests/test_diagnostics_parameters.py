@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recipe import Task
 from recipe.diagnostics.parameters import graph_leaves, params_update, unregistered_tensors
 from tests import tiny
 
@@ -92,3 +93,79 @@ def test_graph_leaves_are_the_parameters_that_reach_the_loss():
     loss = model(torch.randn(3, tiny.FEATURES)).sum()
     leaves = {id(t) for t in graph_leaves(loss)}
     assert id(model.l1.weight) in leaves and id(model.branch.weight) not in leaves
+
+
+# ---- a gradient of exactly zero: the batch or the init, not the model ------------------------------------------------
+
+
+class ZeroGate(tiny.MLP):
+    """Clean: a ReZero / LoRA-style branch behind a factor initialised to zero. At init the branch's weights get a
+    gradient of exactly zero; once the factor moves they get one."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch, self.gate = nn.Linear(32, 32), nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        h = F.relu(self.l2(F.relu(self.l1(x))))
+        return self.head(h + self.gate * self.branch(h))
+
+
+class Difference(nn.Module):
+    """Clean, with a redundant bias: the encoder's last bias cancels in the difference of two passes (a siamese
+    distance), so it has no effect on the loss on any batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(tiny.FEATURES // 2, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, tiny.CLASSES)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return self.head((self.enc(a) - self.enc(b)).abs())
+
+
+def more_batches(task):
+    return lambda k: task.sample_batch("train", 32, seed=k)
+
+
+@pytest.mark.parametrize(("more", "status"), [(True, "pass"), (False, "warn")])
+def test_a_branch_behind_a_zero_gate_trains_once_the_gate_moves(more, status):
+    task = tiny.classification(ZeroGate)
+    batch = task.sample_batch("train", 32, seed=0)
+    check = params_update(task.make_model(), task, batch, more=more_batches(task) if more else None)
+    assert check.status == status, check.message
+    assert check.value["steps"] == (2 if more else 1)
+    if not more:
+        assert check.value["zero_gradient"] == ["branch.weight", "branch.bias"]
+
+
+def test_an_l1_output_bias_with_as_many_outputs_above_as_below_passes_on_the_next_batch():
+    """The L1 loss's gradient for the output bias is the mean sign of the errors: exactly zero on a batch with as
+    many outputs above their targets as below, which a fresh model with a zero output layer meets here."""
+    x = torch.randn(64, tiny.FEATURES, generator=torch.Generator().manual_seed(0))
+    y = torch.cat([torch.ones(16), -torch.ones(16), torch.full((32,), 2.0)])[:, None]  # the first 32: balanced
+
+    def model():
+        net = tiny.MLP(out=1)
+        nn.init.zeros_(net.head.weight), nn.init.zeros_(net.head.bias)
+        return net
+
+    task = Task((x, y), (x, y), model, loss="l1", kind="regression")
+    first = task.batch("train", list(range(32)))
+    alone = params_update(task.make_model(), task, first)
+    assert alone.status == "warn" and "head.bias" in alone.value["zero_gradient"], alone.message
+    check = params_update(task.make_model(), task, first, more=lambda k: task.batch("train", list(range(32, 64))))
+    assert check.status == "pass", check.message
+
+
+def test_a_bias_that_cancels_on_every_batch_warns_and_a_cut_path_still_fails():
+    task = tiny.classification(Difference)
+    check = params_update(task.make_model(), task, task.sample_batch("train", 32, seed=0), more=more_batches(task))
+    assert check.status == "warn", check.message
+    assert check.value["zero_gradient"] == ["enc.2.bias"] and check.value["steps"] == 3
+    assert "no effect on the loss" in check.message
+    for planted, name in ((Detached, "l1.weight"), (DeadBranch, "branch.weight")):
+        task = tiny.classification(planted)
+        cut = params_update(task.make_model(), task, task.sample_batch("train", 32, seed=0), more=more_batches(task))
+        assert cut.status == "fail" and name in cut.value["no_gradient"], cut.message

@@ -17,6 +17,8 @@ from recipe import Recipe, Task
 from recipe.diagnostics.baselines import input_independent
 from recipe.diagnostics.search import seed_variance
 from recipe.evaluation import Evaluation
+from recipe.models import reference_task, simple_model_factory
+from tests import tiny
 
 QUANTILES = torch.tensor([0.1, 0.5, 0.9])
 
@@ -228,3 +230,47 @@ def test_a_conflicting_duplicate_among_continuous_inputs_still_warns(tmp_path):
     result = run(task, tmp_path, ["inspect"])
     check = next(c for c in result.checks if c.name == "duplicates")
     assert check.status == "warn" and "carry different labels" in check.message
+
+
+# ---- a forward hook written for a model that returns a dict ----------------------------------------------------------
+
+
+class DictOutput(Task):
+    """The user's model returns {"logits": ..., "features": ...}; the hook picks the logits."""
+
+    def forward(self, model, inputs):
+        return model(inputs)["logits"]
+
+
+class LogitsAndFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Sequential(nn.Linear(tiny.FEATURES, 32), nn.ReLU()), nn.Linear(32, tiny.CLASSES)
+
+    def forward(self, x):
+        h = self.body(x)
+        return {"logits": self.head(h), "features": h}
+
+
+class Rescaled(Task):
+    """A hook that prepares the inputs: any model, recipe's reference included, is called on x / 4."""
+
+    def forward(self, model, inputs):
+        return model(inputs / 4)
+
+
+def test_the_reference_model_skips_a_forward_hook_written_for_the_users_model_only(tmp_path):
+    base = tiny.classification()
+    dict_task = DictOutput(base.train, base.val, LogitsAndFeatures, num_classes=tiny.CLASSES)
+    inputs, _ = dict_task.split_batch(dict_task.sample_batch("train", 8, 0))
+    output = dict_task.forward(dict_task.make_model(), inputs)
+    factory, _ = simple_model_factory(dict_task, inputs, output)
+    reference = reference_task(dict_task, factory, inputs, output)
+    assert type(reference).forward is Task.forward  # the hook would index the reference's tensor with "logits"
+    assert reference.forward(factory(), inputs).shape == output.shape
+    rescaled = Rescaled(base.train, base.val, tiny.MLP, num_classes=tiny.CLASSES)
+    kept = reference_task(rescaled, factory, inputs, output)
+    assert type(kept) is Rescaled  # a hook that takes any model still prepares the reference's inputs
+
+    checks = {c.name: c for c in run(dict_task, tmp_path, stages=["baseline"]).checks}
+    assert checks["simple_model"].status == "pass", checks["simple_model"].message

@@ -234,21 +234,32 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
 
 
 def _regression_targets(train: SplitSample, task: Task) -> Check:
+    """Each target column's offset and its large scale, and the targets' pooled scale when it is small.
+
+    A column far from zero mean, or with a spread over 10, makes the first phase of training learn that offset or
+    scale (and under MSE the wide column drowns the others). A small spread counts only for the targets as a whole
+    (the root mean variance of the columns): columns that barely vary beside others that do (an image's background
+    pixels under an autoencoder) are near constants a model learns at once, and standardising them would magnify
+    their noise."""
     y = train.targets.float().reshape(len(train.targets), -1)
     mean, std = y.mean(0), y.std(0, unbiased=False)
+    pooled = float(std.square().mean().sqrt())
     value = {"mean": mean.tolist(), "std": std.tolist()}
-    offset = (mean.abs() > 3 * std.clamp_min(1.0)).any()
-    scale = ((std > 10) | ((std < 0.1) & (std > 0))).any()
-    if bool(offset or scale):
-        worst = int((mean.abs() + std).argmax())
+    offset = mean.abs() > 3 * std.clamp_min(1.0)
+    wide = std > 10
+    small = 0 < pooled < 0.1
+    if bool(offset.any() or wide.any()) or small:
+        flagged = offset | wide if bool(offset.any() or wide.any()) else torch.ones_like(offset)
+        worst = int(((mean.abs() + std) * flagged).argmax())
+        column = f" (column {worst} of {len(mean)})" if len(mean) > 1 else ""
+        what = "offset" if bool(offset.any()) else "scale"
         return warned(
             "target_range",
-            f"regression targets have mean {float(mean[worst]):.4g} and std {float(std[worst]):.4g}: the network "
-            f"must first learn that {'offset' if offset else 'scale'}. Standardise them with the training "
-            f"statistics, y' = (y - {float(mean[worst]):.4g}) / {float(std[worst]):.4g}, and invert that on "
-            "predictions.",
+            f"regression targets have mean {float(mean[worst]):.4g} and std {float(std[worst]):.4g}{column}: the "
+            f"network must first learn that {what}. Standardise them with the training statistics, y' = (y - "
+            f"{float(mean[worst]):.4g}) / {float(std[worst]):.4g}, and invert that on predictions.",
             value,
-            "|mean| <= 3 std, 0.1 <= std <= 10",
+            "|mean| <= 3 std and std <= 10 per column; a pooled std of at least 0.1",
         )
     return passed(
         "target_range", f"regression targets have mean {float(mean.mean()):.3g} and std {float(std.mean()):.3g}.", value

@@ -6,6 +6,7 @@ overfit-one-batch passes with a `.detach()` mid-network, so the parameter audit 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,12 +62,26 @@ def graph_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-def params_update(model: nn.Module, task: Task, batch: Batch, lr: float = 1e-3) -> Check:
+def params_update(
+    model: nn.Module,
+    task: Task,
+    batch: Batch,
+    lr: float = 1e-3,
+    more: Callable[[int], Batch] | None = None,
+    steps: int = 3,
+) -> Check:
     """Catches layers that never train: kept in a plain list/dict (unregistered), cut off by `.detach()`/`.data`/a
     numpy round-trip, a dead branch whose output is discarded, or parameters left frozen.
 
-    Why: catalog M5-M7, O2: after one optimizer step, every trainable parameter must have had a non-zero gradient
-    and must have changed; every tensor the loss depends on must be a registered parameter.
+    Why: catalog M5-M7, O2: every trainable parameter must get a gradient and move; every tensor the loss depends
+    on must be a registered parameter. A cut path leaves a parameter out of the loss's graph: its gradient stays
+    None (fail). A gradient of exactly zero in the graph can be the batch or the init and not the model: an L1
+    loss's output bias when as many outputs lie above their targets as below, a LoRA or ReZero branch behind a
+    factor initialised to zero. So a parameter that does not move after the step on `batch` gets up to `steps` - 1
+    more steps on the batches `more(k)` draws; one still without a gradient anywhere fails, and one that stays at
+    zero in the graph on every batch only warns: it has no effect on the loss (a bias that what follows cancels,
+    as a normalisation or the difference of two passes through the same layers does, or a branch multiplied by
+    zero).
     """
     model.train()
     named = list(model.named_parameters())
@@ -74,25 +89,40 @@ def params_update(model: nn.Module, task: Task, batch: Batch, lr: float = 1e-3) 
     frozen = [n for n, p in named if not p.requires_grad]
     before = {n: p.detach().clone() for n, p in trainable}
     registered = {id(p) for _, p in named}
-    for _, p in trainable:
-        p.grad = None
-    output, target = task.outputs(model, batch)
-    loss = task.compute_loss(output, target)
-    outside = [tuple(t.shape) for t in graph_leaves(loss) if id(t) not in registered]
-    loss.backward()
-    no_grad = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
-    if trainable:
-        opt = torch.optim.AdamW([p for _, p in trainable], lr=lr, weight_decay=0.0)
-        opt.step()
-    unchanged = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
+    opt = torch.optim.AdamW([p for _, p in trainable], lr=lr, weight_decay=0.0) if trainable else None
+    reached: set[str] = set()  # got a gradient tensor (the parameter is in the loss's graph)
+    moved: set[str] = set()  # got a non-zero gradient
+    outside: list[tuple[int, ...]] = []
+    taken = 0
+    for k in range(max(1, steps)):
+        if k and (more is None or len(moved) == len(trainable)):
+            break
+        step_batch = batch if k == 0 or more is None else more(k)
+        for _, p in trainable:
+            p.grad = None
+        output, target = task.outputs(model, step_batch)
+        loss = task.compute_loss(output, target)
+        if k == 0:
+            outside = [tuple(t.shape) for t in graph_leaves(loss) if id(t) not in registered]
+        loss.backward()
+        reached |= {n for n, p in trainable if p.grad is not None}
+        moved |= {n for n, p in trainable if p.grad is not None and bool(p.grad.any())}
+        if opt is not None:
+            opt.step()
+        taken += 1
+    no_grad = [n for n, _ in trainable if n not in reached]
+    zero = [n for n, _ in trainable if n in reached and n not in moved]
+    unchanged = [n for n, p in trainable if n in moved and torch.equal(p.detach(), before[n])]
     unregistered = unregistered_tensors(model)
     value: dict[str, Any] = {
         "trainable": len(trainable),
         "no_gradient": no_grad,
+        "zero_gradient": zero,
         "unchanged": unchanged,
         "unregistered": unregistered,
         "unregistered_graph_leaves": outside,
         "frozen": frozen,
+        "steps": taken,
     }
     if unregistered or outside:
         names = unregistered or [f"tensor of shape {s}" for s in outside]
@@ -108,11 +138,22 @@ def params_update(model: nn.Module, task: Task, batch: Batch, lr: float = 1e-3) 
         names = no_grad or unchanged
         return failed(
             "params_update",
-            f"{len(names)} of {len(trainable)} parameter tensors got no gradient or did not "
-            f"change after a step: {', '.join(names[:6])}. The path from them to the loss is cut (.detach(), "
-            ".data, torch.no_grad, a numpy round-trip) or their output is never used.",
+            f"{len(names)} of {len(trainable)} parameter tensors got no gradient or did not change after "
+            f"{_steps(taken)}: {', '.join(names[:6])}. The path from them to the loss is cut (.detach(), .data, "
+            "torch.no_grad, a numpy round-trip) or their output is never used.",
             value,
             "every parameter gets a gradient and changes",
+        )
+    if zero:
+        return warned(
+            "params_update",
+            f"{len(zero)} of {len(trainable)} parameter tensors are in the loss's graph but got a gradient of "
+            f"exactly zero in each of {_steps(taken)} on different batches: {', '.join(zero[:6])}. They have no "
+            "effect on the loss. Harmless when what follows cancels them (a bias before a normalisation, or one "
+            "inside the difference of two passes through the same layers: drop it); a bug when their branch is "
+            "multiplied by zero or masked out.",
+            value,
+            "every parameter gets a non-zero gradient",
         )
     if frozen:
         return warned(
@@ -122,5 +163,11 @@ def params_update(model: nn.Module, task: Task, batch: Batch, lr: float = 1e-3) 
             value,
         )
     return passed(
-        "params_update", f"all {len(trainable)} parameter tensors got a gradient and changed after one step.", value
+        "params_update",
+        f"all {len(trainable)} parameter tensors got a gradient and changed after {_steps(taken)}.",
+        value,
     )
+
+
+def _steps(n: int) -> str:
+    return "one step" if n == 1 else f"{n} steps"

@@ -44,7 +44,7 @@ from recipe.diagnostics.training import loss_decreases, parameter_change, seed_r
 from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
 from recipe.loop import FitResult
-from recipe.models import disable_dropout, simple_model_factory
+from recipe.models import disable_dropout, reference_task, simple_model_factory
 from recipe.stage import Stage, StageSettings
 from recipe.task import IGNORE_INDEX, Task
 
@@ -100,7 +100,8 @@ class Baseline(Stage):
         if task.kind == "sequence":
             checks.append(ctx.check(causal, fresh(), task, probe_inputs, target=probe_target))
         checks.append(ctx.check(target_leak, task, seed=ctx.seed))
-        checks.append(ctx.check(params_update, fresh(), task, batch))
+        other_batch = lambda k: task.sample_batch("train", ctx.train.batch_size, ctx.seed + k, device)  # k >= 1
+        checks.append(ctx.check(params_update, fresh(), task, batch, more=other_batch))
         checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
         checks.append(ctx.check(padding_invariance, fresh(), task, probe_inputs))
         checks.append(ctx.check(init_symmetry, fresh(), task, batch))
@@ -196,9 +197,9 @@ class Baseline(Stage):
             checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
             return
         factory, description = reference
-        simple_task = task.replace(model=factory)
+        simple_task = reference_task(task, factory, inputs, output)
         simple_run, _ = self._short_run(ctx, "simple_model", simple_task, factory().to(device), s.simple_model_lr)
-        simple = evaluate(task, simple_run.model, task.val, device)
+        simple = evaluate(simple_task, simple_run.model, task.val, device)
         constant = next(
             (trivial_figures[k] for k in ("prior_loss", "unigram_loss", "mean_mse") if k in trivial_figures), None
         )
