@@ -11,7 +11,7 @@ import torch
 from recipe import Task
 from recipe.diagnostics.groups import group_leak
 from recipe.diagnostics.integrity import read_split
-from recipe.diagnostics.reading import training_reads_vary
+from recipe.diagnostics.reading import augmentation_variance, training_reads_vary
 from recipe.diagnostics.shift import affine_residual, neighbour_auc, split_shift
 from tests import tiny
 
@@ -160,6 +160,54 @@ def test_split_shift_told_of_augmentation_still_fails_a_preprocessing_bug():
     assert training_reads_vary(task)
     check = split_shift(*splits(task), train_augmented=True)
     assert check.status == "fail", check.message
+
+
+class Noised(Augmented):
+    """Training reads with Gaussian noise of 0.1 sd on every value, the commonest augmentation of tabular and signal
+    inputs. Beside features that barely vary (an image's border pixels), it alone makes the splits differ."""
+
+    def __getitem__(self, i: int):
+        return (self.x[i] + 0.1 * torch.randn_like(self.x[i]) if self.augment else self.x[i]), self.y[i]
+
+
+def near_constant_features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`correlated` inputs whose last four features hardly vary (std 0.01), as border pixels do."""
+    x, y = correlated(n, seed)
+    x[:, -4:] = 0.01 * torch.randn(n, 4, generator=torch.Generator().manual_seed(seed + 50)) - 0.8
+    return x, y
+
+
+@pytest.mark.parametrize("own_scale", [False, True])
+def test_split_shift_passes_noise_added_on_read_and_still_flags_validation_scaled_apart(own_scale):
+    """The noise widens the near-constant features tenfold, which looks like a scale bug until the validation
+    inputs get the same noise (its variance measured from two reads of the same training samples). The twin scales
+    validation by its own statistics as well: the difference outlives the noise and is still reported."""
+    x, y = near_constant_features(1200, 0)
+    val = x[900:] * 3 + 1 if own_scale else x[900:]
+    task = Task(
+        train=Noised(x[:900], y[:900], augment=True),
+        val=Noised(val, y[900:], augment=False),
+        model=tiny.MLP,
+        num_classes=tiny.CLASSES,
+    )
+    added = augmentation_variance(task)
+    assert added is not None and added.shape == (tiny.FEATURES,)
+    assert torch.allclose(added, torch.full_like(added, 0.01), rtol=0.3)
+    unaided = split_shift(*splits(task), train_augmented=True)
+    assert unaided.value["auc"] > 0.9 and unaided.status in ("warn", "fail"), unaided.message
+    check = split_shift(*splits(task), train_augmented=True, augmentation=added)
+    if own_scale:
+        assert check.status == "fail", check.message
+    else:
+        assert check.status == "pass" and "the difference is the augmentation" in check.message, check.message
+        assert check.value["auc_val_with_augmentation_noise"] < 0.6
+
+
+def test_augmentation_variance_is_none_for_a_split_read_the_same_every_time():
+    x, y = correlated(200, 0)
+    assert augmentation_variance(Task(train=(x, y), val=(x, y), model=tiny.MLP, num_classes=tiny.CLASSES)) is None
+    fixed = Task(train=Noised(x, y, augment=False), val=(x, y), model=tiny.MLP, num_classes=tiny.CLASSES)
+    assert augmentation_variance(fixed) is None
 
 
 def test_split_shift_warns_on_one_drifting_feature_rather_than_failing():

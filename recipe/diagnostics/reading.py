@@ -51,6 +51,22 @@ def training_reads_vary(task: Task, samples: int = 8, seed: int = 0) -> bool:
         return bool(_changing(task.train, fixed_indices(len(task.train), samples, seed)))
 
 
+def augmentation_variance(task: Task, samples: int = 256, seed: int = 0) -> torch.Tensor | None:
+    """Per input value (flattened), the variance a training Dataset that augments on read adds to a sample: half
+    the mean squared difference between two reads of the same samples, which is exact for noise drawn afresh on
+    every read. None when the Dataset does not augment on read or its inputs are not one float tensor. Read without
+    moving any global random generator."""
+    if not training_reads_vary(task, seed=seed):
+        return None
+    indices = fixed_indices(len(task.train), samples, seed)
+    with rng_state_kept():
+        first, _ = task.split_batch(task.train.batch(indices))
+        second, _ = task.split_batch(task.train.batch(indices))
+    if not (isinstance(first, torch.Tensor) and first.is_floating_point() and first.shape == second.shape):
+        return None
+    return (first.float() - second.float()).reshape(len(first), -1).square().mean(0) / 2
+
+
 def eval_data_deterministic(task: Task, samples: int = 8, seed: int = 0) -> Check:
     """Catches validation samples that change between reads: random augmentation applied at evaluation, or a
     `Dataset.__getitem__` that edits a stored tensor in place (`x -= mean`), so every epoch evaluates other data.

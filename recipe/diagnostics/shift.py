@@ -117,6 +117,13 @@ def _flat_features(x: torch.Tensor, max_features: int, seed: int) -> torch.Tenso
     return flat
 
 
+def _with_noise(x: torch.Tensor, added: torch.Tensor, seed: int) -> torch.Tensor:
+    """`x` with independent Gaussian noise of variance `added` per column (seeded): what augmentation that adds
+    such noise on read would make of it."""
+    g = torch.Generator().manual_seed(seed)
+    return x + torch.randn(x.shape, generator=g, dtype=x.dtype) * added.to(x.dtype).sqrt()
+
+
 MIN_ROWS_TO_FAIL = 50  # a group split with 20 validation rows left the neighbour test at z 1-4; with 40, z 5-10
 
 
@@ -166,6 +173,7 @@ def split_shift(
     groups: tuple[list[Any], list[Any]] | None = None,
     residual_sigmas: float = 3.0,
     train_augmented: bool = False,
+    augmentation: torch.Tensor | None = None,
 ) -> Check:
     """Catches validation inputs preprocessed differently from training (another normalisation or units at
     evaluation, validation standardised with its own statistics), and reports splits drawn differently.
@@ -177,7 +185,10 @@ def split_shift(
     features or more, with `MIN_ROWS_TO_FAIL` rows in each split. A shift that survives is a different draw (groups,
     time, domain, train-only augmentation): a warning, or a pass when the split is declared by group
     (`Task(groups=...)`, no group in both splits) or the training samples are augmented on read (`train_augmented`:
-    two reads differ), so that they differ from validation's by design.
+    two reads differ), so that they differ from validation's by design. When the augmentation's own variance per
+    input value is known (`augmentation`, from two reads of the same samples), the validation inputs are also
+    compared with that much independent noise added; a difference that is gone then was the augmentation's noise
+    (it widens each feature, as a scale bug does), and the check passes.
     """
     if train.inputs is None or val.inputs is None or not train.inputs.is_floating_point():
         return skipped("split_shift", "needs float inputs held as one tensor (token inputs are not compared).")
@@ -210,6 +221,18 @@ def split_shift(
             f"expected), median |log std ratio| {value['median_abs_log_std_ratio']:.2f}.",
             value,
         )
+    if augmentation is not None:
+        added = _flat_features(augmentation[None], max_features, seed)[0]
+        value["auc_val_with_augmentation_noise"] = noised = domain_auc(a, _with_noise(b, added, seed), seed=seed)
+        if noised < warn_at:
+            return passed(
+                "split_shift",
+                f"a classifier tells training from validation inputs apart (held-out AUC {score:.2f}), but not once "
+                f"the validation inputs get noise of the variance the training Dataset's augmentation adds on read "
+                f"(AUC {noised:.2f}; measured from two reads of the same samples): the difference is the "
+                "augmentation, as designed.",
+                value,
+            )
     value["after_own_standardisation"] = residual = affine_residual(a, b, seed=seed)
     value["features_shifted"] = shifted = int((gap > 1.0).sum())  # by a standard deviation or more
     affine = residual["z"] <= residual_sigmas

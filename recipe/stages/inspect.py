@@ -39,7 +39,7 @@ from recipe.diagnostics.integrity import (
 from recipe.diagnostics.label_noise import find_label_issues, label_noise
 from recipe.diagnostics.leakage import target_derived_features, time_leakage
 from recipe.diagnostics.outliers import outliers
-from recipe.diagnostics.reading import eval_data_deterministic, training_reads_vary
+from recipe.diagnostics.reading import augmentation_variance, eval_data_deterministic, training_reads_vary
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
 from recipe.errors import ConfigError
@@ -106,6 +106,7 @@ class InspectData(Stage):
                 seed=ctx.seed,
                 groups=task.groups,
                 train_augmented=augmented,
+                augmentation=augmentation_variance(task, seed=ctx.seed) if augmented else None,
             )
         )
         checks.append(ctx.check(self._duplicates, ctx, train, val))
