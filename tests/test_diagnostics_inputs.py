@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recipe import Task
 from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, single_feature_scores, target_leak
 from tests import tiny
 
@@ -72,6 +73,47 @@ def test_regression_target_copied_into_an_input_is_caught():
 
     planted = task.replace(train=leak(task.train), val=leak(task.val))
     assert target_leak(planted).status == "fail"
+
+
+def smooth_series_windows(n: int = 3000, window: int = 16):
+    """One-step forecasting of a smooth curve (integrated AR(1) steps): the last value in the window predicts the
+    next one with R² 0.9999, by the nature of the series."""
+    g = torch.Generator().manual_seed(0)
+    steps = torch.zeros(n)
+    for t in range(1, n):
+        steps[t] = 0.9 * steps[t - 1] + 0.1 * torch.randn((), generator=g)
+    s = steps.cumsum(0)
+    s = (s - s.mean()) / s.std()
+    x = s.unfold(0, window, 1)[:-1]
+    y = s[window:, None]
+    cut = 2200
+    return Task((x[:cut], y[:cut]), (x[cut + window :], y[cut + window :]), lambda: tiny.MLP(1, window), loss="mse")
+
+
+def test_target_leak_warns_on_a_decisive_feature_and_fails_only_a_copy_of_the_target():
+    """The last value of a smooth series and the target with noise both predict the target nearly perfectly: from
+    the data alone they look alike, so both warn. The target itself, or the class ids mapped to other values,
+    fails."""
+    forecast = target_leak(smooth_series_windows())
+    assert forecast.status == "warn" and forecast.value["best_single_feature_R²"] > 0.999, forecast.message
+    assert "decisive by nature" in forecast.message
+    regression = tiny.regression()
+
+    def noisy_copy(split):  # the target with a little noise: from the data alone, as decisive as the series above
+        g = torch.Generator().manual_seed(len(split.y))
+        return torch.cat([split.x, split.y + 0.01 * torch.randn(split.y.shape, generator=g)], 1), split.y
+
+    noisy = target_leak(regression.replace(train=noisy_copy(regression.train), val=noisy_copy(regression.val)))
+    assert noisy.status == "warn" and noisy.value["best_single_feature_R²"] > 0.999, noisy.message
+    task = tiny.classification()
+
+    def coded(split):  # class c stored as the value codes[c]: not monotone in the class id
+        codes = torch.tensor([7.0, 2.0, 9.0, 4.0])
+        return torch.cat([split.x, codes[split.y][:, None]], 1), split.y
+
+    planted = task.replace(train=coded(task.train), val=coded(task.val), model=lambda: tiny.MLP(features=13))
+    check = target_leak(planted)
+    assert check.status == "fail" and "is the target itself" in check.message, check.message
 
 
 def test_alignment_profile_peaks_at_the_shift():

@@ -1,6 +1,7 @@
 """Tasks of kinds the project had not run, each a correct setup that used to crash a probe or fail a check:
 quantile regression under a callable pinball loss (three outputs per target), per-pixel segmentation, a training
-split smaller than the default batch. Each runs clean now; the planted bug beside it is still caught."""
+split smaller than the default batch, a model that returns a dict of outputs. Each runs clean now; the planted bug
+beside it is still caught."""
 
 from __future__ import annotations
 
