@@ -181,6 +181,22 @@ def test_init_bias(make_task, status):
         assert check.value["loss_after"] < check.value["loss_before"]
 
 
+def test_init_bias_passes_class_ids_reserved_for_later_and_still_warns_imbalance_among_those_that_occur():
+    """num_classes=6 with labels 0..3 only (ids 4 and 5 reserved): a uniform init overstates the loss by
+    ln 6 - ln 4, which the first steps remove; the labels that occur are balanced. The imbalanced twin, with the
+    same two reserved ids, still warns."""
+    base = tiny.classification()
+    reserved = base.replace(model=lambda: tiny.MLP(out=6))
+    reserved.num_classes = 6
+    check = init_bias(reserved, reserved.make_model, _batch(reserved), torch.device("cpu"))
+    assert check.status == "pass" and check.value["absent_classes"] == [4, 5], check.message
+    assert "occur in neither split (4, 5)" in check.message
+    imbalanced = _imbalanced().replace(model=lambda: tiny.MLP(out=4))
+    imbalanced.num_classes = 4
+    check = init_bias(imbalanced, imbalanced.make_model, _batch(imbalanced), torch.device("cpu"))
+    assert check.status == "warn" and check.value["absent_classes"] == [2, 3], check.message
+
+
 def _narrow():
     """A ReLU regression MLP ending in Linear: about one fresh draw in four outputs no negative value."""
     return nn.Sequential(nn.Linear(tiny.FEATURES, 2), nn.ReLU(), nn.Linear(2, 1))

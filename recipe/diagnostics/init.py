@@ -232,6 +232,17 @@ def class_weights_amplify(task: Task, target: torch.Tensor, value: dict[str, Any
     )
 
 
+def _absent_classes(task: Task, target: torch.Tensor) -> list[int]:
+    """Class ids below `num_classes` that occur in neither split's labels (ids reserved for later, say)."""
+    if task.loss != "cross_entropy" or task.kind == "sequence" or not task.num_classes:
+        return []
+    seen = torch.zeros(task.num_classes, dtype=torch.bool)
+    for labels in (target, task.targets("val", limit=50_000)):
+        valid = labels[(labels >= 0) & (labels < task.num_classes)].long()
+        seen[valid] = True
+    return (~seen).nonzero().flatten().tolist()
+
+
 def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device) -> Check:
     """Catches imbalanced classes or targets far from zero left to the default init (a "hockey stick" loss curve).
 
@@ -268,12 +279,27 @@ def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device
             amplified = class_weights_amplify(task, target, value)
             if amplified:
                 return amplified
-        needed = gap > 0.1 and task.kind != "sequence"
+        absent = _absent_classes(task, target)
+        # classes declared but in neither split (reserved ids) are learned down in the first steps: the imbalance
+        # that matters is among the classes that occur
+        imbalance = gap - (math.log(task.num_classes or 2) - math.log((task.num_classes or 2) - len(absent)))
+        needed = imbalance > 0.1 and task.kind != "sequence"
         expected_saving = gap
         fix = f"set {found[0]}.bias to the log class priors (log p_c) in your model's init"
         why = f"the labels are imbalanced: the class prior saves {gap:.2f} nats over uniform at init"
         if task.class_weights is not None:
             why = f"under the class weights the weighted class prior saves {gap:.2f} nats over uniform at init"
+        if absent:
+            value["absent_classes"] = absent[:20]
+            if not needed:
+                return passed(
+                    "init_bias",
+                    f"{len(absent)} of the {task.num_classes} classes occur in neither split "
+                    f"({', '.join(map(str, absent[:8]))}{', ...' if len(absent) > 8 else ''}): their logits are "
+                    f"learned down in the first steps, and the classes that occur are balanced enough "
+                    f"({imbalance:.2f} nats from uniform).",
+                    value,
+                )
     else:
         mean, std = float(target.float().mean()), float(target.float().std())
         value.update(target_mean=mean, target_std=std)

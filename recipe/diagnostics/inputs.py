@@ -256,8 +256,8 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     series predicts the next one with R² 0.9999), and from the data alone such a feature cannot be told from a
     label column with noise: that warns. Only a feature that is the target itself, in both splits, fails: the
     classes in disjoint runs of its sorted values (classification), or the target an exact affine function of it
-    (regression, residual under 1e-4 of the target's spread, float32 rounding aside). For next-token targets `y[t] == x[t+k]` must peak at k = +1
-    only.
+    (regression, residual under 1e-4 of the target's spread, float32 rounding aside). For next-token targets
+    `y[t] == x[t+k]` must peak at k = +1 only.
     """
     train = task.sample_batch("train", max_samples, seed)
     val = task.sample_batch("val", max_samples // 2, seed)
