@@ -178,6 +178,19 @@ def test_class_balance_fails_on_a_split_cut_from_sorted_labels():
     task = with_data(x[:300], y[:300], x[300:], y[300:])  # validation holds the last classes only
     check = class_balance(*splits(task), task)
     assert check.status == "fail" and check.value["total_variation"] > 0.5
+    assert check.value["confined_classes"] == [0, 1, 2] and "almost only in one split" in check.message
+
+
+def test_class_balance_warns_on_a_validation_set_balanced_on_purpose():
+    """Training labels as they come (class 0 at 85%), validation balanced by design: as far apart as a sorted cut
+    (TV 0.6), but every class is in both splits in numbers a sampler chose, so it warns and says so."""
+    x, y = clean_xy(4000)
+    y = torch.where(torch.rand(len(y), generator=torch.Generator().manual_seed(0)) < 0.8, 0, y)
+    x_val, y_val = clean_xy(800, seed=1)
+    task = with_data(x, y, x_val, y_val)
+    check = class_balance(*splits(task), task)
+    assert check.value["total_variation"] > 0.5 and check.value["confined_classes"] == []
+    assert check.status == "warn" and "balanced on purpose" in check.message, check.message
 
 
 def test_class_balance_warns_on_a_moderate_shift():

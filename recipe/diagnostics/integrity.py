@@ -274,7 +274,9 @@ def class_balance(
 
     Why: catalog D5. The total-variation distance between the two label histograms is compared with its
     distribution under random re-splitting of the same labels (a permutation test): a difference that random
-    splits never produce is a split bug; a gross one (TV >= `fail_tv`) fails.
+    splits never produce warns. A gross one (TV >= `fail_tv`) fails when some class sits almost only in one split,
+    the mark of a cut through sorted data (`_confined_classes`); with every class in both splits it warns, since a
+    validation set balanced on purpose, or a resampled training set, differs as much.
     """
     if not is_class_task(task) or not task.num_classes:
         return skipped("class_balance", "not a single-label classification task.")
@@ -303,12 +305,27 @@ def class_balance(
     }
     # beyond every random re-split, and by a margin, so a clean random split warns well under 1% of the time
     shifted = tv > max(float(null_t.max()), 1.5 * float(null_t.quantile(0.99)))
-    if shifted and tv >= fail_tv:
+    confined = _confined_classes(n_train, n_val)
+    value["confined_classes"] = confined
+    if shifted and tv >= fail_tv and confined:
+        where = "; ".join(f"class {c}: {int(n_train[c])} training, {int(n_val[c])} validation" for c in confined[:4])
         return failed(
             "class_balance",
             f"label frequencies differ between training and validation by total variation {tv:.2f} (random "
-            f"splits of the same labels: at most {float(null_t.max()):.3f}): the split was cut from ordered data. "
-            "Shuffle before splitting, stratified by label.",
+            f"splits of the same labels: at most {float(null_t.max()):.3f}), and some classes sit almost only in "
+            f"one split ({where}): the split was cut from ordered data. Shuffle before splitting, stratified by "
+            "label.",
+            value,
+            f"TV within random-split noise (<= {float(null_t.max()):.3f})",
+        )
+    if shifted and tv >= fail_tv:
+        return warned(
+            "class_balance",
+            f"label frequencies differ between training and validation by total variation {tv:.2f} (random "
+            f"splits of the same labels: at most {float(null_t.max()):.3f}), with every class in both splits. A "
+            "validation set balanced on purpose (or a training set resampled) looks like this: then the validation "
+            "loss weighs the classes unlike training, so compare per-class metrics. Otherwise the split was cut "
+            "from partly ordered data: shuffle before splitting, stratified by label.",
             value,
             f"TV within random-split noise (<= {float(null_t.max()):.3f})",
         )
@@ -333,6 +350,16 @@ def class_balance(
         f"imbalance ratio {ratio:.1f}:1.",
         value,
     )
+
+
+def _confined_classes(n_train: torch.Tensor, n_val: torch.Tensor, factor: float = 10.0, least: int = 10) -> list[int]:
+    """Classes with at least `least` rows whose share in one split is under 1/`factor` of that split's share of all
+    rows: a class 10x rarer in validation than the split sizes predict (or in training) was cut off, not sampled."""
+    total = n_train + n_val
+    val_share = float(n_val.sum() / total.sum())
+    share = n_val / total.clamp_min(1)
+    off = (share < val_share / factor) | (1 - share < (1 - val_share) / factor)
+    return [int(c) for c in (off & (total >= least)).nonzero().flatten()]
 
 
 def sequence_data(train: SplitSample, val: SplitSample, task: Task, pad_id: int | None = None) -> Check:
