@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recipe import Task
 from recipe.diagnostics.init import (
     bias_values,
     final_layer,
@@ -60,6 +61,28 @@ def test_loss_at_init(make_task, status, words):
     check = loss_at_init(task.make_model(), task, _batch(task))
     assert check.status == status, check.message
     assert words in check.message
+
+
+def test_a_negative_likelihood_at_init_is_expected_for_counts_and_a_bug_for_classes():
+    """Poisson NLL drops log(y!), so a model whose output bias starts at log(mean count), as 'init well' advises,
+    scores below zero on counts of mean 20. Over class labels the same sign is the missing log or a flipped sign."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, tiny.FEATURES, generator=g)
+    y = torch.poisson(torch.full((300,), 20.0), generator=g)
+
+    def model():
+        net = tiny.MLP(out=1)
+        nn.init.constant_(net.head.bias, math.log(20.0))
+        return net
+
+    counts = Task(
+        (x[:200], y[:200]), (x[200:], y[200:]), model, kind="regression",
+        loss=lambda o, t: F.poisson_nll_loss(o.squeeze(-1), t, log_input=True),
+    )  # fmt: skip
+    check = loss_at_init(counts.make_model(), counts, _batch(counts))
+    assert check.status == "skip" and check.value["loss"] < 0 and "Poisson" in check.message, check.message
+    flipped = tiny.classification(loss=lambda o, t: -F.cross_entropy(o, t))
+    assert loss_at_init(flipped.make_model(), flipped, _batch(flipped)).status == "fail"
 
 
 def test_loss_at_init_expected_is_ln_c_for_cross_entropy():

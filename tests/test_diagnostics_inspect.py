@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recipe import Task
 from recipe.diagnostics.inputs import input_stats
@@ -152,6 +153,17 @@ def test_target_range_passes_an_autoencoders_near_constant_background_columns():
     tiny_scale = regression_targets(0.01 * torch.randn(400, 3, generator=g))
     check = target_range(*splits(tiny_scale), tiny_scale)
     assert check.status == "warn" and "scale" in check.message
+
+
+def test_target_range_leaves_the_scale_to_a_callable_loss():
+    """Counts of mean 20 under Poisson NLL: the output is a log rate, and standardising counts would break the
+    loss. The same counts under MSE still warn."""
+    counts = torch.poisson(torch.full((400, 1), 20.0), generator=torch.Generator().manual_seed(3))
+    poisson = regression_targets(counts).replace(loss=lambda o, t: F.poisson_nll_loss(o, t, log_input=True))
+    check = target_range(*splits(poisson), poisson)
+    assert check.status == "pass" and "not judged" in check.message, check.message
+    mse = regression_targets(counts)
+    assert target_range(*splits(mse), mse).status == "warn"
 
 
 def test_target_range_names_the_column_that_is_off():
@@ -383,6 +395,23 @@ def test_outliers_flag_a_blank_sample():
     x[3] = 0.0
     check, info = outliers(read_split(with_data(x, y), "train", 10_000, 0))
     assert check.status == "warn" and info["table"][0]["index"] == 3
+
+
+def test_outliers_pass_one_feature_near_zero_and_still_flag_a_blank_image_among_many():
+    """One feature drawn evenly from [-2, 2]: the smallest |x| of 3,000 lies 8 robust deviations below the median
+    log norm, as a density around zero makes it (ln n / d below, d = 1). Among 20,000 images of 64 correlated
+    pixels (effective dimension about 10) a blank one is still far beyond that allowance."""
+    g = torch.Generator().manual_seed(0)
+    one = torch.rand(3000, 1, generator=g) * 4 - 2
+    z = robust_z(one.abs().flatten().log())
+    assert float(z.min()) < -8  # what the check saw before the allowance
+    check, _ = outliers(read_split(with_data(one, torch.zeros(3000, dtype=torch.long)), "train", 10_000, 0))
+    assert check.status == "pass", check.message
+    mixing = torch.randn(10, 64, generator=g)
+    images = (torch.randn(20_000, 10, generator=g) @ mixing).sigmoid()  # pixels in (0, 1), as images are stored
+    images[123] = 0.0
+    check, _ = outliers(read_split(with_data(images, torch.zeros(20_000, dtype=torch.long)), "train", 30_000, 0))
+    assert check.status == "warn" and check.value["beyond_threshold"] == 1 and "index 123" in check.message
 
 
 # ---- sequence_data -------------------------------------------------------------------------------------------------

@@ -74,6 +74,29 @@ def test_a_regression_plateau_of_a_loss_without_a_known_floor_is_not_judged():
     assert check.status == "skip" and "cannot judge" in check.message, check.message
 
 
+def gaussian_nll(output, target):
+    return F.gaussian_nll_loss(output[:, :1], target, output[:, 1:].exp())
+
+
+@pytest.mark.parametrize(
+    ("losses", "status"),
+    [
+        # Gaussian NLL on 16 samples: 0.27 -> -2.24 in 300 steps, residuals near 0.07, while the floor (-6.9) needs
+        # the variance at its 1e-6 clamp: measured on a heteroscedastic sine, a correct setup
+        ([0.27, -1.6, -2.0] + [-2.2] * 297, "skip"),
+        ([0.27] + [0.25] * 299, "fail"),  # never beat the constant (0.19): a plateau that is a bug's
+    ],
+)
+def test_a_likelihood_that_stops_short_of_its_clamped_floor_is_not_judged(losses, status):
+    task = tiny.regression().replace(loss=gaussian_nll)
+    check = overfits_batch(losses, math.nan, reference=0.19, task=task, batch_size=16, floor=-6.9)
+    assert check.status == status, check.message
+    if status == "skip":
+        assert "logarithm of the residual" in check.message
+    plain = tiny.regression().replace(loss=lambda o, t: F.mse_loss(o, t))  # a loss that stays positive is judged
+    assert overfits_batch([0.9] + [0.5] * 299, math.nan, 0.8, plain, 16, floor=0.0).status == "fail"
+
+
 def _curve(lrs, valley_at=1e-2, diverge_at=1.0):
     """A typical range-test curve: flat, then falling towards `valley_at`, then exploding past `diverge_at`."""
     out = []

@@ -49,6 +49,21 @@ def still_falling(step_losses: list[float], fraction: float = 0.1, drop: float =
     return math.isfinite(last) and height > 0 and last < before - drop * height
 
 
+def likelihood_far_from_floor(task: Task, first: float, final: float, reference: float, floor: float) -> bool:
+    """Whether a regression run under a callable loss that goes below zero (a likelihood: Gaussian or Poisson NLL)
+    learned the batch and only stopped short of the loss's floor: it fell by a tenth of the way to the floor and
+    below the constant prediction. Such a floor sits where an output reaches an extreme (a variance at its clamp),
+    and the loss approaches it as the logarithm of the residual: slowly, and not as a plateau from a bug."""
+    return (
+        callable(task.loss)
+        and task.kind == "regression"
+        and math.isfinite(floor)
+        and floor < 0
+        and final < reference
+        and first - final >= 0.1 * (first - floor)
+    )
+
+
 def overfits_batch(
     step_losses: list[float],
     batch_metric: float,
@@ -143,6 +158,15 @@ def overfits_batch(
             "loss at this learning rate, which says nothing about the setup; lower overfit.lr to see it settle.",
         ).replace(value=value, expected=expected)
     classes = task.num_classes or 2
+    if likelihood_far_from_floor(task, first, final, reference, floor):
+        return skipped(
+            "overfit_batch",
+            f"cannot judge: the loss fell from {first:.4g} to {final:.4g}, below the constant prediction's "
+            f"{reference:.4g}, but not near its lowest value on this batch ({floor:.4g}). This callable loss goes "
+            "below zero: a likelihood of continuous targets, whose lowest value is reached only at an extreme "
+            "output (a variance at its clamp) and falls as the logarithm of the residual, so a slow approach to it "
+            "is no evidence of a bug.",
+        ).replace(value=value, expected=expected)
     if final > first:
         cause = "the loss rose: its sign is flipped, or the learning rate is far too high"
     elif not known and not accuracy_task:
