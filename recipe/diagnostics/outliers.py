@@ -41,20 +41,25 @@ def robust_z(values: torch.Tensor) -> torch.Tensor:
     return (values - median) / mad
 
 
-def small_norm_allowance(inputs: torch.Tensor, n: int, rows: int = 256) -> float:
-    """How far below the median log L2 norm the smallest of `n` samples falls by chance, doubled for margin, when
+def small_norm_allowance(inputs: torch.Tensor, log_norms: torch.Tensor, rows: int = 256) -> float:
+    """How far below the median log L2 norm the smallest of n samples falls by chance, doubled for margin, when
     the inputs have a density around zero: P(norm < r) grows as r^d, so the minimum of n sits about ln(n) / d
-    below, with d the inputs' effective dimension (the participation ratio of their covariance, from up to `rows`
-    samples). Small for images (d of tens: a blank one still stands out); most of the spread for one or two
-    features."""
-    if not inputs.is_floating_point() or not len(inputs) or n < 2:
+    below. d is the larger of two readings: the inputs' effective dimension (the participation ratio of their
+    covariance, from up to `rows` samples) and the one their own spread shows (the lower quartile of the norm
+    sits at 0.5^(1/d) of the median under that law): norms that cluster far from zero (no density there) get
+    little allowance. Small for images (a blank one still stands out); most of the spread for one or two
+    features drawn around zero."""
+    n = len(log_norms)
+    if not inputs.is_floating_point() or n < 2:
         return 0.0
     x = inputs[:rows].double().reshape(min(len(inputs), rows), -1)
     x = x - x.mean(0)
     gram = x @ x.T  # the nonzero eigenvalues of the covariance, through the smaller side
     spread = float(gram.square().sum())
-    dimension = float(gram.trace()) ** 2 / spread if spread > 0 else 1.0
-    return 2 * math.log(n) / max(dimension, 1.0)
+    covariance_dimension = float(gram.trace()) ** 2 / spread if spread > 0 else 1.0
+    drop = float(log_norms.median() - log_norms.double().quantile(0.25))  # a quartile: robust to a corrupted group
+    tail_dimension = math.log(2) / drop if drop > 0 else math.inf
+    return 2 * math.log(n) / max(covariance_dimension, tail_dimension, 1.0)
 
 
 def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Check, dict[str, Any]]:
@@ -74,7 +79,7 @@ def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Che
     values, what = stat
     z = robust_z(values)
     order = z.abs().argsort(descending=True)[:top]
-    allowance = small_norm_allowance(part.inputs, len(values)) if part.inputs is not None else 0.0
+    allowance = small_norm_allowance(part.inputs, values) if part.inputs is not None else 0.0
     beyond = (z > z_warn) | ((z < -z_warn) & (values.median() - values > allowance))
     flagged = int(beyond.sum())
     table = [
