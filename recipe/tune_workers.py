@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ class Workers:
     def __init__(self, spec_path: Path, count: int):
         self.procs: list[subprocess.Popen[bytes]] = []
         self._pipe: int | None = None
+        self._passed: set[int] = set()  # the signals already passed on to the workers
         if count > 0 and os.name != "posix":  # no passing a pipe on: the workers run until the study is done
             self.procs = [spawn_worker(spec_path, k + 1) for k in range(count)]
         elif count > 0:
@@ -53,12 +56,48 @@ class Workers:
             proc.wait()
         self._close()
 
-    def stop(self, sig: int, grace: float = STOP_SECONDS) -> None:
-        """Pass `sig` on; a worker still running after `grace` seconds, or after a second interrupt, is killed (its
-        trial is then swept: `sweep_stale`)."""
+    @contextmanager
+    def passing_signals(self) -> Iterator[None]:
+        """While the block runs, pass SIGINT and SIGTERM on to the workers the moment this process receives them,
+        then handle them as before (KeyboardInterrupt, or recipe's safe stop). Passing them on only once this
+        process has unwound to `stop` would leave the workers training meanwhile: a busy machine gave them time to
+        finish two more trials. A no-op off the main thread."""
+        if not self.procs or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._pass_on(signum)
+            before = previous[signum]
+            if callable(before):
+                before(signum, frame)
+            elif before == signal.SIG_DFL and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            elif before == signal.SIG_DFL:
+                raise Terminated("SIGTERM")
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, before in previous.items():
+                signal.signal(sig, before)
+
+    def _pass_on(self, sig: int) -> None:
+        """Send `sig` to the workers still running, once per signal: a second one could cut their clean-up short."""
+        if sig in self._passed:
+            return
+        self._passed.add(sig)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(sig)
+
+    def stop(self, sig: int, grace: float = STOP_SECONDS) -> None:
+        """Pass `sig` on (unless `passing_signals` already did); a worker still running after `grace` seconds, or
+        after a second interrupt, is killed (its trial is then swept: `sweep_stale`)."""
+        self._pass_on(sig)
         deadline = time.monotonic() + grace
         try:
             for proc in self.procs:

@@ -255,8 +255,9 @@ class Tune(Stage):
         if extra > 0:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // (extra + 1)))
         try:
-            work(search, ctx.task, ctx.rundir.metrics_log("tune", "trials"))
-            workers.wait()
+            with workers.passing_signals():
+                work(search, ctx.task, ctx.rundir.metrics_log("tune", "trials"))
+                workers.wait()
         except BaseException as exc:  # Ctrl-C, SIGTERM or an error: the workers stop too, their trials queued again
             workers.stop(signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
             if search.storage is None and workers.procs:

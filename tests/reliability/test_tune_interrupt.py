@@ -6,6 +6,7 @@ completes once, none is left RUNNING, and each completed trial has its rows in m
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import warnings
 import optuna
 import pytest
 
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, Terminated
 from recipe.study_storage import WORKERS_LOCK, fence, interrupted, repair_journal, requeue
 from tests.reliability import scenarios as sc
 
@@ -120,3 +121,38 @@ def test_fence_waits_for_a_live_worker_and_names_the_lock_when_it_outlives_the_t
         proc.stdin.close()  # the holder ends
         proc.wait()
     fence(tmp_path, timeout=5)  # nobody holds it now: returns at once
+
+
+class _Recorded:
+    """A stand-in worker process that records the signals sent to it."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+
+    def poll(self):
+        return None
+
+    def send_signal(self, sig):
+        self.signals.append(sig)
+
+    def wait(self, timeout=None):
+        return 0
+
+
+@pytest.mark.parametrize(("sig", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_the_workers_get_a_signal_the_moment_the_parent_does_and_only_once(tmp_path, sig, raised):
+    """Passed on from the signal handler, before the parent unwinds: under load the parent's unwinding gave the
+    workers time to finish two more trials (a CI failure of the scenario above). `stop` then sends nothing again."""
+    from recipe.tune_workers import Workers
+
+    workers = Workers(tmp_path / "worker.json", 0)
+    worker = _Recorded()
+    workers.procs = [worker]  # type: ignore[list-item]
+    before = signal.getsignal(sig)
+    with pytest.raises(raised), workers.passing_signals():
+        os.kill(os.getpid(), sig)
+        for _ in range(1000):  # the handler runs at the next bytecode; the loop only gives it one
+            pass
+    assert worker.signals == [sig]
+    workers.stop(sig)
+    assert worker.signals == [sig] and signal.getsignal(sig) is before
