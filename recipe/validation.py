@@ -28,7 +28,8 @@ def check_targets(task: Task) -> None:
                 loss = "cross-entropy" if task.loss == "cross_entropy" else "a custom loss (its accuracy is argmax)"
                 raise TaskError(
                     f"{split} targets are {y.dtype} but a {task.kind} task with {loss} needs integer class ids; "
-                    "convert them (y.long()), or for soft targets (distillation, mixup) pass kind='regression'."
+                    "convert them (y.long()), or for soft targets (distillation, mixup) pass kind='regression' "
+                    "with a callable loss (loss=lambda output, target: F.cross_entropy(output, target))."
                 )
             _check_class_ids(task, y, f"{split} targets span")
 

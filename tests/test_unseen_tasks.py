@@ -17,6 +17,7 @@ from torch import nn
 from recipe import Recipe, Task
 from recipe.diagnostics.baselines import input_independent
 from recipe.diagnostics.search import seed_variance
+from recipe.errors import TaskError
 from recipe.evaluation import Evaluation
 from recipe.models import reference_task, simple_model_factory
 from tests import tiny
@@ -275,3 +276,47 @@ def test_the_reference_model_skips_a_forward_hook_written_for_the_users_model_on
 
     checks = {c.name: c for c in run(dict_task, tmp_path, stages=["baseline"]).checks}
     assert checks["simple_model"].status == "pass", checks["simple_model"].message
+
+
+# ---- an ordinal classifier with K - 1 cumulative logits --------------------------------------------------------------
+
+
+def cumulative_logits(output, target):
+    """CORAL: output k is the logit of "label > k"."""
+    levels = (target[:, None] > torch.arange(output.shape[1], device=target.device)[None]).float()
+    return F.binary_cross_entropy_with_logits(output, levels)
+
+
+def test_a_classifier_without_a_logit_per_class_runs_the_short_runs(tmp_path):
+    """Five ordered levels predicted by four cumulative logits: the prediction dynamics read the first output, not
+    the probability of a class the output has no logit for (which raised in loss_decreases)."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1200, 8, generator=g)
+    y = torch.bucketize(x @ torch.linspace(-1, 1, 8), torch.tensor([-1.5, -0.5, 0.5, 1.5]))
+    task = Task(
+        (x[:1000], y[:1000]), (x[1000:], y[1000:]),
+        lambda: nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)),
+        loss=cumulative_logits, num_classes=5,
+    )  # fmt: skip
+    checks = {c.name: c for c in run(task, tmp_path, stages=["baseline"]).checks}
+    assert checks["loss_decreases"].status == "pass", checks["loss_decreases"].message
+    assert not [c.name for c in checks.values() if c.status == "error"]
+
+
+# ---- soft targets: the error's advice is a setup that runs -------------------------------------------------------
+
+
+def test_soft_class_targets_are_refused_with_advice_that_runs(tmp_path):
+    """Probability targets under the built-in cross-entropy are refused before training; the message's advice
+    (kind='regression' with a callable cross-entropy) runs clean. Its earlier advice, kind='regression' alone,
+    was itself refused."""
+    base = tiny.classification()
+    soft = lambda split: (split.x, F.one_hot(split.y, tiny.CLASSES).float() * 0.9 + 0.1 / tiny.CLASSES)
+    with pytest.raises(TaskError, match="callable loss") as refused:
+        Task(soft(base.train), soft(base.val), tiny.MLP, num_classes=tiny.CLASSES).validate("cpu")
+    assert "F.cross_entropy(output, target)" in str(refused.value)
+    advised = Task(
+        soft(base.train), soft(base.val), tiny.MLP, kind="regression", loss=lambda o, t: F.cross_entropy(o, t)
+    )
+    result = run(advised, tmp_path, stages=["inspect", "baseline", "overfit"])
+    assert [(c.name, c.status) for c in result.checks if c.status in ("fail", "error")] == []

@@ -287,12 +287,15 @@ class Baseline(Stage):
     ) -> tuple[FitResult, tuple[list[int], list[list[float]], str, str]]:
         """Train for the stage's step budget, recording predictions on fixed validation samples as it goes."""
         val_batch = task.sample_batch("val", 16, ctx.seed, ctx.device)
+        per_class: bool | None = None  # whether the output holds a logit for each class (None: not recorded)
 
         def record(step: int, model: nn.Module) -> tuple[int, list[float]]:
+            nonlocal per_class
             model.eval()
             with torch.no_grad():
                 output, target = task.outputs(model, val_batch)
             model.train()
+            per_class = _logit_per_class(task, output, target)
             return step, _prediction_quality(task, output, target)  # kept with the result: a resume replays it
 
         result = ctx.fit(
@@ -306,7 +309,8 @@ class Baseline(Stage):
             on_log=record,
             **({"lr": lr} if lr is not None else {}),
         )
-        what = "prediction" if task.kind == "regression" else "probability of the correct class"
+        what = "prediction (first output)" if per_class is False else "probability of the correct class"
+        what = "prediction" if task.kind == "regression" else what
         steps = [int(step) for step, _ in result.log_values]
         rows = [list(row) for _, row in result.log_values]
         return result, (steps, rows, "Prediction dynamics on 16 fixed validation samples", what)
@@ -324,9 +328,20 @@ def _training_constant(task: Task, model: nn.Module, seed: int, device: torch.de
     return constant_loss(task, target, output.float())
 
 
+def _logit_per_class(task: Task, output: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether a classifier's output holds a logit for every class its targets name, along the class axis (an
+    ordinal model's K - 1 cumulative logits, or an embedding for a custom loss, does not)."""
+    if task.kind == "regression" or task.loss == "bce_with_logits":
+        return True
+    scored = target[target != IGNORE_INDEX]
+    top = int(scored.max()) if scored.numel() else 0
+    return output.dim() > max(task.class_dim, 0) and output.shape[task.class_dim] > top
+
+
 def _prediction_quality(task: Task, output: torch.Tensor, target: torch.Tensor) -> list[float]:
-    """Per sample: the probability given to the correct class / token, or the prediction itself (regression)."""
-    if task.kind == "regression":
+    """Per sample: the probability given to the correct class / token, or the prediction itself (regression, and
+    an output without a logit per class: its first value)."""
+    if task.kind == "regression" or not _logit_per_class(task, output, target):
         return output.float().reshape(len(output), -1)[:, 0].tolist()
     if task.loss == "bce_with_logits":
         p = torch.sigmoid(output.float())
