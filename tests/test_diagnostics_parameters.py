@@ -169,3 +169,32 @@ def test_a_bias_that_cancels_on_every_batch_warns_and_a_cut_path_still_fails():
         task = tiny.classification(planted)
         cut = params_update(task.make_model(), task, task.sample_batch("train", 32, seed=0), more=more_batches(task))
         assert cut.status == "fail" and name in cut.value["no_gradient"], cut.message
+
+
+# ---- parameters frozen on purpose (baseline.frozen) --------------------------------------------------------------
+
+
+def test_parameters_frozen_on_purpose_pass_and_a_freeze_that_did_not_happen_warns():
+    """A pretrained first layer frozen on purpose passes once named; the same name on a model that forgot to
+    freeze it warns (it trains), and so does a pattern that names no parameter. An undeclared freeze still warns."""
+    task = tiny.classification(frozen_first_layer)
+    batch = task.sample_batch("train", 32, seed=0)
+    assert params_update(task.make_model(), task, batch).status == "warn"
+    declared = params_update(task.make_model(), task, batch, frozen_on_purpose=("l1.w*",))
+    assert declared.status == "pass" and declared.value["frozen_on_purpose"] == ["l1.weight"], declared.message
+    forgot = tiny.classification(tiny.MLP)
+    check = params_update(forgot.make_model(), forgot, batch, frozen_on_purpose=("l1.weight",))
+    assert check.status == "warn" and "still train: l1.weight" in check.message, check.message
+    typo = params_update(task.make_model(), task, batch, frozen_on_purpose=("l1.weight", "encoder.*"))
+    assert typo.status == "warn" and "'encoder.*'" in typo.message, typo.message
+
+
+def test_baseline_frozen_reaches_the_check_from_a_config(tmp_path):
+    from recipe import Recipe
+
+    task = tiny.classification(frozen_first_layer)
+    config = {"baseline": {"frozen": ["l1.weight"], "steps": 20}}
+    result = Recipe(task, run_dir=tmp_path / "run", stages=["baseline"], config=config, device="cpu", progress=False,
+                    quiet=True, keep_going=True).run()  # fmt: skip
+    check = next(c for c in result.checks if c.name == "params_update")
+    assert check.status == "pass" and "as baseline.frozen says" in check.message, check.message

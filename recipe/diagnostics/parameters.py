@@ -6,6 +6,7 @@ overfit-one-batch passes with a `.detach()` mid-network, so the parameter audit 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,7 @@ def params_update(
     lr: float = 1e-3,
     more: Callable[[int], Batch] | None = None,
     steps: int = 3,
+    frozen_on_purpose: tuple[str, ...] = (),
 ) -> Check:
     """Catches layers that never train: kept in a plain list/dict (unregistered), cut off by `.detach()`/`.data`/a
     numpy round-trip, a dead branch whose output is discarded, or parameters left frozen.
@@ -82,6 +84,10 @@ def params_update(
     zero in the graph on every batch only warns: it has no effect on the loss (a bias that what follows cancels,
     as a normalisation or the difference of two passes through the same layers does, or a branch multiplied by
     zero).
+
+    Frozen parameters warn (a freeze left from an experiment) unless `frozen_on_purpose` (shell-style patterns,
+    the `baseline.frozen` setting) names them; a named parameter that trains, or a pattern that names none,
+    warns.
     """
     model.train()
     named = list(model.named_parameters())
@@ -155,18 +161,44 @@ def params_update(
             value,
             "every parameter gets a non-zero gradient",
         )
-    if frozen:
+    declared = [n for n in frozen if _named(n, frozen_on_purpose)]
+    undeclared = [n for n in frozen if n not in declared]
+    training = [n for n, _ in trainable if _named(n, frozen_on_purpose)]
+    unmatched = [p for p in frozen_on_purpose if not any(fnmatch.fnmatchcase(n, p) for n, _ in named)]
+    value.update(frozen_on_purpose=declared)
+    if training or unmatched:
+        found = []
+        if training:
+            found.append(
+                f"{len(training)} parameter tensors named in baseline.frozen still train: {', '.join(training[:6])}"
+            )
+        if unmatched:
+            found.append(f"baseline.frozen patterns that name no parameter: {', '.join(map(repr, unmatched))}")
         return warned(
             "params_update",
-            f"{len(frozen)} parameter tensors are frozen (requires_grad=False): "
-            f"{', '.join(frozen[:6])}; fine for a pretrained backbone, a bug if left from an experiment.",
+            f"{'; '.join(found)}. Freeze them (requires_grad_(False)) in the model factory, or correct the patterns "
+            "(they match model.named_parameters() names, such as 'backbone.0.weight').",
+            value,
+            "the parameters named in baseline.frozen frozen, and only those",
+        )
+    if undeclared:
+        return warned(
+            "params_update",
+            f"{len(undeclared)} parameter tensors are frozen (requires_grad=False): "
+            f"{', '.join(undeclared[:6])}; fine for a pretrained backbone, a bug if left from an experiment. If "
+            "they are frozen on purpose, name them in baseline.frozen (patterns such as 'backbone.*').",
             value,
         )
+    on_purpose = f" {len(declared)} more are frozen, as baseline.frozen says." if declared else ""
     return passed(
         "params_update",
-        f"all {len(trainable)} parameter tensors got a gradient and changed after {_steps(taken)}.",
+        f"all {len(trainable)} parameter tensors got a gradient and changed after {_steps(taken)}.{on_purpose}",
         value,
     )
+
+
+def _named(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _steps(n: int) -> str:

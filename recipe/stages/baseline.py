@@ -62,6 +62,9 @@ class BaselineSettings(StageSettings):
         human_baseline: a human's validation metric (accuracy or MAE), reported beside the model's.
         find_batch_size: on CUDA, replace train.batch_size with the largest batch that fits in memory, stopped where
             throughput stops scaling (the `batch_size` check); false keeps train.batch_size.
+        frozen: names of the parameters frozen on purpose (requires_grad=False), as shell-style patterns such as
+            "backbone.*": `params_update` passes them, and warns when one of them trains after all or a pattern
+            names no parameter. Frozen parameters outside them still warn (a freeze left from an experiment).
     """
 
     steps: int = 300
@@ -70,6 +73,7 @@ class BaselineSettings(StageSettings):
     simple_model_lr: float = 1e-2
     human_baseline: float | None = None
     find_batch_size: bool = True
+    frozen: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require(self, "baseline", counts=["steps", "seed_steps", "probe_size"], positive=["simple_model_lr"])
@@ -101,7 +105,7 @@ class Baseline(Stage):
             checks.append(ctx.check(causal, fresh(), task, probe_inputs, target=probe_target))
         checks.append(ctx.check(target_leak, task, seed=ctx.seed))
         other_batch = lambda k: task.sample_batch("train", ctx.train.batch_size, ctx.seed + k, device)  # k >= 1
-        checks.append(ctx.check(params_update, fresh(), task, batch, more=other_batch))
+        checks.append(ctx.check(params_update, fresh(), task, batch, more=other_batch, frozen_on_purpose=s.frozen))
         checks.append(ctx.check(eval_deterministic, fresh(), task, probe_inputs))
         checks.append(ctx.check(padding_invariance, fresh(), task, probe_inputs))
         checks.append(ctx.check(init_symmetry, fresh(), task, batch))
