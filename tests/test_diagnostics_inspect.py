@@ -10,18 +10,11 @@ import torch.nn.functional as F
 
 from recipe import Task
 from recipe.diagnostics.inputs import input_stats
-from recipe.diagnostics.integrity import (
-    class_balance,
-    finite_rows,
-    non_finite_data,
-    read_split,
-    sequence_data,
-    summary,
-    target_range,
-)
+from recipe.diagnostics.integrity import finite_rows, non_finite_data, read_split, sequence_data, summary
 from recipe.diagnostics.outliers import outliers, robust_z
 from recipe.diagnostics.shift import auc, domain_auc, split_shift
 from recipe.diagnostics.splits import duplicates
+from recipe.diagnostics.targets import class_balance, target_range
 from tests import tiny
 
 

@@ -25,7 +25,6 @@ from recipe.diagnostics.groups import group_leak
 from recipe.diagnostics.inputs import input_stats
 from recipe.diagnostics.integrity import (
     SplitSample,
-    class_balance,
     class_counts,
     finite_rows,
     is_class_task,
@@ -33,7 +32,6 @@ from recipe.diagnostics.integrity import (
     read_split,
     sequence_data,
     summary,
-    target_range,
     whole_split,
 )
 from recipe.diagnostics.label_noise import find_label_issues, label_noise
@@ -42,6 +40,7 @@ from recipe.diagnostics.outliers import outliers
 from recipe.diagnostics.reading import augmentation_variance, eval_data_deterministic, training_reads_vary
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
+from recipe.diagnostics.targets import class_balance, target_range
 from recipe.errors import ConfigError
 from recipe.stage import Stage, StageSettings
 
