@@ -46,6 +46,39 @@ def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     return obj
 
 
+def tensor_leaves(obj: Any) -> list[Any]:
+    """Every leaf of nested tuples, lists and dicts, in order (a dict's in its own order): tensors and anything else."""
+    if isinstance(obj, dict):
+        return [leaf for v in obj.values() for leaf in tensor_leaves(v)]
+    if isinstance(obj, tuple | list):
+        return [leaf for v in obj for leaf in tensor_leaves(v)]
+    return [obj]
+
+
+def joined_features(inputs: Any) -> torch.Tensor | None:
+    """A model input made of several float tensors (a tuple, list or dict of them, nested: a pair for a siamese
+    model, an image with its metadata) as one (batch, features) matrix, each part flattened per sample and the parts
+    joined in order; None for a single tensor, and where any part is not a float tensor with the batch as its first
+    dimension (token ids are not numbers on a scale, so they are not joined with measurements)."""
+    if isinstance(inputs, torch.Tensor):
+        return None
+    parts = tensor_leaves(inputs)
+    usable = parts and all(isinstance(p, torch.Tensor) and p.dim() >= 1 and p.is_floating_point() for p in parts)
+    if not usable or len({p.shape[0] for p in parts}) != 1:
+        return None
+    return torch.cat([p.detach().reshape(len(p), -1) for p in parts], 1)
+
+
+def part_shapes(inputs: Any) -> tuple[tuple[int, ...], ...]:
+    """The per-sample shape of each tensor in a several-tensor input, in the order `joined_features` joins them."""
+    return tuple(tuple(p.shape[1:]) for p in tensor_leaves(inputs) if isinstance(p, torch.Tensor))
+
+
+def describe_parts(shapes: tuple[tuple[int, ...], ...]) -> str:
+    """`part_shapes` for messages: "2 tensors: (64,) + (64,)"."""
+    return f"{len(shapes)} tensors: " + " + ".join(str(s) for s in shapes)
+
+
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return tree_map(lambda t: t.to(device, non_blocking=non_blocking), obj)
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipe.data import describe_parts, joined_features, part_shapes, tensor_leaves, tree_map
 from recipe.task import SCAN_LIMIT, Task
 
 
@@ -29,7 +30,13 @@ class _Linear(nn.Module):
         self.out_shape = out_shape
         self.linear = nn.Linear(in_features, max(1, math.prod(out_shape)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: Any, **named: Any) -> torch.Tensor:
+        """One input tensor, or several float tensors however they are passed (`model(*pair)`, `model(pair)`,
+        `model(**parts)`), joined in order as `joined_features` joins them."""
+        x = inputs[0] if len(inputs) == 1 and not named and isinstance(inputs[0], torch.Tensor) else None
+        x = x if x is not None else joined_features((inputs, named))
+        if x is None:
+            raise TypeError("the linear reference takes one tensor or several float tensors")
         return self.linear(x.flatten(1)).reshape(len(x), *self.out_shape)
 
 
@@ -71,11 +78,14 @@ def simple_model_factory(task: Task, inputs: Any, output: torch.Tensor) -> tuple
     if tokens and task.kind == "classification" and output.dim() == 3 and output.shape[2] == inputs.shape[1]:
         count, classes = _token_count(task, inputs), int(output.shape[1])  # (B, C, T): one class per token
         return (lambda: _Bigram(count, classes, classes_first=True)), "unigram tagger (class logits per token)"
-    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+    joined = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs)
+    if joined is None or not joined.is_floating_point():
         return None
-    features = math.prod(inputs.shape[1:])
+    features = math.prod(joined.shape[1:])
     out_shape = tuple(output.shape[1:])
-    return (lambda: _Linear(features, out_shape)), f"linear model on {features} flattened inputs"
+    what = f"{features} flattened inputs"
+    what += "" if joined is inputs else f" joined from {describe_parts(part_shapes(inputs))}"
+    return (lambda: _Linear(features, out_shape)), f"linear model on {what}"
 
 
 def reference_task(task: Task, factory: Any, inputs: Any, output: torch.Tensor) -> Task:
@@ -87,7 +97,8 @@ def reference_task(task: Task, factory: Any, inputs: Any, output: torch.Tensor) 
     try:
         with torch.no_grad(), warnings.catch_warnings():  # what the hook says about a model it was not written for
             warnings.simplefilter("ignore")
-            out = task.forward(factory().to(inputs.device).eval(), inputs[:2])
+            device = next(t.device for t in tensor_leaves(inputs) if isinstance(t, torch.Tensor))
+            out = task.forward(factory().to(device).eval(), tree_map(lambda t: t[:2], inputs))
         fits = isinstance(out, torch.Tensor) and out.shape[1:] == output.shape[1:]
     except Exception:  # any user hook: the one for the user's model may fail on another in any way
         fits = False

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import batch_size_of, joined_features, part_shapes, tree_map
 from recipe.diagnostics.inputs import token_distance
 from recipe.task import Task
 
@@ -32,7 +33,7 @@ def input_sensitivity(
     """
     model.eval()
     if not isinstance(inputs, torch.Tensor):
-        return None
+        return _joined_sensitivity(model, task, inputs, select)
     batch = inputs.shape[0]
     if inputs.is_floating_point():
         x = inputs.detach().clone().requires_grad_(True)
@@ -60,6 +61,34 @@ def input_sensitivity(
     return torch.stack(parts).sum(0)
 
 
+def _joined_sensitivity(
+    model: nn.Module, task: Task, inputs: Any, select: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor | None:
+    """`input_sensitivity` for a model that takes several float tensors: (B, F), each tensor's sensitivities
+    flattened per sample and joined in order (as `joined_features` joins the inputs); None for other inputs."""
+    parts = _part_sensitivities(model, task, inputs, select)
+    return None if parts is None else torch.cat(parts, 1)
+
+
+def _part_sensitivities(
+    model: nn.Module, task: Task, inputs: Any, select: Callable[[torch.Tensor], torch.Tensor]
+) -> list[torch.Tensor] | None:
+    """|d select(output) / d input| of each float tensor of a several-tensor input, each (B, -1); None for others."""
+    if joined_features(inputs) is None:
+        return None
+    model.eval()
+    leaves: list[torch.Tensor] = []
+
+    def watched(t: torch.Tensor) -> torch.Tensor:
+        leaves.append(t.detach().clone().requires_grad_(True))
+        return leaves[-1]
+
+    x = tree_map(watched, inputs)
+    grads = torch.autograd.grad(select(task.forward(model, x)), leaves, allow_unused=True)
+    parts = [_reduce(g if g is not None else torch.zeros_like(c)) for g, c in zip(grads, leaves, strict=True)]
+    return [p.reshape(len(p), -1) for p in parts]
+
+
 def _reduce(grad: torch.Tensor) -> torch.Tensor:
     """Sum |grad| over every axis after the first two: per (sample, position) for sequences and images' channels."""
     g = grad.detach().abs().float()
@@ -71,21 +100,30 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     over the batch dimension, an RNN fed (B, T, C) without batch_first. Also catches an output that does not depend
     on its own input at all.
 
-    Why: recipe step 2 (chart dependencies with backprop); exact in eval mode (catalog M1a, M2, M3, M12).
+    Why: recipe step 2 (chart dependencies with backprop); exact in eval mode (catalog M1a, M2, M3, M12). A model
+    that takes several float tensors must also depend on each of them: one that no probed output depends on at all
+    is ignored (the same tensor passed twice, a branch whose result is dropped), which warns.
     """
-    if not isinstance(inputs, torch.Tensor):
-        return skipped("batch_independence", "inputs are not a single tensor; override this check for your format.")
-    n = inputs.shape[0]
+    several = not isinstance(inputs, torch.Tensor)
+    if several and joined_features(inputs) is None:
+        return skipped(
+            "batch_independence", "inputs are neither one tensor nor several float tensors; override this check."
+        )
+    n = batch_size_of(inputs)
     generator = torch.Generator().manual_seed(0)
     leaking: dict[int, list[int]] = {}
     own_zero = 0
+    own_by_part = torch.zeros(len(part_shapes(inputs)) if several else 0)
     for i in range(min(probes, n)):
 
         def select(out: torch.Tensor, i: int = i) -> torch.Tensor:
             weights = torch.randn(out[i].shape, generator=generator).to(out.device, out.dtype)
             return (out[i] * weights).sum()
 
-        sens = input_sensitivity(model, task, inputs, select)
+        parts = _part_sensitivities(model, task, inputs, select) if several else None
+        if parts is not None:
+            own_by_part += torch.tensor([float(p[i].sum()) for p in parts])
+        sens = torch.cat(parts, 1) if parts is not None else input_sensitivity(model, task, inputs, select)
         if sens is None:
             return skipped("batch_independence", "integer inputs without an nn.Embedding to differentiate through.")
         per_sample = sens.reshape(n, -1).sum(1)
@@ -114,9 +152,23 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
             value,
             "non-zero gradient to its own input",
         )
+    ignored = [k for k in range(len(own_by_part)) if float(own_by_part[k]) == 0.0]
+    if ignored:
+        shapes = part_shapes(inputs)
+        named = ", ".join(f"input {k} {shapes[k]}" for k in ignored)
+        value["inputs_ignored"] = ignored
+        return warned(
+            "batch_independence",
+            f"no probed output depends on {named} of the {len(shapes)} the model takes (its gradient is exactly "
+            "zero in eval mode): the model ignores it. Look for the same tensor passed twice (enc(a) where enc(b) "
+            "was meant) or a branch whose result is never used; if it is unused on purpose, stop passing it.",
+            value,
+            "every input reaches the output",
+        )
     return passed(
         "batch_independence",
-        f"each of {probed} probed outputs depends on its own sample only (batch of {n}, eval mode).",
+        f"each of {probed} probed outputs depends on its own sample only (batch of {n}, eval mode)"
+        + (f", and on each of its {len(own_by_part)} input tensors." if several else "."),
         value,
     )
 

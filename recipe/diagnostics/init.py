@@ -15,6 +15,7 @@ from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import Batch
+from recipe.diagnostics.inputs import large_inputs
 from recipe.evaluation import constant_loss
 from recipe.output_bias import bias_values, final_layer, init_output_bias, recorded_forward
 from recipe.task import IGNORE_INDEX, Task
@@ -50,7 +51,11 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
         output, target = task.outputs(model, batch)
         measured = float(task.compute_loss(output, target))
     expected = reference_loss(task, output, target)
-    value = {"loss": measured, "expected": expected, "ratio": measured / expected if expected > 0 else None}
+    value: dict[str, Any] = {
+        "loss": measured,
+        "expected": expected,
+        "ratio": measured / expected if expected > 0 else None,
+    }
     if not math.isfinite(measured):
         return failed(
             "loss_at_init",
@@ -86,6 +91,18 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
         return skipped("loss_at_init", "no reference value: the loss of an all-zero output is 0 for this loss.")
     ratio = measured / expected
     what = "ln C" if task.loss == "cross_entropy" else "the loss of an all-zero output"
+    large = large_inputs(task.split_batch(batch)[0]) if ratio > 2.0 else None
+    if large:  # a default-initialised network carries its inputs' scale through to the logits
+        value["large_inputs"] = large
+        return failed(
+            "loss_at_init",
+            f"loss at init {measured:.4g} is {ratio:.1f}x the {expected:.4g} a fresh model should give ({what}), "
+            f"and the inputs are far from unit scale: {large} A default-initialised network carries that scale "
+            "through to its outputs. Standardise the inputs with training statistics (see input_batch); if the "
+            "loss is still high, scale down the final layer's init or remove any temperature on the output.",
+            value,
+            expected,
+        )
     if ratio > 2.0:
         return failed(
             "loss_at_init",

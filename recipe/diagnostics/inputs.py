@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import describe_parts, joined_features, part_shapes
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -37,9 +38,15 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
 
     Why: recipe step 2, "visualize just before the net"; catalog D7 (|mean| > 3 or std > 10 after preprocessing).
     """
+    parts = None
     if not isinstance(inputs, torch.Tensor):
-        return skipped("input_batch", "inputs are not a single tensor; nothing to summarise."), {}
+        joined = joined_features(inputs)
+        if joined is None:
+            return skipped("input_batch", "inputs are neither one tensor nor several float tensors."), {}
+        inputs, parts = joined, describe_parts(part_shapes(inputs))
     info: dict[str, Any] = {"shape": list(inputs.shape), "dtype": str(inputs.dtype)}
+    if parts:
+        info["parts"] = parts
     if not inputs.is_floating_point():
         info.update(min=int(inputs.min()), max=int(inputs.max()))
         text = task.decode(inputs[0].reshape(-1).tolist()) if inputs.dim() >= 2 else None
@@ -64,9 +71,10 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
             summary,
             "|mean| <= 3 and std <= 10 per feature",
         ), info
+    shown = f"{parts}, joined {tuple(inputs.shape)}" if parts else f"{tuple(inputs.shape)}"
     return passed(
         "input_batch",
-        f"inputs {tuple(inputs.shape)} ({inputs.dtype}): max |mean| "
+        f"inputs {shown} ({inputs.dtype}): max |mean| "
         f"{summary['max_abs_mean']:.2f}, max std {summary['max_std']:.2f}." + note,
         summary,
     ), info
@@ -80,6 +88,19 @@ def scale_summary(stats: dict[str, list[float]], inputs: torch.Tensor) -> dict[s
         "overall_std": float(inputs.float().std()),
         "constant_features": int((stds == 0).sum()),
     }
+
+
+def large_inputs(inputs: Any) -> str | None:
+    """Which feature of a batch of float inputs (one tensor, or several joined) lies far above unit scale (|mean| > 3
+    or std > 10, as `scale_problem` judges it), for a message; None when none does, and for token inputs."""
+    x = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs)
+    if x is None or not x.is_floating_point() or x.dim() < 2 or len(x) < 2:
+        return None
+    stats = feature_stats(x)
+    means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    if not bool(((means.abs() > 3) | (stds > 10)).any()):
+        return None
+    return scale_problem(scale_summary(stats, x), stats)
 
 
 def scale_problem(summary: dict[str, Any], stats: dict[str, list[float]]) -> str | None:
@@ -262,8 +283,10 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     train = task.sample_batch("train", max_samples, seed)
     val = task.sample_batch("val", max_samples // 2, seed)
     (xt, yt), (xv, yv) = task.split_batch(train), task.split_batch(val)
-    if not isinstance(xt, torch.Tensor):
-        return skipped("target_leak", "inputs are not a single tensor.")
+    if not isinstance(xt, torch.Tensor):  # several float tensors are scanned joined, one feature at a time
+        xt, xv = joined_features(xt), joined_features(xv)
+        if xt is None or xv is None:
+            return skipped("target_leak", "inputs are neither one tensor nor several float tensors.")
     if task.kind == "sequence":
         rates = alignment_profile(xt, yt)
         peak = max(rates, key=lambda k: rates[k])

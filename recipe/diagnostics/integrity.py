@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import TensorSplit, fixed_indices
+from recipe.data import TensorSplit, describe_parts, fixed_indices, joined_features, part_shapes
 from recipe.diagnostics.inputs import token_distance
 from recipe.task import IGNORE_INDEX, Task
 
@@ -25,10 +25,12 @@ class SplitSample:
 
     Attributes:
         name: "train" or "val".
-        inputs: the inputs as one tensor; None when they are not a single tensor (dicts, tuples).
+        inputs: the inputs as one tensor: the model's own, or, for a model that takes several float tensors (a
+            tuple, list or dict of them), their `joined_features`, one row of features per sample; None otherwise.
         targets: the targets.
         indices: each row's index in the split.
         size: the split's full length.
+        parts: for joined inputs, the per-sample shape of each tensor joined (`part_shapes`); None for one tensor.
     """
 
     name: str
@@ -36,6 +38,7 @@ class SplitSample:
     targets: torch.Tensor
     indices: torch.Tensor
     size: int
+    parts: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def sampled(self) -> bool:
@@ -49,7 +52,7 @@ class SplitSample:
     def rows(self, keep: torch.Tensor) -> SplitSample:
         """The rows where `keep` (bool, one per row) is true."""
         inputs = self.inputs[keep] if self.inputs is not None else None
-        return SplitSample(self.name, inputs, self.targets[keep], self.indices[keep], self.size)
+        return SplitSample(self.name, inputs, self.targets[keep], self.indices[keep], self.size, self.parts)
 
 
 def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int = 1024) -> SplitSample:
@@ -57,13 +60,20 @@ def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int =
     data = task.train if split == "train" else task.val
     n = len(data)
     order = torch.arange(n) if n <= max_samples else torch.tensor(sorted(fixed_indices(n, max_samples, seed)))
-    inputs, targets = [], []
+    inputs, targets, parts = [], [], None
     for start in range(0, len(order), chunk):
         x, y = task.split_batch(data.batch(order[start : start + chunk]))
-        inputs.append(x.detach().cpu() if isinstance(x, torch.Tensor) else None)
+        inputs.append(_as_one_tensor(x))
+        parts = parts or (None if isinstance(x, torch.Tensor) else part_shapes(x))
         targets.append(y.detach().cpu())
     tensors = None if any(x is None for x in inputs) else torch.cat([x for x in inputs if x is not None])
-    return SplitSample(split, tensors, torch.cat(targets), order, n)
+    return SplitSample(split, tensors, torch.cat(targets), order, n, parts if tensors is not None else None)
+
+
+def _as_one_tensor(x: Any) -> torch.Tensor | None:
+    """The inputs as one tensor on the CPU: a tensor itself, several float tensors joined, else None."""
+    one = x if isinstance(x, torch.Tensor) else joined_features(x)
+    return None if one is None else one.detach().cpu()
 
 
 def whole_split(task: Task, split: str) -> SplitSample | None:
@@ -72,8 +82,8 @@ def whole_split(task: Task, split: str) -> SplitSample | None:
     if not isinstance(data, TensorSplit):
         return None
     x, y = task.split_batch((data.x, data.y))
-    inputs = x.detach().cpu() if isinstance(x, torch.Tensor) else None
-    return SplitSample(split, inputs, y.detach().cpu(), torch.arange(len(data)), len(data))
+    inputs, parts = _as_one_tensor(x), None if isinstance(x, torch.Tensor) else part_shapes(x)
+    return SplitSample(split, inputs, y.detach().cpu(), torch.arange(len(data)), len(data), parts)
 
 
 def is_class_task(task: Task) -> bool:
@@ -102,6 +112,7 @@ def summary(train: SplitSample, val: SplitSample, task: Task) -> Check:
             "read": len(part.indices),
             "input_shape": list(part.inputs.shape[1:]) if part.inputs is not None else "not a single tensor",
             "input_dtype": str(part.inputs.dtype) if part.inputs is not None else None,
+            "input_parts": describe_parts(part.parts) if part.parts else None,
             "target_shape": list(part.targets.shape[1:]),
             "target_dtype": str(part.targets.dtype),
             "target_min": float(y[torch.isfinite(y)].min()) if torch.isfinite(y).any() else None,
@@ -111,6 +122,8 @@ def summary(train: SplitSample, val: SplitSample, task: Task) -> Check:
             row["classes_present"] = int((class_counts(part, task.num_classes) > 0).sum())
         table[part.name] = row
     shape = table["train"]["input_shape"]
+    if train.parts:
+        shape = f"{describe_parts(train.parts)}, joined as {shape[0]} features"
     classes = f", {task.num_classes} classes" if task.num_classes else ""
     return passed(
         "summary",

@@ -15,7 +15,7 @@ import torch
 from scipy.stats import norm, rankdata
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import fixed_indices
+from recipe.data import describe_parts, fixed_indices
 from recipe.diagnostics.integrity import SplitSample
 from recipe.task import Task
 
@@ -136,6 +136,8 @@ def time_leakage(
     overlap within a split are fine; across the split they are a leak. The fix is to split the series by time first.
     """
     name = "time_leakage"
+    if train.parts:  # positions in several tensors joined end to end are no time axis
+        return skipped(name, f"the inputs are {describe_parts(train.parts)}, not one series or sequence.")
     x_train, x_val = _rows(train, MAX_TRAIN, 0), _rows(val, MAX_VAL, 1)
     if x_train is None or x_val is None or x_train.shape[1] != x_val.shape[1]:
         return skipped(name, "inputs are not rows of one length (sequences, series or feature vectors).")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from recipe.console import doing
+from recipe.data import joined_features
 from recipe.loop import fit
 from recipe.task import Task
 
@@ -212,8 +213,10 @@ class QuickModels:
 
 
 def flat_inputs(task: Task, split: str, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The inputs of these rows as one (rows, features) float matrix; several float tensors are joined."""
     inputs, _ = task.split_batch(task.batch(split, rows, device))
-    return inputs.reshape(len(rows), -1).float()
+    joined = joined_features(inputs)
+    return (joined if joined is not None else inputs).reshape(len(rows), -1).float()
 
 
 def choose_members(task: Task, probe: str, positions: list[int], batch_size: int, budget_flops: float) -> list[str]:
@@ -221,7 +224,8 @@ def choose_members(task: Task, probe: str, positions: list[int], batch_size: int
     if probe in ("linear", "model"):
         return [probe]
     inputs, _ = task.split_batch(task.batch("train", positions[:2]))
-    if not (inputs.is_floating_point() and inputs[0].numel() <= LINEAR_FEATURES):
+    inputs = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs)
+    if inputs is None or not (inputs.is_floating_point() and inputs[0].numel() <= LINEAR_FEATURES):
         return ["model"]
     return (
         ["linear", "model"]

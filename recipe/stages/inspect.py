@@ -133,7 +133,7 @@ class InspectData(Stage):
                     name,
                     row["size"],
                     row["read"],
-                    str(row["input_shape"]),
+                    row["input_parts"] or str(row["input_shape"]),
                     row["input_dtype"],
                     str(row["target_shape"]),
                     f"{row['target_min']:g}..{row['target_max']:g}" if row["target_min"] is not None else "-",
@@ -184,7 +184,7 @@ class InspectData(Stage):
             ctx.save_json("outliers.json", info["table"]),
         ]
         top = info["top"][:16]
-        images = ctx.task.images(train.inputs[top]) if train.inputs is not None else None
+        images = ctx.task.images(train.inputs[top]) if train.inputs is not None and not train.parts else None
         if images is not None:
             labels = [f"#{int(train.indices[i])} z={float(z[i]):+.1f}" for i in top.tolist()]
             artifacts.append(
@@ -226,7 +226,7 @@ class InspectData(Stage):
         task, x = ctx.task, train.inputs
         if x is None:
             return skipped("samples", "inputs are not a single tensor; override _samples in a subclass.")
-        images = task.images(x)
+        images = task.images(x) if not train.parts else None  # joined inputs: features, not one picture
         if images is not None:
             return self._image_samples(ctx, train, images)
         if not x.is_floating_point() and task.decoder is not None:
