@@ -78,20 +78,26 @@ def test_large_splits_are_sampled_and_the_messages_say_so(tmp_path):
     assert "all training" in by_name["non_finite"].message  # in-memory data is scanned whole for NaN/Inf
 
 
-def test_dict_batches_skip_what_they_cannot_read_without_failing(tmp_path):
+def test_dict_batches_of_float_tensors_are_read_joined_and_mixed_ones_are_skipped(tmp_path):
     class DictTask(Task):
+        float_only = True
+
         def split_batch(self, batch):
-            return {"features": batch[0]}, batch[1]
+            ids = (batch[0][:, :1] > 0).long()  # an integer part: not a measurement to join
+            parts = {"features": batch[0]} if self.float_only else {"features": batch[0], "flag": ids}
+            return parts, batch[1]
 
         def forward(self, model, inputs):
             return model(inputs["features"])
 
-    task = DictTask(train=tiny.blobs(128, 0), val=tiny.blobs(64, 1), model=tiny.MLP, num_classes=tiny.CLASSES)
-    result = run(task, tmp_path, label_noise=False)
-    assert result.ok
-    statuses = {c.name: c.status for c in result.checks}
-    assert statuses["split_shift"] == statuses["duplicates"] == statuses["samples"] == "skip"
-    assert statuses["class_balance"] == "pass"
+    for float_only, expected in ((True, "pass"), (False, "skip")):
+        task = DictTask(train=tiny.blobs(128, 0), val=tiny.blobs(64, 1), model=tiny.MLP, num_classes=tiny.CLASSES)
+        task.float_only = float_only
+        result = run(task, tmp_path / str(float_only), label_noise=False)
+        assert result.ok
+        statuses = {c.name: c.status for c in result.checks}
+        assert statuses["split_shift"] == statuses["duplicates"] == statuses["samples"] == expected, statuses
+        assert statuses["class_balance"] == "pass"
 
 
 def test_text_tasks_get_decoded_samples(tmp_path):

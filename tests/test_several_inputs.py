@@ -1,0 +1,184 @@
+"""Models that take several float tensors (a siamese pair, an image with its metadata, a dict of feature groups):
+the data checks read the tensors joined, one row of features per sample, and the model probes differentiate
+through each tensor. Each clean setup passes; each planted bug beside it is caught, by the check that names it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipe import Recipe, Task
+from recipe.data import describe_parts, joined_features, part_shapes
+from recipe.diagnostics.dependencies import batch_independence
+from recipe.diagnostics.init import loss_at_init
+from recipe.diagnostics.inputs import target_leak
+from recipe.diagnostics.integrity import read_split
+from recipe.diagnostics.shift import split_shift
+from recipe.diagnostics.splits import duplicates
+from recipe.models import simple_model_factory
+
+DIM, CLASSES = 6, 3
+
+
+def items(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardised vectors and a learnable class for each (the argmax of a fixed linear map)."""
+    x = torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed))
+    return x, (x @ torch.randn(DIM, CLASSES, generator=torch.Generator().manual_seed(99))).argmax(1)
+
+
+def pairs(pool: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`n` pairs drawn with replacement from a pool of `pool` items, labelled 1 when both share a class: each item
+    sits in several pairs, as in any pair dataset built from a finite pool."""
+    x, y = items(pool, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    a, b = torch.randint(0, pool, (n,), generator=g), torch.randint(0, pool, (n,), generator=g)
+    return x[a], x[b], (y[a] == y[b]).long()
+
+
+class PairTask(Task):
+    def split_batch(self, batch):
+        return (batch[0], batch[1]), batch[2]
+
+    def forward(self, model, inputs):
+        return model(*inputs)
+
+
+class Siamese(nn.Module):
+    def __init__(self, bug: str | None = None):
+        super().__init__()
+        self.bug = bug
+        self.enc = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ea, eb = self.enc(a), self.enc(a if self.bug == "same_argument" else b)
+        if self.bug == "batch_mean":
+            eb = eb - eb.mean(0)  # mixes the samples of the batch
+        return self.head(torch.cat([(ea - eb).abs(), ea * eb], 1))
+
+
+def pair_task(bug: str | None = None, val_scale: float = 1.0) -> PairTask:
+    train, val = pairs(150, 600, 0), pairs(50, 300, 10)
+    val = (val[0], val[1] * val_scale, val[2])
+    if bug == "copied":
+        val = tuple(t[:300] for t in train)
+    data = lambda t: torch.utils.data.TensorDataset(*t)  # noqa: E731
+    return PairTask(data(train), data(val), lambda: Siamese(bug), num_classes=2, name="pairs")
+
+
+class WithMeta(nn.Module):
+    """A picture-like tensor (1, 2, 3) and two metadata values per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.x, self.meta, self.head = nn.Linear(DIM, 16), nn.Linear(2, 8), nn.Linear(24, CLASSES)
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(torch.cat([self.x(x.flatten(1)), self.meta(meta)], 1)))
+
+
+def meta_task(meta_scale: float = 1.0, label_in_meta: bool = False) -> PairTask:
+    def split(n: int, seed: int) -> torch.utils.data.TensorDataset:
+        x, y = items(n, seed)
+        meta = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + 5)) * meta_scale
+        if label_in_meta:
+            meta[:, 1] = y.float()
+        return torch.utils.data.TensorDataset(x.reshape(n, 1, 2, 3), meta, y)
+
+    return PairTask(split(400, 0), split(200, 1), WithMeta, num_classes=CLASSES, name="with-meta")
+
+
+def splits(task: Task):
+    return read_split(task, "train", 20_000, 0), read_split(task, "val", 20_000, 1)
+
+
+def test_several_float_tensors_are_joined_in_order_and_others_are_not():
+    a, b = torch.ones(4, 1, 2, 3), torch.zeros(4, 2)
+    joined = joined_features({"image": a, "meta": (b,)})
+    assert joined.shape == (4, 8) and joined[:, :6].eq(1).all() and joined[:, 6:].eq(0).all()
+    assert (
+        part_shapes((a, b)) == ((1, 2, 3), (2,))
+        and describe_parts(part_shapes((a, b))) == "2 tensors: (1, 2, 3) + (2,)"
+    )
+    assert joined_features(a) is None  # one tensor is read as it is
+    assert joined_features((a, torch.zeros(4, 2, dtype=torch.long))) is None  # ids are not measurements
+    assert joined_features((a, torch.zeros(3, 2))) is None  # not one sample per row
+    assert joined_features((a, "text")) is None
+
+
+def test_the_splits_of_a_pair_task_are_read_joined_and_its_summary_names_the_parts():
+    train, val = splits(pair_task())
+    assert train.inputs.shape == (600, 2 * DIM) and train.parts == ((DIM,), (DIM,))
+    assert val.inputs.shape == (300, 2 * DIM)
+
+
+def test_pairs_reusing_a_pool_of_items_show_no_shift_and_a_rescaled_validation_input_fails():
+    """Each input is compared on its distinct values: items that recur across pairs would otherwise sit in the
+    classifier's training and held-out folds at once, and each split's own pool of items would read as a shift."""
+    clean = split_shift(*splits(pair_task()))
+    assert clean.status == "pass", clean.message
+    bug = split_shift(*splits(pair_task(val_scale=3.0)))
+    assert bug.status == "fail" and bug.message.startswith("input 1 of 2 (6,)") and bug.value["input"] == 1
+
+
+def test_validation_pairs_copied_from_training_are_duplicates():
+    assert duplicates(*splits(pair_task()), pair_task()).status == "pass"
+    copied = duplicates(*splits(pair_task("copied")), pair_task("copied"))
+    assert copied.status == "fail" and "also occur in training" in copied.message
+
+
+def test_a_metadata_column_that_is_the_label_is_a_target_leak():
+    clean = target_leak(meta_task())
+    assert clean.status == "pass", clean.message
+    leak = target_leak(meta_task(label_in_meta=True))
+    assert leak.status == "fail" and leak.value["best_feature"] == DIM + 1  # the second metadata value
+
+
+@pytest.mark.parametrize("bug", [None, "same_argument", "batch_mean"])
+def test_batch_independence_differentiates_through_each_input(bug):
+    task = pair_task(bug)
+    inputs, _ = task.split_batch(task.sample_batch("train", 16, 0))
+    check = batch_independence(Siamese(bug), task, inputs)
+    if bug is None:
+        assert check.status == "pass" and "each of its 2 input tensors" in check.message
+    elif bug == "same_argument":  # the second tensor never reaches the output
+        assert check.status == "warn" and "input 1 (6,)" in check.message and check.value["inputs_ignored"] == [1]
+    else:
+        assert check.status == "fail" and "mixes samples" in check.message
+
+
+def test_a_high_loss_at_init_names_the_inputs_when_they_are_far_from_unit_scale():
+    torch.manual_seed(0)
+    raw = meta_task(meta_scale=2000.0)
+    check = loss_at_init(WithMeta(), raw, raw.sample_batch("train", 64, 0))
+    assert check.status == "fail" and "the inputs are far from unit scale" in check.message
+    assert check.value["large_inputs"].startswith(("feature 6 ", "feature 7 "))  # a metadata value, not the picture
+    clean = meta_task()
+    assert loss_at_init(WithMeta(), clean, clean.sample_batch("train", 64, 0)).status == "pass"
+
+
+def test_the_linear_reference_takes_the_inputs_however_the_task_passes_them():
+    task = meta_task()
+    inputs, _ = task.split_batch(task.sample_batch("train", 8, 0))
+    factory, description = simple_model_factory(task, inputs, torch.zeros(8, CLASSES))
+    assert "8 flattened inputs joined from 2 tensors" in description
+    model = factory()
+    assert model(*inputs).shape == model(inputs).shape == model(x=inputs[0], meta=inputs[1]).shape == (8, CLASSES)
+
+
+def test_a_clean_pair_task_runs_its_data_and_model_checks_without_a_warning(tmp_path):
+    result = Recipe(
+        pair_task(), run_dir=tmp_path / "run", stages=["inspect", "baseline"], device="cpu", progress=False,
+        quiet=True, keep_going=True,
+    ).run()  # fmt: skip
+    status = {c.name: c for c in result.checks}
+    joined = [
+        "input_stats", "split_shift", "duplicates", "outliers", "target_derived_features", "label_noise",
+        "samples", "input_batch", "batch_independence", "target_leak", "simple_model",
+    ]  # fmt: skip
+    assert {name: status[name].status for name in joined} == dict.fromkeys(joined, "pass")
+    assert "2 tensors: (6,) + (6,)" in status["summary"].message
+    assert status["time_leakage"].status == "skip"  # positions across joined tensors are no time axis
+    assert not [c for c in result.checks if c.status in ("fail", "error")]
