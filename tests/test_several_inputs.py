@@ -15,6 +15,7 @@ from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.init import loss_at_init
 from recipe.diagnostics.inputs import target_leak
 from recipe.diagnostics.integrity import read_split
+from recipe.diagnostics.reading import augmentation_variance
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
 from recipe.models import simple_model_factory
@@ -64,7 +65,7 @@ def pair_task(bug: str | None = None, val_scale: float = 1.0) -> PairTask:
     val = (val[0], val[1] * val_scale, val[2])
     if bug == "copied":
         val = tuple(t[:300] for t in train)
-    data = lambda t: torch.utils.data.TensorDataset(*t)  # noqa: E731
+    data = lambda t: torch.utils.data.TensorDataset(*t)
     return PairTask(data(train), data(val), lambda: Siamese(bug), num_classes=2, name="pairs")
 
 
@@ -121,6 +122,31 @@ def test_pairs_reusing_a_pool_of_items_show_no_shift_and_a_rescaled_validation_i
     assert clean.status == "pass", clean.message
     bug = split_shift(*splits(pair_task(val_scale=3.0)))
     assert bug.status == "fail" and bug.message.startswith("input 1 of 2 (6,)") and bug.value["input"] == 1
+
+
+class NoisyPairs(torch.utils.data.Dataset):
+    """Pairs whose training reads get fresh noise on every read (augmentation); validation reads are exact."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], noise: float):
+        self.tensors, self.noise = tensors, noise
+
+    def __len__(self) -> int:
+        return len(self.tensors[2])
+
+    def __getitem__(self, i: int):
+        a, b, y = (t[i] for t in self.tensors)
+        return a + self.noise * torch.randn_like(a), b + self.noise * torch.randn_like(b), y
+
+
+def test_noise_added_on_read_to_training_pairs_is_told_apart_from_a_shift():
+    task = PairTask(NoisyPairs(pairs(150, 600, 0), 1.0), NoisyPairs(pairs(150, 300, 10), 0.0), Siamese, num_classes=2)
+    noise = augmentation_variance(task)
+    assert noise is not None and noise.shape == (2 * DIM,) and 0.8 < float(noise.mean()) < 1.2
+    train, val = splits(task)
+    unexplained = split_shift(train, val, train_augmented=True)  # the noise widens every feature, as a scale bug does
+    assert unexplained.status == "warn" and "offset or scale" in unexplained.message
+    check = split_shift(train, val, train_augmented=True, augmentation=noise)
+    assert check.status == "pass" and "not once the validation inputs get noise" in check.message, check.message
 
 
 def test_validation_pairs_copied_from_training_are_duplicates():

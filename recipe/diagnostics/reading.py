@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from recipe.check import Check, failed, passed
-from recipe.data import DatasetSplit, fixed_indices
+from recipe.data import DatasetSplit, fixed_indices, joined_features
 from recipe.reproducibility import rng_state_kept
 from recipe.task import Task
 
@@ -52,17 +52,21 @@ def training_reads_vary(task: Task, samples: int = 8, seed: int = 0) -> bool:
 
 
 def augmentation_variance(task: Task, samples: int = 256, seed: int = 0) -> torch.Tensor | None:
-    """Per input value (flattened), the variance a training Dataset that augments on read adds to a sample: half
-    the mean squared difference between two reads of the same samples, which is exact for noise drawn afresh on
-    every read. None when the Dataset does not augment on read or its inputs are not one float tensor. Read without
-    moving any global random generator."""
+    """Per input value (flattened; several float tensors joined), the variance a training Dataset that augments on
+    read adds to a sample: half the mean squared difference between two reads of the same samples, which is exact
+    for noise drawn afresh on every read. None when the Dataset does not augment on read or its inputs are not
+    float tensors. Read without moving any global random generator."""
     if not training_reads_vary(task, seed=seed):
         return None
     indices = fixed_indices(len(task.train), samples, seed)
     with rng_state_kept():
         first, _ = task.split_batch(task.train.batch(indices))
         second, _ = task.split_batch(task.train.batch(indices))
-    if not (isinstance(first, torch.Tensor) and first.is_floating_point() and first.shape == second.shape):
+    if not isinstance(first, torch.Tensor):  # several float tensors: per value of their joined features
+        first, second = joined_features(first), joined_features(second)
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
+        return None
+    if not (first.is_floating_point() and first.shape == second.shape):
         return None
     return (first.float() - second.float()).reshape(len(first), -1).square().mean(0) / 2
 
