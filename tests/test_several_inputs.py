@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipe import Recipe, Task
+from recipe import Recipe, Task, fit
 from recipe.data import describe_parts, joined_features, part_shapes
 from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.init import loss_at_init
 from recipe.diagnostics.inputs import target_leak
 from recipe.diagnostics.integrity import read_split
 from recipe.diagnostics.reading import augmentation_variance
+from recipe.diagnostics.regularization import feature_ablation
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
 from recipe.models import simple_model_factory
@@ -208,3 +209,16 @@ def test_a_clean_pair_task_runs_its_data_and_model_checks_without_a_warning(tmp_
     assert "2 tensors: (6,) + (6,)" in status["summary"].message
     assert status["time_leakage"].status == "skip"  # positions across joined tensors are no time axis
     assert not [c for c in result.checks if c.status in ("fail", "error")]
+
+
+@pytest.mark.parametrize("label_in_meta", [False, True])
+def test_input_ablation_shuffles_each_tensor_and_names_one_that_does_not_help(label_in_meta):
+    task = meta_task(label_in_meta=label_in_meta)  # the metadata is noise, or holds the label
+    model = fit(task, epochs=30, batch_size=64, progress=False, device="cpu", seed=0).model
+    inputs, target = task.split_batch(task.sample_batch("val", 200, 0))
+    check = feature_ablation(task, model, inputs, target)
+    assert check.status == "pass" and check.value["names"] == ["input 0 (1, 2, 3)", "input 1 (2,)"]
+    if label_in_meta:
+        assert 1 not in check.value["candidates"]
+    else:
+        assert check.value["candidates"] == [1] and "input 1 (2,) across samples does not hurt" in check.message

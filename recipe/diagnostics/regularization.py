@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import joined_features, part_shapes, tree_map
 from recipe.evaluation import Evaluation
 from recipe.task import TRANSFORMS, Task
 
@@ -266,6 +267,8 @@ def feature_ablation(task: Task, model: nn.Module, inputs: Any, target: torch.Te
     is a candidate when shuffling it raises the loss by at most twice its paired SE (one-sided, ~98%), or by under
     1% of the loss.
     """
+    if not isinstance(inputs, torch.Tensor) and joined_features(inputs) is not None:
+        return _input_ablation(task, model, inputs, target, seed)
     tabular = isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dim() == 2
     if not tabular or task.image_shape is not None:
         return skipped("feature_ablation", "inputs are not tabular (a float matrix of features without image_shape).")
@@ -305,6 +308,56 @@ def feature_ablation(task: Task, model: nn.Module, inputs: Any, target: torch.Te
         f"candidates to remove{note if grouped else ''}.",
         value,
     )
+
+
+def _input_ablation(task: Task, model: nn.Module, inputs: Any, target: torch.Tensor, seed: int) -> Check:
+    """`feature_ablation` for a model that takes several float tensors: each tensor shuffled across samples as a
+    whole (an image with its metadata: does the metadata help?), judged as one feature group is."""
+    was_training = model.training
+    model.eval()
+    base = _loss_per_sample(task, model, inputs, target)
+    n = len(target)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(target.device)
+    shapes = part_shapes(inputs)
+    importance = []
+    for k in range(len(shapes)):
+        shuffled = _with_part(inputs, k, lambda t: t[perm])
+        delta = (_loss_per_sample(task, model, shuffled, target) - base).double()
+        importance.append((float(delta.mean()), float(delta.std() / math.sqrt(len(delta))) if len(delta) > 1 else 0.0))
+    model.train(was_training)
+    floor = 0.01 * abs(float(base.mean()))
+    candidates = [k for k, (d, se) in enumerate(importance) if d <= max(2 * se, floor)]
+    names = [f"input {k} {shape}" for k, shape in enumerate(shapes)]
+    value = {
+        "candidates": candidates,
+        "importance": [d for d, _ in importance],
+        "se": [se for _, se in importance],
+        "names": names,
+    }
+    if not candidates:
+        return passed(
+            "feature_ablation",
+            f"shuffling any of the model's {len(shapes)} input tensors across samples hurts validation.",
+            value,
+        )
+    return passed(
+        "feature_ablation",
+        f"shuffling {' and '.join(names[k] for k in candidates)} across samples does not hurt validation: a "
+        "candidate to remove (or the model has not learned to use it).",
+        value,
+    )
+
+
+def _with_part(inputs: Any, index: int, change: Any) -> Any:
+    """`inputs` with its `index`-th tensor (in `joined_features` order) replaced by `change(tensor)`."""
+    seen = -1
+
+    def visit(t: torch.Tensor) -> torch.Tensor:
+        nonlocal seen
+        seen += 1
+        return change(t) if seen == index else t
+
+    return tree_map(visit, inputs)
 
 
 def chosen_regularization(start: Trial, final: Trial, kept: list[str], metric_name: str) -> Check:

@@ -312,15 +312,25 @@ class Regularize(Stage):
         if check.status == "skip":
             return check
         importance, se = check.value["importance"], check.value["se"]
+        names = check.value.get("names") or [f"feature {j}" for j in range(len(importance))]
+        unit = "input tensor" if "names" in check.value else "feature"
         order = sorted(range(len(importance)), key=importance.__getitem__)[:40]
         fig = plots.baselines(
-            {f"feature {j}": (importance[j], se[j]) for j in order},
-            "Validation loss increase when one feature is shuffled (least important first)",
+            {names[j]: (importance[j], se[j]) for j in order},
+            f"Validation loss increase when one {unit} is shuffled (least important first)",
             "increase in validation loss (± SE)",
         )
         table = {
-            "columns": ["feature", "loss increase when shuffled", "SE", "candidate to remove"],
-            "rows": [[j, f"{importance[j]:.4g}", f"{se[j]:.2g}", j in check.value["candidates"]] for j in order],
+            "columns": [unit, "loss increase when shuffled", "SE", "candidate to remove"],
+            "rows": [
+                [
+                    names[j] if unit != "feature" else j,
+                    f"{importance[j]:.4g}",
+                    f"{se[j]:.2g}",
+                    j in check.value["candidates"],
+                ]
+                for j in order
+            ],
         }
         artifacts = (ctx.save_figure("feature_ablation.png", fig), ctx.save_json("feature_ablation.table.json", table))
         return check.replace(artifacts=artifacts)
