@@ -222,3 +222,12 @@ def test_input_ablation_shuffles_each_tensor_and_names_one_that_does_not_help(la
         assert 1 not in check.value["candidates"]
     else:
         assert check.value["candidates"] == [1] and "input 1 (2,) across samples does not hurt" in check.message
+
+
+def test_inspect_shows_the_pictures_of_an_image_with_metadata(tmp_path):
+    task = meta_task()
+    result = Recipe(task, run_dir=tmp_path / "run", stages=["inspect"], device="cpu", progress=False, quiet=True).run()
+    samples = next(c for c in result.checks if c.name == "samples")
+    assert samples.status == "pass" and "training images" in samples.message
+    assert (tmp_path / "run" / "01_inspect" / "samples.png").stat().st_size > 0
+    assert (tmp_path / "run" / "01_inspect" / "outliers.png").stat().st_size > 0  # the most extreme pictures

@@ -13,6 +13,7 @@ of all of it go to 01_inspect/ for a person to look at.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -184,7 +185,10 @@ class InspectData(Stage):
             ctx.save_json("outliers.json", info["table"]),
         ]
         top = info["top"][:16]
-        images = ctx.task.images(train.inputs[top]) if train.inputs is not None and not train.parts else None
+        pictures = _image_part(train) if train.parts else None
+        images = pictures[top] if pictures is not None else None
+        if train.inputs is not None and not train.parts:
+            images = ctx.task.images(train.inputs[top])
         if images is not None:
             labels = [f"#{int(train.indices[i])} z={float(z[i]):+.1f}" for i in top.tolist()]
             artifacts.append(
@@ -226,7 +230,7 @@ class InspectData(Stage):
         task, x = ctx.task, train.inputs
         if x is None:
             return skipped("samples", "inputs are not a single tensor; override _samples in a subclass.")
-        images = task.images(x) if not train.parts else None  # joined inputs: features, not one picture
+        images = task.images(x) if not train.parts else _image_part(train)
         if images is not None:
             return self._image_samples(ctx, train, images)
         if not x.is_floating_point() and task.decoder is not None:
@@ -273,6 +277,17 @@ class InspectData(Stage):
         return passed("samples", f"{len(rows)} random training images, by class, in samples.png.").replace(
             artifacts=(path,)
         )
+
+
+def _image_part(sample: SplitSample) -> torch.Tensor | None:
+    """The first of several joined input tensors that holds pictures (C, H, W) with 1 or 3 channels, as images."""
+    start = 0
+    for shape in sample.parts or ():
+        width = math.prod(shape)
+        if sample.inputs is not None and len(shape) == 3 and shape[0] in (1, 3):
+            return sample.inputs[:, start : start + width].reshape(len(sample.inputs), *shape)
+        start += width
+    return None
 
 
 def _target_label(target: torch.Tensor) -> str:
