@@ -3,13 +3,13 @@ and whether the same tasks with the bug fixed (twins) and clean tasks of many ki
 
     python benchmarks/bugzoo.py [--only NAME[,NAME]] [--stages inspect,baseline,overfit]
 
-Each bug is a small mutation of a clean task: the originals plant into digits MLP/CNN, a causal character model and
-diabetes regression; the rest reproduce public reports (cited beside each case) in tasks of other kinds
-(benchmarks/zoo_tasks.py: signals, padded tokens, tagging, a BatchNorm ResNet, patient groups, a Dataset with
-augmentation, a Transformer LM). Every run uses keep_going, so the table shows every check that fired. A bug counts
-as flagged with the right cause when a check built for it (`catches`) shows the expected status with a message that
-names the mechanism (`cause`), and a warn case has no unrelated fail. Every bug has a fixed twin; twins and clean
-tasks count their fails, errors (a check that raised) and warns. The summary line:
+Each bug is a small mutation of a clean task: the originals plant into digits MLP/CNN, a causal character model,
+diabetes regression and a siamese model on digit pairs; the rest reproduce public reports (cited beside each case) in
+tasks of other kinds (benchmarks/zoo_tasks.py: signals, padded tokens, tagging, a BatchNorm ResNet, patient groups, a
+Dataset with augmentation, a Transformer LM). Every run uses keep_going, so the table shows every check that fired. A
+bug counts as flagged with the right cause when a check built for it (`catches`) shows the expected status with a
+message that names the mechanism (`cause`), and a warn case has no unrelated fail. Every bug has a fixed twin; twins and
+clean tasks count their fails, errors (a check that raised) and warns. The summary line:
 
     bugs flagged with the right cause A/B; clean tasks and twins: F fails, E errors, W warns (N cases)
 
@@ -368,6 +368,16 @@ BUGS = [
         "digits MLP through complexify",
         stages=("complexify",),
     ),
+    # a siamese model that encodes its first input twice (an original: two inputs, one of them never used)
+    Case(
+        "siamese model encodes one input twice",
+        lambda: zoo.digit_pairs(same_input=True),
+        "warn",
+        ("batch_independence",),
+        "ignores it",
+        "clean siamese digit pairs",
+        stages=ALL,
+    ),
     # a Sigmoid before BCEWithLogitsLoss: https://github.com/Turoad/lanedet/issues/32
     Case(
         "sigmoid before BCE-with-logits",
@@ -397,6 +407,7 @@ CLEAN = [
     Case("clean group-split tabular", tab.patients, "clean", stages=ALL),
     Case("clean digits Dataset, train-only augmentation", zoo.digits_dataset, "clean", stages=ALL),
     Case("clean forecasting windows, split by time", zoo.forecast, "clean", stages=ALL),
+    Case("clean siamese digit pairs", zoo.digit_pairs, "clean", stages=ALL),
 ]
 ORIGINAL_CLEAN = CLEAN[:4]  # these also show no warn (tests/test_bugzoo.py)
 TWINS = [  # fixed twins that are not clean tasks above

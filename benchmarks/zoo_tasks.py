@@ -1,11 +1,11 @@
 """The bug zoo's tasks of kinds the bundled examples lack, each clean by default and with its planted variants.
 
-Every factory returns a small `Task` (a few hundred to ~1,800 samples, a tiny model) whose keyword arguments plant
-one bug reproduced from a public report (benchmarks/bugzoo.py cites the report beside each case); the defaults are
-the fixed twin. Kinds: a Conv1d signal classifier (and a GRU over the same signals), forecasting windows cut from one
-series, a padded GRU, a TransformerEncoder with a key-padding mask, a token tagger, a BatchNorm ResNet, channels-last
-colour images, a Dataset with train-only augmentation and a Transformer language model (the tabular ones are in
-benchmarks/zoo_tabular.py).
+Every factory returns a small `Task` (a few hundred to 2,000 samples, a tiny model) whose keyword arguments plant one
+bug reproduced from a public report (benchmarks/bugzoo.py cites the report beside each case; the siamese model's is an
+original); the defaults are the fixed twin. Kinds: a Conv1d signal classifier (and a GRU over the same signals),
+forecasting windows cut from one series, a padded GRU, a TransformerEncoder with a key-padding mask, a token tagger, a
+BatchNorm ResNet, channels-last colour images, a Dataset with train-only augmentation, a Transformer language model and
+a siamese model on digit pairs (two input tensors; the tabular tasks are in benchmarks/zoo_tabular.py).
 """
 
 from __future__ import annotations
@@ -373,3 +373,51 @@ def language_model(causal: bool = True, windows: int = 400, length: int = 16) ->
         num_classes=11,
         name="transformer-lm",
     )
+
+
+# ---- a siamese pair model: two input tensors -----------------------------------------------------------------------
+
+
+class PairTask(Task):
+    """Batches of (first, second, label): the model takes the pair as two arguments."""
+
+    def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        return (batch[0], batch[1]), batch[2]
+
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        return model(*inputs)
+
+
+class Siamese(nn.Module):
+    """One encoder for both digits of a pair; the head reads |a - b| and a * b. `same_input=True` plants
+    `enc(a)` where `enc(b)` was meant: the second digit never reaches the output."""
+
+    def __init__(self, same_input: bool = False):
+        super().__init__()
+        self.same_input = same_input
+        self.enc = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.head = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ea, eb = self.enc(a), self.enc(a if self.same_input else b)
+        return self.head(torch.cat([(ea - eb).abs(), ea * eb], 1))
+
+
+def digit_pairs(same_input: bool = False, pairs: tuple[int, int] = (2000, 600)) -> Task:
+    """Is this the same digit? Pairs drawn from each split's own digits (each digit in several pairs), half of
+    them of one class."""
+    x_train, x_val, y_train, y_val = digits.load_digits_split()
+
+    def draw(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> torch.utils.data.TensorDataset:
+        g = torch.Generator().manual_seed(seed)
+        xs, ys = torch.tensor(x), torch.tensor(y)
+        a, b = torch.randint(0, len(ys), (n,), generator=g), torch.randint(0, len(ys), (n,), generator=g)
+        for i in (torch.rand(n, generator=g) < 0.5).nonzero().flatten().tolist():  # a partner of the same class
+            same = (ys == ys[a[i]]).nonzero().flatten()
+            b[i] = same[torch.randint(0, len(same), (1,), generator=g)]
+        return torch.utils.data.TensorDataset(xs[a], xs[b], (ys[a] == ys[b]).long())
+
+    return PairTask(
+        draw(x_train, y_train, pairs[0], 0), draw(x_val, y_val, pairs[1], 1), lambda: Siamese(same_input),
+        num_classes=2, name="digit-pairs",
+    )  # fmt: skip
