@@ -9,6 +9,8 @@ batch size are the recipe's (seeded shuffling; `train.batch_size`, which `baseli
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -55,18 +57,31 @@ def tensor_leaves(obj: Any) -> list[Any]:
     return [obj]
 
 
-def joined_features(inputs: Any) -> torch.Tensor | None:
-    """A model input made of several float tensors (a tuple, list or dict of them, nested: a pair for a siamese
-    model, an image with its metadata) as one (batch, features) matrix, each part flattened per sample and the parts
-    joined in order; None for a single tensor, and where any part is not a float tensor with the batch as its first
-    dimension (token ids are not numbers on a scale, so they are not joined with measurements)."""
+def joined_features(inputs: Any, measurements_only: bool = False) -> torch.Tensor | None:
+    """A model input made of several tensors (a tuple, list or dict of them, nested: a pair for a siamese model, an
+    image with its metadata, numeric columns beside category ids) as one float (batch, features) matrix, each part
+    flattened per sample and the parts joined in order. Float tensors are measurements; integer or boolean ones
+    (category ids, flags) join as their values, one column per id, or are left out with `measurements_only`.
+
+    None for a single tensor, where any part is not a tensor with the batch as its first dimension, and where no
+    part is a float tensor (token ids alone are read as tokens, not as numbers on a scale)."""
     if isinstance(inputs, torch.Tensor):
         return None
     parts = tensor_leaves(inputs)
-    usable = parts and all(isinstance(p, torch.Tensor) and p.dim() >= 1 and p.is_floating_point() for p in parts)
-    if not usable or len({p.shape[0] for p in parts}) != 1:
+    if not parts or not all(isinstance(p, torch.Tensor) and p.dim() >= 1 and not p.is_complex() for p in parts):
         return None
-    return torch.cat([p.detach().reshape(len(p), -1) for p in parts], 1)
+    floats = [p for p in parts if p.is_floating_point()]
+    if not floats or len({p.shape[0] for p in parts}) != 1:
+        return None
+    dtype = functools.reduce(torch.promote_types, [p.dtype for p in floats])
+    kept = floats if measurements_only else parts
+    return torch.cat([p.detach().reshape(len(p), -1).to(dtype) for p in kept], 1)
+
+
+def continuous_columns(inputs: Any) -> torch.Tensor:
+    """Which columns of `joined_features(inputs)` come from float tensors (measurements), as a bool mask."""
+    parts = [p for p in tensor_leaves(inputs) if isinstance(p, torch.Tensor)]
+    return torch.cat([torch.full((math.prod(p.shape[1:]),), p.is_floating_point()) for p in parts])
 
 
 def part_shapes(inputs: Any) -> tuple[tuple[int, ...], ...]:

@@ -31,12 +31,13 @@ class _Linear(nn.Module):
         self.linear = nn.Linear(in_features, max(1, math.prod(out_shape)))
 
     def forward(self, *inputs: Any, **named: Any) -> torch.Tensor:
-        """One input tensor, or several float tensors however they are passed (`model(*pair)`, `model(pair)`,
-        `model(**parts)`), joined in order as `joined_features` joins them."""
+        """One input tensor, or the float tensors among several however they are passed (`model(*pair)`,
+        `model(pair)`, `model(**parts)`), joined in order as `joined_features` joins them (category ids left out:
+        their codes are no scale a linear model can read)."""
         x = inputs[0] if len(inputs) == 1 and not named and isinstance(inputs[0], torch.Tensor) else None
-        x = x if x is not None else joined_features((inputs, named))
+        x = x if x is not None else joined_features((inputs, named), measurements_only=True)
         if x is None:
-            raise TypeError("the linear reference takes one tensor or several float tensors")
+            raise TypeError("the linear reference takes one tensor or several with a float one")
         return self.linear(x.flatten(1)).reshape(len(x), *self.out_shape)
 
 
@@ -78,13 +79,16 @@ def simple_model_factory(task: Task, inputs: Any, output: torch.Tensor) -> tuple
     if tokens and task.kind == "classification" and output.dim() == 3 and output.shape[2] == inputs.shape[1]:
         count, classes = _token_count(task, inputs), int(output.shape[1])  # (B, C, T): one class per token
         return (lambda: _Bigram(count, classes, classes_first=True)), "unigram tagger (class logits per token)"
-    joined = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs)
+    joined = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs, measurements_only=True)
     if joined is None or not joined.is_floating_point():
         return None
     features = math.prod(joined.shape[1:])
     out_shape = tuple(output.shape[1:])
     what = f"{features} flattened inputs"
-    what += "" if joined is inputs else f" joined from {describe_parts(part_shapes(inputs))}"
+    if joined is not inputs:
+        every = joined_features(inputs)
+        floats = " (the float ones)" if every is not None and every.shape[1] > features else ""
+        what += f"{floats} joined from {describe_parts(part_shapes(inputs))}"
     return (lambda: _Linear(features, out_shape)), f"linear model on {what}"
 
 

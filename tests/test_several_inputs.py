@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe import Recipe, Task, fit
-from recipe.data import describe_parts, joined_features, part_shapes
+from recipe.data import continuous_columns, describe_parts, joined_features, part_shapes
 from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.init import loss_at_init
-from recipe.diagnostics.inputs import target_leak
+from recipe.diagnostics.inputs import input_stats, target_leak
 from recipe.diagnostics.integrity import read_split
 from recipe.diagnostics.reading import augmentation_variance
 from recipe.diagnostics.regularization import feature_ablation
@@ -105,7 +105,7 @@ def test_several_float_tensors_are_joined_in_order_and_others_are_not():
         and describe_parts(part_shapes((a, b))) == "2 tensors: (1, 2, 3) + (2,)"
     )
     assert joined_features(a) is None  # one tensor is read as it is
-    assert joined_features((a, torch.zeros(4, 2, dtype=torch.long))) is None  # ids are not measurements
+    assert joined_features((torch.zeros(4, 2, dtype=torch.long),) * 2) is None  # ids alone are tokens
     assert joined_features((a, torch.zeros(3, 2))) is None  # not one sample per row
     assert joined_features((a, "text")) is None
 
@@ -169,7 +169,7 @@ def test_batch_independence_differentiates_through_each_input(bug):
     inputs, _ = task.split_batch(task.sample_batch("train", 16, 0))
     check = batch_independence(Siamese(bug), task, inputs)
     if bug is None:
-        assert check.status == "pass" and "each of its 2 input tensors" in check.message
+        assert check.status == "pass" and "each of its 2 float input tensors" in check.message
     elif bug == "same_argument":  # the second tensor never reaches the output
         assert check.status == "warn" and "input 1 (6,)" in check.message and check.value["inputs_ignored"] == [1]
     else:
@@ -231,3 +231,79 @@ def test_inspect_shows_the_pictures_of_an_image_with_metadata(tmp_path):
     assert samples.status == "pass" and "training images" in samples.message
     assert (tmp_path / "run" / "01_inspect" / "samples.png").stat().st_size > 0
     assert (tmp_path / "run" / "01_inspect" / "outliers.png").stat().st_size > 0  # the most extreme pictures
+
+
+# ---- measurements beside category ids: a tabular model with an embedding ---------------------------------------------
+
+SHOPS = 20
+
+
+class Tabular(nn.Module):
+    """Numeric columns through a linear layer, a shop id through an embedding."""
+
+    def __init__(self, ignore_numbers: bool = False):
+        super().__init__()
+        self.ignore_numbers = ignore_numbers
+        self.numbers, self.shop = nn.Linear(DIM, 16), nn.Embedding(SHOPS, 4)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(20, CLASSES))
+
+    def forward(self, numbers: torch.Tensor, shop: torch.Tensor) -> torch.Tensor:
+        numbers = torch.zeros_like(numbers) if self.ignore_numbers else numbers
+        return self.head(torch.cat([self.numbers(numbers), self.shop(shop)], 1))
+
+
+def tabular_task(number_scale: float = 1.0, shop_is_label: bool = False, ignore_numbers: bool = False) -> PairTask:
+    def split(n: int, seed: int) -> torch.utils.data.TensorDataset:
+        x, y = items(n, seed)
+        shop = torch.randint(0, SHOPS, (n,), generator=torch.Generator().manual_seed(seed + 7))
+        return torch.utils.data.TensorDataset(x * number_scale, y if shop_is_label else shop, y)
+
+    return PairTask(split(500, 0), split(250, 1), lambda: Tabular(ignore_numbers), num_classes=CLASSES, name="tabular")
+
+
+def test_category_ids_join_as_values_but_are_no_measurements():
+    numbers, shop = torch.randn(4, DIM), torch.tensor([3, 0, 19, 7])
+    joined = joined_features((numbers, shop))
+    assert joined.shape == (4, DIM + 1) and joined[:, -1].tolist() == [3.0, 0.0, 19.0, 7.0]
+    assert torch.equal(joined_features((numbers, shop), measurements_only=True), numbers)
+    assert continuous_columns((numbers, shop)).tolist() == [True] * DIM + [False]
+    assert joined_features((shop, shop)) is None  # ids alone are tokens, not features
+
+
+def test_a_clean_tabular_task_with_category_ids_runs_clean(tmp_path):
+    result = Recipe(
+        tabular_task(), run_dir=tmp_path / "run", stages=["inspect", "baseline"], device="cpu", progress=False,
+        quiet=True, keep_going=True,
+    ).run()  # fmt: skip
+    status = {c.name: c for c in result.checks}
+    joined = [
+        "input_stats", "split_shift", "duplicates", "outliers", "label_noise", "input_batch", "batch_independence",
+        "target_leak", "simple_model",
+    ]  # fmt: skip
+    assert {name: status[name].status for name in joined} == dict.fromkeys(joined, "pass")
+    assert "(the float ones)" in status["simple_model"].message  # the linear reference reads no id as a number
+    assert not [c for c in result.checks if c.status in ("fail", "error", "warn")], [
+        (c.name, c.message) for c in result.checks if c.status in ("fail", "error", "warn")
+    ]
+
+
+def test_raw_numbers_beside_category_ids_are_named_and_the_ids_are_not():
+    train, _ = splits(tabular_task(number_scale=1000.0))
+    check, _ = input_stats(train.measurements().inputs, train.scope)
+    assert check.status == "warn" and "features with |mean| > 3 or std > 10" in check.message
+    clean, _ = splits(tabular_task())
+    assert input_stats(clean.measurements().inputs, clean.scope)[0].status == "pass"  # ids 0..19 are not a scale
+
+
+def test_a_category_column_that_is_the_label_is_a_target_leak():
+    leak = target_leak(tabular_task(shop_is_label=True))
+    assert leak.status == "fail" and leak.value["best_feature"] == DIM
+
+
+def test_a_model_that_ignores_its_numbers_but_reads_its_ids_warns_and_does_not_fail():
+    task = tabular_task(ignore_numbers=True)
+    inputs, _ = task.split_batch(task.sample_batch("train", 16, 0))
+    check = batch_independence(Tabular(ignore_numbers=True), task, inputs)
+    assert check.status == "warn" and "input 0 (6,)" in check.message and check.value["inputs_ignored"] == [0]
+    clean = batch_independence(Tabular(), tabular_task(), inputs)
+    assert clean.status == "pass" and "each of its 1 float input tensors" in clean.message

@@ -78,22 +78,25 @@ def test_large_splits_are_sampled_and_the_messages_say_so(tmp_path):
     assert "all training" in by_name["non_finite"].message  # in-memory data is scanned whole for NaN/Inf
 
 
-def test_dict_batches_of_float_tensors_are_read_joined_and_mixed_ones_are_skipped(tmp_path):
+def test_dict_batches_are_read_joined_unless_no_part_is_a_float_tensor(tmp_path):
     class DictTask(Task):
-        float_only = True
+        parts = "floats"
 
         def split_batch(self, batch):
-            ids = (batch[0][:, :1] > 0).long()  # an integer part: not a measurement to join
-            parts = {"features": batch[0]} if self.float_only else {"features": batch[0], "flag": ids}
-            return parts, batch[1]
+            flag = (batch[0][:, :1] > 0).long()  # an integer part: a category beside the measurements
+            if self.parts == "ids":  # token ids only: not numbers on a scale
+                return {"a": flag, "b": 1 - flag}, batch[1]
+            return ({"features": batch[0]} if self.parts == "floats" else {"features": batch[0], "flag": flag}), batch[
+                1
+            ]
 
         def forward(self, model, inputs):
-            return model(inputs["features"])
+            return model(inputs["features"]) if "features" in inputs else model(inputs["a"].float().expand(-1, 12))
 
-    for float_only, expected in ((True, "pass"), (False, "skip")):
+    for parts, expected in (("floats", "pass"), ("mixed", "pass"), ("ids", "skip")):
         task = DictTask(train=tiny.blobs(128, 0), val=tiny.blobs(64, 1), model=tiny.MLP, num_classes=tiny.CLASSES)
-        task.float_only = float_only
-        result = run(task, tmp_path / str(float_only), label_noise=False)
+        task.parts = parts
+        result = run(task, tmp_path / parts, label_noise=False)
         assert result.ok
         statuses = {c.name: c.status for c in result.checks}
         assert statuses["split_shift"] == statuses["duplicates"] == statuses["samples"] == expected, statuses

@@ -8,6 +8,7 @@ Run in eval mode: BatchNorm in training mode couples samples by design (catalog 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,29 +65,39 @@ def input_sensitivity(
 def _joined_sensitivity(
     model: nn.Module, task: Task, inputs: Any, select: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor | None:
-    """`input_sensitivity` for a model that takes several float tensors: (B, F), each tensor's sensitivities
-    flattened per sample and joined in order (as `joined_features` joins the inputs); None for other inputs."""
+    """`input_sensitivity` for a model that takes several tensors: (B, F), each float tensor's sensitivities
+    flattened per sample and joined in order; None for other inputs."""
     parts = _part_sensitivities(model, task, inputs, select)
-    return None if parts is None else torch.cat(parts, 1)
+    return None if parts is None else torch.cat([p for p in parts if p is not None], 1)
 
 
 def _part_sensitivities(
     model: nn.Module, task: Task, inputs: Any, select: Callable[[torch.Tensor], torch.Tensor]
-) -> list[torch.Tensor] | None:
-    """|d select(output) / d input| of each float tensor of a several-tensor input, each (B, -1); None for others."""
+) -> list[torch.Tensor | None] | None:
+    """|d select(output) / d input| of each tensor of a several-tensor input, in order: (B, -1) for a float tensor,
+    None for an integer one (category ids: no gradient); None for inputs that are not several tensors."""
     if joined_features(inputs) is None:
         return None
     model.eval()
-    leaves: list[torch.Tensor] = []
+    leaves: list[torch.Tensor | None] = []
 
     def watched(t: torch.Tensor) -> torch.Tensor:
-        leaves.append(t.detach().clone().requires_grad_(True))
-        return leaves[-1]
+        if not t.is_floating_point():
+            leaves.append(None)
+            return t
+        leaf = t.detach().clone().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf
 
     x = tree_map(watched, inputs)
-    grads = torch.autograd.grad(select(task.forward(model, x)), leaves, allow_unused=True)
-    parts = [_reduce(g if g is not None else torch.zeros_like(c)) for g, c in zip(grads, leaves, strict=True)]
-    return [p.reshape(len(p), -1) for p in parts]
+    floats = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad(select(task.forward(model, x)), floats, allow_unused=True))
+    parts: list[torch.Tensor | None] = []
+    for leaf in leaves:
+        grad = None if leaf is None else next(grads)
+        reduced = None if leaf is None else _reduce(grad if grad is not None else torch.zeros_like(leaf))
+        parts.append(None if reduced is None else reduced.reshape(len(reduced), -1))
+    return parts
 
 
 def _reduce(grad: torch.Tensor) -> torch.Tensor:
@@ -113,7 +124,7 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     generator = torch.Generator().manual_seed(0)
     leaking: dict[int, list[int]] = {}
     own_zero = 0
-    own_by_part = torch.zeros(len(part_shapes(inputs)) if several else 0)
+    own_by_part = torch.zeros(len(part_shapes(inputs)) if several else 0)  # NaN: an integer tensor, not probed
     for i in range(min(probes, n)):
 
         def select(out: torch.Tensor, i: int = i) -> torch.Tensor:
@@ -122,8 +133,10 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
 
         parts = _part_sensitivities(model, task, inputs, select) if several else None
         if parts is not None:
-            own_by_part += torch.tensor([float(p[i].sum()) for p in parts])
-        sens = torch.cat(parts, 1) if parts is not None else input_sensitivity(model, task, inputs, select)
+            own_by_part += torch.tensor([float(p[i].sum()) if p is not None else math.nan for p in parts])
+            sens: torch.Tensor | None = torch.cat([p for p in parts if p is not None], 1)
+        else:
+            sens = input_sensitivity(model, task, inputs, select)
         if sens is None:
             return skipped("batch_independence", "integer inputs without an nn.Embedding to differentiate through.")
         per_sample = sens.reshape(n, -1).sum(1)
@@ -144,7 +157,7 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
             value,
             "each output depends only on its own sample",
         )
-    if own_zero == probed:
+    if own_zero == probed and not bool(own_by_part.isnan().any()):  # an integer input may carry it all
         return failed(
             "batch_independence",
             "no output depends on its own input (zero gradient): the forward pass "
@@ -168,7 +181,7 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     return passed(
         "batch_independence",
         f"each of {probed} probed outputs depends on its own sample only (batch of {n}, eval mode)"
-        + (f", and on each of its {len(own_by_part)} input tensors." if several else "."),
+        + (f", and on each of its {int(own_by_part.isfinite().sum())} float input tensors." if several else "."),
         value,
     )
 

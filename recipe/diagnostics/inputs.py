@@ -40,9 +40,9 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
     """
     parts = None
     if not isinstance(inputs, torch.Tensor):
-        joined = joined_features(inputs)
+        joined = joined_features(inputs, measurements_only=True)  # category ids have no scale to judge
         if joined is None:
-            return skipped("input_batch", "inputs are neither one tensor nor several float tensors."), {}
+            return skipped("input_batch", "inputs are neither one tensor nor several with a float one."), {}
         inputs, parts = joined, describe_parts(part_shapes(inputs))
     info: dict[str, Any] = {"shape": list(inputs.shape), "dtype": str(inputs.dtype)}
     if parts:
@@ -91,9 +91,10 @@ def scale_summary(stats: dict[str, list[float]], inputs: torch.Tensor) -> dict[s
 
 
 def large_inputs(inputs: Any) -> str | None:
-    """Which feature of a batch of float inputs (one tensor, or several joined) lies far above unit scale (|mean| > 3
-    or std > 10, as `scale_problem` judges it), for a message; None when none does, and for token inputs."""
-    x = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs)
+    """Which feature of a batch of float inputs (one tensor, or the float ones of several, joined) lies far above unit
+    scale (|mean| > 3 or std > 10, as `scale_problem` judges it), for a message; None when none does, and for token
+    inputs."""
+    x = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs, measurements_only=True)
     if x is None or not x.is_floating_point() or x.dim() < 2 or len(x) < 2:
         return None
     stats = feature_stats(x)

@@ -8,13 +8,14 @@ counted as a target).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import TensorSplit, describe_parts, fixed_indices, joined_features, part_shapes
+from recipe.data import TensorSplit, continuous_columns, describe_parts, fixed_indices, joined_features, part_shapes
 from recipe.diagnostics.inputs import token_distance
 from recipe.task import IGNORE_INDEX, Task
 
@@ -25,12 +26,15 @@ class SplitSample:
 
     Attributes:
         name: "train" or "val".
-        inputs: the inputs as one tensor: the model's own, or, for a model that takes several float tensors (a
-            tuple, list or dict of them), their `joined_features`, one row of features per sample; None otherwise.
+        inputs: the inputs as one tensor: the model's own, or, for a model that takes several tensors (a tuple,
+            list or dict of them, one of them float at least), their `joined_features`, one row of features per
+            sample; None otherwise.
         targets: the targets.
         indices: each row's index in the split.
         size: the split's full length.
         parts: for joined inputs, the per-sample shape of each tensor joined (`part_shapes`); None for one tensor.
+        continuous: for joined inputs, which columns come from float tensors (`continuous_columns`); the others
+            hold category ids or flags.
     """
 
     name: str
@@ -39,6 +43,7 @@ class SplitSample:
     indices: torch.Tensor
     size: int
     parts: tuple[tuple[int, ...], ...] | None = None
+    continuous: torch.Tensor | None = None
 
     @property
     def sampled(self) -> bool:
@@ -52,7 +57,25 @@ class SplitSample:
     def rows(self, keep: torch.Tensor) -> SplitSample:
         """The rows where `keep` (bool, one per row) is true."""
         inputs = self.inputs[keep] if self.inputs is not None else None
-        return SplitSample(self.name, inputs, self.targets[keep], self.indices[keep], self.size, self.parts)
+        return replace(self, inputs=inputs, targets=self.targets[keep], indices=self.indices[keep])
+
+    def part_columns(self) -> list[tuple[tuple[int, ...], slice, bool]]:
+        """Each joined tensor's per-sample shape, its columns in `inputs`, and whether it is float (a measurement)."""
+        out, start = [], 0
+        for shape in self.parts or ():
+            width = math.prod(shape)
+            continuous = self.continuous is None or bool(self.continuous[start])
+            out.append((shape, slice(start, start + width), continuous))
+            start += width
+        return out
+
+    def measurements(self) -> SplitSample:
+        """The split with its float columns only: what statistics of scale and size describe (category ids and
+        flags left out). The split itself when every column is one."""
+        if self.inputs is None or self.continuous is None or bool(self.continuous.all()):
+            return self
+        kept = [shape for shape, _, continuous in self.part_columns() if continuous]
+        return replace(self, inputs=self.inputs[:, self.continuous], parts=tuple(kept), continuous=None)
 
 
 def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int = 1024) -> SplitSample:
@@ -60,18 +83,24 @@ def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int =
     data = task.train if split == "train" else task.val
     n = len(data)
     order = torch.arange(n) if n <= max_samples else torch.tensor(sorted(fixed_indices(n, max_samples, seed)))
-    inputs, targets, parts = [], [], None
+    inputs, targets, first = [], [], None
     for start in range(0, len(order), chunk):
         x, y = task.split_batch(data.batch(order[start : start + chunk]))
         inputs.append(_as_one_tensor(x))
-        parts = parts or (None if isinstance(x, torch.Tensor) else part_shapes(x))
+        first = x if first is None else first
         targets.append(y.detach().cpu())
     tensors = None if any(x is None for x in inputs) else torch.cat([x for x in inputs if x is not None])
-    return SplitSample(split, tensors, torch.cat(targets), order, n, parts if tensors is not None else None)
+    parts, continuous = _layout(first) if tensors is not None else (None, None)
+    return SplitSample(split, tensors, torch.cat(targets), order, n, parts, continuous)
+
+
+def _layout(x: Any) -> tuple[tuple[tuple[int, ...], ...] | None, torch.Tensor | None]:
+    """`parts` and `continuous` of a SplitSample whose model inputs look like `x`."""
+    return (None, None) if isinstance(x, torch.Tensor) or x is None else (part_shapes(x), continuous_columns(x))
 
 
 def _as_one_tensor(x: Any) -> torch.Tensor | None:
-    """The inputs as one tensor on the CPU: a tensor itself, several float tensors joined, else None."""
+    """The inputs as one tensor on the CPU: a tensor itself, several tensors joined, else None."""
     one = x if isinstance(x, torch.Tensor) else joined_features(x)
     return None if one is None else one.detach().cpu()
 
@@ -82,8 +111,9 @@ def whole_split(task: Task, split: str) -> SplitSample | None:
     if not isinstance(data, TensorSplit):
         return None
     x, y = task.split_batch((data.x, data.y))
-    inputs, parts = _as_one_tensor(x), None if isinstance(x, torch.Tensor) else part_shapes(x)
-    return SplitSample(split, inputs, y.detach().cpu(), torch.arange(len(data)), len(data), parts)
+    inputs = _as_one_tensor(x)
+    parts, continuous = _layout(x) if inputs is not None else (None, None)
+    return SplitSample(split, inputs, y.detach().cpu(), torch.arange(len(data)), len(data), parts, continuous)
 
 
 def is_class_task(task: Task) -> bool:

@@ -199,19 +199,19 @@ def split_shift(
     )  # fmt: skip
     if not train.parts:
         return judge(train.inputs, val.inputs, augmentation=augmentation)
-    # several tensors (a pair, an image and its metadata): each is compared on its own, each distinct value once; a
-    # value that recurs in many samples (one image in several pairs) would otherwise sit in the classifier's
-    # training folds and its held-out fold at once, and a split's own sample of values would read as a shift
+    # several tensors (a pair, an image and its metadata): each float one is compared on its own, each distinct value
+    # once; a value that recurs in many samples (one image in several pairs) would otherwise sit in the classifier's
+    # training folds and its held-out fold at once, and a split's own sample of values would read as a shift.
+    # Category ids are not measurements that a preprocessing step scales, so they are not compared.
     checks = []
-    start = 0
-    for k, shape in enumerate(train.parts):
-        width = math.prod(shape)
-        a, b = (x[:, start : start + width].unique(dim=0) for x in (train.inputs, val.inputs))
-        noise = None if augmentation is None else augmentation.reshape(-1)[start : start + width]
+    for k, (shape, columns, continuous) in enumerate(train.part_columns()):
+        if not continuous:
+            continue
+        a, b = (x[:, columns].unique(dim=0) for x in (train.inputs, val.inputs))
+        noise = None if augmentation is None else augmentation.reshape(-1)[columns]
         check = judge(a, b, augmentation=noise)
         what = f"input {k} of {len(train.parts)} {shape}, {len(a):,} and {len(b):,} distinct values"
         checks.append(check.replace(message=f"{what}: {check.message}", value={**check.value, "input": k}))
-        start += width
     order = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
     return max(checks, key=lambda c: (order.get(c.status, 0), c.value.get("auc", 0.0)))
 

@@ -13,7 +13,6 @@ of all of it go to 01_inspect/ for a person to look at.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -153,7 +152,7 @@ class InspectData(Stage):
         return check.replace(artifacts=(figure,))
 
     def _input_stats(self, ctx: Context, train: SplitSample) -> Check:
-        check, stats = input_stats(train.inputs, train.scope)
+        check, stats = input_stats(train.measurements().inputs, train.scope)  # category ids have no scale
         if not stats or "mean" not in stats:
             return check
         unit = "channel" if train.inputs is not None and train.inputs.dim() == 4 else "feature"
@@ -171,7 +170,7 @@ class InspectData(Stage):
         return check
 
     def _outliers(self, ctx: Context, train: SplitSample) -> Check:
-        check, info = outliers(train, z_warn=self.settings.outlier_z)
+        check, info = outliers(train.measurements(), z_warn=self.settings.outlier_z)
         if not info:
             return check
         values, z = info["values"], info["z"]
@@ -280,13 +279,10 @@ class InspectData(Stage):
 
 
 def _image_part(sample: SplitSample) -> torch.Tensor | None:
-    """The first of several joined input tensors that holds pictures (C, H, W) with 1 or 3 channels, as images."""
-    start = 0
-    for shape in sample.parts or ():
-        width = math.prod(shape)
-        if sample.inputs is not None and len(shape) == 3 and shape[0] in (1, 3):
-            return sample.inputs[:, start : start + width].reshape(len(sample.inputs), *shape)
-        start += width
+    """The first of several joined input tensors that holds pictures (float, C x H x W, 1 or 3 channels), as images."""
+    for shape, columns, continuous in sample.part_columns():
+        if sample.inputs is not None and continuous and len(shape) == 3 and shape[0] in (1, 3):
+            return sample.inputs[:, columns].reshape(len(sample.inputs), *shape)
     return None
 
 
