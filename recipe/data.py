@@ -89,6 +89,18 @@ def part_shapes(inputs: Any) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(p.shape[1:]) for p in tensor_leaves(inputs) if isinstance(p, torch.Tensor))
 
 
+def column_name(shapes: tuple[tuple[int, ...], ...] | None, column: int) -> str:
+    """A column of `joined_features` named for a person: "feature 2 of input 1 (3,)"; "input feature 7" for one
+    tensor."""
+    start = 0
+    for k, shape in enumerate(shapes or ()):
+        width = math.prod(shape)
+        if column < start + width:
+            return f"feature {column - start} of input {k} {shape}"
+        start += width
+    return f"input feature {column}"
+
+
 def describe_parts(shapes: tuple[tuple[int, ...], ...]) -> str:
     """`part_shapes` for messages: "2 tensors: (64,) + (64,)"."""
     return f"{len(shapes)} tensors: " + " + ".join(str(s) for s in shapes)

@@ -75,6 +75,21 @@ def test_regression_target_copied_into_an_input_is_caught():
     assert target_leak(planted).status == "fail"
 
 
+def test_a_leaked_column_beyond_the_scanned_sample_of_features_is_named_by_its_own_index():
+    """Wide inputs are scanned on a random 2,048 of their features; the message names the column in the input."""
+    g = torch.Generator().manual_seed(0)
+
+    def wide(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = torch.randn(n, 2600, generator=g), torch.randint(0, tiny.CLASSES, (n,), generator=g)
+        x[:, 2048:] = y[:, None].float()  # every column past the first 2,048 is the label
+        return x, y
+
+    task = Task(wide(300), wide(150), lambda: tiny.MLP(features=2600), num_classes=tiny.CLASSES)
+    check = target_leak(task)
+    assert check.status == "fail" and check.value["best_feature"] >= 2048
+    assert f"input feature {check.value['best_feature']} is the target itself" in check.message
+
+
 def smooth_series_windows(n: int = 3000, window: int = 16):
     """One-step forecasting of a smooth curve (integrated AR(1) steps): the last value in the window predicts the
     next one with R² 0.9999, by the nature of the series."""

@@ -161,6 +161,7 @@ def test_a_metadata_column_that_is_the_label_is_a_target_leak():
     assert clean.status == "pass", clean.message
     leak = target_leak(meta_task(label_in_meta=True))
     assert leak.status == "fail" and leak.value["best_feature"] == DIM + 1  # the second metadata value
+    assert leak.message.startswith("feature 1 of input 1 (2,) is the target itself")
 
 
 @pytest.mark.parametrize("bug", [None, "same_argument", "batch_mean"])
@@ -297,7 +298,7 @@ def test_raw_numbers_beside_category_ids_are_named_and_the_ids_are_not():
 
 def test_a_category_column_that_is_the_label_is_a_target_leak():
     leak = target_leak(tabular_task(shop_is_label=True))
-    assert leak.status == "fail" and leak.value["best_feature"] == DIM
+    assert leak.status == "fail" and leak.value["best_feature"] == DIM and "feature 0 of input 1 ()" in leak.message
 
 
 def test_a_model_that_ignores_its_numbers_but_reads_its_ids_warns_and_does_not_fail():

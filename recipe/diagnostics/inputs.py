@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import describe_parts, joined_features, part_shapes
+from recipe.data import column_name, describe_parts, joined_features, part_shapes
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -284,10 +284,12 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     train = task.sample_batch("train", max_samples, seed)
     val = task.sample_batch("val", max_samples // 2, seed)
     (xt, yt), (xv, yv) = task.split_batch(train), task.split_batch(val)
-    if not isinstance(xt, torch.Tensor):  # several float tensors are scanned joined, one feature at a time
+    shapes = None
+    if not isinstance(xt, torch.Tensor):  # several tensors are scanned joined, one feature at a time
+        shapes = part_shapes(xt)
         xt, xv = joined_features(xt), joined_features(xv)
-        if xt is None or xv is None:
-            return skipped("target_leak", "inputs are neither one tensor nor several float tensors.")
+        if xt is None or xv is None or task.kind == "sequence":
+            return skipped("target_leak", "inputs are neither one tensor nor several with a float one.")
     if task.kind == "sequence":
         rates = alignment_profile(xt, yt)
         peak = max(rates, key=lambda k: rates[k])
@@ -325,6 +327,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     if not xt.is_floating_point() or yt.dim() > 2 or task.loss not in ("cross_entropy", "mse", "l1", "bce_with_logits"):
         return skipped("target_leak", "single-feature scan needs float inputs and per-sample targets.")
     xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
+    keep = torch.arange(xt.shape[1])
     if xt.shape[1] > max_features:
         keep = torch.randperm(xt.shape[1], generator=torch.Generator().manual_seed(seed))[:max_features]
         xt, xv = xt[:, keep], xv[:, keep]
@@ -336,8 +339,9 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     metric = "accuracy" if classification else "R²"
     # what knowing nothing scores: the majority class (classification) or the mean (R² = 0)
     floor = float(torch.bincount(yv.long()).max() / len(yv)) if classification else 0.0
+    name = column_name(shapes, int(keep[best]))  # the column in the model's input, not in the scanned subset
     value = {
-        "best_feature": best,
+        "best_feature": int(keep[best]),
         f"best_single_feature_{metric}": float(scores[best]),
         "no_information": floor,
         "features_scanned": xt.shape[1],
@@ -346,7 +350,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         if all(_copies_target(x[:, best], y, classification) for x, y in ((xt, yt), (xv, yv))):
             return failed(
                 "target_leak",
-                f"input feature {best} is the target itself, up to "
+                f"{name} is the target itself, up to "
                 f"{'a relabelling' if classification else 'scale and offset'} ({metric} "
                 f"{float(scores[best]):.4f}): the target is encoded in the input (a label column). Remove that "
                 "feature.",
@@ -355,7 +359,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
             )
         return warned(
             "target_leak",
-            f"input feature {best} alone predicts the validation target with {metric} {float(scores[best]):.4f}: "
+            f"{name} alone predicts the validation target with {metric} {float(scores[best]):.4f}: "
             "either the target is encoded in the input (a label column with noise, an id or timestamp that encodes "
             "it: remove that feature), or the feature is decisive by nature (the last observed value when "
             "forecasting the next one): then keep it, if it is known when the model will predict.",
@@ -364,7 +368,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         )
     return passed(
         "target_leak",
-        f"no single input feature gives the target away (best: feature {best}, {metric} "
+        f"no single input feature gives the target away (best: {name}, {metric} "
         f"{float(scores[best]):.3f} on validation).",
         value,
     )
