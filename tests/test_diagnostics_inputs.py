@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from recipe import Task
 from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, single_feature_scores, target_leak
@@ -143,3 +144,35 @@ def test_single_feature_scores_rank_the_informative_feature_first():
     y = (x[:, 2] > 0).long()
     scores = single_feature_scores(x[:300], y[:300], x[300:], y[300:], classification=True)
     assert int(scores.argmax()) == 2 and float(scores[2]) > 0.95
+
+
+class Bidirectional(nn.Module):
+    """Token embeddings and a linear head per position, (B, C, T) logits: one class per token."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.tok, self.head = nn.Embedding(vocab, 16), nn.Linear(16, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tok(idx)).transpose(1, 2)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_masked_token_targets_left_in_the_input_are_a_leak(masked):
+    """Masked-token prediction scores 15% of positions; the bug leaves those tokens unmasked, so every scored target
+    is the input token at its own position."""
+    mask_id = tiny.VOCAB  # one id past the stream's tokens
+
+    def split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = tiny.sequence_pairs(n, seed)
+        hidden = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) < 0.15
+        inputs = torch.where(hidden, torch.full_like(x, mask_id), x) if masked else x
+        return inputs, torch.where(hidden, x, torch.full_like(x, -100))
+
+    task = Task(split(96, 0), split(48, 1), lambda: Bidirectional(tiny.VOCAB + 1), num_classes=tiny.VOCAB + 1)
+    assert task.kind == "classification"  # one class per token: the targets are not the next tokens
+    check = target_leak(task)
+    if masked:
+        assert check.status == "pass" and check.value["same_token_rate"] < 0.3, check.message
+    else:
+        assert check.status == "warn" and "masked-token prediction" in check.message

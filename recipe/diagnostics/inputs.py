@@ -165,6 +165,29 @@ def input_stats(inputs: torch.Tensor | None, scope: str = "all") -> tuple[Check,
     ), stats
 
 
+def _copied_tokens(inputs: torch.Tensor, target: torch.Tensor, min_scored: int = 100) -> Check:
+    """`target_leak` for one class per token of token inputs (a tagger, masked-token prediction): warns when every
+    scored target is the input token at its own position, so the model can copy it (right for an autoencoder; for
+    masked-token prediction the tokens to predict were left in the input)."""
+    scored = int((target != IGNORE_INDEX).sum())
+    rate = alignment_profile(inputs, target, range(0, 1))[0]
+    value = {"same_token_rate": rate, "scored_positions": scored}
+    if rate == 1.0 and scored >= min_scored:
+        return warned(
+            "target_leak",
+            f"every scored target ({scored:,} positions) is the input token at its own position: the model can copy "
+            "its input. Right for an autoencoder; for masked-token prediction the tokens to predict were left in the "
+            "input (replace them with the mask id before the model sees them).",
+            value,
+            "targets not all equal to the input token",
+        )
+    return passed(
+        "target_leak",
+        f"the per-token targets equal the input token at {rate:.0%} of {scored:,} scored positions.",
+        value,
+    )
+
+
 def alignment_profile(inputs: torch.Tensor, target: torch.Tensor, shifts: range = range(-2, 3)) -> dict[int, float]:
     """For each k, the rate at which y[t] == x[t + k] over valid positions: next-token targets peak at k = +1."""
     rates = {}
@@ -324,6 +347,8 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
             f"most {max(v for k, v in rates.items() if k != 1):.0%} for other shifts.",
             value,
         )
+    if not xt.is_floating_point() and xt.dim() == 2 and yt.shape == xt.shape and task.kind == "classification":
+        return _copied_tokens(xt, yt)
     if not xt.is_floating_point() or yt.dim() > 2 or task.loss not in ("cross_entropy", "mse", "l1", "bce_with_logits"):
         return skipped("target_leak", "single-feature scan needs float inputs and per-sample targets.")
     xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
