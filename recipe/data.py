@@ -78,6 +78,22 @@ def joined_features(inputs: Any, measurements_only: bool = False) -> torch.Tenso
     return torch.cat([p.detach().reshape(len(p), -1).to(dtype) for p in kept], 1)
 
 
+def joined_tokens(inputs: Any) -> torch.Tensor | None:
+    """A model input made of several integer tensors (a premise and a hypothesis, token ids with their attention
+    mask) as one (batch, ids) integer matrix, each flattened per sample and joined in order: what identical samples
+    share. None for a single tensor, and where any part is not an integer tensor with the batch as its first
+    dimension."""
+    if isinstance(inputs, torch.Tensor):
+        return None
+    parts = tensor_leaves(inputs)
+    integer = [
+        isinstance(p, torch.Tensor) and p.dim() >= 1 and not (p.is_floating_point() or p.is_complex()) for p in parts
+    ]
+    if not parts or not all(integer) or len({p.shape[0] for p in parts}) != 1:
+        return None
+    return torch.cat([p.detach().reshape(len(p), -1).long() for p in parts], 1)
+
+
 def continuous_columns(inputs: Any) -> torch.Tensor:
     """Which columns of `joined_features(inputs)` come from float tensors (measurements), as a bool mask."""
     parts = [p for p in tensor_leaves(inputs) if isinstance(p, torch.Tensor)]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe import Recipe, Task, fit
-from recipe.data import continuous_columns, describe_parts, joined_features, part_shapes
+from recipe.data import continuous_columns, describe_parts, joined_features, joined_tokens, part_shapes
 from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.init import loss_at_init
 from recipe.diagnostics.inputs import input_stats, target_leak
@@ -308,3 +308,46 @@ def test_a_model_that_ignores_its_numbers_but_reads_its_ids_warns_and_does_not_f
     assert check.status == "warn" and "input 0 (6,)" in check.message and check.value["inputs_ignored"] == [0]
     clean = batch_independence(Tabular(), tabular_task(), inputs)
     assert clean.status == "pass" and "each of its 1 float input tensors" in clean.message
+
+
+# ---- several token tensors: a sentence pair -------------------------------------------------------------------------
+
+
+class PairOfSentences(nn.Module):
+    def __init__(self, vocab: int = 12):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(vocab, 8), nn.Linear(16, 2)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.emb(a).mean(1), self.emb(b).mean(1)], 1))
+
+
+def sentence_pairs(copied: bool = False) -> PairTask:
+    """Two token sequences per sample; the label: do they hold token 1 twice or more between them."""
+
+    def split(n: int, seed: int) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.randint(1, 12, (n, 6), generator=g), torch.randint(1, 12, (n, 6), generator=g)
+        return a, b, (((a == 1).sum(1) + (b == 1).sum(1)) >= 2).long()
+
+    train, val = split(300, 0), split(120, 1)
+    if copied:
+        val = tuple(t[:120] for t in train)
+    data = lambda t: torch.utils.data.TensorDataset(*t)
+    task = PairTask(data(train), data(val), PairOfSentences, num_classes=2, name="sentence-pairs")
+    task.decoder = lambda ids: "".join("abcdefghijkl"[i] for i in ids)
+    return task
+
+
+def test_token_pairs_are_joined_as_ids_for_duplicates_label_noise_and_samples(tmp_path):
+    assert joined_tokens((torch.ones(3, 4, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))).shape == (3, 6)
+    assert joined_tokens((torch.ones(3, 4, dtype=torch.long), torch.zeros(3, 2))) is None  # a float part: features
+    result = Recipe(sentence_pairs(), run_dir=tmp_path / "run", stages=["inspect"], device="cpu", progress=False,
+                    quiet=True).run()  # fmt: skip
+    status = {c.name: c for c in result.checks}
+    assert status["duplicates"].status == status["samples"].status == "pass"
+    assert "out-of-fold" in status["label_noise"].message  # the task model's scan ran (its verdict is its own)
+    assert status["split_shift"].status == "skip"  # ids are not measurements
+    assert " | " in (tmp_path / "run" / "01_inspect" / "samples.txt").read_text()  # each sentence decoded
+    copied = duplicates(*splits(sentence_pairs(copied=True)), sentence_pairs(copied=True))
+    assert copied.status == "fail" and "also occur in training" in copied.message

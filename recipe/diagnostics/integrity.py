@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import TensorSplit, continuous_columns, describe_parts, fixed_indices, joined_features, part_shapes
+from recipe.data import (
+    TensorSplit,
+    continuous_columns,
+    describe_parts,
+    fixed_indices,
+    joined_features,
+    joined_tokens,
+    part_shapes,
+)
 from recipe.diagnostics.inputs import token_distance
 from recipe.task import IGNORE_INDEX, Task
 
@@ -27,8 +35,8 @@ class SplitSample:
     Attributes:
         name: "train" or "val".
         inputs: the inputs as one tensor: the model's own, or, for a model that takes several tensors (a tuple,
-            list or dict of them, one of them float at least), their `joined_features`, one row of features per
-            sample; None otherwise.
+            list or dict of them), their `joined_features` (one float at least) or `joined_tokens` (integer ones
+            only), one row per sample; None otherwise.
         targets: the targets.
         indices: each row's index in the split.
         size: the split's full length.
@@ -71,9 +79,11 @@ class SplitSample:
 
     def measurements(self) -> SplitSample:
         """The split with its float columns only: what statistics of scale and size describe (category ids and
-        flags left out). The split itself when every column is one."""
+        flags left out), or without inputs when none is. The split itself when every column is one."""
         if self.inputs is None or self.continuous is None or bool(self.continuous.all()):
             return self
+        if not bool(self.continuous.any()):
+            return replace(self, inputs=None, parts=None, continuous=None)
         kept = [shape for shape, _, continuous in self.part_columns() if continuous]
         return replace(self, inputs=self.inputs[:, self.continuous], parts=tuple(kept), continuous=None)
 
@@ -102,6 +112,7 @@ def _layout(x: Any) -> tuple[tuple[tuple[int, ...], ...] | None, torch.Tensor | 
 def _as_one_tensor(x: Any) -> torch.Tensor | None:
     """The inputs as one tensor on the CPU: a tensor itself, several tensors joined, else None."""
     one = x if isinstance(x, torch.Tensor) else joined_features(x)
+    one = one if one is not None else joined_tokens(x)
     return None if one is None else one.detach().cpu()
 
 

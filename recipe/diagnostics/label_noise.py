@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import joined_features
+from recipe.data import joined_features, joined_tokens
 from recipe.diagnostics.quick_models import QuickModels, choose_members, learns, majority_share, step_flops
 from recipe.errors import ConfigError
 from recipe.reproducibility import resolve_device
@@ -124,8 +124,8 @@ def _not_applicable(task: Task) -> str | None:
         name = task.loss if isinstance(task.loss, str) else "a callable"
         return f"the loss is {name}; confident learning needs one class per sample (cross_entropy)"
     inputs, target = task.split_batch(task.batch("train", [0]))
-    if not isinstance(inputs, torch.Tensor) and joined_features(inputs) is None:
-        return "the inputs are neither one tensor nor several float tensors"
+    if not isinstance(inputs, torch.Tensor) and joined_features(inputs) is None and joined_tokens(inputs) is None:
+        return "the inputs are not tensors"
     if target.dim() != 1:
         return "the targets are not one class id per sample"
     return None

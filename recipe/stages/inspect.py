@@ -152,7 +152,7 @@ class InspectData(Stage):
         return check.replace(artifacts=(figure,))
 
     def _input_stats(self, ctx: Context, train: SplitSample) -> Check:
-        check, stats = input_stats(train.measurements().inputs, train.scope)  # category ids have no scale
+        check, stats = input_stats(_measured(train).inputs, train.scope)  # category ids have no scale
         if not stats or "mean" not in stats:
             return check
         unit = "channel" if train.inputs is not None and train.inputs.dim() == 4 else "feature"
@@ -170,7 +170,7 @@ class InspectData(Stage):
         return check
 
     def _outliers(self, ctx: Context, train: SplitSample) -> Check:
-        check, info = outliers(train.measurements(), z_warn=self.settings.outlier_z)
+        check, info = outliers(_measured(train), z_warn=self.settings.outlier_z)
         if not info:
             return check
         values, z = info["values"], info["z"]
@@ -234,7 +234,8 @@ class InspectData(Stage):
             return self._image_samples(ctx, train, images)
         if not x.is_floating_point() and task.decoder is not None:
             rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))[:8]
-            texts = [task.decode(row.reshape(-1).tolist()) or "" for row in x[rows]]
+            columns = [c for _, c, _ in train.part_columns()] or [slice(None)]  # several tensors: each decoded
+            texts = [" | ".join(task.decode(row[c].reshape(-1).tolist()) or "" for c in columns) for row in x[rows]]
             path = ctx.save_text("samples.txt", "\n\n---\n\n".join(texts))
             return passed("samples", f"decoded training samples in samples.txt; the first: {texts[0][:80]!r}.").replace(
                 artifacts=(path,)
@@ -276,6 +277,12 @@ class InspectData(Stage):
         return passed("samples", f"{len(rows)} random training images, by class, in samples.png.").replace(
             artifacts=(path,)
         )
+
+
+def _measured(sample: SplitSample) -> SplitSample:
+    """The float columns of joined inputs (`SplitSample.measurements`); token ids alone are read as they are."""
+    measured = sample.measurements()
+    return measured if measured.inputs is not None else sample
 
 
 def _image_part(sample: SplitSample) -> torch.Tensor | None:
