@@ -78,7 +78,7 @@ def test_large_splits_are_sampled_and_the_messages_say_so(tmp_path):
     assert "all training" in by_name["non_finite"].message  # in-memory data is scanned whole for NaN/Inf
 
 
-def test_dict_batches_are_read_joined_unless_no_part_is_a_float_tensor(tmp_path):
+def test_dict_batches_are_read_joined_as_features_or_as_ids(tmp_path):
     class DictTask(Task):
         parts = "floats"
 
@@ -93,13 +93,14 @@ def test_dict_batches_are_read_joined_unless_no_part_is_a_float_tensor(tmp_path)
         def forward(self, model, inputs):
             return model(inputs["features"]) if "features" in inputs else model(inputs["a"].float().expand(-1, 12))
 
-    for parts, expected in (("floats", "pass"), ("mixed", "pass"), ("ids", "skip")):
+    for parts, shift in (("floats", "pass"), ("mixed", "pass"), ("ids", "skip")):
         task = DictTask(train=tiny.blobs(128, 0), val=tiny.blobs(64, 1), model=tiny.MLP, num_classes=tiny.CLASSES)
         task.parts = parts
         result = run(task, tmp_path / parts, label_noise=False)
         assert result.ok
         statuses = {c.name: c.status for c in result.checks}
-        assert statuses["split_shift"] == statuses["duplicates"] == statuses["samples"] == expected, statuses
+        assert statuses["split_shift"] == shift, statuses  # ids alone are no measurements to compare
+        assert statuses["duplicates"] == "pass", statuses  # identical samples are identical whatever they hold
         assert statuses["class_balance"] == "pass"
 
 
