@@ -67,7 +67,7 @@ def joined_features(inputs: Any, measurements_only: bool = False) -> torch.Tenso
     part is a float tensor (token ids alone are read as tokens, not as numbers on a scale)."""
     if isinstance(inputs, torch.Tensor):
         return None
-    parts = tensor_leaves(inputs)
+    parts = [p for p in tensor_leaves(inputs) if p is not None]  # an optional part left out (mask=None)
     if not parts or not all(isinstance(p, torch.Tensor) and p.dim() >= 1 and not p.is_complex() for p in parts):
         return None
     floats = [p for p in parts if p.is_floating_point()]
@@ -85,7 +85,7 @@ def joined_tokens(inputs: Any) -> torch.Tensor | None:
     dimension."""
     if isinstance(inputs, torch.Tensor):
         return None
-    parts = tensor_leaves(inputs)
+    parts = [p for p in tensor_leaves(inputs) if p is not None]  # an optional part left out (mask=None)
     integer = [
         isinstance(p, torch.Tensor) and p.dim() >= 1 and not (p.is_floating_point() or p.is_complex()) for p in parts
     ]

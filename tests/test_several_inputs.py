@@ -108,6 +108,7 @@ def test_several_float_tensors_are_joined_in_order_and_others_are_not():
     assert joined_features((torch.zeros(4, 2, dtype=torch.long),) * 2) is None  # ids alone are tokens
     assert joined_features((a, torch.zeros(3, 2))) is None  # not one sample per row
     assert joined_features((a, "text")) is None
+    assert torch.equal(joined_features((a, None, b)), joined)  # an optional part left out (mask=None)
 
 
 def test_the_splits_of_a_pair_task_are_read_joined_and_its_summary_names_the_parts():
