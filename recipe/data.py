@@ -100,9 +100,11 @@ def continuous_columns(inputs: Any) -> torch.Tensor:
     return torch.cat([torch.full((math.prod(p.shape[1:]),), p.is_floating_point()) for p in parts])
 
 
-def part_shapes(inputs: Any) -> tuple[tuple[int, ...], ...]:
-    """The per-sample shape of each tensor in a several-tensor input, in the order `joined_features` joins them."""
-    return tuple(tuple(p.shape[1:]) for p in tensor_leaves(inputs) if isinstance(p, torch.Tensor))
+def part_shapes(inputs: Any, measurements_only: bool = False) -> tuple[tuple[int, ...], ...]:
+    """The per-sample shape of each tensor in a several-tensor input, in the order `joined_features` joins them
+    (of the float ones only with `measurements_only`)."""
+    parts = [p for p in tensor_leaves(inputs) if isinstance(p, torch.Tensor)]
+    return tuple(tuple(p.shape[1:]) for p in parts if p.is_floating_point() or not measurements_only)
 
 
 def column_name(shapes: tuple[tuple[int, ...], ...] | None, column: int) -> str:

@@ -38,11 +38,12 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
 
     Why: recipe step 2, "visualize just before the net"; catalog D7 (|mean| > 3 or std > 10 after preprocessing).
     """
-    parts = None
+    parts, shapes = None, None
     if not isinstance(inputs, torch.Tensor):
         joined = joined_features(inputs, measurements_only=True)  # category ids have no scale to judge
         if joined is None:
             return skipped("input_batch", "inputs are neither one tensor nor several with a float one."), {}
+        shapes = part_shapes(inputs, measurements_only=True)
         inputs, parts = joined, describe_parts(part_shapes(inputs))
     info: dict[str, Any] = {"shape": list(inputs.shape), "dtype": str(inputs.dtype)}
     if parts:
@@ -60,7 +61,7 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
     stats = feature_stats(inputs)
     info["features"] = stats
     summary = {"shape": info["shape"], "dtype": info["dtype"], **scale_summary(stats, inputs)}
-    problem = scale_problem(summary, stats)
+    problem = scale_problem(summary, stats, shapes)
     constant = summary["constant_features"]
     note = f" {constant} feature(s) are constant in this batch (information only)." if constant else ""
     if problem:
@@ -94,18 +95,24 @@ def large_inputs(inputs: Any) -> str | None:
     """Which feature of a batch of float inputs (one tensor, or the float ones of several, joined) lies far above unit
     scale (|mean| > 3 or std > 10, as `scale_problem` judges it), for a message; None when none does, and for token
     inputs."""
-    x = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs, measurements_only=True)
+    several = not isinstance(inputs, torch.Tensor)
+    x = joined_features(inputs, measurements_only=True) if several else inputs
     if x is None or not x.is_floating_point() or x.dim() < 2 or len(x) < 2:
         return None
     stats = feature_stats(x)
     means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
     if not bool(((means.abs() > 3) | (stds > 10)).any()):
         return None
-    return scale_problem(scale_summary(stats, x), stats)
+    return scale_problem(
+        scale_summary(stats, x), stats, part_shapes(inputs, measurements_only=True) if several else None
+    )
 
 
-def scale_problem(summary: dict[str, Any], stats: dict[str, list[float]]) -> str | None:
-    """What makes these inputs far from the unit scale networks train well on, or None.
+def scale_problem(
+    summary: dict[str, Any], stats: dict[str, list[float]], shapes: tuple[tuple[int, ...], ...] | None = None
+) -> str | None:
+    """What makes these inputs far from the unit scale networks train well on, or None. `shapes`: the per-sample
+    shapes of several joined tensors, to name a feature by its tensor.
 
     Why: catalog D7, |mean| > 3 or std > 10 per feature, or everything squeezed below std 0.1 (divided twice).
     """
@@ -113,8 +120,9 @@ def scale_problem(summary: dict[str, Any], stats: dict[str, list[float]]) -> str
     far = (means.abs() > 3) | (stds > 10)
     if bool(far.any()):
         worst = int((means.abs() + stds).argmax())
+        name = column_name(shapes, worst) if shapes else f"feature {worst}"
         return (
-            f"feature {worst} has mean {means[worst]:.3g} and std {stds[worst]:.3g} ({int(far.sum())} of "
+            f"{name} has mean {means[worst]:.3g} and std {stds[worst]:.3g} ({int(far.sum())} of "
             f"{len(means)} features with |mean| > 3 or std > 10)."
         )
     if summary["overall_std"] < 0.1:
@@ -122,9 +130,12 @@ def scale_problem(summary: dict[str, Any], stats: dict[str, list[float]]) -> str
     return None
 
 
-def input_stats(inputs: torch.Tensor | None, scope: str = "all") -> tuple[Check, dict[str, Any]]:
+def input_stats(
+    inputs: torch.Tensor | None, scope: str = "all", shapes: tuple[tuple[int, ...], ...] | None = None
+) -> tuple[Check, dict[str, Any]]:
     """Catches inputs far from a sane scale over the whole training split (raw pixels, features in the thousands,
-    a large offset), and names constant features as information.
+    a large offset), and names constant features as information. `shapes`: the per-sample shapes of several joined
+    tensors, to name a feature by its tensor.
 
     Why: recipe step 1 and catalog D7; constant columns are normal (clean digits has three), so they are not a
     warning.
@@ -141,7 +152,7 @@ def input_stats(inputs: torch.Tensor | None, scope: str = "all") -> tuple[Check,
     summary["constant_feature_indices"] = constant[:20]
     unit = "channel" if inputs.dim() == 4 else "feature"
     note = f" {len(constant)} {unit}(s) are constant ({constant[:8]}): information only." if constant else ""
-    problem = scale_problem(summary, stats)
+    problem = scale_problem(summary, stats, shapes)
     if problem:
         mean = [round(v, 3) for v in stats["mean"][:6]]
         std = [round(v, 3) for v in stats["std"][:6]]

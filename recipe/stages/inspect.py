@@ -152,7 +152,8 @@ class InspectData(Stage):
         return check.replace(artifacts=(figure,))
 
     def _input_stats(self, ctx: Context, train: SplitSample) -> Check:
-        check, stats = input_stats(_measured(train).inputs, train.scope)  # category ids have no scale
+        measured = _measured(train)  # category ids have no scale
+        check, stats = input_stats(measured.inputs, train.scope, measured.parts)
         if not stats or "mean" not in stats:
             return check
         unit = "channel" if train.inputs is not None and train.inputs.dim() == 4 else "feature"
