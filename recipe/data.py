@@ -124,6 +124,27 @@ def describe_parts(shapes: tuple[tuple[int, ...], ...]) -> str:
     return f"{len(shapes)} tensors: " + " + ".join(str(s) for s in shapes)
 
 
+def padded_to(x: torch.Tensor, shape: Sequence[int], fill: float) -> torch.Tensor:
+    """`x` right-padded with `fill` along every dimension after the first to `shape` (its per-row shape)."""
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    out = torch.full((len(x), *shape), fill, dtype=x.dtype, device=x.device)
+    out[(slice(None), *(slice(0, n) for n in x.shape[1:]))] = x
+    return out
+
+
+def cat_padded(parts: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
+    """The rows of several batches as one tensor. Batches that a collate function padded to their own longest
+    sample (variable-length sequences) are right-padded with `fill` to the longest of all first."""
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) <= 1:
+        return torch.cat(list(parts))
+    if len({len(s) for s in shapes}) != 1:
+        raise TaskError(f"batches of one split have different numbers of dimensions: {sorted(shapes)}.")
+    longest = [max(s[d] for s in shapes) for d in range(len(next(iter(shapes))))]
+    return torch.cat([padded_to(p, longest, fill) for p in parts])
+
+
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return tree_map(lambda t: t.to(device, non_blocking=non_blocking), obj)
 

@@ -26,6 +26,7 @@ from recipe.data import (
     Split,
     TensorSplit,
     as_split,
+    cat_padded,
     fixed_indices,
     to_device,
 )
@@ -325,7 +326,8 @@ class Task:
             else:
                 with rng_state_kept():  # a Dataset's random transforms must not shift what training draws later
                     parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
-                self._targets[key] = torch.cat(parts).cpu()
+                # per-token targets padded batch by batch: the unscored value fills the rest
+                self._targets[key] = cat_padded(parts, IGNORE_INDEX if not parts[0].is_floating_point() else 0.0).cpu()
         return self._targets[key]
 
     # ---- validation -------------------------------------------------------------------------------------------

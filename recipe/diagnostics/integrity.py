@@ -17,11 +17,13 @@ import torch
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import (
     TensorSplit,
+    cat_padded,
     continuous_columns,
     describe_parts,
     fixed_indices,
     joined_features,
     joined_tokens,
+    padded_to,
     part_shapes,
 )
 from recipe.diagnostics.inputs import token_distance
@@ -89,7 +91,9 @@ class SplitSample:
 
 
 def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int = 1024) -> SplitSample:
-    """Read a split through the task's hooks: every sample, or a fixed random `max_samples` of them (sorted)."""
+    """Read a split through the task's hooks: every sample, or a fixed random `max_samples` of them (sorted).
+    Chunks that a collate function padded to their own longest sample are padded to the longest of all
+    (`pad_value`); several tensors whose joined width varies between chunks are not joined."""
     data = task.train if split == "train" else task.val
     n = len(data)
     order = torch.arange(n) if n <= max_samples else torch.tensor(sorted(fixed_indices(n, max_samples, seed)))
@@ -99,9 +103,41 @@ def read_split(task: Task, split: str, max_samples: int, seed: int, chunk: int =
         inputs.append(_as_one_tensor(x))
         first = x if first is None else first
         targets.append(y.detach().cpu())
-    tensors = None if any(x is None for x in inputs) else torch.cat([x for x in inputs if x is not None])
+    tensors = None
+    if all(x is not None for x in inputs):
+        kept = [x for x in inputs if x is not None]
+        if isinstance(first, torch.Tensor):
+            tensors = cat_padded(kept, pad_value(task, kept[0]))
+        elif len({x.shape[1:] for x in kept}) == 1:  # joined: a varying width would shift the tensors' columns
+            tensors = torch.cat(kept)
     parts, continuous = _layout(first) if tensors is not None else (None, None)
-    return SplitSample(split, tensors, torch.cat(targets), order, n, parts, continuous)
+    y_fill = IGNORE_INDEX if not targets[0].is_floating_point() else 0.0
+    return SplitSample(split, tensors, cat_padded(targets, y_fill), order, n, parts, continuous)
+
+
+def pad_value(task: Task, inputs: torch.Tensor) -> float:
+    """What pads variable-length inputs beyond a batch's longest sample: the task's pad id for token ids, else 0 (what
+    `pad_sequence` fills with)."""
+    return task.pad_id if task.pad_id is not None and not inputs.is_floating_point() else 0
+
+
+def same_length(train: SplitSample, val: SplitSample, task: Task) -> tuple[SplitSample, SplitSample]:
+    """The two splits with their inputs (and per-token targets) padded to one length when a collate function padded
+    each to its own longest sample: the checks that compare the splits row against row need one width."""
+    a, b = train.inputs, val.inputs
+    if a is None or b is None or train.parts or a.dim() != b.dim() or a.shape[1:] == b.shape[1:]:
+        return train, val
+    longest = [max(m, n) for m, n in zip(a.shape[1:], b.shape[1:], strict=True)]
+    fill = pad_value(task, a)
+
+    def padded(part: SplitSample) -> SplitSample:
+        assert part.inputs is not None
+        y = part.targets
+        if y.dim() == part.inputs.dim() and y.shape[1:] == part.inputs.shape[1:]:  # one target per position
+            y = padded_to(y, longest, IGNORE_INDEX if not y.is_floating_point() else 0.0)
+        return replace(part, inputs=padded_to(part.inputs, longest, fill), targets=y)
+
+    return padded(train), padded(val)
 
 
 def _layout(x: Any) -> tuple[tuple[tuple[int, ...], ...] | None, torch.Tensor | None]:

@@ -30,6 +30,7 @@ from recipe.diagnostics.integrity import (
     is_class_task,
     non_finite_data,
     read_split,
+    same_length,
     sequence_data,
     summary,
     whole_split,
@@ -86,6 +87,7 @@ class InspectData(Stage):
         s, task = self.settings, ctx.task
         train = read_split(task, "train", s.max_samples, ctx.seed)
         val = read_split(task, "val", s.max_samples, ctx.seed + 1)
+        train, val = same_length(train, val, task)  # variable-length samples padded per split: one width for both
         # an in-memory split is scanned whole for NaN/Inf (a vectorised pass), whatever its size
         whole = [whole_split(task, p.name) if p.sampled else p for p in (train, val)]
         checks = [ctx.check(self._summary, ctx, train, val)]
