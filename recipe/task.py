@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils.data import Subset
 
 from recipe.data import (
@@ -261,9 +262,19 @@ class Task:
         return -1 if self.kind == "sequence" else 1
 
     def make_model(self) -> nn.Module:
+        """A fresh model from the factory. Lazy layers (`nn.LazyLinear`...) get their shapes from one forward pass on
+        two training samples, as PyTorch asks before their parameters are read, counted or optimised."""
         model = self.model()
         if not isinstance(model, nn.Module):
             raise TaskError(f"the model factory returned {type(model).__name__}; it must return an nn.Module.")
+        if any(is_lazy(p) for p in model.parameters()):
+            inputs, _ = self.split_batch(
+                to_device(self.train.batch(range(min(2, len(self.train)))), torch.device("cpu"))
+            )
+            was_training = model.training
+            with torch.no_grad():
+                self.forward(model.eval(), inputs)
+            model.train(was_training)
         return model
 
     def replace(self, **changes: Any) -> Task:

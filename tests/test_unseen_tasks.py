@@ -320,3 +320,18 @@ def test_soft_class_targets_are_refused_with_advice_that_runs(tmp_path):
     )
     result = run(advised, tmp_path, stages=["inspect", "baseline", "overfit"])
     assert [(c.name, c.status) for c in result.checks if c.status in ("fail", "error")] == []
+
+
+def test_lazy_layers_get_their_shapes_before_any_check_reads_their_parameters(tmp_path):
+    """`nn.LazyLinear` has no weight shape until its first forward pass; params_update, loss_decreases and
+    complexify's parameter count read the parameters of a fresh model first, and raised."""
+    task = tiny.classification(model=lambda: nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(tiny.CLASSES)))
+    model = task.make_model()
+    assert sum(p.numel() for p in model.parameters()) == tiny.FEATURES * 32 + 32 + 32 * tiny.CLASSES + tiny.CLASSES
+    result = Recipe(
+        task, run_dir=tmp_path / "run", stages=["baseline"], device="cpu", progress=False, quiet=True,
+        keep_going=True,
+    ).run()  # fmt: skip
+    status = {c.name: c.status for c in result.checks}
+    assert status["params_update"] == status["loss_decreases"] == "pass", status
+    assert "error" not in status.values() and "fail" not in status.values(), status

@@ -164,7 +164,7 @@ class Complexify(Stage):
     def _train_rung(self, ctx: Context, name: str, factory: Callable[[], nn.Module]) -> Rung:
         """The rung's learning rate (range test or fixed), then one run of the stage's budget, unregularised."""
         task = ctx.task.replace(model=factory)
-        params = sum(p.numel() for p in factory().parameters() if p.requires_grad)
+        params = sum(p.numel() for p in task.make_model().parameters() if p.requires_grad)
         lr = self.settings.lr or self._range_test(ctx, task, name) or ctx.train.lr
         try:
             run = self._fit(ctx, f"rung_{name}", task, lr)
