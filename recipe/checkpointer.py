@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from recipe import checkpoint, stopping
-from recipe.data import Batch
+from recipe.data import Batch, batch_bounds
 from recipe.distributed import shard
 from recipe.loss_log import LossLog
 from recipe.rundir import TEMPORARY
@@ -76,7 +76,8 @@ class Checkpointer:
         )
         self.every_steps = math.ceil(every_steps / log_every) * log_every if every_steps and folder else 0
         self.train_size, self.batch_size, self.rank, self.world = train_size, batch_size, rank, world
-        self.steps_per_epoch = math.ceil(train_size // world / batch_size)
+        self.bounds = batch_bounds(train_size // world, batch_size)
+        self.steps_per_epoch = len(self.bounds)
         self.progress: dict[str, Any] = {"best_val_loss": math.inf, "stale_epochs": 0}  # saved in every last.pt
         self.best_state: dict[str, torch.Tensor] = {}  # the best weights, kept with early stopping
         self.best_unsaved = False  # an improvement best.pt does not hold yet (with `every_seconds`)
@@ -135,8 +136,8 @@ class Checkpointer:
         every epoch ends)."""
         generator = torch.Generator().set_state(self.epoch_state)
         order = shard(torch.randperm(self.train_size, generator=generator), self.rank, self.world)
-        i = step % self.steps_per_epoch
-        return order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+        start, end = self.bounds[step % self.steps_per_epoch]
+        return order[start:end].tolist()
 
     # ---- during the epoch ---------------------------------------------------------------------------------------
 

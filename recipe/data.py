@@ -337,6 +337,21 @@ def place(split: Split, device: torch.device) -> tuple[Split, str]:
     return TensorSplit(split.x.pin_memory(), split.y.pin_memory(), "train"), "in-memory tensors (pinned host)"
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Where each training batch of an epoch of `n` samples starts and ends: `batch_size` each, the last holding the
+    rest, except that one sample left over joins the batch before it: a batch of one sample cannot be normalised by
+    BatchNorm in training (PyTorch raises), and its gradient is the noisiest of all."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training batches in an epoch of `n` samples (`batch_bounds`)."""
+    return len(batch_bounds(n, batch_size))
+
+
 def train_batches(
     split: Split,
     batch_size: int,
@@ -353,6 +368,7 @@ def train_batches(
     through a DataLoader (pinned memory and non-blocking copies on CUDA). Under data parallelism (`world` > 1) each
     rank takes its shard of the same permutation (every rank seeds `generator` alike).
     """
+    bounds = batch_bounds(len(split) // world, batch_size)  # the shard each rank draws from one permutation
     if isinstance(split, TensorSplit):
         x, y, n = split.x, split.y, len(split)
 
@@ -360,16 +376,16 @@ def train_batches(
 
             def copied_epoch() -> Iterator[Batch]:
                 perm = shard(torch.randperm(n, generator=generator), rank, world)
-                for i in range(0, len(perm), batch_size):
-                    idx = perm[i : i + batch_size]
+                for start, end in bounds:
+                    idx = perm[start:end]
                     yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
 
             return copied_epoch
 
         def epoch() -> Iterator[Batch]:
             perm = shard(torch.randperm(n, generator=generator), rank, world).to(x.device)
-            for i in range(0, len(perm), batch_size):
-                idx = perm[i : i + batch_size]
+            for start, end in bounds:
+                idx = perm[start:end]
                 yield x[idx], y[idx]
 
         return epoch
@@ -379,8 +395,7 @@ def train_batches(
     sampler = _ShardSampler(len(split), generator, rank, world)
     loader = DataLoader(
         split.dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=_BoundedBatches(sampler, bounds),
         generator=generator,  # its workers' base seed comes from here too, not the global RNG (resume replays it)
         num_workers=workers,
         collate_fn=split.collate_fn,
@@ -397,6 +412,20 @@ def train_batches(
             yield to_device(batch, device, non_blocking)
 
     return loader_epoch
+
+
+class _BoundedBatches(torch.utils.data.Sampler[list[int]]):
+    """The sampler's order cut at `batch_bounds`."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler[int], bounds: list[tuple[int, int]]):
+        self.sampler, self.bounds = sampler, bounds
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        return iter([order[a:b] for a, b in self.bounds])
+
+    def __len__(self) -> int:
+        return len(self.bounds)
 
 
 class _ShardSampler(torch.utils.data.Sampler[int]):

@@ -24,6 +24,7 @@ from recipe import threads as threads_module
 from recipe.checkpointer import Checkpointer
 from recipe.config import check_seed
 from recipe.data import place, train_batches
+from recipe.data import steps_per_epoch as epoch_steps
 from recipe.errors import ConfigError
 from recipe.evaluation import evaluate
 from recipe.loss_log import LossLog, MetricsLog
@@ -156,7 +157,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     guard = target_guard(task, task.train, "train")
     epoch_batches = train_batches(split, batch_size, generator, dev, num_workers, rank, world, guard)
-    steps_per_epoch = math.ceil(len(task.train) // world / batch_size)
+    steps_per_epoch = epoch_steps(len(task.train) // world, batch_size)
     total = min(x for x in (max_steps, None if epochs is None else epochs * steps_per_epoch) if x is not None)
     settings = StepSettings(
         optimizer, lr, weight_decay, momentum, schedule, warmup_steps, grad_clip, precision, compile, channels_last,

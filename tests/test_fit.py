@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from recipe import ConfigError, NonFiniteError, Task, evaluate, fit
 from recipe.checkpoint import load
-from tests.conftest import TinyMLP, gaussian_points
+from recipe.data import batch_bounds
+from tests.conftest import N_FEATURES, TinyDataset, TinyMLP, gaussian_points
 
 CPU = torch.device("cpu")
 step_module = importlib.import_module("recipe.step")  # builds the training step `fit` runs
@@ -440,3 +441,36 @@ def test_evaluate_runs_in_eval_mode(classification_task):
     first = evaluate(classification_task, model, classification_task.val, CPU)
     second = evaluate(classification_task, model, classification_task.val, CPU)
     assert first.loss == second.loss  # dropout off: deterministic
+
+
+def test_a_lone_sample_left_over_joins_the_batch_before_it():
+    assert batch_bounds(129, 64) == [(0, 64), (64, 129)]
+    assert batch_bounds(130, 64) == [(0, 64), (64, 128), (128, 130)]
+    assert batch_bounds(65, 64) == [(0, 65)] and batch_bounds(64, 64) == [(0, 64)] and batch_bounds(1, 64) == [(0, 1)]
+
+
+class BatchNormMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(N_FEATURES, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_batchnorm_trains_when_the_split_leaves_one_sample_over(tmp_path, in_memory):
+    """129 samples in batches of 64: the third batch would hold one sample, which BatchNorm cannot normalise in
+    training (PyTorch raises). It joins the second; a mid-epoch resume replays the same batches."""
+    x, y = gaussian_points(200)
+    train = (x[:129], y[:129]) if in_memory else TinyDataset(x[:129], y[:129])
+    task = Task(train, (x[129:], y[129:]), BatchNormMLP, num_classes=3)
+    settings = {"epochs": 3, "batch_size": 64, "seed": 5, "log_every": 1}
+    full = quick(task, **settings)
+    assert full.steps == 6  # two batches per epoch
+    with contextlib.suppress(KeyboardInterrupt):
+        quick(task, checkpoint_dir=tmp_path, checkpoint_every=1, on_log=_crash_at(4), **settings)
+    resumed = quick(task, checkpoint_dir=tmp_path, resume=True, **settings)
+    assert resumed.step_losses == full.step_losses and same_weights(resumed.model, full.model)
