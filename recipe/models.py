@@ -89,7 +89,8 @@ def simple_model_factory(task: Task, inputs: Any, output: torch.Tensor) -> tuple
         every = joined_features(inputs)
         floats = " (the float ones)" if every is not None and every.shape[1] > features else ""
         what += f"{floats} joined from {describe_parts(part_shapes(inputs))}"
-    return (lambda: _Linear(features, out_shape)), f"linear model on {what}"
+    dtype = joined.dtype  # float64 data keeps a float64 reference, as the user's model must be
+    return (lambda: _Linear(features, out_shape).to(dtype)), f"linear model on {what}"
 
 
 def reference_task(task: Task, factory: Any, inputs: Any, output: torch.Tensor) -> Task:

@@ -335,3 +335,16 @@ def test_lazy_layers_get_their_shapes_before_any_check_reads_their_parameters(tm
     status = {c.name: c.status for c in result.checks}
     assert status["params_update"] == status["loss_decreases"] == "pass", status
     assert "error" not in status.values() and "fail" not in status.values(), status
+
+
+def test_a_float64_task_gets_a_float64_linear_reference(tmp_path):
+    """Data and model in double precision: the linear reference was float32 and raised on the float64 inputs."""
+    x, y = tiny.blobs(256, 0)
+    xv, yv = tiny.blobs(128, 1)
+    task = Task((x.double(), y), (xv.double(), yv), lambda: tiny.MLP().double(), num_classes=tiny.CLASSES)
+    result = Recipe(
+        task, run_dir=tmp_path / "run", stages=["baseline"], device="cpu", progress=False, quiet=True,
+        keep_going=True,
+    ).run()  # fmt: skip
+    simple = next(c for c in result.checks if c.name == "simple_model")
+    assert simple.status == "pass", simple.message
