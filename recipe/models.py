@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipe.data import describe_parts, joined_features, part_shapes, tensor_leaves, tree_map
+from recipe.data import tree_map
+from recipe.joined import describe_parts, joined_features, part_shapes, tensor_leaves
 from recipe.task import SCAN_LIMIT, Task
 
 

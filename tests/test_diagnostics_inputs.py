@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from recipe import Task
-from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, single_feature_scores, target_leak
+from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch
+from recipe.diagnostics.target_leak import single_feature_scores, target_leak
 from tests import tiny
 
 

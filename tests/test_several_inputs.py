@@ -10,15 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe import Recipe, Task, fit
-from recipe.data import continuous_columns, describe_parts, joined_features, joined_tokens, part_shapes
 from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.init import loss_at_init
-from recipe.diagnostics.inputs import input_stats, target_leak
+from recipe.diagnostics.inputs import input_stats
 from recipe.diagnostics.integrity import read_split
 from recipe.diagnostics.reading import augmentation_variance
 from recipe.diagnostics.regularization import feature_ablation
 from recipe.diagnostics.shift import split_shift
 from recipe.diagnostics.splits import duplicates
+from recipe.diagnostics.target_leak import target_leak
+from recipe.joined import continuous_columns, describe_parts, joined_features, joined_tokens, part_shapes
 from recipe.models import simple_model_factory
 
 DIM, CLASSES = 6, 3

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import batch_size_of, joined_features, part_shapes, tree_map
+from recipe.data import batch_size_of, tree_map
 from recipe.diagnostics.inputs import token_distance
+from recipe.joined import joined_features, part_shapes
 from recipe.task import Task
 
 # A gradient this small relative to the largest one is numerical noise, not a dependency.

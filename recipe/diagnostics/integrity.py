@@ -15,18 +15,9 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import (
-    TensorSplit,
-    cat_padded,
-    continuous_columns,
-    describe_parts,
-    fixed_indices,
-    joined_features,
-    joined_tokens,
-    padded_to,
-    part_shapes,
-)
+from recipe.data import TensorSplit, cat_padded, fixed_indices, padded_to
 from recipe.diagnostics.inputs import token_distance
+from recipe.joined import continuous_columns, describe_parts, joined_features, joined_tokens, part_shapes
 from recipe.task import IGNORE_INDEX, Task
 
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import joined_features, joined_tokens
 from recipe.diagnostics.quick_models import QuickModels, choose_members, learns, majority_share, step_flops
 from recipe.errors import ConfigError
+from recipe.joined import joined_features, joined_tokens
 from recipe.reproducibility import resolve_device
 from recipe.task import Task
 

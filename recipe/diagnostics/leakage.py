@@ -15,8 +15,9 @@ import torch
 from scipy.stats import norm, rankdata
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import describe_parts, fixed_indices
+from recipe.data import fixed_indices
 from recipe.diagnostics.integrity import SplitSample
+from recipe.joined import describe_parts
 from recipe.task import Task
 
 MAX_TRAIN, MAX_VAL = 20_000, 2_000  # rows compared by time_leakage (sampled beyond)

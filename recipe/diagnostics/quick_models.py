@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from recipe.console import doing
-from recipe.data import joined_features
+from recipe.joined import joined_features
 from recipe.loop import fit
 from recipe.task import Task
 

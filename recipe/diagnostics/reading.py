@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from recipe.check import Check, failed, passed
-from recipe.data import DatasetSplit, fixed_indices, joined_features
+from recipe.data import DatasetSplit, fixed_indices
+from recipe.joined import joined_features
 from recipe.reproducibility import rng_state_kept
 from recipe.task import Task
 

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import joined_features, part_shapes, tree_map
+from recipe.data import tree_map
 from recipe.evaluation import Evaluation
+from recipe.joined import joined_features, part_shapes
 from recipe.task import TRANSFORMS, Task
 
 NEARER = 0.25  # an augmented sample "is" T(x) when it lies 4x nearer to T(x) than to x

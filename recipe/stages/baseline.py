@@ -35,11 +35,12 @@ from recipe.diagnostics.baselines import (
 from recipe.diagnostics.dependencies import batch_independence, causal
 from recipe.diagnostics.dropout import dropout_rates
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
-from recipe.diagnostics.inputs import input_batch, target_leak
+from recipe.diagnostics.inputs import input_batch
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.padding import padding_invariance
 from recipe.diagnostics.parameters import params_update
 from recipe.diagnostics.symmetry import init_symmetry
+from recipe.diagnostics.target_leak import target_leak
 from recipe.diagnostics.training import loss_decreases, parameter_change, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
 from recipe.evaluation import constant_loss, evaluate
