@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from recipe import Recipe, Task
 from recipe.data import cat_padded
+from recipe.diagnostics.integrity import SplitSample, same_length
 
 VOCAB, PAD = 20, 0
 
@@ -90,3 +91,17 @@ def test_variable_length_per_token_targets_are_padded_with_the_unscored_value(tm
     assert targets.shape == (1500, 60) and (targets == -100).any()  # two reads of 1,024 and 476, one length
     statuses = inspect(t, tmp_path)
     assert "error" not in statuses.values() and statuses["class_balance"] == "pass", statuses
+
+
+def test_float_splits_of_two_widths_are_not_padded_into_shape():
+    """A validation split missing a feature is a bug to see, not a length to pad; token splits are padded."""
+    t = task()
+    floats = [
+        SplitSample(name, torch.randn(4, k), torch.zeros(4), torch.arange(4), 4) for name, k in (("a", 5), ("b", 4))
+    ]
+    assert [s.inputs.shape[1] for s in same_length(*floats, t)] == [5, 4]
+    ids = [
+        SplitSample(name, torch.ones(4, k, dtype=torch.long), torch.zeros(4), torch.arange(4), 4)
+        for name, k in (("a", 5), ("b", 4))
+    ]
+    assert [s.inputs.shape[1] for s in same_length(*ids, t)] == [5, 5]

@@ -113,10 +113,13 @@ def pad_value(task: Task, inputs: torch.Tensor) -> float:
 
 
 def same_length(train: SplitSample, val: SplitSample, task: Task) -> tuple[SplitSample, SplitSample]:
-    """The two splits with their inputs (and per-token targets) padded to one length when a collate function padded
-    each to its own longest sample: the checks that compare the splits row against row need one width."""
+    """The two splits with their token inputs (and per-token targets) padded to one length when a collate function
+    padded each to its own longest sample: the checks that compare the splits row against row need one width. Float
+    inputs of two widths are left as they are: a validation split missing a feature must not be padded into shape."""
     a, b = train.inputs, val.inputs
     if a is None or b is None or train.parts or a.dim() != b.dim() or a.shape[1:] == b.shape[1:]:
+        return train, val
+    if a.is_floating_point() or b.is_floating_point():
         return train, val
     longest = [max(m, n) for m, n in zip(a.shape[1:], b.shape[1:], strict=True)]
     fill = pad_value(task, a)
