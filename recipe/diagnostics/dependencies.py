@@ -119,7 +119,7 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     several = not isinstance(inputs, torch.Tensor)
     if several and joined_features(inputs) is None:
         return skipped(
-            "batch_independence", "inputs are neither one tensor nor several float tensors; override this check."
+            "batch_independence", "inputs are neither one tensor nor several with a float one; override this check."
         )
     n = batch_size_of(inputs)
     generator = torch.Generator().manual_seed(0)
