@@ -105,3 +105,45 @@ def test_float_splits_of_two_widths_are_not_padded_into_shape():
         for name, k in (("a", 5), ("b", 4))
     ]
     assert [s.inputs.shape[1] for s in same_length(*ids, t)] == [5, 5]
+
+
+class Series(torch.utils.data.Dataset):
+    """Float series of 5 to 19 values and one of `longest`; the label: is the mean positive."""
+
+    def __init__(self, n: int, seed: int, longest: int):
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(5, 20, (n,), generator=g).tolist()
+        lengths[0] = longest
+        self.x = [torch.randn(k, generator=g) for k in lengths]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.x[i].mean() > 0)
+
+
+class MeanOfSteps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.step, self.out = nn.Linear(1, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.step(x[..., None]).mean(1))
+
+
+def test_float_splits_padded_to_their_own_lengths_skip_the_row_comparisons_and_say_why(tmp_path):
+    """Float series padded per split (40 against 25 values): split_shift, duplicates and target_derived_features
+    raised on the mismatch; they skip, naming both shapes and both readings of it."""
+    loader = lambda data: torch.utils.data.DataLoader(data, collate_fn=collate)
+    t = Task(loader(Series(400, 0, 40)), loader(Series(200, 1, 25)), MeanOfSteps, num_classes=2)
+    result = Recipe(
+        t, run_dir=tmp_path / "run", stages=["inspect"], device="cpu", progress=False, quiet=True,
+        config={"inspect": {"label_noise": False}},
+    ).run()  # fmt: skip
+    by_name = {c.name: c for c in result.checks}
+    assert not [c.name for c in result.checks if c.status == "error"]
+    for name in ("split_shift", "duplicates", "target_derived_features"):
+        assert (
+            by_name[name].status == "skip" and "(40,) per sample and validation inputs (25,)" in by_name[name].message
+        )

@@ -134,6 +134,18 @@ def same_length(train: SplitSample, val: SplitSample, task: Task) -> tuple[Split
     return padded(train), padded(val)
 
 
+def different_widths(train: SplitSample, val: SplitSample) -> str | None:
+    """Why the two splits' inputs cannot be compared row against row (another shape per sample), or None."""
+    a, b = train.inputs, val.inputs
+    if a is None or b is None or a.shape[1:] == b.shape[1:]:
+        return None
+    return (
+        f"training inputs are {tuple(a.shape[1:])} per sample and validation inputs {tuple(b.shape[1:])}: samples "
+        "of varying length padded per split, or a feature missing from one split (then evaluation fails too); the "
+        "splits cannot be compared row against row."
+    )
+
+
 def _layout(x: Any) -> tuple[tuple[tuple[int, ...], ...] | None, torch.Tensor | None]:
     """`parts` and `continuous` of a SplitSample whose model inputs look like `x`."""
     return (None, None) if isinstance(x, torch.Tensor) or x is None else (part_shapes(x), continuous_columns(x))

@@ -26,6 +26,7 @@ from recipe.diagnostics.inputs import input_stats
 from recipe.diagnostics.integrity import (
     SplitSample,
     class_counts,
+    different_widths,
     finite_rows,
     is_class_task,
     non_finite_data,
@@ -98,8 +99,11 @@ class InspectData(Stage):
         checks.append(ctx.check(self._input_stats, ctx, train))
         checks.append(ctx.check(group_leak, task))
         augmented = training_reads_vary(task, seed=ctx.seed)  # a Dataset augmenting on read differs by design
+        apart = different_widths(train, val)  # the checks that compare the splits row against row cannot
         checks.append(
-            ctx.check(
+            skipped("split_shift", apart)
+            if apart
+            else ctx.check(
                 split_shift,
                 train,
                 val,
@@ -110,9 +114,11 @@ class InspectData(Stage):
                 augmentation=augmentation_variance(task, seed=ctx.seed) if augmented else None,
             )
         )
-        checks.append(ctx.check(self._duplicates, ctx, train, val))
+        checks.append(skipped("duplicates", apart) if apart else ctx.check(self._duplicates, ctx, train, val))
         checks.append(ctx.check(time_leakage, train, val, pad_id=s.pad_id if task.pad_id is None else task.pad_id))
-        checks.append(ctx.check(target_derived_features, train, val, task))
+        checks.append(
+            skipped("target_derived_features", apart) if apart else ctx.check(target_derived_features, train, val, task)
+        )
         checks.append(ctx.check(eval_data_deterministic, task, seed=ctx.seed))
         checks.append(ctx.check(self._outliers, ctx, train))
         finite = checks[1].status not in ("fail", "error")
