@@ -144,6 +144,5 @@ def test_float_splits_padded_to_their_own_lengths_skip_the_row_comparisons_and_s
     by_name = {c.name: c for c in result.checks}
     assert not [c.name for c in result.checks if c.status == "error"]
     for name in ("split_shift", "duplicates", "target_derived_features"):
-        assert (
-            by_name[name].status == "skip" and "(40,) per sample and validation inputs (25,)" in by_name[name].message
-        )
+        check = by_name[name]
+        assert check.status == "skip" and "(40,) per sample and validation inputs (25,)" in check.message
