@@ -75,7 +75,7 @@ class Checkpointer:
             early_stopping,
         )
         self.every_steps = math.ceil(every_steps / log_every) * log_every if every_steps and folder else 0
-        self.train_size, self.batch_size, self.rank, self.world = train_size, batch_size, rank, world
+        self.train_size, self.rank, self.world = train_size, rank, world
         self.bounds = batch_bounds(train_size // world, batch_size)
         self.steps_per_epoch = len(self.bounds)
         self.progress: dict[str, Any] = {"best_val_loss": math.inf, "stale_epochs": 0}  # saved in every last.pt

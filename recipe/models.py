@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from recipe.data import tree_map
-from recipe.joined import describe_parts, joined_features, part_shapes, tensor_leaves
+from recipe.joined import continuous_columns, describe_parts, joined_features, part_shapes, tensor_leaves
 from recipe.task import SCAN_LIMIT, Task
 
 
@@ -87,8 +87,7 @@ def simple_model_factory(task: Task, inputs: Any, output: torch.Tensor) -> tuple
     out_shape = tuple(output.shape[1:])
     what = f"{features} flattened inputs"
     if joined is not inputs:
-        every = joined_features(inputs)
-        floats = " (the float ones)" if every is not None and every.shape[1] > features else ""
+        floats = "" if bool(continuous_columns(inputs).all()) else " (the float ones)"
         what += f"{floats} joined from {describe_parts(part_shapes(inputs))}"
     dtype = joined.dtype  # float64 data keeps a float64 reference, as the user's model must be
     return (lambda: _Linear(features, out_shape).to(dtype)), f"linear model on {what}"

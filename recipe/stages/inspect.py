@@ -45,6 +45,7 @@ from recipe.diagnostics.splits import duplicates
 from recipe.diagnostics.targets import class_balance, target_range
 from recipe.errors import ConfigError
 from recipe.stage import Stage, StageSettings
+from recipe.task import Task
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,8 @@ class InspectData(Stage):
             ctx.save_json("outliers.json", info["table"]),
         ]
         top = info["top"][:16]
-        pictures = _image_part(train) if train.parts else None
+        pictures = _pictures(ctx.task, train)
         images = pictures[top] if pictures is not None else None
-        if train.inputs is not None and not train.parts:
-            images = ctx.task.images(train.inputs[top])
         if images is not None:
             labels = [f"#{int(train.indices[i])} z={float(z[i]):+.1f}" for i in top.tolist()]
             artifacts.append(
@@ -238,7 +237,7 @@ class InspectData(Stage):
         task, x = ctx.task, train.inputs
         if x is None:
             return skipped("samples", "inputs are not a single tensor; override _samples in a subclass.")
-        images = task.images(x) if not train.parts else _image_part(train)
+        images = _pictures(task, train)
         if images is not None:
             return self._image_samples(ctx, train, images)
         if not x.is_floating_point() and task.decoder is not None:
@@ -294,8 +293,13 @@ def _measured(sample: SplitSample) -> SplitSample:
     return measured if measured.inputs is not None else sample
 
 
-def _image_part(sample: SplitSample) -> torch.Tensor | None:
-    """The first of several joined input tensors that holds pictures (float, C x H x W, 1 or 3 channels), as images."""
+def _pictures(task: Task, sample: SplitSample) -> torch.Tensor | None:
+    """The split's inputs as pictures (B, C, H, W) for a person to look at, or None: the task's own reading of one
+    tensor, or the first of several joined tensors that holds pictures (float, C x H x W, 1 or 3 channels)."""
+    if sample.inputs is None:
+        return None
+    if not sample.parts:
+        return task.images(sample.inputs)
     for shape, columns, continuous in sample.part_columns():
         if sample.inputs is not None and continuous and len(shape) == 3 and shape[0] in (1, 3):
             return sample.inputs[:, columns].reshape(len(sample.inputs), *shape)
