@@ -205,9 +205,12 @@ class Task:
         return self.kind != "regression"
 
     def metric_per_sample(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The reported metric for each sample, shape (B,): accuracy (classification, sequence) or mean |error|,
-        which is nan when output and target hold different numbers of values per sample (a callable loss's
-        quantiles or variance: name a metric that reads them with `Task(metrics=...)`)."""
+        """The reported metric for each sample, shape (B,): accuracy (classification, sequence) or mean |error|.
+        It is nan where the output does not line up with the target: a regression output holding other values per
+        sample (a callable loss's quantiles or variance), a classifier's output without a class per target (an
+        embedding for a contrastive loss). Name a metric that reads such outputs with `Task(metrics=...)`."""
+        if not _lines_up(self, output, target):
+            return torch.full((len(output),), math.nan, device=output.device)
         if self.kind == "sequence":
             valid = (target != IGNORE_INDEX).float()
             hit = (output.argmax(-1) == target).float() * valid
@@ -222,8 +225,6 @@ class Task:
                 return (hit.reshape(len(hit), -1) * valid).sum(1) / valid.sum(1).clamp_min(1)
             return hit
         output, target = output.reshape(len(output), -1), target.reshape(len(target), -1)
-        if output.shape != target.shape:  # a callable loss's other outputs (quantiles, a variance): no error to take
-            return torch.full((len(output),), math.nan, device=output.device)
         return (output.float() - target.float()).abs().mean(1)
 
     def augment(self, inputs: Any) -> Any:
@@ -375,3 +376,14 @@ def _with_input_transform(cls: type[Task]) -> type[Task]:
         return cls.forward(self, model, transform(inputs))
 
     return type(cls.__name__, (cls,), {"forward": forward, "plain_class": cls, "__module__": cls.__module__})
+
+
+def _lines_up(task: Task, output: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether the default metric can pair output with target: a class score per target (argmax over the class
+    axis has the target's shape), a logit per binary target, a value per regression target."""
+    if output.dim() == 0 or len(output) != len(target):
+        return False
+    if task.kind == "regression" or task.loss == "bce_with_logits":
+        return output[0].numel() == target[0].numel()
+    axis = task.class_dim
+    return output.dim() >= 2 and output.argmax(axis).shape == target.shape

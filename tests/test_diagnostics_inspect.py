@@ -407,6 +407,45 @@ def test_outliers_pass_one_feature_near_zero_and_still_flag_a_blank_image_among_
     assert check.status == "warn" and check.value["beyond_threshold"] == 1 and "index 123" in check.message
 
 
+def _standardised_with_rare_features(seed: int = 0) -> torch.Tensor:
+    """1,500 rows: 20 Gaussian features, 8 pixels lit in 2-6 rows each and a 4-level one-hot category, then
+    standardised column by column as StandardScaler does (constant columns left at 0)."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(1500, 20, generator=g)
+    rare = torch.zeros(1500, 8)
+    for k in range(8):
+        rows = torch.randperm(1500, generator=g)[: 2 + k % 5]
+        rare[rows, k] = torch.rand(len(rows), generator=g) * 16
+    onehot = F.one_hot(torch.multinomial(torch.tensor([0.9, 0.07, 0.02, 0.01]), 1500, True, generator=g), 4)
+    x = torch.cat([dense, rare, onehot.float()], 1)
+    return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+
+
+def test_outliers_pass_rare_values_of_features_constant_in_most_samples():
+    """Standardised, a pixel lit in 3 of 1,500 rows sits about 20 deviations out in those rows, and a category
+    held by 1% at about 10: the rows holding them are not unlike the rest (the digits example scaled this way
+    warned on 10 rows). The norm is read over the features that vary in most samples."""
+    x = _standardised_with_rare_features()
+    labels = torch.zeros(1500, dtype=torch.long)
+    z_all = robust_z(x.norm(dim=1).log())
+    assert float(z_all.max()) > 8  # what the check saw over every feature
+    check, _ = outliers(read_split(with_data(x, labels), "train", 10_000, 0))
+    assert check.status == "pass", check.message
+    assert "20 of 32 features that vary" in check.message
+
+
+@pytest.mark.parametrize("plant", ["scaled", "sentinel"])
+def test_outliers_still_flag_a_scaled_row_or_a_sentinel_among_rare_features(plant):
+    x = _standardised_with_rare_features()
+    if plant == "scaled":
+        x[[11, 222]] *= 100
+    else:
+        x[[11, 222], 3] = -999.0
+    check, info = outliers(read_split(with_data(x, torch.zeros(1500, dtype=torch.long)), "train", 10_000, 0))
+    assert check.status == "warn" and check.value["beyond_threshold"] == 2, check.message
+    assert {row["index"] for row in info["table"][:2]} == {11, 222}
+
+
 # ---- sequence_data -------------------------------------------------------------------------------------------------
 
 

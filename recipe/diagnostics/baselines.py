@@ -175,6 +175,7 @@ def input_independent(
     train_losses: list[float] | None = None,
     exchanged_losses: list[float] | None = None,
     constant: float | None = None,
+    reference: tuple[str, Evaluation] | None = None,
 ) -> Check:
     """Catches a model that does not use its inputs: labels misaligned or shuffled against the inputs, a forward
     that ignores x. The same model trained for the same budget on inputs exchanged between samples (each sees
@@ -188,7 +189,10 @@ def input_independent(
     targets): until then the two runs differ by how far each has come, not by what the inputs tell (a slow start
     on unscaled inputs). Otherwise the check cannot judge and skips. A model whose loss is no better but whose
     metric is, by three standard errors, uses its inputs: on wide data it memorises its training set within the
-    short run, and its confident mistakes raise the validation loss above an input-free model's.
+    short run, and its confident mistakes raise the validation loss above an input-free model's. A model no better
+    than the input-free one warns instead of failing when `reference` (the linear model or bigram table, trained on
+    the real inputs for the same budget) went clearly below `constant`: the inputs then tell the targets, so they
+    are aligned with them, and the model is slow to use them (a bottleneck, a VAE's collapsed posterior).
     """
     value: dict[str, Any] = {
         "val_loss_real": real.loss,
@@ -240,6 +244,20 @@ def input_independent(
         ).replace(value=value)
     if gain <= margin:
         worse = "higher than" if gain < 0 else "no better than"
+        if (learned := _reference_learned(reference, constant)) is not None:
+            description, ahead = learned
+            value["reference_val_loss"] = ahead.loss
+            return warned(
+                "input_independent",
+                f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with each sample given another "
+                f"sample's inputs ({exchanged.loss:.4g}), but the {description} reached {ahead.loss:.4g} on the real "
+                "inputs in the same budget: the inputs tell the targets, so inputs and targets are aligned. Your "
+                f"model has not learned to use its inputs in {len(train_losses or ())} steps: a slow start (a "
+                "bottleneck, a VAE's collapsed posterior, a learning rate too low for it) or a path that discards "
+                "the input. Raise baseline.steps to see whether it does.",
+                value,
+                "real inputs clearly better than exchanged inputs",
+            )
         return failed(
             "input_independent",
             f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with each sample given another "
@@ -253,6 +271,53 @@ def input_independent(
         f"real inputs beat inputs exchanged between samples: validation loss {real.loss:.4g} vs "
         f"{exchanged.loss:.4g} (paired gain {gain:.3g} ± {se:.2g}).",
         value,
+    )
+
+
+def _reference_learned(
+    reference: tuple[str, Evaluation] | None, constant: float | None
+) -> tuple[str, Evaluation] | None:
+    """The reference, when its validation loss beat the best constant prediction's by 5% and by 3 standard errors
+    (as `simple_model` counts a reference as having learned): no model without inputs goes below that constant, so
+    the inputs tell the targets. Beating the input-free run is not enough: a reference can fit the constant better
+    than the short run did."""
+    if reference is None or constant is None or not math.isfinite(constant):
+        return None
+    ahead = reference[1]
+    margin = max(0.05 * abs(constant), 3 * (ahead.loss_se or 0.0))
+    return reference if math.isfinite(ahead.loss) and constant - ahead.loss > margin else None
+
+
+def target_unread(task: Task, output: torch.Tensor, target: Any) -> str | None:
+    """Why inputs exchanged between samples cannot be told from real ones, or None: the loss does not read the
+    target (a contrastive or self-supervised loss scores the outputs among themselves), so it gives the same value
+    with the targets exchanged between samples and with each target changed.
+
+    Why: the input-independent baseline changes which target goes with which input; a loss that never reads the
+    target trains the same model on both, and a verdict would be a coin toss between two equal runs.
+    """
+    if isinstance(task.loss, str) and type(task).compute_loss is Task.compute_loss:
+        return None  # a built-in loss reads its target
+    if not isinstance(target, torch.Tensor) or not target.dim() or len(target) < 2:
+        return None
+    if target.is_floating_point():
+        changed = target + 1
+    else:
+        classes = max(2, task.num_classes or int(target.max()) + 1)
+        changed = torch.where(target == IGNORE_INDEX, target, (target + 1) % classes)
+    try:
+        with torch.no_grad():
+            base = float(task.compute_loss(output, target))
+            others = [float(task.compute_loss(output, t)) for t in (target.roll(1, 0), changed)]
+    except Exception:  # a loss that rejects a changed target reads it
+        return None
+    if not math.isfinite(base) or any(abs(v - base) > 1e-6 * max(1.0, abs(base)) for v in others):
+        return None
+    return (
+        f"the loss does not read the target: on a validation batch it gives {base:.4g} with the targets exchanged "
+        "between samples and with each target changed (a contrastive or self-supervised loss scores the outputs "
+        "among themselves). Inputs exchanged between samples then train the same task, so this comparison cannot "
+        "tell whether the model uses its inputs; batch_independence charts what each output depends on."
     )
 
 

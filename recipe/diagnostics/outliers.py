@@ -18,15 +18,32 @@ from recipe.task import IGNORE_INDEX
 DISCRETE = 20  # a statistic with fewer distinct values than this is a handful of levels, not a continuum
 
 
+def varying_features(x: torch.Tensor) -> torch.Tensor:
+    """The features (columns of (n, F)) that vary across most samples: those with a nonzero median absolute
+    deviation. A feature that holds one value in half the samples or more (a pixel blank in most images, a one-hot
+    column, a rare flag) has no spread to measure its other values against: standardised, a value that 3 samples
+    of 1,437 hold lands 20 standard deviations out by construction, which says nothing of a wrong unit or a
+    sentinel. Every feature when none or all of them vary."""
+    spread = (x - x.median(0).values).abs().median(0).values
+    keep = spread > 0
+    return x if bool(keep.all()) or not bool(keep.any()) else x[:, keep]
+
+
 def sample_statistic(part: SplitSample) -> tuple[torch.Tensor, str] | None:
-    """One number per sample: the log of its input's L2 norm (float inputs), or its scored length (sequences)."""
+    """One number per sample: the log of its input's L2 norm over the features that vary (float inputs), or its
+    scored length (sequences)."""
     x = part.inputs
     if x is None:
         return None
     if x.is_floating_point():
-        norm = x.float().reshape(len(x), -1).norm(dim=1)
+        flat = x.float().reshape(len(x), -1)
+        read = varying_features(flat)
+        norm = read.norm(dim=1)
         floor = 1e-3 * float(norm.median().clamp_min(1e-12))  # a blank (all-zero) sample is finite and far out
-        return (norm + floor).log(), "log L2 norm of the input"
+        what = "log L2 norm of the input"
+        if read.shape[1] < flat.shape[1]:
+            what += f" (over the {read.shape[1]} of {flat.shape[1]} features that vary in most samples)"
+        return (norm + floor).log(), what
     if part.targets.dim() == 2:
         return (part.targets != IGNORE_INDEX).sum(1).float(), "scored tokens per sequence"
     return None
@@ -79,7 +96,10 @@ def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Che
     values, what = stat
     z = robust_z(values)
     order = z.abs().argsort(descending=True)[:top]
-    allowance = small_norm_allowance(part.inputs, values) if part.inputs is not None else 0.0
+    x = part.inputs
+    allowance = 0.0
+    if x is not None and x.is_floating_point():
+        allowance = small_norm_allowance(varying_features(x.float().reshape(len(x), -1)), values)
     beyond = (z > z_warn) | ((z < -z_warn) & (values.median() - values > allowance))
     flagged = int(beyond.sum())
     table = [

@@ -30,6 +30,7 @@ from recipe.diagnostics.baselines import (
     human_baseline,
     input_independent,
     simple_model,
+    target_unread,
     trivial_baselines,
 )
 from recipe.diagnostics.dependencies import batch_independence, causal
@@ -43,7 +44,7 @@ from recipe.diagnostics.symmetry import init_symmetry
 from recipe.diagnostics.target_leak import target_leak
 from recipe.diagnostics.training import loss_decreases, parameter_change, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
-from recipe.evaluation import constant_loss, evaluate
+from recipe.evaluation import Evaluation, constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.models import disable_dropout, reference_task, simple_model_factory
 from recipe.stage import Stage, StageSettings
@@ -160,18 +161,24 @@ class Baseline(Stage):
         curves = {"your model": trained.step_losses}
         bars = {"your model": (real.loss, real.loss_se)}
         figures: dict[str, Any] = {"model": vars(real) | {"per_sample_loss": None}, "trivial": trivial_figures}
-        with ctx.contained("input_independent", checks, "a model that does not use its inputs"):
-            exchanged_task = exchanged_inputs(task)
-            exchanged_run, _ = self._short_run(ctx, "input_independent", exchanged_task, fresh())
-            exchanged = evaluate_exchanged(exchanged_task, exchanged_run.model, device, ctx.seed)
-            constant = _training_constant(task, exchanged_run.model, ctx.seed, device)
-            judged = input_independent(real, exchanged, task, trained.step_losses, exchanged_run.step_losses, constant)
-            checks.append(judged.replace(seconds=exchanged_run.seconds))
-            curves["exchanged inputs"] = exchanged_run.step_losses
-            bars["exchanged inputs"] = (exchanged.loss, exchanged.loss_se)
-            figures["exchanged_inputs"] = vars(exchanged) | {"per_sample_loss": None}
+        reference = None  # the reference's evaluation shows whether the inputs tell the targets in this budget
         with ctx.contained("simple_model", checks, "a linear model / bigram table as the reference to beat"):
-            self._simple_model(ctx, inputs, output, real, trivial_figures, curves, bars, checks)
+            reference = self._simple_model(ctx, inputs, output, real, trivial_figures, curves, bars, checks)
+        with ctx.contained("input_independent", checks, "a model that does not use its inputs"):
+            if (unread := target_unread(task, output, target)) is not None:
+                checks.append(skipped("input_independent", unread))
+            else:
+                exchanged_task = exchanged_inputs(task)
+                exchanged_run, _ = self._short_run(ctx, "input_independent", exchanged_task, fresh())
+                exchanged = evaluate_exchanged(exchanged_task, exchanged_run.model, device, ctx.seed)
+                constant = _training_constant(task, exchanged_run.model, ctx.seed, device)
+                judged = input_independent(
+                    real, exchanged, task, trained.step_losses, exchanged_run.step_losses, constant, reference
+                )
+                checks.append(judged.replace(seconds=exchanged_run.seconds))
+                curves["exchanged inputs"] = exchanged_run.step_losses
+                bars["exchanged inputs"] = (exchanged.loss, exchanged.loss_se)
+                figures["exchanged_inputs"] = vars(exchanged) | {"per_sample_loss": None}
         for key in ("prior_loss", "unigram_loss", "mean_mse"):
             if key in trivial_figures and (key != "mean_mse" or task.loss == "mse"):
                 bars[key.replace("_", " ")] = (trivial_figures[key], trivial_figures[f"{key}_se"])
@@ -194,13 +201,14 @@ class Baseline(Stage):
         curves: dict[str, list[float]],
         bars: dict[str, tuple[float, float | None]],
         checks: list[Check],
-    ) -> None:
-        """The linear model / bigram table trained with the same budget: the `simple_model` check and its curves."""
+    ) -> tuple[str, Evaluation] | None:
+        """The linear model / bigram table trained with the same budget: the `simple_model` check and its curves;
+        returns the reference's description and evaluation (None without a reference)."""
         s, task, device = self.settings, ctx.task, ctx.device
         reference = simple_model_factory(task, inputs, output)
         if reference is None:
             checks.append(skipped("simple_model", "no reference model for non-float inputs; override in a subclass."))
-            return
+            return None
         factory, description = reference
         simple_task = reference_task(task, factory, inputs, output)
         simple_run, _ = self._short_run(ctx, "simple_model", simple_task, factory().to(device), s.simple_model_lr)
@@ -212,6 +220,7 @@ class Baseline(Stage):
         checks.append(simple_model(real, simple, usable, task, description).replace(seconds=simple_run.seconds))
         curves[description] = simple_run.step_losses
         bars[description] = (simple.loss, simple.loss_se)
+        return description, simple
 
     def _batch_size(self, ctx: Context) -> Check:
         """The largest batch that fits and still speeds training up (CUDA only); later stages train with it."""
