@@ -34,12 +34,14 @@ class _Linear(nn.Module):
     def forward(self, *inputs: Any, **named: Any) -> torch.Tensor:
         """One input tensor, or the float tensors among several however they are passed (`model(*pair)`,
         `model(pair)`, `model(**parts)`), joined in order as `joined_features` joins them (category ids left out:
-        their codes are no scale a linear model can read)."""
+        their codes are no scale a linear model can read). A NaN or Inf reads as 0: inputs with missing values
+        reach the reference only when the user's model takes them (`non_finite` warned)."""
         x = inputs[0] if len(inputs) == 1 and not named and isinstance(inputs[0], torch.Tensor) else None
         x = x if x is not None else joined_features((inputs, named), measurements_only=True)
         if x is None:
             raise TypeError("the linear reference takes one tensor or several with a float one")
-        return self.linear(x.flatten(1)).reshape(len(x), *self.out_shape)
+        x = torch.nan_to_num(x.flatten(1), nan=0.0, posinf=0.0, neginf=0.0)  # missing values a model may take
+        return self.linear(x).reshape(len(x), *self.out_shape)
 
 
 class _Bigram(nn.Module):

@@ -61,9 +61,15 @@ def check_model_output(task: Task, model: nn.Module, device: torch.device) -> No
         for split in ("train", "val"):
             _check_ids(embedding, *_id_range(task, split), f"{split} input token ids span")
     if not isinstance(output, torch.Tensor):
+        several = (
+            " When the loss needs several of them (a VAE's reconstruction, mean and log-variance), return them "
+            "joined in one tensor (torch.cat([recon, mu, logvar], dim=1)) and split it inside the loss."
+            if callable(task.loss)
+            else ""
+        )
         raise TaskError(
-            f"the model returned a {type(output).__name__}; the loss needs one tensor. Subclass Task and "
-            "override forward(model, inputs) to pick the output tensor."
+            f"the model returned a {type(output).__name__}; the checks read one output tensor. Subclass Task and "
+            f"override forward(model, inputs) to pick the output tensor.{several}"
         )
     if not callable(task.loss):
         check_output_shape(task, output, target)

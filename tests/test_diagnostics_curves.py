@@ -111,6 +111,24 @@ def test_step_noise_warns_when_noise_exceeds_progress():
     assert step_noise(flat).status == "warn"
 
 
+def test_step_noise_that_batches_of_the_data_show_by_themselves_passes():
+    """1,000 steps of batches of 64 drawn from per-sample losses with 3% rare large ones (a rare positive class)
+    while the model improves by 0.015: the batch means differ by about 0.057 by their samples alone. The same
+    progress with an optimizer that triples that noise still warns."""
+    g = torch.Generator().manual_seed(0)
+    steps, batch = 1000, 64
+    rare = (torch.rand(steps, batch, generator=g) < 0.03).float()
+    drift = torch.linspace(0.015, 0.0, steps)[:, None]
+    per_sample = 0.03 + rare * 3.0 + drift
+    sampled = per_sample.mean(1)
+    sampling = float(per_sample.std() / batch**0.5)
+    assert step_noise(sampled.tolist()).status == "warn"  # what it said without the data's own spread
+    check = step_noise(sampled.tolist(), sampling_noise=sampling)
+    assert check.status == "pass" and "by their samples alone" in check.message, check.message
+    shaky = sampled + 3 * sampling * torch.randn(steps, generator=g)
+    assert step_noise(shaky.tolist(), sampling_noise=sampling).status == "warn"
+
+
 def history(val: list[float], train: list[float] | None = None, se: float = 0.005) -> list[dict]:
     train = train or [1.0 / (i + 1) for i in range(len(val))]
     return [{"val_loss": v, "val_loss_se": se, "train_loss": t} for v, t in zip(val, train, strict=True)]

@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from recipe import Task
+from recipe import Recipe, Task
 from recipe.diagnostics.inputs import input_stats
-from recipe.diagnostics.integrity import finite_rows, non_finite_data, read_split, sequence_data, summary
+from recipe.diagnostics.integrity import (
+    finite_loss_on,
+    finite_rows,
+    non_finite_data,
+    read_split,
+    sequence_data,
+    summary,
+)
 from recipe.diagnostics.outliers import outliers, robust_z
 from recipe.diagnostics.shift import auc, domain_auc, split_shift
 from recipe.diagnostics.splits import duplicates
@@ -86,6 +94,64 @@ def test_non_finite_counts_targets_too():
     train.targets = train.targets.float()
     train.targets[3] = float("nan")
     assert non_finite_data(train, val).value["train_targets"]["first_indices"] == [3]
+
+
+class Imputing(nn.Module):
+    """Missing inputs read as 0 beside an indicator per feature, inside the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny.MLP(features=2 * tiny.FEATURES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        missing = torch.isnan(x)
+        return self.net(torch.cat([torch.nan_to_num(x), missing.float()], 1))
+
+
+class MaskedAfterTheLayer(tiny.MLP):
+    """Zeroes the NaN after the first layer: the output is finite, the first layer's gradient is not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l1(x)
+        return self.head(F.relu(self.l2(F.relu(torch.where(torch.isnan(h), 0.0, h)))))
+
+
+@pytest.mark.parametrize(("model", "status"), [(Imputing, "warn"), (tiny.MLP, "fail"), (MaskedAfterTheLayer, "fail")])
+def test_non_finite_warns_only_when_a_fresh_model_gives_a_finite_loss_and_gradient_on_those_rows(model, status):
+    x, y = clean_xy()
+    x[[5, 17, 40], 3] = float("nan")
+    task = with_data(x, y).replace(model=model)
+    check = non_finite_data(*splits(task), finite_loss_on(task, torch.device("cpu")))
+    assert check.status == status, check.message
+    assert check.value["train_inputs"]["first_indices"] == [5, 17, 40]
+    assert ("handles them itself" in check.message) == (status == "warn")
+
+
+def masked_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Missing targets (NaN) are left out of the loss."""
+    known = ~torch.isnan(target)
+    return F.mse_loss(output[known], target[known])
+
+
+@pytest.mark.parametrize(("loss", "status"), [(masked_mse, "warn"), ("mse", "fail")])
+def test_non_finite_targets_masked_by_the_loss_warn(loss, status):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    y = x @ torch.randn(4, 2, generator=g)
+    y[[3, 30], 1] = float("nan")
+    task = Task((x[:200], y[:200]), (x[200:], y[200:]), lambda: nn.Linear(4, 2), loss=loss, kind="regression")
+    check = non_finite_data(*splits(task), finite_loss_on(task, torch.device("cpu")))
+    assert check.status == status, check.message
+
+
+def test_a_model_that_imputes_missing_inputs_runs_inspect_and_baseline_without_a_fail(tmp_path):
+    x, y = tiny.blobs(600, 0)
+    x[torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.05] = float("nan")
+    task = Task((x[:450], y[:450]), (x[450:], y[450:]), Imputing, num_classes=tiny.CLASSES)
+    result = Recipe(task, run_dir=tmp_path / "run", stages=["inspect", "baseline"], device="cpu").run()
+    statuses = {c.name: c.status for c in result.checks}
+    assert statuses["non_finite"] == "warn" and statuses["label_noise"] in ("pass", "warn")
+    assert not [c.name for c in result.checks if c.status in ("fail", "error")]
 
 
 # ---- target_range --------------------------------------------------------------------------------------------------

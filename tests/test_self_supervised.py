@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -17,6 +18,7 @@ from torch import nn
 
 from recipe import Recipe, Task
 from recipe.diagnostics.baselines import input_independent, target_unread
+from recipe.errors import TaskError
 from recipe.evaluation import Evaluation
 from tests import tiny
 
@@ -139,3 +141,19 @@ def test_a_classifier_whose_output_is_an_embedding_reports_a_nan_accuracy_instea
     z = torch.randn(8, 2, 16)
     assert task.metric_per_sample(z, torch.arange(8) % 4).isnan().all()
     assert task.metric_per_sample(torch.randn(8, 4), torch.arange(8) % 4).isfinite().all()
+
+
+class TupleVAE(VAE):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = super().forward(x)
+        return out[:, :64], out[:, 64:72], out[:, 72:]
+
+
+def test_a_tuple_output_for_a_callable_loss_is_refused_with_the_joined_tensor_that_works(tmp_path):
+    """The refusal names the way that runs: the outputs joined in one tensor, split inside the loss (`VAE`)."""
+    x, _, _ = _digits()
+    tuple_loss = lambda out, target: vae_loss(torch.cat(out, 1), target)
+    task = Task((x[:200], x[:200]), (x[200:300], x[200:300]), TupleVAE, loss=tuple_loss, kind="regression")
+    with pytest.raises(TaskError, match=r"returned a tuple.*torch\.cat\(\[recon, mu, logvar\], dim=1\)"):
+        Recipe(task, run_dir=tmp_path / "run", stages=["inspect"], device="cpu").run()
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -213,10 +213,16 @@ class QuickModels:
 
 
 def flat_inputs(task: Task, split: str, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-    """The inputs of these rows as one (rows, features) float matrix; several float tensors are joined."""
+    """The inputs of these rows as one (rows, features) float matrix; several float tensors are joined. A NaN or
+    Inf (a missing value the task's model takes: `non_finite` warned) reads as its feature's mean over the rest."""
     inputs, _ = task.split_batch(task.batch(split, rows, device))
     joined = joined_features(inputs)
-    return (joined if joined is not None else inputs).reshape(len(rows), -1).float()
+    x = (joined if joined is not None else inputs).reshape(len(rows), -1).float()
+    missing = ~torch.isfinite(x)
+    if bool(missing.any()):
+        mean = torch.where(missing, 0.0, x).sum(0) / (~missing).sum(0).clamp_min(1)
+        x = torch.where(missing, mean, x)
+    return x
 
 
 def choose_members(task: Task, probe: str, positions: list[int], batch_size: int, budget_flops: float) -> list[str]:

@@ -124,7 +124,7 @@ class Complexify(Stage):
             final = self._schedule(ctx, chosen, checks)
         checks += [
             ctx.check(loss_spikes, final.step_losses),
-            ctx.check(step_noise, final.step_losses),
+            ctx.check(step_noise, final.step_losses, sampling_noise=_sampling_noise(final, ctx.train.batch_size)),
             ctx.check(still_improving, final.history),
             ctx.check(overfitting_onset, final.history),
         ]
@@ -278,3 +278,13 @@ class Complexify(Stage):
         return Rung(
             chosen.name, chosen.params, chosen.lr, train, scheduled, run.step_losses, run.history, model=run.model
         )
+
+
+def _sampling_noise(run: Rung, batch_size: int) -> float | None:
+    """How much the mean loss of two training batches of `batch_size` differs by their samples alone: the spread of
+    the run's per-sample training losses (their standard error times the square root of their count) over the
+    square root of the batch size; None when the loss gives no per-sample values (a callable loss)."""
+    seen = run.train or run.val
+    if seen is None or seen.loss_se is None or not math.isfinite(seen.loss_se):
+        return None
+    return seen.loss_se * math.sqrt(seen.n / batch_size)

@@ -27,6 +27,7 @@ from recipe.diagnostics.integrity import (
     SplitSample,
     class_counts,
     different_widths,
+    finite_loss_on,
     finite_rows,
     is_class_task,
     non_finite_data,
@@ -93,7 +94,8 @@ class InspectData(Stage):
         # an in-memory split is scanned whole for NaN/Inf (a vectorised pass), whatever its size
         whole = [whole_split(task, p.name) if p.sampled else p for p in (train, val)]
         checks = [ctx.check(self._summary, ctx, train, val)]
-        checks.append(ctx.check(non_finite_data, whole[0] or train, whole[1] or val, name="non_finite"))
+        copes = finite_loss_on(task, ctx.device)  # a model built to take missing values warns, not fails
+        checks.append(ctx.check(non_finite_data, whole[0] or train, whole[1] or val, copes, name="non_finite"))
         train, val = finite_rows(train), finite_rows(val)  # what follows describes the finite rows
         checks.append(ctx.check(target_range, train, val, task))
         checks.append(ctx.check(self._class_balance, ctx, train, val))
