@@ -167,3 +167,78 @@ def test_shared_new_kinds_pass(name):
     inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
     check = padding_invariance(task.make_model(), task, inputs)
     assert check.status == "pass" and check.value["relative_change"] < 1e-4, check.message
+
+
+class MaskedEncoder(Encoder):
+    """The Hugging Face calling convention: model(input_ids=..., attention_mask=...), the mask 1 at real tokens and
+    0 at padding. `ignore_mask` plants a model that never reads it (no key-padding mask, a mean over every position)."""
+
+    def __init__(self, inverted: bool = False, ignore_mask: bool = False):
+        super().__init__(inverted=inverted)
+        self.ignore_mask = ignore_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pad = torch.zeros_like(attention_mask, dtype=torch.bool) if self.ignore_mask else attention_mask == 0
+        h = self.tok(input_ids) + self.pos(((~pad).cumsum(1) - 1).clamp_min(0))
+        h = torch.nan_to_num(self.encoder(h, src_key_padding_mask=~pad if self.inverted else pad))
+        real = (~pad).unsqueeze(-1).float()
+        return self.head((h * real).sum(1) / real.sum(1).clamp_min(1))
+
+
+class MaskedTask(Task):
+    def split_batch(self, batch):
+        ids, mask, y = batch
+        return {"input_ids": ids, "attention_mask": mask}, y
+
+    def forward(self, model, inputs):
+        return model(**inputs)
+
+
+def masked_task(model, pad_id: int | None = None, pad_token: int = PAD) -> MaskedTask:
+    def split(n: int, seed: int) -> torch.utils.data.TensorDataset:
+        x, y = padded_tokens(n, seed)
+        mask = (x != PAD).long()
+        return torch.utils.data.TensorDataset(x.masked_fill(mask == 0, pad_token), mask, y)
+
+    return MaskedTask(split(64, 0), split(32, 1), model, num_classes=2, kind="classification", pad_id=pad_id)
+
+
+@pytest.mark.parametrize(
+    ("factory", "status"),
+    [
+        (MaskedEncoder, "pass"),
+        (lambda: MaskedEncoder(ignore_mask=True), "fail"),
+        (lambda: MaskedEncoder(inverted=True), "fail"),
+    ],
+)
+@pytest.mark.parametrize("pad_token", [PAD, 7])  # the pad id is read from the ids under the mask's zeros
+def test_padding_invariance_reads_an_attention_mask_beside_the_ids(factory, status, pad_token):
+    torch.manual_seed(0)
+    task = masked_task(factory, pad_token=pad_token)
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    check = padding_invariance(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    assert check.value is None or check.value["pad_id"] == pad_token
+    if status == "fail":
+        assert "attention mask 0" in check.message and "attention mask that does not reach" in check.message
+
+
+class BatchMixing(MaskedEncoder):
+    """Subtracts the batch's mean embedding: every sample's output depends on the others."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pad = attention_mask == 0
+        h = self.tok(input_ids)
+        h = torch.nan_to_num(self.encoder(h - h.mean(0, keepdim=True), src_key_padding_mask=pad))
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize(("factory", "status"), [(MaskedEncoder, "pass"), (BatchMixing, "fail")])
+def test_batch_independence_differentiates_through_the_embedding_of_ids_beside_their_mask(factory, status):
+    from recipe.diagnostics.dependencies import batch_independence
+
+    torch.manual_seed(0)
+    task = masked_task(factory)
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    check = batch_independence(task.make_model(), task, inputs)
+    assert check.status == status, check.message

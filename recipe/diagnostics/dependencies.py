@@ -18,7 +18,7 @@ from torch import nn
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import batch_size_of, tree_map
 from recipe.diagnostics.inputs import token_distance
-from recipe.joined import joined_features, part_shapes
+from recipe.joined import joined_features, joined_tokens, part_shapes
 from recipe.task import Task
 
 # A gradient this small relative to the largest one is numerical noise, not a dependency.
@@ -30,14 +30,15 @@ def input_sensitivity(
 ) -> torch.Tensor | None:
     """|d select(output) / d input| summed to shape (B, T) (or (B, F) for flat inputs): per sample and position.
 
-    Float inputs are differentiated directly. For integer (token) inputs the gradient is taken at the outputs of
-    the model's `nn.Embedding` layers that carry a batch dimension. None when neither applies.
+    Float inputs are differentiated directly. For integer (token) inputs, one tensor or several (ids with their
+    attention mask, a sentence pair), the gradient is taken at the outputs of the model's `nn.Embedding` layers
+    that carry a batch dimension. None when neither applies.
     """
     model.eval()
-    if not isinstance(inputs, torch.Tensor):
+    if not isinstance(inputs, torch.Tensor) and joined_features(inputs) is not None:
         return _joined_sensitivity(model, task, inputs, select)
-    batch = inputs.shape[0]
-    if inputs.is_floating_point():
+    batch = batch_size_of(inputs)
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         x = inputs.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(select(task.forward(model, x)), x, allow_unused=True)
         return _reduce(grad if grad is not None else torch.zeros_like(x))
@@ -116,10 +117,10 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     that takes several float tensors must also depend on each of them: one that no probed output depends on at all
     is ignored (the same tensor passed twice, a branch whose result is dropped), which warns.
     """
-    several = not isinstance(inputs, torch.Tensor)
-    if several and joined_features(inputs) is None:
+    several = not isinstance(inputs, torch.Tensor) and joined_features(inputs) is not None  # a float among them
+    if not isinstance(inputs, torch.Tensor) and not several and joined_tokens(inputs) is None:
         return skipped(
-            "batch_independence", "inputs are neither one tensor nor several with a float one; override this check."
+            "batch_independence", "inputs are neither tensors of numbers nor of token ids; override this check."
         )
     n = batch_size_of(inputs)
     generator = torch.Generator().manual_seed(0)
