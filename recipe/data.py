@@ -87,17 +87,24 @@ def batch_size_of(obj: Any) -> int:
 def _as_tensor(array: Any, field: str) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
         return array
+    if not isinstance(array, np.ndarray) and callable(getattr(array, "to_numpy", None)):
+        array = array.to_numpy()  # a pandas DataFrame or Series
     if isinstance(array, np.ndarray):
         if array.dtype == np.float64:
             array = array.astype(np.float32)  # numpy's default float; models are float32
         elif array.dtype.kind in "iu":
             array = array.astype(np.int64)
+        elif array.dtype.kind in "US" or (array.dtype == object and array.size and isinstance(array.flat[0], str)):
+            raise TaskError(
+                f"{field} holds strings ('{array.flat[0]}', ...); encode them as integer class ids, e.g. "
+                "names, y = np.unique(y, return_inverse=True), and keep `names` to read the results."
+            )
         elif array.dtype == object:
             raise TaskError(
                 f"{field} is a numpy array of dtype object; expected a numeric array (convert with .astype)."
             )
         return torch.from_numpy(np.ascontiguousarray(array))
-    raise TaskError(f"{field} must be a tensor or numpy array, got {type(array).__name__}.")
+    raise TaskError(f"{field} must be a tensor, numpy array or pandas object, got {type(array).__name__}.")
 
 
 class TensorSplit:

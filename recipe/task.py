@@ -140,7 +140,10 @@ class Task:
     def split_batch(self, batch: Batch) -> tuple[Any, torch.Tensor]:
         """Split a collated batch into (model input, target). Default: the first two items."""
         if isinstance(batch, dict):
-            raise TaskError("batches are dicts: subclass Task and override split_batch(batch) -> (inputs, target).")
+            raise TaskError(
+                f"batches are dicts (keys {', '.join(map(repr, list(batch)[:6]))}): subclass Task and override "
+                "split_batch(self, batch) -> (inputs, target), e.g. `return batch['x'], batch['label']`."
+            )
         return batch[0], batch[1]
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -152,6 +155,7 @@ class Task:
         if not isinstance(self.loss, str):
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.loss
             return loss_fn(output, target)
+        target = _loss_dtype(self.loss, output, target)
         if self.loss == "cross_entropy":
             if self.kind == "sequence":
                 output, target = output.reshape(-1, output.shape[-1]), target.reshape(-1)
@@ -166,6 +170,7 @@ class Task:
         """Loss of each sample, shape (B,); None when the loss is a user callable (per-batch only)."""
         if callable(self.loss):
             return None
+        target = _loss_dtype(self.loss, output, target)
         if self.loss == "cross_entropy":
             weight = self._weight(output)
             if self.kind == "sequence" or target.dim() > 1:  # one class per position: mean over scored positions
@@ -379,11 +384,17 @@ def _with_input_transform(cls: type[Task]) -> type[Task]:
 
 
 def _lines_up(task: Task, output: torch.Tensor, target: torch.Tensor) -> bool:
-    """Whether the default metric can pair output with target: a class score per target (argmax over the class
-    axis has the target's shape), a logit per binary target, a value per regression target."""
+    """Whether the default metric pairs output with target: a class axis, a logit or a value per target."""
     if output.dim() == 0 or len(output) != len(target):
         return False
     if task.kind == "regression" or task.loss == "bce_with_logits":
         return output[0].numel() == target[0].numel()
     axis = task.class_dim
     return output.dim() >= 2 and output.argmax(axis).shape == target.shape
+
+
+def _loss_dtype(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class ids as int64 (from int32, uint8, bool), other targets in the output's float dtype (counts, 0/1)."""
+    if loss == "cross_entropy":
+        return target if target.dtype == torch.long or target.is_floating_point() else target.long()
+    return target if target.is_floating_point() else target.to(output.dtype)

@@ -179,6 +179,12 @@ def check_output_shape(task: Task, output: torch.Tensor, target: torch.Tensor) -
                     f"class per position) need the classes on axis 1, {want}: return output.transpose(1, -1), or, "
                     "for next-token prediction (targets = inputs shifted by one), pass kind='sequence'."
                 )
+            if task.kind == "classification" and tgt[1:] == (1,) and out == (tgt[0], classes):
+                raise TaskError(
+                    f"classification targets have shape {tgt}: one class id per sample held in a column (a "
+                    f"reshape(-1, 1) from scikit-learn?), while the model gives {out}, a logit per class. Pass the "
+                    "targets flat, shape (N,): y.squeeze(1) (numpy: y.ravel())."
+                )
             raise TaskError(
                 f"model output has shape {out} but {task.kind} targets of shape {tgt} with num_classes={classes} "
                 f"need {want}: the head is {how} the {classes} classes. Fix the final layer's width or "

@@ -201,6 +201,16 @@ BAD_TASKS = [
         r"train\[0\] \(inputs\) is a numpy array of dtype object",
     ),
     case(
+        "class-ids-in-a-column",
+        lambda x, y: Task((x, y[:, None]), (x, y[:, None]), TinyMLP),
+        r"targets have shape \(2, 1\): one class id per sample held in a column.*y\.squeeze\(1\)",
+    ),
+    case(
+        "string-labels",
+        lambda x, y: Task((x, np.array(["cat", "dog", "owl"])[y.numpy() % 3]), (x, y), TinyMLP),
+        r"train\[1\] \(targets\) holds strings \('(cat|dog|owl)', \.\.\.\); encode them as integer class ids",
+    ),
+    case(
         "length-mismatch",
         lambda x, y: Task((x, y[:10]), (x, y), TinyMLP),
         r"train: inputs have 40 rows but targets have 10",
@@ -258,7 +268,7 @@ BAD_TASKS = [
     case(
         "dict-batches-without-hook",
         lambda x, y: Task(DictDataset(x, y), DictDataset(x, y), TinyMLP),
-        r"batches are dicts: subclass Task and override split_batch",
+        r"batches are dicts \(keys 'features', 'label', 'id'\): subclass Task and override split_batch",
     ),
 ]
 
@@ -506,3 +516,27 @@ def test_reading_targets_moves_no_random_generator():
     before = torch.random.get_rng_state()
     task.targets("train", limit=30)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool])
+def test_class_ids_of_any_integer_dtype_train_as_int64_ids_do(dtype):
+    """int32 ids (a CSV read by numpy on some platforms), uint8 and bool labels are the same classes: the built-in
+    losses take them as int64 (they raised "expected target dtype to be Long")."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    runs = {}
+    for name, labels in (("int64", y), ("other", y.to(dtype))):
+        task = Task((x[:80], labels[:80]), (x[80:], labels[80:]), lambda: nn.Linear(6, 2), num_classes=2)
+        runs[name] = fit(task, epochs=2, batch_size=16, device="cpu", seed=0, progress=False).history[-1]
+    assert runs["other"]["val_loss"] == pytest.approx(runs["int64"]["val_loss"])
+
+
+def test_pandas_frames_are_read_as_their_arrays():
+    pd = pytest.importorskip("pandas")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=g)
+    frame, labels = pd.DataFrame(x.double().numpy(), columns=["a", "b", "c"]), pd.Series((x[:, 0] > 0).long().numpy())
+    task = Task((frame[:40], labels[:40]), (frame[40:], labels[40:]), lambda: nn.Linear(3, 2))
+    assert task.train.x.dtype == torch.float32 and torch.allclose(task.train.x, x[:40])
+    assert task.kind == "classification" and task.num_classes == 2
