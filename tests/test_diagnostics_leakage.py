@@ -166,6 +166,43 @@ def test_a_leak_among_many_features_still_fails():
     assert check.value["features_tested"] == 66
 
 
+def _trending_windows(slope: float, leak: bool) -> Task:
+    """Windows of 24 values of a trending sine, the next value as the target, split by time (the last 20% for
+    validation). `leak` adds a column holding the target plus noise in training and another row's target in
+    validation (a target encoding with each row's own label)."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(5000, dtype=torch.float32)
+    series = slope * t + torch.sin(t / 10) + 0.2 * torch.randn(5000, generator=g)
+    starts = torch.arange(0, 5000 - 25, 2)
+    x = torch.stack([series[i : i + 24] for i in starts])
+    y = torch.stack([series[i + 24] for i in starts])[:, None]
+    n = int(0.8 * len(x))
+    if leak:
+        column = y + 0.3 * torch.randn(y.shape, generator=g)
+        column[n:] = y[n:][torch.randperm(len(y) - n, generator=g)]
+        x = torch.cat([x, column], 1)
+    return Task((x[:n], y[:n]), (x[n:], y[n:]), lambda: torch.nn.Linear(x.shape[1], 1), loss="mse")
+
+
+@pytest.mark.parametrize("slope", [0.0006, 0.002])
+def test_a_gap_every_lag_shares_under_a_time_split_is_the_splits(slope):
+    """A trend carries every lag's relation to the next value in training only: all 24 lags relate to it more in
+    training (the slope 0.002 series failed at z = 14, feature 4, before their median gap, 29, and spread were
+    set aside)."""
+    clean = _trending_windows(slope, leak=False)
+    check = target_derived_features(read_split(clean, "train", 10_000, 0), read_split(clean, "val", 10_000, 1), clean)
+    assert check.status == "pass", check.message
+    assert check.value["z_shared"] > 5
+
+
+def test_a_leaked_column_still_stands_out_from_lags_that_share_a_gap():
+    """The twin: the same windows (slope 0.0006) with a column that holds the target in training fail on it. (At
+    slope 0.002 the lags' gaps spread so widely that such a column no longer stands out: a miss, not a false fail.)"""
+    leaky = _trending_windows(0.0006, leak=True)
+    check = target_derived_features(read_split(leaky, "train", 10_000, 0), read_split(leaky, "val", 10_000, 1), leaky)
+    assert check.status == "fail" and check.value["feature"] == 24, check.message
+
+
 def test_target_derived_features_skips_sequences_and_regression_targets_work():
     task = tiny.sequence()
     assert target_derived_features(*splits(task), task).status == "skip"

@@ -235,7 +235,9 @@ def target_derived_features(
     over 10 classes from 50 rows is 0.43 on pure noise). A gap counts in standard errors of that null, and the
     largest of many features' gaps is judged after Bonferroni's correction for the features tested, and only when
     it also exceeds every random split's largest. Features with fewer than `min_spread` rows off their most common
-    value in a split are left out: a few nonzero pixels swing the gap by chance, not by a leak.
+    value in a split are left out: a few nonzero pixels swing the gap by chance, not by a leak. A leak singles a
+    feature out: a gap the features share comes from how the splits were drawn (a trending series split by time),
+    so with five features or more a gap counts from their median, in units of their robust spread.
     """
     name = "target_derived_features"
     x, xv = train.inputs, val.inputs
@@ -258,7 +260,15 @@ def target_derived_features(
     ranks -= ranks.mean(0)
     z, null_max = _gap_z(ranks, target, len(x), classes, draws)
     features, worst = tested.nonzero().flatten(), int(z.argmax())
-    z_max, count = float(z[worst]), int(tested.sum())
+    count = int(tested.sum())
+    # a gap the features share is the split's (a temporal split of a trending series: the trend carries every lag's
+    # relation in training only), not one feature's: with five features or more, a feature's gap counts against
+    # theirs, in units of their robust spread where that is wider than random splits' (1)
+    shared, spread = 0.0, 1.0
+    if count >= 5:
+        shared = max(float(z.median()), 0.0)
+        spread = max(1.4826 * float((z - z.median()).abs().median()), 1.0)
+    z_max = (float(z[worst]) - shared) / spread
     # Bonferroni over the features tested, read back as the z of a single test with that tail probability
     z_family = float(norm.isf(min(0.5, count * norm.sf(z_max))))
     observed = (torch.arange(len(pooled)) < len(x)).double()[None]
@@ -272,14 +282,21 @@ def target_derived_features(
         "z_family": z_family,
         "features_tested": count,
         "z_random_splits_max": null_max,
+        "z_shared": shared,
+        "z_spread": spread,
     }
+    beyond_shared = (
+        f", counted from the features' median gap {shared:.1f} in units of their spread {spread:.1f}"
+        if shared >= 1 or spread > 1
+        else ""
+    )
     seen = (
         f"feature {feature} relates to the target with strength {r_t:.2f} in training but {r_v:.2f} in validation "
-        f"({z_max:.1f} standard errors of the gap random splits give; {z_family:.1f} after allowing for {count} "
-        "features): it was probably computed from the target, e.g. a target encoding that includes each row's own "
-        "label. Compute such features out of fold (from other rows' labels) or drop it."
+        f"({z_max:.1f} standard errors of the gap random splits give{beyond_shared}; {z_family:.1f} after "
+        f"allowing for {count} features): it was probably computed from the target, e.g. a target encoding that "
+        "includes each row's own label. Compute such features out of fold (from other rows' labels) or drop it."
     )
-    beyond_chance = z_max > null_max
+    beyond_chance = float(z[worst]) > null_max
     if beyond_chance and z_family >= z_fail and r_t >= 0.3 and r_v < r_t / 2:
         return failed(name, seen, value, f"z < {z_warn:g} after allowing for the features tested")
     if beyond_chance and z_family >= z_warn and r_t - r_v >= 0.2:
@@ -287,6 +304,6 @@ def target_derived_features(
     return passed(
         name,
         f"every feature relates to the target alike in both splits (largest gap: feature {feature}, "
-        f"z = {z_max:.1f}, {z_family:.1f} after allowing for {count} features).",
+        f"z = {z_max:.1f}{beyond_shared}, {z_family:.1f} after allowing for {count} features).",
         value,
     )
