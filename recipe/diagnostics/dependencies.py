@@ -17,7 +17,7 @@ from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import batch_size_of, tree_map
-from recipe.diagnostics.inputs import token_distance
+from recipe.diagnostics.inputs import aligned_part, token_distance
 from recipe.joined import joined_features, joined_tokens, part_shapes
 from recipe.task import Task
 
@@ -188,24 +188,77 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     )
 
 
-def _reacts_to_own_token(model: nn.Module, task: Task, inputs: torch.Tensor, p: int) -> bool:
-    """Whether the output at position p changes when the token at p changes (a perturbation of the raw ids, so a
-    shift applied before the embedding is seen too). The new token is another real one: padding stays padding and
-    no real token becomes the pad id, so the sequence keeps its length (a packed or masked model stays valid)."""
-    vocab = max(2, task.num_classes or 0, int(inputs.max()) + 1)
+def _reacts_to_own_token(model: nn.Module, task: Task, inputs: Any, tokens: torch.Tensor, p: int) -> bool:
+    """Whether the output at position p changes when the token at p of `tokens` (the inputs, or the decoder's input
+    among them) changes: a perturbation of the raw ids, so a shift applied before the embedding is seen too. The new
+    token is another real one: padding stays padding and no real token becomes the pad id, so the sequence keeps
+    its length (a packed or masked model stays valid)."""
+    vocab = max(2, task.num_classes or 0, int(tokens.max()) + 1)
     pad = task.pad_id
-    new = (inputs[:, p] + 1) % vocab
+    new = (tokens[:, p] + 1) % vocab
     if pad is not None:
         new = torch.where(new == pad, (new + 1) % vocab, new)
-        new = torch.where(inputs[:, p] == pad, inputs[:, p], new)
-        if bool((new == inputs[:, p]).all()):
+        new = torch.where(tokens[:, p] == pad, tokens[:, p], new)
+        if bool((new == tokens[:, p]).all()):
             return True  # padding at p in every row: nothing to perturb, nothing to judge
-    changed = inputs.clone()
+    changed = tokens.clone()
     changed[:, p] = new
     model.eval()
     with torch.no_grad():
-        before, after = task.forward(model, inputs)[:, p], task.forward(model, changed)[:, p]
+        before = task.forward(model, inputs)[:, p]
+        after = task.forward(model, _swapped(inputs, tokens, changed))[:, p]
     return bool((before - after).abs().max() > RELATIVE_TOLERANCE * before.abs().max())
+
+
+def _swapped(inputs: Any, tokens: torch.Tensor, changed: torch.Tensor) -> Any:
+    """`inputs` with the tensor `tokens` replaced by `changed` (the inputs themselves when they are `tokens`)."""
+    return tree_map(lambda t: changed if t is tokens else t, inputs)
+
+
+def _future_by_gradient(model: nn.Module, task: Task, inputs: torch.Tensor, cuts: list[int]) -> dict[int, int] | None:
+    """For each cut p whose outputs before p have a nonzero gradient to a token at p or later: the last such
+    position. None when the gradient cannot reach the token positions (no embedding with a batch axis)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def weighted(part: torch.Tensor) -> torch.Tensor:
+        return (part * torch.randn(part.shape, generator=generator).to(part.device, part.dtype)).sum()
+
+    leaks = {}
+    for p in cuts:
+
+        def before(out: torch.Tensor, p: int = p) -> torch.Tensor:
+            return weighted(out[:, :p])
+
+        sens = input_sensitivity(model, task, inputs, before)
+        if sens is None or sens.dim() < 2:
+            return None
+        future, scale = sens[:, p:], float(sens.max())
+        if future.numel() and float(future.max()) > RELATIVE_TOLERANCE * scale:
+            leaks[p] = int((future.sum(0) > RELATIVE_TOLERANCE * scale).nonzero()[-1]) + p
+    return leaks
+
+
+def _future_by_perturbation(
+    model: nn.Module, task: Task, inputs: Any, tokens: torch.Tensor, cuts: list[int]
+) -> dict[int, int]:
+    """For each cut p whose outputs before p change when every token of `tokens` from p on changes: the sequence's
+    last position (a perturbation says whether, not where). For a decoder's input beside its source, whose
+    embedding the gradient path cannot tell from the source's."""
+    model.eval()
+    vocab = max(2, task.num_classes or 0, int(tokens.max()) + 1)
+    with torch.no_grad():
+        base = task.forward(model, inputs).float()
+        leaks = {}
+        for p in cuts:
+            changed = tokens.clone()
+            changed[:, p:] = (tokens[:, p:] + 1) % vocab
+            if task.pad_id is not None:
+                changed[:, p:] = torch.where(tokens[:, p:] == task.pad_id, tokens[:, p:], changed[:, p:])
+            out = task.forward(model, _swapped(inputs, tokens, changed)).float()
+            change = float((out[:, :p] - base[:, :p]).abs().max())
+            if change > 1e-5 * float(base[:, :p].abs().max().clamp_min(1e-12)):
+                leaks[p] = tokens.shape[1] - 1
+    return leaks
 
 
 def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target: Any = None) -> Check:
@@ -216,43 +269,41 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target
     is required because the target at t is the input's token at t+1; given `target`, a sequence task whose targets
     are another alphabet (token tagging: `token_distance` > 0.5) is skipped, its model may read the whole sequence.
     """
-    if task.kind != "sequence" or not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
+    if task.kind != "sequence":
         return skipped("causal", "not a sequence task.")
-    if isinstance(target, torch.Tensor) and (distance := token_distance(inputs, target, task.pad_id)) > 0.5:
+    tokens = inputs if isinstance(inputs, torch.Tensor) else aligned_part(inputs, target)
+    if tokens is None or tokens.dim() < 2 or tokens.is_floating_point():
+        return skipped(
+            "causal",
+            "the model takes several tensors and none holds the targets at a shift of -2..2 (a decoder's input), "
+            "so there is no token sequence to probe; an encoder may read its whole source.",
+        )
+    if isinstance(target, torch.Tensor) and (distance := token_distance(tokens, target, task.pad_id)) > 0.5:
         return skipped(
             "causal",
             f"the targets are not the input's tokens (frequencies differ by total variation {distance:.2f}): a "
             "tagging task, not next-token prediction, so its outputs may depend on later tokens.",
         )
-    length = inputs.shape[1]
+    length = tokens.shape[1]
     cuts = sorted({max(1, length * k // positions) for k in range(1, positions)} | {1})
     cuts = [p for p in cuts if p < length]
-    generator = torch.Generator().manual_seed(0)
-
-    def weighted(part: torch.Tensor) -> torch.Tensor:
-        return (part * torch.randn(part.shape, generator=generator).to(part.device, part.dtype)).sum()
-
-    future_leaks = {}
-    for p in cuts:
-
-        def before(out: torch.Tensor, p: int = p) -> torch.Tensor:
-            return weighted(out[:, :p])
-
-        sens = input_sensitivity(model, task, inputs, before)
-        if sens is None or sens.dim() < 2:
+    if tokens is inputs:
+        found = _future_by_gradient(model, task, tokens, cuts)
+        if found is None:
             return skipped("causal", "cannot differentiate to the token positions (no nn.Embedding with a batch axis).")
-        future, scale = sens[:, p:], float(sens.max())
-        if future.numel() and float(future.max()) > RELATIVE_TOLERANCE * scale:
-            future_leaks[p] = int((future.sum(0) > RELATIVE_TOLERANCE * scale).nonzero()[-1]) + p
-    current_blind = [p for p in cuts if not _reacts_to_own_token(model, task, inputs, p)]
+        future_leaks = found
+    else:
+        future_leaks = _future_by_perturbation(model, task, inputs, tokens, cuts)
+    current_blind = [p for p in cuts if not _reacts_to_own_token(model, task, inputs, tokens, p)]
     value = {"cut_positions": cuts, "future_leaks": future_leaks, "positions_ignoring_current_token": current_blind}
+    where = "" if tokens is inputs else " of the decoder's input (the token tensor that holds the targets)"
     if future_leaks:
         p, last = next(iter(future_leaks.items()))
         return failed(
             "causal",
-            f"outputs at positions < {p} change with the tokens at positions {p}..{last}: the model "
-            "sees the future. Use a causal attention mask (is_causal=True), pad convolutions on the left "
-            "only, and avoid bidirectional layers.",
+            f"outputs at positions < {p} change with the tokens at positions {p}..{last}{where}: the model "
+            "sees the future. Use a causal attention mask (is_causal=True; a decoder's tgt_mask), pad convolutions "
+            "on the left only, and avoid bidirectional layers.",
             value,
             "zero gradient to later positions",
         )

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, passed, skipped, warned
-from recipe.joined import column_name, describe_parts, joined_features, part_shapes
+from recipe.joined import column_name, describe_parts, joined_features, part_shapes, tensor_leaves
 from recipe.task import IGNORE_INDEX, Task
 
 
@@ -188,6 +188,20 @@ def alignment_profile(inputs: torch.Tensor, target: torch.Tensor, shifts: range 
         valid = y != IGNORE_INDEX
         rates[k] = float(((y == x) & valid).sum() / valid.sum().clamp_min(1))
     return rates
+
+
+def aligned_part(inputs: Any, target: torch.Tensor, least: float = 0.9) -> torch.Tensor | None:
+    """Among several token tensors, the one shaped like per-token targets that holds them at some shift -2..2 on
+    `least` of the scored positions (a decoder's input beside its source); None when none does."""
+    if not isinstance(target, torch.Tensor) or target.dim() != 2 or target.is_floating_point():
+        return None
+    best, best_rate = None, least
+    for part in tensor_leaves(inputs):
+        if isinstance(part, torch.Tensor) and part.shape == target.shape and not part.is_floating_point():
+            rate = max(alignment_profile(part, target).values(), default=0.0)
+            if rate >= best_rate:
+                best, best_rate = part, rate
+    return best
 
 
 def token_distance(inputs: torch.Tensor, target: torch.Tensor, pad_id: int | None = None) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.diagnostics.inputs import alignment_profile, token_distance
+from recipe.diagnostics.inputs import aligned_part, alignment_profile, token_distance
 from recipe.joined import column_name, joined_features, part_shapes
 from recipe.task import IGNORE_INDEX, Task
 
@@ -129,12 +129,23 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     train = task.sample_batch("train", max_samples, seed)
     val = task.sample_batch("val", max_samples // 2, seed)
     (xt, yt), (xv, yv) = task.split_batch(train), task.split_batch(val)
-    shapes = None
+    shapes, decoder = None, ""
     if not isinstance(xt, torch.Tensor):  # several tensors are scanned joined, one feature at a time
-        shapes = part_shapes(xt)
-        xt, xv = joined_features(xt), joined_features(xv)
-        if xt is None or xv is None or task.kind == "sequence":
-            return skipped("target_leak", "inputs are neither one tensor nor several with a float one.")
+        if (aligned := aligned_part(xt, yt)) is not None:  # a decoder's input beside its source: read that one
+            xt = aligned
+            decoder = (
+                " The input read is the token tensor that holds the targets (a decoder's input beside its source): "
+                "it must be the targets shifted right by one ([BOS] + y[:-1]), so position t sees only y[<t]."
+            )
+        else:
+            shapes = part_shapes(xt)
+            xt, xv = joined_features(xt), joined_features(xv)
+            if xt is None or xv is None or task.kind == "sequence":
+                return skipped(
+                    "target_leak",
+                    "inputs are neither one tensor, nor several with a float one, nor token tensors one of which "
+                    "holds the targets at a shift of -2..2.",
+                )
     if task.kind == "sequence":
         rates = alignment_profile(xt, yt)
         peak = max(rates, key=lambda k: rates[k])
@@ -145,7 +156,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
                 "target_leak",
                 f"targets {what}: y[t] == x[t{peak:+d}] at {rates[peak]:.0%} of positions. "
                 "Next-token targets must be y[t] = x[t+1] (build pairs as x = data[i:i+T], "
-                "y = data[i+1:i+T+1]).",
+                f"y = data[i+1:i+T+1]).{decoder}",
                 value,
                 "peak at shift +1 only",
             )
