@@ -6,7 +6,9 @@ and whether the same tasks with the bug fixed (twins) and clean tasks of many ki
 Each bug is a small mutation of a clean task: the originals plant into digits MLP/CNN, a causal character model,
 diabetes regression and a siamese model on digit pairs; the rest reproduce public reports (cited beside each case) in
 tasks of other kinds (benchmarks/zoo_tasks.py: signals, padded tokens, tagging, a BatchNorm ResNet, patient groups, a
-Dataset with augmentation, a Transformer LM). Every run uses keep_going, so the table shows every check that fired. A
+Dataset with augmentation, a Transformer LM; benchmarks/zoo_kinds.py: an encoder-decoder, a transformer called with
+input_ids and attention_mask, a contrastive encoder, missing values, pixels standardised one by one). Every run uses
+keep_going, so the table shows every check that fired. A
 bug counts as flagged with the right cause when a check built for it (`catches`) shows the expected status with a
 message that names the mechanism (`cause`), and a warn case has no unrelated fail. Every bug has a fixed twin; twins and
 clean tasks count their fails, errors (a check that raised) and warns. The summary line:
@@ -35,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import zoo_kinds as kinds
 from benchmarks import zoo_tabular as tab
 from benchmarks import zoo_tasks as zoo
 from benchmarks.zoo_planted import (
@@ -100,6 +103,8 @@ def _imbalanced_fixed() -> Task:
 
 
 DIGITS = "clean digits MLP"
+SEQ2SEQ = "clean encoder-decoder, teacher forcing"
+MASKED_INPUTS = "clean transformer, input_ids + attention_mask"
 BUGS = [
     Case(
         "labels shuffled",
@@ -387,6 +392,36 @@ BUGS = [
         "sigmoid",
         "cancer BCE on logits",
     ),
+    # teacher forcing with the decoder input left unshifted: the decoder is handed the token it must predict
+    Case(
+        "decoder input not shifted (teacher forcing)",
+        lambda: kinds.seq2seq(shifted=False),
+        "fail",
+        ("target_leak",),
+        "not shifted",
+        SEQ2SEQ,
+        stages=ALL,
+    ),
+    # nn.Transformer called without tgt_mask: the decoder attends to later target tokens
+    Case(
+        "decoder without its causal mask",
+        lambda: kinds.seq2seq(causal_decoder=False),
+        "fail",
+        ("causal",),
+        "sees the future",
+        SEQ2SEQ,
+        stages=ALL,
+    ),
+    # a Hugging Face style model that never passes attention_mask on: it attends to and averages the padding
+    Case(
+        "attention_mask never used",
+        lambda: kinds.attention_mask_inputs(ignore_mask=True),
+        "fail",
+        ("padding_invariance",),
+        "reads its padding",
+        MASKED_INPUTS,
+        stages=ALL,
+    ),
 ]
 CLEAN = [
     Case(DIGITS, lambda: digits.make_task("mlp"), "clean", stages=ALL),
@@ -408,6 +443,11 @@ CLEAN = [
     Case("clean digits Dataset, train-only augmentation", zoo.digits_dataset, "clean", stages=ALL),
     Case("clean forecasting windows, split by time", zoo.forecast, "clean", stages=ALL),
     Case("clean siamese digit pairs", zoo.digit_pairs, "clean", stages=ALL),
+    Case(SEQ2SEQ, kinds.seq2seq, "clean", stages=ALL),
+    Case(MASKED_INPUTS, kinds.attention_mask_inputs, "clean", stages=ALL),
+    Case("clean contrastive two-view encoder", kinds.contrastive, "clean", stages=ALL),
+    Case("clean tabular model imputing its missing values", kinds.missing_values, "clean", stages=ALL),
+    Case("clean digits MLP, pixels standardised one by one", kinds.standardised_digits, "clean", stages=ALL),
 ]
 ORIGINAL_CLEAN = CLEAN[:4]  # these also show no warn (tests/test_bugzoo.py)
 TWINS = [  # fixed twins that are not clean tasks above

@@ -231,7 +231,7 @@ def non_finite_data(
     Why: catalog D10; one non-finite value gives a NaN loss at the first batch that holds it, or, averaged into
     normalisation statistics, spreads to every sample. A model and loss built to take them (missing inputs
     imputed in `forward`, missing targets masked in the loss) is no such bug: `copes(split, indices)` says whether
-    a fresh model gives a finite loss and finite gradients on those samples, and then the check warns.
+    a fresh model gives a finite loss and finite gradients on those samples, and then the check passes, saying so.
     """
     found: dict[str, Any] = {}
     rows: dict[str, list[int]] = {}
@@ -249,13 +249,12 @@ def non_finite_data(
         f"{k.replace('_', ' ')}: {v['samples']} samples (first {v['first_indices']})" for k, v in found.items()
     )
     if copes is not None and all(copes(split, indices) for split, indices in rows.items()):
-        return warned(
+        return passed(
             "non_finite",
-            f"NaN or Inf values in {where}. A fresh model gives a finite loss and finite gradients on those "
-            "samples, so the model or the loss handles them itself (missing inputs imputed in forward, missing "
-            "targets masked in the loss): make sure that is meant. The data checks describe the finite rows.",
+            f"NaN or Inf values in {where}, and a fresh model gives a finite loss and finite gradients on those "
+            "samples: the model or the loss handles them (missing inputs imputed in forward, missing targets "
+            "masked in the loss), which no model does by accident. The data checks describe the finite rows.",
             found,
-            "every value finite, or handled by the model",
         )
     return failed(
         "non_finite",

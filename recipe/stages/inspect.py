@@ -94,7 +94,7 @@ class InspectData(Stage):
         # an in-memory split is scanned whole for NaN/Inf (a vectorised pass), whatever its size
         whole = [whole_split(task, p.name) if p.sampled else p for p in (train, val)]
         checks = [ctx.check(self._summary, ctx, train, val)]
-        copes = finite_loss_on(task, ctx.device)  # a model built to take missing values warns, not fails
+        copes = finite_loss_on(task, ctx.device)  # a model built to take missing values passes, saying so
         checks.append(ctx.check(non_finite_data, whole[0] or train, whole[1] or val, copes, name="non_finite"))
         train, val = finite_rows(train), finite_rows(val)  # what follows describes the finite rows
         checks.append(ctx.check(target_range, train, val, task))
@@ -124,7 +124,7 @@ class InspectData(Stage):
         )
         checks.append(ctx.check(eval_data_deterministic, task, seed=ctx.seed))
         checks.append(ctx.check(self._outliers, ctx, train))
-        finite = checks[1].status not in ("fail", "error")
+        finite = checks[1].status not in ("fail", "error")  # a pass may still hold values the model handles
         checks.append(
             ctx.check(self._label_noise, ctx)
             if finite
