@@ -85,6 +85,59 @@ def test_a_negative_likelihood_at_init_is_expected_for_counts_and_a_bug_for_clas
     assert loss_at_init(flipped.make_model(), flipped, _batch(flipped)).status == "fail"
 
 
+class BiasAtPrior(tiny.MLP):
+    """Two classes at 1:20, the output bias at the log class prior: what init_bias advises."""
+
+    def __init__(self):
+        super().__init__(out=2)
+        with torch.no_grad():
+            self.head.weight.mul_(0.01)
+            self.head.bias.copy_(torch.log(torch.tensor([20 / 21, 1 / 21])))
+
+
+def _imbalanced() -> Task:
+    x, _ = tiny.blobs(840, 0)
+    y = (torch.arange(840) % 21 == 0).long()
+    return Task((x[:630], y[:630]), (x[630:], y[630:]), BiasAtPrior, num_classes=2)
+
+
+class SigmoidHead(tiny.MLP):
+    def forward(self, x):
+        return torch.sigmoid(super().forward(x))
+
+
+def _proportions() -> Task:
+    x, _ = tiny.blobs(400, 0)
+    y = torch.sigmoid(x[:, :1] + 0.3 * x[:, 1:2])  # in (0, 1), mean 0.5: far from an all-zero output
+    return Task((x[:300], y[:300]), (x[300:], y[300:]), lambda: SigmoidHead(out=1), loss="mse")
+
+
+class CopiesFeatureZero(tiny.MLP):
+    def forward(self, x):
+        return 0.01 * super().forward(x) + x[:, :1]
+
+
+def _copied_at_init() -> Task:
+    x, _ = tiny.blobs(400, 0)
+    y = x[:, :1] + 0.05 * x[:, 1:2]
+    return Task((x[:300], y[:300]), (x[300:], y[300:]), lambda: CopiesFeatureZero(out=1), loss="mse")
+
+
+@pytest.mark.parametrize(
+    ("make_task", "status"),
+    [
+        (_imbalanced, "pass"),  # 0.19 against ln 2 = 0.69: the prior's entropy, the best constant's loss
+        (_proportions, "pass"),  # a sigmoid head starts at 0.5, the targets' middle
+        (_copied_at_init, "warn"),  # far below any constant: the output already holds the target at init
+    ],
+)
+def test_a_loss_at_init_far_below_zero_outputs_warns_only_below_the_best_constant(make_task, status):
+    task = make_task()
+    torch.manual_seed(0)
+    check = loss_at_init(task.make_model(), task, _batch(task))
+    assert check.value["ratio"] < 0.5 and check.status == status, check.message
+
+
 def test_loss_at_init_expected_is_ln_c_for_cross_entropy():
     task = tiny.classification()
     check = loss_at_init(task.make_model(), task, _batch(task))

@@ -42,9 +42,11 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     log-less NLL) loss.
 
     Why: recipe step 2, "verify loss @ init": a fresh model should score about what an all-zero output scores
-    (ln C for C classes); far above it means the output layer is mis-scaled (catalog M11, L6, L2, L5). A negative
-    loss fails over class labels, whose probabilities cannot exceed 1; for regression targets a likelihood can be
-    negative, so the check skips.
+    (ln C for C classes); far above it means the output layer is mis-scaled (catalog M11, L6, L2, L5). Far below
+    it is right when the output starts at a well-placed constant (a bias at the class prior or the target mean, a
+    sigmoid head for targets in (0, 1)): it warns only below half the best constant's loss. A negative loss fails
+    over class labels, whose probabilities cannot exceed 1; for regression targets a likelihood can be negative,
+    so the check skips.
     """
     model.eval()
     with torch.no_grad():
@@ -110,6 +112,14 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
             f"should give ({what}): the final layer's weights or the logits are scaled too large. Use the "
             "default init for the last layer (or scale it down) and remove any temperature on the output.",
             value,
+            expected,
+        )
+    if ratio < 0.5 and measured >= 0.5 * (floor := constant_loss(task, target, output)):
+        return passed(  # a bias at the target mean or the class prior, a bounded head: a constant that scores well
+            "loss_at_init",
+            f"loss at init {measured:.4g}, below the {expected:.4g} of an all-zero output ({what}) as an output that "
+            f"starts at a well-placed constant gives: the best constant prediction scores {floor:.4g} on this batch.",
+            value | {"best_constant": floor},
             expected,
         )
     if ratio > 1.25 or ratio < 0.5:
