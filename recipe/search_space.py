@@ -97,12 +97,14 @@ def parse_space(space: dict[str, Any], task: Task, base: TrainSettings) -> list[
 
 def default_space(task: Task, base: TrainSettings) -> dict[str, Any]:
     """Ranges centred on what the earlier stages found: the rate x/÷10, weight decay x/÷100 around the kept value
-    (1e-6..1e-2 when none was kept), dropout 0..0.5 when the model takes it."""
-    space: dict[str, Any] = {"lr": {"low": base.lr / 10, "high": base.lr * 10, "log": True}}
-    wd = base.weight_decay
-    space["weight_decay"] = (
-        {"low": wd / 100, "high": wd * 100, "log": True} if wd > 0 else {"low": 1e-6, "high": 1e-2, "log": True}
-    )
+    (1e-6..1e-2 when none was kept), dropout 0..0.5 when the model takes it. Weight decay stops where the highest
+    rate would shrink the weights by a tenth a step (lr x wd = 0.1; past 1 a step flips their sign), the kept value
+    always inside: a rate of 0.8 with a decay of 28 diverges in a few steps, a trial spent for nothing."""
+    lr_high = base.lr * 10
+    space: dict[str, Any] = {"lr": {"low": base.lr / 10, "high": lr_high, "log": True}}
+    wd, cap = base.weight_decay, 0.1 / lr_high
+    low, high = (wd / 100, max(min(wd * 100, cap), wd)) if wd > 0 else (min(1e-6, cap / 100), min(1e-2, cap))
+    space["weight_decay"] = {"low": low, "high": high, "log": True}
     if accepts(model_factory(task, base.model), "dropout"):
         space["dropout"] = {"low": 0.0, "high": 0.5}
     return space

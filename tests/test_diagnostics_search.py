@@ -57,6 +57,23 @@ def test_default_space_is_centred_on_the_rate_found():
     assert space["lr"] == {"low": 0.001, "high": 0.1, "log": True}
 
 
+@pytest.mark.parametrize(
+    ("lr", "kept", "low", "high"),
+    [
+        (1e-3, 0.0, 1e-6, 1e-2),  # a small rate: the usual 1e-6..1e-2
+        (1e-3, 0.01, 1e-4, 1.0),  # x/÷100 around the kept value
+        (0.08, 0.28, 0.0028, 0.28),  # the contrastive run: x100 would reach 28, lr x wd at the top rate 224
+        (0.08, 0.0, 1e-6, 1e-2),  # nothing kept: the usual range, under the cap (0.125)
+        (2.0, 0.0, 1e-6, 0.005),  # a rate of 2 (x10: 20) caps it at 0.005
+    ],
+)
+def test_default_weight_decay_stops_where_the_top_rate_would_erase_the_weights(lr, kept, low, high):
+    space = default_space(tiny.classification(), TrainSettings(lr=lr, weight_decay=kept))
+    wd = space["weight_decay"]
+    assert wd["low"] == pytest.approx(low) and wd["high"] == pytest.approx(high) and wd["log"]
+    assert wd["high"] * space["lr"]["high"] <= 0.1 + 1e-12 or wd["high"] == kept
+
+
 def test_sobol_configs_are_reproducible_and_fill_the_space():
     params = [Param.parse("lr", {"low": 1e-4, "high": 1e-1, "log": True}), Param.parse("wd", {"low": 0, "high": 1})]
     first, again = sobol_configs(params, 16, seed=3), sobol_configs(params, 16, seed=3)
