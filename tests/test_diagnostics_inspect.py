@@ -154,6 +154,32 @@ def test_a_model_that_imputes_missing_inputs_runs_inspect_and_baseline_without_a
     assert not [c.name for c in result.checks if c.status in ("fail", "error")]
 
 
+def test_the_model_probes_read_finite_rows_so_nan_inputs_are_blamed_on_the_data_alone(tmp_path):
+    """NaN in the inputs and a plain MLP, with keep_going: the fits fail naming the non-finite samples, but the
+    probes that judge the model itself (eval_deterministic said 'dropout active', init_symmetry 'every unit
+    identical', loss_at_init 'NaN from a log or division') read the batch's finite rows and pass."""
+    x, y = tiny.blobs(600, 0)
+    x[torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.02] = float("nan")
+    task = Task((x[:450], y[:450]), (x[450:], y[450:]), tiny.MLP, num_classes=tiny.CLASSES)
+    result = Recipe(task, run_dir=tmp_path / "run", stages=["inspect", "baseline"], device="cpu", keep_going=True)
+    statuses = {(c.stage, c.name): c.status for c in result.run().checks}
+    assert statuses[("inspect", "non_finite")] == statuses[("baseline", "non_finite")] == "fail"
+    for probe in ("loss_at_init", "eval_deterministic", "init_symmetry", "batch_independence", "params_update"):
+        assert statuses[("baseline", probe)] == "pass", probe
+
+
+def test_finite_rows_batch_keeps_the_rows_whose_float_tensors_are_finite():
+    from recipe.diagnostics.integrity import finite_rows_batch
+
+    x, y = torch.randn(6, 3), torch.arange(6)
+    x[[1, 4], 2] = float("inf")
+    kept_x, kept_y = finite_rows_batch((x, y))
+    assert kept_y.tolist() == [0, 2, 3, 5] and torch.isfinite(kept_x).all()
+    pairs = finite_rows_batch({"a": x, "ids": y, "note": "kept"})
+    assert pairs["ids"].tolist() == [0, 2, 3, 5] and pairs["note"] == "kept"
+    assert finite_rows_batch((torch.ones(3, 2), y[:3]))[1].tolist() == [0, 1, 2]  # all finite: the batch itself
+
+
 # ---- target_range --------------------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.data import TensorSplit, cat_padded, fixed_indices, padded_to
+from recipe.data import TensorSplit, batch_size_of, cat_padded, fixed_indices, padded_to, tree_map
 from recipe.diagnostics.inputs import token_distance
 from recipe.joined import continuous_columns, describe_parts, joined_features, joined_tokens, part_shapes
 from recipe.task import IGNORE_INDEX, Task
@@ -292,6 +292,25 @@ def finite_rows(part: SplitSample) -> SplitSample:
         if bad is not None:
             keep &= ~bad
     return part if bool(keep.all()) else part.rows(keep)
+
+
+def finite_rows_batch(batch: Any) -> Any:
+    """The rows of a batch whose float tensors are all finite: model probes judge the model on valid samples, and
+    `non_finite` reports the others. The batch itself when every row is finite, or when fewer than two are."""
+    n = batch_size_of(batch)
+    keep = torch.ones(n, dtype=torch.bool)
+
+    def mark(t: torch.Tensor) -> torch.Tensor:
+        nonlocal keep
+        if t.is_floating_point() and t.dim() and t.shape[0] == n:
+            keep = keep & torch.isfinite(t.reshape(n, -1)).all(1).cpu()
+        return t
+
+    tree_map(mark, batch)
+    if bool(keep.all()) or int(keep.sum()) < 2:
+        return batch
+    rows = keep.nonzero().flatten()
+    return tree_map(lambda t: t[rows.to(t.device)] if t.dim() and t.shape[0] == n else t, batch)
 
 
 def sequence_data(train: SplitSample, val: SplitSample, task: Task, pad_id: int | None = None) -> Check:

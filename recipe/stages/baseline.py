@@ -37,6 +37,7 @@ from recipe.diagnostics.dependencies import batch_independence, causal
 from recipe.diagnostics.dropout import dropout_rates
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
 from recipe.diagnostics.inputs import input_batch
+from recipe.diagnostics.integrity import finite_rows_batch
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.padding import padding_invariance
 from recipe.diagnostics.parameters import params_update
@@ -95,9 +96,11 @@ class Baseline(Stage):
             return disable_dropout(task.make_model()).to(device)
 
         found = ctx.check(self._batch_size, ctx)  # first: every batch below is drawn at the size it sets
-        batch = task.sample_batch("train", ctx.train.batch_size, ctx.seed, device)
+        # the probes judge the model on finite rows: NaN/Inf inputs are non_finite's to report, not a model bug
+        batch = finite_rows_batch(task.sample_batch("train", ctx.train.batch_size, ctx.seed, device))
         inputs, _ = task.split_batch(batch)
-        probe_inputs, probe_target = task.split_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
+        probe_batch = finite_rows_batch(task.sample_batch("train", s.probe_size, ctx.seed + 1, device))
+        probe_inputs, probe_target = task.split_batch(probe_batch)
 
         checks = [found, ctx.check(self._seed, ctx), ctx.check(self._input_batch, ctx, inputs, batch)]
         checks.append(ctx.check(loss_at_init, fresh(), task, batch))
