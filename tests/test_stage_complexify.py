@@ -93,3 +93,27 @@ def test_later_stages_train_the_chosen_rung(tmp_path):
     task = ladder_task()
     rung = model_factory(task, "big", dropout=0.3)
     assert rung().net[2].p == 0.3
+
+
+class CountModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+def test_step_noise_counts_the_batches_own_spread_under_a_callable_loss(tmp_path):
+    """Poisson counts under a callable loss (no per-sample values): the batches' mean loss moves by about 0.5 with
+    their samples alone, more than five epochs of progress (0.33), which warned 'use a larger batch'. The trained
+    model's loss over random batches measures that spread for any loss, and the check passes, saying so."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8, generator=g)
+    y = torch.poisson((0.3 * x[:, 0] - 0.5 * x[:, 1] + 0.2 * x[:, 2] + 1).exp(), generator=g)
+    task = Task((x[:2400], y[:2400]), (x[2400:], y[2400:]), CountModel, loss=nn.PoissonNLLLoss(), kind="regression")
+    config = {"train": {"epochs": 5}}
+    result = Recipe(task, run_dir=tmp_path / "run", stages=["complexify"], device="cpu", config=config).run()
+    noise = next(c for c in result.checks if c.name == "step_noise")
+    assert noise.status == "pass" and "by their samples alone" in noise.message, noise.message
+    assert noise.value["noise"] > noise.value["progress"] and noise.value["sampling_noise"] > 0.6 * noise.value["noise"]

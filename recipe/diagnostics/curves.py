@@ -214,10 +214,10 @@ def step_noise(step_losses: list[float], window: int = 20, sampling_noise: float
 
     Why: the playbook's noisy curves (batch too small or rate too high for it); the noise is the robust spread
     of step losses around their running median over the second half of the run, the progress the drop of the
-    running median from start to end. Batches differ by their samples alone: `sampling_noise`, the spread of
-    per-sample losses over the square root of the batch size, is what a perfectly steady optimizer shows (rare
-    positives, noisy count targets). Noise within 1.5 times it (the optimizer's own at most about as large,
-    added in quadrature) is the data's, and passes.
+    running median from start to end. Batches differ by their samples alone: `sampling_noise`, the spread of the
+    trained model's loss over random training batches with no step between them, is what a perfectly steady
+    optimizer shows (rare positives, noisy count targets). Noise within 1.5 times it (the optimizer's own at most
+    about as large, added in quadrature) is the data's, and passes.
     """
     x = torch.tensor(step_losses, dtype=torch.float64)
     if len(x) < 3 * window or not bool(torch.isfinite(x).all()):
@@ -239,8 +239,8 @@ def step_noise(step_losses: list[float], window: int = 20, sampling_noise: float
         return passed(
             "step_noise",
             f"step noise {noise:.3g} exceeds the progress {progress:.3g}, but batches of this data differ by about "
-            f"that much by their samples alone ({sampling_noise:.3g}: the spread of per-sample validation losses "
-            "over the square root of the batch size): the optimizer adds little noise of its own.",
+            f"that much by their samples alone ({sampling_noise:.3g}: the trained model's loss over random training "
+            "batches, no step between them): the optimizer adds little noise of its own.",
             value,
         )
     return passed("step_noise", f"step noise {noise:.3g} against progress {progress:.3g}.", value)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from recipe import plots
@@ -124,7 +125,7 @@ class Complexify(Stage):
             final = self._schedule(ctx, chosen, checks)
         checks += [
             ctx.check(loss_spikes, final.step_losses),
-            ctx.check(step_noise, final.step_losses, sampling_noise=_sampling_noise(final, ctx.train.batch_size)),
+            ctx.check(step_noise, final.step_losses, sampling_noise=_sampling_noise(ctx, final)),
             ctx.check(still_improving, final.history),
             ctx.check(overfitting_onset, final.history),
         ]
@@ -280,11 +281,20 @@ class Complexify(Stage):
         )
 
 
-def _sampling_noise(run: Rung, batch_size: int) -> float | None:
-    """How much the mean loss of two training batches of `batch_size` differs by their samples alone: the spread of
-    the run's per-sample training losses (their standard error times the square root of their count) over the
-    square root of the batch size; None when the loss gives no per-sample values (a callable loss)."""
-    seen = run.train or run.val
-    if seen is None or seen.loss_se is None or not math.isfinite(seen.loss_se):
+def _sampling_noise(ctx: Context, run: Rung, draws: int = 32) -> float | None:
+    """How far a training batch's loss moves with its samples alone: the robust spread of the trained model's loss
+    (eval mode, no step in between) over `draws` random training batches of the training batch size, which is what
+    a perfectly steady optimizer would show. Any loss, a callable or a contrastive one included; None without a
+    trained model or with too few samples for batches that differ."""
+    task, size = ctx.task, ctx.train.batch_size
+    if run.model is None or len(task.train) < 2 * size:
         return None
-    return seen.loss_se * math.sqrt(seen.n / batch_size)
+    model, was_training = run.model, run.model.training
+    model.eval()
+    with torch.no_grad():
+        batches = (task.sample_batch("train", size, ctx.seed + 1000 + k, ctx.device) for k in range(draws))
+        losses = torch.tensor([float(task.compute_loss(*task.outputs(model, b))) for b in batches])
+    model.train(was_training)
+    if not bool(torch.isfinite(losses).all()):
+        return None
+    return 1.4826 * float((losses - losses.median()).abs().median())  # the scale step_noise reads its noise on
