@@ -137,10 +137,15 @@ def _raise_non_finite(
         )
         if part
     )
+    causes = (
+        "The batch's inputs hold NaN/Inf, so the data, not the rate, is the cause: impute or drop those values "
+        "before training (inspect's non_finite lists them), or handle them in forward."
+        if bad
+        else f"Likely causes: learning rate too high (lr={lr:g}), a log/division/exp of a value that reaches 0 or "
+        "overflows, or NaN/Inf in the data. Lower the learning rate, add gradient clipping, or guard the operation."
+    )
     raise NonFiniteError(
-        f"{what} at step {step}" + (f" ({where})" if where else "") + ". Likely causes: "
-        f"learning rate too high (lr={lr:g}), a log/division/exp of a value that reaches 0 or overflows, or NaN/Inf "
-        "in the data. Lower the learning rate, add gradient clipping, or guard the operation.",
+        f"{what} at step {step}" + (f" ({where})" if where else "") + f". {causes}",
         step=step,
         parameter=parameter,
         module=module,

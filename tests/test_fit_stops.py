@@ -174,6 +174,7 @@ def test_a_nan_sample_is_named_by_its_index_and_no_nan_checkpoint_is_written(cla
     err = info.value
     assert 37 in err.indices and len(err.indices) in (32, 150 - 4 * 32)  # exactly the batch that held it
     assert "non-finite inputs in training samples [37]" in str(err) and f"at step {err.step}" in str(err)
+    assert "the data, not the rate, is the cause" in str(err) and "learning rate too high" not in str(err)
     if (tmp_path / "last.pt").exists():  # checkpoints before the NaN step are finite; none was written after it
         state = load(tmp_path / "last.pt")
         assert state["steps"] <= err.step and all(torch.isfinite(v).all() for v in state["model"].values())

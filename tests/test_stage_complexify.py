@@ -117,3 +117,16 @@ def test_step_noise_counts_the_batches_own_spread_under_a_callable_loss(tmp_path
     noise = next(c for c in result.checks if c.name == "step_noise")
     assert noise.status == "pass" and "by their samples alone" in noise.message, noise.message
     assert noise.value["noise"] > noise.value["progress"] and noise.value["sampling_noise"] > 0.6 * noise.value["noise"]
+
+
+def test_a_ladder_that_diverges_on_nan_inputs_says_so_instead_of_blaming_the_rate(tmp_path):
+    """NaN in the inputs with keep_going: capacity and loss_spikes said 'lower the learning rate, add warm-up'; they
+    now carry the fit's own account, which names the non-finite samples and the data as the cause."""
+    x, y = tiny.blobs(400, 0)
+    x[torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.05] = float("nan")
+    task = Task((x[:300], y[:300]), (x[300:], y[300:]), tiny.MLP, num_classes=tiny.CLASSES)
+    result = Recipe(task, run_dir=tmp_path / "run", stages=["complexify"], device="cpu", keep_going=True).run()
+    fired = {c.name: c for c in result.checks if c.status == "fail"}
+    for name in ("capacity", "loss_spikes"):
+        assert "non-finite inputs in training samples" in fired[name].message, fired[name].message
+        assert "the data, not the rate" in fired[name].message

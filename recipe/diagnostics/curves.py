@@ -34,6 +34,8 @@ class Rung:
         diverged_at: the step where the loss became non-finite, if it did.
         seconds: wall time of the run.
         model: the trained module (not serialised), for looking at its mistakes.
+        failure: the fit's own account of a run that went non-finite (the step, parameter, module, and the
+            non-finite samples of the batch when there were any).
     """
 
     name: str
@@ -46,6 +48,7 @@ class Rung:
     diverged_at: int | None = None
     seconds: float = 0.0
     model: nn.Module | None = None
+    failure: str | None = None
 
 
 def paired_difference(a: Evaluation, b: Evaluation) -> tuple[float, float]:
@@ -83,7 +86,10 @@ def capacity(rungs: list[Rung], chosen: Rung | None, constant: float) -> Check:
     two rungs that both fit the training set (0.004 against 0.02 nats on digits) are not told apart.
     """
     if chosen is None:
-        return failed("capacity", "every rung diverged (NaN/Inf loss); fix the setup before growing the model.")
+        account = next((f" Rung {r.name!r}: {r.failure}" for r in rungs if r.failure), "")
+        return failed(
+            "capacity", f"every rung diverged (NaN/Inf loss); fix the setup before growing the model.{account}"
+        )
     table = [
         {
             "rung": r.name,
@@ -163,21 +169,23 @@ def _running_median(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.unfold(0, window, 1)[:-1].median(dim=1).values
 
 
-def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0) -> Check:
+def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, failure: str | None = None) -> Check:
     """Catches a diverging or unstable run: a non-finite loss, a loss that ends above where it started, or
     spikes that undo half the progress made so far.
 
     Why: the playbook's "training instability"; a spike is a step more than `z` robust deviations of the
     step-to-step noise above the running median of the `window` steps before it, and larger than half the drop
     achieved by then (mini-batch noise near a converged loss is not a spike). Fix: warm-up or gradient clipping.
+    A run that went non-finite is told by `failure`, the fit's own account, when there is one: it names
+    non-finite samples where the data, not the rate, is the cause.
     """
     x = torch.tensor(step_losses, dtype=torch.float64)
     bad = (~torch.isfinite(x)).nonzero().flatten()
     if len(bad):
         return failed(
             "loss_spikes",
-            f"the loss diverged (NaN/Inf at step {int(bad[0])}): lower the learning rate, add warm-up or clip "
-            "gradients.",
+            f"the loss diverged (NaN/Inf at step {int(bad[0])}): "
+            + (failure or "lower the learning rate, add warm-up or clip gradients."),
             {"diverged_at": int(bad[0])},
             "finite loss",
         )

@@ -116,7 +116,7 @@ class Complexify(Stage):
         )
         checks.insert(0, capacity_check.replace(seconds=time.perf_counter() - start))
         if checks[0].status == "fail":  # nothing trained: say how the curve went, skip the rest
-            return [*checks, loss_spikes((chosen or rungs[0]).step_losses)]
+            return [*checks, loss_spikes(rungs[0].step_losses, failure=rungs[0].failure)]
         assert chosen is not None
         budget = {"epochs": s.epochs} if s.epochs else {}  # later stages train with the same budget
         ctx.learn(train={"model": chosen.name, "lr": chosen.lr, "schedule": "constant", "warmup_steps": 0, **budget})
@@ -170,7 +170,7 @@ class Complexify(Stage):
         try:
             run = self._fit(ctx, f"rung_{name}", task, lr)
         except NonFiniteError as exc:
-            return Rung(name, params, lr, None, None, [*exc.losses, math.nan], [], exc.step)
+            return Rung(name, params, lr, None, None, [*exc.losses, math.nan], [], exc.step, failure=str(exc))
         train = evaluate(task, run.model, task.train, ctx.device)
         val = evaluate(task, run.model, task.val, ctx.device)
         return Rung(name, params, lr, train, val, run.step_losses, run.history, None, run.seconds, run.model)
