@@ -35,7 +35,7 @@ class _Linear(nn.Module):
         """One input tensor, or the float tensors among several however they are passed (`model(*pair)`,
         `model(pair)`, `model(**parts)`), joined in order as `joined_features` joins them (category ids left out:
         their codes are no scale a linear model can read). A NaN or Inf reads as 0: inputs with missing values
-        reach the reference only when the user's model takes them (`non_finite` warned)."""
+        reach the reference only when the user's model takes them (`non_finite` passed them)."""
         x = inputs[0] if len(inputs) == 1 and not named and isinstance(inputs[0], torch.Tensor) else None
         x = x if x is not None else joined_features((inputs, named), measurements_only=True)
         if x is None:

@@ -29,9 +29,9 @@ def varying_features(x: torch.Tensor) -> torch.Tensor:
     return x if bool(keep.all()) or not bool(keep.any()) else x[:, keep]
 
 
-def sample_statistic(part: SplitSample) -> tuple[torch.Tensor, str] | None:
+def sample_statistic(part: SplitSample) -> tuple[torch.Tensor, str, torch.Tensor | None] | None:
     """One number per sample: the log of its input's L2 norm over the features that vary (float inputs), or its
-    scored length (sequences)."""
+    scored length (sequences); with what it is and the features it was read on (None for lengths)."""
     x = part.inputs
     if x is None:
         return None
@@ -43,9 +43,9 @@ def sample_statistic(part: SplitSample) -> tuple[torch.Tensor, str] | None:
         what = "log L2 norm of the input"
         if read.shape[1] < flat.shape[1]:
             what += f" (over the {read.shape[1]} of {flat.shape[1]} features that vary in most samples)"
-        return (norm + floor).log(), what
+        return (norm + floor).log(), what, read
     if part.targets.dim() == 2:
-        return (part.targets != IGNORE_INDEX).sum(1).float(), "scored tokens per sequence"
+        return (part.targets != IGNORE_INDEX).sum(1).float(), "scored tokens per sequence", None
     return None
 
 
@@ -93,13 +93,10 @@ def outliers(part: SplitSample, z_warn: float = 8.0, top: int = 16) -> tuple[Che
     stat = sample_statistic(part)
     if stat is None:
         return skipped("outliers", "no per-sample statistic for these inputs; override in a subclass."), {}
-    values, what = stat
+    values, what, read = stat
     z = robust_z(values)
     order = z.abs().argsort(descending=True)[:top]
-    x = part.inputs
-    allowance = 0.0
-    if x is not None and x.is_floating_point():
-        allowance = small_norm_allowance(varying_features(x.float().reshape(len(x), -1)), values)
+    allowance = small_norm_allowance(read, values) if read is not None else 0.0
     beyond = (z > z_warn) | ((z < -z_warn) & (values.median() - values > allowance))
     flagged = int(beyond.sum())
     table = [

@@ -214,7 +214,7 @@ class QuickModels:
 
 def flat_inputs(task: Task, split: str, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """The inputs of these rows as one (rows, features) float matrix; several float tensors are joined. A NaN or
-    Inf (a missing value the task's model takes: `non_finite` warned) reads as its feature's mean over the rest."""
+    Inf (a missing value the task's model takes: `non_finite` passed it) reads as its feature's mean over the rest."""
     inputs, _ = task.split_batch(task.batch(split, rows, device))
     joined = joined_features(inputs)
     x = (joined if joined is not None else inputs).reshape(len(rows), -1).float()
