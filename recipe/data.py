@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import (
     BatchSampler,
@@ -26,6 +25,7 @@ from torch.utils.data import (
     default_collate,
 )
 
+from recipe.arrays import as_tensor, several_arrays
 from recipe.distributed import shard
 from recipe.errors import TaskError
 
@@ -82,29 +82,6 @@ def batch_size_of(obj: Any) -> int:
         if n:
             return n
     return 0
-
-
-def _as_tensor(array: Any, field: str) -> torch.Tensor:
-    if isinstance(array, torch.Tensor):
-        return array
-    if not isinstance(array, np.ndarray) and callable(getattr(array, "to_numpy", None)):
-        array = array.to_numpy()  # a pandas DataFrame or Series
-    if isinstance(array, np.ndarray):
-        if array.dtype == np.float64:
-            array = array.astype(np.float32)  # numpy's default float; models are float32
-        elif array.dtype.kind in "iu":
-            array = array.astype(np.int64)
-        elif array.dtype.kind in "US" or (array.dtype == object and array.size and isinstance(array.flat[0], str)):
-            raise TaskError(
-                f"{field} holds strings ('{array.flat[0]}', ...); encode them as integer class ids, e.g. "
-                "names, y = np.unique(y, return_inverse=True), and keep `names` to read the results."
-            )
-        elif array.dtype == object:
-            raise TaskError(
-                f"{field} is a numpy array of dtype object; expected a numeric array (convert with .astype)."
-            )
-        return torch.from_numpy(np.ascontiguousarray(array))
-    raise TaskError(f"{field} must be a tensor, numpy array or pandas object, got {type(array).__name__}.")
 
 
 class TensorSplit:
@@ -214,8 +191,14 @@ def as_split(data: Any, field: str) -> Split:
     elif isinstance(data, TensorDataset) and len(data.tensors) == 2:
         split = TensorSplit(data.tensors[0], data.tensors[1], field)
     elif isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], tuple | list | dict):
-        x, y = _as_tensor(data[0], f"{field}[0] (inputs)"), _as_tensor(data[1], f"{field}[1] (targets)")
+        x, y = as_tensor(data[0], f"{field}[0] (inputs)"), as_tensor(data[1], f"{field}[1] (targets)")
         split = TensorSplit(x, y, field)
+    elif isinstance(data, tuple | list) and len(data) == 2 and several_arrays(data[0], data[1]):
+        raise TaskError(
+            f"{field}[0] (inputs) is a {type(data[0]).__name__} of {len(data[0])} arrays; a tuple (X, y) takes one "
+            "input tensor. For a model of several tensors, pass TensorDataset(a, b, y) and subclass Task: "
+            "`split_batch` returns ((batch[0], batch[1]), batch[2]) and `forward` returns model(*inputs)."
+        )
     elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         split = DatasetSplit(data, field)
     else:

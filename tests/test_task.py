@@ -211,6 +211,11 @@ BAD_TASKS = [
         r"train\[1\] \(targets\) holds strings \('(cat|dog|owl)', \.\.\.\); encode them as integer class ids",
     ),
     case(
+        "several-input-arrays",
+        lambda x, y: Task(((x, x.numpy()), y), (x, y), TinyMLP),
+        r"train\[0\] \(inputs\) is a tuple of 2 arrays; a tuple \(X, y\) takes one input.*TensorDataset\(a, b, y\)",
+    ),
+    case(
         "length-mismatch",
         lambda x, y: Task((x, y[:10]), (x, y), TinyMLP),
         r"train: inputs have 40 rows but targets have 10",
@@ -540,3 +545,11 @@ def test_pandas_frames_are_read_as_their_arrays():
     task = Task((frame[:40], labels[:40]), (frame[40:], labels[40:]), lambda: nn.Linear(3, 2))
     assert task.train.x.dtype == torch.float32 and torch.allclose(task.train.x, x[:40])
     assert task.kind == "classification" and task.num_classes == 2
+
+
+def test_a_list_of_two_samples_is_a_dataset_not_inputs_and_targets():
+    """Two (input, target) pairs look like (X, y) with X a tuple; their second item is a pair, not an array of
+    targets, so the list reads as a Dataset of two samples."""
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    task = Task([(x[0], y[0]), (x[1], y[1])], (x, y), lambda: nn.Linear(3, 2), num_classes=2)
+    assert len(task.train) == 2 and torch.equal(task.targets("train"), y)

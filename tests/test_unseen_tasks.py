@@ -201,6 +201,42 @@ def test_input_independent_reads_the_metric_only_when_it_shows_a_clear_gain():
     assert input_independent(ev(0.71, math.nan), ev(0.69, math.nan), regression, learning).status == "fail"
 
 
+def few_wide_task(shuffle: bool = False) -> Task:
+    """120 training samples of 3,000 Gaussian features (an expression profile), the label the sign of the sum of
+    20 of them: real, but too weak for 120 samples to show; an MLP memorises them within the short run."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 3000, generator=g)
+    y = (x[:, :20].sum(1) > 0).long()
+    y_train = y[:120][torch.randperm(120, generator=g)] if shuffle else y[:120]
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(3000, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    return Task((x[:120], y_train), (x[120:], y[120:]), net)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_model_that_memorised_without_generalising_warns_instead_of_failing(tmp_path, shuffle):
+    """Memorised (training loss near 0 against the constant's 0.69) with a validation loss above the input-free
+    run's: "does not use its inputs" is false, and shuffled labels cannot be told from too few samples for the
+    features, so both warn and name both readings."""
+    result = run(few_wide_task(shuffle), tmp_path, ["baseline"])
+    check = next(c for c in result.checks if c.name == "input_independent")
+    assert check.status == "warn" and "memorised" in check.message and "misaligned" in check.message
+    assert check.value["train_loss_real"] < 0.1 and check.value["gain"] < 0
+
+
+def test_input_independent_fails_only_a_run_that_did_not_memorise():
+    from examples.digits import make_task
+
+    task = make_task("mlp")
+    same = Evaluation(loss=2.30, loss_se=0.01, metric=0.1, metric_se=0.02, n=360)
+    reached = [2.31 - 0.01 * min(i, 50) / 50 for i in range(300)]  # the input-free run reached the constant, 2.30
+    for end, status in ((2.2, "fail"), (1.25, "fail"), (1.0, "warn"), (0.01, "warn")):
+        fitted = [2.31 - (2.31 - end) * i / 299 for i in range(300)]
+        assert input_independent(same, same, task, fitted, reached, 2.30).status == status, end
+
+
 def categorical_task() -> Task:
     """Six binary risk factors (64 possible rows) and an outcome drawn from a logistic model of them: every row
     repeats, identical rows carry different outcomes, and the all-zero row is one of the 64, held by about 30."""

@@ -192,7 +192,10 @@ def input_independent(
     short run, and its confident mistakes raise the validation loss above an input-free model's. A model no better
     than the input-free one warns instead of failing when `reference` (the linear model or bigram table, trained on
     the real inputs for the same budget) went clearly below `constant`: the inputs then tell the targets, so they
-    are aligned with them, and the model is slow to use them (a bottleneck, a VAE's collapsed posterior).
+    are aligned with them, and the model is slow to use them (a bottleneck, a VAE's collapsed posterior). It warns
+    too when the short run's training loss fell below half of `constant`: the model reads its inputs (no input-free
+    model gets there) and memorised them, which shuffled labels and a training set too small for its features (wide
+    data) show alike.
     """
     value: dict[str, Any] = {
         "val_loss_real": real.loss,
@@ -255,6 +258,19 @@ def input_independent(
                 f"model has not learned to use its inputs in {len(train_losses or ())} steps: a slow start (a "
                 "bottleneck, a VAE's collapsed posterior, a learning rate too low for it) or a path that discards "
                 "the input. Raise baseline.steps to see whether it does.",
+                value,
+                "real inputs clearly better than exchanged inputs",
+            )
+        if constant is not None and 0 < (fitted := _ending(train_losses)) < 0.5 * constant:  # False for nan
+            value["train_loss_real"] = fitted
+            return warned(
+                "input_independent",
+                f"with real inputs the validation loss ({real.loss:.4g}) is {worse} with each sample given another "
+                f"sample's inputs ({exchanged.loss:.4g}), yet the training loss fell to {fitted:.4g}, far below the "
+                f"best constant prediction's {constant:.4g}: the model reads its inputs, and memorised its training "
+                "samples without learning anything that carries to validation. Either inputs and labels are "
+                "misaligned (shuffled or sorted separately), or the training set is too small for its features to "
+                "show the relation in this budget: check the alignment, then add data or regularise.",
                 value,
                 "real inputs clearly better than exchanged inputs",
             )
