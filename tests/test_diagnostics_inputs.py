@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recipe import Task
-from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch
+from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, input_stats
 from recipe.diagnostics.target_leak import single_feature_scores, target_leak
 from tests import tiny
 
@@ -30,6 +30,24 @@ def test_input_batch_scale(scale, offset, status):
     check, info = input_batch(x, task)
     assert check.status == status, check.message
     assert len(info["features"]["mean"]) == tiny.FEATURES
+
+
+def word_counts(n: int = 256, vocabulary: int = 2000, seed: int = 0) -> torch.Tensor:
+    """A bag of words: about 3 of 2,000 words present per row, each counted 1 to 3 times (overall std about 0.08)."""
+    g = torch.Generator().manual_seed(seed)
+    present = torch.rand(n, vocabulary, generator=g) < 0.0015
+    return present * torch.randint(1, 4, (n, vocabulary), generator=g).float()
+
+
+@pytest.mark.parametrize(("scale", "status"), [(1.0, "pass"), (1 / 255, "warn")])
+def test_sparse_inputs_are_judged_on_the_values_present(scale, status):
+    """Word counts have an overall std far below 0.1 because most words are absent, not because they are scaled
+    down; counts divided by 255 are (their non-zero values' root mean square is 0.008)."""
+    x = word_counts() * scale
+    assert float(x.std()) < 0.1
+    for check in (input_batch(x, tiny.classification())[0], input_stats(x)[0]):
+        assert check.status == status, check.message
+    assert status == "pass" or "non-zero inputs" in check.message
 
 
 def test_input_batch_names_constant_features_as_information():

@@ -83,11 +83,15 @@ def input_batch(inputs: Any, task: Task) -> tuple[Check, dict[str, Any]]:
 
 def scale_summary(stats: dict[str, list[float]], inputs: torch.Tensor) -> dict[str, Any]:
     means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    x = inputs.float()
+    present = x[x != 0]
     return {
         "max_abs_mean": float(means.abs().max()),
         "max_std": float(stds.max()),
-        "overall_std": float(inputs.float().std()),
+        "overall_std": float(x.std()),
         "constant_features": int((stds == 0).sum()),
+        "zero_share": 1 - present.numel() / max(x.numel(), 1),
+        "nonzero_rms": float(present.square().mean().sqrt()) if present.numel() else 0.0,
     }
 
 
@@ -114,7 +118,10 @@ def scale_problem(
     """What makes these inputs far from the unit scale networks train well on, or None. `shapes`: the per-sample
     shapes of several joined tensors, to name a feature by its tensor.
 
-    Why: catalog D7, |mean| > 3 or std > 10 per feature, or everything squeezed below std 0.1 (divided twice).
+    Why: catalog D7, |mean| > 3 or std > 10 per feature, or everything squeezed below std 0.1 (divided twice). In
+    sparse inputs (more than half the values exactly zero: word counts, one-hot blocks) the std measures how often
+    features are present, so the values that are present are judged instead: counts of 1, 2, 3 are at unit scale,
+    and standardising a rare word by its small std would blow it up.
     """
     means, stds = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
     far = (means.abs() > 3) | (stds > 10)
@@ -125,8 +132,15 @@ def scale_problem(
             f"{name} has mean {means[worst]:.3g} and std {stds[worst]:.3g} ({int(far.sum())} of "
             f"{len(means)} features with |mean| > 3 or std > 10)."
         )
-    if summary["overall_std"] < 0.1:
+    if summary["overall_std"] >= 0.1:
+        return None
+    if summary.get("zero_share", 0.0) <= 0.5:
         return f"the whole input has std {summary['overall_std']:.3g} (scaled down twice?)."
+    if summary["nonzero_rms"] < 0.1:  # sparse inputs: their std counts how often a feature is present, not its scale
+        return (
+            f"the non-zero inputs ({1 - summary['zero_share']:.1%} of the values) have a root mean square of "
+            f"{summary['nonzero_rms']:.3g} (scaled down twice?)."
+        )
     return None
 
 
