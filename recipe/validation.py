@@ -26,6 +26,13 @@ def check_targets(task: Task) -> None:
         if task.kind in ("classification", "sequence") and task.loss != "bce_with_logits":
             if y.is_floating_point():
                 loss = "cross-entropy" if task.loss == "cross_entropy" else "a custom loss (its accuracy is argmax)"
+                if not isinstance(task.loss, str) and bool(((y == 0) | (y == 1)).all()):
+                    raise TaskError(
+                        f"{split} targets are {y.dtype} 0/1 values, but a {task.kind} task with {loss} needs "
+                        "integer class ids. For a binary or multi-label loss on these values (BCELoss), pass "
+                        "loss='bce_with_logits' on logits (drop a final Sigmoid; accuracy is then read at logit 0), "
+                        "or keep your loss and pass kind='regression'."
+                    )
                 raise TaskError(
                     f"{split} targets are {y.dtype} but a {task.kind} task with {loss} needs integer class ids; "
                     "convert them (y.long()), or for soft targets (distillation, mixup) pass kind='regression' "

@@ -187,6 +187,18 @@ BAD_TASKS = [
         r"with a custom loss \(its accuracy is argmax\) needs integer class ids.*soft targets.*kind='regression'",
     ),
     case(
+        "binary-float-labels-custom-loss",
+        lambda x, y: Task(
+            (x, (y[:, None] > 0).float()),
+            (x, (y[:, None] > 0).float()),
+            lambda: nn.Sequential(TinyMLP(), nn.Linear(2, 1), nn.Sigmoid()),
+            kind="classification",
+            loss=lambda o, t: F.binary_cross_entropy(o, t),
+        ),
+        r"train targets are torch.float32 0/1 values.*loss='bce_with_logits' on logits \(drop a final Sigmoid.*"
+        r"kind='regression'",
+    ),
+    case(
         "float-labels-cross-entropy-kind-omitted",
         lambda x, y: Task((x, y.float()), (x, y.float()), TinyMLP),
         r"integer class ids",
