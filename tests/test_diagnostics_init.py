@@ -362,3 +362,36 @@ def test_output_kind_gives_no_sign_verdict_on_an_output_from_a_linear_layer():
         *outputs_at_init(planted.make_model, planted, batch), planted, output_module(model, planted, batch)
     )
     assert check.status == "fail" and "ReLU '1'" in check.message
+
+
+def _class_ids_as_values(scale: float = 1.0) -> Task:
+    """Class ids 0..3 regressed as numbers (mean 1.5, 1.3 standard deviations from zero) by a default-initialised
+    MLP whose output is multiplied by `scale`."""
+    x, y = tiny.blobs(400, 0)
+    y = y[:, None].float()
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(tiny.FEATURES, 32), nn.ReLU(), nn.Linear(32, 1), Multiply(scale))
+
+    return Task((x[:300], y[:300]), (x[300:], y[300:]), net, loss="mse")
+
+
+class Multiply(nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return x * self.scale
+
+
+@pytest.mark.parametrize(("scale", "status"), [(1.0, "pass"), (30.0, "fail")])
+def test_a_squared_error_at_init_is_judged_by_the_outputs_size_not_its_means_sign(scale, status):
+    """Off-centre targets put the loss of a fresh model above the all-zero output's whenever the output's random
+    mean has the other sign (1.3x and a warn on some draws); what a mis-scaled layer changes is the output's size."""
+    task = _class_ids_as_values(scale)
+    batch = _batch(task)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        check = loss_at_init(task.make_model(), task, batch)
+        assert check.status == status, (seed, check.message)

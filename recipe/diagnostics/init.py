@@ -46,7 +46,9 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     it is right when the output starts at a well-placed constant (a bias at the class prior or the target mean, a
     sigmoid head for targets in (0, 1)): it warns only below half the best constant's loss. A negative loss fails
     over class labels, whose probabilities cannot exceed 1; for regression targets a likelihood can be negative,
-    so the check skips.
+    so the check skips. Above it, a squared error is judged by the output's size: mean (f - y)^2 = mean y^2 +
+    mean f^2 - 2 mean fy, and with targets off zero the last term is the random sign of the output's mean against
+    theirs (what `init_bias` reports), not a mis-scaled layer; the ratio read is (mean y^2 + mean f^2) / mean y^2.
     """
     model.eval()
     with torch.no_grad():
@@ -93,12 +95,18 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
         return skipped("loss_at_init", "no reference value: the loss of an all-zero output is 0 for this loss.")
     ratio = measured / expected
     what = "ln C" if task.loss == "cross_entropy" else "the loss of an all-zero output"
+    seen = f"loss at init {measured:.4g} is {ratio:.2f}x"
+    if task.loss == "mse" and measured > expected:  # judge the output's size, not its mean's chance agreement
+        value["output_mean_square"] = spread = float(output.float().square().mean())
+        if (expected + spread) / expected < ratio:
+            ratio = (expected + spread) / expected
+            seen = f"the outputs at init (mean square {spread:.3g}; loss {measured:.4g}) put the loss at {ratio:.2f}x"
     large = large_inputs(task.split_batch(batch)[0]) if ratio > 2.0 else None
     if large:  # a default-initialised network carries its inputs' scale through to the logits
         value["large_inputs"] = large
         return failed(
             "loss_at_init",
-            f"loss at init {measured:.4g} is {ratio:.1f}x the {expected:.4g} a fresh model should give ({what}), "
+            f"{seen} the {expected:.4g} a fresh model should give ({what}), "
             f"and the inputs are far from unit scale: {large} A default-initialised network carries that scale "
             "through to its outputs. Standardise the inputs with training statistics (see input_batch); if the "
             "loss is still high, scale down the final layer's init or remove any temperature on the output.",
@@ -108,9 +116,9 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     if ratio > 2.0:
         return failed(
             "loss_at_init",
-            f"loss at init {measured:.4g} is {ratio:.1f}x the {expected:.4g} a fresh model "
-            f"should give ({what}): the final layer's weights or the logits are scaled too large. Use the "
-            "default init for the last layer (or scale it down) and remove any temperature on the output.",
+            f"{seen} the {expected:.4g} a fresh model should give ({what}): the final layer's weights or the "
+            "logits are scaled too large. Use the default init for the last layer (or scale it down) and remove "
+            "any temperature on the output.",
             value,
             expected,
         )
@@ -126,7 +134,7 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
         side = "above" if ratio > 1 else "below"
         return warned(
             "loss_at_init",
-            f"loss at init {measured:.4g} is {ratio:.2f}x {side} the expected {expected:.4g} "
+            f"{seen} {side} the expected {expected:.4g} "
             f"({what}); check the output layer's init scale and the loss reduction.",
             value,
             expected,
