@@ -17,7 +17,7 @@ from torch import nn
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import batch_size_of, tree_map
-from recipe.diagnostics.inputs import aligned_part, token_distance
+from recipe.diagnostics.inputs import aligned_part, holds_targets_ahead, token_distance
 from recipe.joined import joined_features, joined_tokens, part_shapes
 from recipe.task import Task
 
@@ -193,6 +193,8 @@ def _reacts_to_own_token(model: nn.Module, task: Task, inputs: Any, tokens: torc
     among them) changes: a perturbation of the raw ids, so a shift applied before the embedding is seen too. The new
     token is another real one: padding stays padding and no real token becomes the pad id, so the sequence keeps
     its length (a packed or masked model stays valid)."""
+    if tokens.is_floating_point():  # a value: moved by the series' own spread
+        return _changes_output_at(model, task, inputs, tokens, p, tokens[:, p] + tokens.std().clamp_min(1e-3))
     vocab = max(2, task.num_classes or 0, int(tokens.max()) + 1)
     pad = task.pad_id
     new = (tokens[:, p] + 1) % vocab
@@ -201,6 +203,12 @@ def _reacts_to_own_token(model: nn.Module, task: Task, inputs: Any, tokens: torc
         new = torch.where(tokens[:, p] == pad, tokens[:, p], new)
         if bool((new == tokens[:, p]).all()):
             return True  # padding at p in every row: nothing to perturb, nothing to judge
+    return _changes_output_at(model, task, inputs, tokens, p, new)
+
+
+def _changes_output_at(
+    model: nn.Module, task: Task, inputs: Any, tokens: torch.Tensor, p: int, new: torch.Tensor
+) -> bool:
     changed = tokens.clone()
     changed[:, p] = new
     model.eval()
@@ -268,17 +276,24 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target
     Why: recipe ("ensure that your autoregressive model at time t only depends on 1..t-1"); catalog M4. Causality
     is required because the target at t is the input's token at t+1; given `target`, a sequence task whose targets
     are another alphabet (token tagging: `token_distance` > 0.5) is skipped, its model may read the whole sequence.
+    A forecaster of values (any kind) is probed the same way when its float inputs (B, T) or (B, T, F) hold the
+    targets 1 to 3 steps ahead along T (`holds_targets_ahead`): reading a later value reads an earlier target.
     """
-    if task.kind != "sequence":
-        return skipped("causal", "not a sequence task.")
+    series = task.kind != "sequence" and holds_targets_ahead(inputs, target)
+    if task.kind != "sequence" and not series:
+        return skipped("causal", "not a sequence task, and the inputs do not hold the targets a step ahead.")
     tokens = inputs if isinstance(inputs, torch.Tensor) else aligned_part(inputs, target)
-    if tokens is None or tokens.dim() < 2 or tokens.is_floating_point():
+    if tokens is None or tokens.dim() < 2 or (tokens.is_floating_point() and not series):
         return skipped(
             "causal",
             "the model takes several tensors and none holds the targets at a shift of -2..2 (a decoder's input), "
             "so there is no token sequence to probe; an encoder may read its whole source.",
         )
-    if isinstance(target, torch.Tensor) and (distance := token_distance(tokens, target, task.pad_id)) > 0.5:
+    if (
+        not series
+        and isinstance(target, torch.Tensor)
+        and (distance := token_distance(tokens, target, task.pad_id)) > 0.5
+    ):
         return skipped(
             "causal",
             f"the targets are not the input's tokens (frequencies differ by total variation {distance:.2f}): a "
@@ -297,11 +312,12 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target
     current_blind = [p for p in cuts if not _reacts_to_own_token(model, task, inputs, tokens, p)]
     value = {"cut_positions": cuts, "future_leaks": future_leaks, "positions_ignoring_current_token": current_blind}
     where = "" if tokens is inputs else " of the decoder's input (the token tensor that holds the targets)"
+    unit = "values (which hold the targets a step ahead)" if series else "tokens"
     if future_leaks:
         p, last = next(iter(future_leaks.items()))
         return failed(
             "causal",
-            f"outputs at positions < {p} change with the tokens at positions {p}..{last}{where}: the model "
+            f"outputs at positions < {p} change with the {unit} at positions {p}..{last}{where}: the model "
             "sees the future. Use a causal attention mask (is_causal=True; a decoder's tgt_mask), pad convolutions "
             "on the left only, and avoid bidirectional layers.",
             value,
@@ -310,8 +326,8 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target
     if current_blind:
         return warned(
             "causal",
-            f"the output at positions {current_blind} does not change with the token at that same "
+            f"the output at positions {current_blind} does not change with the {unit[:-1]} at that same "
             "position: inputs may be shifted twice (the model only sees up to t-1).",
             value,
         )
-    return passed("causal", f"outputs depend only on tokens at or before their position (probed cuts {cuts}).", value)
+    return passed("causal", f"outputs depend only on {unit} at or before their position (probed cuts {cuts}).", value)

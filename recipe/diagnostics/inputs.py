@@ -218,6 +218,32 @@ def aligned_part(inputs: Any, target: torch.Tensor, least: float = 0.9) -> torch
     return best
 
 
+def holds_targets_ahead(inputs: Any, target: Any, least: float = 0.9) -> bool:
+    """Whether float inputs (B, T) or (B, T, F) hold a float target (B, T) or (B, T, F') 1 to 3 steps ahead along
+    axis 1, on `least` of the positions: a forecaster's history, whose later values are its earlier targets (one
+    varying target channel that some input channel repeats is enough)."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return False
+    if not (inputs.is_floating_point() and target.is_floating_point()) or min(inputs.dim(), target.dim()) < 2:
+        return False
+    if inputs.shape[:2] != target.shape[:2] or inputs.shape[1] < 4:
+        return False
+    x, y = inputs.detach().flatten(2) if inputs.dim() > 2 else inputs[..., None], target.detach()
+    x, y = x[..., :64].float(), (y.flatten(2) if y.dim() > 2 else y[..., None])[..., :64].float()
+
+    def rate(shift: int, j: int) -> torch.Tensor:  # per input channel: the share of positions that match
+        later, want = x[:, shift:], y[:, : y.shape[1] - shift, j : j + 1]
+        return torch.isclose(later, want, rtol=1e-4, atol=1e-6 * float(want.abs().max())).float().mean((0, 1))
+
+    for j in range(y.shape[2]):
+        if float(y[..., j].std()) == 0:
+            continue
+        same = rate(0, j)  # a series that mostly repeats its values matches at every shift: no alignment to read
+        if any(bool(((rate(shift, j) >= least) & (same < least)).any()) for shift in (1, 2, 3)):
+            return True
+    return False
+
+
 def token_distance(inputs: torch.Tensor, target: torch.Tensor, pad_id: int | None = None) -> float:
     """Total variation between the frequencies of the input tokens (padding left out) and of the scored targets: near
     0 when the targets are the input's own tokens (next-token prediction), near 1 when they are another alphabet
