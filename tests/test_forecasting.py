@@ -51,14 +51,14 @@ class GRUForecaster(nn.Module):
 
 def conv_task(sees_future: bool = False) -> Task:
     train, val = waves(400, 0)[..., 0], waves(100, 1)[..., 0]
-    split = lambda s: (s[:, :-1], s[:, 1:])  # noqa: E731
+    split = lambda s: (s[:, :-1], s[:, 1:])
     return Task(split(train), split(val), lambda: ConvForecaster(sees_future), loss="mse")
 
 
 def covariate_task(bidirectional: bool = False) -> Task:
     """Three channels in, the first channel's next value out: target (B, T)."""
     train, val = waves(400, 0, 3), waves(100, 1, 3)
-    split = lambda s: (s[:, :-1], s[:, 1:, 0])  # noqa: E731
+    split = lambda s: (s[:, :-1], s[:, 1:, 0])
     return Task(
         split(train), split(val), lambda: Squeezed(GRUForecaster(3, 1, bidirectional)), loss="mse", kind="regression"
     )
