@@ -7,9 +7,8 @@ Each bug is a small mutation of a clean task: the originals plant into digits ML
 diabetes regression and a siamese model on digit pairs; the rest reproduce public reports (cited beside each case) in
 tasks of other kinds (benchmarks/zoo_tasks.py: signals, padded tokens, tagging, a BatchNorm ResNet, patient groups, a
 Dataset with augmentation, a Transformer LM; benchmarks/zoo_kinds.py: an encoder-decoder, a transformer called with
-input_ids and attention_mask, a contrastive encoder, missing values, pixels standardised one by one). Every run uses
-keep_going, so the table shows every check that fired. A
-bug counts as flagged with the right cause when a check built for it (`catches`) shows the expected status with a
+input_ids and attention_mask, a contrastive encoder, missing values, pixels standardised one by one, a forecaster
+of values). Every run uses keep_going, so the table shows every check that fired. A bug counts as flagged with the right cause when a check built for it (`catches`) shows the expected status with a
 message that names the mechanism (`cause`), and a warn case has no unrelated fail. Every bug has a fixed twin; twins and
 clean tasks count their fails, errors (a check that raised) and warns. The summary line:
 
@@ -105,6 +104,7 @@ def _imbalanced_fixed() -> Task:
 DIGITS = "clean digits MLP"
 SEQ2SEQ = "clean encoder-decoder, teacher forcing"
 MASKED_INPUTS = "clean transformer, input_ids + attention_mask"
+VALUE_FORECASTER = "clean forecaster of values, an output per step"
 BUGS = [
     Case(
         "labels shuffled",
@@ -413,6 +413,17 @@ BUGS = [
         stages=ALL,
     ),
     # a Hugging Face style model that never passes attention_mask on: it attends to and averages the padding
+    # a forecaster with an output per step whose convolution is padded on both sides (padding="same"): position t
+    # reads the values at t+1 and t+2, and the value at t+1 is its target
+    Case(
+        "forecaster padded on both sides",
+        lambda: kinds.value_forecaster(sees_future=True),
+        "fail",
+        ("causal",),
+        "sees the future",
+        VALUE_FORECASTER,
+        stages=ALL,
+    ),
     Case(
         "attention_mask never used",
         lambda: kinds.attention_mask_inputs(ignore_mask=True),
@@ -448,6 +459,7 @@ CLEAN = [
     Case("clean contrastive two-view encoder", kinds.contrastive, "clean", stages=ALL),
     Case("clean tabular model imputing its missing values", kinds.missing_values, "clean", stages=ALL),
     Case("clean digits MLP, pixels standardised one by one", kinds.standardised_digits, "clean", stages=ALL),
+    Case(VALUE_FORECASTER, kinds.value_forecaster, "clean", stages=ALL),
 ]
 ORIGINAL_CLEAN = CLEAN[:4]  # these also show no warn (tests/test_bugzoo.py)
 TWINS = [  # fixed twins that are not clean tasks above

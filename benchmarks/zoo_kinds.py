@@ -1,7 +1,7 @@
 """Zoo tasks of kinds added after the first zoo: an encoder-decoder trained with teacher forcing, a transformer
 called Hugging Face style (`model(input_ids=..., attention_mask=...)`), a contrastive two-view encoder whose loss
-never reads the target, a tabular model that imputes its own missing values, and digits standardised column by
-column (a StandardScaler). Each is small enough for the zoo's tests.
+never reads the target, a tabular model that imputes its own missing values, digits standardised column by column
+(a StandardScaler), and a forecaster with an output per time step. Each is small enough for the zoo's tests.
 """
 
 from __future__ import annotations
@@ -183,4 +183,34 @@ def standardised_digits() -> Task:
     return Task(
         (scale(x_train), y_train), (scale(x_val), y_val), digits.MLP, num_classes=10, image_shape=(8, 8),
         name="digits-standardised",
+    )  # fmt: skip
+
+
+# ---- a forecaster of values, an output per time step ----------------------------------------------------------------
+
+
+class ConvForecaster(nn.Module):
+    """(B, T) -> (B, T): the next value from the last five, by a convolution padded on the left. Padded on both
+    sides (`sees_future`, the default of `padding="same"`), position t reads t+1 and t+2: its own target."""
+
+    def __init__(self, sees_future: bool = False):
+        super().__init__()
+        self.pad = (2, 2) if sees_future else (4, 0)
+        self.conv, self.head = nn.Conv1d(1, 16, 5), nn.Conv1d(16, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.conv(F.pad(x[:, None], self.pad))))[:, 0]
+
+
+def value_forecaster(sees_future: bool = False, length: int = 32) -> Task:
+    """Noisy sine waves of random phase and frequency; inputs the first `length` values, targets the same series one
+    step on (y[:, t] = x[:, t + 1])."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(length + 1).float()
+    waves = torch.sin((0.2 + 0.2 * torch.rand(1000, 1, generator=g)) * t + 6.28 * torch.rand(1000, 1, generator=g))
+    waves = waves + 0.1 * torch.randn(waves.shape, generator=g)
+    x, y = waves[:, :-1], waves[:, 1:]
+    return Task(
+        (x[:800], y[:800]), (x[800:], y[800:]), lambda: ConvForecaster(sees_future), loss="mse",
+        name="value-forecaster",
     )  # fmt: skip
