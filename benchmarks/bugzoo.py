@@ -8,8 +8,9 @@ diabetes regression and a siamese model on digit pairs; the rest reproduce publi
 tasks of other kinds (benchmarks/zoo_tasks.py: signals, padded tokens, tagging, a BatchNorm ResNet, patient groups, a
 Dataset with augmentation, a Transformer LM; benchmarks/zoo_kinds.py: an encoder-decoder, a transformer called with
 input_ids and attention_mask, a contrastive encoder, missing values, pixels standardised one by one, a forecaster
-of values). Every run uses keep_going, so the table shows every check that fired. A bug counts as flagged with the right cause when a check built for it (`catches`) shows the expected status with a
-message that names the mechanism (`cause`), and a warn case has no unrelated fail. Every bug has a fixed twin; twins and
+of values). Every run uses keep_going, so the table shows every check that fired. A bug counts as flagged with the
+right cause when a check built for it (`catches`) shows the expected status with a message that names the mechanism
+(`cause`), and a warn case has no unrelated fail. Every bug has a fixed twin; twins and
 clean tasks count their fails, errors (a check that raised) and warns. The summary line:
 
     bugs flagged with the right cause A/B; clean tasks and twins: F fails, E errors, W warns (N cases)
