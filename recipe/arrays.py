@@ -42,3 +42,16 @@ def several_arrays(inputs: Any, targets: Any) -> bool:
         return False
     parts = inputs.values() if isinstance(inputs, dict) else inputs
     return all(hasattr(part, "shape") and len(part) == len(targets) for part in parts)
+
+
+def target_tensor(target: Any) -> torch.Tensor:
+    """`split_batch`'s target, which every check reads as one tensor; anything else is an error naming how to pack
+    several parts (labels and per-sample weights) into one."""
+    if isinstance(target, torch.Tensor):
+        return target
+    raise TaskError(
+        f"split_batch returned a target of type {type(target).__name__}; the recipe reads the target as one tensor "
+        "(class ids, values or token ids per sample). To pass labels with per-sample weights (or other parts), join "
+        "them in one tensor, e.g. torch.stack([y.float(), weight], 1), with kind='regression' and a callable loss "
+        "that takes it apart (y, weight = target[:, 0].long(), target[:, 1])."
+    )

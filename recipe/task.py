@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.utils.data import Subset
 
+from recipe.arrays import target_tensor
 from recipe.data import (
     IGNORE_INDEX,
     Batch,
@@ -27,6 +28,7 @@ from recipe.data import (
     Split,
     TensorSplit,
     as_split,
+    batch_bounds,
     cat_padded,
     fixed_indices,
     to_device,
@@ -338,13 +340,12 @@ class Task:
         if key not in self._targets:
             data = self.train if split == "train" else self.val
             n = len(data) if limit is None else min(limit, len(data))
-            if isinstance(data, TensorSplit):
-                self._targets[key] = self.split_batch((data.x[:n], data.y[:n]))[1].cpu()
-            else:
-                with rng_state_kept():  # a Dataset's random transforms must not shift what training draws later
-                    parts = [self.split_batch(data.batch(range(i, min(i + 512, n))))[1] for i in range(0, n, 512)]
-                # per-token targets padded batch by batch: the unscored value fills the rest
-                self._targets[key] = cat_padded(parts, IGNORE_INDEX if not parts[0].is_floating_point() else 0.0).cpu()
+            with rng_state_kept():  # a Dataset's random transforms must not shift what training draws later
+                whole = [(data.x[:n], data.y[:n])] if isinstance(data, TensorSplit) else None
+                batches = whole or [data.batch(range(a, b)) for a, b in batch_bounds(n, 512)]
+                parts = [target_tensor(self.split_batch(batch)[1]).cpu() for batch in batches]
+            # per-token targets padded batch by batch: the unscored value fills the rest
+            self._targets[key] = cat_padded(parts, IGNORE_INDEX if not parts[0].is_floating_point() else 0.0)
         return self._targets[key]
 
     # ---- validation -------------------------------------------------------------------------------------------
@@ -355,13 +356,6 @@ class Task:
         if str(device) in self._validated:
             return
         check_targets(self)
-        if self.groups is not None:
-            for split, ids in zip(("train", "val"), self.groups, strict=True):
-                if len(ids) != len(getattr(self, split)):
-                    raise TaskError(
-                        f"groups[{split}] has {len(ids)} group ids but the {split} split has "
-                        f"{len(getattr(self, split))} samples; give one group id per sample."
-                    )
         first, second = self.make_model(), self.make_model()
         if first is second:
             raise TaskError(

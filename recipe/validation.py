@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # for annotations only: `Task.validate` calls these checks, s
 
 
 def check_targets(task: Task) -> None:
-    """Targets finite, integer class ids within 0..C-1 for classification; a `TaskError` naming the split."""
+    """Targets finite, integer class ids within 0..C-1 for classification, a group id per sample where groups are
+    declared; a `TaskError` naming the split."""
     for split in ("train", "val"):
         y = task.targets(split, limit=None if isinstance(getattr(task, split), TensorSplit) else SCAN_LIMIT)
         if not torch.isfinite(y.float()).all():
@@ -39,6 +40,12 @@ def check_targets(task: Task) -> None:
                     "with a callable loss (loss=lambda output, target: F.cross_entropy(output, target))."
                 )
             _check_class_ids(task, y, f"{split} targets span")
+    for split, ids in zip(("train", "val"), task.groups or (), strict=False):
+        if len(ids) != len(getattr(task, split)):
+            raise TaskError(
+                f"groups[{split}] has {len(ids)} group ids but the {split} split has {len(getattr(task, split))} "
+                "samples; give one group id per sample."
+            )
 
 
 def check_model_output(task: Task, model: nn.Module, device: torch.device) -> None:

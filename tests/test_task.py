@@ -565,3 +565,29 @@ def test_a_list_of_two_samples_is_a_dataset_not_inputs_and_targets():
     x, y = torch.randn(2, 3), torch.tensor([0, 1])
     task = Task([(x[0], y[0]), (x[1], y[1])], (x, y), lambda: nn.Linear(3, 2), num_classes=2)
     assert len(task.train) == 2 and torch.equal(task.targets("train"), y)
+
+
+def test_a_target_that_is_not_one_tensor_is_refused_with_a_way_to_pack_it():
+    """Labels with per-sample weights, returned as a tuple by split_batch, crashed validation with an
+    AttributeError; the error now names the target's type and how to join the parts."""
+
+    class Weighted(Task):
+        def split_batch(self, batch):
+            return batch[0], (batch[1], batch[2])
+
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    data = TensorDataset(x, y, torch.ones(40))
+    task = Weighted(
+        data, data, lambda: nn.Linear(3, 2), kind="classification", num_classes=2, loss=lambda o, t: o.sum()
+    )
+    with pytest.raises(
+        TaskError, match=r"split_batch returned a target of type tuple.*torch\.stack\(\[y\.float\(\), weight\], 1\)"
+    ):
+        task.validate()
+
+
+def test_groups_need_one_id_per_sample_of_their_split():
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    task = Task((x, y), (x[:10], y[:10]), lambda: nn.Linear(3, 2), groups=(list(range(40)), list(range(9))))
+    with pytest.raises(TaskError, match=r"groups\[val\] has 9 group ids but the val split has 10 samples"):
+        task.validate()
