@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, list[str]]] = [  # bottom to top; a module may import fr
     ("foundation", ["recipe", "recipe.errors", "recipe.stopping", "recipe.reproducibility",
                     "recipe.optim", "recipe.distributed", "recipe.plot_style", "recipe.plots", "recipe.error_plots",
                     "recipe.console"]),
-    ("records", ["recipe.check", "recipe.config", "recipe.data", "recipe.joined", "recipe.rundir"]),
+    ("records", ["recipe.check", "recipe.config", "recipe.arrays", "recipe.data", "recipe.joined", "recipe.rundir"]),
     ("task", ["recipe.task", "recipe.task_arguments", "recipe.validation", "recipe.evaluation", "recipe.models",
               "recipe.output_bias", "recipe.threads", "recipe.fast_paths", "recipe.loading"]),
     ("fit", ["recipe.step", "recipe.loss_log", "recipe.checkpoint", "recipe.checkpointer", "recipe.loop",
