@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from recipe.check import Check, failed, passed, skipped
 from recipe.task import Task
 
@@ -38,15 +40,25 @@ def _relapse(step_losses: list[float], reference: float, floor: float) -> tuple[
 def still_falling(step_losses: list[float], fraction: float = 0.1, drop: float = 0.02, floor: float = 0.0) -> bool:
     """Whether a loss curve is still going down at its end: the median of its last `fraction` of steps is at least
     `drop` of its height above `floor` (the lowest loss possible; zero when unknown) below the median of the
-    `fraction` before it. A curve still falling has not plateaued, so it is no evidence that the loss cannot go lower.
-    Medians, so a spike in the last steps (a likelihood whose learned variance collapses) is not read as a plateau;
-    a loss that goes negative is measured by its distance from zero."""
+    `fraction` before it, or the trend of its last quarter (the median of the slopes between its steps, robust to
+    spikes) takes it down that much over the quarter: a staircase, as a model with bounded outputs (spectral or
+    weight normalisation) grows its margins, flat for tens of steps between drops. A curve still falling has not
+    plateaued, so it is no evidence that the loss cannot go lower. Medians, so a spike in the last steps (a
+    likelihood whose learned variance collapses) is not read as a plateau; a loss that goes negative is measured by
+    its distance from zero."""
     n = max(1, int(len(step_losses) * fraction))
-    if len(step_losses) < 4 * n:
+    if len(step_losses) < 4 * n or not all(math.isfinite(v) for v in step_losses[-2 * n :]):
         return False
     last, before = statistics.median(step_losses[-n:]), statistics.median(step_losses[-2 * n : -n])
     height = abs(before - (floor if math.isfinite(floor) else 0.0))
-    return math.isfinite(last) and height > 0 and last < before - drop * height
+    if height > 0 and last < before - drop * height:
+        return True
+    quarter = torch.tensor(step_losses[-(len(step_losses) // 4) :], dtype=torch.float64)
+    if len(quarter) < 8 or not bool(torch.isfinite(quarter).all()) or height == 0:
+        return False
+    i, j = torch.triu_indices(len(quarter), len(quarter), offset=1)
+    trend = float(((quarter[j] - quarter[i]) / (j - i)).median()) * len(quarter)  # Theil-Sen, over the quarter
+    return trend < -drop * height
 
 
 def likelihood_far_from_floor(task: Task, first: float, final: float, reference: float, floor: float) -> bool:
