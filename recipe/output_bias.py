@@ -30,7 +30,8 @@ def recorded_forward(
 ) -> tuple[torch.Tensor, list[tuple[str, nn.Module, torch.Tensor, int]]]:
     """The model's output on `batch` (no gradients), and each of `modules`' tensor outputs in call order with its
     version counter then (an in-place operation after it bumps the counter). A nested tensor (a transformer's fast
-    path with a padding mask) has no shape to compare and is never the returned output: it is left out."""
+    path with a padding mask) has no shape to compare and is never the returned output: it is left out. TorchScript
+    modules take no hooks: their outputs are not recorded."""
     calls: list[tuple[str, nn.Module, torch.Tensor, int]] = []
 
     def hook(name: str) -> Any:
@@ -40,7 +41,7 @@ def recorded_forward(
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules]
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules if not isinstance(m, torch.jit.ScriptModule)]
     try:
         with torch.no_grad():
             output, _ = task.outputs(model, batch)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from recipe.check import Check, passed, warned
+from recipe.check import Check, passed, skipped, warned
 from recipe.task import Task
 
 SATURATING = {nn.Tanh: (-0.99, 0.99), nn.Sigmoid: (0.01, 0.99), nn.Hardtanh: (-0.99, 0.99)}
@@ -84,7 +84,8 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
         return record
 
     model.eval()
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and not list(m.children())]
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves if not isinstance(m, torch.jit.ScriptModule)]
     try:
         with torch.no_grad():
             task.forward(model, inputs)
@@ -96,6 +97,8 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
 
 def activations(stats_init: list[dict[str, Any]], stats_trained: list[dict[str, Any]] | None = None) -> Check:
     """Warns on layers with most units dead or saturated, and on activation scale exploding/vanishing with depth."""
+    if not stats_init:
+        return skipped("activations", "no layer's output could be recorded (a TorchScript model takes no hooks).")
     problems = []
     for when, stats in (("at init", stats_init), ("after training", stats_trained or [])):
         for rec in stats:

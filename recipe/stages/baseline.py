@@ -150,8 +150,11 @@ class Baseline(Stage):
             stats_init = activation_stats(initial, task, inputs)
             stats_trained = activation_stats(trained.model, task, inputs)
             ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
-            figure = ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
-            checks.append(activations(stats_init, stats_trained).replace(artifacts=(figure,)))
+            judged = activations(stats_init, stats_trained)
+            if stats_init:
+                figure = ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
+                judged = judged.replace(artifacts=(figure,))
+            checks.append(judged)
         output, target = self._val_outputs(ctx, trained.model)
         if task.loss == "bce_with_logits":
             checks.append(ctx.check(output_kind, output, target, task))
