@@ -189,7 +189,8 @@ def first_non_finite_module(model: nn.Module, task: Any, batch: Any) -> str | No
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    modules = [(n, m) for n, m in model.named_modules() if n and not isinstance(m, torch.jit.ScriptModule)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules]  # TorchScript modules take no hooks
     try:
         with torch.no_grad():
             task.outputs(model, batch)
