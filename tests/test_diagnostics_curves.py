@@ -165,3 +165,16 @@ def test_overfitting_onset_names_the_epoch():
     check = overfitting_onset(history([1.0, 0.6, 0.5, 0.55, 0.62, 0.7]))
     assert check.value["best_epoch"] == 2 and "epoch 2" in check.message
     assert "no overfitting" in overfitting_onset(history([1.0, 0.8, 0.7, 0.65])).message
+
+
+def test_one_hard_batch_is_not_a_spike_that_undoes_progress():
+    """A nearly separable task (breast_cancer, BCE): one batch of 64 holding a confident mistake scores 1.06 after
+    steps near 0.05, and the next step is back at 0.15; the parameters did not jump, so nothing was undone."""
+    curve = [0.586, 0.281, 0.192, 0.07, 0.055, 0.044, 1.06, 0.149, 0.032, 0.027, 0.324, 0.001, 0.284, 0.331, 0.056]
+    curve += [0.23, 0.39, 0.035, 0.04, 0.126] + [0.05 + 0.1 * (i % 3) for i in range(15)]
+    assert loss_spikes(curve).status == "pass"
+    smooth = decaying()
+    smooth[120] = 2.5  # one step: a hard batch
+    assert loss_spikes(smooth).status == "pass"
+    smooth[121] = 2.5  # the next step as high: undone (test_loss_spikes_warn_on_spikes_that_undo_progress)
+    assert loss_spikes(smooth).status == "warn"

@@ -175,7 +175,9 @@ def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, fai
 
     Why: the playbook's "training instability"; a spike is a step more than `z` robust deviations of the
     step-to-step noise above the running median of the `window` steps before it, and larger than half the drop
-    achieved by then (mini-batch noise near a converged loss is not a spike). Fix: warm-up or gradient clipping.
+    achieved by then (mini-batch noise near a converged loss is not a spike), with the next step's loss still that
+    high: progress undone stays undone for a step, while one batch that is hard for the model (a confident mistake
+    among nearly separable samples) is back down at once. Fix: warm-up or gradient clipping.
     A run that went non-finite is told by `failure`, the fit's own account, when there is one: it names
     non-finite samples where the data, not the rate, is the cause.
     """
@@ -205,7 +207,9 @@ def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, fai
     residual = x[window:] - median
     scale = 1.4826 * float((residual - residual.median()).abs().median()) or 1e-12
     progress = (start - median).clamp_min(0)
-    spikes = ((residual > z * scale) & (residual > 0.5 * progress)).nonzero().flatten() + window
+    undone = (residual > z * scale) & (residual > 0.5 * progress)
+    after = torch.cat([x[window + 1 :] - median[:-1], x.new_zeros(1)])  # the next step, against the same median
+    spikes = (undone & (after > 0.5 * progress)).nonzero().flatten() + window  # one hard batch is back down next
     value = {"spikes": len(spikes), "first_spike_steps": spikes[:10].tolist(), "noise_scale": scale}
     if len(spikes):
         return warned(
