@@ -55,10 +55,28 @@ class GRUBatchFirstMissing(nn.Module):
         return self.head(self.rnn(self.emb(idx))[0])
 
 
+class Binned(nn.Module):
+    """Each feature cut into 8 bins by fixed edges and embedded (a tabular model of binned numbers): no gradient
+    reaches the float inputs. `mix`: the embeddings are centred over the batch, which mixes samples."""
+
+    def __init__(self, mix: bool = False):
+        super().__init__()
+        self.mix = mix
+        self.register_buffer("edges", torch.linspace(-1.5, 1.5, 7))
+        self.emb, self.head = nn.Embedding(8 * tiny.FEATURES, 16), nn.Linear(16, tiny.CLASSES)
+
+    def forward(self, x):
+        ids = torch.bucketize(x, self.edges) + 8 * torch.arange(tiny.FEATURES)
+        h = self.emb(ids).mean(1)
+        return self.head(torch.relu(h - h.mean(0) if self.mix else h))
+
+
 @pytest.mark.parametrize(
     ("make_task", "status", "words"),
     [
         (lambda: tiny.classification(), "pass", "own sample only"),
+        (lambda: tiny.classification(Binned), "pass", "read by exchanging inputs"),  # no gradient to the inputs
+        (lambda: tiny.classification(lambda: Binned(mix=True)), "fail", "mixes samples"),
         (lambda: tiny.classification(BatchNormMLP), "pass", "own sample only"),  # eval mode: no coupling
         (lambda: tiny.classification(ViewMix), "fail", "mixes samples"),
         (lambda: tiny.classification(SoftmaxOverBatch), "fail", "mixes samples"),

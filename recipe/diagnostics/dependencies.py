@@ -160,12 +160,33 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
             "each output depends only on its own sample",
         )
     if own_zero == probed and not bool(own_by_part.isnan().any()):  # an integer input may carry it all
+        own, leaks = _exchanged_dependence(model, task, inputs, probed)  # a path no gradient follows?
+        value.update(probed_by="exchanging inputs", own_input_moves_output=own, leaking=leaks)
+        if own and leaks:
+            i, js = next(iter(leaks.items()))
+            return failed(
+                "batch_independence",
+                f"sample {i}'s output changes when only the other samples' inputs change (eval mode; no gradient "
+                "reaches the inputs, so they were exchanged instead): the model mixes samples. Likely a view/reshape "
+                "where permute/transpose was meant, or a normalisation over dim 0.",
+                value,
+                "each output depends only on its own sample",
+            )
+        if own:
+            return passed(
+                "batch_independence",
+                f"each of {probed} probed outputs depends on its own sample only, read by exchanging inputs between "
+                "samples: no gradient reaches the inputs (a bucketize, a cast to integer ids, a detached "
+                "preprocessing step), yet the outputs follow them.",
+                value,
+            )
         return failed(
             "batch_independence",
-            "no output depends on its own input (zero gradient): the forward pass "
-            "ignores x (a detached or constant path, a stale tensor, the wrong argument).",
+            "no output depends on its own input (zero gradient, and no output changes when the inputs are exchanged "
+            "between samples): the forward pass ignores x (a detached or constant path, a stale tensor, the wrong "
+            "argument).",
             value,
-            "non-zero gradient to its own input",
+            "outputs that follow their own inputs",
         )
     ignored = [k for k in range(len(own_by_part)) if float(own_by_part[k]) == 0.0]
     if ignored:
@@ -186,6 +207,30 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
         + (f", and on each of its {int(own_by_part.isfinite().sum())} float input tensors." if several else "."),
         value,
     )
+
+
+def _exchanged_dependence(model: nn.Module, task: Task, inputs: Any, probes: int) -> tuple[bool, dict[int, list[int]]]:
+    """Dependencies read without gradients, exact in eval mode: whether any output changes when every sample's input
+    is exchanged for its neighbour's, and, for each of the first `probes` samples, whether its output changes when
+    every other sample is given its input (a new set of others, so a mean over the batch moves too; then every
+    other sample is named as a possible source)."""
+    n = batch_size_of(inputs)
+
+    def taken(order: torch.Tensor) -> Any:
+        return tree_map(lambda t: t[order.to(t.device)] if t.dim() and len(t) == n else t, inputs)
+
+    def moved(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() > RELATIVE_TOLERANCE * b.abs().max().clamp_min(1e-12))
+
+    model.eval()
+    with torch.no_grad():
+        base = task.forward(model, inputs).float()
+        own = moved(task.forward(model, taken(torch.arange(n).roll(1))).float(), base)
+        leaks = {}
+        for i in range(min(probes, n)):
+            if moved(task.forward(model, taken(torch.full((n,), i))).float()[i], base[i]):
+                leaks[i] = [j for j in range(n) if j != i]
+    return own, leaks
 
 
 def _reacts_to_own_token(model: nn.Module, task: Task, inputs: Any, tokens: torch.Tensor, p: int) -> bool:
