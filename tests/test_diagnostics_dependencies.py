@@ -107,6 +107,15 @@ class PeekingConv(nn.Module):
         return self.head(h.transpose(1, 2))
 
 
+class OneHotConv(PeekingConv):
+    """The same convolution over one-hot vectors (F.one_hot: no nn.Embedding, no gradient to the ids)."""
+
+    def forward(self, idx):
+        h = (F.one_hot(idx, tiny.VOCAB).float() @ self.emb.weight).transpose(1, 2)
+        h = self.conv(F.pad(h, (2, 0) if self.left_only else (1, 1)))
+        return self.head(h.transpose(1, 2))
+
+
 class OverShifted(tiny.CausalAttention):
     """Shifts its input right once more, so position t no longer sees token t."""
 
@@ -122,6 +131,8 @@ class OverShifted(tiny.CausalAttention):
         (lambda: PeekingConv(left_only=True), "pass", "at or before"),
         (lambda: PeekingConv(left_only=False), "fail", "sees the future"),
         (OverShifted, "warn", "shifted twice"),
+        (lambda: OneHotConv(left_only=True), "pass", "at or before"),  # no gradient reaches the ids: perturbed
+        (lambda: OneHotConv(left_only=False), "fail", "sees the future"),
     ],
 )
 def test_causal(model, status, words):

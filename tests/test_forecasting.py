@@ -95,6 +95,26 @@ def test_causal_probes_a_forecaster_of_values(make_task, status):
     assert "hold the targets a step ahead" in check.message
 
 
+class BinnedForecaster(ConvForecaster):
+    """The values cut into 16 bins and embedded (no gradient reaches them), then the same convolution."""
+
+    def __init__(self, sees_future: bool = False):
+        super().__init__(sees_future)
+        self.register_buffer("edges", torch.linspace(-1.2, 1.2, 15))
+        self.emb = nn.Embedding(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.emb(torch.bucketize(x, self.edges))[..., 0])
+
+
+@pytest.mark.parametrize(("sees_future", "status"), [(False, "pass"), (True, "fail")])
+def test_causal_perturbs_values_that_no_gradient_reaches(sees_future, status):
+    task = conv_task()
+    inputs, target = probe(task)
+    torch.manual_seed(0)
+    assert causal(BinnedForecaster(sees_future), task, inputs, target=target).status == status
+
+
 def test_a_model_free_to_read_the_whole_series_is_not_held_to_causality():
     """An autoencoder (target = input) and a smoother (target = the clean wave, input noisy) may read every
     position: their inputs do not hold the targets ahead, so a bidirectional GRU skips."""

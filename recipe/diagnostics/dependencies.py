@@ -270,7 +270,8 @@ def _swapped(inputs: Any, tokens: torch.Tensor, changed: torch.Tensor) -> Any:
 
 def _future_by_gradient(model: nn.Module, task: Task, inputs: torch.Tensor, cuts: list[int]) -> dict[int, int] | None:
     """For each cut p whose outputs before p have a nonzero gradient to a token at p or later: the last such
-    position. None when the gradient cannot reach the token positions (no embedding with a batch axis)."""
+    position. None when the gradient cannot reach the token positions (no embedding with a batch axis, or a path no
+    gradient follows: every sensitivity is zero)."""
     generator = torch.Generator().manual_seed(0)
 
     def weighted(part: torch.Tensor) -> torch.Tensor:
@@ -283,7 +284,7 @@ def _future_by_gradient(model: nn.Module, task: Task, inputs: torch.Tensor, cuts
             return weighted(out[:, :p])
 
         sens = input_sensitivity(model, task, inputs, before)
-        if sens is None or sens.dim() < 2:
+        if sens is None or sens.dim() < 2 or not bool(sens.any()):
             return None
         future, scale = sens[:, p:], float(sens.max())
         if future.numel() and float(future.max()) > RELATIVE_TOLERANCE * scale:
@@ -296,7 +297,7 @@ def _future_by_perturbation(
 ) -> dict[int, int]:
     """For each cut p whose outputs before p change when every token of `tokens` from p on changes: the sequence's
     last position (a perturbation says whether, not where). For a decoder's input beside its source, whose
-    embedding the gradient path cannot tell from the source's."""
+    embedding the gradient path cannot tell from the source's, and for inputs no gradient reaches."""
     model.eval()
     vocab = max(2, task.num_classes or 0, int(tokens.max()) + 1)
     with torch.no_grad():
@@ -304,7 +305,10 @@ def _future_by_perturbation(
         leaks = {}
         for p in cuts:
             changed = tokens.clone()
-            changed[:, p:] = (tokens[:, p:] + 1) % vocab
+            if tokens.is_floating_point():  # values: moved by the series' own spread
+                changed[:, p:] = tokens[:, p:] + tokens.std().clamp_min(1e-3)
+            else:
+                changed[:, p:] = (tokens[:, p:] + 1) % vocab
             if task.pad_id is not None:
                 changed[:, p:] = torch.where(tokens[:, p:] == task.pad_id, tokens[:, p:], changed[:, p:])
             out = task.forward(model, _swapped(inputs, tokens, changed)).float()
@@ -347,13 +351,8 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target
     length = tokens.shape[1]
     cuts = sorted({max(1, length * k // positions) for k in range(1, positions)} | {1})
     cuts = [p for p in cuts if p < length]
-    if tokens is inputs:
-        found = _future_by_gradient(model, task, tokens, cuts)
-        if found is None:
-            return skipped("causal", "cannot differentiate to the token positions (no nn.Embedding with a batch axis).")
-        future_leaks = found
-    else:
-        future_leaks = _future_by_perturbation(model, task, inputs, tokens, cuts)
+    found = _future_by_gradient(model, task, tokens, cuts) if tokens is inputs else None
+    future_leaks = found if found is not None else _future_by_perturbation(model, task, inputs, tokens, cuts)
     current_blind = [p for p in cuts if not _reacts_to_own_token(model, task, inputs, tokens, p)]
     value = {"cut_positions": cuts, "future_leaks": future_leaks, "positions_ignoring_current_token": current_blind}
     where = "" if tokens is inputs else " of the decoder's input (the token tensor that holds the targets)"
