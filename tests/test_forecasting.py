@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.zoo_kinds import ConvForecaster  # the zoo's forecaster: left-padded, or both sides
 from recipe import Recipe, Task
 from recipe.diagnostics.dependencies import causal
 from recipe.diagnostics.inputs import holds_targets_ahead
@@ -23,18 +23,6 @@ def waves(n: int, seed: int, channels: int = 1) -> torch.Tensor:
     phase = torch.rand(n, 1, channels, generator=g) * 6.28
     frequency = 0.2 + 0.2 * torch.rand(n, 1, channels, generator=g)
     return torch.sin(frequency * t + phase) + 0.1 * torch.randn(n, T + 1, channels, generator=g)
-
-
-class ConvForecaster(nn.Module):
-    """(B, T) -> (B, T): a convolution over the last 5 values, padded on the left (or, `sees_future`, both sides)."""
-
-    def __init__(self, sees_future: bool = False):
-        super().__init__()
-        self.pad = (2, 2) if sees_future else (4, 0)
-        self.conv, self.head = nn.Conv1d(1, 16, 5), nn.Conv1d(16, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.conv(F.pad(x[:, None], self.pad))))[:, 0]
 
 
 class GRUForecaster(nn.Module):
