@@ -130,7 +130,9 @@ def test_simple_model_warns_only_when_the_reference_learns_and_the_model_does_no
     learned, constant = _evaluation([0.2] * 20), _evaluation([1.38] * 20)
     assert simple_model(learned, learned, 1.386, task, "linear").status == "pass"
     assert simple_model(constant, learned, 1.386, task, "linear").status == "warn"
-    assert simple_model(constant, constant, 1.386, task, "linear").status == "pass"
+    neither = simple_model(constant, constant, 1.386, task, "linear")  # the reference cannot learn it either
+    assert neither.status == "skip" and "neither model beat it" in neither.message
+    assert simple_model(learned, constant, 1.386, task, "linear").status == "pass"  # yours learned: reported
 
 
 def test_human_baseline_is_reported_when_given():

@@ -170,8 +170,8 @@ def _evaluation(loss: float, se: float) -> Evaluation:
     "simple, status",
     [
         (_evaluation(0.20, 0.02), "warn"),  # the reference learned, the model does not beat the constant
-        (_evaluation(1.20, 0.10), "pass"),  # 13% below the constant but within 3 SE: not shown to learn
-        (_evaluation(1.38, 0.01), "pass"),  # the reference did not learn either: no evidence
+        (_evaluation(1.20, 0.10), "skip"),  # 13% below the constant but within 3 SE: not shown to learn
+        (_evaluation(1.38, 0.01), "skip"),  # the reference did not learn either: no evidence, and it says so
     ],
 )
 def test_simple_model_warns_only_with_a_reference_that_learned(simple, status):

@@ -347,7 +347,8 @@ def simple_model(
     Why: recipe step 2 and catalog E4 ("a simpler model is not better", ML Test Score Model 5). Before the learning
     rate is tuned the user's model may trail the reference; failing to beat a constant is what deserves a look. The
     reference counts as having learned only when it beats the constant by 5% and by 3 of its standard errors: a
-    reference that cannot learn the task says nothing about the user's model.
+    reference that cannot learn the task says nothing about the user's model, and when neither beat the constant
+    the check skips.
     """
     value = {
         "model_val_loss": model_eval.loss,
@@ -374,6 +375,12 @@ def simple_model(
                 "architecture, the learning rate and the init before adding complexity.",
                 value,
             )
+        if not learned and model_eval.loss > trivial_loss - margin:
+            return skipped(
+                "simple_model",
+                f"{text}; predicting a constant scores {trivial_loss:.4g}: neither model beat it in this budget, so "
+                "the reference says nothing about yours (see input_independent and loss_decreases).",
+            ).replace(value=value)
     return passed("simple_model", text + " (the reference to beat once tuned).", value)
 
 
