@@ -345,7 +345,8 @@ class Task:
                 batches = whole or [data.batch(range(a, b)) for a, b in batch_bounds(n, 512)]
                 parts = [target_tensor(self.split_batch(batch)[1]).cpu() for batch in batches]
             # per-token targets padded batch by batch: the unscored value fills the rest
-            self._targets[key] = cat_padded(parts, IGNORE_INDEX if not parts[0].is_floating_point() else 0.0)
+            fill = IGNORE_INDEX if not parts[0].is_floating_point() else 0.0
+            self._targets[key] = parts[0] if len(parts) == 1 else cat_padded(parts, fill)  # one part: no copy
         return self._targets[key]
 
     # ---- validation -------------------------------------------------------------------------------------------

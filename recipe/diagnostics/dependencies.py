@@ -151,27 +151,14 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     value = {"samples_probed": probed, "batch_size": n, "leaking": leaking, "own_input_ignored": own_zero}
     if leaking:
         i, js = next(iter(leaking.items()))
-        return failed(
-            "batch_independence",
-            f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval "
-            "mode: the model mixes samples. Likely a view/reshape where permute/transpose was meant, a "
-            "softmax or normalisation over dim 0, or an RNN missing batch_first=True.",
-            value,
-            "each output depends only on its own sample",
-        )
+        return _mixes(f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval mode", value)
     if own_zero == probed and not bool(own_by_part.isnan().any()):  # an integer input may carry it all
         own, leaks = _exchanged_dependence(model, task, inputs, probed)  # a path no gradient follows?
         value.update(probed_by="exchanging inputs", own_input_moves_output=own, leaking=leaks)
         if own and leaks:
-            i, js = next(iter(leaks.items()))
-            return failed(
-                "batch_independence",
-                f"sample {i}'s output changes when only the other samples' inputs change (eval mode; no gradient "
-                "reaches the inputs, so they were exchanged instead): the model mixes samples. Likely a view/reshape "
-                "where permute/transpose was meant, or a normalisation over dim 0.",
-                value,
-                "each output depends only on its own sample",
-            )
+            i = next(iter(leaks))
+            seen = f"sample {i}'s output changes when only the other samples' inputs change (eval mode; no gradient"
+            return _mixes(seen + " reaches the inputs, so they were exchanged instead)", value)
         if own:
             return passed(
                 "batch_independence",
@@ -206,6 +193,16 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
         f"each of {probed} probed outputs depends on its own sample only (batch of {n}, eval mode)"
         + (f", and on each of its {int(own_by_part.isfinite().sum())} float input tensors." if several else "."),
         value,
+    )
+
+
+def _mixes(seen: str, value: dict[str, Any]) -> Check:
+    return failed(
+        "batch_independence",
+        f"{seen}: the model mixes samples. Likely a view/reshape where permute/transpose was meant, a softmax or "
+        "normalisation over dim 0, or an RNN missing batch_first=True.",
+        value,
+        "each output depends only on its own sample",
     )
 
 
