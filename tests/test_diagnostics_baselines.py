@@ -1,4 +1,4 @@
-"""eval_deterministic, the dumb baselines, input_independent, simple_model and human_baseline."""
+"""The dumb baselines, input_independent, simple_model and human_baseline."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from recipe import fit
 from recipe.diagnostics.baselines import (
-    eval_deterministic,
     evaluate_exchanged,
     exchanged_inputs,
     human_baseline,
@@ -21,48 +18,6 @@ from recipe.diagnostics.baselines import (
 )
 from recipe.evaluation import Evaluation, evaluate
 from tests import tiny
-
-
-class FunctionalDropout(tiny.MLP):
-    def forward(self, x):
-        return self.head(F.dropout(F.relu(self.l1(x)), 0.3))  # training=True by default
-
-
-class ModuleDropout(tiny.MLP):
-    def __init__(self):
-        super().__init__()
-        self.drop = nn.Dropout(0.3)
-
-    def forward(self, x):
-        return self.head(self.drop(F.relu(self.l1(x))))
-
-
-class ForcedBatchNorm(tiny.MLP):
-    def __init__(self):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(32)
-
-    def forward(self, x):
-        h = self.l1(x)
-        h = F.batch_norm(h, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, training=True)
-        return self.head(F.relu(h))
-
-
-@pytest.mark.parametrize(
-    ("model", "status", "words"),
-    [
-        (tiny.MLP, "pass", "deterministic"),
-        (ModuleDropout, "pass", "deterministic"),
-        (FunctionalDropout, "fail", "dropout or noise"),
-        (ForcedBatchNorm, "fail", "changed buffers"),
-    ],
-)
-def test_eval_deterministic(model, status, words):
-    task = tiny.classification(model)
-    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
-    check = eval_deterministic(task.make_model(), task, inputs)
-    assert check.status == status, check.message
-    assert words in check.message
 
 
 def test_trivial_baselines_match_a_hand_computation():

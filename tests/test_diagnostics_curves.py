@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -103,6 +104,18 @@ def test_loss_spikes_fail_on_divergence():
     assert loss_spikes([*decaying(50), math.nan]).status == "fail"
     rising = [0.5 + 0.01 * i for i in range(100)]
     assert loss_spikes(rising).status == "fail"
+    noise = 0.05 * torch.randn(300, generator=torch.Generator().manual_seed(0))
+    assert loss_spikes((1.0 + 0.003 * torch.arange(300) + noise).tolist()).status == "fail"  # rises 0.9 through noise
+
+
+def test_loss_spikes_pass_a_flat_noisy_run_that_ends_above_its_first_step():
+    """A model that has not started learning (fitting sin(3x) from one input) hovers at its starting loss; its first
+    step is one noisy batch, and the run's end sat 0.02 above it with step noise 0.07: no divergence."""
+    curve = (0.42 + 0.07 * torch.randn(250, generator=torch.Generator().manual_seed(1))).tolist()
+    curve[0] = 0.40
+    check = loss_spikes(curve)
+    assert check.value["noise_scale"] > 0.05 and statistics.median(curve[-20:]) > curve[0]
+    assert check.status == "pass", check.message
 
 
 def test_step_noise_warns_when_noise_exceeds_progress():

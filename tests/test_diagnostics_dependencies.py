@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipe.diagnostics.dependencies import batch_independence, causal
+from recipe.diagnostics.causal import causal
+from recipe.diagnostics.dependencies import batch_independence
 from tests import tiny
 
 
@@ -71,16 +72,47 @@ class Binned(nn.Module):
         return self.head(torch.relu(h - h.mean(0) if self.mix else h))
 
 
+def zero_head() -> nn.Module:
+    """A zero-initialised output layer (a common choice): the output is constant at init, yet reads its input."""
+    model = tiny.MLP()
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    return model
+
+
+def all_zero() -> nn.Module:
+    """Every parameter zero: a real bug, but init_symmetry's; which inputs an output reads is still per sample."""
+    model = tiny.MLP()
+    for p in model.parameters():
+        nn.init.zeros_(p)
+    return model
+
+
+class ZeroHeadBatchMean(tiny.MLP):
+    def forward(self, x):
+        h = F.relu(self.l1(x))
+        return self.head(h - h.mean(0))
+
+
+def zero_head_batch_mean() -> nn.Module:
+    model = ZeroHeadBatchMean()
+    nn.init.zeros_(model.head.weight)
+    return model
+
+
 @pytest.mark.parametrize(
     ("make_task", "status", "words"),
     [
         (lambda: tiny.classification(), "pass", "own sample only"),
+        (lambda: tiny.classification(zero_head), "pass", "at zero they make the output constant"),
+        (lambda: tiny.classification(all_zero), "pass", "own sample only"),
+        (lambda: tiny.classification(zero_head_batch_mean), "fail", "mixes samples"),
         (lambda: tiny.classification(Binned), "pass", "read by exchanging inputs"),  # no gradient to the inputs
         (lambda: tiny.classification(lambda: Binned(mix=True)), "fail", "mixes samples"),
         (lambda: tiny.classification(BatchNormMLP), "pass", "own sample only"),  # eval mode: no coupling
         (lambda: tiny.classification(ViewMix), "fail", "mixes samples"),
         (lambda: tiny.classification(SoftmaxOverBatch), "fail", "mixes samples"),
-        (lambda: tiny.classification(Constant), "fail", "ignores x"),
+        (lambda: tiny.classification(Constant), "fail", "ignores x"),  # its bias is zero, redrawn: still constant
         (lambda: tiny.sequence(), "pass", "own sample only"),
         (lambda: tiny.sequence(GRUBatchFirstMissing), "fail", "mixes samples"),
     ],
@@ -88,9 +120,12 @@ class Binned(nn.Module):
 def test_batch_independence(make_task, status, words):
     task = make_task()
     inputs, _ = task.split_batch(task.sample_batch("train", 7, seed=0))
-    check = batch_independence(task.make_model(), task, inputs)
+    model = task.make_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    check = batch_independence(model, task, inputs)
     assert check.status == status, check.message
     assert words in check.message
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # the model is left as given
 
 
 class PeekingConv(nn.Module):

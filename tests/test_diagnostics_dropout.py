@@ -1,12 +1,15 @@
-"""dropout_rates: every dropout rate read from the model the factory builds; keep-probability confusion warns."""
+"""dropout_rates: every dropout rate read from the model the factory builds; keep-probability confusion warns.
+eval_deterministic: a dropout mask at evaluation fails, other sampling at evaluation warns, changed buffers fail."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from examples import charlm, digits
-from recipe.diagnostics.dropout import dropout_modules, dropout_rates
+from recipe.diagnostics.dropout import dropout_modules, dropout_rates, eval_deterministic
 from tests import tiny
 
 
@@ -64,3 +67,82 @@ def test_bundled_examples_pass():
         check = dropout_rates(task.make_model(), task, task.sample_batch("train", 8, seed=0))
         assert check.status == "pass", check.message
     assert dropout_modules(digits.MLP(dropout=0.3)) == {"net.2": 0.3, "net.5": 0.3}
+
+
+class FunctionalDropout(tiny.MLP):
+    def forward(self, x):
+        return self.head(F.dropout(F.relu(self.l1(x)), 0.3))  # training=True by default
+
+
+class ModuleDropout(tiny.MLP):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.head(self.drop(F.relu(self.l1(x))))
+
+
+class DropoutBuiltInForward(tiny.MLP):
+    def forward(self, x):
+        return self.head(nn.Dropout(0.3)(F.relu(self.l1(x))))  # a fresh module starts in training mode
+
+
+class DropoutOnOutput(tiny.MLP):
+    def forward(self, x):
+        return F.dropout(super().forward(x), 0.2)
+
+
+class SampledLatent(tiny.MLP):
+    """A VAE-style layer that samples at evaluation too, as PyTorch's own VAE example does: a correct model."""
+
+    def forward(self, x):
+        h = F.relu(self.l1(x))
+        return self.head(h + 0.5 * torch.randn_like(h))
+
+
+class DropPathAlways(tiny.MLP):
+    """Stochastic depth without a `self.training` gate: a residual branch kept or dropped per sample."""
+
+    def forward(self, x):
+        h = F.relu(self.l1(x))
+        keep = (torch.rand(len(h), 1) > 0.2).float() / 0.8
+        return self.head(h + F.relu(h) * keep)
+
+
+class NoisyInputs(tiny.MLP):
+    def forward(self, x):
+        return super().forward(x + 0.1 * torch.randn_like(x))
+
+
+class ForcedBatchNorm(tiny.MLP):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(32)
+
+    def forward(self, x):
+        h = self.l1(x)
+        h = F.batch_norm(h, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, training=True)
+        return self.head(F.relu(h))
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "words"),
+    [
+        (tiny.MLP, "pass", "deterministic"),
+        (ModuleDropout, "pass", "deterministic"),
+        (FunctionalDropout, "fail", "a dropout mask"),
+        (DropoutBuiltInForward, "fail", "a Dropout built inside forward"),
+        (DropoutOnOutput, "fail", "a dropout mask"),
+        (SampledLatent, "warn", "the model samples at evaluation"),
+        (DropPathAlways, "warn", "drop-path"),
+        (NoisyInputs, "warn", "not a dropout mask"),
+        (ForcedBatchNorm, "fail", "changed buffers"),
+    ],
+)
+def test_eval_deterministic(model, status, words):
+    task = tiny.classification(model)
+    inputs, _ = task.split_batch(task.sample_batch("val", 16, seed=0))
+    check = eval_deterministic(task.make_model(), task, inputs)
+    assert check.status == status, check.message
+    assert words in check.message

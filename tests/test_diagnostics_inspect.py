@@ -197,6 +197,22 @@ def test_target_range_fails_when_a_validation_class_is_missing_from_training():
     assert "never in training" in check.message
 
 
+def test_target_range_warns_when_few_samples_per_class_leave_classes_out_by_chance():
+    """1,000 classes of 4 samples split at random, 3 in 4 to training: a class lands wholly in validation with
+    probability 1/256, so about 4 go missing by chance. That is not a sorted split; it warns."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(1000, 8, generator=g)
+    y = torch.arange(1000).repeat(4)[torch.randperm(4000, generator=g)]
+    x = centres[y] + 0.3 * torch.randn(4000, 8, generator=g)
+    task = Task((x[:3000], y[:3000]), (x[3000:], y[3000:]), lambda: nn.Linear(8, 1000), num_classes=1000)
+    check = target_range(*splits(task), task)
+    assert check.value["missing_in_train"] and check.value["missing_by_chance"] == pytest.approx(3.9, abs=0.1)
+    assert check.status == "warn" and "by chance" in check.message, check.message
+    sorted_split = Task((x[:3000], y[:3000].clamp(max=899)), (x[3000:], y[3000:]), lambda: nn.Linear(8, 1000))
+    check = target_range(*splits(sorted_split), sorted_split)  # classes 900..999 only in validation: no chance
+    assert check.status == "fail" and "sorted by label" in check.message
+
+
 def test_target_range_warns_when_a_class_is_rare_in_training():
     x, y = clean_xy(1000)
     rows = (y == 1).nonzero().flatten()

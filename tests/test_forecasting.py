@@ -10,7 +10,7 @@ from torch import nn
 
 from benchmarks.zoo_kinds import ConvForecaster  # the zoo's forecaster: left-padded, or both sides
 from recipe import Recipe, Task
-from recipe.diagnostics.dependencies import causal
+from recipe.diagnostics.causal import causal
 from recipe.diagnostics.inputs import holds_targets_ahead
 
 T = 32

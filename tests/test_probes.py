@@ -10,7 +10,8 @@ from torch import nn
 from recipe import Recipe, fit
 from recipe.diagnostics.activations import activation_stats
 from recipe.diagnostics.baselines import evaluate_exchanged, exchange_samples, exchanged_inputs, input_independent
-from recipe.diagnostics.dependencies import batch_independence, causal
+from recipe.diagnostics.causal import causal
+from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.inputs import token_distance
 from recipe.diagnostics.integrity import read_split, sequence_data
 from recipe.diagnostics.target_leak import target_leak

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.zoo_kinds import seq2seq
 from recipe import Recipe, Task
-from recipe.diagnostics.dependencies import causal
+from recipe.diagnostics.causal import causal
 from recipe.diagnostics.target_leak import target_leak
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -1,20 +1,26 @@
-"""Dropout rates: each dropout in the model as the user's factory builds it, and the ones that drop most units.
+"""Dropout: the rates as the user's factory builds it (and the ones that drop most units), and dropout left on at
+evaluation.
 
 Why: recipe step 5 (regularize, "dropout"): `p` is the probability of *dropping* a unit. `nn.Dropout(p=0.9)` written
 for "keep 90%" drops 90% of the activations in training, which the model then fights instead of the task. Rates up to
 0.5 are the usual range (0.5 for hidden units in Srivastava et al., 2014); above it is rare and worth a look, and
-p = 1 zeroes everything. The training-mode / eval-mode loss gap at initialisation shows the effect.
+p = 1 zeroes everything. The training-mode / eval-mode loss gap at initialisation shows the effect. Catalog M8 and E2:
+two eval-mode passes on the same batch must agree and leave every buffer untouched.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from recipe.check import Check, failed, passed, warned
+from recipe.check import Check, failed, passed, skipped, warned
+from recipe.data import batch_size_of, tree_map
 from recipe.task import Task
+
+TRACED_SAMPLES = 4  # where noise enters is read on this many samples: every activation of two passes is kept
 
 
 def dropout_modules(model: nn.Module) -> dict[str, float]:
@@ -76,3 +82,97 @@ def dropout_rates(model: nn.Module, task: Task, batch: Any, warn_above: float = 
         value,
         f"p <= {warn_above:g}",
     )
+
+
+def eval_deterministic(model: nn.Module, task: Task, inputs: Any) -> Check:
+    """Catches dropout left on at evaluation (`F.dropout` without `training=self.training`, dropout built inside
+    `forward`) and evaluation that changes buffers (BatchNorm forced into training mode); other noise sampled at
+    evaluation warns.
+
+    Why: catalog M8 and E2. A dropout mask has a signature: where two passes differ, one of them holds an exact zero
+    (a unit dropped in one pass, kept and scaled alike in the other). Other noise may be the model's own sampling (a
+    VAE's reparameterisation, as in PyTorch's own VAE example), so it is reported for a look, not failed.
+    """
+    model.eval()
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        first = task.forward(model, inputs)
+        second = task.forward(model, inputs)
+    if not isinstance(first, torch.Tensor):
+        return skipped("eval_deterministic", "the model output is not a tensor.")
+    diff = float((first.float() - second.float()).abs().max())
+    scale = float(first.float().abs().max())
+    changed = [n for n, b in model.named_buffers() if n in buffers and not torch.equal(b, buffers[n])]
+    value: dict[str, Any] = {"max_abs_difference": diff, "output_scale": scale, "buffers_changed": changed}
+    if diff > 1e-5 * max(scale, 1e-6) or math.isnan(diff):
+        where, masked = _where_noise_enters(model, task, inputs)
+        value.update(noise_enters_at=where, dropout_mask=masked)
+        if masked:
+            return failed(
+                "eval_deterministic",
+                f"two eval-mode passes on the same batch differ by up to {diff:.3g}: dropout or noise is active at "
+                f"evaluation ({where} holds units zeroed in one pass and kept in the other, a dropout mask): "
+                "F.dropout without training=self.training, or a dropout module created inside forward.",
+                value,
+                "identical outputs",
+            )
+        return warned(
+            "eval_deterministic",
+            f"two eval-mode passes on the same batch differ by up to {diff:.3g}, from noise first seen at {where} "
+            "(not a dropout mask): the model samples at evaluation. If the sampling is its own (a VAE's "
+            "reparameterisation, a stochastic layer), validation figures vary from one evaluation to the next: use "
+            "the mean in eval mode (`if not self.training`) for stable ones. If it is noise augmentation or "
+            "drop-path, gate it on `self.training`.",
+            value,
+            "identical outputs",
+        )
+    if changed:
+        return failed(
+            "eval_deterministic",
+            f"evaluation changed buffers {changed[:4]}: evaluation is leaking into "
+            "the model (BatchNorm forced into training mode, a running statistic updated in forward).",
+            value,
+            "buffers unchanged by evaluation",
+        )
+    return passed("eval_deterministic", "eval mode is deterministic and leaves every buffer unchanged.", value)
+
+
+def _where_noise_enters(model: nn.Module, task: Task, inputs: Any) -> tuple[str, bool]:
+    """The first module input or output (in execution order) that differs between two eval-mode passes on a few
+    samples, and whether it differs as a dropout mask does: at nine in ten differing entries, one pass holds 0."""
+    n = batch_size_of(inputs)
+    few = tree_map(lambda t: t[:TRACED_SAMPLES] if t.dim() and len(t) == n else t, inputs)
+    first, second = _traced(model, task, few), _traced(model, task, few)
+    for (where, a), (_, b) in zip(first, second, strict=False):
+        if a.shape != b.shape:
+            return where, False
+        differs = (a - b).abs() > 1e-6 * max(float(a.abs().max()), 1e-6)
+        if bool(differs.any()):
+            one_zero = ((a == 0) ^ (b == 0))[differs]
+            return where, float(one_zero.float().mean()) >= 0.9
+    return "the output of task.forward", False
+
+
+def _traced(model: nn.Module, task: Task, inputs: Any) -> list[tuple[str, torch.Tensor]]:
+    """Every floating-point input and output of every module call in one eval-mode pass, in execution order, named;
+    modules built inside `forward` included (global hooks)."""
+    names = {id(m): name or "the model" for name, m in model.named_modules()}
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    def record(module: nn.Module, what: str, value: Any) -> None:
+        owner = names.get(id(module), f"a {type(module).__name__} built inside forward")
+        tree_map(
+            lambda t: seen.append((f"the {what} of {owner}", t.detach().clone())) if t.is_floating_point() else t, value
+        )
+
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(lambda m, args: record(m, "input", args)),
+        nn.modules.module.register_module_forward_hook(lambda m, args, out: record(m, "output", out)),
+    ]
+    try:
+        with torch.no_grad():
+            task.forward(model, inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen

@@ -21,7 +21,10 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
     scale or offset the network must first learn away.
 
     Why: catalog D3 and D5 (a class missing from training cannot be learned; measured on a split of sorted digits,
-    classes 8 and 9 were absent from train); a regression target far from zero mean and unit scale makes the first
+    classes 8 and 9 were absent from train). A random split leaves a class of k samples out of training with
+    probability (validation share)^k, so with a few samples per class some go missing by chance: that warns, and
+    only more missing classes than chance allows (p < 0.001) fail as a sorted split. A regression target far from
+    zero mean and unit scale makes the first
     phase of training fit the offset (catalog M11).
     """
     if task.kind == "regression":
@@ -60,12 +63,25 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
     missing = [c for c in range(classes) if n_val[c] > 0 and n_train[c] == 0]
     rare = [c for c in range(classes) if n_val[c] > 0 and 0 < p_train[c] < rare_ratio * p_val[c]]
     value = {"classes": classes, "missing_in_train": missing, "rare_in_train": rare, "train_counts": n_train.tolist()}
-    if missing:
+    chance = _missing_by_chance(n_train, n_val)
+    value["missing_by_chance"] = chance
+    if missing and _poisson_tail(len(missing), chance) < 1e-3:
         return failed(
             "target_range",
             f"class(es) {missing} occur in validation ({int(n_val[missing].sum())} samples) but never in training, "
-            "so the model cannot learn them: the split was probably cut from data sorted by label, or a class "
-            "folder is missing. Shuffle before splitting (stratify by label).",
+            f"so the model cannot learn them (a random split would leave {chance:.2g} out): the split was probably "
+            "cut from data sorted by label, or a class folder is missing. Shuffle before splitting (stratify by "
+            "label).",
+            value,
+            "every validation class present in training",
+        )
+    if missing:
+        return warned(
+            "target_range",
+            f"class(es) {missing[:8]}{' ...' if len(missing) > 8 else ''} occur in validation "
+            f"({int(n_val[missing].sum())} samples) but never in training, so the model cannot learn them; with so "
+            f"few samples per class a random split leaves about {chance:.2g} out by chance. Split with "
+            "stratification (every class in training first), or gather more samples of the rare classes.",
             value,
             "every validation class present in training",
         )
@@ -81,6 +97,25 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
     return passed(
         "target_range", f"labels within 0..{classes - 1}; every validation class is in training.{note}", value
     )
+
+
+def _missing_by_chance(n_train: torch.Tensor, n_val: torch.Tensor) -> float:
+    """How many classes a random split of these counts leaves out of training on average: a class of k samples
+    lands wholly in validation with probability (validation share)^k."""
+    total = n_train + n_val
+    share = float(n_val.sum() / total.sum())
+    return float((share ** total[total > 0]).sum())
+
+
+def _poisson_tail(observed: int, expected: float) -> float:
+    """P(X >= observed) for X ~ Poisson(expected): how surprising `observed` missing classes are by chance."""
+    if expected <= 0:
+        return 0.0 if observed > 0 else 1.0
+    term = cumulative = math.exp(-expected)
+    for j in range(1, observed):
+        term *= expected / j
+        cumulative += term
+    return max(0.0, 1.0 - cumulative)
 
 
 def _regression_targets(train: SplitSample, task: Task) -> Check:

@@ -24,7 +24,6 @@ from recipe.config import require
 from recipe.context import REGULARISATION_OFF, Context
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.baselines import (
-    eval_deterministic,
     evaluate_exchanged,
     exchanged_inputs,
     human_baseline,
@@ -33,8 +32,9 @@ from recipe.diagnostics.baselines import (
     target_unread,
     trivial_baselines,
 )
-from recipe.diagnostics.dependencies import batch_independence, causal
-from recipe.diagnostics.dropout import dropout_rates
+from recipe.diagnostics.causal import causal
+from recipe.diagnostics.dependencies import batch_independence
+from recipe.diagnostics.dropout import dropout_rates, eval_deterministic
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
 from recipe.diagnostics.inputs import holds_targets_ahead, input_batch
 from recipe.diagnostics.integrity import finite_rows_batch
