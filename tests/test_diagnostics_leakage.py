@@ -62,6 +62,44 @@ def test_time_leakage(split, stride, tokens, status):
         assert check.value["share"] > 0.5 and "split the series by time" in check.message.lower()
 
 
+def multivariate_task(split: str, channels_first: bool) -> Task:
+    """Windows of 32 steps of a 3-channel random walk, (B, 32, 3) or channels first (B, 3, 32)."""
+    g = torch.Generator().manual_seed(0)
+    series = torch.randn(3000, 3, generator=g).cumsum(0)
+    x = torch.stack([series[s : s + 32] for s in range(0, 2960)])
+    y = torch.stack([series[s + 32, :1] for s in range(0, 2960)])
+    if channels_first:
+        x = x.transpose(1, 2).contiguous()
+    order = torch.randperm(len(x), generator=g) if split == "random" else torch.arange(len(x))
+    x, y, cut = x[order], y[order], 2300
+    train, val = (x[:cut], y[:cut]), (x[cut + 40 :], y[cut + 40 :])  # time split: a gap of a window between
+    return Task(train=train, val=val, model=lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(96, 1)))
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize(("split", "status"), [("random", "fail"), ("time", "pass")])
+def test_time_leakage_reads_a_time_axis_of_several_channels(channels_first, split, status):
+    """Steps of a multivariate series span the channels: a shift is a whole number of steps, along the axis with
+    the steps (dim 1, or dim 2 when channels come first, which a shift of the flattened rows never matched)."""
+    check = time_leakage(*splits(multivariate_task(split, channels_first)))
+    assert check.status == status, check.message
+
+
+def test_pairs_sharing_a_sample_are_not_windows():
+    """Pairs of digits (B, 2, 64) drawn from one pool: a validation pair's first image is often a training pair's
+    second, half of the flattened row "shifted by 64", but two slots are no time axis of 8 steps (the flattened reading
+    failed it); read along the images' 64 values, no pair is a shifted copy."""
+    from sklearn.datasets import load_digits
+
+    images = torch.tensor(load_digits().data, dtype=torch.float32) / 16
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, len(images), (3000,), generator=g), torch.randint(0, len(images), (3000,), generator=g)
+    pairs, same = torch.stack([images[a], images[b]], 1), (a % 2 == b % 2).long()
+    task = Task((pairs[:2400], same[:2400]), (pairs[2400:], same[2400:]), lambda: torch.nn.Linear(128, 2))
+    check = time_leakage(*splits(task))
+    assert check.status == "pass" and check.value["shifted_copies"] == 0, check.message
+
+
 @pytest.mark.parametrize("make_task", [digits.make_task, tabular.make_task, regression.make_task, charlm.make_task])
 def test_bundled_tasks_have_no_time_leak(make_task):
     check = time_leakage(*splits(make_task()))

@@ -26,17 +26,24 @@ MAX_TABULAR = 2_000  # rows per split ranked by target_derived_features (sampled
 MAX_SHIFT = 128  # shifts tried: sliding windows with a stride up to this are found
 
 
-def _rows(sample: SplitSample, limit: int, seed: int) -> torch.Tensor | None:
-    """The inputs as (rows, length) integer codes (float bits for floats), at most `limit` rows; None when not 1-D."""
+def _rows(sample: SplitSample, limit: int, seed: int) -> list[tuple[torch.Tensor, int]]:
+    """The inputs as (rows, length) integer codes (float bits for floats), at most `limit` rows, once per axis that
+    can be a time axis of at least MIN_LENGTH steps, with the values one step spans: (B, L) as it is; (B, A, F)
+    with time along A (windows of a multivariate series, steps of F values) and along F (channels first, each
+    row read step by step across the A channels). Empty when the inputs are neither."""
     x = sample.inputs
     if x is None or x.dim() < 2 or x.dim() > 3 or x.shape[0] == 0:
-        return None
-    x = x.reshape(len(x), -1)
+        return []
     if len(x) > limit:
         x = x[torch.tensor(sorted(fixed_indices(len(x), limit, seed)))]
     if x.is_floating_point():
-        return (x.float() + 0.0).view(torch.int32).long()  # + 0.0 makes -0.0 and 0.0 one code
-    return x.long()
+        x = (x.float() + 0.0).view(torch.int32)  # + 0.0 makes -0.0 and 0.0 one code
+    x = x.long()
+    if x.dim() == 2:
+        return [(x, 1)]
+    steps, values = x.shape[1], x.shape[2]
+    layouts = [(x.reshape(len(x), -1), values)] if steps >= MIN_LENGTH else []
+    return layouts + ([(x.transpose(1, 2).reshape(len(x), -1), steps)] if values >= MIN_LENGTH else [])
 
 
 def _int64(values: list[int]) -> torch.Tensor:
@@ -102,16 +109,19 @@ def _count(keys: torch.Tensor, counts: torch.Tensor, query: torch.Tensor) -> tor
     return torch.where(keys[at] == query, counts[at], 0).double()
 
 
-def shifted_copies(train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: int | None = None) -> torch.Tensor:
-    """Per validation row, whether it equals a training row shifted by k (1 <= k <= min(length / 2, MAX_SHIFT)) on
-    their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]), an overlap `_informative` enough, and too
-    improbable under the training rows' bigram model to recur by chance among all the rows and shifts compared."""
+def shifted_copies(
+    train: torch.Tensor, val: torch.Tensor, seed: int = 0, pad: int | None = None, step: int = 1
+) -> torch.Tensor:
+    """Per validation row, whether it equals a training row shifted by k whole steps of `step` values (1 <= k <=
+    min(steps / 2, MAX_SHIFT)) on their whole overlap (val[k:] == train[:-k] or val[:-k] == train[k:]), an overlap
+    `_informative` enough, and too improbable under the training rows' bigram model to recur by chance among all the
+    rows and shifts compared."""
     length = train.shape[1]
     hashed_train, hashed_val = _RollingHash(train, seed), _RollingHash(val, seed)
     found = torch.zeros(len(val), dtype=torch.bool)
-    chance, shifts = _Chance(train), min(length // 2, MAX_SHIFT)
+    chance, shifts = _Chance(train), min(length // step // 2, MAX_SHIFT)
     trials_bits = math.log2(len(train) * 2 * shifts) + 10  # expected chance matches per row below 2^-10
-    for k in range(1, shifts + 1):
+    for k in (step * j for j in range(1, shifts + 1)):
         pairs = (
             (hashed_val.suffix(k), hashed_train.prefix(length - k), val[:, k:], train[:, :-k]),  # val starts later
             (hashed_val.prefix(length - k), hashed_train.suffix(k), val[:, :-k], train[:, k:]),  # val starts earlier
@@ -139,13 +149,18 @@ def time_leakage(
     name = "time_leakage"
     if train.parts:  # positions in several tensors joined end to end are no time axis
         return skipped(name, f"the inputs are {describe_parts(train.parts)}, not one series or sequence.")
-    x_train, x_val = _rows(train, MAX_TRAIN, 0), _rows(val, MAX_VAL, 1)
-    if x_train is None or x_val is None or x_train.shape[1] != x_val.shape[1]:
-        return skipped(name, "inputs are not rows of one length (sequences, series or feature vectors).")
-    if x_train.shape[1] < MIN_LENGTH:
-        return skipped(name, f"rows of {x_train.shape[1]} values are too short to tell a shift from chance.")
-    pad = pad_id if pad_id is not None and train.inputs is not None and not train.inputs.is_floating_point() else None
-    found = shifted_copies(x_train, x_val, pad=pad)
+    if train.inputs is None or val.inputs is None or train.inputs.shape[1:] != val.inputs.shape[1:]:
+        return skipped(name, "inputs are not rows of one shape (sequences, series or feature vectors).")
+    layouts = list(zip(_rows(train, MAX_TRAIN, 0), _rows(val, MAX_VAL, 1), strict=True))
+    if not layouts:
+        return skipped(name, f"inputs of shape {tuple(train.inputs.shape[1:])} have no axis of {MIN_LENGTH} steps.")
+    if layouts[0][0][0].shape[1] < MIN_LENGTH:
+        return skipped(name, f"rows of {layouts[0][0][0].shape[1]} values are too short to tell a shift from chance.")
+    pad = pad_id if pad_id is not None and not train.inputs.is_floating_point() else None
+    x_val = layouts[0][1][0]
+    found = torch.zeros(len(x_val), dtype=torch.bool)
+    for (x_train, step), (x_val, _) in layouts:
+        found |= shifted_copies(x_train, x_val, pad=pad, step=step)
     count, share = int(found.sum()), float(found.float().mean())
     value = {"shifted_copies": count, "val_rows_compared": len(x_val), "share": share}
     seen = (
