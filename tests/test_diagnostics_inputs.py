@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recipe import Task
-from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, input_stats
+from recipe.diagnostics.inputs import alignment_profile, feature_stats, input_batch, input_stats, scaled_by_model
 from recipe.diagnostics.target_leak import single_feature_scores, target_leak
 from tests import tiny
 
@@ -195,3 +195,58 @@ def test_masked_token_targets_left_in_the_input_are_a_leak(masked):
         assert check.status == "pass" and check.value["same_token_rate"] < 0.3, check.message
     else:
         assert check.status == "warn" and "masked-token prediction" in check.message
+
+
+class Standardise(nn.Module):
+    """Training-split statistics held as buffers: the model standardises its raw inputs itself."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", x.mean(0))
+        self.register_buffer("std", x.std(0))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Halve(nn.Module):
+    def forward(self, x):
+        return x / 2
+
+
+def raw_wine() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return torch.tensor(x, dtype=torch.float32)[order], torch.tensor(y)[order]
+
+
+@pytest.mark.parametrize(
+    ("first", "status"),
+    [
+        ("standardise", "pass"),  # buffers with the training statistics
+        ("batchnorm", "pass"),  # a BatchNorm on the raw inputs standardises each training batch
+        ("none", "warn"),  # the planted twin: raw features (proline in the hundreds) straight into a Linear
+        ("halved", "warn"),  # scaled, but not nearly enough: the first Linear still sees hundreds
+    ],
+)
+def test_a_model_that_scales_its_own_inputs_passes_the_scale_checks(first, status):
+    x, y = raw_wine()
+    layers = {
+        "standardise": [Standardise(x[:140])],
+        "batchnorm": [nn.BatchNorm1d(13)],
+        "none": [],
+        "halved": [Halve()],
+    }[first]
+    task = Task(
+        (x[:140], y[:140]),
+        (x[140:], y[140:]),
+        lambda: nn.Sequential(*layers, nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 3)),
+    )
+    checks = [input_batch(x[:64], task)[0], input_stats(x[:140])[0]]
+    assert [c.status for c in checks] == ["warn", "warn"]  # the raw inputs, as the data checks see them
+    judged = [scaled_by_model(c, task, x[:64]) for c in checks]
+    assert [c.status for c in judged] == [status, status], judged[0].message
+    if status == "pass":
+        assert "scales them before its first weights" in judged[0].message and "0 (Linear)" not in judged[0].message

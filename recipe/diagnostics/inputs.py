@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from recipe.check import Check, passed, skipped, warned
 from recipe.joined import column_name, describe_parts, joined_features, part_shapes, tensor_leaves
@@ -93,6 +94,62 @@ def scale_summary(stats: dict[str, list[float]], inputs: torch.Tensor) -> dict[s
         "zero_share": 1 - present / max(x.numel(), 1),
         "nonzero_rms": float(torch.linalg.vector_norm(x)) / present**0.5 if present else 0.0,
     }
+
+
+def scaled_by_model(check: Check, task: Task, inputs: Any) -> Check:
+    """`check`, a warning that the inputs are far from unit scale, passed instead when the model scales them itself:
+    the first layer with a weight matrix that a training-mode forward pass reaches (a Linear, a convolution, a
+    recurrent or attention layer; not an embedding, which reads ids) sees values at unit scale. A normalisation
+    layer holding the training statistics, `x / 255` in forward, or a BatchNorm on the raw inputs does that.
+
+    Why: catalog D7 is about what the network's weights see; the batch the model receives is one step before."""
+    if check.status != "warn":
+        return check
+    seen = _first_weighted_input(task, inputs)
+    if seen is None:
+        return check
+    name, x = seen
+    stats = feature_stats(x)
+    summary = scale_summary(stats, x)
+    if scale_problem(summary, stats) is not None:
+        return check
+    problem = check.message.split(": ", 1)[-1].split(" Standardise")[0].rstrip(".")
+    return passed(
+        check.name,
+        f"the raw inputs are far from unit scale ({problem}), but the model scales them before its first weights: "
+        f"{name} sees max |mean| {summary['max_abs_mean']:.2f} and max std {summary['max_std']:.2f}.",
+        {**(check.value or {}), "first_weighted_layer": name, "seen_there": summary},
+    )
+
+
+def _first_weighted_input(task: Task, inputs: Any) -> tuple[str, torch.Tensor] | None:
+    """The name and floating-point input of the first module with a weight matrix of its own that a training-mode
+    forward pass of a fresh model reaches; None when there is none, or the model cannot be probed."""
+    model = task.make_model()
+    device = next((t.device for t in tensor_leaves(inputs) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    model.to(device).train()
+    names = {id(m): name or "the model" for name, m in model.named_modules()}
+    first: list[tuple[str, torch.Tensor]] = []
+
+    def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not first and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            first.append((f"{names[id(module)]} ({type(module).__name__})", args[0].detach()))
+
+    weighted = [
+        m
+        for m in model.modules()
+        if not isinstance(m, nn.Embedding | nn.EmbeddingBag) and any(p.dim() >= 2 for p in m.parameters(recurse=False))
+    ]
+    hooks = [m.register_forward_pre_hook(capture) for m in weighted]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            task.forward(model, inputs)
+    except Exception:  # a probe of the model must not break a data check: the warning then stands
+        return None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return first[0] if first and first[0][1].dim() >= 2 and len(first[0][1]) > 1 else None
 
 
 def large_inputs(inputs: Any) -> str | None:

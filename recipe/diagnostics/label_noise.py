@@ -27,7 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.diagnostics.quick_models import QuickModels, choose_members, learns, majority_share, step_flops
+from recipe.diagnostics.quick_models import (
+    L2_GRID,
+    MIN_PER_CLASS,
+    QuickModels,
+    choose_members,
+    learns,
+    linear_budget,
+    majority_share,
+    step_flops,
+    stratified_folds,
+)
 from recipe.errors import ConfigError
 from recipe.joined import joined_features, joined_tokens
 from recipe.reproducibility import resolve_device
@@ -35,6 +45,7 @@ from recipe.task import Task
 
 PROBES = ("auto", "linear", "model", "both")
 MIN_EXCESS = 0.01  # the smallest excess of training over validation noise the check reports
+LINEAR_BUDGET = 4  # the linear probe's first round may take this many times the task model's budget (model_gflop)
 
 
 @dataclass
@@ -128,25 +139,19 @@ def _not_applicable(task: Task) -> str | None:
         return "the inputs are not tensors"
     if target.dim() != 1:
         return "the targets are not one class id per sample"
+    counts = torch.bincount(task.targets("train").long().flatten().clamp_min(0))
+    typical = int(counts[counts > 0].median()) if bool((counts > 0).any()) else 0
+    if typical < MIN_PER_CLASS:
+        return (
+            f"the training split holds a median of {typical} samples per class; out-of-fold probabilities need about "
+            f"{MIN_PER_CLASS} per class to set each class's confidence threshold"
+        )
     return None
 
 
 def _sample(n: int, size: int, generator: torch.Generator) -> list[int]:
     """All of range(n), or a sorted random sample of `size` of them."""
     return list(range(n)) if n <= size else sorted(torch.randperm(n, generator=generator)[:size].tolist())
-
-
-def _stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """A fold id per row; each class is dealt round-robin over the folds in a seeded random order."""
-    g = torch.Generator().manual_seed(seed)
-    fold = torch.empty(len(labels), dtype=torch.long)
-    offset = 0
-    for c in labels.unique():
-        rows = (labels == c).nonzero().flatten()
-        rows = rows[torch.randperm(len(rows), generator=g)]
-        fold[rows] = (torch.arange(len(rows)) + offset) % folds
-        offset += len(rows)  # the next class starts where this one stopped: folds stay the same size
-    return fold
 
 
 def find_label_issues(
@@ -216,11 +221,24 @@ def find_label_issues(
     )
     gflop = model_gflop if model_gflop is not None else (5e4 if dev.type == "cuda" else 50.0)
     members = choose_members(task, probe, positions, batch_size, gflop * 1e9 / (steps * folds * rounds))
+    grid: tuple[float, ...] = L2_GRID
+    if "linear" in members:
+        afforded = linear_budget(task, len(positions), classes, folds, LINEAR_BUDGET * gflop * 1e9)
+        if afforded is None:
+            members.remove("linear")
+            if not members:
+                return None
+        else:
+            rows, grid = afforded
+            if rows < len(positions):
+                positions = [positions[i] for i in sorted(torch.randperm(len(positions), generator=g)[:rows].tolist())]
+                labels = task.targets("train")[positions].long()
     val_rows = _sample(len(task.val), max_samples, g)
     val_labels = task.targets("val")[val_rows].long()
     models = QuickModels(task, positions, labels, val_rows, members, fit_kwargs)
+    models.grid = grid
 
-    fold, val_fold = _stratified_folds(labels, folds, seed), _stratified_folds(val_labels, folds, seed + 1)
+    fold, val_fold = stratified_folds(labels, folds, seed), stratified_folds(val_labels, folds, seed + 1)
     suspects = torch.zeros(len(labels), dtype=torch.bool)
     probs, val_probs = models.out_of_fold(fold, val_fold, suspects, choose=True)
     chance, note = majority_share(labels), ""
@@ -299,7 +317,12 @@ def label_noise(issues: LabelIssues | None, task: Task) -> Check:
     validation one by 3 standard errors and by at least 1 point; fail when most training labels look wrong.
     """
     if issues is None:
-        return skipped("label_noise", f"not applicable: {_not_applicable(task)}.")
+        reason = _not_applicable(task) or (
+            f"a linear probe over {task.num_classes} classes (at least {MIN_PER_CLASS} rows each) and the task "
+            "model's quick training both cost more than the scan's compute budget; inspect.label_noise: false turns "
+            "it off"
+        )
+        return skipped("label_noise", f"not applicable: {reason}.")
     n, m = len(issues.positions), issues.baseline_samples
     rate, base = issues.estimated_noise_rate, issues.baseline_rate
     value: dict[str, Any] = {"estimated_noise_rate": rate, "baseline_rate": base, "suspects": len(issues.indices)}

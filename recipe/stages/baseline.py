@@ -36,7 +36,7 @@ from recipe.diagnostics.causal import causal
 from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.dropout import dropout_rates, eval_deterministic
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
-from recipe.diagnostics.inputs import holds_targets_ahead, input_batch
+from recipe.diagnostics.inputs import holds_targets_ahead, input_batch, scaled_by_model
 from recipe.diagnostics.integrity import finite_rows_batch
 from recipe.diagnostics.numerics import non_finite
 from recipe.diagnostics.padding import padding_invariance
@@ -285,6 +285,7 @@ class Baseline(Stage):
 
     def _input_batch(self, ctx: Context, inputs: Any, batch: Any) -> Check:
         check, info = input_batch(inputs, ctx.task)
+        check = scaled_by_model(check, ctx.task, inputs)
         artifacts = [ctx.save_json("input_batch.json", info)]
         if (
             isinstance(inputs, torch.Tensor)

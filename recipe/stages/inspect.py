@@ -22,7 +22,7 @@ from recipe.check import Check, passed, skipped
 from recipe.config import require
 from recipe.context import Context
 from recipe.diagnostics.groups import group_leak
-from recipe.diagnostics.inputs import input_stats
+from recipe.diagnostics.inputs import input_stats, scaled_by_model
 from recipe.diagnostics.integrity import (
     SplitSample,
     class_counts,
@@ -165,6 +165,9 @@ class InspectData(Stage):
     def _input_stats(self, ctx: Context, train: SplitSample) -> Check:
         measured = _measured(train)  # category ids have no scale
         check, stats = input_stats(measured.inputs, train.scope, measured.parts)
+        if check.status == "warn":  # the model may scale its inputs itself
+            inputs, _ = ctx.task.split_batch(ctx.task.sample_batch("train", 256, ctx.seed, ctx.device))
+            check = scaled_by_model(check, ctx.task, inputs)
         if not stats or "mean" not in stats:
             return check
         unit = "channel" if train.inputs is not None and train.inputs.dim() == 4 else "feature"
