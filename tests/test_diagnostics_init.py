@@ -395,3 +395,30 @@ def test_a_squared_error_at_init_is_judged_by_the_outputs_size_not_its_means_sig
         torch.manual_seed(seed)
         check = loss_at_init(task.make_model(), task, batch)
         assert check.status == status, (seed, check.message)
+
+
+class TiedGRU(nn.Module):
+    """A token GRU whose output head is its input embedding (tied weights); `std`: the embedding's init."""
+
+    def __init__(self, std: float | None = None, dim: int = 64):
+        super().__init__()
+        self.emb, self.rnn = nn.Embedding(tiny.VOCAB, dim), nn.GRU(dim, dim, batch_first=True)
+        self.head = nn.Linear(dim, tiny.VOCAB, bias=False)
+        self.head.weight = self.emb.weight
+        if std is not None:
+            nn.init.normal_(self.emb.weight, std=std)
+
+    def forward(self, idx):
+        return self.head(self.rnn(self.emb(idx))[0])
+
+
+@pytest.mark.parametrize(("std", "status"), [(None, "fail"), (64**-0.5, "pass")])
+def test_loss_at_init_names_a_head_tied_to_an_embedding(std, status):
+    """nn.Embedding starts at N(0, 1): a head sharing its weight starts its logits about sqrt(64) = 8x too large, and
+    the fix is the embedding's init, not "the default init for the last layer" (the head has no init of its own)."""
+    torch.manual_seed(0)
+    task = tiny.sequence(lambda: TiedGRU(std))
+    check = loss_at_init(task.make_model(), task, _batch(task))
+    assert check.status == status, check.message
+    if status == "fail":
+        assert "tied weights" in check.message and "nn.init.normal_(emb.weight, std=0.12)" in check.message

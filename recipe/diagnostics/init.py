@@ -37,6 +37,16 @@ def sums_over_batch(task: Task, output: torch.Tensor, target: torch.Tensor) -> b
     return single > 0 and abs(double / single - 2) < 1e-3
 
 
+def _tied_embedding(model: nn.Module) -> tuple[str, int, float] | None:
+    """The name, width and weight std of an embedding whose weight a Linear also uses (an output head tied to the
+    input embedding), or None."""
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and id(module.weight) in linear_weights:
+            return name or "model", module.embedding_dim, float(module.weight.detach().float().std())
+    return None
+
+
 def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     """Catches logits scaled too large at init, a loss summed over the batch, and a negative (sign-flipped or
     log-less NLL) loss.
@@ -110,6 +120,17 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
             f"and the inputs are far from unit scale: {large} A default-initialised network carries that scale "
             "through to its outputs. Standardise the inputs with training statistics (see input_batch); if the "
             "loss is still high, scale down the final layer's init or remove any temperature on the output.",
+            value,
+            expected,
+        )
+    if ratio > 2.0 and (tied := _tied_embedding(model)) is not None:
+        name, width, std = tied
+        return failed(
+            "loss_at_init",
+            f"{seen} the {expected:.4g} a fresh model should give ({what}): the output layer shares its weight with "
+            f"the embedding {name} (tied weights), initialised at std {std:.2g} as nn.Embedding is, so the logits "
+            f"start about {std * width**0.5:.2g}x a unit-scale hidden state. Initialise the shared weight small: "
+            f"nn.init.normal_({name}.weight, std={width**-0.5:.2g}) (or 0.02, as GPT-2 does).",
             value,
             expected,
         )
