@@ -106,6 +106,9 @@ def test_loss_spikes_fail_on_divergence():
     assert loss_spikes(rising).status == "fail"
     noise = 0.05 * torch.randn(300, generator=torch.Generator().manual_seed(0))
     assert loss_spikes((1.0 + 0.003 * torch.arange(300) + noise).tolist()).status == "fail"  # rises 0.9 through noise
+    blown = (1.3 * (1 + 0.01 * torch.randn(300, generator=torch.Generator().manual_seed(2)))).tolist()
+    blown[20:] = (10 ** (3 + 7 * torch.rand(280, generator=torch.Generator().manual_seed(3)))).tolist()
+    assert loss_spikes(blown).status == "fail"  # a rate of 1e4: wild from step 20 on, its noise as large as its level
 
 
 def test_loss_spikes_pass_a_flat_noisy_run_that_ends_above_its_first_step():

@@ -171,7 +171,8 @@ def _running_median(x: torch.Tensor, window: int) -> torch.Tensor:
 
 def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, failure: str | None = None) -> Check:
     """Catches a diverging or unstable run: a non-finite loss, a loss that ends above where it started by more than
-    three times its step-to-step noise, or spikes that undo half the progress made so far.
+    three times its step-to-step noise (or at over twice a positive start), or spikes that undo half the progress made
+    so far.
 
     Why: the playbook's "training instability"; a spike is a step more than `z` robust deviations of the
     step-to-step noise above the running median of the `window` steps before it, and larger than half the drop
@@ -198,7 +199,10 @@ def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, fai
     median = _running_median(x, window)
     residual = x[window:] - median
     scale = 1.4826 * float((residual - residual.median()).abs().median()) or 1e-12
-    if end > start + 3 * scale:  # a flat, noisy run ends above its first step half the time: that is not divergence
+    # beyond three times the step noise (a flat, noisy run ends above its first step half the time), or at over twice
+    # the loss at init, a fresh model's highest point in any run that learns or stays flat (a run that blew up is all
+    # noise: its fluctuations measure the blow-up, not the start)
+    if end > start + 3 * scale or end > 2 * start > 0:
         return failed(
             "loss_spikes",
             f"the training loss ended higher than it started ({end:.4g} against {start:.4g}, beyond its step-to-step "
