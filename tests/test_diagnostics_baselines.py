@@ -108,3 +108,17 @@ def test_input_independent_skips_when_the_short_run_did_not_train_at_all():
     task = tiny.classification()
     assert input_independent(same, same, task, flat).status == "skip"
     assert input_independent(same, same, task, memorised).status == "fail"
+
+
+def test_input_independent_reads_a_loss_below_zero_without_a_relative_floor():
+    """Poisson NLL of counts near 30 drops log(y!): losses near -36, where 2% of the level (0.72) is an offset's
+    share, not a scale. A model 0.61 better with real inputs than exchanged ones uses them (it failed before)."""
+    task = tiny.regression()
+    real = Evaluation(loss=-36.33, loss_se=0.05, metric=4.0, metric_se=0.1, n=360)
+    exchanged = Evaluation(loss=-35.72, loss_se=0.05, metric=5.0, metric_se=0.1, n=360)
+    assert input_independent(real, exchanged, task, constant=-35.7).status == "pass"
+    same = Evaluation(loss=-35.72, loss_se=0.05, metric=5.0, metric_se=0.1, n=360)
+    assert input_independent(same, exchanged, task, constant=-35.7).status == "fail"  # no gain at all still fails
+    positive = Evaluation(loss=2.30, loss_se=0.0, metric=0.1, metric_se=0.0, n=360)
+    slightly = Evaluation(loss=2.29, loss_se=0.0, metric=0.1, metric_se=0.0, n=360)
+    assert input_independent(slightly, positive, tiny.classification()).status == "fail"  # within 2% of 2.30

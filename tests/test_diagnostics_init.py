@@ -84,6 +84,16 @@ def test_a_negative_likelihood_at_init_is_expected_for_counts_and_a_bug_for_clas
     flipped = tiny.classification(loss=lambda o, t: -F.cross_entropy(o, t))
     assert loss_at_init(flipped.make_model(), flipped, _batch(flipped)).status == "fail"
 
+    def low_start():  # a log-rate that starts below 0: the loss starts positive (about 10), its floor is not
+        net = tiny.MLP(out=1)
+        nn.init.constant_(net.head.bias, -0.5)
+        return net
+
+    fresh = counts.replace(model=low_start)
+    check = loss_at_init(fresh.make_model(), fresh, _batch(fresh))
+    assert check.value["loss"] > 0 and check.value["best_constant"] < 0, check.value
+    assert check.status == "skip" and "goes below zero" in check.message, check.message
+
 
 class BiasAtPrior(tiny.MLP):
     """Two classes at 1:20, the output bias at the log class prior: what init_bias advises."""

@@ -122,3 +122,32 @@ def test_shared_new_kinds_pass(name):
     task = NEW_KINDS[name]()
     check = init_symmetry(task.make_model(), task, task.sample_batch("train", 32, seed=0))
     assert check.status == "pass", check.message
+
+
+class ZeroBranches(nn.Module):
+    """Residual blocks whose last layer starts at zero (Fixup, "zero-init residual") under a final ReLU: on a batch,
+    some outputs of those zero layers are cut off by the ReLU for every sample, so they share a zero activation and a
+    zero gradient, as silent units do, not as symmetric ones (their gradients differ on other batches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(tiny.FEATURES, 64), nn.Linear(64, tiny.CLASSES)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)) for _ in range(3))
+        for block in self.blocks:
+            nn.init.zeros_(block[2].weight)
+            nn.init.zeros_(block[2].bias)
+        with torch.no_grad():
+            self.inp.bias[:8] = -50.0  # 8 features negative for every input: cut off by the final ReLU
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(torch.relu(h))
+
+
+def test_silent_units_of_zero_initialised_branches_are_not_copies():
+    torch.manual_seed(0)
+    task = tiny.classification(ZeroBranches)
+    check = init_symmetry(task.make_model(), task, task.sample_batch("train", 32, seed=0))
+    assert check.status == "pass", check.message

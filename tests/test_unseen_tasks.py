@@ -263,6 +263,24 @@ def test_binary_features_repeat_and_conflict_by_necessity(tmp_path):
     assert not [c for c in result.checks if c.status in ("warn", "fail", "error")]
 
 
+def test_categorical_columns_with_more_combinations_than_rows_repeat_by_chance():
+    """Six categorical columns of 3, 5, 7, 4, 10 and 2 values: 8,400 combinations, more than the 2,400 training rows,
+    yet two random rows agree with probability 1/8,400, so a quarter of them repeat by chance (a birthday bound), and
+    their labels, drawn from a logistic model, conflict. It warned 'check those labels'."""
+    from recipe.diagnostics.integrity import read_split
+    from recipe.diagnostics.splits import duplicates
+
+    g = torch.Generator().manual_seed(0)
+    cards = [3, 5, 7, 4, 10, 2]
+    x = torch.stack([torch.randint(0, c, (3000,), generator=g) for c in cards], 1)
+    logit = 2.0 * (x[:, 0] == 1) - 1.5 * (x[:, 2] > 3) + (x[:, 4] % 2) - 0.3
+    y = (torch.rand(3000, generator=g) < torch.sigmoid(logit)).long()
+    task = Task((x[:2400], y[:2400]), (x[2400:], y[2400:]), lambda: nn.Linear(6, 2))
+    check = duplicates(read_split(task, "train", 20_000, 0), read_split(task, "val", 20_000, 1), task)
+    assert check.value["conflicting_label_groups"] and check.value["repeats_by_chance"] == pytest.approx(0.25, abs=0.02)
+    assert check.status == "pass" and "by chance" in check.message, check.message
+
+
 def test_a_conflicting_duplicate_among_continuous_inputs_still_warns(tmp_path):
     x, y = torch.randn(400, 6, generator=torch.Generator().manual_seed(0)), torch.arange(400) % 2
     x[1], y[1] = x[0], 1 - y[0]

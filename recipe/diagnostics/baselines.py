@@ -171,20 +171,20 @@ def input_independent(
     else:
         gain, se = exchanged.loss - real.loss, 0.0
     value.update(gain=gain, gain_se=se)
+    # 2% of the loss as a floor on the gain, where the loss's zero means something: a loss that goes below zero (a
+    # likelihood with its constant left out, as Poisson NLL does) has a level that is an offset, not a scale
+    offset = min(real.loss, exchanged.loss) < 0 or (constant is not None and constant < 0)
+    floor = 0.0 if offset else 0.02 * abs(exchanged.loss)
     if not (math.isfinite(real.loss) and math.isfinite(exchanged.loss)):
         return skipped("input_independent", "a validation loss was not finite; see the non-finite check.")
-    if (
-        gain <= max(2 * se, 0.02 * abs(exchanged.loss))
-        and train_losses is not None
-        and not trained_at_all(train_losses)
-    ):
+    if gain <= max(2 * se, floor) and train_losses is not None and not trained_at_all(train_losses):
         return skipped(
             "input_independent",
             f"the short run did not train (training loss {train_losses[0]:.4g} -> {train_losses[-1]:.4g}, no fall "
             "beyond its noise), so comparing it with exchanged inputs cannot tell whether the model uses them; see "
             "loss_decreases (learning rate, gradients).",
         )
-    margin = max(2 * se, 0.02 * abs(exchanged.loss))  # one-sided, about 98% confidence
+    margin = max(2 * se, floor)  # one-sided, about 98% confidence
     better, better_se = _metric_gain(real, exchanged, task)
     value.update({f"{task.metric_name}_gain": better, f"{task.metric_name}_gain_se": better_se})
     if gain <= margin and better > 3 * better_se > 0:

@@ -84,6 +84,13 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
             f"the loss at init is negative ({measured:.4g}), as a likelihood of continuous or count targets can be (a "
             "density above 1, or a constant term left out, as Poisson NLL does): no reference value to compare with.",
         ).replace(value=value)
+    if task.kind == "regression" and callable(task.loss) and (floor := constant_loss(task, target, output)) < 0:
+        return skipped(  # a likelihood with its constant left out: its level is an offset, a ratio to it says nothing
+            "loss_at_init",
+            f"the loss at init is {measured:.4g}, but the best constant prediction scores {floor:.4g}: this loss goes "
+            "below zero (a likelihood with a constant term left out, as Poisson NLL does), so its ratio to an all-zero "
+            f"output's {expected:.4g} says nothing about the init.",
+        ).replace(value=value | {"best_constant": floor})
     if measured < 0:
         return failed(
             "loss_at_init",

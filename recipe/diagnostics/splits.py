@@ -91,8 +91,9 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
     validation rows found in training must stay near the fraction of training rows that repeat within training
     (what independent draws of this data would share) plus `leak_fraction`, beyond three binomial standard
     deviations, so one chance twin in a small tabular split (iris holds one duplicated row) is not called a leak.
-    Inputs of a few binary or categorical features, whose combinations are fewer than the rows, repeat by
-    necessity, and their conflicting labels are the noise of an outcome given its inputs: no warning for either.
+    Inputs of a few binary or categorical features, whose combinations are fewer than the rows or few enough that
+    independent columns repeat rows by chance as often as seen (a birthday bound), repeat by necessity, and their
+    conflicting labels are the noise of an outcome given its inputs: no warning for either.
     """
     if train.inputs is None or val.inputs is None:
         return skipped("duplicates", "inputs are not a single tensor; override in a subclass.")
@@ -157,6 +158,16 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
             "so a label is a draw given its inputs, not a mistake to fix.",
             value,
         )
+    chance = _chance_repeats(train.inputs) if conflicts or within > 0.05 else 0.0
+    if within > 0 and chance >= 0.5 * within:
+        value["repeats_by_chance"] = chance
+        return passed(
+            "duplicates",
+            f"{within:.1%} of training rows repeat, as independent discrete columns with the values seen repeat by "
+            f"chance ({chance:.1%} expected), and {len(conflicts)} group(s) of identical inputs carry different "
+            "labels: a label is a draw given its inputs, not a mistake to fix.",
+            value,
+        )
     if conflicts:
         return warned(
             "duplicates",
@@ -188,6 +199,20 @@ def _possible_inputs(inputs: torch.Tensor, limit: int) -> int | None:
         if total > limit:
             return None
     return total
+
+
+def _chance_repeats(inputs: torch.Tensor) -> float:
+    """The share of rows expected to repeat another row by chance if the columns were independent, each with the
+    value frequencies seen: two rows agree with probability prod_c sum_v p_c(v)^2 (a birthday bound over the rows).
+    A few categorical columns make repeats the data; one continuous column makes them all but impossible."""
+    rows = inputs.reshape(len(inputs), -1)
+    agree = 1.0
+    for column in rows.T:
+        _, counts = torch.unique(column, return_counts=True)
+        agree *= float((counts.double() / len(rows)).square().sum())
+        if agree * len(rows) < 1e-6:
+            return 0.0
+    return 1.0 - (1.0 - agree) ** (len(rows) - 1)
 
 
 def _conflicts(keys: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, n_train: int) -> list[dict[str, Any]]:

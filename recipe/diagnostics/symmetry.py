@@ -84,17 +84,22 @@ def _equal_rows(rows: torch.Tensor | None) -> tuple[int, bool]:
     return int(copies.sum()), len(counts) == 1 and bool((rows != 0).any())
 
 
-def _duplicated(activation: torch.Tensor, gradient: torch.Tensor, seed: int = 0) -> tuple[int, int]:
-    """(units that share their activation and gradient with another unit, units compared)."""
+def _duplicated(activation: torch.Tensor, gradient: torch.Tensor, seed: int = 0) -> tuple[int, int, int]:
+    """(units that share their activation and gradient with another unit, those of them not silent, units compared).
+    A silent unit (zero activation and zero gradient on every row: a zero-initialised branch's unit cut off by a ReLU
+    downstream on this batch) matches every other silent one without being symmetric: on other rows its gradient
+    differs. A whole layer of them is still every unit copied."""
     g = torch.Generator().manual_seed(seed)
     rows = torch.randperm(len(activation), generator=g)[:MAX_ROWS]
     units = torch.randperm(activation.shape[1], generator=g)[:MAX_UNITS]
     a, d = activation[rows][:, units].float(), gradient[rows][:, units].float()
+    silent = (a == 0).all(0) & (d == 0).all(0)
     a, d = a / a.abs().max().clamp_min(1e-12), d / d.abs().max().clamp_min(1e-12)
     key = torch.cat([a, d]).T  # (units, 2 * rows)
     distance = torch.cdist(key, key, p=float("inf"))
     distance.fill_diagonal_(float("inf"))
-    return int((distance.min(1).values <= TOLERANCE).sum()), len(units)
+    copied = distance.min(1).values <= TOLERANCE
+    return int(copied.sum()), int((copied & ~silent).sum()), len(units)
 
 
 def init_symmetry(model: nn.Module, task: Task, batch: Any) -> Check:
@@ -114,12 +119,12 @@ def init_symmetry(model: nn.Module, task: Task, batch: Any) -> Check:
     value: dict[str, dict[str, int]] = {}
     all_same: list[str] = []
     for n, layer in layers.items():
-        copied, units = _duplicated(layer.activation, layer.gradient)
+        copied, active, units = _duplicated(layer.activation, layer.gradient)
         rows, constant = (0, False) if layer.is_output else _equal_rows(layer.weight_rows)
-        if copied or rows:
-            value[n] = {"duplicated_units": copied, "units_compared": units, "equal_weight_rows": rows}
         if copied == units or constant:
             all_same.append(n)
+        if copied == units or active or rows:
+            value[n] = {"duplicated_units": copied, "units_compared": units, "equal_weight_rows": rows}
     what = "; ".join(
         f"{n}: {v['duplicated_units']} of {v['units_compared']} units copy another's activation and gradient, "
         f"{v['equal_weight_rows']} equal weight rows"
