@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from examples import charlm, digits
+from recipe import Task
 from recipe.diagnostics.dropout import dropout_modules, dropout_rates, eval_deterministic
 from tests import tiny
 
@@ -146,3 +147,29 @@ def test_eval_deterministic(model, status, words):
     check = eval_deterministic(task.make_model(), task, inputs)
     assert check.status == status, check.message
     assert words in check.message
+
+
+class PaddedEncoderDropout(nn.Module):
+    """A TransformerEncoder run with a key-padding mask (eval mode takes the nested-tensor fast path inside), then
+    F.dropout without the training flag on the pooled output."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(tiny.VOCAB, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder, self.head = nn.TransformerEncoder(layer, 1), nn.Linear(16, tiny.CLASSES)
+
+    def forward(self, idx):
+        pad = idx == 0
+        h = self.encoder(self.emb(idx), src_key_padding_mask=pad)
+        return self.head(F.dropout(h.mean(1), 0.3))
+
+
+def test_eval_deterministic_traces_past_nested_tensors():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, tiny.VOCAB, (16, 12), generator=g)
+    ids[:, 8:] = 0  # padding at the end of every row
+    task = Task((ids, torch.arange(16) % tiny.CLASSES), (ids, torch.arange(16) % tiny.CLASSES), PaddedEncoderDropout)
+    model = task.make_model()
+    check = eval_deterministic(model, task, ids)
+    assert check.status == "fail" and "a dropout mask" in check.message, check.message

@@ -105,7 +105,10 @@ def eval_deterministic(model: nn.Module, task: Task, inputs: Any) -> Check:
     changed = [n for n, b in model.named_buffers() if n in buffers and not torch.equal(b, buffers[n])]
     value: dict[str, Any] = {"max_abs_difference": diff, "output_scale": scale, "buffers_changed": changed}
     if diff > 1e-5 * max(scale, 1e-6) or math.isnan(diff):
-        where, masked = _where_noise_enters(model, task, inputs)
+        try:
+            where, masked = _where_noise_enters(model, task, inputs)
+        except Exception:  # a structure the trace cannot compare: where the noise enters stays unknown
+            where, masked = "a place the trace could not read", False
         value.update(noise_enters_at=where, dropout_mask=masked)
         if masked:
             return failed(
@@ -162,7 +165,12 @@ def _traced(model: nn.Module, task: Task, inputs: Any) -> list[tuple[str, torch.
     def record(module: nn.Module, what: str, value: Any) -> None:
         owner = names.get(id(module), f"a {type(module).__name__} built inside forward")
         tree_map(
-            lambda t: seen.append((f"the {what} of {owner}", t.detach().clone())) if t.is_floating_point() else t, value
+            lambda t: (
+                seen.append((f"the {what} of {owner}", t.detach().clone()))
+                if t.is_floating_point() and not t.is_nested
+                else t
+            ),
+            value,
         )
 
     hooks = [

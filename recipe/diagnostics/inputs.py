@@ -142,7 +142,7 @@ def _first_weighted_input(task: Task, inputs: Any) -> tuple[str, torch.Tensor] |
     ]
     hooks = [m.register_forward_pre_hook(capture) for m in weighted]
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             task.forward(model, inputs)
     except Exception:  # a probe of the model must not break a data check: the warning then stands
         return None
