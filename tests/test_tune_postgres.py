@@ -31,6 +31,22 @@ pytestmark = [
 SOURCE = {"task": "tests.tiny:classification", "task_args": {}}
 
 
+def heartbeats(study_name: str) -> int:
+    """Heartbeats recorded for the study's trials, read from Optuna's tables."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(URL)
+    try:
+        with engine.connect() as connection:
+            query = sqlalchemy.text(
+                "SELECT count(*) FROM trial_heartbeats h JOIN trials t ON h.trial_id = t.trial_id "
+                "JOIN studies s ON t.study_id = s.study_id WHERE s.study_name = :name"
+            )
+            return int(connection.execute(query, {"name": study_name}).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
 def test_two_workers_on_postgres_lose_nothing_and_retry_a_killed_trial(tmp_path):
     import optuna
 
@@ -56,8 +72,9 @@ def test_two_workers_on_postgres_lose_nothing_and_retry_a_killed_trial(tmp_path)
     proc = spawn_worker(spec, 1)
     study = open_study(search, search.study, parse_space(search.space, task, search.settings()))
     deadline = time.time() + 60
-    while time.time() < deadline and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-        time.sleep(0.1)  # polling for the worker's first trial to start
+    while time.time() < deadline and not heartbeats(search.study):
+        time.sleep(0.1)  # polling for the worker's first trial to start and beat: one killed before its first
+        # heartbeat is never stale to Optuna (it skips trials without one) and would stay RUNNING
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30
