@@ -120,10 +120,10 @@ def batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int = 
     nothing depends on anything those tensors are given small random values for a second probe.
     """
     check = _batch_independence(model, task, inputs, probes)
-    zeros = [p for p in model.parameters() if p.requires_grad and p.numel() and not bool(p.detach().any())]
-    if check.expected != IGNORES_INPUTS or not zeros:
+    zero = {n: p for n, p in model.named_parameters() if p.requires_grad and p.numel() and not bool(p.detach().any())}
+    if check.expected != IGNORES_INPUTS or not zero:
         return check
-    names = [name for name, p in model.named_parameters() if any(p is z for z in zeros)]
+    names, zeros = list(zero), list(zero.values())
     with torch.no_grad():
         for p in zeros:
             p.normal_(0.0, 1.0 / math.sqrt(max(p[0].numel(), 1)) if p.dim() > 1 else 0.1)

@@ -231,12 +231,11 @@ def find_label_issues(
         else:
             rows, grid = afforded
             if rows < len(positions):
-                positions = [positions[i] for i in sorted(torch.randperm(len(positions), generator=g)[:rows].tolist())]
+                positions = [positions[i] for i in _sample(len(positions), rows, g)]
                 labels = task.targets("train")[positions].long()
     val_rows = _sample(len(task.val), max_samples, g)
     val_labels = task.targets("val")[val_rows].long()
-    models = QuickModels(task, positions, labels, val_rows, members, fit_kwargs)
-    models.grid = grid
+    models = QuickModels(task, positions, labels, val_rows, members, fit_kwargs, grid)
 
     fold, val_fold = stratified_folds(labels, folds, seed), stratified_folds(val_labels, folds, seed + 1)
     suspects = torch.zeros(len(labels), dtype=torch.bool)

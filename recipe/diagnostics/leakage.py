@@ -157,12 +157,11 @@ def time_leakage(
     if layouts[0][0][0].shape[1] < MIN_LENGTH:
         return skipped(name, f"rows of {layouts[0][0][0].shape[1]} values are too short to tell a shift from chance.")
     pad = pad_id if pad_id is not None and not train.inputs.is_floating_point() else None
-    x_val = layouts[0][1][0]
-    found = torch.zeros(len(x_val), dtype=torch.bool)
+    found = torch.zeros(len(layouts[0][1][0]), dtype=torch.bool)  # a validation row found along any time axis
     for (x_train, step), (x_val, _) in layouts:
         found |= shifted_copies(x_train, x_val, pad=pad, step=step)
     count, share = int(found.sum()), float(found.float().mean())
-    value = {"shifted_copies": count, "val_rows_compared": len(x_val), "share": share}
+    value = {"shifted_copies": count, "val_rows_compared": len(found), "share": share}
     seen = (
         f"{count} of {len(x_val)} validation samples ({share:.0%}) are training samples shifted by a few positions: "
         "overlapping windows cut from one series were split at random, so the model is scored on stretches it "

@@ -126,6 +126,7 @@ class QuickModels:
         val_rows: list[int],
         members: list[str],
         fit_kwargs: dict[str, Any],
+        grid: tuple[float, ...] = L2_GRID,
     ):
         self.task, self.positions, self.labels, self.val_rows = task, positions, labels, val_rows
         self.members, self.fit_kwargs = members, fit_kwargs
@@ -135,7 +136,7 @@ class QuickModels:
         self.x = flat_inputs(task, "train", positions, device) if linear else None
         self.x_val = None if self.x is None else flat_inputs(task, "val", val_rows, device) if val_rows else self.x[:0]
         self.l2 = L2_GRID[1]
-        self.grid: tuple[float, ...] = L2_GRID  # the weight decays the first round chooses from
+        self.grid = grid  # the weight decays the linear probe's first round chooses from
         self.temperatures = dict.fromkeys(members, 1.0)
         self.accuracy: dict[str, float] = {}  # each member's out-of-fold accuracy, measured with `choose`
         self.dropped: list[str] = []  # members left out because they did not learn while another did

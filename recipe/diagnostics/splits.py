@@ -147,7 +147,7 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
             "near-duplicates (augmented, resized or re-encoded copies) leak across the split.",
             value,
         )
-    possible = _possible_inputs(train.inputs, len(k_train)) if conflicts or within > 0.05 else None
+    possible, chance = _repeats(train.inputs, len(k_train)) if conflicts or within > 0.05 else (None, 0.0)
     if possible is not None:
         value["possible_inputs"] = possible
         return passed(
@@ -158,7 +158,6 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
             "so a label is a draw given its inputs, not a mistake to fix.",
             value,
         )
-    chance = _chance_repeats(train.inputs) if conflicts or within > 0.05 else 0.0
     if within > 0 and chance >= 0.5 * within:
         value["repeats_by_chance"] = chance
         return passed(
@@ -189,30 +188,22 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
     )
 
 
-def _possible_inputs(inputs: torch.Tensor, limit: int) -> int | None:
-    """How many distinct inputs the features' observed values allow when combined, when that is at most `limit`
-    (else None): a handful of binary or categorical columns allow fewer than a split holds rows, and then repeats
-    are the data, not a bug. Stops at the first columns whose values exceed `limit` (one, for continuous data)."""
-    total = 1
-    for column in inputs.reshape(len(inputs), -1).T:
-        total *= len(torch.unique(column))
-        if total > limit:
-            return None
-    return total
-
-
-def _chance_repeats(inputs: torch.Tensor) -> float:
-    """The share of rows expected to repeat another row by chance if the columns were independent, each with the
-    value frequencies seen: two rows agree with probability prod_c sum_v p_c(v)^2 (a birthday bound over the rows).
-    A few categorical columns make repeats the data; one continuous column makes them all but impossible."""
+def _repeats(inputs: torch.Tensor, limit: int) -> tuple[int | None, float]:
+    """How the rows' columns make repeats the data, not a bug, from each column's values seen: how many distinct
+    inputs they allow when combined, when that is at most `limit` (else None: a handful of binary or categorical
+    columns allow fewer than a split holds rows); and the share of rows expected to repeat another by chance were the
+    columns independent: two rows agree with probability prod_c sum_v p_c(v)^2 (a birthday bound over the rows). A
+    continuous column settles both at once: more values than `limit`, and repeats all but impossible."""
     rows = inputs.reshape(len(inputs), -1)
-    agree = 1.0
+    total, agree = 1, 1.0
     for column in rows.T:
         _, counts = torch.unique(column, return_counts=True)
+        total *= len(counts)
         agree *= float((counts.double() / len(rows)).square().sum())
-        if agree * len(rows) < 1e-6:
-            return 0.0
-    return 1.0 - (1.0 - agree) ** (len(rows) - 1)
+        if total > limit and agree * len(rows) < 1e-6:
+            break
+    chance = 0.0 if agree * len(rows) < 1e-6 else 1.0 - (1.0 - agree) ** (len(rows) - 1)
+    return (total if total <= limit else None), chance
 
 
 def _conflicts(keys: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, n_train: int) -> list[dict[str, Any]]:

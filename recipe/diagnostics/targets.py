@@ -24,8 +24,7 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
     classes 8 and 9 were absent from train). A random split leaves a class of k samples out of training with
     probability (validation share)^k, so with a few samples per class some go missing by chance: that warns, and
     only more missing classes than chance allows (p < 0.001) fail as a sorted split. A regression target far from
-    zero mean and unit scale makes the first
-    phase of training fit the offset (catalog M11).
+    zero mean and unit scale makes the first phase of training fit the offset (catalog M11).
     """
     if task.kind == "regression":
         return _regression_targets(train, task)
