@@ -75,6 +75,17 @@ def test_capacity_warns_when_a_bigger_rung_diverges_and_fails_when_all_do():
     assert capacity([rung("only", 0.0, diverged_at=3)], None, constant=2.3).status == "fail"
 
 
+def test_capacity_names_the_rate_of_a_ladder_that_did_not_learn_and_advises_by_what_happened():
+    """A ladder trained at 2.4e-7 (a range test read off noise) failed with "Lower the learning rate"; the rate is
+    named now, and lowering it is advised only where a rung diverged."""
+    flat = [rung("small", 2.4), rung("big", 2.35)]
+    check = capacity(flat, pick_rung(flat), constant=2.3)
+    assert check.status == "fail" and "at lr 0.001" in check.message and "Lower" not in check.message
+    blown = [rung("small", 2.4), rung("big", 0.0, diverged_at=5)]
+    check = capacity(blown, pick_rung(blown), constant=2.3)
+    assert check.status == "fail" and "big diverged" in check.message and "lower the learning rate" in check.message
+
+
 def test_capacity_does_not_split_hairs_between_rungs_that_both_fit():
     ladder = [rung("a", 0.004), rung("b", 0.02)]
     assert capacity(ladder, pick_rung(ladder), constant=2.3).status == "pass"

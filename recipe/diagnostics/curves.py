@@ -104,11 +104,18 @@ def capacity(rungs: list[Rung], chosen: Rung | None, constant: float) -> Check:
     value = {"rungs": table, "chosen": chosen.name, "constant_loss": constant}
     assert chosen.train is not None
     if chosen.train.loss >= constant:
+        diverged = [r.name for r in rungs if r.diverged_at is not None]
+        why = (
+            f"{', '.join(diverged)} diverged and the rest did not learn: lower the learning rate"
+            if diverged
+            else f"none diverged, so at lr {chosen.lr:.3g} the loss did not fall in this budget: if that rate is "
+            "far below the one baseline trained at, set train.lr (or complexify.epochs) and rerun complexify; "
+            "otherwise the model does not learn"
+        )
         return failed(
             "capacity",
             f"no rung fits the training set better than a constant prediction (best training loss "
-            f"{chosen.train.loss:.4g} against {constant:.4g}): training diverged or does not learn. Lower the "
-            "learning rate; rerun baseline and overfit.",
+            f"{chosen.train.loss:.4g} against {constant:.4g}): {why}; rerun baseline and overfit.",
             value,
             f"training loss below {constant:.4g}",
         )

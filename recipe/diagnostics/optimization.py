@@ -7,6 +7,7 @@ exponentially and reads a rate off the smoothed loss curve, and says so when the
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable
@@ -257,14 +258,42 @@ def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, dive
     window = curve[start:end]
     i_min = start + min(range(len(window)), key=window.__getitem__)
     drop = (curve[start] - curve[i_min]) / abs(curve[start]) if curve[start] else 0.0
-    out.update(lr_at_minimum=lrs[i_min], loss_at_minimum=curve[i_min], relative_drop=drop)
+    noise = _smoothed_noise(losses[:end], start, i_min)
+    out.update(lr_at_minimum=lrs[i_min], loss_at_minimum=curve[i_min], relative_drop=drop, noise=noise)
     if drop < 0.1:
         out["reason"] = f"the smoothed loss never fell more than {drop:.0%} below its start"
+        return out
+    if curve[start] - curve[i_min] < 3 * noise:
+        out["reason"] = (
+            f"the smoothed loss's lowest point ({curve[start] - curve[i_min]:.3g} below its start) is within the "
+            f"step-to-step noise of the sweep (3 standard deviations of the smoothed difference: {3 * noise:.3g}), so "
+            f"no rate in it moved the model"
+        )
         return out
     out["lr"] = lrs[i_min] / 10
     if end == len(losses) and i_min >= end - 3:
         out["note"] = "the loss was still falling at lr_max; raise lr_max to see where it turns"
     return out
+
+
+def _smoothed_noise(losses: list[float], start: int, end: int, beta: float = 0.9) -> float:
+    """The standard deviation of `smooth(losses)[start] - smooth(losses)[end]` from step-to-step noise alone.
+
+    The noise of one step's loss is read from consecutive differences (a trend cancels in them), robustly: the median
+    absolute difference over 0.6745 * sqrt(2). Each smoothed value is a weighted sum of the raw losses up to it, and
+    the two share their older terms, so the difference is weighted term by term."""
+    steps = [b - a for a, b in itertools.pairwise(losses) if math.isfinite(a) and math.isfinite(b)]
+    if not steps:
+        return 0.0
+    sd = statistics.median(abs(d) for d in steps) / (0.6745 * math.sqrt(2))
+
+    def weights(i: int) -> list[float]:
+        norm = 1 - beta ** (i + 1)
+        return [(1 - beta) * beta ** (i - j) / norm for j in range(i + 1)]
+
+    a, b = weights(start), weights(end)
+    a += [0.0] * (len(b) - len(a))
+    return sd * math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
 
 
 def lr_range(lrs: list[float], losses: list[float], suggestion: dict[str, Any], current_lr: float) -> Check:

@@ -138,8 +138,13 @@ def _by_groups(groups: tuple[list[Any], list[Any]] | None) -> str | None:
 
 
 def _feature_gaps(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per feature: the standardised mean difference and the log ratio of standard deviations (0 for a constant)."""
-    smd = (b.mean(0) - a.mean(0)) / torch.cat([a, b]).std(0).clamp_min(1e-12)
+    """Per feature: the standardised mean difference and the log ratio of standard deviations (0 for a constant).
+
+    A feature holding one value in both splits has means that differ by the rounding of their sums alone, over a
+    standard deviation of zero: its difference is 0, not that rounding over 1e-12."""
+    both = torch.cat([a, b])
+    constant = both.amax(0) == both.amin(0)
+    smd = torch.where(constant, torch.zeros(1), (b.mean(0) - a.mean(0)) / both.std(0).clamp_min(1e-12))
     varying = (a.std(0) > 0) & (b.std(0) > 0)
     log_ratio = torch.where(varying, (b.std(0).clamp_min(1e-12) / a.std(0).clamp_min(1e-12)).log(), torch.zeros(1))
     return smd, log_ratio

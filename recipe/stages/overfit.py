@@ -146,7 +146,7 @@ class OverfitOneBatch(Stage):
         check = lr_range(lrs, losses, suggestion, ctx.train.lr)
         artifacts = (
             ctx.save_figure("lr_range_test.png", plots.lr_range(lrs, losses, suggestion["smoothed"], suggestion)),
-            ctx.save_json("lr_range_test.json", {"lr": lrs[: len(losses)], "loss": losses, **suggestion}),
+            ctx.save_json("lr_range_test.json", {**suggestion, "lrs": lrs[: len(losses)], "losses": losses}),
         )
         if suggestion["lr"] is not None:
             ctx.learn(train={"lr": suggestion["lr"]}, lr_rule="range test, minimum/10")
