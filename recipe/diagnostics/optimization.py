@@ -38,6 +38,35 @@ def _relapse(step_losses: list[float], reference: float, floor: float) -> tuple[
     return (i + 1, step_losses[i]) if learned and step_losses[i] > reference else None
 
 
+def reads_other_targets(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], output: Any, target: Any
+) -> bool | None:
+    """Whether changing sample 0's target moves the loss's gradient with respect to the other samples' outputs: a
+    dependency that must be zero for a loss that compares each output with its own target (a broadcast between
+    (B, 1) and (B,) compares every output with every target). None when it cannot be told: outputs or targets
+    that are not one tensor, a batch of one target, or a loss that fails here."""
+    if not (isinstance(output, torch.Tensor) and output.is_floating_point() and isinstance(target, torch.Tensor)):
+        return None
+    if len(output) < 2 or len(target) != len(output):
+        return None
+    rows = target.reshape(len(target), -1)
+    other = next((j for j in range(1, len(rows)) if not torch.equal(rows[j], rows[0])), None)
+    if other is None:
+        return None
+    changed = target.clone()
+    changed[0] = target[other]
+    grads = []
+    try:
+        for t in (target, changed):
+            x = output.detach().float().clone().requires_grad_(True)
+            with torch.enable_grad():
+                grads.append(torch.autograd.grad(loss(x, t), x)[0][1:])
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    scale = float(grads[0].abs().max().clamp_min(1e-12))
+    return bool((grads[1] - grads[0]).abs().max() > 1e-4 * scale)
+
+
 def still_falling(step_losses: list[float], fraction: float = 0.1, drop: float = 0.02, floor: float = 0.0) -> bool:
     """Whether a loss curve is still going down at its end: the median of its last `fraction` of steps is at least
     `drop` of its height above `floor` (the lowest loss possible; zero when unknown) below the median of the
@@ -85,6 +114,7 @@ def overfits_batch(
     batch_size: int,
     tolerance: float = 0.05,
     floor: float = 0.0,
+    mixes: bool | None = None,
 ) -> Check:
     """Catches a setup that cannot memorise a handful of examples: probabilities fed to a logits loss (a floor at
     -log(e/(e+C-1)) with 100% accuracy), a ReLU on the logits, a flipped sign, a clipped loss, a broken output, and a
@@ -94,8 +124,11 @@ def overfits_batch(
     lowest loss any output reaches on this batch (`recipe.evaluation.loss_floor`: zero for the built-in losses on
     hard targets, found by minimising a callable loss over the outputs themselves), to `reference`, the best constant
     prediction's; "memorised" means within `tolerance` of that range from the floor. A callable loss whose floor
-    could not be found (nan) is judged by accuracy alone. Blind spots (catalog 2.2): shuffled labels and a
-    mid-network `.detach()` still pass; `input_independent` and `params_update` catch those.
+    could not be found (nan) is judged by accuracy alone. A floor within 1% of the constant's is a loss that does
+    not pair each output with its own target only where `mixes` (`reads_other_targets`) confirms it: soft targets
+    near 0.5 under binary cross-entropy have a floor that close (their entropy) and a loss that pairs them.
+    Blind spots (catalog 2.2): shuffled labels and a mid-network `.detach()` still pass; `input_independent` and
+    `params_update` catch those.
     """
     first, final = step_losses[0], min(step_losses[-5:])
     accuracy_task = task.kind != "regression"
@@ -112,7 +145,8 @@ def overfits_batch(
     known = math.isfinite(reference) and math.isfinite(floor)
     target = floor + tolerance * (reference - floor)
     shown = f"constant-prediction loss {reference:.4g}" + (f", lowest possible {floor:.4g}" if floor > 0 else "")
-    if known and reference > 0 and reference - floor < 0.01 * reference:
+    pairs = mixes is False or (mixes is None and not callable(task.loss))  # built-in losses have checked shapes
+    if known and reference > 0 and reference - floor < 0.01 * reference and not pairs:
         return failed(
             "overfit_batch",
             f"no output reaches a lower loss on this batch than the best constant prediction ({reference:.4g}; the "

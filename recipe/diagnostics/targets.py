@@ -8,6 +8,7 @@ from label-sorted data) and M11 (targets far from zero mean and unit scale).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -138,6 +139,8 @@ def _regression_targets(train: SplitSample, task: Task) -> Check:
             "scale is not judged.",
             value,
         )
+    if task.loss == "bce_with_logits":
+        return _probability_targets(y, mean, std, value)
     offset = mean.abs() > 3 * std.clamp_min(1.0)
     wide = std > 10
     small = 0 < pooled < 0.1
@@ -156,6 +159,28 @@ def _regression_targets(train: SplitSample, task: Task) -> Check:
         )
     return passed(
         "target_range", f"regression targets have mean {float(mean.mean()):.3g} and std {float(std.mean()):.3g}.", value
+    )
+
+
+def _probability_targets(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, value: dict[str, Any]) -> Check:
+    """Continuous targets under `bce_with_logits` are probabilities (a share, a soft label) and the outputs are
+    logits: the targets' offset and scale are the task's, and standardising them would leave [0, 1], where binary
+    cross-entropy has no meaning (it takes any target silently and rewards outputs without bound)."""
+    low, high = float(y.min()), float(y.max())
+    if low < 0 or high > 1:
+        return failed(
+            "target_range",
+            f"targets span {low:.4g}..{high:.4g} under bce_with_logits, which reads each target as a probability in "
+            "[0, 1]: outside it the loss has no minimum and the outputs grow without bound. Rescale the targets to "
+            "[0, 1] (a share, a soft label), or use loss='mse' for values on another scale.",
+            value,
+            "targets in [0, 1]",
+        )
+    return passed(
+        "target_range",
+        f"targets are probabilities in [{low:.3g}, {high:.3g}] (mean {float(mean.mean()):.3g}, std "
+        f"{float(std.mean()):.3g}) under bce_with_logits, whose outputs are logits: their scale is not judged.",
+        value,
     )
 
 

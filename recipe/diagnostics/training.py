@@ -26,7 +26,7 @@ def parameter_change(before: list[torch.Tensor], model: nn.Module) -> float | No
     return math.sqrt(moved / size) if size else (0.0 if moved == 0 else math.inf)
 
 
-def loss_decreases(step_losses: list[float], lr: float, moved: float | None = None) -> Check:
+def loss_decreases(step_losses: list[float], lr: float, moved: float | None = None, floor: float = 0.0) -> Check:
     """Catches training that does not train: a loss that spikes or rises beyond its noise (learning rate too high,
     sign flipped), or stays flat while no parameter changes (gradients that never reach the parameters: frozen,
     detached or clipped; a learning rate of zero). `moved` is `parameter_change` over the run (None: not measured).
@@ -35,7 +35,9 @@ def loss_decreases(step_losses: list[float], lr: float, moved: float | None = No
     rise and fall are judged between the first and last 10% of steps, beyond three standard errors of their means.
     A loss that falls slowly, or not beyond its noise while the parameters move, is a learning rate too low for this
     model or labels the model cannot fit yet, not evidence of a bug: it warns, and overfit's LR range test measures
-    the rate (a fail would stop the recipe before that test runs).
+    the rate (a fail would stop the recipe before that test runs). "Slowly" is under 5% of the room the loss has:
+    from its value at init down to `floor`, the lowest loss any output reaches on the training targets (the mean
+    entropy of soft targets under binary cross-entropy; zero for hard ones).
     """
     n = len(step_losses)
     if n < 4:
@@ -54,6 +56,7 @@ def loss_decreases(step_losses: list[float], lr: float, moved: float | None = No
         "window_drop": -change,
         "window_drop_se": se,
         "parameter_change": moved,
+        **({"floor": floor} if floor else {}),
     }
     head = sum(step_losses[:k]) / k
     seen = f"(at init {first:.4g}, mean of the first {k} steps {head:.4g}, of the last {k} {last:.4g}; {n} steps)"
@@ -76,7 +79,8 @@ def loss_decreases(step_losses: list[float], lr: float, moved: float | None = No
             value,
             "last loss below the first",
         )
-    if fell and max(first, head) - last >= 0.05 * abs(first):
+    room = first - floor if math.isfinite(floor) and 0 < floor < first else abs(first)
+    if fell and max(first, head) - last >= 0.05 * room:
         return passed("loss_decreases", f"the training loss fell {seen}.", value)
     if moved == 0.0:
         return failed(
@@ -93,7 +97,7 @@ def loss_decreases(step_losses: list[float], lr: float, moved: float | None = No
             f"the training loss fell, but slowly {seen}: learning slowly, the learning rate (lr={lr:g}) may be "
             "low for this model. Overfit's LR range test will tell.",
             value,
-            "a drop of at least 5%",
+            "a drop of at least 5% of the room above the floor",
         )
     moving = "" if moved is None else f" while the parameters moved ({moved:.2g} of their norm)"
     return warned(
@@ -102,7 +106,7 @@ def loss_decreases(step_losses: list[float], lr: float, moved: float | None = No
         "far too low for this model, or the labels carry no signal it can fit (see input_independent). "
         "Overfit's LR range test will tell.",
         value,
-        "a drop of at least 5%",
+        "a drop of at least 5% of the room above the floor",
     )
 
 

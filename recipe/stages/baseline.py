@@ -22,6 +22,7 @@ from recipe.batch_size import batch_size_check, find_batch_size, no_batch_fits
 from recipe.check import Check, skipped
 from recipe.config import require
 from recipe.context import REGULARISATION_OFF, Context
+from recipe.data import SCAN_LIMIT, TensorSplit
 from recipe.diagnostics.activations import activation_stats, activations
 from recipe.diagnostics.baselines import (
     evaluate_exchanged,
@@ -45,7 +46,7 @@ from recipe.diagnostics.symmetry import init_symmetry
 from recipe.diagnostics.target_leak import target_leak
 from recipe.diagnostics.training import loss_decreases, parameter_change, seed_reproducible
 from recipe.errors import NoBatchFitsError, NonFiniteError
-from recipe.evaluation import Evaluation, constant_loss, evaluate
+from recipe.evaluation import Evaluation, constant_loss, evaluate, loss_floor
 from recipe.loop import FitResult
 from recipe.models import disable_dropout, reference_task, simple_model_factory
 from recipe.stage import Stage, StageSettings
@@ -142,7 +143,8 @@ class Baseline(Stage):
             before = [p.detach().to("cpu", copy=True) for p in model.parameters()]  # none changed: a bug
             trained, dynamics = self._short_run(ctx, "loss_decreases", task, model)
             curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
-            judged = loss_decreases(trained.step_losses, ctx.train.lr, parameter_change(before, trained.model))
+            moved = parameter_change(before, trained.model)
+            judged = loss_decreases(trained.step_losses, ctx.train.lr, moved, floor=_training_floor(task))
             checks.append(judged.replace(seconds=trained.seconds, artifacts=(curve,)))
         if trained is None:
             return  # everything below compares with the trained model; the error says why there is none
@@ -374,3 +376,11 @@ def _prediction_quality(task: Task, output: torch.Tensor, target: torch.Tensor) 
         picked, valid = picked.reshape(len(picked), -1), valid.reshape(len(valid), -1)
         return ((picked * valid).sum(1) / valid.sum(1).clamp_min(1)).tolist()
     return picked.tolist()
+
+
+def _training_floor(task: Task) -> float:
+    """The lowest loss any output reaches on the training targets where it is known without a search: the mean
+    entropy of soft targets under the built-in binary cross-entropy (zero on hard ones), else 0."""
+    if task.loss != "bce_with_logits":
+        return 0.0
+    return loss_floor(task, None, task.targets("train", None if isinstance(task.train, TensorSplit) else SCAN_LIMIT))

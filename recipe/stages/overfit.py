@@ -22,7 +22,14 @@ from recipe.config import require
 from recipe.context import REGULARISATION_OFF, Context
 from recipe.data import SCAN_LIMIT, TensorSplit, fixed_indices
 from recipe.diagnostics.numerics import non_finite
-from recipe.diagnostics.optimization import exponential_ramp, lr_range, overfits_batch, still_falling, suggest_lr
+from recipe.diagnostics.optimization import (
+    exponential_ramp,
+    lr_range,
+    overfits_batch,
+    reads_other_targets,
+    still_falling,
+    suggest_lr,
+)
 from recipe.errors import ConfigError, NonFiniteError
 from recipe.evaluation import constant_loss, loss_floor
 from recipe.models import disable_dropout
@@ -85,7 +92,7 @@ class OverfitOneBatch(Stage):
             batch = one_batch.batch("train", list(range(len(indices))), ctx.device)
         target = task.split_batch(batch)[1]
         model, steps, losses, seconds = disable_dropout(task.make_model()).to(ctx.device), s.steps, list[float](), 0.0
-        reference, floor = _loss_range(task, model, batch, target)
+        reference, floor, mixes = _loss_range(task, model, batch, target)
         enough = floor + s.tolerance * (reference - floor)  # "near zero", from the lowest possible loss up
         memorised = memorised_below(task, target, floor, enough)
         for run in ("overfit_batch", "overfit_batch_longer"):  # a loss still falling gets twice the budget more
@@ -109,7 +116,7 @@ class OverfitOneBatch(Stage):
         with torch.no_grad():
             output, target = task.outputs(model, batch)
             metric = float(task.metric_per_sample(output.float(), target).mean())
-        check = overfits_batch(losses, metric, reference, task, len(indices), s.tolerance, floor)
+        check = overfits_batch(losses, metric, reference, task, len(indices), s.tolerance, floor, mixes)
         check = check.replace(seconds=seconds)
         fig = plots.loss_curves(
             {"one batch": losses},
@@ -166,21 +173,25 @@ def _varied(task: Task, indices: list[int], target: torch.Tensor, seed: int) -> 
     return indices[: len(indices) - len(dealt)] + dealt.tolist()
 
 
-def _loss_range(task: Task, model: torch.nn.Module, batch: Any, target: torch.Tensor) -> tuple[float, float]:
-    """(the best constant prediction's loss, the lowest loss any output reaches) on this batch. A callable loss is
-    minimised from the untrained model's outputs (`recipe.evaluation.loss_floor`); a batch of one target has no
-    floor apart from the constant's, so for a callable loss it is not sought (nan)."""
-    output = None
-    if callable(task.loss):
-        model.eval()
-        with torch.no_grad():
-            output = task.outputs(model, batch)[0]
-        model.train()
+def _loss_range(
+    task: Task, model: torch.nn.Module, batch: Any, target: torch.Tensor
+) -> tuple[float, float, bool | None]:
+    """(the best constant prediction's loss, the lowest loss any output reaches, whether one sample's target moves
+    the loss's gradient for the others: `reads_other_targets`) on this batch. A callable loss is minimised from the
+    untrained model's outputs (`recipe.evaluation.loss_floor`); a batch of one target has no floor apart from the
+    constant's, so for a callable loss it is not sought (nan)."""
+    model.eval()
+    with torch.no_grad():
+        output = task.outputs(model, batch)[0]
+    model.train()
+    mixes = reads_other_targets(task.compute_loss, output, target)
+    if not callable(task.loss):
+        output = None
     reference = constant_loss(task, target, output)
     rows = target.reshape(len(target), -1) if isinstance(target, torch.Tensor) and target.dim() else None
     if callable(task.loss) and (rows is None or len(torch.unique(rows, dim=0)) < 2):
-        return reference, math.nan
-    return reference, loss_floor(task, output, target)
+        return reference, math.nan, mixes
+    return reference, loss_floor(task, output, target), mixes
 
 
 def memorised_below(task: Task, target: torch.Tensor, floor: float, tolerance_loss: float) -> float | None:
