@@ -185,13 +185,12 @@ def _loss_range(
         output = task.outputs(model, batch)[0]
     model.train()
     mixes = reads_other_targets(task.compute_loss, output, target)
-    if not callable(task.loss):
-        output = None
-    reference = constant_loss(task, target, output)
+    start = output if callable(task.loss) else None  # a built-in loss has its floor and constant in closed form
+    reference = constant_loss(task, target, start)
     rows = target.reshape(len(target), -1) if isinstance(target, torch.Tensor) and target.dim() else None
     if callable(task.loss) and (rows is None or len(torch.unique(rows, dim=0)) < 2):
         return reference, math.nan, mixes
-    return reference, loss_floor(task, output, target), mixes
+    return reference, loss_floor(task, start, target), mixes
 
 
 def memorised_below(task: Task, target: torch.Tensor, floor: float, tolerance_loss: float) -> float | None:
