@@ -173,3 +173,63 @@ def test_eval_deterministic_traces_past_nested_tensors():
     model = task.make_model()
     check = eval_deterministic(model, task, ids)
     assert check.status == "fail" and "a dropout mask" in check.message, check.message
+
+
+class Standardised(nn.Module):
+    """Standardises its input first, in place on the argument (`copy=False`, the bug) or on a copy."""
+
+    def __init__(self, copy: bool, nested: bool = False):
+        super().__init__()
+        self.copy, self.nested = copy, nested
+        self.norm = nn.Identity()
+        self.net = tiny.MLP()
+
+    def standardise(self, x):
+        x = x.clone() if self.copy else x
+        return x.sub_(0.5).div_(2.0)
+
+    def forward(self, x):
+        if self.nested:
+            x = self.norm(x)
+        return self.net(self.standardise(x))
+
+
+class InPlaceNorm(nn.Module):
+    def forward(self, x):
+        return x.sub_(0.5).div_(2.0)
+
+
+def test_eval_deterministic_fails_a_forward_that_rewrites_its_input_and_puts_the_batch_back():
+    """The bug read as sampling at evaluation ("noise first seen at the input of the model"): the first pass had
+    rewritten the batch, so the second saw it standardised twice. Every evaluation of a stored validation split
+    standardised it once more."""
+    x = torch.randn(32, tiny.FEATURES, generator=torch.Generator().manual_seed(0))
+    kept = x.clone()
+    check = eval_deterministic(Standardised(copy=False), tiny.classification(), x)
+    assert check.status == "fail" and "changes its input in place" in check.message, check.message
+    assert "the model's own forward" in check.message
+    assert torch.equal(x, kept)  # the caller's batch is as it was
+
+
+def test_eval_deterministic_names_the_module_that_rewrites_its_input():
+    model = Standardised(copy=True, nested=True)
+    model.norm = InPlaceNorm()
+    check = eval_deterministic(model, tiny.classification(), torch.randn(8, tiny.FEATURES))
+    assert check.status == "fail" and "rewritten by norm" in check.message, check.message
+
+
+def test_eval_deterministic_passes_a_forward_that_standardises_a_copy():
+    x = torch.randn(32, tiny.FEATURES)
+    assert eval_deterministic(Standardised(copy=True), tiny.classification(), x).status == "pass"
+    nan = x.clone()
+    nan[0, 0] = float("nan")  # NaN where NaN was is no change
+    assert eval_deterministic(Standardised(copy=True), tiny.classification(), nan).status != "fail"
+
+
+def test_the_gradient_probes_read_a_model_that_writes_into_its_argument():
+    """batch_independence handed the model its gradient leaf, and the in-place write raised "a leaf Variable that
+    requires grad is being used in an in-place operation": an error instead of a reading."""
+    from recipe.diagnostics.dependencies import batch_independence
+
+    x = torch.randn(16, tiny.FEATURES, generator=torch.Generator().manual_seed(0))
+    assert batch_independence(Standardised(copy=False), tiny.classification(), x).status == "pass"

@@ -40,7 +40,8 @@ def input_sensitivity(
     batch = batch_size_of(inputs)
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         x = inputs.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(select(task.forward(model, x)), x, allow_unused=True)
+        # the model gets a copy of the leaf: one that writes into its argument is probed (eval_deterministic names it)
+        (grad,) = torch.autograd.grad(select(task.forward(model, x.clone())), x, allow_unused=True)
         return _reduce(grad if grad is not None else torch.zeros_like(x))
     captured: list[torch.Tensor] = []
 
@@ -89,7 +90,7 @@ def _part_sensitivities(
             return t
         leaf = t.detach().clone().requires_grad_(True)
         leaves.append(leaf)
-        return leaf
+        return leaf.clone()  # not the leaf itself: an in-place write into the argument must not raise
 
     x = tree_map(watched, inputs)
     floats = [t for t in leaves if t is not None]

@@ -95,8 +95,12 @@ def eval_deterministic(model: nn.Module, task: Task, inputs: Any) -> Check:
     """
     model.eval()
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    kept = _leaves(tree_map(lambda t: t.detach().clone(), inputs))
     with torch.no_grad():
         first = task.forward(model, inputs)
+        rewritten = _rewritten(kept, _leaves(inputs))
+        if rewritten is not None:
+            return _rewrites_its_input(model, task, kept, inputs, rewritten)
         second = task.forward(model, inputs)
     if not isinstance(first, torch.Tensor):
         return skipped("eval_deterministic", "the model output is not a tensor.")
@@ -138,6 +142,69 @@ def eval_deterministic(model: nn.Module, task: Task, inputs: Any) -> Check:
             "buffers unchanged by evaluation",
         )
     return passed("eval_deterministic", "eval mode is deterministic and leaves every buffer unchanged.", value)
+
+
+def _leaves(obj: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    tree_map(found.append, obj)
+    return found
+
+
+def _rewritten(kept: list[torch.Tensor], now: list[torch.Tensor]) -> float | None:
+    """The largest change of any input tensor since `kept` was copied; None when every one is as it was (NaN where
+    NaN was)."""
+    changes = [
+        float((after.double() - before.double()).abs().nan_to_num(math.inf).max())
+        for before, after in zip(kept, now, strict=True)
+        if not (torch.equal(before, after) or (before.is_floating_point() and _same_with_nan(before, after)))
+    ]
+    return max(changes) if changes else None
+
+
+def _same_with_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _rewrites_its_input(model: nn.Module, task: Task, kept: list[torch.Tensor], inputs: Any, change: float) -> Check:
+    """The fail for a forward pass that changed its input tensors in place, naming the first module whose call left
+    its input changed (innermost first); the caller's batch is put back as it was."""
+    for before, now in zip(kept, _leaves(inputs), strict=True):
+        now.copy_(before)
+    names = {id(m): name or "the model's own forward" for name, m in model.named_modules()}
+    calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    culprit: list[str] = []
+
+    def before_call(module: nn.Module, args: Any) -> None:
+        calls.append([(t, t.detach().clone()) for t in _leaves(args)])
+
+    def after_call(module: nn.Module, args: Any, out: Any) -> None:
+        seen = calls.pop() if calls else []
+        if not culprit and any(not torch.equal(t, copy) for t, copy in seen):
+            culprit.append(names.get(id(module), f"a {type(module).__name__} built inside forward"))
+
+    hooks = [
+        nn.modules.module.register_module_forward_pre_hook(before_call),
+        nn.modules.module.register_module_forward_hook(after_call),
+    ]
+    probe = tree_map(lambda t: t.detach().clone(), inputs)
+    try:
+        task.forward(model, probe)
+    except Exception:  # naming the place is a courtesy: the change itself was seen
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    where = culprit[0] if culprit else "task.forward, outside every module"
+    return failed(
+        "eval_deterministic",
+        f"the forward pass changes its input in place: after one eval-mode pass the batch differs by up to "
+        f"{change:.3g}, rewritten by {where} (an in-place op on the argument: x.sub_(), x /= s, x[...] = ..., an "
+        "activation with inplace=True applied to the input). Every batch read twice is transformed again: a stored "
+        "validation split changes at each evaluation, so its figures drift. Work on a copy (x = x - mean, or "
+        "x = x.clone() first).",
+        {"max_input_change": change, "rewritten_by": where},
+        "inputs unchanged by the forward pass",
+    )
 
 
 def _where_noise_enters(model: nn.Module, task: Task, inputs: Any) -> tuple[str, bool]:
