@@ -432,3 +432,15 @@ def test_loss_at_init_names_a_head_tied_to_an_embedding(std, status):
     assert check.status == status, check.message
     if status == "fail":
         assert "tied weights" in check.message and "nn.init.normal_(emb.weight, std=0.12)" in check.message
+
+
+def test_init_bias_advises_the_log_odds_for_one_binary_logit():
+    """One logit under binary cross-entropy takes log(p / (1 - p)), not log p (the advice named the class priors)."""
+    task = _imbalanced()
+    y = task.targets("train").float()[:, None]
+    binary = task.replace(train=(task.train.x, y), val=(task.val.x, task.targets("val").float()[:, None]),
+                          model=lambda: tiny.MLP(out=1), loss="bce_with_logits")  # fmt: skip
+    check = init_bias(binary, binary.make_model, _batch(binary), torch.device("cpu"))
+    assert check.status == "warn" and "log-odds" in check.message and "log p_c" not in check.message, check.message
+    check = init_bias(task, task.make_model, _batch(task), torch.device("cpu"))
+    assert "log p_c" in check.message

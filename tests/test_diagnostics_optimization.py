@@ -210,3 +210,14 @@ def test_still_falling_reads_a_negative_loss_and_ignores_a_final_spike():
     assert not still_falling([0.5] + [-3.0] * 299)
     assert still_falling([1.4 * 0.97**i + 0.5 for i in range(60)], floor=0.5)  # falling towards its floor
     assert not still_falling([1.9] + [0.5] * 299, floor=0.5)  # arrived
+
+
+def test_overfit_batch_names_the_targets_scale_when_a_regression_cannot_reach_it():
+    """House prices near 1e5 left unscaled: the loss went 5.04e9 -> 4.94e9 and the fail named gradients, clipping or
+    the rate, while target_range and init_bias had named the scale."""
+    task = tiny.regression()
+    flat = [5.04e9 - 1e8 * i / 299 for i in range(300)]
+    check = overfits_batch(flat, 0.0, reference=6.1e9, task=task, batch_size=16)
+    assert check.status == "fail" and "standardise the targets" in check.message, check.message
+    unit = overfits_batch([1.0 - 0.05 * i / 299 for i in range(300)], 0.0, reference=1.1, task=task, batch_size=16)
+    assert unit.status == "fail" and "standardise" not in unit.message

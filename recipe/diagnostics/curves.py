@@ -176,7 +176,13 @@ def _running_median(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.unfold(0, window, 1)[:-1].median(dim=1).values
 
 
-def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, failure: str | None = None) -> Check:
+def loss_spikes(
+    step_losses: list[float],
+    window: int = 20,
+    z: float = 10.0,
+    failure: str | None = None,
+    excursion: float | None = None,
+) -> Check:
     """Catches a diverging or unstable run: a non-finite loss, a loss that ends above where it started by more than
     three times its step-to-step noise (or at over twice a positive start), or spikes that undo half the progress made
     so far.
@@ -185,7 +191,10 @@ def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, fai
     step-to-step noise above the running median of the `window` steps before it, and larger than half the drop
     achieved by then (mini-batch noise near a converged loss is not a spike), with the next step's loss still that
     high: progress undone stays undone for a step, while one batch that is hard for the model (a confident mistake
-    among nearly separable samples) is back down at once. Fix: warm-up or gradient clipping.
+    among nearly separable samples) is back down at once. Batches differ by their samples too: `excursion`, how far
+    the trained model's loss on random training batches rises above its median (the highest of a few dozen), is what
+    ordinary batches do (two rare positives in one batch); a spike rises over twice that. Fix: warm-up or gradient
+    clipping.
     A run that went non-finite is told by `failure`, the fit's own account, when there is one: it names
     non-finite samples where the data, not the rate, is the cause.
     """
@@ -208,20 +217,25 @@ def loss_spikes(step_losses: list[float], window: int = 20, z: float = 10.0, fai
     scale = 1.4826 * float((residual - residual.median()).abs().median()) or 1e-12
     # beyond three times the step noise (a flat, noisy run ends above its first step half the time), or at over twice
     # the loss at init, a fresh model's highest point in any run that learns or stays flat (a run that blew up is all
-    # noise: its fluctuations measure the blow-up, not the start)
-    if end > start + 3 * scale or end > 2 * start > 0:
+    # noise: its fluctuations measure the blow-up, not the start). The noise is the larger of the robust one and the
+    # last steps' own spread: batch losses of rare positives are bimodal (most batches hold none), the robust scale
+    # sees one mode only, and the last steps' median lands on the upper mode when most of them hold one
+    noise = max(scale, float(x[-window:].std()))
+    if end > start + 3 * noise or end > 2 * start > 0:
         return failed(
             "loss_spikes",
             f"the training loss ended higher than it started ({end:.4g} against {start:.4g}, beyond its step-to-step "
-            f"noise of {scale:.2g}): the run diverged. Lower the learning rate or add warm-up.",
-            {"start": start, "end": end, "noise_scale": scale},
+            f"noise of {noise:.2g}): the run diverged. Lower the learning rate or add warm-up.",
+            {"start": start, "end": end, "noise_scale": noise},
             "loss falls",
         )
     progress = (start - median).clamp_min(0)
-    undone = (residual > z * scale) & (residual > 0.5 * progress)
+    undone = (residual > z * scale) & (residual > 0.5 * progress) & (residual > 2 * (excursion or 0.0))
     after = torch.cat([x[window + 1 :] - median[:-1], x.new_zeros(1)])  # the next step, against the same median
     spikes = (undone & (after > 0.5 * progress)).nonzero().flatten() + window  # one hard batch is back down next
     value = {"spikes": len(spikes), "first_spike_steps": spikes[:10].tolist(), "noise_scale": scale}
+    if excursion is not None:
+        value["batch_excursion"] = excursion
     if len(spikes):
         return warned(
             "loss_spikes",

@@ -16,7 +16,7 @@ import torch
 from scipy.stats import betabinom, binom, norm
 from torch import nn
 
-from recipe.check import Check, passed, warned
+from recipe.check import Check, passed, skipped, warned
 from recipe.data import eval_batches
 from recipe.task import Task
 
@@ -116,6 +116,14 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
     matrix = confusion(predictions, output.shape[1])
     n, correct = matrix.sum(1), matrix.diagonal()
     accuracy = float(correct.sum() / n.sum())
+    untrained = _no_better_than_constant(output, target, n, accuracy)
+    if untrained is not None:
+        return skipped(
+            "prediction_errors",
+            f"cannot judge: the model is no better than a constant prediction on validation ({untrained}), so which "
+            "classes it gets wrong says how it leans, not what the classes hold. Train it until it learns (see "
+            "capacity and still_improving), then look again.",
+        )
     rows: list[dict[str, Any]] = []
     present = [int(c) for c in torch.nonzero(n).flatten()]
     for c in present:
@@ -157,6 +165,31 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
         "class weights or more of its samples help a rare one.",
         value,
         f"every class's recall within {BELOW:g} SE of the accuracy",
+    )
+
+
+def _no_better_than_constant(
+    output: torch.Tensor, target: torch.Tensor, n: torch.Tensor, accuracy: float
+) -> str | None:
+    """How a classifier compares with a constant prediction when it does not beat one by 2 standard errors on
+    either measure (one whose task has a class's labels scrambled beats it by 2.7 on log-loss only): accuracy
+    against the most frequent class's share, or log-loss of its softmax against the class shares' (paired per
+    sample; the validation shares are the best constant there). None when it beats one: a
+    model of an imbalanced task that learned beats it on log-loss even where its accuracy is the majority's."""
+    total = float(n.sum())
+    majority = float(n.max()) / total
+    if accuracy - majority > 2 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / total):
+        return None
+    scored = (target >= 0) & (target < output.shape[1])
+    y, logits = target[scored].long(), output[scored].double()
+    model = -logits.log_softmax(1).gather(1, y[:, None])[:, 0]
+    constant = -(n.double() / total).clamp_min(1e-300).log()[y]
+    gain = constant - model
+    if len(gain) > 1 and float(gain.mean()) > 2 * float(gain.std()) / math.sqrt(len(gain)):
+        return None
+    return (
+        f"accuracy {accuracy:.3f} against {majority:.3f} for the most frequent class, log-loss "
+        f"{float(model.mean()):.4g} against {float(constant.mean()):.4g} for the class shares"
     )
 
 

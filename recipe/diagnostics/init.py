@@ -1,7 +1,5 @@
 """The model at initialisation: loss at init against theory, the kind of output handed to the loss, and the output
-bias ("init well").
-
-Why: Karpathy, "verify loss @ init" and "init well" (recipe, step 2); bug catalog M10, M11, L1, L2, L5, L6.
+bias ("init well"). Why: Karpathy, "verify loss @ init" and "init well" (step 2); catalog M10, M11, L1, L2, L5, L6.
 """
 
 from __future__ import annotations
@@ -356,7 +354,8 @@ def init_bias(task: Task, model_factory: Any, batch: Batch, device: torch.device
         imbalance = gap - (math.log(task.num_classes or 2) - math.log((task.num_classes or 2) - len(absent)))
         needed = imbalance > 0.1 and task.kind != "sequence"
         expected_saving = gap
-        fix = f"set {found[0]}.bias to the log class priors (log p_c) in your model's init"
+        prior = "log class priors (log p_c)" if task.loss == "cross_entropy" else "positives' log-odds (log p/(1-p))"
+        fix = f"set {found[0]}.bias to the {prior} in your model's init"
         why = f"the labels are imbalanced: the class prior saves {gap:.2f} nats over uniform at init"
         if task.class_weights is not None:
             why = f"under the class weights the weighted class prior saves {gap:.2f} nats over uniform at init"

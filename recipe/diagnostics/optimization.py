@@ -242,6 +242,13 @@ def overfits_batch(
             "the loss plateaued: a non-linearity on the output (ReLU on logits), an output that cannot reach the "
             "targets' range, or a model too small for even this batch"
         )
+    spread = math.sqrt(reference) if task.loss == "mse" else reference if task.loss == "l1" else 0.0
+    if task.kind == "regression" and spread > 10:  # catalog M11: the outputs start near unit scale
+        cause += (
+            f". The batch's targets spread over about {spread:.3g} (the constant prediction's loss {reference:.4g}), "
+            "far beyond the unit scale the outputs start at, which the weights reach only after many steps at this "
+            "rate: standardise the targets first (see target_range)"
+        )
     return failed(
         "overfit_batch",
         f"could not overfit one batch of {batch_size} samples in {len(step_losses)} steps: "

@@ -123,9 +123,12 @@ class Complexify(Stage):
         final = chosen
         with ctx.contained("lr_schedule", checks, "warm-up + decay against the constant rate"):
             final = self._schedule(ctx, chosen, checks)
+        sampled = _sampled_losses(ctx, final)
+        excursion = None if sampled is None else float(sampled.max() - sampled.median())
+        noise = None if sampled is None else 1.4826 * float((sampled - sampled.median()).abs().median())
         checks += [
-            ctx.check(loss_spikes, final.step_losses),
-            ctx.check(step_noise, final.step_losses, sampling_noise=_sampling_noise(ctx, final)),
+            ctx.check(loss_spikes, final.step_losses, excursion=excursion),
+            ctx.check(step_noise, final.step_losses, sampling_noise=noise),
             ctx.check(still_improving, final.history),
             ctx.check(overfitting_onset, final.history),
         ]
@@ -281,11 +284,11 @@ class Complexify(Stage):
         )
 
 
-def _sampling_noise(ctx: Context, run: Rung, draws: int = 32) -> float | None:
-    """How far a training batch's loss moves with its samples alone: the robust spread of the trained model's loss
-    (eval mode, no step in between) over `draws` random training batches of the training batch size, which is what
-    a perfectly steady optimizer would show. Any loss, a callable or a contrastive one included; None without a
-    trained model or with too few samples for batches that differ."""
+def _sampled_losses(ctx: Context, run: Rung, draws: int = 32) -> torch.Tensor | None:
+    """How a training batch's loss moves with its samples alone: the trained model's loss (eval mode, no step in
+    between) on `draws` random training batches of the training batch size, what a perfectly steady optimizer would
+    show (step_noise reads their robust spread, loss_spikes their highest). Any loss, a callable or a contrastive one
+    included; None without a trained model, with too few samples for batches that differ, or a non-finite loss."""
     task, size = ctx.task, ctx.train.batch_size
     if run.model is None or len(task.train) < 2 * size:
         return None
@@ -295,6 +298,4 @@ def _sampling_noise(ctx: Context, run: Rung, draws: int = 32) -> float | None:
         batches = (task.sample_batch("train", size, ctx.seed + 1000 + k, ctx.device) for k in range(draws))
         losses = torch.tensor([float(task.compute_loss(*task.outputs(model, b))) for b in batches])
     model.train(was_training)
-    if not bool(torch.isfinite(losses).all()):
-        return None
-    return 1.4826 * float((losses - losses.median()).abs().median())  # the scale step_noise reads its noise on
+    return losses if bool(torch.isfinite(losses).all()) else None
