@@ -174,8 +174,8 @@ def _no_better_than_constant(
     """How a classifier compares with a constant prediction when it does not beat one by 2 standard errors on
     either measure (one whose task has a class's labels scrambled beats it by 2.7 on log-loss only): accuracy
     against the most frequent class's share, or log-loss of its softmax against the class shares' (paired per
-    sample; the validation shares are the best constant there). None when it beats one: a
-    model of an imbalanced task that learned beats it on log-loss even where its accuracy is the majority's."""
+    sample; the validation shares are the best constant there). None when it beats one: a model of an imbalanced
+    task that learned beats it on log-loss even where its accuracy is the majority's."""
     total = float(n.sum())
     majority = float(n.max()) / total
     if accuracy - majority > 2 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / total):

@@ -308,7 +308,7 @@ def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, dive
         out["reason"] = (
             f"the smoothed loss's lowest point ({curve[start] - curve[i_min]:.3g} below its start) is within the "
             f"step-to-step noise of the sweep (3 standard deviations of the smoothed difference: {3 * noise:.3g}), so "
-            f"no rate in it moved the model"
+            f"the sweep cannot tell which rate moves the model"
         )
         return out
     out["lr"] = lrs[i_min] / 10
