@@ -233,3 +233,26 @@ def test_the_gradient_probes_read_a_model_that_writes_into_its_argument():
 
     x = torch.randn(16, tiny.FEATURES, generator=torch.Generator().manual_seed(0))
     assert batch_independence(Standardised(copy=False), tiny.classification(), x).status == "pass"
+
+
+class ImputesInPlace(nn.Module):
+    """Sets missing inputs to 0 in the argument itself: idempotent, so a second pass gives the same outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny.MLP()
+
+    def forward(self, x):
+        x[x.isnan()] = 0.0
+        return self.net(x)
+
+
+def test_eval_deterministic_warns_an_idempotent_rewrite_of_the_input():
+    """NaN set to 0 in place changes the caller's tensors once; every later pass reads the same batch, so the
+    figures hold: a warn naming it, not a fail that stops the recipe."""
+    x = torch.randn(16, tiny.FEATURES, generator=torch.Generator().manual_seed(0))
+    x[::3, 2] = float("nan")
+    kept = x.clone()
+    check = eval_deterministic(ImputesInPlace(), tiny.classification(), x)
+    assert check.status == "warn" and "same outputs" in check.message, check.message
+    assert torch.equal(x.isnan(), kept.isnan())  # put back, NaN and all
