@@ -36,7 +36,9 @@ def _logistic_scores(
     x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, l2: float, iterations: int
 ) -> torch.Tensor:
     """Held-out logits of an L2-regularised logistic regression with balanced class weights, fitted by Newton's
-    method (a few exact steps; no optimizer state, no learning rate to choose)."""
+    method (a few exact steps; no optimizer state, no learning rate to choose). Where the fit separates its rows (a
+    pixel lit in one image of 1,797 stands 42 standard deviations out, its square 1,794), every p(1 - p) underflows
+    and the curvature of the unshrunk intercept is zero: the fit stops at the weights it has."""
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
     weight = torch.where(y == 1, 0.5 / y.mean().clamp_min(1e-12), 0.5 / (1 - y.mean()).clamp_min(1e-12)) / len(y)
     penalty = torch.full((x.shape[1],), l2, dtype=x.dtype)
@@ -46,7 +48,9 @@ def _logistic_scores(
         p = torch.sigmoid(x @ w)
         gradient = x.T @ (weight * (p - y)) + penalty * w
         hessian = (x.T * (weight * p * (1 - p))) @ x + torch.diag(penalty)
-        step = torch.linalg.solve(hessian, gradient)
+        step, info = torch.linalg.solve_ex(hessian, gradient)
+        if int(info) or not bool(torch.isfinite(step).all()):
+            break
         w -= step
         if float(step.abs().max()) < 1e-6:
             break
