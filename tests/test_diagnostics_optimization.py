@@ -141,10 +141,15 @@ def test_suggest_lr_says_so_when_the_curve_is_flat():
 
 
 def _noisy(seed: int, fall: float) -> list[float]:
-    """A sweep's step losses with batch noise (sd 0.25 around 1.2) that fall by `fall` between 1e-3 and 1e-2."""
+    """A sweep's step losses with batch noise (sd 0.25 around 1.2) that fall by `fall` between 1e-3 and 1e-2 and
+    blow up past lr 0.3, as a sweep to 10 does."""
     rng = random.Random(seed)
     lrs = [1e-7 * 10 ** (8 * i / 99) for i in range(100)]
-    return [1.2 - fall / (1 + math.exp(-3 * (math.log10(lr) + 2.5))) + rng.gauss(0, 0.25) for lr in lrs]
+    return [
+        1.2 - fall / (1 + math.exp(-3 * (math.log10(lr) + 2.5))) + 5 * max(0.0, math.log10(lr / 0.3)) ** 2
+        + rng.gauss(0, 0.25)
+        for lr in lrs
+    ]  # fmt: skip
 
 
 def test_suggest_lr_reads_no_rate_off_a_dip_within_the_noise():
@@ -221,3 +226,12 @@ def test_overfit_batch_names_the_targets_scale_when_a_regression_cannot_reach_it
     assert check.status == "fail" and "standardise the targets" in check.message, check.message
     unit = overfits_batch([1.0 - 0.05 * i / 299 for i in range(300)], 0.0, reference=1.1, task=task, batch_size=16)
     assert unit.status == "fail" and "standardise" not in unit.message
+
+
+def test_suggest_lr_reads_no_rate_off_a_loss_still_falling_at_the_top_of_the_sweep():
+    """300 samples in 2,000 dimensions are separable: a higher rate only widens the margins, the loss fell to zero at
+    lr 10, and minimum/10 suggested 1 (and complexify's own sweep, 0.1, where the run spiked)."""
+    lrs = [1e-7 * 10 ** (8 * i / 99) for i in range(100)]
+    losses = [0.69 / (1 + (lr / 1e-3) ** 0.8) for lr in lrs]
+    out = suggest_lr(lrs, losses)
+    assert out["lr"] is None and "turning point" in out["reason"], out

@@ -311,9 +311,13 @@ def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, dive
             f"the sweep cannot tell which rate moves the model"
         )
         return out
+    if end == len(losses) and i_min >= end - 3:  # minimum/10 of a minimum that is only the sweep's end
+        out["reason"] = (
+            "the loss still fell at the top of the sweep, with no turning point to read a rate from (separable data "
+            "only widens its margins as the rate grows); raise lr_max to see where it turns"
+        )
+        return out
     out["lr"] = lrs[i_min] / 10
-    if end == len(losses) and i_min >= end - 3:
-        out["note"] = "the loss was still falling at lr_max; raise lr_max to see where it turns"
     return out
 
 
@@ -345,10 +349,9 @@ def lr_range(lrs: list[float], losses: list[float], suggestion: dict[str, Any], 
             "lr_range_test",
             f"no reliable learning-rate suggestion: {suggestion['reason']}. Keeping lr={current_lr:g}.",
         ).replace(value=value, expected="a clear descent before divergence")
-    note = f" ({suggestion['note']})" if "note" in suggestion else ""
     return passed(
         "lr_range_test",
         f"suggested lr {suggestion['lr']:.3g}: the smoothed loss is lowest at "
-        f"{suggestion['lr_at_minimum']:.3g}, and the rule is minimum/10{note}.",
+        f"{suggestion['lr_at_minimum']:.3g}, and the rule is minimum/10.",
         value,
     )
