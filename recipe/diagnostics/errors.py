@@ -201,7 +201,7 @@ def _class_tail(errors: int, count: int, rate: float, others: list[tuple[int, in
         return 1.0
     e = torch.tensor(others, dtype=torch.float64).reshape(-1, 2)
     spread = 0.0
-    if len(e) >= 3:
+    if len(e) >= 2:  # two others already show a spread: lines of two of three stdlib modules are alike
         spread = float((e[:, 0] / e[:, 1]).var() - (rate * (1 - rate) / e[:, 1]).mean())
     if spread <= 0 or not 0 < rate < 1:
         return float(binom.sf(errors - 1, count, rate))
