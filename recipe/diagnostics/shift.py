@@ -206,6 +206,15 @@ def split_shift(
         _split_shift, warn_sigmas=warn_sigmas, fail_auc=fail_auc, max_rows=max_rows, max_features=max_features,
         seed=seed, groups=groups, residual_sigmas=residual_sigmas, train_augmented=train_augmented,
     )  # fmt: skip
+    items = None if train.parts else _recurring_items(train.inputs, val.inputs)
+    if items is not None:  # one tensor of several items per sample (a pair of images): as for several tensors below
+        a, b = items
+        check = judge(a, b, augmentation=None)
+        what = (
+            f"the {train.inputs.shape[1]} items of each sample compared as items, each distinct one once ({len(a):,} "
+            f"and {len(b):,}: an item recurs across samples)"
+        )
+        return check.replace(message=f"{what}: {check.message}")
     if not train.parts:
         return judge(train.inputs, val.inputs, augmentation=augmentation)
     # several tensors (a pair, an image and its metadata): each float one is compared on its own, each distinct value
@@ -223,6 +232,18 @@ def split_shift(
         checks.append(check.replace(message=f"{what}: {check.message}", value={**check.value, "input": k}))
     order = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
     return max(checks, key=lambda c: (order.get(c.status, 0), c.value.get("auc", 0.0)))
+
+
+def _recurring_items(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For inputs (B, A, ...) whose items along axis 1 recur across samples (pairs drawn from a pool of images, a
+    tenth or more of the items repeated), the distinct items of each split, one row each; None otherwise."""
+    if train.dim() < 3 or train.shape[1] < 2:
+        return None
+    items = [x.reshape(len(x) * x.shape[1], -1) for x in (train, val)]
+    distinct = [rows.unique(dim=0) for rows in items]
+    if len(distinct[0]) > 0.9 * len(items[0]):
+        return None
+    return distinct[0], distinct[1]
 
 
 def _split_shift(
