@@ -7,6 +7,8 @@ token it must predict).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
@@ -191,7 +193,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         xt, xv = xt[:, keep], xv[:, keep]
     classification = task.kind == "classification" and task.loss == "cross_entropy"
     if not classification and yt.dim() > 1 and yt.shape[1] > 1:
-        return skipped("target_leak", "single-feature scan covers one target per sample.")
+        return _target_columns(xt, yt, xv, yv, keep, shapes, seed)
     scores = single_feature_scores(xt, yt, xv, yv, classification)
     best = int(scores.argmax())
     metric = "accuracy" if classification else "R²"
@@ -228,5 +230,88 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         "target_leak",
         f"no single input feature gives the target away (best: {name}, {metric} "
         f"{float(scores[best]):.3f} on validation).",
+        value,
+    )
+
+
+def _target_columns(
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    xv: torch.Tensor,
+    yv: torch.Tensor,
+    keep: torch.Tensor,
+    shapes: Any,
+    seed: int,
+    max_columns: int = 32,
+) -> Check:
+    """`target_leak` for several target columns (a forecast horizon, several quantities): each column against each
+    feature. A column that is a feature itself, in both splits, fails when at most half are: the input holds part of
+    what it should predict (a window that ends one step too late). Every column a feature is reconstruction (an
+    autoencoder), the task itself, and most of them warns (an image filled in from its given half); a column a feature
+    predicts at R² 0.99 without being it warns, as for one target.
+    Columns constant in a split (a background pixel) have no R² and are left out."""
+    columns = ((yt.float().std(0) > 0) & (yv.float().std(0) > 0)).nonzero().flatten()  # a constant has no R²
+    if not len(columns):
+        return skipped("target_leak", "no target column varies in both splits.")
+    if len(columns) > max_columns:
+        chosen = torch.randperm(len(columns), generator=torch.Generator().manual_seed(seed))[:max_columns]
+        columns = columns[chosen.sort()[0]]
+    best, copied = [], []
+    for j in columns.tolist():
+        scores = single_feature_scores(xt, yt[:, j], xv, yv[:, j], False)
+        k = int(scores.argmax())
+        best.append((float(scores[k]), j, k))
+        if float(scores[k]) >= 0.99 and all(_copies_target(x[:, k], y[:, j], False) for x, y in ((xt, yt), (xv, yv))):
+            copied.append((j, k))
+    r2, column, feature = max(best)
+    name = column_name(shapes, int(keep[feature]))
+    value = {
+        "target_columns_scanned": len(columns),
+        "copied_columns": [j for j, _ in copied],
+        "best_feature": int(keep[feature]),
+        "best_column": column,
+        "best_single_feature_R²": r2,
+    }
+    if copied and len(copied) == len(columns):
+        return passed(
+            "target_leak",
+            f"each of the {len(columns)} target columns scanned is an input feature itself: the targets are the "
+            "inputs (an autoencoder), so reconstructing them is the task.",
+            value,
+        )
+    if copied:
+        j, k = copied[0]
+        said = (
+            f"target column {j} is {column_name(shapes, int(keep[k]))} itself, up to scale and offset ({len(copied)} "
+            f"of the {len(columns)} columns scanned are features, {len(columns) - len(copied)} are not): the input "
+            "holds part of what it should predict"
+        )
+        if 2 * len(copied) > len(columns):  # mostly copies: a reconstruction with part of it given, by design?
+            return warned(
+                "target_leak",
+                f"{said}. If the model is meant to fill in the rest (an image from its top half), the loss rewards "
+                "copying these columns too: score the others only. Otherwise cut them from the input.",
+                value,
+                "no target column equal to an input feature",
+            )
+        return failed(
+            "target_leak",
+            f"{said} (a window that ends a step too late, a column of the answer). Cut it from the input.",
+            value,
+            "no target column equal to an input feature",
+        )
+    if r2 >= 0.99:
+        return warned(
+            "target_leak",
+            f"{name} alone predicts target column {column} with R² {r2:.4f} on validation: either the column is "
+            "encoded in the input (remove that feature), or the feature is decisive by nature (the last observed "
+            "value when forecasting the next one): then keep it, if it is known when the model will predict.",
+            value,
+            "no single feature near R² 1",
+        )
+    return passed(
+        "target_leak",
+        f"no single input feature gives a target column away (best: {name} for column {column}, R² {r2:.3f} on "
+        "validation).",
         value,
     )
