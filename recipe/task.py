@@ -215,7 +215,8 @@ class Task:
         """The reported metric for each sample, shape (B,): accuracy (classification, sequence) or mean |error|.
         It is nan where the output does not line up with the target: a regression output holding other values per
         sample (a callable loss's quantiles or variance), a classifier's output without a class per target (an
-        embedding for a contrastive loss). Name a metric that reads such outputs with `Task(metrics=...)`."""
+        embedding for a contrastive loss, an ordinal model's K - 1 cumulative logits under a callable loss). Name a
+        metric that reads such outputs with `Task(metrics=...)`."""
         if not _lines_up(self, output, target):
             return torch.full((len(output),), math.nan, device=output.device)
         if self.kind == "sequence":
@@ -385,7 +386,10 @@ def _lines_up(task: Task, output: torch.Tensor, target: torch.Tensor) -> bool:
     if task.kind == "regression" or task.loss == "bce_with_logits":
         return output[0].numel() == target[0].numel()
     axis = task.class_dim
-    return output.dim() >= 2 and output.argmax(axis).shape == target.shape
+    if output.dim() < 2 or output.argmax(axis).shape != target.shape:
+        return False
+    # under a callable loss the outputs need not be a logit per class (an ordinal model's K - 1 cumulative logits)
+    return not (callable(task.loss) and task.kind == "classification" and output.shape[axis] != task.num_classes)
 
 
 def _loss_dtype(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

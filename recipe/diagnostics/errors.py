@@ -104,7 +104,16 @@ def prediction_errors(predictions: Predictions, task: Task) -> Check:
     output, target = predictions.output, predictions.target
     if task.kind == "regression":
         return _regression(predictions)
-    if task.kind != "classification" or target.dim() != 1 or output.dim() != 2 or task.loss == "bce_with_logits":
+    columns = output.shape[1] if output.dim() == 2 else None
+    if (
+        task.kind != "classification"
+        or target.dim() != 1
+        or columns is None
+        or task.loss == "bce_with_logits"
+        or (
+            task.num_classes and columns != task.num_classes  # not a logit per class (ordinal cumulative logits)
+        )
+    ):
         worst = worst_samples(predictions)
         loss = float(predictions.loss.mean())
         return passed(
