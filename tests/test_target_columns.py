@@ -63,3 +63,15 @@ def test_an_autoencoders_targets_are_its_inputs_by_design():
 def test_a_reconstruction_with_most_columns_given_warns():
     check = target_leak(digits_task("top rows"))
     assert check.status == "warn" and "score the others only" in check.message, check.message
+
+
+def test_per_step_targets_that_the_input_holds_a_step_later_are_for_causal_to_judge():
+    """A forecaster of values with an output per step (y[:, t] = x[:, t + 1]): every target but the last is a later
+    input value, which is next-step prediction with a causal model, and target_leak warned that the input holds
+    most of what it should predict."""
+    s = series()
+    x = torch.stack([s[i : i + WINDOW + 1] for i in range(0, 2400, 3)])
+    model = lambda: nn.Linear(WINDOW, WINDOW)
+    task = Task((x[:600, :-1], x[:600, 1:]), (x[600:, :-1], x[600:, 1:]), model, loss="mse", kind="regression")
+    check = target_leak(task)
+    assert check.status == "skip" and "causal" in check.message, check.message

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
-from recipe.diagnostics.inputs import aligned_part, alignment_profile, token_distance
+from recipe.diagnostics.inputs import aligned_part, alignment_profile, holds_targets_ahead, token_distance
 from recipe.joined import column_name, joined_features, part_shapes
 from recipe.task import IGNORE_INDEX, Task
 
@@ -186,6 +186,12 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         return _copied_tokens(xt, yt)
     if not xt.is_floating_point() or yt.dim() > 2 or task.loss not in ("cross_entropy", "mse", "l1", "bce_with_logits"):
         return skipped("target_leak", "single-feature scan needs float inputs and per-sample targets.")
+    if yt.dim() > 1 and holds_targets_ahead(xt, yt):  # targets per step that the input holds later on
+        return skipped(
+            "target_leak",
+            "the inputs hold the targets 1 to 3 steps ahead, as a forecaster's history does: a target read from a "
+            "later input position is next-step prediction, and whether the model reads ahead is causal's to judge.",
+        )
     xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
     keep = torch.arange(xt.shape[1])
     if xt.shape[1] > max_features:
