@@ -311,11 +311,13 @@ def suggest_lr(lrs: list[float], losses: list[float], burn_in: float = 0.1, dive
             f"the sweep cannot tell which rate moves the model"
         )
         return out
-    if end == len(losses) and i_min >= end - 3:  # minimum/10 of a minimum that is only the sweep's end
-        out["reason"] = (
-            "the loss still fell at the top of the sweep, with no turning point to read a rate from (separable data "
-            "only widens its margins as the rate grows); raise lr_max to see where it turns"
-        )
+    if end == len(losses) and i_min >= end - 3:
+        # no turning point: minimum/10 of the sweep's own end would be lr_max / 10 whatever the model (separable
+        # data only widens its margins as the rate grows). The rate where the loss had fallen half way, the middle
+        # of its descent on the log-rate axis, is where it falls fastest (fastai's "steep" point, read robustly).
+        half = curve[start] - (curve[start] - curve[i_min]) / 2
+        i_half = next(i for i in range(start, i_min + 1) if curve[i] <= half)
+        out.update(lr=lrs[i_half], rule="half-way down (the loss still fell at the top of the sweep)")
         return out
     out["lr"] = lrs[i_min] / 10
     return out
@@ -349,6 +351,14 @@ def lr_range(lrs: list[float], losses: list[float], suggestion: dict[str, Any], 
             "lr_range_test",
             f"no reliable learning-rate suggestion: {suggestion['reason']}. Keeping lr={current_lr:g}.",
         ).replace(value=value, expected="a clear descent before divergence")
+    if suggestion["rule"] != "minimum/10":
+        return passed(
+            "lr_range_test",
+            f"suggested lr {suggestion['lr']:.3g}: the smoothed loss still fell at the top of the sweep "
+            f"({suggestion['lr_at_minimum']:.3g}), with no turning point for minimum/10, so the rate where it had "
+            "fallen half way, where it falls fastest, is taken.",
+            value,
+        )
     return passed(
         "lr_range_test",
         f"suggested lr {suggestion['lr']:.3g}: the smoothed loss is lowest at "
