@@ -182,3 +182,25 @@ def test_causal_skips_non_sequence_tasks():
     task = tiny.classification()
     inputs, _ = task.split_batch(task.sample_batch("train", 7, seed=0))
     assert causal(task.make_model(), task, inputs).status == "skip"
+
+
+class ForcesBatchNormTrain(nn.Module):
+    """A BatchNorm the forward pass puts back into training mode: evaluation normalises by the batch."""
+
+    def __init__(self, forced: bool):
+        super().__init__()
+        self.forced = forced
+        self.body, self.norm, self.head = nn.Linear(tiny.FEATURES, 16), nn.BatchNorm1d(16), nn.Linear(16, tiny.CLASSES)
+
+    def forward(self, x):
+        if self.forced:
+            self.norm.train()
+        return self.head(torch.relu(self.norm(self.body(x))))
+
+
+def test_batch_independence_names_a_batch_norm_left_in_training_mode():
+    """The cause given was a view/reshape, a softmax over dim 0 or an RNN without batch_first."""
+    x = torch.randn(16, tiny.FEATURES, generator=torch.Generator().manual_seed(0))
+    check = batch_independence(ForcesBatchNormTrain(forced=True), tiny.classification(), x)
+    assert check.status == "fail" and "BatchNorm layers ['norm']" in check.message, check.message
+    assert batch_independence(ForcesBatchNormTrain(forced=False), tiny.classification(), x).status == "pass"

@@ -204,7 +204,17 @@ def test_a_model_no_better_than_a_constant_has_no_classes_named():
     assert check.status == "skip" and "no better than a constant" in check.message, check.message
     learned = leaning(recall_1=0.6, scale=3.0)
     check = prediction_errors(learned, two)
-    assert check.status == "warn" and check.value["below"] == [1], check.message
+    assert check.status == "pass" and "shown, not judged" in check.message, check.message  # two classes
+
+
+def test_two_classes_have_their_recalls_shown_not_judged():
+    """Labels drawn from a logistic model, 36% positive: the positive class is harder by nature (the Bayes rule's
+    recall 0.80 against 0.90), and a model a little below Bayes (0.69) had it named as mislabelled. With two classes
+    the pooled rate averages them, so the harder one always lies under it."""
+    two = Task(train=(torch.randn(4, 3), torch.arange(4) % 2), val=(torch.randn(4, 3), torch.arange(4) % 2),
+               model=lambda: tiny.MLP(out=2))  # fmt: skip
+    check = prediction_errors(leaning(recall_1=0.69, scale=3.0), two)
+    assert check.status == "pass" and "class 1 0.7" in check.message, check.message
 
 
 def test_three_classes_that_differ_in_difficulty_are_not_named():

@@ -183,14 +183,14 @@ def _batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int) 
     value = {"samples_probed": probed, "batch_size": n, "leaking": leaking, "own_input_ignored": own_zero}
     if leaking:
         i, js = next(iter(leaking.items()))
-        return _mixes(f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval mode", value)
+        return _mixes(f"sample {i}'s output depends on the inputs of samples {js[:6]} in eval mode", value, model)
     if own_zero == probed and not bool(own_by_part.isnan().any()):  # an integer input may carry it all
         own, leaks = _exchanged_dependence(model, task, inputs, probed)  # a path no gradient follows?
         value.update(probed_by="exchanging inputs", own_input_moves_output=own, leaking=leaks)
         if own and leaks:
             i = next(iter(leaks))
             seen = f"sample {i}'s output changes when only the other samples' inputs change (eval mode; no gradient"
-            return _mixes(seen + " reaches the inputs, so they were exchanged instead)", value)
+            return _mixes(seen + " reaches the inputs, so they were exchanged instead)", value, model)
         if own:
             return passed(
                 "batch_independence",
@@ -228,11 +228,24 @@ def _batch_independence(model: nn.Module, task: Task, inputs: Any, probes: int) 
     )
 
 
-def _mixes(seen: str, value: dict[str, Any]) -> Check:
+def _mixes(seen: str, value: dict[str, Any], model: nn.Module) -> Check:
+    """The fail for outputs that mix samples, naming BatchNorm layers that normalise by the batch in eval mode (left
+    in training mode by the forward pass, or without running statistics) where there are any."""
+    batch_norms = [
+        name or "the model"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+    ]
+    likely = (
+        f"BatchNorm layers {batch_norms[:4]} normalise by the batch's own statistics in eval mode (the forward "
+        "pass puts them in training mode, or they keep no running statistics): leave them to model.eval()"
+        if batch_norms
+        else "Likely a view/reshape where permute/transpose was meant, a softmax or normalisation over dim 0, or an "
+        "RNN missing batch_first=True"
+    )
     return failed(
         "batch_independence",
-        f"{seen}: the model mixes samples. Likely a view/reshape where permute/transpose was meant, a softmax or "
-        "normalisation over dim 0, or an RNN missing batch_first=True.",
+        f"{seen}: the model mixes samples. {likely}.",
         value,
         "each output depends only on its own sample",
     )
