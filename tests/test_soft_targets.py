@@ -79,3 +79,28 @@ def test_overfit_batch_fails_a_floor_at_the_constant_only_where_the_loss_reads_o
     assert crossed.status == "fail" and "broadcast" in crossed.message
     built_in = overfits_batch(memorised, 0.01, 0.6923, task.replace(loss="bce_with_logits"), 16, floor=0.6877)
     assert built_in.status == "pass", built_in.message
+
+
+def diabetes_task(own_val_stats: bool) -> Task:
+    from sklearn.datasets import load_diabetes
+
+    x, y = (torch.tensor(a, dtype=torch.float32) for a in load_diabetes(return_X_y=True))
+    x = (x - x[:330].mean(0)) / x[:330].std(0)
+    y_train, y_val = y[:330], y[330:]
+    mean, std = (y_val.mean(), y_val.std()) if own_val_stats else (y_train.mean(), y_train.std())
+    y_train, y_val = (y_train - y_train.mean()) / y_train.std(), (y_val - mean) / std
+    model = lambda: nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1), nn.Flatten(0))
+    return Task((x[:330], y_train), (x[330:], y_val), model, loss="mse", kind="regression")
+
+
+def test_validation_targets_standardised_with_their_own_statistics_fail_target_range():
+    """Nothing saw it (target_range read the training targets only): validation at mean 0 and std 1 exactly, which
+    a split standardised with the training statistics reaches by chance about once in a million."""
+    for own, status in ((True, "fail"), (False, "pass")):
+        task = diabetes_task(own)
+        check = target_range(read_split(task, "train", 2000, 0), read_split(task, "val", 2000, 0), task)
+        assert check.status == status, check.message
+    assert "their own statistics" in target_range(
+        read_split(diabetes_task(True), "train", 2000, 0), read_split(diabetes_task(True), "val", 2000, 0),
+        diabetes_task(True),
+    ).message  # fmt: skip

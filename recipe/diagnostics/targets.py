@@ -28,6 +28,9 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
     zero mean and unit scale makes the first phase of training fit the offset (catalog M11).
     """
     if task.kind == "regression":
+        own = _own_standardised(val)
+        if own is not None:
+            return own
         return _regression_targets(train, task)
     if task.kind == "sequence" or not is_class_task(task):
         y = torch.cat([train.targets.reshape(-1), val.targets.reshape(-1)]).float()
@@ -116,6 +119,34 @@ def _poisson_tail(observed: int, expected: float) -> float:
         term *= expected / j
         cumulative += term
     return max(0.0, 1.0 - cumulative)
+
+
+def _own_standardised(val: SplitSample, least: int = 30) -> Check | None:
+    """The fail for validation targets standardised with their own statistics: every varying column at mean 0 and
+    std 1 to 1e-4. Standardised with the training statistics, as it should be, a split of n samples keeps a mean of
+    about ±1/sqrt(n) and a std of about 1 ± 1/sqrt(2n): both within 1e-4 by chance is a one-in-a-million event per
+    column. Read on the whole split only (a sample of it is not exact), of `least` samples or more."""
+    n = len(val.targets)
+    if n != val.size or n < least or not val.targets.is_floating_point():
+        return None
+    y = val.targets.double().reshape(n, -1)
+    varying = y.std(0) > 0
+    if not bool(varying.any()):
+        return None
+    mean, biased, unbiased = y.mean(0), y.std(0, unbiased=False), y.std(0)
+    exact = (mean.abs() < 1e-4) & (((biased - 1).abs() < 1e-4) | ((unbiased - 1).abs() < 1e-4))
+    if not bool(exact[varying].all()):
+        return None
+    return failed(
+        "target_range",
+        f"the validation targets have mean 0 and std 1 to 1e-4 in all {int(varying.sum())} varying column(s): they "
+        f"were standardised with their own statistics. With the training mean and std, as the model will meet new "
+        f"data, {n} validation samples keep a mean of about ±{1 / math.sqrt(n):.2g} and a std off 1 by about "
+        f"{1 / math.sqrt(2 * n):.2g}; their own statistics shift and rescale validation against training, so its "
+        "figures mislead. Standardise both splits with the training statistics.",
+        {"val_mean": mean.tolist()[:8], "val_std": biased.tolist()[:8], "val_size": n},
+        "validation targets standardised with the training statistics",
+    )
 
 
 def _regression_targets(train: SplitSample, task: Task) -> Check:
