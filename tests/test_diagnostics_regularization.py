@@ -189,6 +189,17 @@ def test_first_layer_passes_trained_weights_and_warns_on_noise(digits_task):
     assert first_layer(filters + 3 * filters.std() * torch.randn(len(filters), 1, 1, 1), layer).status == "pass"
 
 
+def test_noise_like_filters_of_a_model_that_learned_pass(digits_task):
+    """A spectrogram CNN at 100% validation accuracy was told its first layer "barely trained": tones in noise call
+    for no smooth 3x3 filters. Noise-like filters mean little training only where the model did not learn."""
+    inputs, _ = digits_task.split_batch(digits_task.sample_batch("val", 4, seed=0))
+    torch.manual_seed(0)
+    layer, untrained = first_layer_filters(digits.MLP(), digits_task, inputs)
+    check = first_layer(untrained, layer, learned=(0.05, 2.3))
+    assert check.status == "pass" and "the model learned" in check.message, check.message
+    assert first_layer(untrained, layer, learned=(1.9, 2.3)).status == "warn"  # little learned: barely trained
+
+
 def test_first_layer_skips_filters_too_small_to_judge():
     torch.manual_seed(0)
     filters = digits.CNN().features[0].weight.detach()  # 16 filters of 3x3: the shuffled null spreads ±0.06

@@ -55,7 +55,13 @@ def _neighbour_correlation(w: torch.Tensor) -> torch.Tensor:
     return products.mean(-1) / pairs / (w**2).mean((-1, -2, -3))
 
 
-def first_layer(filters: torch.Tensor, layer: str, permutations: int = 50, seed: int = 8_191) -> Check:
+def first_layer(
+    filters: torch.Tensor,
+    layer: str,
+    permutations: int = 50,
+    seed: int = 8_191,
+    learned: tuple[float, float] | None = None,
+) -> Check:
     """Catches a first layer whose weights still look like noise after training (barely trained: a learning rate
     far too low, a layer cut off from the gradient, too few steps).
 
@@ -66,6 +72,9 @@ def first_layer(filters: torch.Tensor, layer: str, permutations: int = 50, seed:
     zero-correlation null passed: 0.91 against a threshold of 0.03) is recognised. Warns within 3 null standard
     deviations of the shuffled mean; skips when 3 of them exceed the weakest structure measured on trained layers
     (0.12; digits MLP 0.12-0.21, CNN 0.12-0.32), where the filters are too small to tell (3x3 filters, few of them).
+    Noise-like filters say "barely trained" only of a model that did not learn: `learned` is (validation loss, the
+    constant prediction's), and a model at under half the constant's loss learned with them; inputs other than
+    natural images (spectrograms of tones) need no smooth filters, and that passes, saying so.
     """
     w = filters.double()
     n, c, h, width = w.shape
@@ -87,6 +96,15 @@ def first_layer(filters: torch.Tensor, layer: str, permutations: int = 50, seed:
     if 3 * std > TRAINED_CORRELATION:
         reason = f"{n} filters of {shape} are too few weights to tell structure from noise: neighbouring weights "
         return skipped("first_layer", reason + f"correlate {against}; see first_layer.png.").replace(value=value)
+    if z < 3 and learned is not None and learned[0] < 0.5 * learned[1]:
+        return passed(
+            "first_layer",
+            f"the first layer ({layer}, {n} filters of {shape}) has no spatial structure (neighbouring weights "
+            f"correlate {against}, z = {z:.1f}), yet the model learned (validation loss {learned[0]:.4g} against "
+            f"{learned[1]:.4g} for a constant prediction): these inputs need no smooth filters (not natural images); "
+            "see first_layer.png.",
+            value,
+        )
     if z < 3:
         return warned(
             "first_layer",

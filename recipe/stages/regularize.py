@@ -43,7 +43,7 @@ from recipe.diagnostics.regularization import (
 )
 from recipe.diagnostics.suspect_labels import apply_label_fix, label_fixes, suspect_labels
 from recipe.errors import NonFiniteError
-from recipe.evaluation import evaluate
+from recipe.evaluation import Evaluation, constant_loss, evaluate
 from recipe.loop import FitResult
 from recipe.model_io import runnable_config, save_model
 from recipe.stage import Stage, StageSettings
@@ -146,7 +146,7 @@ class Regularize(Stage):
             current = self._suspect_labels(ctx, current, seed_noise, checks, trials, kept)
         assert current.model is not None
         checks.append(ctx.check(self._feature_ablation, ctx, current.model))
-        checks.append(ctx.check(self._first_layer, ctx, current.model))
+        checks.append(ctx.check(self._first_layer, ctx, current.model, current.val))
         checks.append(ctx.check(self._summary, ctx, trials, kept, name="chosen_regularization"))
         return checks
 
@@ -335,13 +335,14 @@ class Regularize(Stage):
         artifacts = (ctx.save_figure("feature_ablation.png", fig), ctx.save_json("feature_ablation.table.json", table))
         return check.replace(artifacts=artifacts)
 
-    def _first_layer(self, ctx: Context, model: nn.Module) -> Check:
+    def _first_layer(self, ctx: Context, model: nn.Module, val: Evaluation | None) -> Check:
         inputs, _ = ctx.task.split_batch(ctx.task.sample_batch("val", 2, ctx.seed, ctx.device))
         found = first_layer_filters(model, ctx.task, inputs)
         if found is None:
             return skipped("first_layer", "not an image model whose first Linear/Conv2d layer can be drawn.")
         layer, filters = found
-        check = ctx.check(first_layer, filters, layer)
+        learned = None if val is None else (val.loss, constant_loss(ctx.task, ctx.task.targets("val")))
+        check = ctx.check(first_layer, filters, layer, learned=learned)
         fig = plots.image_grid(filters[:64], [""] * 64, f"First-layer weights ({layer}), after regularize's training")
         return check.replace(artifacts=(ctx.save_figure("first_layer.png", fig),))
 
