@@ -83,7 +83,7 @@ def test_run_exits_0_and_writes_the_run_directory(finished_run):
     assert {"checks.json", "manifest.json", "metrics.jsonl", "report.html", "03_overfit"} <= set(os.listdir(run_dir))
     checks = json.loads((run_dir / "checks.json").read_text())
     assert checks and {c["stage"] for c in checks} == {"overfit"}
-    assert all(c["status"] in ("pass", "warn") for c in checks)
+    assert all(c["status"] in ("pass", "warn", "skip") for c in checks)  # a 20-step sweep may not tell a rate
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert (manifest["seed"], manifest["device"], manifest["stages_planned"]) == (0, "cpu", ["overfit"])
     assert manifest["config"]["overfit"]["steps"] == 60 and manifest["config"]["train"]["batch_size"] == 32
