@@ -37,7 +37,8 @@ class Check:
         message: what was seen, the likely cause and the fix, in one or two sentences.
         stage: the stage that emitted it; filled in by the stage runner.
         seconds: wall time spent producing it; filled in by the stage runner when measured.
-        artifacts: run-directory-relative paths of files that illustrate it (plots, tables).
+        artifacts: run-directory-relative paths of files that illustrate it (plots, tables); None items (a figure
+            the run did not draw, `figures=False`) are left out.
     """
 
     name: str
@@ -52,6 +53,8 @@ class Check:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"Check.status must be one of {STATUSES}, got {self.status!r}")
+        if None in self.artifacts:
+            object.__setattr__(self, "artifacts", tuple(a for a in self.artifacts if a is not None))
 
     @property
     def failed(self) -> bool:

@@ -1,7 +1,7 @@
 """The `recipe` command: a thin wrapper over `Recipe` and `build_report`.
 
     recipe run CONFIG.yaml [--run-dir DIR] [--device DEV] [--stages a,b,c] [--seed N] [--keep-going] [--quiet]
-                           [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
+                           [--no-figures] [--workers N] [--storage URL] [--study NAME] [--resume RUN_DIR [--force]]
     recipe run CONFIG.yaml --print-config     print the resolved config as YAML (every default filled) and exit
     recipe train CONFIG.yaml [--run-dir DIR] [--epochs N] [--device DEV] [--seed N] [--quiet] [--train-on-val]
     recipe report RUN_DIR
@@ -86,6 +86,7 @@ def _recipe(
         device=args.device or config.device,
         seed=args.seed if args.seed is not None else config.seed,
         keep_going=args.keep_going or config.keep_going,
+        figures=config.figures and not getattr(args, "no_figures", False),
         config={"train": config.train, **sections, **_tune_flags(sections, args)},
         source={"task": config.task, "task_args": config.task_args, **({"config": data} if data else {})},
         loggers=config.loggers,
@@ -105,6 +106,7 @@ def _resolved(config: Any, sections: dict[str, Any], stages: Any, args: argparse
         seed=args.seed if args.seed is not None else config.seed,
         stages=stages,
         keep_going=args.keep_going or config.keep_going,
+        figures=config.figures and not getattr(args, "no_figures", False),
     )
     sections = {**sections, **_tune_flags(sections, args)}
     return effective_config(config, sections, {n: s.settings_cls for n, s in registry.items()}, str(args.config))
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--keep-going", action="store_true", help="run later stages after a failed check")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--no-figures", action="store_true", help="draw no figures: the checks alone, faster")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run: finished stages are kept")
     p.add_argument("--force", action="store_true", help="with --resume: resume even if the config changed")
     p.add_argument("--workers", type=int, help="tune: local worker processes (overrides tune.workers)")

@@ -111,6 +111,7 @@ class RunConfig:
         seed: seeds every training run; `--seed` overrides it.
         stages: the stages to run, in order (default: all six); `--stages` overrides it.
         keep_going: run later stages after a failed check.
+        figures: draw the stages' figures; false draws none (`--no-figures` too).
         loggers: tools the run directory is mirrored into after each stage: "tensorboard".
         train: the training settings every stage starts from (the `train` section below).
     """
@@ -122,6 +123,7 @@ class RunConfig:
     seed: int = 0
     stages: list[str] | None = None
     keep_going: bool = False
+    figures: bool = True
     loggers: list[str] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)
 

@@ -43,6 +43,7 @@ class Context:
         source: where the task came from when the run was started from a config (`task`, `task_args`), so a
             stage can write a config the command line can run again.
         checkpoints: where `fit` runs keep their checkpoints, so a resumed run continues the interrupted stage.
+        figures: whether `save_figure` draws and writes figures (False: none is drawn).
     """
 
     task: Task
@@ -56,6 +57,7 @@ class Context:
     fits: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     checkpoints: resuming.FitCheckpoints | None = None
+    figures: bool = True
 
     def learn(self, train: Any = None, **found: Any) -> None:
         """Record what the running stage learned (manifest.json's `learned`): `train` holds the training settings it
@@ -135,8 +137,17 @@ class Context:
     def save_text(self, name: str, text: str) -> str:
         return self.rundir.save_text(self.stage, name, text)
 
-    def save_figure(self, name: str, fig: Any) -> str:
-        return self.rundir.save_figure(self.stage, name, fig)
+    def save_figure(self, name: str, fig: Any) -> str | None:
+        """Write a matplotlib figure, or the figure a function of no arguments draws (`lambda: plots.x(...)`, drawn
+        only when figures are on), and return its path; None when the run draws no figures (`figures=False`), which
+        a check's `artifacts` leave out."""
+        if not self.figures:
+            if not callable(fig):
+                import matplotlib.pyplot as plt  # already imported: the caller drew `fig`
+
+                plt.close(fig)
+            return None
+        return self.rundir.save_figure(self.stage, name, fig() if callable(fig) else fig)
 
 
 def model_factory(

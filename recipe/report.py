@@ -233,7 +233,8 @@ def build_report(run_dir: str | Path) -> Path:
         f"device {html.escape(str(manifest.get('device', '?')))}"
         f" · seed {_esc(manifest.get('seed', '?'))} · {html.escape(str(manifest.get('start', '')))} → "
         f"{html.escape(str(manifest.get('end', 'interrupted')))}"
-        f"{' · <b>interrupted</b>' if manifest.get('status') == 'interrupted' else ''}</div>",
+        f"{' · <b>interrupted</b>' if manifest.get('status') == 'interrupted' else ''}"
+        f"{' · figures off' if manifest.get('figures') is False else ''}</div>",
         '<div class="summary">',
     ]
     for stage in stages:

@@ -8,6 +8,7 @@ values), and one small batch overfit with augmentation on (a transform that dest
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -39,7 +40,9 @@ def augmentation_checks(ctx: Context, samples: int, batch_size: int, steps: int,
     before, after = task.images(inputs), task.images(augmented)
     if before is not None and after is not None and before.shape == after.shape:
         grid, labels, columns = _interleave(before[:32].cpu(), after[:32].cpu(), target[:32].cpu())
-        fig = plots.image_grid(grid, labels, "Each row as stored, the row below it after task.augment", columns)
+        fig = partial(
+            plots.image_grid, grid, labels, "Each row as stored, the row below it after task.augment", columns
+        )
         check = check.replace(artifacts=(ctx.save_figure("augmentation.png", fig),))
     elif isinstance(inputs, torch.Tensor) and isinstance(augmented, torch.Tensor):
         shown: dict[str, Any] = {"before": inputs[:8].cpu(), "after": augmented[:8].cpu()}

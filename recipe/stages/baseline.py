@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -142,7 +143,7 @@ class Baseline(Stage):
             model = fresh()
             before = [p.detach().to("cpu", copy=True) for p in model.parameters()]  # none changed: a bug
             trained, dynamics = self._short_run(ctx, "loss_decreases", task, model)
-            curve = ctx.save_figure("prediction_dynamics.png", plots.prediction_dynamics(*dynamics))
+            curve = ctx.save_figure("prediction_dynamics.png", lambda: plots.prediction_dynamics(*dynamics))
             moved = parameter_change(before, trained.model)
             judged = loss_decreases(trained.step_losses, ctx.train.lr, moved, floor=_training_floor(task))
             checks.append(judged.replace(seconds=trained.seconds, artifacts=(curve,)))
@@ -154,7 +155,7 @@ class Baseline(Stage):
             ctx.save_json("activations.json", {"init": stats_init, "trained": stats_trained})
             judged = activations(stats_init, stats_trained)
             if stats_init:
-                figure = ctx.save_figure("activations.png", plots.activations(stats_init, stats_trained))
+                figure = ctx.save_figure("activations.png", lambda: plots.activations(stats_init, stats_trained))
                 judged = judged.replace(artifacts=(figure,))
             checks.append(judged)
         output, target = self._val_outputs(ctx, trained.model)
@@ -192,10 +193,14 @@ class Baseline(Stage):
                 bars[key.replace("_", " ")] = (trivial_figures[key], trivial_figures[f"{key}_se"])
         checks.append(ctx.check(human_baseline, s.human_baseline, real, task))
 
-        ctx.save_figure("loss_curves.png", plots.loss_curves(curves, f"Short runs ({s.steps} steps, same budget)"))
+        ctx.save_figure(
+            "loss_curves.png", lambda: plots.loss_curves(curves, f"Short runs ({s.steps} steps, same budget)")
+        )
         ctx.save_figure(
             "baselines.png",
-            plots.baselines(bars, "Validation loss after the same budget", "validation loss (± standard error)"),
+            lambda: plots.baselines(
+                bars, "Validation loss after the same budget", "validation loss (± standard error)"
+            ),
         )
         ctx.save_json("baselines.json", figures)
 
@@ -252,7 +257,8 @@ class Baseline(Stage):
         artifacts = (
             ctx.save_json("batch_size.json", result.to_dict()),
             ctx.save_figure(
-                "batch_size.png", plots.batch_size_throughput(result.curve, result.batch_size, result.out_of_memory)
+                "batch_size.png",
+                lambda: plots.batch_size_throughput(result.curve, result.batch_size, result.out_of_memory),
             ),
         )
         ctx.learn(train={"batch_size": result.batch_size}, batch_size_rule=result.rule)
@@ -288,7 +294,7 @@ class Baseline(Stage):
     def _input_batch(self, ctx: Context, inputs: Any, batch: Any) -> Check:
         check, info = input_batch(inputs, ctx.task)
         check = scaled_by_model(check, ctx.task, inputs)
-        artifacts = [ctx.save_json("input_batch.json", info)]
+        artifacts: list[str | None] = [ctx.save_json("input_batch.json", info)]
         if (
             isinstance(inputs, torch.Tensor)
             and inputs.is_floating_point()
@@ -297,8 +303,8 @@ class Baseline(Stage):
         ):
             _, target = ctx.task.split_batch(batch)
             labels = [str(int(t)) if t.numel() == 1 else "" for t in target[:32].cpu()]
-            fig = plots.image_grid(
-                inputs[:32].cpu(), labels, "Training batch as the model receives it, with its labels"
+            fig = partial(
+                plots.image_grid, inputs[:32].cpu(), labels, "Training batch as the model receives it, with its labels"
             )
             artifacts.append(ctx.save_figure("input_batch.png", fig))
         if "decoded_first_sample" in info:

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -133,8 +134,10 @@ class Complexify(Stage):
             ctx.check(overfitting_onset, final.history),
         ]
         with ctx.contained("chosen_run_figure", checks, "the chosen setup's loss curve, chosen_run.png"):
-            figure = plots.loss_curves(
-                {"training loss (per step)": final.step_losses}, f"Chosen setup: {chosen.name}, lr {chosen.lr:.2g}"
+            figure = partial(
+                plots.loss_curves,
+                {"training loss (per step)": final.step_losses},
+                f"Chosen setup: {chosen.name}, lr {chosen.lr:.2g}",
             )
             checks[-4] = checks[-4].replace(artifacts=(ctx.save_figure("chosen_run.png", figure),))
         checks.append(ctx.check(self._input_ladder, ctx, chosen, name="input_ladder"))
@@ -213,7 +216,7 @@ class Complexify(Stage):
             **overrides,
         )
 
-    def _rung_artifacts(self, ctx: Context, rungs: list[Rung]) -> tuple[str, ...]:
+    def _rung_artifacts(self, ctx: Context, rungs: list[Rung]) -> tuple[str | None, ...]:
         table = {
             "columns": ["rung", "parameters", "lr", "train loss", "val loss", f"val {ctx.task.metric_name}", "s"],
             "rows": [
@@ -234,10 +237,11 @@ class Complexify(Stage):
         return (
             ctx.save_json("rungs.table.json", table),
             ctx.save_figure(
-                "rungs_train.png", plots.loss_curves(steps, "Training loss per rung (same budget)", logy=True)
+                "rungs_train.png", lambda: plots.loss_curves(steps, "Training loss per rung (same budget)", logy=True)
             ),
             ctx.save_figure(
-                "rungs_val.png", plots.loss_curves(epochs, "Validation loss per rung", "validation loss", "epoch")
+                "rungs_val.png",
+                lambda: plots.loss_curves(epochs, "Validation loss per rung", "validation loss", "epoch"),
             ),
         )
 
@@ -273,7 +277,9 @@ class Complexify(Stage):
         assert chosen.val is not None
         check, keep = lr_schedule(chosen.val, scheduled, s.schedule)
         curves = {"constant": chosen.step_losses, f"warm-up {warmup} + {s.schedule}": run.step_losses}
-        figure = ctx.save_figure("lr_schedule.png", plots.loss_curves(curves, "Constant rate against a schedule"))
+        figure = ctx.save_figure(
+            "lr_schedule.png", lambda: plots.loss_curves(curves, "Constant rate against a schedule")
+        )
         checks.append(check.replace(artifacts=(figure,), seconds=run.seconds))
         if not keep:
             return chosen

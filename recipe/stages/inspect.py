@@ -14,6 +14,7 @@ of all of it go to 01_inspect/ for a person to look at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -159,7 +160,7 @@ class InspectData(Stage):
         if check.status == "skip" or not ctx.task.num_classes:
             return check
         counts = {p.name: class_counts(p, ctx.task.num_classes).tolist() for p in (train, val)}
-        figure = ctx.save_figure("class_balance.png", plots.class_histogram(counts, "Labels per split"))
+        figure = ctx.save_figure("class_balance.png", lambda: plots.class_histogram(counts, "Labels per split"))
         return check.replace(artifacts=(figure,))
 
     def _input_stats(self, ctx: Context, train: SplitSample) -> Check:
@@ -174,7 +175,9 @@ class InspectData(Stage):
         ctx.learn(input_scale="ok" if check.status == "pass" else "far from unit scale")
         artifacts = (
             ctx.save_json("input_stats.json", stats),
-            ctx.save_figure("input_stats.png", plots.feature_ranges(stats, "Training inputs per " + unit, unit)),
+            ctx.save_figure(
+                "input_stats.png", lambda: plots.feature_ranges(stats, "Training inputs per " + unit, unit)
+            ),
         )
         return check.replace(artifacts=artifacts)
 
@@ -194,7 +197,8 @@ class InspectData(Stage):
         marks = {"median": median, f"z = ±{self.settings.outlier_z:g}": median + self.settings.outlier_z * scale}
         artifacts = [
             ctx.save_figure(
-                "outliers_histogram.png", plots.histogram(values, "Per-sample statistic", info["statistic"], marks)
+                "outliers_histogram.png",
+                lambda: plots.histogram(values, "Per-sample statistic", info["statistic"], marks),
             ),
             ctx.save_json("outliers.json", info["table"]),
         ]
@@ -204,7 +208,9 @@ class InspectData(Stage):
         if images is not None:
             labels = [f"#{int(train.indices[i])} z={float(z[i]):+.1f}" for i in top.tolist()]
             artifacts.append(
-                ctx.save_figure("outliers.png", plots.image_grid(images, labels, "Most extreme training samples"))
+                ctx.save_figure(
+                    "outliers.png", lambda: plots.image_grid(images, labels, "Most extreme training samples")
+                )
             )
         return check.replace(artifacts=tuple(artifacts))
 
@@ -228,13 +234,13 @@ class InspectData(Stage):
             "baseline_rate": issues.baseline_rate,
             "probe": issues.probe,
         }
-        artifacts = [ctx.save_json("label_issues.json", record)]
+        artifacts: list[str | None] = [ctx.save_json("label_issues.json", record)]
         shown = issues.indices[:32]
         images = ctx.task.images(ctx.task.split_batch(ctx.task.batch("train", shown))[0]) if shown else None
         if images is not None:
             labels = [f"#{i}: {g} → {p}?" for i, g, p in zip(shown, issues.given, issues.predicted, strict=False)]
             title = "Labels the out-of-fold model doubts (given → predicted)"
-            artifacts.append(ctx.save_figure("label_issues.png", plots.image_grid(images.cpu(), labels, title)))
+            artifacts.append(ctx.save_figure("label_issues.png", lambda: plots.image_grid(images.cpu(), labels, title)))
         return check.replace(seconds=issues.seconds, artifacts=tuple(artifacts))
 
     def _samples(self, ctx: Context, train: SplitSample, val: SplitSample) -> Check:
@@ -242,7 +248,7 @@ class InspectData(Stage):
         task, x = ctx.task, train.inputs
         if x is None:
             return skipped("samples", "inputs are not a single tensor; override _samples in a subclass.")
-        images = _pictures(task, train)
+        images = _pictures(task, train) if ctx.figures else None
         if images is not None:
             return self._image_samples(ctx, train, images)
         if not x.is_floating_point() and task.decoder is not None:
@@ -253,6 +259,8 @@ class InspectData(Stage):
             return passed("samples", f"decoded training samples in samples.txt; the first: {texts[0][:80]!r}.").replace(
                 artifacts=(path,)
             )
+        if not ctx.figures:
+            return skipped("samples", "figures are off (figures=False): no samples.png of the data to look at.")
         if not x.is_floating_point():
             return skipped("samples", "token inputs without a decoder; pass Task(decoder=...) to read them.")
         flat_train, flat_val = (
@@ -261,12 +269,17 @@ class InspectData(Stage):
         )
         features = list(range(min(flat_train.shape[1], 11)))
         target = (train.targets.float(), val.targets.float()) if task.kind == "regression" else None
-        fig = plots.feature_histograms(
-            flat_train, flat_val, features, "Feature distributions, train vs validation", target
+        fig = partial(
+            plots.feature_histograms,
+            flat_train,
+            flat_val,
+            features,
+            "Feature distributions, train vs validation",
+            target,
         )
-        path = ctx.save_figure("samples.png", fig)
+        figure = ctx.save_figure("samples.png", fig)
         return passed("samples", f"histograms of the first {len(features)} features per split in samples.png.").replace(
-            artifacts=(path,)
+            artifacts=(figure,)
         )
 
     def _image_samples(self, ctx: Context, train: SplitSample, images: torch.Tensor) -> Check:
@@ -285,7 +298,9 @@ class InspectData(Stage):
             rows = torch.randperm(len(images), generator=g)[:32].tolist()
             labels = [_target_label(train.targets[i]) for i in rows]
             columns = 8
-        fig = plots.image_grid(images[rows], labels, "Random training samples and their labels", columns=columns)
+        fig = partial(
+            plots.image_grid, images[rows], labels, "Random training samples and their labels", columns=columns
+        )
         path = ctx.save_figure("samples.png", fig)
         return passed("samples", f"{len(rows)} random training images, by class, in samples.png.").replace(
             artifacts=(path,)

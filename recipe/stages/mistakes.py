@@ -8,6 +8,7 @@ rows). `complexify` calls it on the chosen rung and `tune` on the best trial.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,21 +34,25 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
     check = prediction_errors(predictions, ctx.task)
     if check.status == "skip":
         return check
-    artifacts: list[str] = []
+    artifacts: list[str | None] = []
     if "classes" in check.value:
         classes = check.value["classes"]
-        fig = error_plots.confusion_matrix(confusion(predictions, predictions.output.shape[1]), f"Confusion: {whose}")
+        fig = partial(
+            error_plots.confusion_matrix, confusion(predictions, predictions.output.shape[1]), f"Confusion: {whose}"
+        )
         recalls = {f"class {r['class']}": (r["recall"], r["se"]) for r in classes}
         artifacts += [
             ctx.save_figure("confusion.png", fig),
-            ctx.save_figure("class_recall.png", plots.baselines(recalls, f"Recall per class: {whose}", "recall ± SE")),
+            ctx.save_figure(
+                "class_recall.png", lambda: plots.baselines(recalls, f"Recall per class: {whose}", "recall ± SE")
+            ),
         ]
     elif ctx.task.kind == "regression":
         n = len(predictions.target)
         target = predictions.target.reshape(n, -1).float().mean(1)
         residual = residuals(predictions)
         if residual is not None:
-            figure = error_plots.residuals(target, residual, f"Residuals: {whose}")
+            figure = partial(error_plots.residuals, target, residual, f"Residuals: {whose}")
             artifacts.append(ctx.save_figure("residuals.png", figure))
         if check.value["worst_bins"]:
             rows = [[b["by"], f"{b['low']:.4g}..{b['high']:.4g}", b["n"], f"{b['loss']:.4g}", f"{b['se']:.2g}"]
@@ -58,7 +63,7 @@ def look_at_mistakes(ctx: Context, model: nn.Module, whose: str) -> Check:
     return check.replace(artifacts=tuple(artifacts))
 
 
-def _highest_losses(ctx: Context, predictions: Predictions, worst: list[int], whose: str) -> str:
+def _highest_losses(ctx: Context, predictions: Predictions, worst: list[int], whose: str) -> str | None:
     """The highest-loss validation samples: pictures when the inputs are images, decoded text when the task can
     decode them, a table of their first features otherwise."""
     task = ctx.task
@@ -70,7 +75,7 @@ def _highest_losses(ctx: Context, predictions: Predictions, worst: list[int], wh
     if images is not None:
         labels = [f"#{i} {_short(g)}→{_short(p)}" for i, g, p in zip(worst, given, predicted, strict=True)]
         title = f"Highest-loss validation samples: {whose} (given → predicted)"
-        return ctx.save_figure("highest_losses.png", plots.image_grid(images.cpu(), labels, title))
+        return ctx.save_figure("highest_losses.png", lambda: plots.image_grid(images.cpu(), labels, title))
     if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point() and task.decoder is not None:
         shown: list[Any] = [task.decode(row.reshape(-1).tolist()) for row in inputs.cpu()]
         columns = ["sample", "input (decoded)"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -118,7 +119,8 @@ class OverfitOneBatch(Stage):
             metric = float(task.metric_per_sample(output.float(), target).mean())
         check = overfits_batch(losses, metric, reference, task, len(indices), s.tolerance, floor, mixes)
         check = check.replace(seconds=seconds)
-        fig = plots.loss_curves(
+        fig = partial(
+            plots.loss_curves,
             {"one batch": losses},
             f"Overfitting one batch of {len(indices)} samples",
             logy=True,
@@ -152,7 +154,9 @@ class OverfitOneBatch(Stage):
         suggestion = suggest_lr(lrs, losses)
         check = lr_range(lrs, losses, suggestion, ctx.train.lr)
         artifacts = (
-            ctx.save_figure("lr_range_test.png", plots.lr_range(lrs, losses, suggestion["smoothed"], suggestion)),
+            ctx.save_figure(
+                "lr_range_test.png", lambda: plots.lr_range(lrs, losses, suggestion["smoothed"], suggestion)
+            ),
             ctx.save_json("lr_range_test.json", {**suggestion, "lrs": lrs[: len(losses)], "losses": losses}),
         )
         if suggestion["lr"] is not None:

@@ -293,7 +293,8 @@ class Regularize(Stage):
         done = [(size, t) for size, t in curve if t.val is not None and t.train_loss is not None]
         if len(done) < 2:
             return check
-        fig = plots.learning_curve(
+        fig = functools.partial(
+            plots.learning_curve,
             [size for size, _ in done],
             [t.train_loss or 0.0 for _, t in done],
             [t.val.loss for _, t in done if t.val is not None],
@@ -315,7 +316,8 @@ class Regularize(Stage):
         names = check.value.get("names") or [f"feature {j}" for j in range(len(importance))]
         unit = "input tensor" if "names" in check.value else "feature"
         order = sorted(range(len(importance)), key=importance.__getitem__)[:40]
-        fig = plots.baselines(
+        fig = functools.partial(
+            plots.baselines,
             {names[j]: (importance[j], se[j]) for j in order},
             f"Validation loss increase when one {unit} is shuffled (least important first)",
             "increase in validation loss (± SE)",
@@ -343,7 +345,9 @@ class Regularize(Stage):
         layer, filters = found
         learned = None if val is None else (val.loss, constant_loss(ctx.task, ctx.task.targets("val")))
         check = ctx.check(first_layer, filters, layer, learned=learned)
-        fig = plots.image_grid(filters[:64], [""] * 64, f"First-layer weights ({layer}), after regularize's training")
+        fig = functools.partial(
+            plots.image_grid, filters[:64], [""] * 64, f"First-layer weights ({layer}), after regularize's training"
+        )
         return check.replace(artifacts=(ctx.save_figure("first_layer.png", fig),))
 
     def _summary(self, ctx: Context, trials: list[Trial], kept: list[Trial]) -> Check:
@@ -358,7 +362,7 @@ class Regularize(Stage):
         header = "" if "task" in config else "# add `task: module:function` to run this with `recipe run`\n"
         artifacts = (
             ctx.save_json("trials.table.json", {"columns": columns, "rows": rows}),
-            ctx.save_figure("train_val_gap.png", plots.train_val_gap(gaps, "Train/validation gap per trial")),
+            ctx.save_figure("train_val_gap.png", lambda: plots.train_val_gap(gaps, "Train/validation gap per trial")),
             ctx.save_text("config.yaml", header + yaml.safe_dump(config, sort_keys=False)),
         )
         assert final.val is not None and final.model is not None

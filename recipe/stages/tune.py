@@ -317,7 +317,7 @@ class Tune(Stage):
 
     def _artifacts(
         self, ctx: Context, study: Any, finished: list[Any], in_order: list[Any], params: list[Any]
-    ) -> tuple[str, ...]:
+    ) -> tuple[str | None, ...]:
         """The trials table (its last row: each parameter's importance), axis, best-so-far and isolation plots."""
         tables = trials_table(ctx, study, finished, in_order, [p.name for p in params])
         axes = {p.name: ([t.params[p.name] for t in finished], bool(p.log)) for p in params if not p.choices}
@@ -329,9 +329,13 @@ class Tune(Stage):
         }
         return (
             *tables,
-            *([ctx.save_figure("axes.png", plots.search_axes(axes, [t.value for t in finished]))] if axes else []),
-            ctx.save_figure("best_so_far.png", plots.best_so_far([t.value for t in in_order])),
-            ctx.save_figure("isolation.png", plots.isolation(panels)),
+            *(
+                [ctx.save_figure("axes.png", lambda: plots.search_axes(axes, [t.value for t in finished]))]
+                if axes
+                else []
+            ),
+            ctx.save_figure("best_so_far.png", lambda: plots.best_so_far([t.value for t in in_order])),
+            ctx.save_figure("isolation.png", lambda: plots.isolation(panels)),
         )
 
     def _hand_over(
