@@ -110,7 +110,7 @@ def eval_deterministic(model: nn.Module, task: Task, inputs: Any) -> Check:
     scale = float(first.float().abs().max())
     changed = [n for n, b in model.named_buffers() if n in buffers and not torch.equal(b, buffers[n])]
     value: dict[str, Any] = {"max_abs_difference": diff, "output_scale": scale, "buffers_changed": changed}
-    if diff > 1e-5 * max(scale, 1e-6) or math.isnan(diff):
+    if _differs(diff, scale):
         try:
             where, masked = _where_noise_enters(model, task, inputs)
         except Exception:  # a structure the trace cannot compare: where the noise enters stays unknown
@@ -175,7 +175,13 @@ def _agree(a: Any, b: Any) -> bool:
     if not torch.equal(a.isnan(), b.isnan()):
         return False
     gap = float((a - b).nan_to_num(0.0).abs().max()) if a.numel() else 0.0
-    return gap <= 1e-5 * max(float(a.nan_to_num(0.0).abs().max()) if a.numel() else 0.0, 1e-6)
+    return not _differs(gap, float(a.nan_to_num(0.0).abs().max()) if a.numel() else 0.0)
+
+
+def _differs(gap: float, scale: float) -> bool:
+    """Two passes of one model differ: their largest gap beyond float rounding (1e-5 of the output's largest
+    magnitude, floored at 1e-6), or NaN."""
+    return math.isnan(gap) or gap > 1e-5 * max(scale, 1e-6)
 
 
 def _rewrites_its_input(

@@ -28,7 +28,7 @@ def target_range(train: SplitSample, val: SplitSample, task: Task, rare_ratio: f
     zero mean and unit scale makes the first phase of training fit the offset (catalog M11).
     """
     if task.kind == "regression":
-        own = _own_standardised(val)
+        own = _standardised_on_its_own(val)
         if own is not None:
             return own
         return _regression_targets(train, task)
@@ -121,7 +121,7 @@ def _poisson_tail(observed: int, expected: float) -> float:
     return max(0.0, 1.0 - cumulative)
 
 
-def _own_standardised(val: SplitSample, least: int = 30) -> Check | None:
+def _standardised_on_its_own(val: SplitSample, least: int = 30) -> Check | None:
     """The fail for validation targets standardised with their own statistics: every varying column at mean 0 and
     std 1 to 1e-4. Standardised with the training statistics, as it should be, a split of n samples keeps a mean of
     about ±1/sqrt(n) and a std of about 1 ± 1/sqrt(2n): both within 1e-4 by chance is a one-in-a-million event per
