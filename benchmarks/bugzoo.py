@@ -1,7 +1,7 @@
 """The public bug zoo: silent bugs planted in otherwise clean tasks, whether `recipe` flags each with its cause,
 and whether the same tasks with the bug fixed (twins) and clean tasks of many kinds stay clean.
 
-    python benchmarks/bugzoo.py [--only NAME[,NAME]] [--stages inspect,baseline,overfit]
+    python benchmarks/bugzoo.py [--only NAME[,NAME]] [--stages inspect,baseline,overfit] [--no-figures]
 
 Each bug is a small mutation of a clean task: the originals plant into digits MLP/CNN, a causal character model,
 diabetes regression and a siamese model on digit pairs; the rest reproduce public reports (cited beside each case) in
@@ -524,9 +524,12 @@ class Outcome:
         return f"{missed} (known)" if self.case.known_miss else missed
 
 
-def run_case(case: Case, stages: tuple[str, ...] | None = None, run_dir: Path | None = None) -> Outcome:
-    """Run one case with keep_going. A task the recipe refuses before training (a `RecipeError`) becomes one fail
-    named `task_validation`; anything else escaping the run becomes one `error` named `run`."""
+def run_case(
+    case: Case, stages: tuple[str, ...] | None = None, run_dir: Path | None = None, figures: bool = True
+) -> Outcome:
+    """Run one case with keep_going (`figures=False`: no plots drawn, the verdicts alike). A task the recipe
+    refuses before training (a `RecipeError`) becomes one fail named `task_validation`; anything else escaping the
+    run becomes one `error` named `run`."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the table is the output
         start = time.perf_counter()
         try:
@@ -539,6 +542,7 @@ def run_case(case: Case, stages: tuple[str, ...] | None = None, run_dir: Path | 
                 config=case.config,
                 progress=False,
                 quiet=True,
+                figures=figures,
             ).run()
             checks = list(result.checks)
         except RecipeError as exc:
@@ -560,12 +564,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated case names (substring match)")
     parser.add_argument("--stages", help="comma-separated stages for every case (default: each case's own)")
+    parser.add_argument("--no-figures", action="store_true", help="draw no plots (faster; the verdicts are alike)")
     args = parser.parse_args(argv)
     chosen = [c for c in CASES if not args.only or any(o in c.name for o in args.only.split(","))]
     stages = tuple(args.stages.split(",")) if args.stages else None
     rows, outcomes = [], {}
     for case in chosen:
-        out = outcomes[case.name] = run_case(case, stages)
+        out = outcomes[case.name] = run_case(case, stages, figures=not args.no_figures)
         kind = "bug" if case in BUGS else ("clean" if case in CLEAN else "twin")
         rows.append(_row(out, kind))
         print(f"  {case.name}: {out.verdict}", file=sys.stderr, flush=True)
