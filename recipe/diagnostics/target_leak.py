@@ -116,6 +116,24 @@ def _copies_target(feature: torch.Tensor, target: torch.Tensor, classification: 
     return bool(residual.std() <= 1e-4 * y.std().clamp_min(1e-12))
 
 
+def _positions_as_rows(
+    x: torch.Tensor, y: torch.Tensor, max_rows: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Class targets per position (B, T) beside inputs with one axis of T positions ((B, T), (B, C, T), (B, T, C)):
+    every scored (sample, position) as a row of the input's features at that position (its channels), up to
+    `max_rows` of them, seeded; positions whose target is negative (ignored) are left out. None when no input axis,
+    or more than one, has T positions."""
+    axes = [a for a in range(1, x.dim()) if x.shape[a] == y.shape[1]]
+    if len(axes) != 1:
+        return None
+    x = x.movedim(axes[0], 1).reshape(len(x), y.shape[1], -1).reshape(-1, x[0].numel() // y.shape[1])
+    y = y.reshape(-1)
+    scored = (y >= 0).nonzero().flatten()
+    if len(scored) > max_rows:
+        scored = scored[torch.randperm(len(scored), generator=torch.Generator().manual_seed(seed))[:max_rows]]
+    return x[scored], y[scored]
+
+
 def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, seed: int = 0) -> Check:
     """Catches targets that can be read straight off the input: a feature equal to (or encoding) the label, or
     sequence targets aligned with the input at the same position (not shifted) or shifted twice.
@@ -192,12 +210,22 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
             "the inputs hold the targets 1 to 3 steps ahead, as a forecaster's history does: a target read from a "
             "later input position is next-step prediction, and whether the model reads ahead is causal's to judge.",
         )
+    classification = task.kind == "classification" and task.loss == "cross_entropy"
+    where = ""
+    if classification and yt.dim() == 2:  # a class per position: each (sample, position) is a row
+        rows = _positions_as_rows(xt, yt, max_samples, seed), _positions_as_rows(xv, yv, max_samples // 2, seed + 1)
+        if rows[0] is None or rows[1] is None:
+            return skipped(
+                "target_leak",
+                f"a class per position ({tuple(yt.shape[1:])} per sample) beside inputs of {tuple(xt.shape[1:])}, "
+                "where no single axis has that many positions: the input read at a position cannot be told.",
+            )
+        (xt, yt), (xv, yv), where = rows[0], rows[1], " at each position"
     xt, xv = xt.reshape(len(xt), -1), xv.reshape(len(xv), -1)
     keep = torch.arange(xt.shape[1])
     if xt.shape[1] > max_features:
         keep = torch.randperm(xt.shape[1], generator=torch.Generator().manual_seed(seed))[:max_features]
         xt, xv = xt[:, keep], xv[:, keep]
-    classification = task.kind == "classification" and task.loss == "cross_entropy"
     if not classification and yt.dim() > 1 and yt.shape[1] > 1:
         return _target_columns(xt, yt, xv, yv, keep, shapes, seed)
     scores = single_feature_scores(xt, yt, xv, yv, classification)
@@ -206,6 +234,8 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
     # what knowing nothing scores: the majority class (classification) or the mean (R² = 0)
     floor = float(torch.bincount(yv.long()).max() / len(yv)) if classification else 0.0
     name = column_name(shapes, int(keep[best]))  # the column in the model's input, not in the scanned subset
+    if where:
+        name = f"input channel {int(keep[best])}{where}" if xt.shape[1] > 1 else f"the input value{where}"
     value = {
         "best_feature": int(keep[best]),
         f"best_single_feature_{metric}": float(scores[best]),
