@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from recipe.check import Check, failed, passed, warned
-from recipe.data import Batch
+from recipe.data import Batch, batch_size_of
 from recipe.task import Task
 
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
+ROUTING_SAMPLES = 4096  # training samples a module that did not run in the steps may run on
 
 
 def unregistered_tensors(model: nn.Module) -> list[str]:
@@ -100,6 +101,8 @@ def params_update(
     moved: set[str] = set()  # got a non-zero gradient
     outside: list[tuple[int, ...]] = []
     taken = 0
+    ran: set[str] = set()  # the modules called in a forward pass
+    hooks = _recording(model, ran)
     for k in range(max(1, steps)):
         if k and (more is None or len(moved) == len(trainable)):
             break
@@ -116,7 +119,11 @@ def params_update(
         if opt is not None:
             opt.step()
         taken += 1
+    for hook in hooks:
+        hook.remove()
     no_grad = [n for n, _ in trainable if n not in reached]
+    routed = _routed(model, task, no_grad, ran, batch_size_of(batch)) if hooks else []
+    no_grad = [n for n in no_grad if n not in routed]
     zero = [n for n, _ in trainable if n in reached and n not in moved]
     unchanged = [n for n, p in trainable if n in moved and torch.equal(p.detach(), before[n])]
     unregistered = unregistered_tensors(model)
@@ -129,6 +136,7 @@ def params_update(
         "unregistered_graph_leaves": outside,
         "frozen": frozen,
         "steps": taken,
+        "routed": routed,
     }
     if unregistered or outside:
         names = unregistered or [f"tensor of shape {s}" for s in outside]
@@ -140,6 +148,20 @@ def params_update(
             value,
             "every trainable tensor registered",
         )
+    idle = [n for n in no_grad if hooks and _owner(n) not in ran]  # their module was never called
+    modules = dict(model.named_modules())
+    unselected = [n for n in idle if _unselected(_owner(n), modules, ran)]  # a member of a list others of which ran
+    forgotten = [n for n in idle if n not in unselected]
+    seen = f"in {_steps(taken)} nor on {min(len(task.train), ROUTING_SAMPLES):,} training samples"
+    if forgotten:
+        return failed(
+            "params_update",
+            f"{len(forgotten)} of {len(trainable)} parameter tensors belong to modules that never ran, {seen}: "
+            f"{', '.join(forgotten[:6])}. A layer defined in __init__ but never called in forward: it never trains.",
+            value,
+            "every parameter gets a gradient and changes",
+        )
+    no_grad = [n for n in no_grad if n not in unselected]
     if no_grad or unchanged:
         names = no_grad or unchanged
         return failed(
@@ -147,6 +169,16 @@ def params_update(
             f"{len(names)} of {len(trainable)} parameter tensors got no gradient or did not change after "
             f"{_steps(taken)}: {', '.join(names[:6])}. The path from them to the loss is cut (.detach(), .data, "
             "torch.no_grad, a numpy round-trip) or their output is never used.",
+            value,
+            "every parameter gets a gradient and changes",
+        )
+    if unselected:
+        return warned(
+            "params_update",
+            f"{len(unselected)} of {len(trainable)} parameter tensors belong to members of a ModuleList or ModuleDict "
+            f"that never ran, {seen}, while other members did: {', '.join(unselected[:6])}. An expert the router "
+            "sends no sample to does not train until one comes (a load-balancing loss keeps experts in use); a "
+            "slice or index that leaves a layer out (layers[:-1]) is a bug.",
             value,
             "every parameter gets a gradient and changes",
         )
@@ -190,11 +222,76 @@ def params_update(
             value,
         )
     on_purpose = f" {len(declared)} more are frozen, as baseline.frozen says." if declared else ""
+    if routed:
+        on_purpose += (
+            f" {len(routed)} more ({', '.join(routed[:3])}) belong to modules that ran only on other batches "
+            "(computation routed by the data, as a mixture of experts does): they train when their samples come."
+        )
     return passed(
         "params_update",
         f"all {len(trainable)} parameter tensors got a gradient and changed after {_steps(taken)}.{on_purpose}",
         value,
     )
+
+
+def _owner(parameter: str) -> str:
+    """The name of the module a parameter belongs to ("" for the model itself)."""
+    return parameter.rpartition(".")[0]
+
+
+def _recording(model: nn.Module, ran: set[str], only: set[str] | None = None) -> list[Any]:
+    """Forward pre-hooks that add each module's name to `ran` when it is called (`only`: those modules); none when a
+    module cannot take hooks (TorchScript)."""
+    hooks = []
+    for name, module in model.named_modules():
+        if only is None or name in only:
+            try:
+                hooks.append(module.register_forward_pre_hook(lambda *_, name=name: ran.add(name)))
+            except RuntimeError:
+                for hook in hooks:
+                    hook.remove()
+                return []
+    return hooks
+
+
+def _unselected(owner: str, modules: dict[str, nn.Module], ran: set[str]) -> bool:
+    """Whether module `owner`, or a module holding it, is a member of a ModuleList or ModuleDict another member of
+    which ran: one chosen among several (an expert a router skips, a layer a slice leaves out), not a layer that
+    forward never calls."""
+    parts = owner.split(".")
+    for i in range(len(parts), 0, -1):
+        container, member = ".".join(parts[: i - 1]), ".".join(parts[:i])
+        if isinstance(modules.get(container), nn.ModuleList | nn.ModuleDict):
+            prefix = f"{container}." if container else ""
+            if any(
+                f"{prefix}{key}" in ran for key, _ in modules[container].named_children() if f"{prefix}{key}" != member
+            ):
+                return True
+    return False
+
+
+def _routed(model: nn.Module, task: Task, no_grad: list[str], ran: set[str], batch_size: int) -> list[str]:
+    """Of the parameters without a gradient, those whose module did not run in the steps taken but does on the first
+    ROUTING_SAMPLES training samples (forward only, in batches of `batch_size`): computation the data routes (a
+    mixture of experts), not a cut path. `ran` gains the modules that ran."""
+    owners = {_owner(n) for n in no_grad} - ran
+    if not owners:
+        return []
+    seen: set[str] = set()
+    hooks = _recording(model, seen, owners)
+    device = next(model.parameters()).device
+    rows = min(len(task.train), ROUTING_SAMPLES)
+    try:
+        with torch.no_grad():
+            for start in range(0, rows, max(batch_size, 1)):
+                task.outputs(model, task.batch("train", list(range(start, min(start + batch_size, rows))), device))
+                if owners <= seen:
+                    break
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ran |= seen
+    return [n for n in no_grad if _owner(n) in seen]
 
 
 def _named(name: str, patterns: tuple[str, ...]) -> bool:
