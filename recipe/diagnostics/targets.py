@@ -163,6 +163,9 @@ def _regression_targets(train: SplitSample, task: Task) -> Check:
     pooled = float(std.square().mean().sqrt())
     value = {"mean": mean.tolist(), "std": std.tolist()}
     if callable(task.loss):
+        competing = _columns_compete(y, task)
+        if competing is not None:
+            return competing.replace(value={**value, **(competing.value or {})})
         return passed(
             "target_range",
             f"regression targets have mean {float(mean.mean()):.3g} and std {float(std.mean()):.3g}; under a callable "
@@ -309,3 +312,38 @@ def _confined_classes(n_train: torch.Tensor, n_val: torch.Tensor, factor: float 
     share = n_val / total.clamp_min(1)
     off = (share < val_share / factor) | (1 - share < (1 - val_share) / factor)
     return [int(c) for c in (off & (total >= least)).nonzero().flatten()]
+
+
+def _columns_compete(y: torch.Tensor, task: Task) -> Check | None:
+    """A warn when a callable loss is a softmax across each row of outputs (its value unchanged by a constant added to
+    a whole row, changed by scaling the row) while many target rows are not one distribution (several labels, or
+    none: their sum is not 1): independent labels made to compete for one unit of probability. None otherwise, or
+    when the loss does not take outputs shaped like the targets."""
+    if y.shape[1] < 2 or bool((y < 0).any()):
+        return None
+    loose = float(((y.sum(1) - 1).abs() > 1e-3).float().mean())
+    if loose < 0.05:  # rows that sum to 1: one class each, or soft targets (distillation, mixup, smoothing)
+        return None
+    rows = y[:256]
+    g = torch.Generator().manual_seed(0)
+    out, shift = torch.randn(rows.shape, generator=g), 3 * torch.randn(len(rows), 1, generator=g)
+    try:
+        with torch.no_grad():
+            base, moved, scaled = (float(task.compute_loss(o, rows)) for o in (out, out + shift, 2 * out))
+    except Exception:  # a loss that wants outputs of another shape: no verdict here
+        return None
+    tolerance = 1e-4 * max(abs(base), 1e-6)
+    if not all(math.isfinite(v) for v in (base, moved, scaled)) or abs(moved - base) > tolerance:
+        return None
+    if abs(scaled - base) <= tolerance:  # the loss ignores its outputs' values altogether: not this question
+        return None
+    return warned(
+        "target_range",
+        f"the loss is a softmax across each row of outputs (adding a constant to a whole row leaves it unchanged), "
+        f"so the {y.shape[1]} target columns compete for one unit of probability, yet {loose:.0%} of the training "
+        "target rows do not sum to 1 (several labels, or none). Independent labels need a sigmoid per column: "
+        "loss='bce_with_logits' (kind='classification' reads accuracy at logit 0). If each row is one "
+        "distribution over the columns, normalise the targets to sum to 1.",
+        {"rows_not_summing_to_1": loose},
+        "a loss per column for several labels per row, or target rows that sum to 1",
+    )
