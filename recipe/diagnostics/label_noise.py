@@ -178,10 +178,10 @@ def find_label_issues(
         max_samples: score a seeded random sample of this many training samples when the split is larger.
         seed: seeds the sample, the folds and every training run.
         device: where the quick models train.
-        probe: "linear" (logistic regression on flattened, standardised inputs), "model" (the task's model through
-            `fit`), "both" (their calibrated average), or "auto": both, unless training the task's model would
-            cost more than `model_gflop` (then the linear probe) or the inputs are not floats or wider than 4,096
-            features (then the task's model). Under "auto", a linear probe that does not learn (`learns`) hands
+        probe: "linear" (logistic regression on flattened, standardised inputs, or on each token id's count for
+            token inputs), "model" (the task's model through `fit`), "both" (their calibrated average), or "auto":
+            both, unless training the task's model would cost more than `model_gflop` (then the linear probe) or
+            the inputs are neither tokens nor floats of at most 4,096 features (then the task's model). Under "auto", a linear probe that does not learn (`learns`) hands
             the budget to the task's model for one round, when one round fits in it. A member that does not learn
             while another does is left out of the average.
         rounds: 2 retrains without the first round's suspects when the first round's training estimate exceeds

@@ -1,6 +1,7 @@
-"""Quick models for out-of-fold probabilities: a linear probe on flattened inputs (weight decay picked by
-out-of-fold log-loss) and the task's own model through `fit`, each temperature-calibrated on held-out logits, and
-the FLOP budget that decides whether the task's model is cheap enough to train k times.
+"""Quick models for out-of-fold probabilities: a linear probe on flattened inputs, or on counts of each token id
+for token inputs (a bag of words; weight decay picked by out-of-fold log-loss), and the task's own model through
+`fit`, each temperature-calibrated on held-out logits, and the FLOP budget that decides whether the task's model is
+cheap enough to train k times.
 
 A quick model is evidence only when it learns: `learns` asks that its out-of-fold accuracy beat always predicting
 the commonest label by three binomial standard errors. A member that does not is left out of the average (when
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from recipe.console import doing
-from recipe.joined import joined_features
+from recipe.joined import joined_features, joined_tokens
 from recipe.loop import fit
 from recipe.task import Task
 
@@ -223,10 +224,39 @@ class QuickModels:
         return out, out_val
 
 
+def token_ids(inputs: Any) -> torch.Tensor | None:
+    """Token-id inputs as one (batch, ids) integer matrix (one tensor, or several joined); None for other inputs."""
+    if isinstance(inputs, torch.Tensor):
+        integer = inputs.dim() >= 2 and not (
+            inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool
+        )
+        return inputs.reshape(len(inputs), -1).long() if integer else None
+    return joined_tokens(inputs)
+
+
+def token_width(task: Task) -> int:
+    """Columns of the bag of tokens: one per id up to the largest id in the first 2,048 training rows, at most
+    LINEAR_FEATURES (larger ids share columns, modulo the width)."""
+    inputs, _ = task.split_batch(task.batch("train", list(range(min(len(task.train), 2048)))))
+    ids = token_ids(inputs)
+    return min(int(ids.max()) + 1, LINEAR_FEATURES) if ids is not None and ids.numel() else 1
+
+
+def bag_of_tokens(ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of token ids as log(1 + count) of each id (ids modulo `width`; negative ids, padding markers, as 0)."""
+    ids = ids.clamp_min(0) % width
+    counts = torch.zeros(len(ids), width, device=ids.device)
+    return counts.scatter_add_(1, ids, torch.ones(ids.shape, device=ids.device)).log1p()
+
+
 def flat_inputs(task: Task, split: str, rows: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-    """The inputs of these rows as one (rows, features) float matrix; several float tensors are joined. A NaN or
-    Inf (a missing value the task's model takes: `non_finite` passed it) reads as its feature's mean over the rest."""
+    """The inputs of these rows as one (rows, features) float matrix; several float tensors are joined, token ids
+    become a bag of tokens (`bag_of_tokens`). A NaN or Inf (a missing value the task's model takes: `non_finite`
+    passed it) reads as its feature's mean over the rest."""
     inputs, _ = task.split_batch(task.batch(split, rows, device))
+    ids = token_ids(inputs)
+    if ids is not None:
+        return bag_of_tokens(ids, token_width(task))
     joined = joined_features(inputs)
     x = (joined if joined is not None else inputs).reshape(len(rows), -1).float()
     missing = ~torch.isfinite(x)
@@ -241,8 +271,9 @@ def choose_members(task: Task, probe: str, positions: list[int], batch_size: int
     if probe in ("linear", "model"):
         return [probe]
     inputs, _ = task.split_batch(task.batch("train", positions[:2]))
+    tokens = token_ids(inputs) is not None  # a bag of tokens, at most LINEAR_FEATURES wide
     inputs = inputs if isinstance(inputs, torch.Tensor) else joined_features(inputs)
-    if inputs is None or not (inputs.is_floating_point() and inputs[0].numel() <= LINEAR_FEATURES):
+    if not tokens and (inputs is None or not (inputs.is_floating_point() and inputs[0].numel() <= LINEAR_FEATURES)):
         return ["model"]
     return (
         ["linear", "model"]
