@@ -14,6 +14,7 @@ from torch import nn
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import Batch
 from recipe.diagnostics.inputs import large_inputs
+from recipe.diagnostics.reach import biased_not_clipped, outputs_at_init
 from recipe.evaluation import constant_loss
 from recipe.output_bias import bias_values, final_layer, init_output_bias, recorded_forward
 from recipe.task import IGNORE_INDEX, Task
@@ -170,20 +171,6 @@ def loss_at_init(model: nn.Module, task: Task, batch: Batch) -> Check:
     )
 
 
-def outputs_at_init(
-    make_model: Callable[[], nn.Module], task: Task, batch: Batch, draws: int = 5
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The outputs of `draws` freshly initialised models on one batch, and its target: what the architecture can
-    output, rather than what one random draw happens to."""
-    outputs, target = [], torch.empty(0)
-    for _ in range(draws):
-        model = make_model().eval()
-        with torch.no_grad():
-            output, target = task.outputs(model, batch)
-        outputs.append(output.detach().float())
-    return outputs, target
-
-
 AFFINE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding)
 
 
@@ -277,9 +264,10 @@ def output_kind(
 
 def output_kind_at_init(make_model: Callable[[], nn.Module], task: Task, batch: Batch, draws: int = 5) -> Check:
     """`output_kind` judged on the architecture: the outputs of `draws` fresh initialisations and the module the
-    output comes from."""
+    output comes from; a verdict on their sign stands only where the head cannot cross zero (`reach`)."""
     final = output_module(make_model(), task, batch)
-    return output_kind(*outputs_at_init(make_model, task, batch, draws), task, final)
+    check = output_kind(*outputs_at_init(make_model, task, batch, draws), task, final)
+    return biased_not_clipped(check, make_model, task, batch)
 
 
 def class_weights_amplify(task: Task, target: torch.Tensor, value: dict[str, Any]) -> Check | None:

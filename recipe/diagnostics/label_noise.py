@@ -181,9 +181,10 @@ def find_label_issues(
         probe: "linear" (logistic regression on flattened, standardised inputs, or on each token id's count for
             token inputs), "model" (the task's model through `fit`), "both" (their calibrated average), or "auto":
             both, unless training the task's model would cost more than `model_gflop` (then the linear probe) or
-            the inputs are neither tokens nor floats of at most 4,096 features (then the task's model). Under "auto", a linear probe that does not learn (`learns`) hands
-            the budget to the task's model for one round, when one round fits in it. A member that does not learn
-            while another does is left out of the average.
+            the inputs are neither tokens nor floats of at most 4,096 features (then the task's model). Under
+            "auto", a linear probe that does not learn (`learns`) hands the budget to the task's model for one
+            round, when one round fits in it. A member that does not learn while another does is left out of the
+            average.
         rounds: 2 retrains without the first round's suspects when the first round's training estimate exceeds
             the validation one by more than `MIN_EXCESS` (on clean labels the suspects are hard samples, and
             retraining without them changes nothing but the cost); 1 keeps the first round.
