@@ -15,7 +15,7 @@ from torch import nn
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.data import tree_map
 from recipe.diagnostics.dependencies import RELATIVE_TOLERANCE, input_sensitivity
-from recipe.diagnostics.inputs import aligned_part, holds_targets_ahead, token_distance
+from recipe.diagnostics.inputs import aligned_part, holds_targets_ahead, time_first, token_distance
 from recipe.task import Task
 
 
@@ -161,3 +161,12 @@ def causal(model: nn.Module, task: Task, inputs: Any, positions: int = 4, target
             value,
         )
     return passed("causal", f"outputs depend only on {unit} at or before their position (probed cuts {cuts}).", value)
+
+
+def causal_over_time(model: nn.Module, task: Task, inputs: Any, target: Any = None) -> Check:
+    """`causal`, with channels-first series (B, C, T) probed as (B, T, C) and handed to the model transposed back:
+    a 1-D CNN forecaster's inputs."""
+    steps_first = time_first(inputs, target)
+    if steps_first is inputs:
+        return causal(model, task, inputs, target=target)
+    return causal(model, task.replace(input_transform=lambda x: x.transpose(1, 2)), steps_first, target=target)

@@ -275,10 +275,20 @@ def aligned_part(inputs: Any, target: torch.Tensor, least: float = 0.9) -> torch
     return best
 
 
+def time_first(inputs: Any, target: Any) -> Any:
+    """Channels-first series (B, C, T) beside targets per step (B, T) or (B, T, F) as (B, T, C), the layout the
+    per-step probes read; any other inputs unchanged (the same object)."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(target, torch.Tensor) or inputs.dim() != 3:
+        return inputs
+    steps = target.shape[1] if target.dim() >= 2 else -1
+    return inputs.transpose(1, 2) if inputs.shape[1] != steps and inputs.shape[2] == steps else inputs
+
+
 def holds_targets_ahead(inputs: Any, target: Any, least: float = 0.9) -> bool:
-    """Whether float inputs (B, T) or (B, T, F) hold a float target (B, T) or (B, T, F') 1 to 3 steps ahead along
-    axis 1, on `least` of the positions: a forecaster's history, whose later values are its earlier targets (one
-    varying target channel that some input channel repeats is enough)."""
+    """Whether float inputs (B, T) or (B, T, F) (or channels first, (B, F, T)) hold a float target (B, T) or (B, T,
+    F') 1 to 3 steps ahead along T, on `least` of the positions: a forecaster's history, whose later values are its
+    earlier targets (one varying target channel that some input channel repeats is enough)."""
+    inputs = time_first(inputs, target)
     if not isinstance(inputs, torch.Tensor) or not isinstance(target, torch.Tensor):
         return False
     if not (inputs.is_floating_point() and target.is_floating_point()) or min(inputs.dim(), target.dim()) < 2:

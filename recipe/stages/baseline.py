@@ -34,7 +34,7 @@ from recipe.diagnostics.baselines import (
     target_unread,
     trivial_baselines,
 )
-from recipe.diagnostics.causal import causal
+from recipe.diagnostics.causal import causal_over_time
 from recipe.diagnostics.dependencies import batch_independence
 from recipe.diagnostics.dropout import dropout_rates, eval_deterministic
 from recipe.diagnostics.init import init_bias, loss_at_init, output_kind, output_kind_at_init
@@ -109,7 +109,7 @@ class Baseline(Stage):
         checks.append(ctx.check(init_bias, task, fresh, batch, device))
         checks.append(ctx.check(batch_independence, fresh(), task, probe_inputs))
         if task.kind == "sequence" or holds_targets_ahead(probe_inputs, probe_target):
-            checks.append(ctx.check(causal, fresh(), task, probe_inputs, target=probe_target))
+            checks.append(ctx.check(causal_over_time, fresh(), task, probe_inputs, probe_target, name="causal"))
         checks.append(ctx.check(target_leak, task, seed=ctx.seed))
         other_batch = lambda k: task.sample_batch("train", ctx.train.batch_size, ctx.seed + k, device)  # k >= 1
         checks.append(ctx.check(params_update, fresh(), task, batch, more=other_batch, frozen_on_purpose=s.frozen))
@@ -162,7 +162,7 @@ class Baseline(Stage):
         if task.loss == "bce_with_logits":
             checks.append(ctx.check(output_kind, output, target, task))
         if task.kind == "sequence" or holds_targets_ahead(*probe):  # a weak mask can be overcome (minGPT #75)
-            after = ctx.check(causal, trained.model, task, probe[0], target=probe[1])
+            after = ctx.check(causal_over_time, trained.model, task, probe[0], probe[1], name="causal")
             prefix = "after the short run: " if after.status == "pass" else ""
             checks.append(after.replace(name="causal_after_training", message=prefix + after.message))
 
