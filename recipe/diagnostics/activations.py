@@ -7,6 +7,7 @@ layer whose units are all dead or saturated passes no gradient.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from recipe.check import Check, passed, skipped, warned
+from recipe.data import batch_size_of
 from recipe.task import Task
 
 SATURATING = {nn.Tanh: (-0.99, 0.99), nn.Sigmoid: (0.01, 0.99), nn.Hardtanh: (-0.99, 0.99)}
@@ -50,7 +52,9 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
     A unit is dead when it is exactly zero for every sample of the batch: read at the output of a ReLU module, and
     at the input of a Linear/Conv layer (which catches a functional F.relu before it). A tanh/sigmoid unit is
     saturated when over 90% of its outputs sit within 1% of the asymptotes. Outputs that are nested tensors, packed
-    sequences or tuples are read through `_plain`; a module whose output is none of these is left out.
+    sequences or tuples are read through `_plain`; a module whose output is none of these is left out. The model
+    runs in eval mode, except BatchNorm layers that have seen no batch yet (a fresh model's): they use the batch's
+    statistics, as in training, since their running ones (0 and 1) would pass every scale through unnormalised.
     """
     records: list[dict[str, Any]] = []
     parametric_seen = [False]  # the first layer's inputs are data, not activations
@@ -84,6 +88,10 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
         return record
 
     model.eval()
+    fresh = [m for m in model.modules() if _untracked(m)] if batch_size_of(inputs) > 1 else []
+    kept = [copy.deepcopy(m.state_dict()) for m in fresh]
+    for m in fresh:
+        m.train()  # batch statistics: its running ones are still 0 and 1, which normalise nothing
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
     handles = [m.register_forward_hook(hook(n)) for n, m in leaves if not isinstance(m, torch.jit.ScriptModule)]
     try:
@@ -92,7 +100,16 @@ def activation_stats(model: nn.Module, task: Task, inputs: Any) -> list[dict[str
     finally:
         for h in handles:
             h.remove()
+        for m, state in zip(fresh, kept, strict=True):
+            m.load_state_dict(state)
+            m.eval()
     return records
+
+
+def _untracked(module: nn.Module) -> bool:
+    """A BatchNorm layer that has seen no training batch yet (a fresh model's)."""
+    tracked = getattr(module, "num_batches_tracked", None)
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and tracked is not None and int(tracked) == 0
 
 
 def activations(stats_init: list[dict[str, Any]], stats_trained: list[dict[str, Any]] | None = None) -> Check:
