@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe import Task
-from recipe.diagnostics.init import output_kind_at_init
+from recipe.diagnostics.init import loss_at_init, output_kind_at_init
 from recipe.diagnostics.reach import crosses_zero
 
 DIM = 16
@@ -64,3 +64,20 @@ def test_a_head_that_clips_at_zero_still_fails(head):
     task = pairs_task(head)
     assert not crosses_zero(task.make_model, task, task.sample_batch("val", 64, 0))
     assert _verdict(task) == "fail"
+
+
+class Scaled(nn.Module):
+    def forward(self, x):
+        return 10 * x
+
+
+@pytest.mark.parametrize(("head", "status"), [(nn.Identity, "pass"), (Scaled, "fail")])
+def test_loss_at_init_reads_the_outputs_spread_not_where_their_mean_starts(head, status):
+    """A cosine head starts near 0.8 for targets of mean 0: twice an all-zero output's loss, all of it offset (old
+    code failed it as a mis-scaled layer); ten times the cosine is a spread too wide, and still fails."""
+    task = pairs_task(head)
+    torch.manual_seed(0)
+    check = loss_at_init(task.make_model(), task, task.sample_batch("train", 64, 0))
+    assert check.status == status, check.message
+    if status == "pass":
+        assert check.value["ratio"] > 1.5 and "where their mean starts" in check.message
