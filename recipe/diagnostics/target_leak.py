@@ -253,6 +253,25 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
                 value,
                 f"no single feature near {metric} 1",
             )
+        memorised = _training_rows(xt, xv)
+        if bool(memorised.any()):  # a lookup finds a training row's own target: memory, not a leak
+            share, unseen = float(memorised.float().mean()), ~memorised
+            if int(unseen.sum()) < 30:
+                return skipped(
+                    "target_leak",
+                    f"{share:.0%} of the validation rows are training rows (see duplicates): a lookup fitted on "
+                    "training finds their targets by memory, so the single-feature scan cannot tell a leak here.",
+                ).replace(value=value | {"validation_rows_in_training": share})
+            again = float(single_feature_scores(xt, yt, xv[unseen], yv[unseen], classification)[best])
+            value.update(validation_rows_in_training=share, **{f"{metric}_on_unseen_rows": again})
+            if again < 0.99:
+                return passed(
+                    "target_leak",
+                    f"{name} predicts the validation target with {metric} {float(scores[best]):.4f}, but only "
+                    f"through the {share:.0%} of validation rows that are training rows (see duplicates): on the "
+                    f"others it scores {again:.3f}.",
+                    value,
+                )
         return warned(
             "target_leak",
             f"{name} alone predicts the validation target with {metric} {float(scores[best]):.4f}: "
@@ -268,6 +287,14 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
         f"{float(scores[best]):.3f} on validation).",
         value,
     )
+
+
+def _training_rows(xt: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
+    """Which validation rows are, value for value, a training row (a bool per row of `xv`)."""
+    _, ids = torch.unique(torch.cat([xt, xv]).float(), dim=0, return_inverse=True)
+    seen = torch.zeros(int(ids.max()) + 1, dtype=torch.bool)
+    seen[ids[: len(xt)]] = True
+    return seen[ids[len(xt) :]]
 
 
 def _target_columns(
