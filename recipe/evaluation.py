@@ -56,7 +56,8 @@ def evaluate(
     batch_size: int = 1024,
     autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> Evaluation:
-    """Loss and metric over the whole split, in eval mode, with standard errors over samples; each of the task's
+    """Loss and metric over the whole split, in eval mode, with standard errors over samples (for a loss with no
+    per-sample form, over runs of CHUNK samples: at least four of them, else none); each of the task's
     extra metrics over the split's outputs and targets, concatenated on the CPU."""
     was_training = model.training
     model.eval()
@@ -65,6 +66,7 @@ def evaluate(
     metrics: list[torch.Tensor] = []
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # outputs and targets, only when extra metrics need them
     batch_losses: list[tuple[float, int]] = []
+    chunk_losses: list[float] = []  # a loss without a per-sample form, on runs of CHUNK samples: its noise
     with torch.inference_mode(), autocast():
         guard = target_guard(task, split, "val" if split is task.val else "train" if split is task.train else "split")
         for batch in eval_batches(split, batch_size, device, guard):
@@ -73,6 +75,7 @@ def evaluate(
             per_sample = task.loss_per_sample(output, target)
             if per_sample is None:
                 batch_losses.append((float(task.compute_loss(output, target)), batch_size_of(target)))
+                chunk_losses += _chunk_losses(task, output, target)
             else:
                 losses.append(per_sample.float())
                 if (sample_weights := task.sample_weights(target)) is not None:
@@ -99,9 +102,28 @@ def evaluate(
             extra,
         )
     total = sum(b for _, b in batch_losses)
+    chunks = torch.tensor(chunk_losses, dtype=torch.float64)
+    loss_se = float(chunks.std() / math.sqrt(len(chunks))) if len(chunks) >= 4 else None
     return Evaluation(
-        sum(v * b for v, b in batch_losses) / total, None, float(metric.mean()), metric_se, n, None, extra
+        sum(v * b for v, b in batch_losses) / total, loss_se, float(metric.mean()), metric_se, n, None, extra
     )
+
+
+CHUNK = 32  # samples per run whose loss stands in for per-sample losses in a loss's noise
+
+
+def _chunk_losses(task: Task, output: torch.Tensor, target: Any) -> list[float]:
+    """The loss on each whole run of CHUNK samples of a batch: for a loss with no per-sample form (a callable), the
+    spread of these is the noise of its mean (the batch-means estimate). Empty when the target cannot be sliced or
+    the loss refuses a run."""
+    try:
+        values = [
+            float(task.compute_loss(output[i : i + CHUNK], target[i : i + CHUNK]))
+            for i in range(0, len(output) - CHUNK + 1, CHUNK)
+        ]
+    except Exception:  # a target of another structure, a loss that wants the whole batch
+        return []
+    return [v for v in values if math.isfinite(v)]
 
 
 def _extra_metrics(task: Task, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
