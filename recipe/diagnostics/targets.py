@@ -157,15 +157,15 @@ def _regression_targets(train: SplitSample, task: Task) -> Check:
     (the root mean variance of the columns): columns that barely vary beside others that do (an image's background
     pixels under an autoencoder) are near constants a model learns at once, and standardising them would magnify
     their noise. Under a callable loss the outputs need not live on the targets' scale (Poisson NLL's log rate):
-    it passes with the statistics."""
+    it passes with the statistics, unless the loss compares outputs and targets by their difference alone (the same
+    value when both move by one constant: Huber, SmoothL1, a custom squared error), which is judged as MSE is."""
     y = train.targets.float().reshape(len(train.targets), -1)
     mean, std = y.mean(0), y.std(0, unbiased=False)
     pooled = float(std.square().mean().sqrt())
     value = {"mean": mean.tolist(), "std": std.tolist()}
-    if callable(task.loss):
-        competing = _columns_compete(y, task)
-        if competing is not None:
-            return competing.replace(value={**value, **(competing.value or {})})
+    if callable(task.loss) and (competing := _columns_compete(y, task)) is not None:
+        return competing.replace(value={**value, **(competing.value or {})})
+    if callable(task.loss) and not _on_target_scale(train.targets, task):
         return passed(
             "target_range",
             f"regression targets have mean {float(mean.mean()):.3g} and std {float(std.mean()):.3g}; under a callable "
@@ -347,3 +347,21 @@ def _columns_compete(y: torch.Tensor, task: Task) -> Check | None:
         {"rows_not_summing_to_1": loose},
         "a loss per column for several labels per row, or target rows that sum to 1",
     )
+
+
+def _on_target_scale(y: torch.Tensor, task: Task) -> bool:
+    """Whether a callable loss reads outputs on the targets' own scale: unchanged when outputs and targets move by
+    one constant together, changed when the outputs alone move (as a squared error, Huber or SmoothL1 loss is; a
+    Poisson NLL on log rates, or a loss over outputs of another shape, is not)."""
+    rows = y[:256].float()  # as the task holds them: the loss may want (B,) or (B, 1)
+    g = torch.Generator().manual_seed(1)
+    out, shift = rows + 0.5 * torch.randn(rows.shape, generator=g), 3.0 + 2 * float(rows.std())
+    try:
+        with torch.no_grad():
+            base, both, alone = (
+                float(task.compute_loss(o, t)) for o, t in ((out, rows), (out + shift, rows + shift), (out + 1, rows))
+            )
+    except Exception:  # a loss that wants outputs of another shape (a mean and a variance, quantiles)
+        return False
+    tolerance = 1e-4 * max(abs(base), 1e-6)
+    return all(math.isfinite(v) for v in (base, both, alone)) and abs(both - base) <= tolerance < abs(alone - base)
