@@ -18,7 +18,7 @@ from recipe.data import Batch, batch_size_of
 from recipe.task import Task
 
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
-ROUTING_SAMPLES = 4096  # training samples a module that did not run in the steps may run on
+ROUTING_SAMPLES = 1024  # training samples a module that did not run in the steps may run on (a forward each)
 
 
 def unregistered_tensors(model: nn.Module) -> list[str]:

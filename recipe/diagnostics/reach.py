@@ -40,7 +40,15 @@ SIGN_VERDICTS = ("logits of both signs", "outputs covering the target range")  #
 
 def crosses_zero(make_model: Callable[[], nn.Module], task: Task, batch: Batch, steps: int = 30) -> bool:
     """Whether `steps` Adam steps (lr 0.05) that lower a fresh model's mean output on `batch` take any output below
-    zero. False when they do not, or when the output is not one tensor or stops being finite."""
+    zero. False when they do not, or when the output is not one tensor, stops being finite, or cannot be trained on
+    this batch (the verdict on the outputs of the initialisations then stands)."""
+    try:
+        return _lowered_below_zero(make_model, task, batch, steps)
+    except Exception:  # a model that trains only in another way (BatchNorm on one sample, a structured output)
+        return False
+
+
+def _lowered_below_zero(make_model: Callable[[], nn.Module], task: Task, batch: Batch, steps: int) -> bool:
     model = make_model().train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
