@@ -17,7 +17,7 @@ from recipe.diagnostics.integrity import SplitSample, is_class_task
 from recipe.task import Task
 
 
-def _row_keys(x: torch.Tensor) -> torch.Tensor:
+def row_keys(x: torch.Tensor) -> torch.Tensor:
     """One integer group id per row: rows with identical content (floats compared in float32) share it.
 
     Rows are hashed as bytes (64-bit SipHash, collisions negligible at these sizes): sorting whole rows with
@@ -97,7 +97,7 @@ def duplicates(train: SplitSample, val: SplitSample, task: Task, leak_fraction: 
     """
     if train.inputs is None or val.inputs is None:
         return skipped("duplicates", "inputs are not a single tensor; override in a subclass.")
-    keys = _row_keys(torch.cat([train.inputs.reshape(len(train.inputs), -1), val.inputs.reshape(len(val.inputs), -1)]))
+    keys = row_keys(torch.cat([train.inputs.reshape(len(train.inputs), -1), val.inputs.reshape(len(val.inputs), -1)]))
     k_train, k_val = keys[: len(train.inputs)], keys[len(train.inputs) :]
     groups = int(keys.max()) + 1
     train_count = torch.bincount(k_train, minlength=groups)

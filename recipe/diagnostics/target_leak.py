@@ -13,6 +13,7 @@ import torch
 
 from recipe.check import Check, failed, passed, skipped, warned
 from recipe.diagnostics.inputs import aligned_part, alignment_profile, holds_targets_ahead, token_distance
+from recipe.diagnostics.splits import row_keys
 from recipe.joined import column_name, joined_features, part_shapes
 from recipe.task import IGNORE_INDEX, Task
 
@@ -291,7 +292,7 @@ def target_leak(task: Task, max_samples: int = 4000, max_features: int = 2048, s
 
 def _training_rows(xt: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
     """Which validation rows are, value for value, a training row (a bool per row of `xv`)."""
-    _, ids = torch.unique(torch.cat([xt, xv]).float(), dim=0, return_inverse=True)
+    ids = row_keys(torch.cat([xt, xv]))
     seen = torch.zeros(int(ids.max()) + 1, dtype=torch.bool)
     seen[ids[: len(xt)]] = True
     return seen[ids[len(xt) :]]
