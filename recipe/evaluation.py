@@ -67,7 +67,7 @@ def evaluate(
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # outputs and targets, only when extra metrics need them
     batch_losses: list[tuple[float, int]] = []
     chunk_losses: list[float] = []  # a loss without a per-sample form, on runs of CHUNK samples: its noise
-    with torch.inference_mode(), autocast():
+    with without_autograd(model), autocast():
         guard = target_guard(task, split, "val" if split is task.val else "train" if split is task.train else "split")
         for batch in eval_batches(split, batch_size, device, guard):
             output, target = task.outputs(model, batch)
@@ -124,6 +124,13 @@ def _chunk_losses(task: Task, output: torch.Tensor, target: Any) -> list[float]:
     except Exception:  # a target of another structure, a loss that wants the whole batch
         return []
     return [v for v in values if math.isfinite(v)]
+
+
+def without_autograd(model: nn.Module) -> Any:
+    """`torch.inference_mode()`, or `torch.no_grad()` for a TorchScript model: its graph executor can replay a graph
+    it profiled with gradients on and record it for backward, which inference tensors refuse ("Inference tensors
+    cannot be saved for backward")."""
+    return torch.no_grad() if isinstance(model, torch.jit.ScriptModule) else torch.inference_mode()
 
 
 def _extra_metrics(task: Task, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:

@@ -89,3 +89,17 @@ def test_a_scripted_model_is_judged_as_before():
     task = tiny.classification()
     check = params_update(torch.jit.script(tiny.MLP()), task, task.sample_batch("train", 64, 0))
     assert check.status == "pass", check.message
+
+
+def test_a_scripted_model_evaluates_after_steps_with_gradients():
+    """TorchScript's executor replays a graph it profiled with gradients and records it for backward, which
+    inference-mode tensors refuse: params_update's steps on one scripted MLP made every later evaluation of another
+    raise ("Inference tensors cannot be saved for backward"), losing the baseline stage."""
+    from recipe.evaluation import evaluate
+
+    task = tiny.classification()
+    params_update(torch.jit.script(tiny.MLP()), task, task.sample_batch("train", 64, 0))
+    model = torch.jit.script(tiny.MLP())
+    for _ in range(3):  # the executor profiles, then optimises
+        model(task.train.x[:64]).sum().backward()
+    assert evaluate(task, model, task.val, torch.device("cpu")).loss > 0

@@ -18,6 +18,7 @@ from torch import nn
 
 from recipe.check import Check, passed, skipped, warned
 from recipe.data import eval_batches
+from recipe.evaluation import without_autograd
 from recipe.task import Task
 
 BELOW = 3.0  # a class is named when its recall lies this far under the accuracy: 3 SE, one-sided p < 0.00135
@@ -50,7 +51,7 @@ def validation_predictions(task: Task, model: nn.Module, device: torch.device, b
     model.eval()
     outputs, targets, losses = [], [], []
     features: list[torch.Tensor | None] = []
-    with torch.inference_mode():
+    with without_autograd(model):
         for batch in eval_batches(task.val, batch_size, device):
             output, target = task.outputs(model, batch)
             per_sample = task.loss_per_sample(output.float(), target)
