@@ -327,15 +327,10 @@ def _columns_compete(y: torch.Tensor, task: Task) -> Check | None:
     rows = y[:256]
     g = torch.Generator().manual_seed(0)
     out, shift = torch.randn(rows.shape, generator=g), 3 * torch.randn(len(rows), 1, generator=g)
-    try:
-        with torch.no_grad():
-            base, moved, scaled = (float(task.compute_loss(o, rows)) for o in (out, out + shift, 2 * out))
-    except Exception:  # a loss that wants outputs of another shape: no verdict here
+    values = _losses(task, [(out, rows), (out + shift, rows), (2 * out, rows)])
+    if values is None or not _same(values[0], values[1]):
         return None
-    tolerance = 1e-4 * max(abs(base), 1e-6)
-    if not all(math.isfinite(v) for v in (base, moved, scaled)) or abs(moved - base) > tolerance:
-        return None
-    if abs(scaled - base) <= tolerance:  # the loss ignores its outputs' values altogether: not this question
+    if _same(values[0], values[2]):  # the loss ignores its outputs' values altogether: not this question
         return None
     return warned(
         "target_range",
@@ -356,12 +351,21 @@ def _on_target_scale(y: torch.Tensor, task: Task) -> bool:
     rows = y[:256].float()  # as the task holds them: the loss may want (B,) or (B, 1)
     g = torch.Generator().manual_seed(1)
     out, shift = rows + 0.5 * torch.randn(rows.shape, generator=g), 3.0 + 2 * float(rows.std())
+    values = _losses(task, [(out, rows), (out + shift, rows + shift), (out + 1, rows)])
+    return values is not None and _same(values[0], values[1]) and not _same(values[0], values[2])
+
+
+def _losses(task: Task, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float] | None:
+    """The task's loss on each (output, target) pair, without gradients; None when the loss refuses one (it wants
+    outputs of another shape: a mean and a variance, quantiles) or a value is not finite."""
     try:
         with torch.no_grad():
-            base, both, alone = (
-                float(task.compute_loss(o, t)) for o, t in ((out, rows), (out + shift, rows + shift), (out + 1, rows))
-            )
-    except Exception:  # a loss that wants outputs of another shape (a mean and a variance, quantiles)
-        return False
-    tolerance = 1e-4 * max(abs(base), 1e-6)
-    return all(math.isfinite(v) for v in (base, both, alone)) and abs(both - base) <= tolerance < abs(alone - base)
+            values = [float(task.compute_loss(output, target)) for output, target in pairs]
+    except Exception:  # no verdict on a loss these outputs do not fit
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
+def _same(a: float, b: float) -> bool:
+    """Two values of one loss equal up to float rounding (1e-4 of the first)."""
+    return abs(b - a) <= 1e-4 * max(abs(a), 1e-6)
